@@ -1,0 +1,21 @@
+"""Stable metric names users put in specs. Kept import-free so the spec loader stays light."""
+
+# Names of the stability metrics computed from probe curves; specs refer to them as probe/<name>.
+PROBE_METRICS = (
+    "length_retention",  # min(length) / length[0]; collapse when well below 1
+    "length_growth",  # length[-1] / length[0]; > 1 is BAI's continuous length improvement
+    "reward_dip",  # max(0, reward[0] - min(reward)), in reward units: the hockey stick's depth
+    "reward_recovery_step",  # first step after the minimum with reward >= reward[0]; absent if none
+    "reward_final",  # reward[-1]
+    "kl_final",  # KL to the initial candidate at the last step
+    "entropy_drop",  # entropy[0] - min(entropy)
+)
+
+
+def lm_eval_metric_name(task: str, metric: str, filter_name: str) -> str:
+    """`lm_eval/<task>/<metric>,<filter>`, e.g. lm_eval/gsm8k/exact_match,strict-match."""
+    return f"lm_eval/{task}/{metric},{filter_name}"
+
+
+def probe_metric_name(name: str) -> str:
+    return f"probe/{name}"

@@ -1,0 +1,78 @@
+"""Checks of a loaded spec against the files it names: model compatibility (headers and
+config only, never the weights), task names, prompts and storage locations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from merge.checkpoint import CheckpointInfo, compatibility_problems, inspect_checkpoint
+from merge.errors import MergeError
+from sweep.spec import MODEL_ROLES, SweepSpec
+
+# lm-eval task names from well-known benchmarks whose scored split is the test set.
+KNOWN_TEST_SPLIT_TASKS = ("gsm8k", "minerva_math", "aime24", "aime25", "math500", "ifeval", "mmlu", "gpqa", "humaneval", "arc_challenge", "hellaswag")
+
+
+def inspect_models(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
+    infos: dict[str, CheckpointInfo] = {}
+    problems: list[str] = []
+    for role in MODEL_ROLES:
+        try:
+            infos[role] = inspect_checkpoint(getattr(spec.models, role))
+        except MergeError as exc:
+            problems.append(f"models.{role}: {exc}")
+    if len(infos) == len(MODEL_ROLES):
+        problems += [f"models: {p}" for p in compatibility_problems(infos, vocab=spec.merge.vocab)]
+    tokenizer = Path(spec.models.tokenizer_path())
+    if not tokenizer.exists():
+        problems.append(f"models.tokenizer: {tokenizer} does not exist")
+    elif tokenizer.is_dir() and not any((tokenizer / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        problems.append(f"models.tokenizer: {tokenizer} holds no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return infos, problems
+
+
+def local_task_names(include_paths: list[str]) -> dict[str, Path]:
+    """Task and group names defined by YAML files under the include paths."""
+    names: dict[str, Path] = {}
+    for root in include_paths:
+        for file in sorted(Path(root).rglob("*.yaml")):
+            try:
+                data = yaml.safe_load(file.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(data, dict):
+                for key in ("task", "group"):
+                    if isinstance(data.get(key), str):
+                        names[data[key]] = file
+    return names
+
+
+def file_problems(spec: SweepSpec) -> list[str]:
+    problems: list[str] = []
+    lm = spec.evals.lm_eval
+    if lm is not None:
+        for i, include in enumerate(lm.include_paths):
+            if not Path(include).is_dir():
+                problems.append(f"evals.lm_eval.include_paths.{i}: {include} is not a folder")
+        if not lm.allow_test_split:
+            for i, task in enumerate(lm.search_tasks):
+                if task.split("_")[0] in KNOWN_TEST_SPLIT_TASKS or task in KNOWN_TEST_SPLIT_TASKS:
+                    problems.append(
+                        f"evals.lm_eval.search_tasks.{i}: '{task}' scores a benchmark's test split; tuning merge ratios "
+                        "on it overfits the report. Use a dev/search split, or set evals.lm_eval.allow_test_split: true"
+                    )
+    probe = spec.evals.probe
+    if probe is not None:
+        if not Path(probe.prompts).is_file():
+            problems.append(f"evals.probe.prompts: {probe.prompts} is not a file")
+        if probe.reward.model and not Path(probe.reward.model).is_dir():
+            problems.append(f"evals.probe.reward.model: {probe.reward.model} is not a checkpoint folder")
+    return problems
+
+
+def spec_problems(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
+    """Everything `sweep validate` checks beyond the schema."""
+    infos, problems = inspect_models(spec)
+    return infos, problems + file_problems(spec)

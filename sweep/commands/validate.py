@@ -1,0 +1,51 @@
+"""`python -m sweep validate SPEC`: schema and file checks, never the weights."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "check a spec: schema, model compatibility (headers only), metric names"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="path to the sweep spec (YAML)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sweep.checks import spec_problems
+    from sweep.errors import ConfigError
+    from sweep.spec import load_spec
+
+    spec = load_spec(args.spec)
+    infos, problems = spec_problems(spec)
+    if problems:
+        raise ConfigError(problems, source=args.spec)
+    print(summary(spec, infos))
+    return 0
+
+
+def summary(spec, infos) -> str:
+    ref = infos["pretrained"]
+    n_params = sum(_numel(t.shape) for t in ref.tensors.values())
+    dtypes = ",".join(sorted({t.dtype for t in ref.tensors.values()}))
+    s = spec.space
+    lines = [
+        f"spec OK: {spec.name}",
+        f"  models     {ref.architecture}, {n_params / 1e6:.2f}M params, {dtypes}, vocab {ref.vocab_size}",
+        f"  merge      stage1 {spec.merge.stage1.method}, stage2 {spec.merge.stage2.method}, dtype {spec.merge.dtype}",
+        f"  space      alpha [{s.alpha.low}, {s.alpha.high}], beta [{s.beta.low}, {s.beta.high}]"
+        + (f", {len(s.points)} fixed points" if s.points else ""),
+        f"  sampler    {spec.sampler.name} (seed {spec.sampler.seed}), {spec.budget.trials} trials, {spec.budget.concurrent} at a time",
+        "  objectives " + "; ".join(f"{o.direction} {o.metric}" for o in spec.objectives),
+    ]
+    if spec.constraints:
+        lines.append("  constraints " + "; ".join(str(c) for c in spec.constraints))
+    lines.append(f"  storage    {spec.storage_url}")
+    return "\n".join(lines)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
