@@ -1,0 +1,35 @@
+"""`python -m sweep run SPEC`: top the study up to its budget of complete trials."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run the sweep: Optuna proposes, Ray workers merge, evaluate and probe; resumable"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="path to the sweep spec (YAML)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--trials", type=int, help="override budget.trials (complete trials wanted in the study)")
+    parser.add_argument("--results-dir", help="override results_dir (study folder is <results-dir>/<name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (for cron); errors and the exit code remain")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sweep.checks import spec_problems
+    from sweep.errors import ConfigError
+    from sweep.runner import run_sweep
+    from sweep.spec import load_spec
+
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(["--trials: must be at least 1"])
+    spec = load_spec(args.spec)
+    if args.results_dir:
+        spec = spec.model_copy(update={"results_dir": str(Path(args.results_dir).resolve())})
+    _, problems = spec_problems(spec)  # everything `sweep validate` checks, before any worker starts
+    if problems:
+        raise ConfigError(problems, source=args.spec)
+    summary = run_sweep(spec, address=args.address, trials=args.trials, quiet=args.quiet)
+    return summary.exit_code

@@ -1,0 +1,221 @@
+"""The durable Optuna study: the source of truth of a sweep.
+
+- `open_study(spec)` creates or loads it from the spec's storage, refusing a study whose
+  directions or objectives differ from the spec.
+- `recover_orphans(study)` marks trials left RUNNING by a dead driver FAIL (with a reason)
+  and enqueues their params again, so nothing is lost and nothing is counted twice.
+- `enqueue_points(study, points)` enqueues fixed points not already in the study.
+- `trials_table(study, spec)` is one row per trial: params, every metric, state, timings.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sweep.errors import SweepError
+from sweep.spec import SweepSpec
+
+# Optuna user-attribute keys written for every trial.
+ATTR_METRICS = "metrics"
+ATTR_CURVES = "curves"
+ATTR_TIMINGS = "timings"
+ATTR_WORKER = "worker"
+ATTR_NOTES = "notes"
+ATTR_ERROR = "error"
+ATTR_RAY_TRIAL_ID = "ray_trial_id"
+ATTR_FINISHED = "finished_at"
+STUDY_ATTR_OBJECTIVES = "sweep_objectives"
+
+_PARAM_TOLERANCE = 1e-9
+
+
+def make_storage(url: str):
+    """An Optuna storage object (Ray's OptunaSearch needs an object, not a URL).
+
+    RDB URLs (sqlite:///..., postgresql://..., mysql://...) give RDBStorage; anything
+    else is a journal file path (good on shared file systems), giving JournalStorage.
+    """
+    import optuna
+
+    if "://" in url:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            # seconds: wait for the lock instead of failing when two processes write at once
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return optuna.storages.RDBStorage(url)
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(url))
+
+
+def open_study(spec: SweepSpec, *, sampler=None, storage=None):
+    """Create or load the study named spec.name, checking it matches the spec's objectives."""
+    import optuna
+
+    storage = storage or make_storage(spec.storage_url)
+    study = optuna.create_study(
+        storage=storage, study_name=spec.name, directions=spec.directions, sampler=sampler, load_if_exists=True
+    )
+    recorded = study.user_attrs.get(STUDY_ATTR_OBJECTIVES)
+    wanted = [[o.metric, o.direction] for o in spec.objectives]
+    have_dirs = [d.name.lower() for d in study.directions]
+    if have_dirs != spec.directions or (recorded is not None and recorded != wanted):
+        have = recorded or [["?", d] for d in have_dirs]
+        raise SweepError(
+            f"study '{spec.name}' in {spec.storage_url} was created with objectives "
+            f"{_fmt_objectives(have)}, but the spec asks for {_fmt_objectives(wanted)}. "
+            "Give the spec a new name (or storage) to start a new study; the existing one is left untouched"
+        )
+    if recorded is None:
+        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
+    return study
+
+
+def _fmt_objectives(pairs: list) -> str:
+    return "[" + ", ".join(f"{d} {m}" for m, d in pairs) + "]"
+
+
+def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(math.isclose(float(a[k]), float(b[k]), abs_tol=_PARAM_TOLERANCE) for k in a)
+
+
+def _trial_params(trial) -> dict[str, Any]:
+    """Params of a trial, or the fixed params of a WAITING (enqueued) one."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+
+
+def recover_orphans(study, *, reason: str = "orphaned: the driver stopped while this trial ran") -> list[int]:
+    """Mark RUNNING trials FAIL with `reason` and enqueue their params again. Returns their numbers.
+
+    Call only while holding the study lock (no other driver is running this study).
+    """
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, reason)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        recovered.append(trial.number)
+        if trial.params:
+            enqueue_points(study, [trial.params])
+    return recovered
+
+
+def enqueue_points(study, points: list[dict[str, float]]) -> int:
+    """Enqueue points that are neither COMPLETE nor already waiting. Returns how many were added."""
+    from optuna.trial import TrialState
+
+    existing = [
+        _trial_params(t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))
+    ]
+    added = 0
+    for point in points:
+        if not any(_same_params(point, other) for other in existing):
+            study.enqueue_trial(dict(point), skip_if_exists=False)
+            existing.append(dict(point))
+            added += 1
+    return added
+
+
+def datetime_now_iso() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def count_states(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+@contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the study folder for the whole run (released even on kill -9)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = study_dir / ".lock"
+    handle = open(lock_file, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SweepError(
+            f"another `sweep run` is using {study_dir} right now (lock {lock_file}); "
+            "wait for it to finish, or give this spec another name"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+# ---------------------------------------------------------------- the trials table
+
+
+TABLE_COLUMNS = (
+    "number", "state", "error", "params/alpha", "params/beta", "constraint_violation", "feasible",
+    "duration_s", "worker", "ray_trial_id", "started_at", "finished_at", "curves",
+)
+
+
+def trials_table(study, spec: SweepSpec):
+    """One row per trial: number, state, params/<name>, every metric, feasibility, timings, curves."""
+    import pandas as pd
+
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name == "WAITING":
+            continue
+        attrs = trial.user_attrs
+        metrics = attrs.get(ATTR_METRICS, {})
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "error": attrs.get(ATTR_ERROR)}
+        row.update({f"params/{k}": v for k, v in trial.params.items()})
+        row.update({k: (float("nan") if v is None else float(v)) for k, v in metrics.items()})
+        violations = [c.violation(metrics[c.metric]) for c in spec.constraints if metrics.get(c.metric) is not None]
+        missing = any(metrics.get(c.metric) is None for c in spec.constraints)
+        row["constraint_violation"] = max(violations) if violations else (float("nan") if missing else 0.0)
+        row["feasible"] = trial.state.name == "COMPLETE" and not missing and all(v <= 0 for v in violations)
+        timings = attrs.get(ATTR_TIMINGS, {})
+        row["duration_s"] = timings.get("total_s", trial.duration.total_seconds() if trial.duration else float("nan"))
+        row.update({f"timing/{k}": v for k, v in timings.items() if k != "total_s"})
+        worker = attrs.get(ATTR_WORKER, {})
+        row["worker"] = f"{worker.get('host', '')}:{worker.get('pid', '')}" if worker else None
+        row["ray_trial_id"] = attrs.get(ATTR_RAY_TRIAL_ID)
+        row["started_at"] = trial.datetime_start.isoformat() if trial.datetime_start else None
+        row["finished_at"] = trial.datetime_complete.isoformat() if trial.datetime_complete else None
+        row["curves"] = json.dumps(attrs.get(ATTR_CURVES, {}))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    # Columns every table has, even before any result (objectives included).
+    for name in [*TABLE_COLUMNS, *spec.objective_names]:
+        if name not in table.columns:
+            table[name] = pd.Series(dtype="float64" if "/" in name or name.endswith("_s") else "object")
+    return table.sort_values("number").reset_index(drop=True)
+
+
+def write_table(study, spec: SweepSpec) -> Path:
+    """Write <study_dir>/trials.parquet and trials.csv atomically; returns the parquet path."""
+    table = trials_table(study, spec)
+    study_dir = spec.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    parquet, csv = study_dir / "trials.parquet", study_dir / "trials.csv"
+    table.to_parquet(parquet.with_suffix(".parquet.tmp"), index=False)
+    os.replace(parquet.with_suffix(".parquet.tmp"), parquet)
+    table.drop(columns=["curves"]).to_csv(csv.with_suffix(".csv.tmp"), index=False)
+    os.replace(csv.with_suffix(".csv.tmp"), csv)
+    return parquet

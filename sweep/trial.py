@@ -1,0 +1,183 @@
+"""One trial: merge in place -> lm-eval search tasks -> RLHF probe -> metrics.
+
+Runs inside a Ray worker. Everything that is expensive to set up (the three source
+models' tensors, the live model, the tokenizer, lm-eval's task dict, the probe prompts)
+lives in a per-process `WorkerState`, so with `reuse_actors=True` only a worker's first
+trial pays load costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sweep.errors import SweepError
+from sweep.records import TrialResult, clean_metric
+from sweep.spec import SweepSpec
+
+
+class TrialTimeout(SweepError):
+    """The trial ran past budget.trial_timeout_s (checked between phases)."""
+
+
+@dataclass
+class WorkerState:
+    """Per-process cache reused across the trials a worker runs."""
+
+    key: str
+    sources: Any  # merge.SourceCache
+    model: Any  # the live torch model rebuilt in place for every trial
+    tokenizer: Any
+    evaluator: Any | None  # evals.lmeval.LmEvalRunner over the search tasks
+    probe_config: Any | None  # evals.probe.ProbeConfig
+    prompts: list | None
+    device: str
+    load_s: float  # seconds spent building this state (paid by the worker's first trial)
+    trials_run: int = 0
+
+
+_STATE: dict[str, WorkerState] = {}
+
+
+def state_key(spec: SweepSpec) -> str:
+    """Worker state depends on models, merge and eval settings; not on the search space."""
+    relevant = spec.model_dump(include={"models", "merge", "evals", "resources"})
+    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:16]
+
+
+def choose_device(spec: SweepSpec) -> str:
+    if spec.merge.device != "auto":
+        return spec.merge.device
+    import torch
+
+    return "cuda" if spec.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+
+
+def worker_state(spec: SweepSpec) -> WorkerState:
+    """The cached state for this spec, built on the first trial of the process."""
+    key = state_key(spec)
+    if key in _STATE:
+        return _STATE[key]
+    _STATE.clear()  # a different spec: drop the old models first (memory)
+    start = time.perf_counter()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import merge
+
+    torch.set_num_threads(spec.resources.torch_threads)
+    device = choose_device(spec)
+    dtype = None if spec.merge.dtype == "auto" else getattr(torch, spec.merge.dtype)
+    sources = merge.SourceCache.load(
+        pretrained=spec.models.pretrained,
+        instruct=spec.models.instruct,
+        reasoning=spec.models.reasoning,
+        device=device,
+        vocab=spec.merge.vocab,
+        dtype=dtype,
+    )
+    # The live model: any member's architecture; its weights are overwritten every trial.
+    model = AutoModelForCausalLM.from_pretrained(spec.models.instruct, dtype=dtype or "auto").to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec.models.tokenizer_path())
+
+    evaluator = None
+    if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
+        from evals.lmeval import LmEvalConfig, LmEvalRunner
+
+        evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
+
+    probe_config = prompts = None
+    if spec.evals.probe is not None:
+        from evals.probe import ProbeConfig, load_prompts
+
+        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
+        prompts = load_prompts(probe_config.prompts)
+
+    state = WorkerState(key, sources, model, tokenizer, evaluator, probe_config, prompts, device, time.perf_counter() - start)
+    _STATE[key] = state
+    return state
+
+
+def lm_eval_config(spec: SweepSpec, tasks: list[str]):
+    from evals.lmeval import LmEvalConfig
+
+    settings = spec.evals.lm_eval.model_dump(exclude={"search_tasks", "report_tasks"})
+    return LmEvalConfig(tasks=list(tasks), **settings)
+
+
+def split_params(spec: SweepSpec, params: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
+    """(alpha, beta, stage-1 method parameters: fixed ones from the spec, searched ones on top)."""
+    method_params = dict(spec.merge.stage1.params)
+    method_params.update({k: v for k, v in params.items() if k not in ("alpha", "beta")})
+    return float(params["alpha"]), float(params["beta"]), method_params
+
+
+def build_candidate(spec: SweepSpec, params: dict[str, float], state: WorkerState) -> None:
+    import merge
+
+    alpha, beta, method_params = split_params(spec, params)
+    merge.build_in_place(
+        state.model,
+        state.sources,
+        alpha=alpha,
+        beta=beta,
+        stage1_method=spec.merge.stage1.method,
+        stage1_params=method_params,
+        stage2_method=spec.merge.stage2.method,
+        stage2_params=dict(spec.merge.stage2.params),
+    )
+
+
+def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
+    """Merge the candidate in place, score it, probe it. Raises on real errors."""
+    started = time.perf_counter()
+    deadline = started + spec.budget.trial_timeout_s if spec.budget.trial_timeout_s else None
+    state = worker_state(spec)
+    timings: dict[str, float] = {"load_s": round(state.load_s if state.trials_run == 0 else 0.0, 3)}
+    state.trials_run += 1
+
+    def phase(name: str, fn: Callable[[], Any]) -> Any:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TrialTimeout(f"trial passed its timeout of {spec.budget.trial_timeout_s:g} s before {name}")
+        t0 = time.perf_counter()
+        out = fn()
+        timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
+        return out
+
+    phase("merge", lambda: build_candidate(spec, params, state))
+    metrics: dict[str, float | None] = {}
+    if state.evaluator is not None:
+        scores = phase("lm_eval", lambda: state.evaluator.evaluate(state.model, state.tokenizer))
+        metrics.update({s.name: clean_metric(s.value) for s in scores})
+    curves: dict[str, list[float]] = {}
+    notes: dict[str, Any] = {}
+    if state.probe_config is not None:
+        probe = phase("probe", lambda: _probe(state))
+        metrics.update({k: clean_metric(v) for k, v in probe.metrics.as_metrics().items()})
+        curves = probe.curves.to_dict()
+        notes["probe_stopped_early"] = bool(probe.stopped_early)
+        if probe.stop_reason:
+            notes["probe_stop_reason"] = probe.stop_reason
+    if deadline is not None and time.perf_counter() > deadline:
+        raise TrialTimeout(f"trial took longer than its timeout of {spec.budget.trial_timeout_s:g} s")
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    return TrialResult(
+        params=dict(params),
+        metrics=metrics,
+        curves=curves,
+        timings=timings,
+        worker={"host": socket.gethostname(), "pid": os.getpid(), "device": state.device},
+        notes=notes,
+    )
+
+
+def _probe(state: WorkerState):
+    from evals.probe import run_probe
+
+    return run_probe(state.model, state.tokenizer, config=state.probe_config, prompts=state.prompts)
