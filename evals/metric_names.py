@@ -9,6 +9,7 @@ PROBE_METRICS = (
     "reward_final",  # reward[-1]
     "kl_final",  # KL to the initial candidate at the last step
     "entropy_drop",  # entropy[0] - min(entropy)
+    "stopped_early",  # 1.0 when the probe stopped early on sequence-length collapse, else 0.0
 )
 
 

@@ -1,0 +1,133 @@
+"""Stability metrics on hand-built curves with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from evals.metric_names import PROBE_METRICS
+from evals.stability import StabilityMetrics, length_collapsed, moving_average, stability_metrics
+
+FLAT = [0.5] * 5
+
+
+def test_flat_curves_keep_everything():
+    m = stability_metrics([10, 10, 10, 10], [0.5, 0.5, 0.5, 0.5])
+    assert m.length_retention == 1.0
+    assert m.length_growth == 1.0
+    assert m.reward_dip == 0.0
+    assert m.reward_recovery_step is None  # no dip, so nothing to recover from
+    assert m.reward_final == 0.5
+    assert m.kl_final is None and m.entropy_drop is None
+    assert m.steps == 4 and m.window == 1
+
+
+def test_length_collapse():
+    m = stability_metrics([20, 15, 8, 5, 4], FLAT)
+    assert m.length_retention == pytest.approx(0.2)
+    assert m.length_growth == pytest.approx(0.2)
+
+
+def test_length_growth_after_a_small_dip():
+    m = stability_metrics([10, 9, 12, 15], [0.1, 0.2, 0.3, 0.4])
+    assert m.length_retention == pytest.approx(0.9)
+    assert m.length_growth == pytest.approx(1.5)
+    assert m.reward_dip == 0.0 and m.reward_recovery_step is None  # rising reward: no dip
+
+
+def test_hockey_stick_with_recovery():
+    reward = [0.6, 0.2, 0.1, 0.3, 0.5, 0.6, 0.7]
+    m = stability_metrics([10] * 7, reward)
+    assert m.reward_dip == pytest.approx(0.5)
+    assert m.reward_recovery_step == 5  # first step after the minimum (step 2) back at 0.6
+    assert m.reward_final == pytest.approx(0.7)
+
+
+def test_hockey_stick_without_recovery():
+    m = stability_metrics([10] * 5, [0.6, 0.2, 0.1, 0.3, 0.5])
+    assert m.reward_dip == pytest.approx(0.5)
+    assert m.reward_recovery_step is None
+
+
+def test_recovery_at_the_last_step():
+    m = stability_metrics([10, 10, 10], [0.6, 0.1, 0.6])
+    assert m.reward_recovery_step == 2
+
+
+def test_recovery_counts_from_the_first_minimum():
+    m = stability_metrics([10] * 5, [0.5, 0.1, 0.6, 0.1, 0.4])
+    assert m.reward_dip == pytest.approx(0.4)
+    assert m.reward_recovery_step == 2
+
+
+def test_noisy_curves_with_smoothing():
+    length = [10, 12, 8, 10, 6, 8, 4]
+    reward = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    raw = stability_metrics(length, reward)
+    assert raw.length_retention == pytest.approx(0.4)
+    assert raw.reward_dip == pytest.approx(1.0)
+    assert raw.reward_recovery_step == 2
+    # trailing window 2: length -> [10, 11, 10, 9, 8, 7, 6], reward -> [1, .5, .5, .5, .5, 1, 1]
+    smooth = stability_metrics(length, reward, window=2)
+    assert smooth.length_retention == pytest.approx(0.6)
+    assert smooth.length_growth == pytest.approx(0.6)
+    assert smooth.reward_dip == pytest.approx(0.5)
+    assert smooth.reward_recovery_step == 5
+    assert smooth.window == 2
+
+
+def test_trailing_moving_average_uses_the_steps_available_so_far():
+    assert moving_average([6, 0, 3, 9], 3) == pytest.approx([6, 3, 3, 4])
+    assert moving_average([1, 2], 5) == pytest.approx([1, 1.5])
+    assert moving_average([1, 2, 3], 1) == [1.0, 2.0, 3.0]
+
+
+def test_kl_final_and_entropy_drop():
+    m = stability_metrics([10] * 4, [0.5] * 4, kl=[0.0, 0.1, 0.2, 0.3], entropy=[2.0, 1.5, 1.2, 1.4])
+    assert m.kl_final == pytest.approx(0.3)
+    assert m.entropy_drop == pytest.approx(0.8)
+    smooth = stability_metrics([10] * 4, [0.5] * 4, kl=[0.0, 0.1, 0.2, 0.3], entropy=[2.0, 1.5, 1.2, 1.4], window=2)
+    assert smooth.kl_final == pytest.approx(0.25)
+    assert smooth.entropy_drop == pytest.approx(0.7)  # smoothed entropy [2, 1.75, 1.35, 1.3]
+
+
+def test_zero_initial_length_leaves_length_ratios_undefined():
+    m = stability_metrics([0, 3, 5], [0.1, 0.2, 0.3])
+    assert m.length_retention is None and m.length_growth is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"length": [], "reward": []}, "empty"),
+        ({"length": [1, 2], "reward": [1.0]}, "reward curve has 1 points"),
+        ({"length": [1, 2], "reward": [1.0, 2.0], "kl": [0.0]}, "kl curve has 1 points"),
+        ({"length": [1, math.nan], "reward": [1.0, 2.0]}, "non-finite"),
+        ({"length": [1, 2], "reward": [1.0, 2.0], "window": 0}, "window"),
+    ],
+)
+def test_bad_curves_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        stability_metrics(**kwargs)
+
+
+def test_as_metrics_names_every_probe_metric_and_round_trips():
+    m = stability_metrics([10, 5, 12], [0.6, 0.1, 0.3], kl=[0, 0.1, 0.2], entropy=[2, 1, 1.5])
+    named = m.as_metrics()
+    assert list(named) == [f"probe/{n}" for n in PROBE_METRICS]
+    assert named["probe/length_retention"] == pytest.approx(0.5)
+    assert named["probe/reward_recovery_step"] is None  # no recovery: undefined, not a number
+    assert named["probe/stopped_early"] == 0.0
+    assert StabilityMetrics.from_json(json.dumps(json.loads(m.to_json()))) == m
+    recovered = stability_metrics([10] * 3, [0.6, 0.1, 0.6])
+    assert StabilityMetrics.from_dict(json.loads(recovered.to_json())) == recovered
+    assert recovered.as_metrics()["probe/reward_recovery_step"] == 2.0
+
+
+def test_length_collapsed_needs_patience_consecutive_low_steps():
+    assert length_collapsed([10, 4, 4], threshold=0.5, patience=2)
+    assert not length_collapsed([10, 4, 6, 4], threshold=0.5, patience=2)  # interrupted
+    assert not length_collapsed([10, 4], threshold=0.5, patience=2)  # not enough steps yet
+    assert not length_collapsed([10, 5, 5], threshold=0.5, patience=2)  # exactly at the threshold
