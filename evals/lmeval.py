@@ -1,0 +1,394 @@
+"""lm-eval capability scores on a live, in-memory model.
+
+    runner = LmEvalRunner(LmEvalConfig(tasks=["toy_reasoning"], include_paths=[...]))
+    for candidate in trials:              # the same model object, new weights in place
+        scores = runner.evaluate(model, tokenizer)   # -> list[EvalScore]
+
+The task dict is built once per runner (one per worker) and reused; the lm-eval model
+wrapper is built once per model object and reused while the same object comes back.
+lm-eval's response cache is never used: it is keyed by model name, so it would return
+the previous candidate's answers after the weights change. Generation is greedy.
+
+Tasks come from the include paths (local YAML folders) and, only when a task is not
+found there, from lm-eval's built-in registry (indexing it costs ~15 s). Reasoning
+tasks are scored on the final answer: see `evals.answers` for how think_end and
+answer_regex compose with a task's own filters.
+
+Importing this module is cheap; lm-eval, torch and transformers load on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import os
+import weakref
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from evals.answers import check_answer_regex, prepend_answer_regex, think_end_token
+from evals.errors import EvalError
+from evals.scores import EvalScore, scores_from_results
+
+# The lm_eval CLI's default seeds (lm_eval.config: DEFAULT_SEED = 0, 1234, 1234, 1234);
+# the few-shot sampler is re-seeded before every evaluation so that repeated calls pick
+# the same few-shot examples (its random state would otherwise advance between calls).
+FEWSHOT_SEED = 1234
+# Bootstrap draws for the stderr of non-mean metrics (mean metrics such as exact_match
+# and acc use a closed form and ignore this). lm-eval's default 100000 costs seconds.
+BOOTSTRAP_ITERS = 1000
+LM_EVAL_PREFIX = "lm_eval/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LmEvalConfig:
+    """What to evaluate and how. Field names match the spec's `evals.lm_eval` section.
+
+    tasks: lm-eval task or group names (the spec's search_tasks or report_tasks).
+    include_paths: local folders of task YAML files, searched before lm-eval's own tasks.
+    limit: docs per task (>= 1, whole) or a fraction of each task's docs (< 1); None: all.
+    batch_size: requests per forward/generate batch.
+    num_fewshot: few-shot examples per prompt; None keeps each task's own setting (0 if
+      unset). A task whose YAML says num_fewshot: 0 keeps 0, as in lm-eval.
+    apply_chat_template: wrap prompts in the tokenizer's chat template (few-shot examples
+      become turns, as the lm_eval CLI does).
+    max_gen_toks: tokens generated per answer in generate_until tasks; None: the task's.
+    think_end: text after the last think_end is the answer (None: no cutting).
+    answer_regex: extract the answer (first group) before the task's own filters.
+    allow_test_split: accepted for the spec; the sweep checks it (see test_split_problems).
+    vllm: extra vLLM engine arguments (backend vllm; see evals.vllm_backend).
+    """
+
+    tasks: list[str]
+    backend: Literal["hf", "vllm"] = "hf"
+    include_paths: list[str] = field(default_factory=list)
+    limit: float | None = None
+    batch_size: int = 8
+    num_fewshot: int | None = None
+    apply_chat_template: bool = False
+    max_gen_toks: int | None = None
+    think_end: str | None = "</think>"
+    answer_regex: str | None = None
+    allow_test_split: bool = False
+    vllm: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LmEvalConfig":
+        return cls(**data)
+
+    @property
+    def lm_eval_limit(self) -> int | float | None:
+        """The limit as lm-eval takes it: a whole number of docs, or a fraction below 1."""
+        if self.limit is None or self.limit < 1:
+            return self.limit
+        return int(self.limit)
+
+
+# ---------------------------------------------------------------- task lookup (cheap)
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_paths: tuple[str, ...], include_defaults: bool):
+    """lm-eval's TaskManager over these folders; cached per process (indexing is the cost)."""
+    from lm_eval.tasks import TaskManager
+
+    paths = [p for p in include_paths if Path(p).is_dir()]
+    return TaskManager(include_path=paths or None, include_defaults=include_defaults)
+
+
+def _locate(tasks: list[str], include_paths: list[str]) -> tuple[Any, list[str]]:
+    """(TaskManager that knows the most of `tasks`, names it does not know).
+
+    Local folders first; lm-eval's built-in index (~15 s) only when a name is missing.
+    """
+    key = tuple(str(p) for p in include_paths)
+    local = _task_manager(key, False)
+    if all(t in local.task_index for t in tasks):
+        return local, []
+    full = _task_manager(key, True)
+    return full, [t for t in tasks if t not in full.task_index]
+
+
+def task_problems(tasks: list[str], include_paths: list[str]) -> list[str]:
+    """Readable messages for task names neither the include paths nor lm-eval define.
+
+    Cheap (milliseconds) when every task is defined under the include paths; otherwise
+    it indexes lm-eval's built-in tasks once per process (~15 s). Include paths that are
+    not folders are skipped here (the caller reports them).
+    """
+    if not tasks:
+        return []
+    manager, missing = _locate(list(tasks), list(include_paths))
+    where = ", ".join(str(p) for p in include_paths) if include_paths else "no include_paths"
+    problems = []
+    for name in missing:
+        close = difflib.get_close_matches(name, manager.all_tasks, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(
+            f"unknown lm-eval task '{name}'{hint}: not defined by a YAML file under the include paths "
+            f"({where}) nor among lm-eval's built-in tasks (check the file's `task:` name and that it parses)"
+        )
+    return problems
+
+
+def produced_metrics(task: str, include_paths: list[str]) -> list[str] | None:
+    """`<metric>,<filter>` names the task reports, read from its YAML; None when unknown.
+
+    Tasks: metric_list (else lm-eval's defaults for the output type) times the filter
+    names (else "none"). Groups: their aggregate_metric_list. Python-defined tasks, tags
+    and groups without an explicit filter list: None (not checkable without running).
+    """
+    manager, missing = _locate([task], list(include_paths))
+    if missing:
+        return None
+    entry = manager.task_index[task]
+    cfg = entry.cfg or {}
+    kind = entry.kind.name
+    if kind == "TASK":
+        from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
+
+        metric_list = cfg.get("metric_list")
+        if metric_list:
+            metrics = [m.get("metric") for m in metric_list if isinstance(m, dict)]
+        else:
+            metrics = list(DEFAULT_METRIC_REGISTRY.get(cfg.get("output_type", "generate_until"), []))
+        filters = [f.get("name") for f in cfg.get("filter_list") or [] if isinstance(f, dict)] or ["none"]
+        if not all(isinstance(m, str) for m in metrics) or not all(isinstance(f, str) for f in filters):
+            return None
+        return [f"{m},{f}" for m in metrics for f in filters]
+    if kind == "GROUP":
+        names = []
+        for agg in cfg.get("aggregate_metric_list") or []:
+            filters = agg.get("filter_list") if isinstance(agg, dict) else None
+            if not isinstance(agg, dict) or not isinstance(agg.get("metric"), str) or filters is None:
+                return None
+            names += [f"{agg['metric']},{f}" for f in ([filters] if isinstance(filters, str) else filters)]
+        return names or None
+    return None
+
+
+def metric_problems(metrics: list[str], include_paths: list[str]) -> list[str]:
+    """Messages for `lm_eval/<task>/<metric>,<filter>` names the task does not produce.
+
+    Unknown tasks are left to task_problems; names of other families (probe/...) are
+    ignored; tasks whose metrics cannot be read from YAML are not checked.
+    """
+    problems = []
+    for name in metrics:
+        if not name.startswith(LM_EVAL_PREFIX) or name.count("/") != 2:
+            continue
+        _, task, metric = name.split("/")
+        produced = produced_metrics(task, include_paths)
+        if produced is None or metric in produced:
+            continue
+        options = ", ".join(f"lm_eval/{task}/{p}" for p in produced) or "none"
+        if "," not in metric:
+            problems.append(f"'{name}' lacks the filter part: lm-eval names are <metric>,<filter>; task {task} reports {options}")
+            continue
+        close = difflib.get_close_matches(metric, produced, n=1)
+        hint = f" (did you mean 'lm_eval/{task}/{close[0]}'?)" if close else ""
+        problems.append(f"task {task} does not report '{metric}'{hint}; it reports {options}")
+    return problems
+
+
+def test_split_problems(tasks: list[str], include_paths: list[str]) -> list[str]:
+    """Search tasks that score a well-known benchmark's test split (as mergekit warns).
+
+    A task counts when it is one of lm-eval's built-in tasks (not from an include path)
+    and its YAML names a test_split (lm-eval scores test_split when a task has one).
+    Groups count when any of their member tasks does. Set allow_test_split to accept.
+    """
+    manager, _ = _locate(list(tasks), list(include_paths))
+    builtin_root = _builtin_tasks_root()
+    problems = []
+    for task in tasks:
+        if _scores_builtin_test_split(task, manager.task_index, builtin_root, depth=0):
+            problems.append(
+                f"'{task}' scores a benchmark's test split; tuning merge ratios on it overfits the report. "
+                "Use a dev/search split, or set evals.lm_eval.allow_test_split: true"
+            )
+    return problems
+
+
+def _builtin_tasks_root() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).resolve().parent
+
+
+def _scores_builtin_test_split(name: str, index: dict, builtin_root: Path, *, depth: int) -> bool:
+    entry = index.get(name)
+    if entry is None or depth > 4:
+        return False
+    cfg = entry.cfg or {}
+    if entry.kind.name == "GROUP":
+        members = cfg.get("task") or []
+        names = [m if isinstance(m, str) else m.get("task") for m in (members if isinstance(members, list) else [members])]
+        return any(isinstance(n, str) and _scores_builtin_test_split(n, index, builtin_root, depth=depth + 1) for n in names)
+    if entry.yaml_path is None or builtin_root not in Path(entry.yaml_path).resolve().parents:
+        return False
+    return bool(cfg.get("test_split"))
+
+
+# ---------------------------------------------------------------- backends (plug-ins)
+
+
+class LmBackend(ABC):
+    """Gives lm-eval an LM that scores a live model's current weights."""
+
+    @abstractmethod
+    def lm_for(self, model: Any, tokenizer: Any) -> Any:
+        """An lm-eval `LM` for this model; reused while the same objects come back."""
+
+
+class HfBackend(LmBackend):
+    """lm-eval's HFLM wrapped around the live model (nothing written to disk).
+
+    One HFLM per (model, tokenizer) object pair: when the same model object comes back
+    with new weights in place, the same HFLM scores them (it keeps a reference to the
+    model, not a copy of its weights).
+    """
+
+    def __init__(self, config: LmEvalConfig):
+        self.config = config
+        self._key: tuple[weakref.ref, weakref.ref] | None = None
+        self._lm: Any = None
+        self.builds = 0  # HFLM objects built so far (one per model object)
+
+    def lm_for(self, model: Any, tokenizer: Any) -> Any:
+        if self._key is not None and self._key[0]() is model and self._key[1]() is tokenizer:
+            return self._lm
+        from lm_eval.models.huggingface import HFLM
+
+        self._lm = HFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=self.config.batch_size,
+            think_end_token=think_end_token(tokenizer, self.config.think_end, backend="hf"),
+        )
+        self._key = (weakref.ref(model), weakref.ref(tokenizer))
+        self.builds += 1
+        return self._lm
+
+
+def make_backend(config: LmEvalConfig) -> LmBackend:
+    if config.backend == "hf":
+        return HfBackend(config)
+    if config.backend == "vllm":
+        from evals.vllm_backend import VllmBackend
+
+        return VllmBackend(config)
+    raise EvalError(f"unknown lm-eval backend '{config.backend}'; use hf or vllm")
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def build_task_dict(config: LmEvalConfig) -> dict[str, Any]:
+    """Load and configure the tasks once: lm-eval's {"tasks", "groups", "group_map"}.
+
+    Applied to every task: num_fewshot (as the lm_eval CLI does), greedy generation and
+    max_gen_toks (generate_until tasks), the answer_regex step (see evals.answers).
+    Raises EvalError for unknown tasks or a task that fails to load (e.g. its data file).
+    """
+    if not config.tasks:
+        raise EvalError("no lm-eval tasks given")
+    check_answer_regex(config.answer_regex)
+    manager, missing = _locate(list(config.tasks), list(config.include_paths))
+    if missing:
+        raise EvalError("; ".join(task_problems(list(config.tasks), list(config.include_paths))))
+    try:
+        task_dict = manager.load(list(config.tasks))
+    except Exception as exc:  # a task YAML or data file problem, in lm-eval's or datasets' words
+        raise EvalError(f"cannot load lm-eval tasks {', '.join(config.tasks)}: {type(exc).__name__}: {exc}") from exc
+    for task in task_dict["tasks"].values():
+        _configure_task(task, config)
+    return task_dict
+
+
+def _configure_task(task: Any, config: LmEvalConfig) -> None:
+    if task.get_config("output_type") == "generate_until":
+        # Greedy, whatever the task's YAML says: a sweep compares candidates, so the
+        # same candidate must score the same twice.
+        gen: dict[str, Any] = {"do_sample": False, "temperature": 0.0}
+        if config.max_gen_toks is not None:
+            gen["max_gen_toks"] = config.max_gen_toks
+        if isinstance(task.get_config("generation_kwargs"), dict):
+            task.set_config(key="generation_kwargs", value=gen, update=True)
+        else:
+            task.set_config(key="generation_kwargs", value=gen)
+    # lm-eval's simple_evaluate rule: a task that fixes num_fewshot: 0 keeps it.
+    if config.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=config.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    prepend_answer_regex(task, config.answer_regex)
+
+
+class LmEvalRunner:
+    """Scores live models on a fixed set of lm-eval tasks; one per worker.
+
+    Construction checks the config and builds the task dict (raises EvalError on bad
+    input); `evaluate` may then be called once per candidate.
+    """
+
+    def __init__(self, config: LmEvalConfig, *, backend: LmBackend | None = None):
+        if config.limit is not None and config.limit >= 1 and config.limit != int(config.limit):
+            raise EvalError(f"limit {config.limit}: a limit >= 1 is a number of documents and must be whole")
+        self.config = config
+        self.backend = backend or make_backend(config)
+        self.task_dict = build_task_dict(config)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.task_dict["tasks"])
+
+    def evaluate(self, model: Any, tokenizer: Any) -> list[EvalScore]:
+        """Score the model's current weights on every task; sorted by name.
+
+        The model's train/eval mode is restored afterwards (HFLM switches it to eval).
+        """
+        from lm_eval.evaluator import evaluate
+
+        was_training = bool(getattr(model, "training", False))
+        lm = self.backend.lm_for(model, tokenizer)
+        for task in self.task_dict["tasks"].values():
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        try:
+            with _no_bootstrap_pool():
+                results = evaluate(
+                    lm=lm,
+                    task_dict=self.task_dict,
+                    limit=self.config.lm_eval_limit,
+                    cache_requests=False,
+                    bootstrap_iters=BOOTSTRAP_ITERS,
+                    log_samples=False,
+                    apply_chat_template=self.config.apply_chat_template,
+                    # the lm_eval CLI's default: few-shot examples as chat turns
+                    fewshot_as_multiturn=self.config.apply_chat_template,
+                )
+        finally:
+            if was_training and hasattr(model, "train"):
+                model.train()
+        return scores_from_results(results)
+
+
+@contextlib.contextmanager
+def _no_bootstrap_pool():
+    """lm-eval's bootstrap stderr starts a process pool of cpu_count() workers unless
+    DISABLE_MULTIPROC is set: far too many inside a Ray worker with one CPU."""
+    old = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = old

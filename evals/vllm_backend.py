@@ -1,0 +1,135 @@
+"""vLLM backend for GPU workers: one engine per worker, each candidate's weights loaded in place.
+
+lm-eval's vLLM wrapper always builds its own `vllm.LLM` and cannot wrap an existing
+one, so the engine is built once, from a checkpoint folder, on the first evaluation.
+Every evaluation then feeds the candidate's current weights into that engine with
+vLLM's documented
+
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": [(name, tensor), ...]})
+    (or kwargs={"weights_path": DIR} with reload_from: tmpfs)
+    llm.reset_prefix_cache()   # cached KV blocks belong to the previous weights
+
+Spec keys under `evals.lm_eval.vllm` are vLLM engine arguments (gpu_memory_utilization,
+max_model_len, dtype, enforce_eager, ...), plus these, read by sweep and not passed on:
+  model:       checkpoint folder the engine is built from (default: the live model's
+               name_or_path); only its config and architecture matter.
+  tokenizer:   tokenizer folder (default: the live tokenizer's name_or_path).
+  reload_from: "iterator" (default: tensors handed over in memory) or "tmpfs" (a
+               safetensors file written under tmpfs_dir, then weights_path).
+  tmpfs_dir:   where reload_from: tmpfs writes (default /dev/shm).
+data_parallel_size > 1 is refused: lm-eval then calls ray.shutdown(), which would kill
+the Ray trial it runs in.
+
+vllm is an optional extra that cannot share the CPU environment (it pins its own torch);
+it is imported only when the engine is built. Not verified on a GPU here (see docs/evals.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from evals.answers import think_end_token
+from evals.errors import EvalError
+from evals.lmeval import LmBackend, LmEvalConfig
+
+RELOAD_MODES = ("iterator", "tmpfs")
+_SWEEP_KEYS = ("model", "tokenizer", "reload_from", "tmpfs_dir")
+INSTALL_HINT = "pip install 'sweep[vllm]' on a GPU machine (vllm pins its own torch: use a separate environment from the CPU one)"
+
+
+def named_weights(model: Any) -> list[tuple[str, Any]]:
+    """(HF name, tensor) for every weight of the live model, in module (layer) order.
+
+    A tensor shared under two names (tied lm_head and embeddings) is given once, under
+    its first name: vLLM's loaders skip lm_head.weight for tied models.
+    """
+    seen: set[tuple[int, int]] = set()
+    weights = []
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        weights.append((name, tensor.detach()))
+    return weights
+
+
+def reload_weights(engine: Any, model: Any, *, reload_from: str = "iterator", tmpfs_dir: str = "/dev/shm") -> None:
+    """Load the live model's weights into a running vLLM engine, then drop its prefix cache."""
+    weights = named_weights(model)
+    if reload_from == "iterator":
+        engine.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    elif reload_from == "tmpfs":
+        from safetensors.torch import save_file
+
+        folder = Path(tmpfs_dir) / f"sweep-candidate-{os.getpid()}"  # one per worker, overwritten per trial
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({name: t.contiguous().cpu() for name, t in weights}, str(folder / "model.safetensors"))
+        engine.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+    else:
+        raise EvalError(f"evals.lm_eval.vllm.reload_from: '{reload_from}' is not one of {', '.join(RELOAD_MODES)}")
+    engine.reset_prefix_cache()
+
+
+def lm_eval_vllm(**kwargs: Any) -> Any:
+    """lm-eval's vLLM wrapper (builds the engine). Raises EvalError when vllm is missing."""
+    try:
+        from lm_eval.models.vllm_causallms import VLLM
+    except ImportError as exc:
+        raise EvalError(f"backend vllm needs the vllm package ({exc}): {INSTALL_HINT}") from None
+    return VLLM(**kwargs)
+
+
+class VllmBackend(LmBackend):
+    """One lm-eval vLLM wrapper (one engine) per worker; weights reloaded per evaluation.
+
+    `lm_factory(**kwargs)` builds the wrapper (default: lm-eval's VLLM); the object it
+    returns must hold the engine as `.model`, as lm-eval's wrapper does. Tests pass a
+    stand-in engine here.
+    """
+
+    def __init__(self, config: LmEvalConfig, *, lm_factory: Callable[..., Any] | None = None):
+        engine_args = dict(config.vllm)
+        if int(engine_args.get("data_parallel_size", 1)) > 1:
+            raise EvalError(
+                "evals.lm_eval.vllm.data_parallel_size > 1 is not allowed: lm-eval then calls ray.shutdown(), "
+                "which ends the Ray trial it runs in. Use more concurrent trials (one GPU each) instead"
+            )
+        self.reload_from = engine_args.get("reload_from", "iterator")
+        if self.reload_from not in RELOAD_MODES:
+            raise EvalError(f"evals.lm_eval.vllm.reload_from: '{self.reload_from}' is not one of {', '.join(RELOAD_MODES)}")
+        self.tmpfs_dir = str(engine_args.get("tmpfs_dir", "/dev/shm"))
+        self.engine_dir = engine_args.get("model")
+        self.tokenizer_dir = engine_args.get("tokenizer")
+        self.engine_args = {k: v for k, v in engine_args.items() if k not in (*_SWEEP_KEYS, "data_parallel_size")}
+        self.config = config
+        self._lm_factory = lm_factory or lm_eval_vllm
+        self._lm: Any = None
+        self.reloads = 0  # candidates loaded into the engine so far
+
+    def lm_for(self, model: Any, tokenizer: Any) -> Any:
+        if self._lm is None:
+            self._lm = self._build(model, tokenizer)
+        reload_weights(self._lm.model, model, reload_from=self.reload_from, tmpfs_dir=self.tmpfs_dir)
+        self.reloads += 1
+        return self._lm
+
+    def _build(self, model: Any, tokenizer: Any) -> Any:
+        engine_dir = self.engine_dir or getattr(model, "name_or_path", None)
+        tokenizer_dir = self.tokenizer_dir or getattr(tokenizer, "name_or_path", None) or engine_dir
+        for what, folder in (("model", engine_dir), ("tokenizer", tokenizer_dir)):
+            if not folder or not Path(folder).is_dir():
+                raise EvalError(
+                    f"backend vllm builds its engine from a checkpoint folder, but the {what} folder is {folder!r}: "
+                    f"set evals.lm_eval.vllm.{what} to one (e.g. the pretrained checkpoint; its weights are replaced per candidate)"
+                )
+        return self._lm_factory(
+            pretrained=str(engine_dir),
+            tokenizer=str(tokenizer_dir),
+            batch_size=self.config.batch_size,
+            think_end_token=think_end_token(tokenizer, self.config.think_end, backend="vllm"),
+            data_parallel_size=1,
+            **self.engine_args,
+        )
