@@ -1,0 +1,196 @@
+"""`sweep run` end to end on the demo family: real Ray, real Optuna SQLite, real lm-eval and probe.
+
+One local Ray serves the in-process runs of this module; the kill-and-resume test
+drives the real CLI in subprocesses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from sweep.cli import main
+from sweep.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def demo_spec_dict(results_dir: Path, **budget) -> dict:
+    """search_spaces/demo.yaml, made cheaper for tests (fewer docs and probe steps)."""
+    spec = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())
+    spec["results_dir"] = str(results_dir)
+    spec["budget"].update({"trials": 8, "concurrent": 2} | budget)
+    spec["evals"]["lm_eval"].update({"limit": 8, "batch_size": 8})
+    spec["evals"]["probe"].update({"steps": 3, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 48})
+    return spec
+
+
+def write_spec(folder: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local(demo_family):
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def demo_family():
+    from sweep.demo.build import ensure_family
+
+    return ensure_family()
+
+
+def load_study(spec):
+    return optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+
+
+def test_demo_sweep_8_trials_two_at_a_time(tmp_path, ray_local, capsys):
+    spec_path = write_spec(tmp_path, demo_spec_dict(tmp_path / "results"))
+    code = main(["run", str(spec_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    spec = load_spec(spec_path)
+    study = load_study(spec)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) >= 8
+    for trial in complete:
+        assert len(trial.values) == 3 and all(math.isfinite(v) for v in trial.values)
+        metrics = trial.user_attrs["metrics"]
+        assert {"lm_eval/toy_reasoning/exact_match,final", "probe/length_retention", "probe/reward_dip"} <= set(metrics)
+        assert trial.user_attrs["curves"]["response_length/mean"], "probe curves recorded"
+        assert trial.user_attrs["timings"]["total_s"] > 0 and trial.user_attrs["ray_trial_id"]
+        assert trial.user_attrs["worker"]["pid"] > 0
+    # The four fixed points of the spec ran first.
+    first = sorted(((t.params["alpha"], t.params["beta"]) for t in study.trials if t.number < 4))
+    assert first == sorted([(0.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.5, 0.75)])
+    # trials.parquet matches the study.
+    table = pd.read_parquet(spec.study_dir / "trials.parquet")
+    assert sorted(table["number"]) == sorted(t.number for t in study.trials)
+    for trial in complete:
+        row = table[table["number"] == trial.number].iloc[0]
+        assert row["state"] == "COMPLETE"
+        assert row["params/alpha"] == pytest.approx(trial.params["alpha"])
+        for name, value in zip(spec.objective_names, trial.values):
+            assert row[name] == pytest.approx(value)
+    assert (spec.study_dir / "trials.csv").exists() and (spec.study_dir / "sweep.log").stat().st_size > 0
+    assert "[8/8]" in out and "Pareto front" in out
+    # A second run has nothing to do: the study already holds its budget.
+    assert main(["run", str(spec_path)]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert len(load_study(spec).trials) == len(study.trials)
+
+
+def flaky_trial(spec, params):
+    """The real trial, except that it raises for large alpha."""
+    from sweep.trial import run_trial
+
+    if params["alpha"] > 0.7:
+        raise RuntimeError(f"planted failure at alpha={params['alpha']:.3f}")
+    return run_trial(spec, params)
+
+
+def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local):
+    import ray.cloudpickle
+
+    from sweep.runner import run_sweep
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec_dict = demo_spec_dict(tmp_path / "results", trials=5)
+    spec_dict["space"]["points"] = [{"alpha": 0.9, "beta": 1.0}, {"alpha": 0.2, "beta": 1.0}, {"alpha": 1.0, "beta": 0.8}]
+    spec = load_spec(write_spec(tmp_path, spec_dict))
+    summary = run_sweep(spec, trial_fn=flaky_trial, quiet=True)
+    study = load_study(spec)
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) >= 2
+    for trial in failed:
+        assert trial.params["alpha"] > 0.7
+        assert "RuntimeError: planted failure at alpha=" in trial.user_attrs["error"]
+    assert summary.complete == len([t for t in study.trials if t.state.name == "COMPLETE"]) >= 1
+    assert summary.exit_code == 1  # short of the budget: a rerun tops it up
+    table = pd.read_parquet(spec.study_dir / "trials.parquet")
+    assert table[table["state"] == "FAIL"]["error"].str.contains("planted failure").all()
+
+
+def test_constraint_violations_reach_the_sampler(tmp_path, ray_local):
+    """An infeasible trial is COMPLETE with its constraint value recorded (Optuna 5 set_constraint)."""
+    from sweep.runner import run_sweep
+
+    spec_dict = demo_spec_dict(tmp_path / "results", trials=2)
+    spec_dict["constraints"] = ["probe/length_retention >= 2.0"]  # impossible: every trial violates it
+    spec_dict["space"]["points"] = [{"alpha": 0.5, "beta": 1.0}, {"alpha": 0.0, "beta": 1.0}]
+    spec = load_spec(write_spec(tmp_path, spec_dict))
+    run_sweep(spec, quiet=True)
+    study = load_study(spec)
+    for trial in study.trials:
+        assert trial.state.name == "COMPLETE"
+        (violation,) = [v for k, v in trial.system_attrs.items() if k.startswith("constraints")]
+        assert violation == pytest.approx(2.0 - trial.user_attrs["metrics"]["probe/length_retention"])
+        assert violation > 0
+    table = pd.read_parquet(spec.study_dir / "trials.parquet")
+    assert not table["feasible"].any()
+
+
+def _count_complete(spec) -> int:
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    return sum(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, demo_family):
+    spec_path = write_spec(tmp_path, demo_spec_dict(tmp_path / "results", trials=8))
+    spec = load_spec(spec_path)
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sweep", "run", str(spec_path), "--quiet"]
+    driver = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while _count_complete(spec) < 3:
+        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no 3 complete trials within 300 s"
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+    driver.wait()
+
+    before = {t.number: (t.params, t.values) for t in load_study(spec).trials if t.state.name == "COMPLETE"}
+    assert len(before) >= 3
+
+    proc = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = load_study(spec).trials
+    complete = [t for t in after if t.state.name == "COMPLETE"]
+    assert len(complete) == 8
+    for number, (params, values) in before.items():  # nothing lost, nothing changed
+        assert after[number].state.name == "COMPLETE"
+        assert after[number].params == params and after[number].values == values
+    keys = [tuple(round(t.params[k], 9) for k in sorted(t.params)) for t in complete]
+    assert len(set(keys)) == len(keys), "a params set ran twice"
+    orphans = [t for t in after if t.state.name == "FAIL"]
+    assert all("orphaned" in t.user_attrs.get("error", "") for t in orphans)
+    if orphans:
+        assert "orphaned" in proc.stdout
