@@ -1,0 +1,125 @@
+"""The short RLHF probe: a few RL steps from a candidate, and its stability metrics.
+
+    from evals.probe import ProbeConfig, run_probe
+    config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
+    result = run_probe(model, tokenizer, config=config)
+    result.metrics.as_metrics()   # {"probe/length_retention": 0.93, ...}
+
+Importing this package is cheap (no torch); the built-in backend loads on first run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from evals.errors import EvalError
+from evals.probe.backends import ProbeBackend, backend_names, get_backend, register_backend
+from evals.probe.records import (
+    CURVE_KEYS,
+    BackendRun,
+    ProbeConfig,
+    ProbeCurves,
+    ProbeResult,
+    Prompt,
+    RewardConfig,
+    load_prompts,
+)
+from evals.rewards import NEEDS_ANSWER, Reward, build_reward
+from evals.stability import StabilityMetrics, stability_metrics
+
+__all__ = [
+    "CURVE_KEYS",
+    "BackendRun",
+    "ProbeBackend",
+    "ProbeConfig",
+    "ProbeCurves",
+    "ProbeResult",
+    "Prompt",
+    "RewardConfig",
+    "StabilityMetrics",
+    "backend_names",
+    "get_backend",
+    "load_prompts",
+    "register_backend",
+    "run_probe",
+]
+
+
+def run_probe(
+    model: Any,
+    tokenizer: Any,
+    *,
+    config: ProbeConfig,
+    prompts: Sequence[Prompt] | None = None,
+    reward: Reward | None = None,
+) -> ProbeResult:
+    """Run `config.steps` RL steps from `model` and measure its stability.
+
+    model: a transformers causal LM in memory (any device); tokenizer: its tokenizer
+    (prompts get its chat template when it has one). prompts: defaults to the jsonl file
+    `config.prompts`. reward: a custom reward callable (see evals.rewards); defaults to
+    the one config.reward names (a rule, or a reward model loaded here).
+
+    What happens to `model` (built-in backend): it is trained in place, next to a frozen
+    copy used for the KL, and handed back as it came: the same weights (copied back
+    from the frozen copy, even on error), each submodule's train/eval mode and each
+    parameter's requires_grad restored, gradients None, no optimizer state kept, no
+    hooks added. Peak memory is about two copies of the model plus Adam's two moments.
+    Nothing is written to disk.
+
+    Bad input (unreadable prompts, a rule that needs answers on prompts without one, an
+    unknown backend or reward model path) raises EvalError before any step runs.
+    """
+    start = time.perf_counter()
+    if not isinstance(config, ProbeConfig):
+        raise TypeError(f"config must be a ProbeConfig, got {type(config).__name__}")
+    prompts = list(prompts) if prompts is not None else load_prompts(config.prompts)
+    if not prompts:
+        raise EvalError("probe: no prompts")
+    if reward is None:
+        rule = config.reward.rule if config.reward.model is None else None
+        if rule in NEEDS_ANSWER:
+            missing = [i for i, p in enumerate(prompts) if p.answer is None]
+            if missing:
+                raise EvalError(f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)")
+        backend = get_backend(config.backend)
+        device = _device_of(model)
+        reward = build_reward(rule=rule, model=config.reward.model, device=device)
+    else:
+        backend = get_backend(config.backend)
+    run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward)
+    curves = run.curves
+    if curves.steps == 0:
+        raise EvalError(f"probe backend {config.backend!r} returned no steps")
+    metrics = stability_metrics(
+        curves.response_length_mean,
+        curves.score_mean,
+        kl=curves.kl,
+        entropy=curves.entropy,
+        window=config.window,
+    )
+    metrics = _with_stop(metrics, run.stopped_early)
+    wall_s = time.perf_counter() - start
+    return ProbeResult(
+        curves=curves,
+        metrics=metrics,
+        stopped_early=run.stopped_early,
+        stop_reason=run.stop_reason,
+        backend=config.backend,
+        setup_s=max(0.0, wall_s - sum(curves.step_s)),
+        wall_s=wall_s,
+    )
+
+
+def _with_stop(metrics: StabilityMetrics, stopped_early: bool) -> StabilityMetrics:
+    from dataclasses import replace
+
+    return replace(metrics, stopped_early=stopped_early)
+
+
+def _device_of(model: Any) -> str | None:
+    try:
+        return str(next(model.parameters()).device)
+    except (AttributeError, StopIteration, TypeError):
+        return None

@@ -1,0 +1,239 @@
+"""Typed records of the probe: its config, prompts, per-step curves and result.
+
+All are frozen dataclasses that round-trip losslessly through JSON (`to_dict` /
+`from_dict`). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from evals.errors import EvalError
+from evals.stability import StabilityMetrics
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Rule reward (`rule`) or a local reward-model checkpoint (`model`, which wins)."""
+
+    rule: str | None = "exact_match"
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is None and self.rule is None:
+            raise EvalError("probe reward: give a reward rule or a reward model path")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "RewardConfig":
+        if data is None:
+            return cls()
+        _no_unknown_keys("probe reward", data, cls)
+        model = data.get("model")
+        return cls(rule=None if model is not None else data.get("rule", "exact_match"), model=model)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probe's settings; fields are exactly the spec's `evals.probe` keys."""
+
+    prompts: str  # jsonl path: {"prompt": user message, "answer": expected final answer} per line
+    backend: str = "builtin"
+    steps: int = 16  # RL steps; curves have one point per step, step 0 = the candidate itself
+    group_size: int = 4  # completions sampled per prompt (the GRPO group)
+    prompts_per_step: int = 4
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    kl_coef: float = 0.05  # weight of the k3 KL to the frozen initial candidate
+    learning_rate: float = 1e-4  # Adam
+    max_new_tokens: int = 64  # a completion reaching this without eos counts as truncated
+    temperature: float = 1.0
+    seed: int = 0
+    window: int = 1  # trailing moving average before the stability metrics
+    collapse_threshold: float | None = None  # early stop: length < threshold * length[0] ...
+    collapse_patience: int = 3  # ... for this many consecutive steps
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward, dict):  # ProbeConfig(reward={"rule": ...}) as in the spec
+            object.__setattr__(self, "reward", RewardConfig.from_dict(self.reward))
+        problems = []
+        for name, low in (("steps", 2), ("group_size", 2), ("prompts_per_step", 1), ("max_new_tokens", 1), ("window", 1), ("collapse_patience", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
+        for name in ("learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.kl_coef >= 0:
+            problems.append(f"kl_coef must be >= 0, got {self.kl_coef!r}")
+        if self.collapse_threshold is not None and not 0 < self.collapse_threshold < 1:
+            problems.append(f"collapse_threshold must be between 0 and 1, got {self.collapse_threshold!r}")
+        from evals.rewards import RULES  # light; rules registered by users count too
+
+        if self.reward.model is None and self.reward.rule not in RULES:
+            problems.append(f"reward.rule {self.reward.rule!r} is not one of {', '.join(sorted(RULES))}")
+        if problems:
+            raise EvalError("probe config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProbeConfig":
+        """From `spec.evals.probe.model_dump()` or `to_dict()`. EvalError on unknown keys."""
+        _no_unknown_keys("probe config", data, cls)
+        if "prompts" not in data:
+            raise EvalError("probe config: 'prompts' (a jsonl file) is required")
+        values = dict(data)
+        values["reward"] = RewardConfig.from_dict(data.get("reward"))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _no_unknown_keys(what: str, data: dict, cls: type) -> None:
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise EvalError(f"{what}: unknown keys {', '.join(unknown)}; known: {', '.join(f.name for f in fields(cls))}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt: str  # the user message (the chat template is applied by the probe)
+    answer: str | None = None  # expected final answer, for rule rewards
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """Read a jsonl prompts file. EvalError names the file and line of any problem."""
+    path = Path(path)
+    if str(path).startswith("demo:"):
+        raise EvalError(f"prompts {path}: demo references are resolved by sweep (load the spec with sweep.spec.load_spec)")
+    if not path.is_file():
+        raise EvalError(f"prompts file {path}: not found")
+    prompts: list[Prompt] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalError(f"prompts file {path}, line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise EvalError(f'prompts file {path}, line {number}: expected {{"prompt": "<text>", "answer": "<text>"}}')
+        answer = row.get("answer")
+        prompts.append(Prompt(prompt=row["prompt"], answer=None if answer is None else str(answer)))
+    if not prompts:
+        raise EvalError(f"prompts file {path}: no prompts")
+    return prompts
+
+
+# verl's metric names (where verl has one) -> field names.
+CURVE_KEYS = {
+    "response_length/mean": "response_length_mean",  # tokens per completion, eos included
+    "response_length/min": "response_length_min",
+    "response_length/max": "response_length_max",
+    "response_length/clip_ratio": "response_length_clip_ratio",  # share truncated at max_new_tokens
+    "critic/score/mean": "score_mean",  # raw reward, before KL
+    "critic/score/std": "score_std",
+    "actor/kl": "kl",  # k3 estimate of KL(policy || initial), mean per response token
+    "actor/entropy": "entropy",  # nats per response token, at the sampling temperature
+    "actor/grad_norm": "grad_norm",  # before clipping
+    "timing/step_s": "step_s",  # seconds: sampling, reward and update
+    "timing/gen_s": "gen_s",  # seconds of the step spent sampling
+}
+
+
+@dataclass(frozen=True)
+class ProbeCurves:
+    """Per-step curves; point t is measured on the completions sampled at step t
+    (so point 0 is the candidate before any update)."""
+
+    response_length_mean: tuple[float, ...] = ()
+    response_length_min: tuple[float, ...] = ()
+    response_length_max: tuple[float, ...] = ()
+    response_length_clip_ratio: tuple[float, ...] = ()
+    score_mean: tuple[float, ...] = ()
+    score_std: tuple[float, ...] = ()
+    kl: tuple[float, ...] = ()
+    entropy: tuple[float, ...] = ()
+    grad_norm: tuple[float, ...] = ()
+    step_s: tuple[float, ...] = ()
+    gen_s: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        lengths = {len(getattr(self, f.name)) for f in fields(self)}
+        if len(lengths) > 1:
+            raise ValueError(f"probe curves have different lengths: {sorted(lengths)}")
+        for f in fields(self):  # lists from JSON become tuples: the record stays immutable
+            object.__setattr__(self, f.name, tuple(float(v) for v in getattr(self, f.name)))
+
+    @property
+    def steps(self) -> int:
+        return len(self.response_length_mean)
+
+    def __getitem__(self, key: str) -> tuple[float, ...]:
+        """A curve by its verl-style key, e.g. curves["critic/score/mean"]."""
+        return getattr(self, CURVE_KEYS[key])
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {key: list(getattr(self, name)) for key, name in CURVE_KEYS.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> "ProbeCurves":
+        unknown = sorted(set(data) - set(CURVE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown curve keys: {', '.join(unknown)}")
+        return cls(**{CURVE_KEYS[key]: tuple(values) for key, values in data.items()})
+
+    def append(self, row: dict[str, float]) -> "ProbeCurves":
+        """A new record with one more step; `row` is keyed like to_dict()."""
+        if set(row) != set(CURVE_KEYS):
+            raise ValueError(f"a curve row needs exactly the keys {', '.join(CURVE_KEYS)}")
+        return ProbeCurves(**{name: getattr(self, name) + (float(row[key]),) for key, name in CURVE_KEYS.items()})
+
+
+@dataclass(frozen=True)
+class BackendRun:
+    """What a probe backend returns; run_probe adds the stability metrics."""
+
+    curves: ProbeCurves
+    stopped_early: bool = False
+    stop_reason: str | None = None  # why it stopped early, for people
+    setup_s: float = 0.0  # seconds before the first step (reference copy, reward model)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    curves: ProbeCurves
+    metrics: StabilityMetrics
+    stopped_early: bool
+    stop_reason: str | None
+    backend: str
+    setup_s: float  # seconds before the first step
+    wall_s: float  # seconds for the whole probe, setup included
+
+    @property
+    def step_s_mean(self) -> float:
+        return sum(self.curves.step_s) / len(self.curves.step_s) if self.curves.steps else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "curves": self.curves.to_dict(),
+            "metrics": self.metrics.to_dict(),
+            "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
+            "backend": self.backend,
+            "setup_s": self.setup_s,
+            "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProbeResult":
+        return cls(
+            curves=ProbeCurves.from_dict(data["curves"]),
+            metrics=StabilityMetrics.from_dict(data["metrics"]),
+            stopped_early=bool(data["stopped_early"]),
+            stop_reason=data["stop_reason"],
+            backend=data["backend"],
+            setup_s=float(data["setup_s"]),
+            wall_s=float(data["wall_s"]),
+        )

@@ -1,0 +1,146 @@
+"""`python -m sweep probe --model DIR (--spec SPEC | --prompts FILE) [...]`: the RLHF probe on one checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "run the short RLHF probe on one checkpoint and print its curves and stability metrics"
+
+# Command-line flag -> ProbeConfig field; unset flags keep the spec's (or the default) value.
+_OVERRIDES = {
+    "steps": int,
+    "group_size": int,
+    "prompts_per_step": int,
+    "kl_coef": float,
+    "learning_rate": float,
+    "max_new_tokens": int,
+    "temperature": float,
+    "seed": int,
+    "window": int,
+    "collapse_threshold": float,
+    "collapse_patience": int,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="HF checkpoint folder (or demo:<member>, e.g. demo:reasoning)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    parser.add_argument("--spec", help="sweep spec whose evals.probe section gives the settings")
+    parser.add_argument("--prompts", help='jsonl file, {"prompt": ..., "answer": ...} per line (overrides the spec)')
+    for name, kind in _OVERRIDES.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"probe {name} (overrides the spec)")
+    parser.add_argument("--reward-rule", choices=["exact_match", "format", "exact_match+format"], help="rule reward (overrides the spec)")
+    parser.add_argument("--reward-model", help="local AutoModelForSequenceClassification folder used as the reward")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="load dtype (auto: as stored)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: contended threads are far slower)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    from evals.probe import ProbeConfig, load_prompts
+    from sweep.errors import SweepError
+
+    settings: dict = {}
+    if args.spec:
+        from sweep.spec import load_spec
+
+        spec = load_spec(args.spec)
+        if spec.evals.probe is None:
+            raise SweepError(f"{args.spec}: has no evals.probe section; add one or give --prompts")
+        settings = spec.evals.probe.model_dump()
+    if args.prompts:
+        settings["prompts"] = str(Path(args.prompts).resolve())
+    if "prompts" not in settings:
+        raise SweepError("give --prompts FILE or --spec SPEC (with an evals.probe section)")
+    settings["prompts"] = _resolve_demo(settings["prompts"], "--prompts")
+    for name in _OVERRIDES:
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.reward_model:
+        settings["reward"] = {"rule": None, "model": str(Path(args.reward_model).resolve())}
+    elif args.reward_rule:
+        settings["reward"] = {"rule": args.reward_rule, "model": None}
+    config = ProbeConfig.from_dict(settings)
+    prompts = load_prompts(config.prompts)  # bad input fails before the model loads
+
+    model_dir = Path(_resolve_demo(args.model, "--model"))
+    tokenizer_dir = Path(_resolve_demo(args.tokenizer, "--tokenizer")) if args.tokenizer else model_dir
+    for flag, path in (("--model", model_dir), ("--tokenizer", tokenizer_dir)):
+        if not path.is_dir():
+            raise SweepError(f"{flag} {path}: no such checkpoint folder")
+    if not (model_dir / "config.json").is_file():
+        raise SweepError(f"--model {model_dir}: no config.json (not an HF checkpoint folder)")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evals.probe import run_probe
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep the output to the table (or the JSON)
+    torch.set_num_threads(args.threads)
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"cannot load {model_dir}: {exc}") from None
+    result = run_probe(model, tokenizer, config=config, prompts=prompts)
+
+    if args.json:
+        out = result.to_dict() | {"probe_metrics": result.metrics.as_metrics(), "config": config.to_dict()}
+        json.dump(out, sys.stdout)
+        print()
+    else:
+        print(curves_table(result.curves))
+        print()
+        print(metrics_text(result))
+    return 0
+
+
+def _resolve_demo(value: str, flag: str) -> str:
+    if not value.startswith("demo:"):
+        return value
+    from sweep.demo import resolve_ref
+
+    return resolve_ref(value, field=flag)
+
+
+_COLUMNS = [  # (header, curve key, format)
+    ("step", None, "{:>4d}"),
+    ("len", "response_length/mean", "{:>7.1f}"),
+    ("min", "response_length/min", "{:>5.0f}"),
+    ("max", "response_length/max", "{:>5.0f}"),
+    ("clip", "response_length/clip_ratio", "{:>5.2f}"),
+    ("score", "critic/score/mean", "{:>7.3f}"),
+    ("std", "critic/score/std", "{:>6.3f}"),
+    ("kl", "actor/kl", "{:>7.4f}"),
+    ("entropy", "actor/entropy", "{:>7.3f}"),
+    ("grad", "actor/grad_norm", "{:>6.3f}"),
+    ("step_s", "timing/step_s", "{:>6.2f}"),
+]
+
+
+def curves_table(curves) -> str:
+    widths = [len(f.format(0)) for _, _, f in _COLUMNS]
+    header = " ".join(h.rjust(w) for (h, _, _), w in zip(_COLUMNS, widths))
+    lines = [header]
+    for t in range(curves.steps):
+        cells = [fmt.format(t) if key is None else fmt.format(curves[key][t]) for _, key, fmt in _COLUMNS]
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def metrics_text(result) -> str:
+    lines = ["stability metrics" + (f" (window {result.metrics.window})" if result.metrics.window > 1 else "") + ":"]
+    for name, value in result.metrics.as_metrics().items():
+        shown = "none" if value is None else f"{value:.4g}"
+        lines.append(f"  {name:<28} {shown}")
+    if result.stopped_early:
+        lines.append(f"stopped early: {result.stop_reason}")
+    lines.append(f"{result.curves.steps} steps, {result.step_s_mean:.3f} s/step, {result.wall_s:.1f} s in all")
+    return "\n".join(lines)

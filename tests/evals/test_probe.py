@@ -1,0 +1,218 @@
+"""The built-in GRPO probe on real tiny checkpoints: curves, determinism, learning,
+early stop, what it leaves of the model, and the records' JSON round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from evals.errors import EvalError
+from evals.probe import (
+    CURVE_KEYS,
+    ProbeConfig,
+    ProbeCurves,
+    ProbeResult,
+    Prompt,
+    get_backend,
+    load_prompts,
+    run_probe,
+)
+
+PROMPTS = [Prompt(prompt=f"{a}+{b}", answer=str(a + b)) for a in range(3) for b in range(3)]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tests.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("probe") / "model", seed=5)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in PROMPTS))
+    return path
+
+
+def load(path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
+def digit_share(*, prompts, completions, answers):
+    """Learnable and length-independent: the share of digits in the completion."""
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+def brevity(*, prompts, completions, answers):
+    """Rewards short completions: drives a sequence-length collapse."""
+    return [-len(c) / 16 for c in completions]
+
+
+def config(**changes) -> ProbeConfig:
+    base = dict(prompts="unused.jsonl", steps=6, max_new_tokens=16, learning_rate=3e-3, seed=0)
+    return ProbeConfig(**(base | changes))
+
+
+def without_timing(curves: ProbeCurves) -> dict:
+    return {k: v for k, v in curves.to_dict().items() if not k.startswith("timing/")}
+
+
+def test_curves_are_sensible(tiny_dir):
+    model, tokenizer = load(tiny_dir)
+    result = run_probe(model, tokenizer, config=config(steps=4), prompts=PROMPTS, reward=digit_share)
+    curves = result.curves
+    assert curves.steps == 4 and set(curves.to_dict()) == set(CURVE_KEYS)
+    for t in range(4):
+        assert 1 <= curves.response_length_min[t] <= curves.response_length_mean[t] <= curves.response_length_max[t] <= 16
+        assert 0 <= curves.response_length_clip_ratio[t] <= 1
+        assert curves.kl[t] >= 0 and curves.entropy[t] > 0 and curves.grad_norm[t] > 0
+        assert curves.step_s[t] >= curves.gen_s[t] > 0
+    assert curves.kl[0] == pytest.approx(0, abs=1e-6)  # step 0 is measured before any update
+    assert curves.kl[-1] > 0
+    assert result.metrics.steps == 4 and not result.stopped_early and result.stop_reason is None
+    assert result.wall_s >= sum(curves.step_s)
+
+
+def test_same_seed_gives_identical_curves_and_another_seed_does_not(tiny_dir):
+    model, tokenizer = load(tiny_dir)
+    first = run_probe(model, tokenizer, config=config(), prompts=PROMPTS, reward=digit_share)
+    model, tokenizer = load(tiny_dir)
+    second = run_probe(model, tokenizer, config=config(), prompts=PROMPTS, reward=digit_share)
+    assert without_timing(first.curves) == without_timing(second.curves)
+    assert first.metrics == second.metrics
+    third = run_probe(model, tokenizer, config=config(seed=1), prompts=PROMPTS, reward=digit_share)
+    assert without_timing(third.curves) != without_timing(first.curves)
+
+
+def test_reward_rises_on_a_learnable_reward(tiny_dir):
+    model, tokenizer = load(tiny_dir)
+    result = run_probe(model, tokenizer, config=config(steps=24, learning_rate=1e-2), prompts=PROMPTS, reward=digit_share)
+    score = result.curves.score_mean
+    first, last = sum(score[:4]) / 4, sum(score[-4:]) / 4
+    assert last > first + 0.2, score  # measured ~0.12 -> ~0.9 (seeds 0-3: 0.79-0.93); chance is ~10 of 83 tokens
+    assert result.metrics.reward_final > score[0]
+
+
+def test_early_stop_on_length_collapse_still_reports_metrics(tiny_dir):
+    model, tokenizer = load(tiny_dir)
+    cfg = config(steps=40, learning_rate=3e-2, collapse_threshold=0.5, collapse_patience=2)
+    result = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=brevity)
+    length = result.curves.response_length_mean
+    assert result.stopped_early and result.curves.steps < 40
+    assert "collapse" in result.stop_reason and "0.5" in result.stop_reason
+    assert all(value < 0.5 * length[0] for value in length[-2:])
+    assert result.metrics.stopped_early and result.metrics.as_metrics()["probe/stopped_early"] == 1.0
+    assert result.metrics.length_retention < 0.5
+
+
+def test_model_comes_back_as_it_was_given(tiny_dir):
+    import torch
+
+    model, tokenizer = load(tiny_dir)
+    model.train()
+    model.model.layers[0].eval()  # mixed modes are restored module by module
+    model.model.norm.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_probe(model, tokenizer, config=config(steps=3, learning_rate=1e-1), prompts=PROMPTS, reward=digit_share)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+    assert not model.model.norm.weight.requires_grad and model.lm_head.weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+    assert not model._forward_hooks and not model._forward_pre_hooks and not model._backward_hooks
+    with torch.no_grad():  # still an ordinary, usable model
+        logits = model(input_ids=torch.tensor([[5, 6, 7]])).logits
+    assert logits.shape[-1] == len(tokenizer) and torch.isfinite(logits).all()
+
+
+def test_rule_reward_from_config_and_prompts_file(tiny_dir, prompts_file):
+    model, tokenizer = load(tiny_dir)
+    cfg = config(prompts=str(prompts_file), steps=2, reward={"rule": "format", "model": None})
+    cfg = ProbeConfig.from_dict(cfg.to_dict())
+    result = run_probe(model, tokenizer, config=cfg)
+    assert all(0 <= s <= 1 for s in result.curves.score_mean)
+
+
+def test_reward_model_from_config(tiny_dir, tmp_path):
+    from tests.evals.test_rewards import make_reward_model
+
+    rm = make_reward_model(tmp_path / "rm")
+    model, tokenizer = load(tiny_dir)
+    cfg = ProbeConfig.from_dict({"prompts": "unused", "steps": 2, "max_new_tokens": 8, "reward": {"rule": "exact_match", "model": str(rm)}})
+    assert cfg.reward.rule is None  # a reward model wins over a rule, as in the spec
+    result = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS)
+    assert result.curves.score_std[0] > 0  # real, varying scores from the reward model
+
+
+def test_prompts_get_the_chat_template(tiny_dir):
+    from evals.probe.grpo import _encode_prompt
+
+    _, tokenizer = load(tiny_dir)
+    assert tokenizer.decode(_encode_prompt(tokenizer, "2+3")) == "Q: 2+3\nA: "
+    tokenizer.chat_template = None
+    assert tokenizer.decode(_encode_prompt(tokenizer, "2+3")) == "2+3"
+
+
+def test_bad_input_fails_before_any_step(tiny_dir, tmp_path):
+    model, tokenizer = load(tiny_dir)
+    with pytest.raises(EvalError, match="needs an answer for every prompt; prompt 2"):
+        run_probe(model, tokenizer, config=config(), prompts=[Prompt("1+1", "2"), Prompt("2+2")])
+    with pytest.raises(EvalError, match="unknown probe backend 'verl'"):
+        run_probe(model, tokenizer, config=config(backend="verl"), prompts=PROMPTS)
+    with pytest.raises(EvalError, match="not found"):
+        run_probe(model, tokenizer, config=config(prompts=str(tmp_path / "none.jsonl")))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": 3}\n')
+    with pytest.raises(EvalError, match="line 2"):
+        load_prompts(bad)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"steps": 1}, "steps must be a whole number >= 2"),
+        ({"learning_rate": 0}, "learning_rate must be > 0"),
+        ({"collapse_threshold": 1.5}, "collapse_threshold"),
+        ({"reward": {"rule": "exactmatch"}}, "reward.rule 'exactmatch'"),
+        ({"reward": {"rule": None, "model": None}}, "reward rule or a reward model"),
+        ({"stepz": 3}, "unknown keys stepz"),
+    ],
+)
+def test_bad_config_is_a_user_error(changes, message):
+    with pytest.raises(EvalError, match=message):
+        ProbeConfig.from_dict({"prompts": "p.jsonl"} | changes)
+
+
+def test_config_fields_are_exactly_the_spec_keys():
+    from sweep.spec import ProbeSpec, parse_spec
+
+    assert {f.name for f in dataclasses.fields(ProbeConfig)} == set(ProbeSpec.model_fields)
+    spec = parse_spec(
+        "name: t\nmodels: {pretrained: a, instruct: b, reasoning: c}\n"
+        "evals: {probe: {prompts: p.jsonl, steps: 5, reward: {rule: format}, collapse_threshold: 0.4}}\n"
+        "objectives: [{metric: probe/length_retention, direction: maximize}]\n"
+        'constraints: ["probe/stopped_early <= 0"]\n'
+    )
+    cfg = ProbeConfig.from_dict(spec.evals.probe.model_dump())
+    assert (cfg.steps, cfg.reward.rule, cfg.collapse_threshold, cfg.window) == (5, "format", 0.4, 1)
+    assert ProbeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_result_round_trips_through_json(tiny_dir):
+    model, tokenizer = load(tiny_dir)
+    result = run_probe(model, tokenizer, config=config(steps=3, window=2), prompts=PROMPTS, reward=digit_share)
+    again = ProbeResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
+    assert again.curves["critic/score/mean"] == result.curves.score_mean
+    assert isinstance(again.curves.kl, tuple)
+
+
+def test_builtin_backend_is_registered():
+    assert get_backend("builtin").name == "builtin"

@@ -1,0 +1,67 @@
+"""`python -m sweep probe`: tables, JSON, and one clear message with exit 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sweep.cli import main
+from tests.evals.test_probe import prompts_file, tiny_dir  # noqa: F401  (fixtures)
+
+FAST = ["--steps", "3", "--max-new-tokens", "8", "--group-size", "2", "--prompts-per-step", "2"]
+
+
+def test_prints_curves_table_and_metrics(tiny_dir, prompts_file, capsys):
+    code = main(["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--reward-rule", "format", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["step", "len", "min", "max", "clip", "score", "std", "kl", "entropy", "grad", "step_s"]
+    assert [line.split()[0] for line in lines[1:4]] == ["0", "1", "2"]
+    assert "probe/length_retention" in out and "probe/reward_recovery_step" in out
+    assert "3 steps" in out
+
+
+def test_json_output_is_one_object(tiny_dir, prompts_file, capsys):
+    code = main(["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--json", "--seed", "3", *FAST])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert len(data["curves"]["response_length/mean"]) == 3
+    assert set(data["probe_metrics"]) >= {"probe/length_retention", "probe/reward_dip", "probe/stopped_early"}
+    assert data["config"]["seed"] == 3 and data["config"]["reward"]["rule"] == "exact_match"
+
+
+def test_settings_come_from_the_spec(tiny_dir, prompts_file, tmp_path, capsys):
+    spec = tmp_path / "space.yaml"
+    spec.write_text(
+        f"name: t\nmodels: {{pretrained: {tiny_dir}, instruct: {tiny_dir}, reasoning: {tiny_dir}}}\n"
+        f"evals:\n  probe: {{prompts: {prompts_file.name}, steps: 4, max_new_tokens: 8, reward: {{rule: format}}}}\n"
+        "objectives: [{metric: probe/length_retention, direction: maximize}]\n"
+    )
+    prompts_file_copy = tmp_path / prompts_file.name  # relative to the spec's folder
+    prompts_file_copy.write_text(prompts_file.read_text())
+    assert main(["probe", "--model", str(tiny_dir), "--spec", str(spec), "--json", "--steps", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["steps"] == 2  # the flag overrides the spec
+    assert data["config"]["max_new_tokens"] == 8 and data["config"]["reward"]["rule"] == "format"
+    assert data["config"]["prompts"] == str(prompts_file_copy)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompts", "{missing}"], "prompts file {missing}: not found"),
+        (["--prompts", "{prompts}", "--steps", "1"], "steps must be a whole number >= 2"),
+        ([], "give --prompts FILE or --spec SPEC"),
+        (["--prompts", "{prompts}", "--model", "{missing}"], "--model {missing}: no such checkpoint folder"),
+    ],
+)
+def test_bad_input_exits_2_with_one_message(tiny_dir, prompts_file, tmp_path, capsys, args, message):
+    missing = tmp_path / "missing"
+    fill = {"missing": missing, "prompts": prompts_file}
+    argv = ["probe", "--model", str(tiny_dir)] + [a.format(**fill) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.format(**fill) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
