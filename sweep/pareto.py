@@ -352,6 +352,7 @@ class BalancedPoint:
     score: float
     params: dict[str, Any] = field(default_factory=dict)  # without the "params/" prefix
     metrics: dict[str, float] = field(default_factory=dict)  # every metric column of the row
+    weights: dict[str, float] | None = None  # by objective metric, for the "weighted" rule
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -425,6 +426,7 @@ def balanced_point(
         score=float(scores[best]),
         params=trial_params(row),
         metrics=trial_metrics(row, front.columns),
+        weights={o.metric: float(x) for o, x in zip(objectives, w)} if w is not None else None,
     )
 
 
@@ -435,9 +437,13 @@ NON_METRIC_COLUMNS = frozenset(
 )
 
 
+# Column prefixes that are not metrics: searched params and per-phase timings (seconds).
+NON_METRIC_PREFIXES = (PARAM_PREFIX, "timing/")
+
+
 def metric_columns(columns: Iterable[str]) -> list[str]:
-    """The metric columns of a trials table: everything not a param or bookkeeping column."""
-    return [c for c in columns if not str(c).startswith(PARAM_PREFIX) and c not in NON_METRIC_COLUMNS]
+    """The metric columns of a trials table: everything not a param, timing or bookkeeping column."""
+    return [c for c in columns if not str(c).startswith(NON_METRIC_PREFIXES) and c not in NON_METRIC_COLUMNS]
 
 
 def param_columns(columns: Iterable[str]) -> list[str]:
