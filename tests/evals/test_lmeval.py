@@ -111,3 +111,20 @@ def test_importing_evals_stays_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_think_end_is_passed_by_id_when_decoding_would_drop_it():
+    """HFLM decodes with skip_special_tokens=True: a special </think> must be cut by id."""
+    from tokenizers import AddedToken
+
+    from evals.answers import think_end_token
+    from sweep.demo.tokenizer import build_char_tokenizer
+
+    special = build_char_tokenizer()
+    special.add_special_tokens({"additional_special_tokens": [AddedToken("</think>", special=True, normalized=False)]})
+    (think_id,) = special.encode("</think>", add_special_tokens=False)
+    assert special.decode([think_id], skip_special_tokens=True) == ""
+    assert think_end_token(special, "</think>") == think_id
+    assert think_end_token(special, "answer:") == "answer:"  # several tokens: cut by text
+    assert think_end_token(special, "</think>", backend="vllm") == "</think>"  # vLLM keeps special tokens in text
+    assert think_end_token(special, None) is None
