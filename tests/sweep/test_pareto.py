@@ -265,3 +265,44 @@ def test_summary_round_trips_through_json():
     assert again == summary and isinstance(again.balanced, BalancedPoint)
     with pytest.raises(SweepError, match="one finite number per objective"):
         summarize(trials, MAX2, reference=(0.0,))
+
+
+def test_front_of_the_runners_parquet_table_equals_best_trials(tmp_path):
+    """Through the real recording path: record_trial into a durable study, the table
+    written to trials.parquet, read back; the front must be Optuna's best_trials."""
+    import optuna
+
+    from sweep.records import TrialResult
+    from sweep.runner import record_trial
+    from sweep.spec import parse_spec
+    from sweep.study import open_study, write_table
+
+    text = f"""
+name: pareto-check
+models: {{pretrained: /m/p, instruct: /m/i, reasoning: /m/r}}
+evals:
+  lm_eval: {{search_tasks: [toy]}}
+  probe: {{prompts: /m/prompts.jsonl}}
+objectives:
+  - {{metric: "{A}", direction: maximize}}
+  - {{metric: probe/length_retention, direction: maximize}}
+  - {{metric: probe/reward_dip, direction: minimize}}
+constraints: ["probe/length_retention >= 0.4"]
+results_dir: {tmp_path}
+"""
+    spec = parse_spec(text, base_dir=tmp_path)
+    study = open_study(spec, storage=optuna.storages.InMemoryStorage())  # SQLite costs ~0.4 s per trial on a busy disk
+    dists = {"alpha": optuna.distributions.FloatDistribution(0, 1), "beta": optuna.distributions.FloatDistribution(0.5, 1)}
+    rng = np.random.default_rng(7)
+    for k in range(30):
+        trial = study.ask(dists)
+        metrics = {A: round(float(rng.random()), 1), B: round(float(rng.random()), 1), C: round(float(rng.random()), 1)}
+        if k % 9 == 4:
+            metrics[C] = None  # an objective not produced: recorded FAIL
+        result = None if k % 11 == 5 else TrialResult(params=dict(trial.params), metrics=metrics, curves={"response_length/mean": [3.0, 2.0]})
+        record_trial(study, trial, spec, result, error="RuntimeError: planted" if result is None else None, ray_trial_id=f"r{k}")
+    table = pd.read_parquet(write_table(study, spec))
+    objectives = list(zip(spec.objective_names, spec.directions))
+    assert sorted(pareto_front(table, objectives, spec.constraints)["number"]) == sorted(t.number for t in study.best_trials)
+    assert 0 < len(study.best_trials) < (table["state"] == "COMPLETE").sum()  # the check is not vacuous
+    assert (~table["feasible"] & (table["state"] == "COMPLETE")).any()
