@@ -116,11 +116,13 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
     else:
         shard_names = sorted(p.name for p in path.glob("*.safetensors"))
     if not shard_names:
-        if any((path / n).exists() for n in PICKLE_NAMES) and not allow_pickle:
-            raise MergeError(
-                f"{path}: only pickle .bin weights found; they can run arbitrary code when loaded. "
-                "Convert to safetensors, or allow pickle explicitly"
-            )
+        if any((path / n).exists() for n in PICKLE_NAMES):
+            if not allow_pickle:
+                raise MergeError(
+                    f"{path}: only pickle .bin weights found; they can run arbitrary code when loaded. "
+                    "Convert to safetensors, or allow pickle explicitly"
+                )
+            return CheckpointInfo(path=path, config=config, tensors=_pickle_tensors(path))
         raise MergeError(f"{path}: no safetensors weights found")
 
     tensors: dict[str, TensorInfo] = {}
@@ -131,6 +133,37 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
         for name, meta in read_safetensors_header(file).items():
             tensors[name] = TensorInfo(dtype=meta["dtype"], shape=tuple(meta["shape"]), file=shard)
     return CheckpointInfo(path=path, config=config, tensors=tensors)
+
+
+def _pickle_tensors(path: Path) -> dict[str, TensorInfo]:
+    """Tensor infos of a pickle checkpoint (pytorch_model.bin, or its index and shards).
+
+    Loads with torch.load(mmap=True, weights_only=True): shapes come from the mapped file
+    and no weights are read into memory.
+    """
+    import torch  # heavy, and needed only for pickle checkpoints
+
+    from merge.io import TAGS
+
+    index_file = path / PICKLE_NAMES[1]
+    if index_file.exists():
+        try:
+            shard_names = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise MergeError(f"{index_file}: cannot parse the weight map ({exc})") from None
+    else:
+        shard_names = [PICKLE_NAMES[0]]
+    tensors: dict[str, TensorInfo] = {}
+    for shard in shard_names:
+        try:
+            state = torch.load(path / shard, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise MergeError(f"{path / shard}: cannot load the pickle weights ({type(exc).__name__}: {exc})") from None
+        for name, tensor in state.items():
+            if tensor.dtype not in TAGS:
+                raise MergeError(f"{path / shard}: tensor {name} has unsupported dtype {tensor.dtype}")
+            tensors[name] = TensorInfo(dtype=TAGS[tensor.dtype], shape=tuple(tensor.shape), file=shard)
+    return tensors
 
 
 def compatibility_problems(infos: dict[str, CheckpointInfo], *, vocab: str = "strict", limit: int = 5) -> list[str]:

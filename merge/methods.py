@@ -3,16 +3,20 @@
 A method takes the per-model tensors of one parameter and their weights, plus an
 optional `base` tensor (the shared ancestor, for task-vector methods), and returns the
 merged tensor in float32. Its keyword-only parameters after `base` are its parameter
-schema: `method_param_names("ties") == ["density"]`.
+schema: `method_param_names("ties") == ["density"]`; their defaults are the defaults.
 
     @register("linear")
     def linear(tensors, weights, *, base=None): ...
+
+Every method is pure: same inputs, same output (DARE draws its masks from a CPU
+generator seeded by its `seed` argument, so CPU and GPU builds agree).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import torch
 
@@ -21,13 +25,19 @@ REGISTRY: dict[str, MergeFn] = {}
 
 # Methods that need the shared ancestor as `base` (task vectors are theta_i - base).
 NEEDS_BASE: set[str] = set()
+# Methods defined for exactly two models (stage 2 merges two: the stage-1 result and pretrained).
+TWO_MODELS: set[str] = set()
+# Methods allowed in stage 2 (stage-1 result, pretrained).
+STAGE2_METHODS = ("linear", "slerp")
 
 
-def register(name: str, *, needs_base: bool = False) -> Callable[[MergeFn], MergeFn]:
+def register(name: str, *, needs_base: bool = False, two_models: bool = False) -> Callable[[MergeFn], MergeFn]:
     def wrap(fn: MergeFn) -> MergeFn:
         REGISTRY[name] = fn
         if needs_base:
             NEEDS_BASE.add(name)
+        if two_models:
+            TWO_MODELS.add(name)
         return fn
 
     return wrap
@@ -48,6 +58,59 @@ def method_param_names(name: str) -> list[str]:
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "base"]
 
 
+def method_defaults(name: str) -> dict[str, Any]:
+    """Default value of each of the method's parameters."""
+    params = inspect.signature(get_method(name)).parameters
+    return {n: params[n].default for n in method_param_names(name)}
+
+
+# ---------------------------------------------------------------- parameter checks
+
+def _density(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return f"density must be a number in (0, 1] (the fraction of each task vector kept), got {value!r}"
+    return None
+
+
+def _variant(value: Any) -> str | None:
+    if value not in ("linear", "ties"):
+        return f"variant must be 'linear' or 'ties', got {value!r}"
+    return None
+
+
+def _seed(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"seed must be a non-negative integer, got {value!r}"
+    return None
+
+
+def _eps(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        return f"eps must be a number in [0, 1) (|cos| > 1 - eps falls back to linear), got {value!r}"
+    return None
+
+
+# Parameter name -> check returning a message, or None when the value is fine.
+PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {"density": _density, "variant": _variant, "seed": _seed, "eps": _eps}
+
+
+def param_problems(name: str, params: dict[str, Any] | None) -> list[str]:
+    """Every problem with a method name and its parameters, as readable lines (empty: fine)."""
+    if name not in REGISTRY:
+        return [f"unknown merge method {name!r}; known: {', '.join(sorted(REGISTRY))}"]
+    known = method_param_names(name)
+    problems = []
+    for key, value in (params or {}).items():
+        if key not in known:
+            problems.append(f"{key!r} is not a parameter of merge method {name} (its parameters: {', '.join(known) or 'none'})")
+        elif (check := PARAM_CHECKS.get(key)) and (msg := check(value)):
+            problems.append(f"{name}: {msg}")
+    return problems
+
+
+# ---------------------------------------------------------------- methods
+
+
 @register("linear")
 def linear(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted sum, accumulated in float32. Weights are used as given (no normalization)."""
@@ -55,3 +118,121 @@ def linear(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Ten
     for tensor, weight in zip(tensors[1:], weights[1:]):
         out.add_(tensor.to(torch.float32), alpha=weight)
     return out
+
+
+@register("task_arithmetic", needs_base=True)
+def task_arithmetic(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None) -> torch.Tensor:
+    """base + sum_i w_i (theta_i - base). Equals `linear` when the weights sum to one."""
+    base32 = _require_base(base, "task_arithmetic")
+    out = base32.clone()
+    for tensor, weight in zip(tensors, weights):
+        out.add_(tensor.to(torch.float32) - base32, alpha=weight)
+    return out
+
+
+@register("ties", needs_base=True)
+def ties(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, density: float = 0.5) -> torch.Tensor:
+    """TIES-merging: trim, elect sign, disjoint mean.
+
+    1. trim: keep the `density` fraction of each task vector tau_i = theta_i - base with the
+       largest magnitudes (exactly round(density * numel) entries), zero the rest;
+    2. elect: per entry, sign of sum_i w_i * trimmed_i (a zero sum elects +);
+    3. disjoint mean: sum of w_i * trimmed_i over the models whose trimmed entry has the
+       elected sign, divided by the sum of their w_i (0 where no model agrees).
+    Returns base + that mean.
+    """
+    base32 = _require_base(base, "ties")
+    deltas = [_trim(tensor.to(torch.float32) - base32, density) for tensor in tensors]
+    return base32 + _disjoint_mean(deltas, weights)
+
+
+@register("dare", needs_base=True)
+def dare(
+    tensors: list[torch.Tensor],
+    weights: list[float],
+    *,
+    base: torch.Tensor | None = None,
+    density: float = 0.5,
+    variant: str = "linear",
+    seed: int = 0,
+) -> torch.Tensor:
+    """DARE: drop each task-vector entry with probability 1 - density, rescale the kept by 1/density.
+
+    Masks: `g = torch.Generator().manual_seed(seed)`; for model i in order,
+    `keep_i = torch.rand(shape, generator=g) < density` (drawn on the CPU, so any device
+    gives the same masks). variant "linear": base + sum_i w_i * tau_i'; variant "ties":
+    base + TIES's sign election and disjoint mean over tau_i' (no magnitude trim).
+    """
+    base32 = _require_base(base, "dare")
+    generator = torch.Generator().manual_seed(int(seed))
+    deltas = []
+    for tensor in tensors:
+        keep = torch.rand(tensor.shape, generator=generator) < density
+        delta = tensor.to(torch.float32) - base32
+        deltas.append(delta * keep.to(delta.device) / density)
+    if variant == "ties":
+        return base32 + _disjoint_mean(deltas, weights)
+    out = base32.clone()
+    for delta, weight in zip(deltas, weights):
+        out.add_(delta, alpha=weight)
+    return out
+
+
+@register("slerp", two_models=True)
+def slerp(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, eps: float = 5e-4) -> torch.Tensor:
+    """Spherical interpolation of two tensors with t = weights[1] (weights = [1 - t, t]).
+
+    The angle comes from the flattened tensors' cosine; when |cos| > 1 - eps (nearly
+    colinear, where slerp divides by ~0) or a tensor is all zeros, it falls back to the
+    linear (1 - t) a + t b. Otherwise: sin((1-t) w)/sin w * a + sin(t w)/sin w * b.
+    """
+    if len(tensors) != 2:
+        raise ValueError(f"slerp merges exactly two tensors, got {len(tensors)}")
+    a, b = (t.to(torch.float32) for t in tensors)
+    t = float(weights[1])
+    norm_a, norm_b = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
+    if norm_a < 1e-12 or norm_b < 1e-12:
+        return linear([a, b], [1.0 - t, t])
+    cos = float(torch.dot(a.flatten(), b.flatten())) / (norm_a * norm_b)  # fp32 dot: ~1e-7 relative
+    cos = max(-1.0, min(1.0, cos))
+    if abs(cos) > 1.0 - eps:
+        return linear([a, b], [1.0 - t, t])
+    omega = math.acos(cos)
+    sin_omega = math.sin(omega)
+    return linear([a, b], [math.sin((1.0 - t) * omega) / sin_omega, math.sin(t * omega) / sin_omega])
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _require_base(base: torch.Tensor | None, method: str) -> torch.Tensor:
+    if base is None:
+        raise ValueError(f"{method} needs the shared ancestor as base")
+    return base.to(torch.float32)
+
+
+def _trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the round(density * numel) largest-magnitude entries of delta, zero the rest."""
+    keep = int(round(density * delta.numel()))
+    if keep >= delta.numel():
+        return delta
+    flat = delta.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if keep > 0:
+        mask[torch.topk(flat.abs(), keep, sorted=False).indices] = True
+    return (flat * mask).view_as(delta)
+
+
+def _disjoint_mean(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    weighted = [delta * weight for delta, weight in zip(deltas, weights)]
+    total = weighted[0].clone()
+    for w in weighted[1:]:
+        total.add_(w)
+    elected = torch.where(total >= 0, 1.0, -1.0)
+    numerator = torch.zeros_like(total)
+    denominator = torch.zeros_like(total)
+    for delta, w, weight in zip(deltas, weighted, weights):
+        agrees = torch.sign(delta) == elected
+        numerator.add_(torch.where(agrees, w, 0.0))
+        denominator.add_(agrees.to(torch.float32), alpha=weight)
+    return torch.where(denominator.abs() > 1e-12, numerator / torch.where(denominator.abs() > 1e-12, denominator, 1.0), 0.0)

@@ -1,0 +1,153 @@
+"""The fused weighted sum `out = sum_i w_i * source_i`: fp32 arithmetic, one rounding to out's dtype.
+
+Two implementations of one contract:
+
+- "compiled": one `torch.compile`d elementwise kernel (inductor: C++/OpenMP on CPU,
+  Triton on CUDA). It reads each source once and writes `out` once: about 2x the time
+  of `out.copy_(source)` on bf16 (measured 2.0x on this 2-core box), the best a
+  3-reads-1-write kernel can do. Compiling costs ~4 s with a warm inductor cache (~20 s
+  cold) once per process, so it is used only for tensors of at least
+  `COMPILE_MIN_NUMEL` elements.
+- "eager": a chunked loop of plain torch ops over L2-sized fp32 chunks. Always
+  available; ~5x a `copy_` on bf16 CPU tensors (each mixed-dtype op converts first).
+
+Mode: `set_kernel("auto" | "compiled" | "eager")` or `SWEEP_MERGE_KERNEL`; "auto" uses the
+compiled kernel for large tensors and falls back to eager, with one warning, when
+compiling fails (no C++ compiler, no Triton).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import torch
+
+KERNEL_MODES = ("auto", "compiled", "eager")
+# elements: below this the eager loop costs < ~1 ms, less than any compile would.
+COMPILE_MIN_NUMEL = 1 << 20
+# elements: an fp32 chunk of 64 Ki = 256 KiB; acc + tmp stay in a 2 MiB L2.
+CPU_CHUNK = 1 << 16
+# elements: on CUDA per-op launch overhead matters more than cache size.
+CUDA_CHUNK = 1 << 24
+
+_mode = os.environ.get("SWEEP_MERGE_KERNEL", "auto")
+_compiled_fn = None
+_compile_failed = False
+
+
+def set_kernel(mode: str) -> None:
+    """Choose the kernel: "auto" (compiled for large tensors, else eager), "compiled" or "eager"."""
+    global _mode
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"kernel mode must be one of {KERNEL_MODES}, got {mode!r}")
+    _mode = mode
+
+
+def get_kernel() -> str:
+    return _mode
+
+
+@torch.no_grad()
+def weighted_sum_into(out: torch.Tensor, sources: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
+    """out[:] = sum_i weights[i] * sources[i], accumulated in float32, rounded once into out.dtype.
+
+    `out` must be contiguous; sources must have out's number of elements and live on
+    out's device (any float dtype each). Weights are used as given (no normalization).
+    """
+    if len(sources) != len(weights) or not sources:
+        raise ValueError("weighted_sum_into needs one weight per source, and at least one source")
+    flat_out = out.view(-1)
+    flat_sources = [s.reshape(-1) for s in sources]
+    if _use_compiled(flat_out):
+        if _run_compiled(flat_out, flat_sources, weights):
+            return
+    _run_eager(flat_out, flat_sources, weights)
+
+
+def _use_compiled(out: torch.Tensor) -> bool:
+    if _mode == "eager" or _compile_failed:
+        return False
+    return _mode == "compiled" or out.numel() >= COMPILE_MIN_NUMEL
+
+
+def _fused(out: torch.Tensor, sources: list[torch.Tensor], weights: torch.Tensor) -> None:
+    acc = sources[0].to(torch.float32) * weights[0]
+    for i in range(1, len(sources)):
+        acc = acc + sources[i].to(torch.float32) * weights[i]
+    out.copy_(acc)
+
+
+_weight_tensors: dict[tuple, torch.Tensor] = {}
+
+
+def _weights_on(weights: Sequence[float], device: torch.device) -> torch.Tensor:
+    key = (tuple(float(w) for w in weights), str(device))
+    tensor = _weight_tensors.get(key)
+    if tensor is None:
+        if len(_weight_tensors) > 64:  # one entry per trial's weights: keep the dict small
+            _weight_tensors.clear()
+        tensor = _weight_tensors[key] = torch.tensor(key[0], dtype=torch.float32, device=device)
+    return tensor
+
+
+def _run_compiled(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float]) -> bool:
+    """Run the compiled kernel; False (and eager from now on) when compiling fails."""
+    global _compiled_fn, _compile_failed
+    try:
+        if _compiled_fn is None:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.compile_threads = 1  # no compile worker pool inside a sweep worker
+            _compiled_fn = torch.compile(_fused, dynamic=True, fullgraph=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _compiled_fn(out, sources, _weights_on(weights, out.device))
+        return True
+    except Exception as exc:  # noqa: BLE001 - any compiler/toolchain failure means: use eager
+        if _mode == "compiled":
+            raise
+        _compile_failed = True
+        warnings.warn(f"merge: torch.compile kernel unavailable ({type(exc).__name__}: {str(exc)[:200]}); using the eager kernel", RuntimeWarning, stacklevel=3)
+        return False
+
+
+def _run_eager(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float]) -> None:
+    n = out.numel()
+    if out.device.type == "cpu":
+        threads = torch.get_num_threads()
+        if threads > 1 and n >= 4 * CPU_CHUNK:
+            # torch ops release the GIL: split the tensor into one range per thread.
+            step = -(-n // threads)
+            ranges = [(s, min(n, s + step)) for s in range(0, n, step)]
+            with ThreadPoolExecutor(len(ranges)) as pool:
+                list(pool.map(lambda r: _eager_range(out, sources, weights, r[0], r[1], CPU_CHUNK), ranges))
+            return
+        _eager_range(out, sources, weights, 0, n, CPU_CHUNK)
+    else:
+        _eager_range(out, sources, weights, 0, n, CUDA_CHUNK)
+
+
+def _eager_range(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float], start: int, stop: int, chunk: int) -> None:
+    size = min(chunk, stop - start)
+    acc = torch.empty(size, dtype=torch.float32, device=out.device)
+    tmp = torch.empty(size, dtype=torch.float32, device=out.device) if any(s.dtype != torch.float32 for s in sources) else None
+    for s in range(start, stop, chunk):
+        e = min(stop, s + chunk)
+        a = acc[: e - s]
+        first = sources[0][s:e]
+        if first.dtype == torch.float32:
+            torch.mul(first, weights[0], out=a)
+        else:
+            a.copy_(first)  # exact widening to fp32; a mixed-dtype mul would round in bf16
+            a.mul_(weights[0])
+        for source, weight in zip(sources[1:], weights[1:]):
+            x = source[s:e]
+            if x.dtype != torch.float32:
+                t = tmp[: e - s]
+                t.copy_(x)
+                x = t
+            a.add_(x, alpha=weight)
+        out[s:e].copy_(a)
