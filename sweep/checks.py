@@ -11,10 +11,6 @@ from merge.checkpoint import CheckpointInfo, compatibility_problems, inspect_che
 from merge.errors import MergeError
 from sweep.spec import MODEL_ROLES, SweepSpec
 
-# lm-eval task names from well-known benchmarks whose scored split is the test set.
-KNOWN_TEST_SPLIT_TASKS = ("gsm8k", "minerva_math", "aime24", "aime25", "math500", "ifeval", "mmlu", "gpqa", "humaneval", "arc_challenge", "hellaswag")
-
-
 def inspect_models(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
     infos: dict[str, CheckpointInfo] = {}
     problems: list[str] = []
@@ -53,22 +49,39 @@ def file_problems(spec: SweepSpec) -> list[str]:
     problems: list[str] = []
     lm = spec.evals.lm_eval
     if lm is not None:
-        for i, include in enumerate(lm.include_paths):
-            if not Path(include).is_dir():
-                problems.append(f"evals.lm_eval.include_paths.{i}: {include} is not a folder")
-        if not lm.allow_test_split:
-            for i, task in enumerate(lm.search_tasks):
-                if task.split("_")[0] in KNOWN_TEST_SPLIT_TASKS or task in KNOWN_TEST_SPLIT_TASKS:
-                    problems.append(
-                        f"evals.lm_eval.search_tasks.{i}: '{task}' scores a benchmark's test split; tuning merge ratios "
-                        "on it overfits the report. Use a dev/search split, or set evals.lm_eval.allow_test_split: true"
-                    )
+        problems += lm_eval_problems(spec)
     probe = spec.evals.probe
     if probe is not None:
         if not Path(probe.prompts).is_file():
             problems.append(f"evals.probe.prompts: {probe.prompts} is not a file")
         if probe.reward.model and not Path(probe.reward.model).is_dir():
             problems.append(f"evals.probe.reward.model: {probe.reward.model} is not a checkpoint folder")
+    return problems
+
+
+def lm_eval_problems(spec: SweepSpec) -> list[str]:
+    """Include paths, task names, metric names and test splits, from task YAMLs only.
+
+    Cheap when every task is local; a task not found locally makes lm-eval index its
+    built-in tasks once (~15 s).
+    """
+    from evals.lmeval import metric_problems, task_problems, test_split_problems
+
+    lm = spec.evals.lm_eval
+    problems = []
+    for i, include in enumerate(lm.include_paths):
+        if not Path(include).is_dir():
+            problems.append(f"evals.lm_eval.include_paths.{i}: {include} is not a folder")
+    for field in ("search_tasks", "report_tasks"):
+        problems += [f"evals.lm_eval.{field}: {p}" for p in task_problems(getattr(lm, field), lm.include_paths)]
+    if problems:
+        return problems  # metric and split checks need the tasks
+    for i, objective in enumerate(spec.objectives):
+        problems += [f"objectives.{i}.metric: {p}" for p in metric_problems([objective.metric], lm.include_paths)]
+    for i, constraint in enumerate(spec.constraints):
+        problems += [f"constraints.{i}: {p}" for p in metric_problems([constraint.metric], lm.include_paths)]
+    if not lm.allow_test_split:
+        problems += [f"evals.lm_eval.search_tasks: {p}" for p in test_split_problems(lm.search_tasks, lm.include_paths)]
     return problems
 
 

@@ -129,6 +129,9 @@ MALFORMED = [
     ("fixed point out of range", "space.points", [{"alpha": 0.5, "beta": 0.2}], "space.points.0.beta"),
     ("bad regex", "evals.lm_eval.answer_regex", "([0-9]+", "evals.lm_eval.answer_regex"),
     ("vllm without gpu", "evals.lm_eval.backend", "vllm", "evals.lm_eval.backend"),
+    ("metric the task does not report", "objectives.0.metric", "lm_eval/toy_task/exact_match,nne", "objectives.0.metric"),
+    ("unknown lm-eval task", "evals.lm_eval.search_tasks", ["toy_task", "toy_tsk"], "toy_tsk"),
+    ("missing prompts file", "evals.probe.prompts", "nowhere.jsonl", "evals.probe.prompts"),
 ]
 
 

@@ -1,0 +1,32 @@
+"""Every shipped spec loads, starts with a comment saying what it is for, and validates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweep.checks import spec_problems
+from sweep.spec import load_spec
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+SPECS = sorted(SPACES.glob("*.yaml"))
+
+
+def test_the_three_specs_are_shipped():
+    assert {p.name for p in SPECS} >= {"demo.yaml", "bai-7b.yaml", "nightly.yaml"}
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+def test_spec_starts_with_a_comment_and_loads(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and len(first) > 20
+    spec = load_spec(path, resolve_demo=False)
+    assert spec.objectives and spec.budget.trials >= 1
+
+
+def test_cluster_example_validates_except_for_its_model_paths():
+    spec = load_spec(SPACES / "bai-7b.yaml", resolve_demo=False)
+    _, problems = spec_problems(spec)
+    assert problems, "the /ckpt paths do not exist here"
+    assert all(p.startswith("models.") for p in problems), problems
