@@ -6,6 +6,7 @@ PROBE_METRICS = (
     "length_growth",  # length[-1] / length[0]; > 1 is BAI's continuous length improvement
     "reward_dip",  # max(0, reward[0] - min(reward)), in reward units: the hockey stick's depth
     "reward_recovery_step",  # first step after the minimum with reward >= reward[0]; absent if none
+    "reward_steps_to_recover",  # always defined: 0 with no dip, the recovery step, or the step count if none
     "reward_final",  # reward[-1]
     "kl_final",  # KL to the initial candidate at the last step
     "entropy_drop",  # entropy[0] - min(entropy)

@@ -6,7 +6,8 @@ a short probe (step 0 is the candidate itself, before any update):
 - sequence-length collapse: `length_retention` = min(length) / length[0] well below 1;
 - the reward hockey stick: `reward_dip` = max(0, reward[0] - min(reward)) (reward units)
   and `reward_recovery_step`, the first step after the minimum where the reward is back
-  at reward[0] or above.
+  at reward[0] or above (None with no dip or no recovery: the best and the worst case,
+  so objectives should use `reward_steps_to_recover`, which is 0 and len(curve) there).
 
 With `window > 1` every curve is first smoothed with a trailing moving average of that
 many steps (the first steps average over the steps available so far, so the smoothed
@@ -31,6 +32,8 @@ class StabilityMetrics:
     length_growth: float | None  # L[-1] / L[0]; None when L[0] == 0
     reward_dip: float  # max(0, R[0] - min(R)), reward units
     reward_recovery_step: int | None  # step index; None with no dip or no recovery
+    # reward_recovery_step made total, for objectives: 0 with no dip, len(curve) with no recovery
+    reward_steps_to_recover: int
     reward_final: float  # R[-1]
     kl_final: float | None  # KL[-1] to the initial candidate; None without a KL curve
     entropy_drop: float | None  # H[0] - min(H), nats per token; None without an entropy curve
@@ -135,6 +138,7 @@ def stability_metrics(
         length_growth=growth,
         reward_dip=dip,
         reward_recovery_step=recovery,
+        reward_steps_to_recover=0 if dip == 0 else (recovery if recovery is not None else steps),
         reward_final=R[-1],
         kl_final=kl_final,
         entropy_drop=entropy_drop,

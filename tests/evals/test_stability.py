@@ -19,6 +19,7 @@ def test_flat_curves_keep_everything():
     assert m.length_growth == 1.0
     assert m.reward_dip == 0.0
     assert m.reward_recovery_step is None  # no dip, so nothing to recover from
+    assert m.reward_steps_to_recover == 0
     assert m.reward_final == 0.5
     assert m.kl_final is None and m.entropy_drop is None
     assert m.steps == 4 and m.window == 1
@@ -42,6 +43,7 @@ def test_hockey_stick_with_recovery():
     m = stability_metrics([10] * 7, reward)
     assert m.reward_dip == pytest.approx(0.5)
     assert m.reward_recovery_step == 5  # first step after the minimum (step 2) back at 0.6
+    assert m.reward_steps_to_recover == 5
     assert m.reward_final == pytest.approx(0.7)
 
 
@@ -49,11 +51,13 @@ def test_hockey_stick_without_recovery():
     m = stability_metrics([10] * 5, [0.6, 0.2, 0.1, 0.3, 0.5])
     assert m.reward_dip == pytest.approx(0.5)
     assert m.reward_recovery_step is None
+    assert m.reward_steps_to_recover == 5  # never recovered: the number of steps, worse than any recovery
 
 
 def test_recovery_at_the_last_step():
     m = stability_metrics([10, 10, 10], [0.6, 0.1, 0.6])
     assert m.reward_recovery_step == 2
+    assert m.reward_steps_to_recover == 2
 
 
 def test_recovery_counts_from_the_first_minimum():
