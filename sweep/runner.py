@@ -36,6 +36,7 @@ from sweep.study import (
     enqueue_points,
     make_storage,
     open_study,
+    save_spec_snapshot,
     recover_orphans,
     study_lock,
     write_table,
@@ -372,6 +373,7 @@ def _run_locked(spec: SweepSpec, *, address, quiet, trial_fn, stream, started) -
     storage = make_storage(spec.storage_url)
     study = open_study(spec, storage=storage)
     sampler = make_sampler(spec, trials_so_far=len(study.get_trials(deepcopy=False)))
+    save_spec_snapshot(spec)
     recovered = recover_orphans(study)
     enqueue_points(study, [dict(p) for p in spec.space.points])
     if spec.warm_start_from:

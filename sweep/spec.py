@@ -227,6 +227,19 @@ class ConstraintSpec(_Section):
         return f"{self.metric} {self.op} {self.value:g}"
 
 
+# ---------------------------------------------------------------- report
+
+
+class ReportSpec(_Section):
+    """How the balanced point is chosen and the hypervolume measured (see docs/report.md)."""
+
+    # maximin: best worst objective, normalized over the front; knee: farthest from the line
+    # (plane) through the front's extremes; weighted: best weighted sum of normalized objectives.
+    balanced_rule: Literal["maximin", "knee", "weighted"] = "maximin"
+    weights: dict[str, Annotated[float, Field(ge=0)]] | None = None  # by objective metric, for weighted
+    reference: list[float] | None = None  # hypervolume reference point, one value per objective
+
+
 # ---------------------------------------------------------------- resources / top level
 
 
@@ -251,6 +264,7 @@ class SweepSpec(_Section):
     objectives: Annotated[list[ObjectiveSpec], Field(min_length=1)]
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
     # Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file path.
     # Default: sqlite:///<results_dir>/<name>/study.db
     storage: str | None = None
@@ -359,6 +373,19 @@ def cross_field_problems(spec: SweepSpec) -> list[tuple[tuple, str]]:
         for key, rng in spec.space.params.items():
             if rng.step is None:
                 problems.append((("space", "params", key, "step"), "the grid sampler needs a step for every range"))
+
+    report = spec.report
+    if report.weights is not None:
+        if report.balanced_rule != "weighted":
+            problems.append((("report", "weights"), "weights are used by balanced_rule: weighted only"))
+        for key in report.weights:
+            if key not in spec.objective_names:
+                problems.append((("report", "weights", key), f"not an objective{_suggest(key, spec.objective_names)}"))
+        missing = [m for m in spec.objective_names if m not in report.weights]
+        if missing:
+            problems.append((("report", "weights"), f"give a weight for every objective; missing: {', '.join(missing)}"))
+    if report.reference is not None and len(report.reference) != len(spec.objectives):
+        problems.append((("report", "reference"), f"needs one value per objective ({len(spec.objectives)}), got {len(report.reference)}"))
 
     if spec.budget.concurrent > spec.budget.trials:
         problems.append((("budget", "concurrent"), f"{spec.budget.concurrent} concurrent trials exceed the budget of {spec.budget.trials}"))

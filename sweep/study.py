@@ -164,6 +164,46 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+# ---------------------------------------------------------------- spec snapshot
+
+SPEC_SNAPSHOT = "spec.json"
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    """sha256 of the spec's content (paths resolved), stable across runs of the same file."""
+    import hashlib
+
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def save_spec_snapshot(spec: SweepSpec) -> Path:
+    """<study_dir>/spec.json: what report, export and compare read back (no spec path needed)."""
+    path = spec.study_dir / SPEC_SNAPSHOT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"spec": spec.model_dump(mode="json"), "spec_path": spec.spec_path, "sha256": spec_hash(spec)}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def load_study_dir(study_dir: str | Path) -> tuple[SweepSpec, "pd.DataFrame"]:
+    """(spec, trials table) of a finished or running study folder. Raises SweepError when absent."""
+    import pandas as pd
+
+    study_dir = Path(study_dir)
+    snapshot, table = study_dir / SPEC_SNAPSHOT, study_dir / "trials.parquet"
+    if not study_dir.is_dir():
+        raise SweepError(f"{study_dir}: no such study folder (expected <results_dir>/<name> of a `sweep run`)")
+    for file in (snapshot, table):
+        if not file.exists():
+            raise SweepError(f"{study_dir}: {file.name} is missing; is this the folder of a `sweep run`?")
+    data = json.loads(snapshot.read_text())
+    spec = SweepSpec.model_validate(data["spec"])
+    spec = spec.model_copy(update={"spec_path": data.get("spec_path")})
+    return spec, pd.read_parquet(table)
+
+
 # ---------------------------------------------------------------- the trials table
 
 
