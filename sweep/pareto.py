@@ -23,8 +23,9 @@ The volume of loss space dominated by the front and bounded by a reference point
 one's must be below it). Points that do not strictly improve on `r` in every objective
 add nothing. Computed exactly by slicing (HSO): sort by the last objective, sweep the
 slabs between consecutive values, each slab's area is the hypervolume of the points
-so far in one dimension fewer. Exact for any number of objectives; cost O(n^d) for n
-points and d objectives, which is nothing for the tens to hundreds of trials a sweep has.
+so far in one dimension fewer; 2 objectives are one vectorized sweep. Exact for any
+number of objectives; cost O(n^(d-1) log n) for n points and d objectives (3 objectives,
+200 front points: ~0.03 s).
 (No maintained hypervolume library fits: pymoo/pygmo are large, moocore is compiled
 and pulls a C toolchain on some platforms; Optuna's is private API. Tests cross-check
 against Optuna's `optuna._hypervolume.compute_hypervolume`.)
@@ -117,31 +118,31 @@ def nondominated_mask(losses: np.ndarray) -> np.ndarray:
 
 
 def _hv_losses(points: np.ndarray, reference: np.ndarray) -> float:
-    """Exact hypervolume of loss `points` (n, d) bounded above by `reference` (d,)."""
+    """Exact hypervolume of loss `points` (n, d), each < `reference` (d,) everywhere.
+
+    Dominated points may be present: they add nothing (the union of boxes is the same).
+    """
     if points.size == 0:
         return 0.0
     d = points.shape[1]
     if d == 1:
         return float(reference[0] - points[:, 0].min())
-    if d == 2:  # sweep: sort by the first loss, keep the running best second loss
+    if d == 2:  # sweep by the first loss; each point adds a strip below the running best second loss
         order = np.argsort(points[:, 0], kind="stable")
-        volume, best_y = 0.0, reference[1]
-        for x, y in points[order]:
-            if y < best_y:
-                volume += (reference[0] - x) * (best_y - y)
-                best_y = y
-        return float(volume)
+        xs, ys = points[order, 0], points[order, 1]
+        best = np.minimum.accumulate(np.concatenate(([reference[1]], ys)))
+        return float(np.sum((reference[0] - xs) * (best[:-1] - best[1:])))
     # d >= 3: slice along the last loss. Between consecutive last-loss values z_k and
     # z_{k+1} (or the reference), the dominated cross-section is the (d-1)-volume of
-    # the points whose last loss is <= z_k.
+    # the points whose last loss is <= z_k. O(n^(d-1) log n) for n points.
     order = np.argsort(points[:, -1], kind="stable")
     pts = points[order]
+    uppers = np.append(pts[1:, -1], reference[-1])
     volume = 0.0
     for k in range(len(pts)):
-        upper = pts[k + 1, -1] if k + 1 < len(pts) else reference[-1]
-        height = upper - pts[k, -1]
+        height = uppers[k] - pts[k, -1]
         if height > 0:
-            volume += height * _hv_losses(_front_only(pts[: k + 1, :-1]), reference[:-1])
+            volume += height * _hv_losses(pts[: k + 1, :-1], reference[:-1])
     return float(volume)
 
 
@@ -268,14 +269,18 @@ def hypervolume_history(trials: pd.DataFrame, objectives: Sequence[Any], constra
         return pd.DataFrame({"number": pd.Series(dtype=int), "hypervolume": pd.Series(dtype=float)})
     order = np.argsort(trials["number"].to_numpy(), kind="stable")
     numbers = trials["number"].to_numpy()[order]
-    values = objective_values(trials, objectives)[order]
+    losses = to_losses(objective_values(trials, objectives)[order], directions)
     eligible = eligible_mask(trials, objectives, constraints)[order]
-    ref_loss = to_losses(np.asarray(reference, dtype=float), directions)[0]
+    ref = to_losses(np.asarray(reference, dtype=float), directions)[0]
+    front = np.empty((0, len(directions)))
     history, volume = [], 0.0
     for k in range(len(numbers)):
-        # Only a new eligible point inside the reference box can change the volume.
-        if eligible[k] and np.all(to_losses(values[k], directions)[0] < ref_loss):
-            volume = hypervolume(values[: k + 1][eligible[: k + 1]], directions=directions, reference=reference)
+        point = losses[k]
+        # Only an eligible point inside the reference box, not weakly dominated by the
+        # current front, can change the volume; then the front is updated incrementally.
+        if eligible[k] and np.all(point < ref) and not np.any(np.all(front <= point, axis=1)):
+            front = np.vstack([front[~np.all(point <= front, axis=1)], point])
+            volume = _hv_losses(front, ref)
         history.append(volume)
     return pd.DataFrame({"number": numbers.astype(int), "hypervolume": history})
 

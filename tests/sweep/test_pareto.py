@@ -191,6 +191,24 @@ def test_hypervolume_history_steps_only_when_the_front_grows():
     assert list(history["hypervolume"]) == pytest.approx([1.0, 1.0, 1.5, 1.5, 1.5, 2.5])
 
 
+def test_incremental_history_equals_recomputing_from_scratch():
+    rng = np.random.default_rng(3)
+    rows = []
+    for k in range(60):
+        x = rng.random(3)
+        rows.append({A: round(float(x[0]), 2), B: round(float(x[1]), 2), C: round(float(x[2]), 2),
+                     "state": "FAIL" if k % 7 == 3 else "COMPLETE", "feasible": k % 5 != 2})
+    trials = table(rows).sample(frac=1.0, random_state=0)  # row order must not matter, numbers do
+    objectives = [(A, "maximize"), (B, "minimize"), (C, "maximize")]
+    ref = (0.0, 1.1, 0.0)
+    history = hypervolume_history(trials, objectives, reference=ref)
+    by_number = trials.set_index("number").sort_index()
+    for number, volume in zip(history["number"], history["hypervolume"]):
+        upto = by_number.loc[:number].reset_index()
+        assert volume == pytest.approx(summarize(upto, objectives, reference=ref).hypervolume, abs=1e-12)
+    assert history["hypervolume"].is_monotonic_increasing
+
+
 # ---------------------------------------------------------------- balanced point
 
 FRONT_2D = [{A: 0.0, B: 1.0}, {A: 0.3, B: 0.95}, {A: 0.6, B: 0.6}, {A: 1.0, B: 0.0}]
