@@ -102,17 +102,28 @@ def _task_manager(include_paths: tuple[str, ...], include_defaults: bool):
     return TaskManager(include_path=paths or None, include_defaults=include_defaults)
 
 
-def _locate(tasks: list[str], include_paths: list[str]) -> tuple[Any, list[str]]:
-    """(TaskManager that knows the most of `tasks`, names it does not know).
+def _builtin_index() -> dict:
+    """lm-eval's own tasks, indexed once per process (~15 s: thousands of YAML files)."""
+    return _task_manager((), True).task_index
 
-    Local folders first; lm-eval's built-in index (~15 s) only when a name is missing.
-    """
+
+def _entry(name: str, include_paths: list[str]) -> Any:
+    """The index entry for a task/group/tag name: include paths first, then lm-eval's own."""
+    entry = _task_manager(tuple(str(p) for p in include_paths), False).task_index.get(name)
+    return entry if entry is not None else _builtin_index().get(name)
+
+
+def _missing(tasks: list[str], include_paths: list[str]) -> list[str]:
+    return [t for t in tasks if _entry(t, include_paths) is None]
+
+
+def _loader(tasks: list[str], include_paths: list[str]) -> Any:
+    """A TaskManager that can load all of `tasks` (lm-eval's own index only when needed)."""
     key = tuple(str(p) for p in include_paths)
     local = _task_manager(key, False)
     if all(t in local.task_index for t in tasks):
-        return local, []
-    full = _task_manager(key, True)
-    return full, [t for t in tasks if t not in full.task_index]
+        return local
+    return _task_manager(key, True)
 
 
 def task_problems(tasks: list[str], include_paths: list[str]) -> list[str]:
@@ -124,11 +135,14 @@ def task_problems(tasks: list[str], include_paths: list[str]) -> list[str]:
     """
     if not tasks:
         return []
-    manager, missing = _locate(list(tasks), list(include_paths))
+    missing = _missing(list(tasks), list(include_paths))
+    if not missing:
+        return []
+    known = sorted(set(_task_manager(tuple(str(p) for p in include_paths), False).task_index) | set(_builtin_index()))
     where = ", ".join(str(p) for p in include_paths) if include_paths else "no include_paths"
     problems = []
     for name in missing:
-        close = difflib.get_close_matches(name, manager.all_tasks, n=1)
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         problems.append(
             f"unknown lm-eval task '{name}'{hint}: not defined by a YAML file under the include paths "
@@ -144,10 +158,9 @@ def produced_metrics(task: str, include_paths: list[str]) -> list[str] | None:
     names (else "none"). Groups: their aggregate_metric_list. Python-defined tasks, tags
     and groups without an explicit filter list: None (not checkable without running).
     """
-    manager, missing = _locate([task], list(include_paths))
-    if missing:
+    entry = _entry(task, list(include_paths))
+    if entry is None:
         return None
-    entry = manager.task_index[task]
     cfg = entry.cfg or {}
     kind = entry.kind.name
     if kind == "TASK":
@@ -204,11 +217,10 @@ def test_split_problems(tasks: list[str], include_paths: list[str]) -> list[str]
     and its YAML names a test_split (lm-eval scores test_split when a task has one).
     Groups count when any of their member tasks does. Set allow_test_split to accept.
     """
-    manager, _ = _locate(list(tasks), list(include_paths))
     builtin_root = _builtin_tasks_root()
     problems = []
     for task in tasks:
-        if _scores_builtin_test_split(task, manager.task_index, builtin_root, depth=0):
+        if _scores_builtin_test_split(task, list(include_paths), builtin_root, depth=0):
             problems.append(
                 f"'{task}' scores a benchmark's test split; tuning merge ratios on it overfits the report. "
                 "Use a dev/search split, or set evals.lm_eval.allow_test_split: true"
@@ -222,15 +234,15 @@ def _builtin_tasks_root() -> Path:
     return Path(lm_eval.tasks.__file__).resolve().parent
 
 
-def _scores_builtin_test_split(name: str, index: dict, builtin_root: Path, *, depth: int) -> bool:
-    entry = index.get(name)
+def _scores_builtin_test_split(name: str, include_paths: list[str], builtin_root: Path, *, depth: int) -> bool:
+    entry = _entry(name, include_paths)
     if entry is None or depth > 4:
         return False
     cfg = entry.cfg or {}
     if entry.kind.name == "GROUP":
         members = cfg.get("task") or []
         names = [m if isinstance(m, str) else m.get("task") for m in (members if isinstance(members, list) else [members])]
-        return any(isinstance(n, str) and _scores_builtin_test_split(n, index, builtin_root, depth=depth + 1) for n in names)
+        return any(isinstance(n, str) and _scores_builtin_test_split(n, include_paths, builtin_root, depth=depth + 1) for n in names)
     if entry.yaml_path is None or builtin_root not in Path(entry.yaml_path).resolve().parents:
         return False
     return bool(cfg.get("test_split"))
@@ -300,11 +312,10 @@ def build_task_dict(config: LmEvalConfig) -> dict[str, Any]:
     if not config.tasks:
         raise EvalError("no lm-eval tasks given")
     check_answer_regex(config.answer_regex)
-    manager, missing = _locate(list(config.tasks), list(config.include_paths))
-    if missing:
-        raise EvalError("; ".join(task_problems(list(config.tasks), list(config.include_paths))))
+    if problems := task_problems(list(config.tasks), list(config.include_paths)):
+        raise EvalError("; ".join(problems))
     try:
-        task_dict = manager.load(list(config.tasks))
+        task_dict = _loader(list(config.tasks), list(config.include_paths)).load(list(config.tasks))
     except Exception as exc:  # a task YAML or data file problem, in lm-eval's or datasets' words
         raise EvalError(f"cannot load lm-eval tasks {', '.join(config.tasks)}: {type(exc).__name__}: {exc}") from exc
     for task in task_dict["tasks"].values():

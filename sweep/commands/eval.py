@@ -1,0 +1,98 @@
+"""`python -m sweep eval --model DIR --tasks NAME[,NAME]`: lm-eval scores of one checkpoint.
+
+The same adapter the sweep workers use (evals.lmeval), on a checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "score one checkpoint on lm-eval tasks (the adapter the sweep uses); prints a table or JSON"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--tasks", required=True, metavar="NAME[,NAME]", help="lm-eval task or group names, comma-separated")
+    parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                        help="folder of task YAML files (repeatable); searched before lm-eval's built-in tasks")
+    parser.add_argument("--limit", type=float, default=None, metavar="N", help="docs per task (whole number) or a fraction < 1")
+    parser.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="few-shot examples (default: each task's own)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per batch (default 8)")
+    parser.add_argument("--max-gen-toks", type=int, default=None, metavar="T", help="tokens generated per answer (default: the task's)")
+    parser.add_argument("--apply-chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    parser.add_argument("--think-end", default="</think>", metavar="TEXT",
+                        help="score the text after the last TEXT (default </think>; '' to keep the whole answer)")
+    parser.add_argument("--answer-regex", default=None, metavar="REGEX", help="extract the answer (first group) before the task's filters")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs (auto: cuda if available)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object {metric name: value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from evals.errors import EvalError
+    from evals.lmeval import LmEvalConfig, LmEvalRunner, task_problems
+
+    model_dir = Path(args.model).expanduser().resolve()
+    if not (model_dir / "config.json").is_file():
+        raise EvalError(f"--model {args.model}: not an HF checkpoint folder (no config.json)")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise EvalError("--tasks: give at least one task name")
+    include_paths = [str(Path(p).expanduser().resolve()) for p in args.include_path]
+    problems = [f"--include-path {p}: not a folder" for p in include_paths if not Path(p).is_dir()]
+    if args.limit is not None and (args.limit <= 0 or (args.limit >= 1 and args.limit != int(args.limit))):
+        problems.append(f"--limit {args.limit:g}: give a whole number of docs or a fraction between 0 and 1")
+    for name, value in (("--num-fewshot", args.num_fewshot), ("--max-gen-toks", args.max_gen_toks)):
+        if value is not None and value < (0 if name == "--num-fewshot" else 1):
+            problems.append(f"{name} {value}: too small")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size {args.batch_size}: must be at least 1")
+    if problems:
+        raise EvalError("; ".join(problems))
+    if problems := task_problems(tasks, include_paths):  # before loading the model
+        raise EvalError("; ".join(problems))
+
+    config = LmEvalConfig(
+        tasks=tasks,
+        include_paths=include_paths,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_fewshot=args.num_fewshot,
+        apply_chat_template=args.apply_chat_template,
+        max_gen_toks=args.max_gen_toks,
+        think_end=args.think_end or None,
+        answer_regex=args.answer_regex,
+    )
+    runner = LmEvalRunner(config)  # loads the tasks: data-file problems surface here
+    model, tokenizer = _load(model_dir, args.device)
+    scores = runner.evaluate(model, tokenizer)
+    if args.json:
+        print(json.dumps({s.name: s.value for s in scores}, indent=2))
+    else:
+        _print_table(scores, model_dir)
+    return 0
+
+
+def _load(model_dir: Path, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def _print_table(scores, model_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"lm-eval scores: {model_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("stderr", justify="right")
+    for score in scores:
+        table.add_row(score.name, f"{score.value:.4f}", "" if score.stderr is None else f"{score.stderr:.4f}")
+    Console().print(table)
