@@ -97,6 +97,47 @@ def write_report(
     return html_path, md_path
 
 
+TRIALS_FILE = "trials.parquet"
+
+
+def load_trials(study_dir: Path) -> pd.DataFrame:
+    """Read `<study_dir>/trials.parquet`. Raises SweepError naming the path when it is missing."""
+    path = Path(study_dir) / TRIALS_FILE
+    if not path.is_file():
+        hint = " (it is a file; give the study's results folder)" if Path(study_dir).is_file() else ""
+        raise SweepError(f"no trials table at {path}{hint}: run `python -m sweep run SPEC` first, or give results/<study name>")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+        raise SweepError(f"cannot read {path}: {exc}") from None
+
+
+def report_options(spec: Any) -> dict[str, Any]:
+    """balanced_rule, weights and reference for `write_report` from a spec's optional
+    `report` section (`balanced`, `weights` by metric, `reference_point` by metric);
+    the defaults when the spec has none."""
+    section = getattr(spec, "report", None)
+    if section is None:
+        return {"balanced_rule": "maximin", "weights": None, "reference": None}
+    reference = getattr(section, "reference_point", None)
+    if reference is not None:
+        missing = [o.metric for o in spec.objectives if o.metric not in reference]
+        if missing:
+            raise SweepError(f"report.reference_point needs a value for every objective; missing: {', '.join(missing)}")
+        reference = [float(reference[o.metric]) for o in spec.objectives]
+    return {"balanced_rule": getattr(section, "balanced", "maximin"), "weights": getattr(section, "weights", None), "reference": reference}
+
+
+def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    """`sweep report` in one call: read the study's trials table, write both reports with
+    the spec's objectives, constraints and report options. Returns (report.html, report.md)."""
+    trials = load_trials(study_dir)
+    return write_report(
+        Path(study_dir), trials=trials, objectives=spec.objectives, constraints=spec.constraints,
+        spec_name=spec.name, heldout=heldout, **report_options(spec),
+    )
+
+
 def _check_inputs(trials: pd.DataFrame, heldout: pd.DataFrame | None) -> None:
     if not isinstance(trials, pd.DataFrame):
         raise SweepError(f"the trials table must be a pandas DataFrame, got {type(trials).__name__}")

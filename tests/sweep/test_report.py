@@ -367,3 +367,48 @@ def test_three_objective_report_renders_a_pair_grid(browser, tmp_path):
     assert browser.problems() == []
     titles = browser.evaluate("[...document.querySelectorAll('#fig-pareto .g-xtitle, #fig-pareto .g-x2title, #fig-pareto .g-x3title')].map(e => e.textContent)")
     assert titles == [f"{REASON} ↑", f"{REASON} ↑", f"{INSTRUCT} ↑"]
+
+
+def test_report_study_reads_the_table_and_the_spec(tmp_path):
+    from sweep.spec import parse_spec
+
+    text = f"""
+name: from-disk
+models: {{pretrained: /m/p, instruct: /m/i, reasoning: /m/r}}
+evals:
+  lm_eval: {{search_tasks: [toy_reasoning, toy_instruct]}}
+  probe: {{prompts: /m/prompts.jsonl}}
+objectives:
+  - {{metric: "{REASON}", direction: maximize}}
+  - {{metric: "{INSTRUCT}", direction: maximize}}
+constraints: ["{RETENTION} >= 0.5"]
+results_dir: {tmp_path}
+"""
+    spec = parse_spec(text, base_dir=tmp_path)
+    from sweep.report import report_study
+
+    with pytest.raises(SweepError, match=r"no trials table at .*trials.parquet: run `python -m sweep run SPEC` first"):
+        report_study(spec.study_dir, spec=spec)
+    spec.study_dir.mkdir(parents=True)
+    trials_table().to_parquet(spec.study_dir / "trials.parquet", index=False)
+    html_path, md_path = report_study(spec.study_dir, spec=spec)
+    md = md_path.read_text()
+    assert md.startswith("# Sweep report: from-disk\n")
+    assert "- **Balanced point:** trial 2 (alpha = 0.5, beta = 1)" in md
+    assert f"- **Constraints:** {md_escape(RETENTION)} \\>= 0.5" in md
+    assert html_path.stat().st_size > 3_000_000
+
+
+def test_report_options_come_from_an_optional_spec_section():
+    from types import SimpleNamespace
+
+    from sweep.report import report_options
+
+    objectives = [SimpleNamespace(metric=REASON, direction="maximize"), SimpleNamespace(metric=INSTRUCT, direction="maximize")]
+    assert report_options(SimpleNamespace(objectives=objectives)) == {"balanced_rule": "maximin", "weights": None, "reference": None}
+    section = SimpleNamespace(balanced="weighted", weights={REASON: 2.0, INSTRUCT: 1.0}, reference_point={INSTRUCT: 0.0, REASON: -0.5})
+    options = report_options(SimpleNamespace(objectives=objectives, report=section))
+    assert options == {"balanced_rule": "weighted", "weights": {REASON: 2.0, INSTRUCT: 1.0}, "reference": [-0.5, 0.0]}
+    section = SimpleNamespace(balanced="maximin", weights=None, reference_point={REASON: 0.0})
+    with pytest.raises(SweepError, match=f"missing: {re.escape(INSTRUCT)}"):
+        report_options(SimpleNamespace(objectives=objectives, report=section))
