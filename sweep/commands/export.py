@@ -1,0 +1,119 @@
+"""`python -m sweep export RESULTS_DIR/NAME (--balanced | --trial N) --out DIR`.
+
+Writes the chosen actor as an HF checkpoint through merge's streaming disk writer, with
+the study's own merge settings, plus a model card (README.md) and sweep_export.json
+recording the params, the metrics and the spec's sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+HELP = "write the balanced (or a chosen) trial's actor as an HF checkpoint, with a model card"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="the study folder, e.g. results/demo")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--balanced", action="store_true", help="the balanced point (the spec's report.balanced_rule)")
+    which.add_argument("--trial", type=int, help="a COMPLETE trial by number")
+    parser.add_argument("--out", required=True, help="output folder (must be absent or empty unless --force)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="output dtype (default: the spec's merge.dtype)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the arithmetic runs (default cpu)")
+    parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[int, dict, dict]:
+    """(trial number, params, metrics) of the chosen trial. Raises SweepError when there is none."""
+    from sweep.errors import SweepError
+    from sweep.pareto import summarize, trial_metrics, trial_params
+
+    if balanced:
+        summary = summarize(
+            trials, spec.objectives, spec.constraints,
+            rule=spec.report.balanced_rule, weights=spec.report.weights, reference=spec.report.reference,
+        )
+        if summary.balanced is None:
+            raise SweepError("the study has no complete feasible trial: no balanced point to export")
+        return summary.balanced.number, summary.balanced.params, summary.balanced.metrics
+    rows = trials[trials["number"] == number]
+    if rows.empty:
+        raise SweepError(f"--trial {number}: no such trial in the study (numbers {int(trials['number'].min())}..{int(trials['number'].max())})")
+    row = rows.iloc[0]
+    if row["state"] != "COMPLETE":
+        raise SweepError(f"--trial {number}: the trial is {row['state']}, not COMPLETE ({row.get('error') or 'no error recorded'})")
+    return number, trial_params(row), trial_metrics(row, trials.columns)
+
+
+def run(args: argparse.Namespace) -> int:
+    import merge
+    from sweep.commands.merge import _ProgressBar
+    from sweep.study import load_study_dir, spec_hash
+    from sweep.trial import split_params
+
+    spec, trials = load_study_dir(args.study)
+    number, params, metrics = choose_trial(spec, trials, balanced=args.balanced, number=args.trial)
+    alpha, beta, method_params = split_params(spec, params)
+    bar = _ProgressBar(enabled=not args.quiet)
+    started = time.perf_counter()
+    try:
+        out = merge.merge_checkpoints(
+            pretrained=spec.models.pretrained,
+            instruct=spec.models.instruct,
+            reasoning=spec.models.reasoning,
+            alpha=alpha,
+            beta=beta,
+            out=args.out,
+            stage1_method=spec.merge.stage1.method,
+            stage1_params=method_params,
+            stage2_method=spec.merge.stage2.method,
+            stage2_params=dict(spec.merge.stage2.params),
+            dtype=args.dtype or spec.merge.dtype,
+            device=args.device,
+            tokenizer_source=spec.models.tokenizer,
+            vocab=spec.merge.vocab,
+            force=args.force,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
+    record = {
+        "study": spec.name,
+        "trial": number,
+        "chosen_by": f"balanced ({spec.report.balanced_rule})" if args.balanced else "--trial",
+        "params": params,
+        "metrics": metrics,
+        "objectives": [[o.metric, o.direction] for o in spec.objectives],
+        "spec_sha256": spec_hash(spec),
+        "spec_path": spec.spec_path,
+    }
+    (out / "sweep_export.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(record))
+    if not args.quiet:
+        print(f"exported trial {number} of {spec.name} ({_fmt(params)}) to {out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _fmt(values: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def model_card(record: dict) -> str:
+    rows = "\n".join(f"| `{k}` | {v:.6g} |" if isinstance(v, (int, float)) else f"| `{k}` | {v} |" for k, v in record["metrics"].items())
+    objectives = ", ".join(f"{d} `{m}`" for m, d in record["objectives"])
+    return f"""# Actor initialization from sweep study `{record['study']}`
+
+Balanced Actor Initialization merge, trial {record['trial']} (chosen by {record['chosen_by']}).
+
+- params: {_fmt(record['params'])}
+- objectives: {objectives}
+- spec sha256: `{record['spec_sha256']}`
+
+| metric | value |
+| --- | --- |
+{rows}
+"""
