@@ -2,6 +2,7 @@
 
     python bench/probe_bench.py              # demo family (built on first use, ~3 min)
     python bench/probe_bench.py --random     # a random model of the demo's shape, no build
+    python bench/probe_bench.py --trl        # trends against TRL 1.16's GRPOTrainer (needs trl)
 
 Prints, per model, seconds per step, the share of a step spent sampling, the whole
 probe's wall time, and its ratio to the 60 s budget (issue 6: at most 60 s on 2 cores).
@@ -63,11 +64,95 @@ def random_prompts(root: Path) -> Path:
     return path
 
 
+def _text(completion) -> str:
+    # TRL passes conversational completions as [{"role": "assistant", "content": ...}]
+    return completion[0]["content"] if isinstance(completion, list) else completion
+
+
+def digit_share(*, prompts, completions, answers=None, **_):
+    """Learnable, length-independent: the share of digits in the completion."""
+    return [sum(ch.isdigit() for ch in _text(c)) / max(1, len(_text(c))) for c in completions]
+
+
+def brevity(*, prompts, completions, answers=None, **_):
+    """Rewards short completions (in characters): drives the length down."""
+    return [-len(_text(c)) / 64 for c in completions]
+
+
+def trl_curves(path: Path, prompts: list[str], *, config, reward, workdir: Path) -> dict[str, list[float]]:
+    """TRL 1.16 GRPOTrainer with the probe's settings: length and reward per step."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    batch = config.prompts_per_step * config.group_size
+    args = GRPOConfig(
+        output_dir=str(workdir), use_cpu=True, bf16=False, report_to=[], save_strategy="no",
+        per_device_train_batch_size=batch, num_generations=config.group_size, max_completion_length=config.max_new_tokens,
+        learning_rate=config.learning_rate, lr_scheduler_type="constant", weight_decay=0.0, optim="adamw_torch",
+        beta=config.kl_coef, temperature=config.temperature, max_steps=config.steps, logging_steps=1,
+        loss_type="dapo", scale_rewards="group", seed=config.seed, disable_tqdm=True,
+    )
+    data = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                          processing_class=AutoTokenizer.from_pretrained(path))
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints every step's log dict
+    trainer.train()
+    logs = [row for row in trainer.state.log_history if "reward" in row]
+    return {"length": [row["completions/mean_length"] for row in logs], "reward": [row["reward"] for row in logs]}
+
+
+def trend(values: list[float]) -> float:
+    """Mean of the last quarter minus mean of the first quarter."""
+    k = max(1, len(values) // 4)
+    return sum(values[-k:]) / k - sum(values[:k]) / k
+
+
+def cross_check_trl(steps: int) -> None:
+    """Same model, prompts, rewards and settings: do our trends go TRL's way?"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evals.probe import ProbeConfig, load_prompts, run_probe
+
+    tmp = Path(tempfile.mkdtemp())
+    path = random_demo_shape(tmp)
+    prompts_file = random_prompts(tmp)
+    prompts = [p.prompt for p in load_prompts(prompts_file)]
+    config = ProbeConfig(prompts=str(prompts_file), steps=steps, learning_rate=3e-3, kl_coef=0.05, max_new_tokens=32)
+    print(f"TRL cross-check: random demo-shape model, {steps} steps, lr {config.learning_rate}, "
+          f"{config.prompts_per_step}x{config.group_size}, max_new_tokens {config.max_new_tokens}")
+    print(f"{'reward':<12}{'runner':<8}{'len0':>7}{'len trend':>10}{'reward0':>9}{'reward trend':>13}{'s/step':>8}")
+    for name, reward in (("digit_share", digit_share), ("brevity", brevity)):
+        start = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        ours = run_probe(model, AutoTokenizer.from_pretrained(path), config=config, reward=reward).curves
+        ours_s = (time.perf_counter() - start) / steps
+        start = time.perf_counter()
+        theirs = trl_curves(path, prompts, config=config, reward=reward, workdir=tmp / f"trl-{name}")
+        trl_s = (time.perf_counter() - start) / steps
+        for runner, length, score, per_step in (
+            ("ours", list(ours.response_length_mean), list(ours.score_mean), ours_s),
+            ("trl", theirs["length"], theirs["reward"], trl_s),
+        ):
+            print(f"{name:<12}{runner:<8}{length[0]:>7.1f}{trend(length):>+10.1f}{score[0]:>9.3f}{trend(score):>+13.3f}{per_step:>8.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--random", action="store_true", help="a random model of the demo's shape instead of the demo family")
     parser.add_argument("--steps", type=int, help="override the demo's probe steps")
+    parser.add_argument("--trl", action="store_true", help="cross-check trends against TRL's GRPOTrainer (needs trl)")
     args = parser.parse_args()
+    if args.trl:
+        import torch
+
+        torch.set_num_threads(1)
+        cross_check_trl(args.steps or 30)
+        return 0
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
