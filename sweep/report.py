@@ -192,7 +192,7 @@ h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.2em;margin-top:32px;border-
 .muted{color:#666} .box{background:#fff8e1;border:1px solid #f0d58c;border-radius:6px;padding:12px 16px;margin:12px 0}
 table{border-collapse:collapse;font-size:13px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}
 th{background:#f4f4f4;position:sticky;top:0} td.text,th.text{text-align:left} tr.front td{background:#fdecea} tr.balanced td{background:#fff3c4;font-weight:600}
-.scroll{overflow:auto;max-height:640px} .maps{display:flex;flex-wrap:wrap;gap:8px} .maps>div{flex:1 1 380px;min-width:360px}
+.scroll{overflow:auto;max-height:640px} .maps{display:flex;flex-wrap:wrap;gap:8px} .maps>div{flex:0 0 600px}
 .error{color:#a00;max-width:420px;white-space:pre-wrap;word-break:break-word}
 """
 
@@ -231,7 +231,7 @@ def render_html(
 
     parts.append("<h2>Objectives over alpha and beta</h2>")
     parts.append('<p class="muted">Each trial at its (alpha, beta), coloured by one objective; yellow is better, Pareto-front points are ringed red.</p>')
-    maps = [_fig_html(objective_map_figure(trials, o, front=front), f"fig-map-{k}") for k, o in enumerate(objectives)] if len(trials) else []
+    maps = [_fig_html(objective_map_figure(trials, o, front=front), f"fig-map-{k}", responsive=False) for k, o in enumerate(objectives)] if len(trials) else []
     parts.append('<div class="maps">' + "".join(f"<div>{m}</div>" for m in maps) + "</div>" if maps else '<p class="muted">No trials yet.</p>')
 
     parts.append("<h2>Probe curves: front against the extremes</h2>")
@@ -265,8 +265,8 @@ def render_html(
     )
 
 
-def _fig_html(fig, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
+def _fig_html(fig, div_id: str, *, responsive: bool = True) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG | {"responsive": responsive})
 
 
 def _html_summary(trials: pd.DataFrame, objectives: Sequence[Objective], constraints: Sequence[Any], summary: ParetoSummary) -> str:
@@ -310,7 +310,7 @@ def _html_heldout(trials: pd.DataFrame, objectives: Sequence[Objective], heldout
     by_number = trials.set_index("number")
     front_numbers = set(trials["number"][front].tolist())
     head = (
-        '<table id="heldout"><tr><th rowspan="2">trial</th><th rowspan="2">alpha</th><th rowspan="2">beta</th>'
+        '<div class="scroll"><table id="heldout"><tr><th rowspan="2">trial</th><th rowspan="2">alpha</th><th rowspan="2">beta</th>'
         f'<th colspan="{len(search_cols)}">search</th><th colspan="{len(held_cols)}">held-out</th></tr><tr>'
         + "".join(f'<th class="text">{esc(c)}</th>' for c in search_cols + held_cols)
         + "</tr>"
@@ -324,7 +324,7 @@ def _html_heldout(trials: pd.DataFrame, objectives: Sequence[Objective], heldout
         cells += [fmt(t.get(c)) if t is not None else "–" for c in search_cols]
         cells += [fmt(h[c]) for c in held_cols]
         rows.append(f'<tr class="{cls}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return head + "".join(rows) + "</table>"
+    return head + "".join(rows) + "</table></div>"
 
 
 def _html_trials_table(trials: pd.DataFrame, objectives: Sequence[Objective], front: np.ndarray, balanced: int | None) -> str:

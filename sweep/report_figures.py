@@ -157,7 +157,9 @@ def objective_map_figure(trials: pd.DataFrame, objective: Objective, *, front: n
         )
     )
     layout = dict(LAYOUT)
-    layout.update(height=400, margin=dict(l=60, r=20, t=70, b=50))
+    # Fixed size: maps sit side by side, and a responsive plot measured before the row
+    # is laid out comes out clipped.
+    layout.update(width=600, height=420, margin=dict(l=60, r=20, t=70, b=50), autosize=False)
     fig.update_layout(title=dict(text=_axis_title(objective), font=dict(size=13)), xaxis_title="alpha (instruct share)", yaxis_title="beta (stage-1 share)", **layout)
     return fig
 
