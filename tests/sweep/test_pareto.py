@@ -324,3 +324,31 @@ results_dir: {tmp_path}
     assert sorted(pareto_front(table, objectives, spec.constraints)["number"]) == sorted(t.number for t in study.best_trials)
     assert 0 < len(study.best_trials) < (table["state"] == "COMPLETE").sum()  # the check is not vacuous
     assert (~table["feasible"] & (table["state"] == "COMPLETE")).any()
+
+
+# ---------------------------------------------------------------- comparing studies
+
+
+def test_compare_flags_a_planted_regression_and_shares_one_reference():
+    from sweep.pareto import compare_fronts
+
+    objectives = [(A, "maximize"), (C, "minimize")]
+    before = table([{A: 0.8, C: 0.4}, {A: 0.6, C: 0.2}, {A: 0.4, C: 0.1}, {A: 0.3, C: 0.5}])
+    # Same study, the balanced point's accuracy drops 0.6 -> 0.5 and its dip grows 0.2 -> 0.25.
+    after = table([{A: 0.8, C: 0.4}, {A: 0.5, C: 0.25}, {A: 0.4, C: 0.1}, {A: 0.3, C: 0.5}])
+    result = compare_fronts(before, after, objectives)
+    assert result.balanced_a.number == 1 and result.balanced_b.number == 1
+    assert result.changes == {A: pytest.approx(-0.1), C: pytest.approx(-0.05)}
+    assert result.regressions == (A, C) and result.regressed
+    # One reference from both studies: A worst 0.3 - 0.05 = 0.25; C worst 0.5 + 0.04 = 0.54.
+    assert result.reference == pytest.approx((0.25, 0.54))
+    assert result.hypervolume_change < 0
+    # Within tolerance, nothing regresses; a per-metric tolerance flags only that metric.
+    assert not compare_fronts(before, after, objectives, tolerance=0.1 + 1e-9).regressed
+    assert compare_fronts(before, after, objectives, tolerance={A: 0.2, C: 0.01}).regressions == (C,)
+    # An improvement is never a regression.
+    assert not compare_fronts(after, before, objectives).regressed
+    # Losing every feasible trial is a regression in every objective.
+    assert compare_fronts(before, after.assign(feasible=False), objectives).regressions == (A, C)
+    with pytest.raises(SweepError, match="tolerance must be >= 0"):
+        compare_fronts(before, after, objectives, tolerance=-0.1)
