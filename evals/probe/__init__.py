@@ -11,6 +11,7 @@ Importing this package is cheap (no torch); the built-in backend loads on first 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 from evals.errors import EvalError
@@ -77,17 +78,14 @@ def run_probe(
     prompts = list(prompts) if prompts is not None else load_prompts(config.prompts)
     if not prompts:
         raise EvalError("probe: no prompts")
+    backend = get_backend(config.backend)
     if reward is None:
         rule = config.reward.rule if config.reward.model is None else None
         if rule in NEEDS_ANSWER:
             missing = [i for i, p in enumerate(prompts) if p.answer is None]
             if missing:
                 raise EvalError(f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)")
-        backend = get_backend(config.backend)
-        device = _device_of(model)
-        reward = build_reward(rule=rule, model=config.reward.model, device=device)
-    else:
-        backend = get_backend(config.backend)
+        reward = build_reward(rule=rule, model=config.reward.model, device=_device_of(model))
     run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward)
     curves = run.curves
     if curves.steps == 0:
@@ -99,7 +97,7 @@ def run_probe(
         entropy=curves.entropy,
         window=config.window,
     )
-    metrics = _with_stop(metrics, run.stopped_early)
+    metrics = replace(metrics, stopped_early=run.stopped_early)
     wall_s = time.perf_counter() - start
     return ProbeResult(
         curves=curves,
@@ -110,12 +108,6 @@ def run_probe(
         setup_s=max(0.0, wall_s - sum(curves.step_s)),
         wall_s=wall_s,
     )
-
-
-def _with_stop(metrics: StabilityMetrics, stopped_early: bool) -> StabilityMetrics:
-    from dataclasses import replace
-
-    return replace(metrics, stopped_early=stopped_early)
 
 
 def _device_of(model: Any) -> str | None:

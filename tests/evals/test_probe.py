@@ -216,3 +216,17 @@ def test_result_round_trips_through_json(tiny_dir):
 
 def test_builtin_backend_is_registered():
     assert get_backend("builtin").name == "builtin"
+
+
+@pytest.mark.gpu
+def test_probe_on_cuda_gives_back_the_weights(tiny_dir):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model, tokenizer = load(tiny_dir)
+    model = model.cuda()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_probe(model, tokenizer, config=config(steps=4), prompts=PROMPTS, reward=digit_share)
+    assert result.curves.steps == 4 and result.curves.kl[0] == pytest.approx(0, abs=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
