@@ -109,7 +109,7 @@ def merge_checkpoints(
     token_dir = _tokenizer_dir(tokenizer_source, inputs, problems)
     infos = _collect(problems, lambda: load_infos(pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle))
     if problems:
-        raise MergeError("\n".join(problems) if len(problems) == 1 else "cannot merge:\n" + "\n".join(f"  - {p.replace(chr(10), chr(10) + '    ')}" for p in problems))
+        raise MergeError.collected("cannot merge", problems)
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -159,7 +159,7 @@ def _collect(problems: list[str], fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except MergeError as exc:
-        problems.append(str(exc))
+        problems.extend(exc.problems)
         return None
 
 

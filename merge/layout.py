@@ -71,18 +71,17 @@ def load_infos(*, pretrained, instruct, reasoning, vocab: str = "strict", allow_
     if not problems:
         problems = compatibility_problems(infos, vocab=vocab)  # pretrained first: the reference
     if problems:
-        raise MergeError("cannot merge these checkpoints:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise MergeError.collected("cannot merge these checkpoints", problems)
     return {role: infos[role] for role in ROLES}
 
 
 def plan_layout(infos: dict[str, CheckpointInfo], *, vocab: str = "strict", order: Callable[[str], object] | None = None) -> Layout:
-    """The output tensors of merging `infos` (keyed by role), in `order` (default: by name)."""
+    """The output tensors of merging `infos` (keyed by role), sorted by `order` of the
+    pretrained model's stored name (default: by name)."""
     tied = [infos[role].tie_word_embeddings for role in ROLES]
     out_tied = all(tied)
     reference = infos["pretrained"].logical_tensors()
-    names = [n for n in reference if not (out_tied and n == HEAD)]
-    if order is not None:
-        names.sort(key=order)
+    names = sorted(n for n in reference if not (out_tied and n == HEAD))
     vocab_size = None
     plans = []
     for name in names:
@@ -98,6 +97,8 @@ def plan_layout(infos: dict[str, CheckpointInfo], *, vocab: str = "strict", orde
             shape = (rows, *shape[1:])
             vocab_size = rows
         plans.append(TensorPlan(name=name, shape=tuple(shape), sources=tuple(stored), source_dtypes=dtypes, vocab_rows=rows))
+    if order is not None:  # by where pretrained stores each tensor: sequential reads
+        plans.sort(key=lambda plan: order(plan.sources[2]))
     return Layout(tensors=tuple(plans), tie_word_embeddings=out_tied, vocab=vocab, vocab_size=vocab_size)
 
 

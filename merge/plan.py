@@ -60,14 +60,14 @@ class MergePlan:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 problems.append(f"{name} must be a number, got {value!r}")
             elif not allow_extrapolation and not 0.0 <= value <= 1.0:
-                problems.append(f"{name} = {value} is outside [0, 1] (allow extrapolation explicitly to merge beyond the models)")
+                problems.append(f"{name} = {value} is outside [0, 1] (to merge beyond the models, allow extrapolation: --allow-extrapolation)")
         problems += [f"stage 1: {p}" for p in param_problems(stage1_method, stage1_params)]
         if stage2_method not in STAGE2_METHODS:
             problems.append(f"stage 2 merges two models (stage-1 result, pretrained): use {' or '.join(STAGE2_METHODS)}, not {stage2_method!r}")
         else:
             problems += [f"stage 2: {p}" for p in param_problems(stage2_method, stage2_params)]
         if problems:
-            raise MergeError(_join("invalid merge recipe", problems))
+            raise MergeError.collected("invalid merge recipe", problems)
         return cls(
             alpha=float(alpha),
             beta=float(beta),
@@ -119,12 +119,6 @@ class MergePlan:
 def tensor_seed(seed: int, name: str) -> int:
     """A per-tensor seed: stable across runs and processes (crc32, not Python's hash)."""
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
-
-
-def _join(head: str, problems: list[str]) -> str:
-    if len(problems) == 1:
-        return f"{head}: {problems[0]}"
-    return f"{head}:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
 __all__ = ["MergePlan", "Stage", "ROLES", "tensor_seed", "method_param_names"]

@@ -1,0 +1,162 @@
+"""Merge methods: one contract suite over every registered method, then hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from merge.methods import NEEDS_BASE, PARAM_CHECKS, REGISTRY, TWO_MODELS, get_method, method_defaults, method_param_names, param_problems
+
+
+def call(name, tensors, weights, base=None, **params):
+    kwargs = {"base": base} if name in NEEDS_BASE else {}
+    return get_method(name)(tensors, weights, **kwargs, **(method_defaults(name) | params))
+
+
+def two_or_three(name):
+    return 2 if name in TWO_MODELS else 3
+
+
+# ---------------------------------------------------------------- contract, every method
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_identity_when_every_input_is_the_same(name):
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    n = two_or_three(name)
+    out = call(name, [x.clone() for _ in range(n)], [1.0 / n] * n, base=x.clone())
+    torch.testing.assert_close(out, x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_weights_summing_to_one_keep_a_constant_tensor_constant(name):
+    c = torch.full((4, 6), 0.375)
+    weights = [0.3, 0.7] if two_or_three(name) == 2 else [0.2, 0.5, 0.3]
+    out = call(name, [c.clone() for _ in weights], weights, base=c.clone())
+    torch.testing.assert_close(out, c, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_returns_float32_of_the_input_shape_from_bf16_inputs(name):
+    g = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(3, 8, generator=g).to(torch.bfloat16) for _ in range(two_or_three(name))]
+    base = torch.randn(3, 8, generator=g).to(torch.bfloat16)
+    out = call(name, tensors, [1.0 / len(tensors)] * len(tensors), base=base)
+    assert out.dtype == torch.float32 and out.shape == (3, 8)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("kind", ["zeros", "large"])
+def test_no_nan_on_zero_or_large_tensors(name, kind):
+    n = two_or_three(name)
+    if kind == "zeros":
+        tensors, base = [torch.zeros(16) for _ in range(n)], torch.zeros(16)
+    else:
+        g = torch.Generator().manual_seed(2)
+        tensors, base = [torch.randn(16, generator=g) * 1e30 for _ in range(n)], torch.randn(16, generator=g) * 1e30
+    out = call(name, tensors, [1.0 / n] * n, base=base)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_defaults_are_valid_and_every_parameter_is_checked(name):
+    assert param_problems(name, method_defaults(name)) == []
+    assert all(p in PARAM_CHECKS for p in method_param_names(name))
+
+
+def test_parameter_names_are_the_schema_the_spec_validates():
+    assert method_param_names("linear") == []
+    assert method_param_names("task_arithmetic") == []
+    assert method_param_names("ties") == ["density"]
+    assert method_param_names("dare") == ["density", "variant", "seed"]
+    assert method_param_names("slerp") == ["eps"]
+
+
+def test_param_problems_name_the_bad_value():
+    assert "not a parameter of merge method ties" in param_problems("ties", {"densty": 0.5})[0]
+    assert "density must be a number in (0, 1]" in param_problems("dare", {"density": 0})[0]
+    assert "variant must be 'linear' or 'ties'" in param_problems("dare", {"variant": "tie"})[0]
+    assert "unknown merge method 'lerp'" in param_problems("lerp", {})[0]
+
+
+# ---------------------------------------------------------------- hand-computed examples
+
+
+def test_linear_and_task_arithmetic_by_hand():
+    base, a, b = torch.tensor([1.0, 1.0]), torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(call("linear", [a, b], [0.25, 0.75]), torch.tensor([0.5, 1.5]))
+    # 1 + 0.25*(1, 2) + 0.75*(-1, 0)
+    torch.testing.assert_close(call("task_arithmetic", [a, b], [0.25, 0.75], base=base), torch.tensor([0.5, 1.5]))
+    # weights not summing to one: task vectors scale, the base stays
+    torch.testing.assert_close(call("task_arithmetic", [a, b], [0.5, 0.0], base=base), torch.tensor([1.5, 2.0]))
+
+
+def test_ties_by_hand():
+    base = torch.ones(4)
+    tau_i = torch.tensor([1.0, 2.0, 3.0, -0.1])  # density 0.75 keeps 3 of 4: drops -0.1
+    tau_r = torch.tensor([-5.0, 4.0, 0.2, -0.3])  # drops 0.2
+    # weighted sum [-3.5, 3.5, 0.75, -0.225] elects signs [-, +, +, -]
+    # entry 0: only R agrees -> -5; entry 1: both, (0.25*2 + 0.75*4) / 1 = 3.5;
+    # entry 2: only I kept -> 3; entry 3: only R -> -0.3
+    out = call("ties", [base + tau_i, base + tau_r], [0.25, 0.75], base=base, density=0.75)
+    torch.testing.assert_close(out, base + torch.tensor([-5.0, 3.5, 3.0, -0.3]))
+
+
+def test_ties_with_full_density_and_agreeing_signs_is_the_weighted_mean_of_task_vectors():
+    base = torch.zeros(3)
+    out = call("ties", [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])], [0.5, 0.5], base=base, density=1.0)
+    torch.testing.assert_close(out, torch.tensor([2.0, 2.0, 2.0]))
+
+
+def test_dare_masks_follow_the_documented_generator():
+    base = torch.zeros(6)
+    tau_i = torch.tensor([1.0, -2.0, 3.0, 4.0, -5.0, 6.0])
+    tau_r = torch.tensor([0.5, 0.5, 0.5, -0.5, -0.5, -0.5])
+    g = torch.Generator().manual_seed(7)
+    keep_i = torch.rand(6, generator=g) < 0.5
+    keep_r = torch.rand(6, generator=g) < 0.5
+    expected = 0.4 * tau_i * keep_i / 0.5 + 0.6 * tau_r * keep_r / 0.5
+    out = call("dare", [tau_i, tau_r], [0.4, 0.6], base=base, density=0.5, seed=7)
+    torch.testing.assert_close(out, expected)
+    assert not torch.equal(out, call("dare", [tau_i, tau_r], [0.4, 0.6], base=base, density=0.5, seed=8))
+
+
+def test_dare_rescale_keeps_the_merge_unbiased_and_full_density_is_task_arithmetic():
+    g = torch.Generator().manual_seed(3)
+    base, a, b = (torch.randn(200_000, generator=g) for _ in range(3))
+    ta = call("task_arithmetic", [a, b], [0.5, 0.5], base=base)
+    torch.testing.assert_close(call("dare", [a, b], [0.5, 0.5], base=base, density=1.0), ta)
+    dropped = call("dare", [a, b], [0.5, 0.5], base=base, density=0.3, seed=1)
+    kept = ((dropped - base).abs() > 0).float().mean().item()
+    assert 1 - 0.7**2 - 0.01 < kept < 1 - 0.7**2 + 0.01  # an entry survives unless both models drop it
+    assert abs((dropped - ta).mean().item()) < 0.02  # E[keep/density] = 1
+
+
+def test_dare_ties_variant_by_hand():
+    base = torch.zeros(3)
+    tau_i, tau_r = torch.tensor([2.0, -1.0, 4.0]), torch.tensor([-6.0, -3.0, 1.0])
+    # density 1 keeps everything; signs elected from 0.5*tau_i + 0.5*tau_r = [-2, -2, 2.5]
+    out = call("dare", [tau_i, tau_r], [0.5, 0.5], base=base, density=1.0, variant="ties")
+    torch.testing.assert_close(out, torch.tensor([-6.0, -2.0, 2.5]))
+
+
+def test_slerp_by_hand():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(call("slerp", [a, b], [0.5, 0.5]), torch.tensor([math.sqrt(0.5), math.sqrt(0.5)]))
+    # a third of the way along the quarter circle: 30 degrees
+    torch.testing.assert_close(call("slerp", [a, b], [2 / 3, 1 / 3]), torch.tensor([math.cos(math.pi / 6), math.sin(math.pi / 6)]))
+    # norms interpolate along the arc of the unnormalized vectors
+    torch.testing.assert_close(call("slerp", [2 * a, 2 * b], [0.5, 0.5]), torch.tensor([math.sqrt(2), math.sqrt(2)]))
+
+
+def test_slerp_falls_back_to_linear_when_nearly_colinear():
+    a, b = torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])  # cos = 1
+    torch.testing.assert_close(call("slerp", [a, b], [0.75, 0.25]), torch.tensor([1.25, 2.5]))
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.01])  # 1 - cos = 5e-5
+    linear = 0.5 * a + 0.5 * b
+    torch.testing.assert_close(call("slerp", [a, b], [0.5, 0.5]), linear)  # default eps 5e-4: linear
+    arc = call("slerp", [a, b], [0.5, 0.5], eps=1e-6)  # below the threshold: a real slerp
+    assert not torch.equal(arc, linear)
+    assert torch.linalg.vector_norm(arc) > torch.linalg.vector_norm(linear)  # the arc bulges out
