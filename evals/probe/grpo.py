@@ -195,7 +195,7 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     eos = torch.tensor(sorted(eos_ids), device=device)
 
-    cache = DynamicCache()
+    cache = DynamicCache(config=model.config)  # the config sets up sliding-window layers where a model has them
     cache_kw = _cache_kwargs(model, cache)
     mask = prompt_mask
     positions = (mask.cumsum(1) - 1).clamp(min=0)

@@ -64,8 +64,16 @@ def without_timing(curves: ProbeCurves) -> dict:
     return {k: v for k, v in curves.to_dict().items() if not k.startswith("timing/")}
 
 
-def test_curves_are_sensible(tiny_dir):
-    model, tokenizer = load(tiny_dir)
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory):
+    from tests.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("probe") / "qwen2", seed=5, arch="qwen2")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_curves_are_sensible(arch, request):
+    model, tokenizer = load(request.getfixturevalue("tiny_dir" if arch == "llama" else "qwen2_dir"))
     result = run_probe(model, tokenizer, config=config(steps=4), prompts=PROMPTS, reward=digit_share)
     curves = result.curves
     assert curves.steps == 4 and set(curves.to_dict()) == set(CURVE_KEYS)
