@@ -113,19 +113,18 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
 
 
 def report_options(spec: Any) -> dict[str, Any]:
-    """balanced_rule, weights and reference for `write_report` from a spec's optional
-    `report` section (`balanced`, `weights` by metric, `reference_point` by metric);
+    """balanced_rule, weights and reference for `write_report` from the spec's `report`
+    section (`balanced_rule`, `weights` by metric, `reference` one value per objective);
     the defaults when the spec has none."""
     section = getattr(spec, "report", None)
-    if section is None:
-        return {"balanced_rule": "maximin", "weights": None, "reference": None}
-    reference = getattr(section, "reference_point", None)
-    if reference is not None:
-        missing = [o.metric for o in spec.objectives if o.metric not in reference]
-        if missing:
-            raise SweepError(f"report.reference_point needs a value for every objective; missing: {', '.join(missing)}")
-        reference = [float(reference[o.metric]) for o in spec.objectives]
-    return {"balanced_rule": getattr(section, "balanced", "maximin"), "weights": getattr(section, "weights", None), "reference": reference}
+    reference = getattr(section, "reference", None)
+    if reference is not None and len(reference) != len(spec.objectives):
+        raise SweepError(f"report.reference needs one value per objective ({len(spec.objectives)}), got {list(reference)}")
+    return {
+        "balanced_rule": getattr(section, "balanced_rule", "maximin"),
+        "weights": getattr(section, "weights", None),
+        "reference": list(reference) if reference is not None else None,
+    }
 
 
 def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = None) -> tuple[Path, Path]:

@@ -399,16 +399,26 @@ results_dir: {tmp_path}
     assert html_path.stat().st_size > 3_000_000
 
 
-def test_report_options_come_from_an_optional_spec_section():
+def test_report_options_come_from_the_spec_report_section(tmp_path):
     from types import SimpleNamespace
 
     from sweep.report import report_options
+    from sweep.spec import parse_spec
 
     objectives = [SimpleNamespace(metric=REASON, direction="maximize"), SimpleNamespace(metric=INSTRUCT, direction="maximize")]
     assert report_options(SimpleNamespace(objectives=objectives)) == {"balanced_rule": "maximin", "weights": None, "reference": None}
-    section = SimpleNamespace(balanced="weighted", weights={REASON: 2.0, INSTRUCT: 1.0}, reference_point={INSTRUCT: 0.0, REASON: -0.5})
-    options = report_options(SimpleNamespace(objectives=objectives, report=section))
-    assert options == {"balanced_rule": "weighted", "weights": {REASON: 2.0, INSTRUCT: 1.0}, "reference": [-0.5, 0.0]}
-    section = SimpleNamespace(balanced="maximin", weights=None, reference_point={REASON: 0.0})
-    with pytest.raises(SweepError, match=f"missing: {re.escape(INSTRUCT)}"):
-        report_options(SimpleNamespace(objectives=objectives, report=section))
+    spec = parse_spec(
+        f"""
+name: opts
+models: {{pretrained: /m/p, instruct: /m/i, reasoning: /m/r}}
+evals: {{lm_eval: {{search_tasks: [toy_reasoning, toy_instruct]}}}}
+objectives:
+  - {{metric: "{REASON}", direction: maximize}}
+  - {{metric: "{INSTRUCT}", direction: maximize}}
+report: {{balanced_rule: weighted, weights: {{"{REASON}": 2, "{INSTRUCT}": 1}}, reference: [-0.5, 0.0]}}
+""",
+        base_dir=tmp_path,
+    )
+    assert report_options(spec) == {"balanced_rule": "weighted", "weights": {REASON: 2.0, INSTRUCT: 1.0}, "reference": [-0.5, 0.0]}
+    with pytest.raises(SweepError, match="report.reference needs one value per objective"):
+        report_options(SimpleNamespace(objectives=objectives, report=SimpleNamespace(balanced_rule="maximin", weights=None, reference=[0.0])))
