@@ -215,7 +215,7 @@ def test_split_problems(tasks: list[str], include_paths: list[str]) -> list[str]
 
     A task counts when it is one of lm-eval's built-in tasks (not from an include path)
     and its YAML names a test_split (lm-eval scores test_split when a task has one).
-    Groups count when any of their member tasks does. Set allow_test_split to accept.
+    Groups and tags count when any of their member tasks does. Set allow_test_split to accept.
     """
     builtin_root = _builtin_tasks_root()
     problems = []
@@ -239,9 +239,10 @@ def _scores_builtin_test_split(name: str, include_paths: list[str], builtin_root
     if entry is None or depth > 4:
         return False
     cfg = entry.cfg or {}
-    if entry.kind.name == "GROUP":
-        members = cfg.get("task") or []
-        names = [m if isinstance(m, str) else m.get("task") for m in (members if isinstance(members, list) else [members])]
+    if entry.kind.name in ("GROUP", "TAG"):
+        members = (cfg.get("task") or []) if entry.kind.name == "GROUP" else sorted(entry.tags)
+        members = members if isinstance(members, list) else [members]
+        names = [m if isinstance(m, str) else m.get("task") or m.get("group") for m in members if isinstance(m, (str, dict))]
         return any(isinstance(n, str) and _scores_builtin_test_split(n, include_paths, builtin_root, depth=depth + 1) for n in names)
     if entry.yaml_path is None or builtin_root not in Path(entry.yaml_path).resolve().parents:
         return False

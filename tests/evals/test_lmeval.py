@@ -100,8 +100,10 @@ def test_unknown_tasks_and_metrics_get_readable_messages(tiny_tasks, tmp_path):
 def test_builtin_test_split_tasks_are_flagged(tiny_tasks):
     from evals.lmeval import test_split_problems
 
-    problems = test_split_problems(["gsm8k", "tiny_think"], [str(tiny_tasks)])
-    assert len(problems) == 1 and problems[0].startswith("'gsm8k' scores a benchmark's test split")
+    problems = test_split_problems(["gsm8k", "mmlu", "hellaswag", "tiny_think"], [str(tiny_tasks)])
+    # mmlu: a group whose members score test; hellaswag scores validation; local tasks never count
+    assert [p.split(" ")[0] for p in problems] == ["'gsm8k'", "'mmlu'"]
+    assert problems[0].endswith("or set evals.lm_eval.allow_test_split: true")
 
 
 def test_importing_evals_stays_light():
