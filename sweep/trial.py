@@ -64,7 +64,28 @@ def worker_state(spec: SweepSpec) -> WorkerState:
         return _STATE[key]
     _STATE.clear()  # a different spec: drop the old models first (memory)
     start = time.perf_counter()
+    sources, model, tokenizer, device = load_models(spec)
 
+    evaluator = None
+    if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
+        from evals.lmeval import LmEvalRunner
+
+        evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
+
+    probe_config = prompts = None
+    if spec.evals.probe is not None:
+        from evals.probe import ProbeConfig, load_prompts
+
+        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
+        prompts = load_prompts(probe_config.prompts)
+
+    state = WorkerState(key, sources, model, tokenizer, evaluator, probe_config, prompts, device, time.perf_counter() - start)
+    _STATE[key] = state
+    return state
+
+
+def load_models(spec: SweepSpec):
+    """(source cache, live model, tokenizer, device): what every candidate build needs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,23 +106,7 @@ def worker_state(spec: SweepSpec) -> WorkerState:
     model = AutoModelForCausalLM.from_pretrained(spec.models.instruct, dtype=dtype or "auto").to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.models.tokenizer_path())
-
-    evaluator = None
-    if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
-        from evals.lmeval import LmEvalConfig, LmEvalRunner
-
-        evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
-
-    probe_config = prompts = None
-    if spec.evals.probe is not None:
-        from evals.probe import ProbeConfig, load_prompts
-
-        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
-        prompts = load_prompts(probe_config.prompts)
-
-    state = WorkerState(key, sources, model, tokenizer, evaluator, probe_config, prompts, device, time.perf_counter() - start)
-    _STATE[key] = state
-    return state
+    return sources, model, tokenizer, device
 
 
 def lm_eval_config(spec: SweepSpec, tasks: list[str]):
@@ -118,13 +123,14 @@ def split_params(spec: SweepSpec, params: dict[str, float]) -> tuple[float, floa
     return float(params["alpha"]), float(params["beta"]), method_params
 
 
-def build_candidate(spec: SweepSpec, params: dict[str, float], state: WorkerState) -> None:
+def build_candidate(spec: SweepSpec, params: dict[str, float], *, model, sources) -> None:
+    """Overwrite `model`'s weights with the candidate at `params` (no disk, no second model)."""
     import merge
 
     alpha, beta, method_params = split_params(spec, params)
     merge.build_in_place(
-        state.model,
-        state.sources,
+        model,
+        sources,
         alpha=alpha,
         beta=beta,
         stage1_method=spec.merge.stage1.method,
@@ -150,7 +156,7 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
         return out
 
-    phase("merge", lambda: build_candidate(spec, params, state))
+    phase("merge", lambda: build_candidate(spec, params, model=state.model, sources=state.sources))
     metrics: dict[str, float | None] = {}
     if state.evaluator is not None:
         scores = phase("lm_eval", lambda: state.evaluator.evaluate(state.model, state.tokenizer))

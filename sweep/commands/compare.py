@@ -23,10 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compare_studies(before, after, *, tolerance: float) -> dict:
-    import pandas as pd
-
     from sweep.errors import SweepError
-    from sweep.pareto import default_reference, summarize
+    from sweep.pareto import compare_fronts
     from sweep.study import load_study_dir
 
     spec_a, trials_a = load_study_dir(before)
@@ -36,42 +34,38 @@ def compare_studies(before, after, *, tolerance: float) -> dict:
             f"the studies have different objectives ({', '.join(spec_a.objective_names)} vs "
             f"{', '.join(spec_b.objective_names)}): nothing to compare"
         )
-    objectives, constraints = spec_b.objectives, spec_b.constraints
-    reference = spec_b.report.reference or default_reference(pd.concat([trials_a, trials_b], ignore_index=True), objectives)
-    kwargs = dict(rule=spec_b.report.balanced_rule, weights=spec_b.report.weights, reference=reference)
-    sum_a = summarize(trials_a, objectives, constraints, **kwargs) if reference else None
-    sum_b = summarize(trials_b, objectives, constraints, **kwargs) if reference else None
-    if sum_a is None or sum_b is None or sum_a.balanced is None or sum_b.balanced is None:
-        raise SweepError("one of the studies has no complete feasible trial: nothing to compare")
-    changes, regressions = [], []
-    for objective in objectives:
-        a = sum_a.balanced.metrics[objective.metric]
-        b = sum_b.balanced.metrics[objective.metric]
-        better = (b - a) if objective.direction == "maximize" else (a - b)  # > 0: improved
-        changes.append({"metric": objective.metric, "direction": objective.direction, "before": a, "after": b, "improvement": better})
-        if better < -tolerance:
-            regressions.append(objective.metric)
+    result = compare_fronts(
+        trials_a, trials_b, spec_b.objectives, spec_b.constraints,
+        rule=spec_b.report.balanced_rule, weights=spec_b.report.weights,
+        tolerance=tolerance, reference=spec_b.report.reference,
+    )
+    if result.balanced_a is None:
+        raise SweepError(f"{before} has no complete feasible trial: nothing to compare against")
+    # B without a feasible front counts as a regression in every objective (compare_fronts).
+    point = lambda p: None if p is None else {"number": p.number, "params": p.params}  # noqa: E731
+    changes = []
+    for objective in spec_b.objectives:
+        b = result.balanced_b.metrics.get(objective.metric) if result.balanced_b else None
+        changes.append({
+            "metric": objective.metric,
+            "direction": objective.direction,
+            "before": result.balanced_a.metrics.get(objective.metric),
+            "after": b,
+            "improvement": result.changes.get(objective.metric),
+        })
+    hv_a, hv_b = result.hypervolume_a, result.hypervolume_b
     return {
         "before": str(before),
         "after": str(after),
-        "reference": list(reference),
-        "hypervolume": {"before": sum_a.hypervolume, "after": sum_b.hypervolume, "change": sum_b.hypervolume - sum_a.hypervolume},
-        "front_size": {"before": len(sum_a.front_numbers), "after": len(sum_b.front_numbers)},
-        "balanced": {
-            "before": {"number": sum_a.balanced.number, "params": sum_a.balanced.params},
-            "after": {"number": sum_b.balanced.number, "params": sum_b.balanced.params},
-            "objectives": changes,
-        },
+        "reference": list(result.reference) if result.reference is not None else None,
+        "hypervolume": {"before": hv_a, "after": hv_b, "change": None if hv_a is None or hv_b is None else hv_b - hv_a},
+        "balanced": {"before": point(result.balanced_a), "after": point(result.balanced_b), "objectives": changes},
         "tolerance": tolerance,
-        "regressions": regressions,
+        "regressions": list(result.regressions),
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.errors import SweepError
-
-    if args.tolerance < 0:
-        raise SweepError("--tolerance must be >= 0")
     result = compare_studies(args.before, args.after, tolerance=args.tolerance)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -81,19 +75,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(result: dict) -> str:
-    hv = result["hypervolume"]
-    bal = result["balanced"]
-    params = lambda p: ", ".join(f"{k}={v:.3f}" for k, v in p.items())  # noqa: E731
+    num = lambda v, spec=".4g": "n/a" if v is None else format(v, spec)  # noqa: E731
+    params = lambda p: "none" if p is None else f"trial {p['number']} (" + ", ".join(f"{k}={v:.3f}" for k, v in p["params"].items()) + ")"  # noqa: E731
+    hv, bal = result["hypervolume"], result["balanced"]
     lines = [
         f"compare {result['before']} -> {result['after']}",
-        f"  hypervolume   {hv['before']:.4g} -> {hv['after']:.4g} ({hv['change']:+.4g}), reference {result['reference']}",
-        f"  front size    {result['front_size']['before']} -> {result['front_size']['after']}",
-        f"  balanced      trial {bal['before']['number']} ({params(bal['before']['params'])}) -> "
-        f"trial {bal['after']['number']} ({params(bal['after']['params'])})",
+        f"  hypervolume   {num(hv['before'])} -> {num(hv['after'])} ({num(hv['change'], '+.4g')}), reference {result['reference']}",
+        f"  balanced      {params(bal['before'])} -> {params(bal['after'])}",
     ]
     for change in bal["objectives"]:
         flag = "  REGRESSION" if change["metric"] in result["regressions"] else ""
-        lines.append(f"    {change['direction']} {change['metric']}: {change['before']:.4g} -> {change['after']:.4g} ({change['improvement']:+.4g}){flag}")
+        lines.append(f"    {change['direction']} {change['metric']}: {num(change['before'])} -> {num(change['after'])} ({num(change['improvement'], '+.4g')}){flag}")
     if result["regressions"]:
         lines.append(f"regression beyond tolerance {result['tolerance']:g} in: {', '.join(result['regressions'])}")
     else:

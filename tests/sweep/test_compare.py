@@ -50,6 +50,8 @@ def test_compare_flags_a_planted_regression(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1, out
     assert "REGRESSION" in out and "probe/length_retention" in out and "hypervolume" in out
+    code = main(["compare", str(before), str(after), "--tolerance", "-1"])
+    assert code == 2 and "tolerance must be >= 0" in capsys.readouterr().err
 
     code = main(["compare", str(before), str(after), "--tolerance", "0.5", "--json"])
     data = json.loads(capsys.readouterr().out)
