@@ -69,10 +69,22 @@ def load_study(spec):
     return optuna.load_study(study_name=spec.name, storage=spec.storage_url)
 
 
-def test_demo_sweep_8_trials_two_at_a_time(tmp_path, ray_local, capsys):
-    spec_path = write_spec(tmp_path, demo_spec_dict(tmp_path / "results"))
-    code = main(["run", str(spec_path)])
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def demo_study(tmp_path_factory, ray_local):
+    """One real demo sweep of 8 trials, 2 at a time, through the CLI entry point."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("demo-study")
+    spec_path = write_spec(root, demo_spec_dict(root / "results"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["run", str(spec_path)])
+    return spec_path, code, out.getvalue()
+
+
+def test_demo_sweep_8_trials_two_at_a_time(demo_study, capsys):
+    spec_path, code, out = demo_study
     assert code == 0, out
     spec = load_spec(spec_path)
     study = load_study(spec)
@@ -103,6 +115,71 @@ def test_demo_sweep_8_trials_two_at_a_time(tmp_path, ray_local, capsys):
     assert main(["run", str(spec_path)]) == 0
     assert "nothing to run" in capsys.readouterr().out
     assert len(load_study(spec).trials) == len(study.trials)
+
+
+def test_report_front_equals_optuna_best_trials(demo_study, capsys):
+    from sweep.pareto import pareto_front
+
+    spec_path, _, _ = demo_study
+    spec = load_spec(spec_path)
+    assert main(["report", str(spec.study_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "balanced point" in out
+    table = pd.read_parquet(spec.study_dir / "trials.parquet")
+    front = pareto_front(table, spec.objectives, spec.constraints)
+    assert sorted(front["number"]) == sorted(t.number for t in load_study(spec).best_trials)
+    html = (spec.study_dir / "report.html").read_text()
+    md = (spec.study_dir / "report.md").read_text()
+    assert "plotly" in html.lower() and len(html) > 100_000  # self-contained: plotly.js inlined
+    assert f"## Pareto front ({len(front)} trials)" in md
+    for number in front["number"]:
+        assert f"\n| {number} | " in md
+    assert "- **Balanced point:** trial " in md
+
+
+def test_export_balanced_equals_a_fresh_merge(demo_study, tmp_path, capsys):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    spec_path, _, _ = demo_study
+    spec = load_spec(spec_path)
+    out = tmp_path / "actor"
+    assert main(["export", str(spec.study_dir), "--balanced", "--out", str(out)]) == 0
+    record = json.loads((out / "sweep_export.json").read_text())
+    assert record["spec_sha256"] and set(record["params"]) == {"alpha", "beta"}
+    assert "spec sha256" in (out / "README.md").read_text()
+    fresh = tmp_path / "fresh"
+    code = main([
+        "merge", "--pretrained", spec.models.pretrained, "--instruct", spec.models.instruct,
+        "--reasoning", spec.models.reasoning, "--alpha", repr(record["params"]["alpha"]),
+        "--beta", repr(record["params"]["beta"]), "--out", str(fresh), "--quiet",
+    ])
+    assert code == 0
+    a, b = load_file(out / "model.safetensors"), load_file(fresh / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.architectures == ["LlamaForCausalLM"]
+    with pytest.raises(SystemExit):
+        main(["export", str(spec.study_dir), "--out", str(tmp_path / "x")])  # needs --balanced or --trial
+    assert main(["export", str(spec.study_dir), "--trial", "999", "--out", str(tmp_path / "y")]) == 2
+    assert "no such trial" in capsys.readouterr().err
+
+
+def test_report_rescore_runs_heldout_tasks_on_the_front(demo_study, capsys):
+    spec_path, _, _ = demo_study
+    spec = load_spec(spec_path)
+    assert main(["report", str(spec.study_dir), "--rescore"]) == 0
+    heldout = pd.read_parquet(spec.study_dir / "heldout.parquet")
+    front = [t.number for t in load_study(spec).best_trials]
+    assert sorted(heldout["number"]) == sorted(front)
+    assert "lm_eval/toy_reasoning_heldout/exact_match,final" in heldout.columns
+    assert heldout["lm_eval/toy_reasoning_heldout/exact_match,final"].between(0, 1).all()
+    assert "toy_reasoning_heldout" in (spec.study_dir / "report.md").read_text()
 
 
 def flaky_trial(spec, params):
