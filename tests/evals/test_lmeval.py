@@ -130,3 +130,14 @@ def test_think_end_is_passed_by_id_when_decoding_would_drop_it():
     assert think_end_token(special, "answer:") == "answer:"  # several tokens: cut by text
     assert think_end_token(special, "</think>", backend="vllm") == "</think>"  # vLLM keeps special tokens in text
     assert think_end_token(special, None) is None
+
+
+def test_config_is_built_from_the_spec_section_as_the_sweep_does():
+    from sweep.spec import LmEvalSpec
+
+    spec = LmEvalSpec(search_tasks=["a"], report_tasks=["b"], include_paths=["/t"], limit=24, answer_regex="x(\\d)")
+    dumped = spec.model_dump()
+    config = LmEvalConfig(tasks=spec.search_tasks, **{k: v for k, v in dumped.items() if k not in ("search_tasks", "report_tasks")})
+    assert config.tasks == ["a"] and config.lm_eval_limit == 24 and isinstance(config.lm_eval_limit, int)
+    assert {k: v for k, v in config.to_dict().items() if k != "tasks"} == {k: v for k, v in dumped.items() if k not in ("search_tasks", "report_tasks")}
+    assert LmEvalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
