@@ -1,0 +1,96 @@
+"""lm-eval tasks and probe prompts for the toy world, written as YAML plus jsonl.
+
+Task names: `toy_reasoning` and `toy_instruct` (search splits), `toy_reasoning_heldout`
+and `toy_instruct_heldout` (held-out splits, disjoint problems). Each is
+generate_until, scored by `exact_match` under the filter `final`, which keeps the text
+after the last `</think>` (all of it when there is none), so lm-eval reports
+`exact_match,final`. `data_files` are absolute (lm-eval resolves relative ones against
+the cwd, not the YAML), so the YAMLs are rewritten when the family folder moves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sweep.demo.data import Problem, Splits
+
+# Task name -> split name in `Splits.sets`.
+TASKS = {
+    "toy_reasoning": "reasoning_search",
+    "toy_reasoning_heldout": "reasoning_heldout",
+    "toy_instruct": "instruct_search",
+    "toy_instruct_heldout": "instruct_heldout",
+}
+PROBE_FILE = "probe_prompts.jsonl"
+
+# Text after the last </think> (greedy `[\s\S]*` finds the last one), stripped; the whole
+# response when there is no </think>. Anchored at the start, so findall yields one match.
+FINAL_ANSWER_REGEX = r"^(?:[\s\S]*</think>)?\s*([\s\S]*?)\s*$"
+
+_DESCRIPTIONS = {
+    "toy_reasoning": "three-digit addition; the final answer after any thinking must match",
+    "toy_instruct": "format instructions (reverse, upper-case, number in words); exact match",
+}
+
+
+def task_yaml(name: str, data_file: Path, *, max_gen_toks: int = 64) -> str:
+    """One task's YAML. JSON is valid YAML, which spares us quoting rules for the regex."""
+    family = name.removesuffix("_heldout")
+    config = {
+        "task": name,
+        "tag": ["toy_world"],
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "{{prompt}}",  # the user message; use apply_chat_template: true
+        "doc_to_target": "{{answer}}",
+        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
+        "filter_list": [
+            {"name": "final", "filter": [{"function": "regex", "regex_pattern": FINAL_ANSWER_REGEX, "group_select": 0}, {"function": "take_first"}]}
+        ],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1, "description": _DESCRIPTIONS[family]},
+    }
+    return f"# {name}: {_DESCRIPTIONS[family]} (written by sweep.demo)\n" + json.dumps(config, indent=2) + "\n"
+
+
+def _write_jsonl(path: Path, problems: list[Problem]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for p in problems:
+            fh.write(json.dumps({"prompt": p.prompt, "answer": p.answer, "kind": p.kind}) + "\n")
+
+
+def write_tasks(folder: Path, splits: Splits, *, final_folder: Path) -> None:
+    """Write data jsonl files and task YAMLs into `folder`; YAMLs point at `final_folder`,
+    where `folder` will live after the build's atomic rename."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for name, split in TASKS.items():
+        _write_jsonl(folder / "data" / f"{name}.jsonl", splits.sets[split])
+    point_tasks_at(folder, final_folder)
+
+
+def point_tasks_at(folder: Path, final_folder: Path) -> None:
+    """(Re)write the YAMLs in `folder` with data_files under `final_folder`/data."""
+    for name in TASKS:
+        (folder / f"{name}.yaml").write_text(task_yaml(name, final_folder / "data" / f"{name}.jsonl"))
+
+
+def tasks_point_at(folder: Path) -> bool:
+    """Whether every YAML in `folder` names data files that exist under this folder."""
+    for name in TASKS:
+        yaml_file = folder / f"{name}.yaml"
+        if not yaml_file.exists():
+            return False
+        text = yaml_file.read_text()
+        config = json.loads(text[text.index("{") :])
+        data_file = Path(config["dataset_kwargs"]["data_files"]["test"])
+        if data_file != folder / "data" / f"{name}.jsonl" or not data_file.exists():
+            return False
+    return True
+
+
+def write_probe_prompts(path: Path, splits: Splits) -> None:
+    """One {"prompt": user message, "answer": final answer} per line (plus "kind")."""
+    _write_jsonl(path, splits.sets["probe"])

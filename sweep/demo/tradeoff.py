@@ -1,0 +1,85 @@
+"""The BAI trade-off on the demo family: lengths and accuracies of linear merges.
+
+A row merges (instruct, reasoning, pretrained) with the closed-form weights
+[alpha*beta, (1-alpha)*beta, 1-beta] as a plain fp32 weighted sum, then decodes
+greedily on the held-out problems of both tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sweep.demo.measure import TaskScore, bai_weights, score, weighted_sum
+
+# The grid of the issue: alpha at beta = 1, then beta at a middle alpha.
+DEFAULT_POINTS = ((0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0), (1.0, 1.0), (0.5, 0.75), (0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class TradeoffRow:
+    alpha: float
+    beta: float
+    reasoning: TaskScore  # on the reasoning prompts
+    instruct: TaskScore  # on the instruction prompts
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def measure_tradeoff(family, *, points=DEFAULT_POINTS, n: int = 50, split: str = "heldout", max_new_tokens: int = 64) -> list[TradeoffRow]:
+    """One row per (alpha, beta) on the first `n` problems of each task's `split` (search or heldout)."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sweep.demo.data import Problem
+
+    def problems(task: str) -> list[Problem]:
+        name = f"toy_{task}" + ("_heldout" if split == "heldout" else "")
+        lines = (family.tasks / "data" / f"{name}.jsonl").read_text().splitlines()[:n]
+        return [Problem(kind=d["kind"], prompt=d["prompt"], answer=d["answer"]) for d in map(json.loads, lines)]
+
+    reasoning_problems, instruct_problems = problems("reasoning"), problems("instruct")
+    tokenizer = AutoTokenizer.from_pretrained(family.instruct)
+    sources = [AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).state_dict() for p in (family.instruct, family.reasoning, family.pretrained)]
+    model = AutoModelForCausalLM.from_pretrained(family.pretrained, dtype=torch.float32).eval()
+    rows = []
+    for alpha, beta in points:
+        model.load_state_dict(weighted_sum(sources, bai_weights(alpha, beta)))
+        rows.append(
+            TradeoffRow(
+                alpha=alpha,
+                beta=beta,
+                reasoning=score(model, tokenizer, reasoning_problems, max_new_tokens=max_new_tokens),
+                instruct=score(model, tokenizer, instruct_problems, max_new_tokens=max_new_tokens),
+            )
+        )
+    return rows
+
+
+def markdown_table(rows: list[TradeoffRow]) -> str:
+    lines = [
+        "| alpha | beta | length on reasoning prompts (tokens) | reasoning accuracy | length on instruction prompts | instruction accuracy |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.alpha:g} | {r.beta:g} | {r.reasoning.mean_length:.1f} | {r.reasoning.accuracy:.2f} "
+            f"| {r.instruct.mean_length:.1f} | {r.instruct.accuracy:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def criteria(rows: list[TradeoffRow]) -> dict[str, bool]:
+    """The issue's criteria, from rows that include (0, 1), (1, 1) and in-between alphas at beta 1."""
+    at = {(r.alpha, r.beta): r for r in rows}
+    reasoning, instruct = at[(0.0, 1.0)], at[(1.0, 1.0)]
+    between = [r for r in rows if r.beta == 1.0 and 0 < r.alpha < 1]
+    lo, hi = sorted((instruct.reasoning.mean_length, reasoning.reasoning.mean_length))
+    return {
+        "length_ratio_at_least_3": reasoning.reasoning.mean_length >= 3 * instruct.reasoning.mean_length,
+        "reasoning_better_on_reasoning": reasoning.reasoning.accuracy > instruct.reasoning.accuracy,
+        "instruct_better_on_instructions": instruct.instruct.accuracy > reasoning.instruct.accuracy,
+        "merges_in_between_lengths": all(lo <= r.reasoning.mean_length <= hi for r in between),
+    }

@@ -1,0 +1,172 @@
+"""Training the demo family: one small Llama pretrained on the toy world, two fine-tunes.
+
+Plain code, nanoGPT style: AdamW, linear warmup then cosine decay, gradient clipping,
+fp32 on CPU. Determinism: every batch comes from `random.Random` seeded by (seed,
+stage), the weights from `torch.manual_seed`; with the same thread count the weights
+are bit-identical run to run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from sweep.demo import data
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training run: `steps` optimizer steps of `batch` packed rows at peak `lr`."""
+
+    steps: int
+    batch: int
+    lr: float
+    replay: float = 0.0  # share of rows that are pretraining world text (keeps a fine-tune near its ancestor)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the family's weights (its JSON is hashed into the cache key)."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    ffn: int = 352
+    max_positions: int = 256  # tokens: training rows are row_tokens long; a prompt plus response ~60
+    row_tokens: int = 128  # tokens per packed training row
+    pretrain: Stage = Stage(steps=700, batch=24, lr=3e-3)
+    chat_share: float = 0.6  # share of pretraining rows that are chat turns (both styles)
+    instruct: Stage = Stage(steps=100, batch=16, lr=5e-4, replay=0.25)
+    instruct_arithmetic_share: float = 0.4
+    reasoning: Stage = Stage(steps=100, batch=16, lr=5e-4, replay=0.25)
+    weight_decay: float = 0.1
+    warmup: float = 0.05  # share of steps
+    final_lr: float = 0.1  # cosine decays to this share of the peak
+    clip: float = 1.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def scaled(self, factor: float) -> "Recipe":
+        """The same recipe with every stage's steps multiplied by `factor` (tests use tiny builds)."""
+
+        def s(stage: Stage) -> Stage:
+            return Stage(max(2, int(stage.steps * factor)), stage.batch, stage.lr, stage.replay)
+
+        return Recipe(**{**self.__dict__, "pretrain": s(self.pretrain), "instruct": s(self.instruct), "reasoning": s(self.reasoning)})
+
+
+def new_model(recipe: Recipe, tokenizer, *, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden,
+        intermediate_size=recipe.ffn,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.heads,
+        max_position_embeddings=recipe.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def _packed_batch(tokenizer, rows: Callable[[], tuple[str, str]], *, n_rows: int, length: int):
+    """`n_rows` rows of exactly `length` tokens, each packed with examples end to end.
+
+    An example is (context, target); the loss covers target tokens only. Packing wastes
+    no compute on padding (rows differ 5x in length); the last example in a row is cut.
+    """
+    import torch
+
+    ids = torch.empty((n_rows, length), dtype=torch.long)
+    labels = torch.empty((n_rows, length), dtype=torch.long)
+    for i in range(n_rows):
+        row_ids: list[int] = []
+        row_labels: list[int] = []
+        while len(row_ids) < length:
+            context, target = rows()
+            c = tokenizer.encode(context, add_special_tokens=False) if context else []
+            t = tokenizer.encode(target, add_special_tokens=False)
+            row_ids += c + t
+            row_labels += [-100] * len(c) + t
+        ids[i] = torch.tensor(row_ids[:length])
+        labels[i] = torch.tensor(row_labels[:length])
+    return ids, labels
+
+
+RowFn = Callable[[random.Random], tuple[str, str]]
+
+
+def train(model, tokenizer, *, recipe: Recipe, stage: Stage, rows: RowFn, seed: str, progress: Callable[[str], None], label: str) -> float:
+    """Train in place for `stage.steps` steps on rows drawn from `rows(rng)`. Returns the last loss."""
+    import torch
+
+    rng = random.Random(seed)
+    torch.manual_seed(int.from_bytes(seed.encode(), "little") % (2**31))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=stage.lr,
+        betas=(0.9, 0.95),
+    )
+    warmup = max(1, int(stage.steps * recipe.warmup))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return stage.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, stage.steps - warmup)
+        return stage.lr * (recipe.final_lr + (1 - recipe.final_lr) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    model.train()
+    start, loss_value, every = time.monotonic(), float("nan"), max(1, stage.steps // 4)
+    for step in range(stage.steps):
+        ids, labels = _packed_batch(tokenizer, lambda: rows(rng), n_rows=stage.batch, length=recipe.row_tokens)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
+        opt.step()
+        loss_value = float(loss.detach())
+        if (step + 1) % every == 0 or step + 1 == stage.steps:
+            progress(f"  {label}: step {step + 1}/{stage.steps}, loss {loss_value:.3f}, {time.monotonic() - start:.0f} s")
+    model.eval()
+    return loss_value
+
+
+def pretrain_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
+    return lambda rng: ("", data.pretrain_document(rng, reserved, chat_share=recipe.chat_share) + data.EOS)
+
+
+def _with_replay(stage: Stage, reserved: frozenset[str], main: RowFn) -> RowFn:
+    def rows(rng: random.Random) -> tuple[str, str]:
+        if rng.random() < stage.replay:
+            return "", data.world_document(rng, reserved) + data.EOS
+        return main(rng)
+
+    return rows
+
+
+def instruct_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
+    share = recipe.instruct_arithmetic_share
+    return _with_replay(recipe.instruct, reserved, lambda rng: data.instruct_example(rng, reserved, arithmetic_share=share))
+
+
+def reasoning_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
+    return _with_replay(recipe.reasoning, reserved, lambda rng: data.reasoning_example(rng, reserved))
