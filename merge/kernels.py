@@ -50,27 +50,36 @@ def get_kernel() -> str:
     return _mode
 
 
+def is_compiled() -> bool:
+    """True once the compiled kernel exists in this process (using it again costs nothing extra)."""
+    return _compiled_fn is not None and not _compile_failed
+
+
 @torch.no_grad()
-def weighted_sum_into(out: torch.Tensor, sources: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
+def weighted_sum_into(out: torch.Tensor, sources: Sequence[torch.Tensor], weights: Sequence[float], *, allow_compile: bool = True) -> None:
     """out[:] = sum_i weights[i] * sources[i], accumulated in float32, rounded once into out.dtype.
 
     `out` must be contiguous; sources must have out's number of elements and live on
     out's device (any float dtype each). Weights are used as given (no normalization).
+    allow_compile=False keeps mode "auto" from paying for a compile (a one-off job too
+    small to earn it back); mode "compiled" compiles regardless.
     """
     if len(sources) != len(weights) or not sources:
         raise ValueError("weighted_sum_into needs one weight per source, and at least one source")
     flat_out = out.view(-1)
     flat_sources = [s.reshape(-1) for s in sources]
-    if _use_compiled(flat_out):
+    if _use_compiled(flat_out, allow_compile):
         if _run_compiled(flat_out, flat_sources, weights):
             return
     _run_eager(flat_out, flat_sources, weights)
 
 
-def _use_compiled(out: torch.Tensor) -> bool:
+def _use_compiled(out: torch.Tensor, allow_compile: bool) -> bool:
     if _mode == "eager" or _compile_failed:
         return False
-    return _mode == "compiled" or out.numel() >= COMPILE_MIN_NUMEL
+    if _mode == "compiled":
+        return True
+    return out.numel() >= COMPILE_MIN_NUMEL and (allow_compile or is_compiled())
 
 
 def _fused(out: torch.Tensor, sources: list[torch.Tensor], weights: torch.Tensor) -> None:
