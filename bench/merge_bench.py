@@ -215,6 +215,16 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+def child_build(args) -> dict:
+    build_trio(Path(args.workdir), TINY if args.tiny else FULL, args.shard_mb * 10**6)
+    return {}
+
+
+def child_diff(args) -> dict:
+    worst, fraction = difference(Path(args.workdir) / "out_ours", Path(args.out))
+    return {"worst": worst, "fraction": fraction}
+
+
 def child_ours_compiled(args) -> dict:
     """Ours with the compiled kernel (what a merge of >= 4 GB output uses by default)."""
     import torch
@@ -228,7 +238,14 @@ def child_ours_compiled(args) -> dict:
     return child_ours(args) | {"compile_s": time.perf_counter() - started}
 
 
-CHILDREN = {"ours": child_ours, "ours_compiled": child_ours_compiled, "naive": child_naive, "inplace": child_inplace}
+CHILDREN = {
+    "build": child_build,
+    "ours": child_ours,
+    "ours_compiled": child_ours_compiled,
+    "naive": child_naive,
+    "inplace": child_inplace,
+    "diff": child_diff,
+}
 
 
 # ---------------------------------------------------------------- parent
@@ -323,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir)
     try:
         started = time.perf_counter()
-        trio = build_trio(workdir, shape, args.shard_mb * 10**6)
+        # The parent never imports torch: a forked child's peak RSS starts from its parent's.
+        run_measured([sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--shard-mb", str(args.shard_mb), "--child", "build"] + (["--tiny"] if args.tiny else []), env)
+        trio = {role: workdir / role for role in ("pretrained", "instruct", "reasoning")}
         n_params = sum(_numel(s) for s in tensor_shapes(shape).values())
         print(f"trio: {n_params / 1e6:.0f}M params each, bf16, {weights_bytes(trio['pretrained']) / 1e9:.2f} GB each, built in {time.perf_counter() - started:.0f} s under {workdir}")
         warm_cache(trio.values())
@@ -375,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ours (compiled kernel) vs mergekit: {mk[3] / by['ours_compiled'][3]:.1f}x (wall, the compile included)"
                   + (f", {mk[2] / by['ours_compiled'][2]:.1f}x (work, compiled beforehand)" if mk[2] else ""))
         for other in [n for n in ("naive", "mergekit") if n in by]:
-            worst, fraction = difference(workdir / "out_ours", workdir / f"out_{other}")
+            diff, _, _ = run_measured(me + ["--child", "diff", "--out", str(workdir / f"out_{other}")], env)
+            worst, fraction = diff["worst"], diff["fraction"]
             print(f"ours vs {other}: {fraction:.3%} of elements differ (fp32 summation order), by at most {worst:.1e} x the tensor's largest entry")
 
         result, wall, rss = run_measured(me + ["--child", "inplace"], env)

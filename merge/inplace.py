@@ -76,6 +76,8 @@ class SourceCache:
                         loaded[key] = tensor.to(device=target_device, dtype=want, copy=True)
                     triple.append(loaded[key])
                 tensors[plan.name] = tuple(triple)
+                for role, stored in zip(ROLES, plan.sources):
+                    readers[role].release(stored)  # the copy is made: drop the file pages from our RSS
         finally:
             for reader in readers.values():
                 reader.close()

@@ -141,7 +141,7 @@ class _SafetensorsFile:
         shape = tuple(meta["shape"])
         begin, end = meta["data_offsets"]
         count = end - begin
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if count == 0:
             return torch.empty(shape, dtype=dtype)
         offset = self.data_start + begin
@@ -280,7 +280,7 @@ class SafetensorsWriter:
         offset = 0
         self._expected: list[tuple[str, int]] = []
         for name, dtype, shape in tensors:
-            nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+            nbytes = _numel(shape) * dtype.itemsize
             header[name] = {"dtype": TAGS[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             self._expected.append((name, nbytes))
             offset += nbytes
