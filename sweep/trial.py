@@ -87,7 +87,7 @@ def worker_state(spec: SweepSpec) -> WorkerState:
 def load_models(spec: SweepSpec):
     """(source cache, live model, tokenizer, device): what every candidate build needs."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     import merge
 
@@ -102,8 +102,11 @@ def load_models(spec: SweepSpec):
         vocab=spec.merge.vocab,
         dtype=dtype,
     )
-    # The live model: any member's architecture; its weights are overwritten every trial.
-    model = AutoModelForCausalLM.from_pretrained(spec.models.instruct, dtype=dtype or "auto").to(device)
+    # The live model: instruct's architecture; its weights are overwritten every trial. Its
+    # embedding tying follows the merge (a tied model cannot hold a tied+untied merge).
+    config = AutoConfig.from_pretrained(spec.models.instruct)
+    config.tie_word_embeddings = sources.tie_word_embeddings
+    model = AutoModelForCausalLM.from_pretrained(spec.models.instruct, config=config, dtype=dtype or "auto").to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.models.tokenizer_path())
     return sources, model, tokenizer, device
