@@ -324,7 +324,7 @@ def copy_side_files(source: Path, out: Path) -> list[str]:
     copied = []
     for pattern in SIDE_FILE_PATTERNS:
         for file in sorted(source.glob(pattern)):
-            if file.is_file() and not (out / file.name).exists():
+            if file.is_file():  # overwrite: after --force, an old tokenizer must not survive
                 shutil.copy2(file, out / file.name)
                 copied.append(file.name)
     return copied

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from merge.errors import MergeError
-from merge.methods import NEEDS_BASE, STAGE2_METHODS, get_method, method_defaults, method_param_names, param_problems
+from merge.methods import NEEDS_BASE, STAGE2_METHODS, get_method, method_defaults, param_problems
 
 # Order of the sources everywhere in merge/: the order of the fused weights.
 ROLES = ("instruct", "reasoning", "pretrained")
@@ -119,6 +119,3 @@ class MergePlan:
 def tensor_seed(seed: int, name: str) -> int:
     """A per-tensor seed: stable across runs and processes (crc32, not Python's hash)."""
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
-
-
-__all__ = ["MergePlan", "Stage", "ROLES", "tensor_seed", "method_param_names"]

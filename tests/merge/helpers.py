@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from tests.tiny import make_tiny_checkpoint
 
 
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -67,6 +66,3 @@ def make_pickle_copy(source: Path, path: Path) -> Path:
         if not file.name.endswith(".safetensors") and not file.name.endswith(".index.json"):
             shutil.copy2(file, path / file.name)
     return path
-
-
-__all__ = ["load_state", "closed_form", "bf16_ulp", "make_untied_finetune", "make_pickle_copy", "make_tiny_checkpoint"]
