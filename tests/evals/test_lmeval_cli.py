@@ -23,7 +23,7 @@ BATCH_SIZE = 4
 
 
 def run_lm_eval_cli(*, model_dir: Path, tasks: list[str], include_path: Path, out: Path, extra_model_args: str = "",
-                    extra: list[str] = ()) -> dict:
+                    extra: list[str] = (), batch_size: int = BATCH_SIZE) -> dict:
     """Run `python -m lm_eval run` offline on CPU; return its results JSON."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     command = [
@@ -32,9 +32,8 @@ def run_lm_eval_cli(*, model_dir: Path, tasks: list[str], include_path: Path, ou
         "--model_args", f"pretrained={model_dir},dtype=float32{extra_model_args}",
         "--tasks", ",".join(tasks),
         "--include_path", str(include_path),
-        "--batch_size", str(BATCH_SIZE),
+        "--batch_size", str(batch_size),
         "--device", "cpu",
-        "--gen_kwargs", "do_sample=False,temperature=0",
         "--output_path", str(out),
         *extra,
     ]
@@ -54,7 +53,7 @@ def cli_results(think_model, tiny_tasks, tmp_path_factory) -> dict:
         include_path=tiny_tasks,
         out=tmp_path_factory.mktemp("lm_eval_cli"),
         extra_model_args=f",think_end_token={think_end}",
-        extra=["--num_fewshot", str(NUM_FEWSHOT)],
+        extra=["--num_fewshot", str(NUM_FEWSHOT), "--gen_kwargs", "do_sample=False,temperature=0"],
     )
 
 
