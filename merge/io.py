@@ -86,7 +86,9 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def parse_device(device: str | torch.device) -> torch.device:
-    """A torch.device, checked: a cuda device needs CUDA here."""
+    """A torch.device, checked: a cuda device needs CUDA here; "auto" is cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):

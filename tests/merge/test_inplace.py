@@ -125,3 +125,11 @@ def test_cuda_build_matches_the_cpu_build(tiny_trio, source_cache):
         build_in_place(cpu_model, source_cache, **recipe)
         for (name, value), cpu_value in zip(model.state_dict().items(), cpu_model.state_dict().values()):
             torch.testing.assert_close(value.cpu(), cpu_value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_device_auto_picks_cuda_only_when_there_is_one(tiny_trio):
+    cache = SourceCache.load(**tiny_trio, device="auto")
+    assert cache.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MergeError, match="CUDA is not available"):
+            SourceCache.load(**tiny_trio, device="cuda")
