@@ -341,18 +341,24 @@ def cross_field_problems(spec: SweepSpec) -> list[tuple[tuple, str]]:
         if msg := _metric_problem(constraint.metric, spec):
             problems.append((("constraints", i), msg))
 
-    from merge.methods import method_param_names  # light: no torch work at import
+    from merge.methods import PARAM_CHECKS, method_param_names
 
     stage_params = {"stage1": spec.merge.stage1, "stage2": spec.merge.stage2}
     for stage_name, stage in stage_params.items():
         known = method_param_names(stage.method)
-        for key in stage.params:
+        for key, value in stage.params.items():
             if key not in known:
                 problems.append(((("merge", stage_name, "params", key)), _unknown_param(key, stage.method, known)))
+            elif (check := PARAM_CHECKS.get(key)) and (msg := check(value)):
+                problems.append((("merge", stage_name, "params", key), msg))
     known1 = method_param_names(spec.merge.stage1.method)
-    for key in spec.space.params:
+    for key, rng in spec.space.params.items():
         if key not in known1:
             problems.append((("space", "params", key), _unknown_param(key, spec.merge.stage1.method, known1)))
+        elif check := PARAM_CHECKS.get(key):
+            for end, value in (("low", rng.low), ("high", rng.high)):
+                if msg := check(value):
+                    problems.append((("space", "params", key, end), msg))
 
     for i, point in enumerate(spec.space.points):
         allowed = {"alpha": spec.space.alpha, "beta": spec.space.beta} | dict(spec.space.params)

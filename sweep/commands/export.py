@@ -51,14 +51,14 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
 
 def run(args: argparse.Namespace) -> int:
     import merge
-    from sweep.commands.merge import _ProgressBar
+    from sweep.progressbar import MergeProgressBar
     from sweep.study import load_study_dir, spec_hash
     from sweep.trial import split_params
 
     spec, trials = load_study_dir(args.study)
     number, params, metrics = choose_trial(spec, trials, balanced=args.balanced, number=args.trial)
     alpha, beta, method_params = split_params(spec, params)
-    bar = _ProgressBar(enabled=not args.quiet)
+    bar = MergeProgressBar(enabled=not args.quiet)
     started = time.perf_counter()
     try:
         out = merge.merge_checkpoints(

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 HELP = "merge pretrained, instruct and reasoning checkpoints at (alpha, beta) into an HF checkpoint"
-
-# bytes: show a progress bar when the merge reads and writes more than this
-PROGRESS_MIN_BYTES = 200_000_000
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", required=True, help="the shared ancestor checkpoint folder")
@@ -55,10 +50,11 @@ def parse_params(items: list[str], flag: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from merge.disk import merge_checkpoints, merge_io_bytes
+    from sweep.progressbar import MergeProgressBar
 
     stage1_params = parse_params(args.stage1_param, "--stage1-param")
     stage2_params = parse_params(args.stage2_param, "--stage2-param")
-    bar = _ProgressBar(enabled=not args.quiet)
+    bar = MergeProgressBar(enabled=not args.quiet)
     started = time.perf_counter()
     try:
         out = merge_checkpoints(
@@ -91,31 +87,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"merged {args.method_stage1}+{args.method_stage2} at alpha={args.alpha:g} beta={args.beta:g} -> {out} "
               f"({moved / 1e9:.2f} GB read+written in {seconds:.1f} s, {moved / 1e9 / max(seconds, 1e-9):.2f} GB/s)")
     return 0
-
-
-class _ProgressBar:
-    """A rich progress bar on stderr, started only once a merge turns out to be large."""
-
-    def __init__(self, *, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
-
-    def update(self, done: int, total: int) -> None:
-        if not self.enabled or total < PROGRESS_MIN_BYTES:
-            return
-        if self._progress is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-            self._progress = Progress(
-                "merging", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                console=Console(file=sys.stderr), transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("merge", total=total)
-        self._progress.update(self._task, completed=done)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()

@@ -95,6 +95,10 @@ def test_relative_paths_resolve_against_the_spec_folder(workspace, tiny_trio, mo
 
 
 def _mutate(spec: dict, dotted: str, value) -> dict:
+    if dotted == "*":  # several changes: {dotted: value}
+        for key, item in value.items():
+            _mutate(spec, key, item)
+        return spec
     node = spec
     keys = dotted.split(".")
     for key in keys[:-1]:
@@ -119,6 +123,8 @@ MALFORMED = [
     ("unknown sampler", "sampler.name", "bayes", "sampler.name"),
     ("unknown merge method", "merge", {"stage1": {"method": "frankenmerge"}}, "merge.stage1.method"),
     ("unknown method parameter", "merge", {"stage1": {"method": "ties", "params": {"densty": 0.5}}}, "merge.stage1.params.densty"),
+    ("bad method parameter value", "merge", {"stage1": {"method": "ties", "params": {"density": 1.5}}}, "merge.stage1.params.density"),
+    ("searched parameter out of its domain", "*", {"merge": {"stage1": {"method": "dare"}}, "space.params": {"density": {"low": 0.5, "high": 2}}}, "space.params.density.high"),
     ("unknown objective metric", "objectives.1.metric", "probe/length_retension", "objectives.1.metric"),
     ("objective task not searched", "objectives.0.metric", "lm_eval/gsm8k/exact_match,strict-match", "objectives.0.metric"),
     ("bad direction", "objectives.0.direction", "up", "objectives.0.direction"),
