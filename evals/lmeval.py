@@ -321,7 +321,35 @@ def build_task_dict(config: LmEvalConfig) -> dict[str, Any]:
         raise EvalError(f"cannot load lm-eval tasks {', '.join(config.tasks)}: {type(exc).__name__}: {exc}") from exc
     for task in task_dict["tasks"].values():
         _configure_task(task, config)
+    cache_prompt_templates(True)
     return task_dict
+
+
+def cache_prompt_templates(enabled: bool) -> None:
+    """Compile each lm-eval prompt template (doc_to_text, doc_to_target, ...) once per process.
+
+    lm-eval's `apply_template` calls jinja's `env.from_string(template)` for every doc,
+    which compiles the template anew each time: most of the per-trial overhead on small
+    tasks (bench/eval_bench.py). A compiled template renders the same text, so caching
+    it changes no output. `enabled=False` restores lm-eval's own behaviour.
+    """
+    from lm_eval import utils
+
+    env = utils.env
+    installed = getattr(env.from_string, "sweep_original", None)
+    if enabled and installed is None:
+        original = env.from_string
+        compiled = functools.lru_cache(maxsize=1024)(original)
+
+        def from_string(source, *args, **kwargs):
+            if args or kwargs or not isinstance(source, str):
+                return original(source, *args, **kwargs)
+            return compiled(source)
+
+        from_string.sweep_original = original
+        env.from_string = from_string
+    elif not enabled and installed is not None:
+        env.from_string = installed
 
 
 def _configure_task(task: Any, config: LmEvalConfig) -> None:
