@@ -35,6 +35,7 @@ class WorkerState:
     evaluator: Any | None  # evals.lmeval.LmEvalRunner over the search tasks
     probe_config: Any | None  # evals.probe.ProbeConfig
     prompts: list | None
+    reward: Any | None  # a loaded reward model scorer; None: the rule named in probe_config
     device: str
     load_s: float  # seconds spent building this state (paid by the worker's first trial)
     trials_run: int = 0
@@ -72,14 +73,18 @@ def worker_state(spec: SweepSpec) -> WorkerState:
 
         evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
 
-    probe_config = prompts = None
+    probe_config = prompts = reward = None
     if spec.evals.probe is not None:
         from evals.probe import ProbeConfig, load_prompts
 
         probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
         prompts = load_prompts(probe_config.prompts)
+        if probe_config.reward.model is not None:  # a reward model loads once per worker, not per trial
+            from evals.rewards import build_reward
 
-    state = WorkerState(key, sources, model, tokenizer, evaluator, probe_config, prompts, device, time.perf_counter() - start)
+            reward = build_reward(rule=None, model=probe_config.reward.model, device=device)
+
+    state = WorkerState(key, sources, model, tokenizer, evaluator, probe_config, prompts, reward, device, time.perf_counter() - start)
     _STATE[key] = state
     return state
 
@@ -189,4 +194,4 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
 def _probe(state: WorkerState):
     from evals.probe import run_probe
 
-    return run_probe(state.model, state.tokenizer, config=state.probe_config, prompts=state.prompts)
+    return run_probe(state.model, state.tokenizer, config=state.probe_config, prompts=state.prompts, reward=state.reward)
