@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 # (question, answer) docs of tiny_think; the model learns the first TRAINED of them.
-THINK_DOCS = [(a, b) for a, b in [(3, 4), (2, 5), (6, 1), (8, 8), (9, 3), (1, 1), (7, 5), (4, 4), (5, 5), (6, 6), (2, 9), (7, 7)]]
+THINK_DOCS = [(3, 4), (2, 5), (6, 1), (8, 8), (9, 3), (1, 1), (7, 5), (4, 4), (5, 5), (6, 6), (2, 9), (7, 7)]
 TRAINED = 8
 ANSWER_REGEX = r"answer: (\d+)"
 
