@@ -30,8 +30,9 @@ from typing import Callable, Iterator
 
 from sweep.errors import SweepError
 
-# Bump when data generation or training code changes what a recipe produces.
-RECIPE_VERSION = 1
+# Bump when data generation or training code changes what a recipe produces (2: examples
+# packed with attention kept inside each example).
+RECIPE_VERSION = 2
 MANIFEST = "family.json"
 CHECKPOINTS = ("pretrained", "instruct", "reasoning")
 

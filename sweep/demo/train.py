@@ -88,24 +88,35 @@ def _packed_batch(tokenizer, rows: Callable[[], tuple[str, str]], *, n_rows: int
     """`n_rows` rows of exactly `length` tokens, each packed with examples end to end.
 
     An example is (context, target); the loss covers target tokens only. Packing wastes
-    no compute on padding (rows differ 5x in length); the last example in a row is cut.
+    no compute on padding (examples differ 5x in length). Position ids restart at 0 for
+    every example, which makes transformers mask attention per example (its packed-
+    sequence path), so each example trains exactly as inference sees a prompt: alone,
+    from position 0. (Letting examples see each other left 3-digit addition unlearned:
+    fetching the right digit is easy at fixed positions, hard at shifting ones.)
+    The last example in a row is cut.
     """
     import torch
 
     ids = torch.empty((n_rows, length), dtype=torch.long)
     labels = torch.empty((n_rows, length), dtype=torch.long)
+    positions = torch.empty((n_rows, length), dtype=torch.long)
     for i in range(n_rows):
         row_ids: list[int] = []
         row_labels: list[int] = []
+        row_positions: list[int] = []
         while len(row_ids) < length:
             context, target = rows()
             c = tokenizer.encode(context, add_special_tokens=False) if context else []
             t = tokenizer.encode(target, add_special_tokens=False)
             row_ids += c + t
-            row_labels += [-100] * len(c) + t
+            # The first token has no prediction within its example (-100 also stops the
+            # previous example's last position from being trained to guess it).
+            row_labels += ([-100] * len(c) + t)[:1] and [-100] + ([-100] * len(c) + t)[1:]
+            row_positions += range(len(c) + len(t))
         ids[i] = torch.tensor(row_ids[:length])
         labels[i] = torch.tensor(row_labels[:length])
-    return ids, labels
+        positions[i] = torch.tensor(row_positions[:length])
+    return ids, labels, positions
 
 
 RowFn = Callable[[random.Random], tuple[str, str]]
@@ -135,10 +146,10 @@ def train(model, tokenizer, *, recipe: Recipe, stage: Stage, rows: RowFn, seed: 
     model.train()
     start, loss_value, every = time.monotonic(), float("nan"), max(1, stage.steps // 4)
     for step in range(stage.steps):
-        ids, labels = _packed_batch(tokenizer, lambda: rows(rng), n_rows=stage.batch, length=recipe.row_tokens)
+        ids, labels, positions = _packed_batch(tokenizer, lambda: rows(rng), n_rows=stage.batch, length=recipe.row_tokens)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss  # no cache: the packed mask needs it
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
