@@ -184,6 +184,14 @@ def _study_search_class():
                 log.exception("could not record trial %s: %s", ot_trial.number, exc)
             self._on_record(ot_trial.number)
 
+        def __getstate__(self) -> dict:
+            # Tune pickles the searcher into its experiment state; the progress hook and the
+            # trial registry hold streams and live objects, and are not needed there.
+            state = dict(self.__dict__)
+            state.pop("_on_record", None)
+            state.pop("_trial_objects", None)
+            return state
+
         # The study is the source of truth: nothing to checkpoint here (and RDB storages
         # do not pickle). Tune calls these when it saves experiment state.
         def save(self, checkpoint_path: str) -> None:
