@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--root", type=Path, help="the family's folder (default: the cache, $SWEEP_DEMO_DIR or ~/.cache/sweep/demo)")
         sub.add_argument("--seed", type=int, default=0, help="seed of data and weights (default 0)")
     build.add_argument("--force", action="store_true", help="rebuild even when a family is already there")
+    build.add_argument("--threads", type=int, default=2, help="torch threads for a build (default 2; 1 is faster on a busy machine)")
     table.add_argument("-n", type=int, default=50, help="problems per task (default 50)")
     table.add_argument("--split", choices=["heldout", "search"], default="heldout", help="which split's problems (default heldout)")
     table.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
@@ -28,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from sweep.errors import SweepError
 
     start = time.monotonic()
-    family = ensure_family(root=args.root, seed=args.seed, force=getattr(args, "force", False))
+    if getattr(args, "threads", 2) < 1:
+        raise SweepError(f"--threads must be at least 1, got {args.threads}")
+    family = ensure_family(root=args.root, seed=args.seed, force=getattr(args, "force", False), threads=getattr(args, "threads", 2))
     if args.action == "build":
         manifest = family.manifest()
         print(f"demo family {manifest['key']} ({time.monotonic() - start:.1f} s; built in {manifest['build_wall_s']} s)")

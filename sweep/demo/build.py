@@ -89,8 +89,8 @@ def ensure_family(
     `root` is the family's own folder (default `cache_root()/<family_key>`). `force`
     rebuilds even when a family is there. `recipe` (a `train.Recipe`) and `threads`
     (torch threads during the build) are knobs for tests and experiments.
-    Raises SweepError when `root` holds something else (another recipe or seed, or a
-    folder that is not a demo family) and `force` is not given.
+    Raises SweepError when `root` holds another recipe or seed and `force` is not given,
+    or holds files that are not a demo family (never deleted, even with `force`).
     """
     from sweep.demo import cache_root
 
@@ -103,8 +103,10 @@ def ensure_family(
     with _locked(root.parent / f"{root.name}.lock", progress):
         if not force and _ready(root, key, repair=True):  # built by another process meanwhile
             return DemoFamily.at(root)
-        if root.exists() and not force:
+        if root.exists() and (not force or not _replaceable(root)):
             raise SweepError(_occupied_message(root))
+        for stale in root.parent.glob(f".{root.name}.building-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         progress(f"Building the demo model family into {root} (first use: about 3 minutes on 2 cores; cached afterwards)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; the family is meant to be shared read-only
@@ -141,6 +143,11 @@ def _ready(root: Path, key: str, *, repair: bool = False) -> bool:
     return True
 
 
+def _replaceable(root: Path) -> bool:
+    """Only a demo family (or an empty folder) is ever deleted, even with force."""
+    return (root / MANIFEST).exists() or (root.is_dir() and not any(root.iterdir()))
+
+
 def _occupied_message(root: Path) -> str:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -149,7 +156,7 @@ def _occupied_message(root: Path) -> str:
             "pass --force to rebuild it there, or choose another --root"
         )
     except (OSError, json.JSONDecodeError):
-        return f"{root} exists and is not a demo family; choose another --root (or --force to replace it)"
+        return f"{root} exists and is not a demo family (no {MANIFEST}); choose another --root, or an empty or new folder"
 
 
 @contextmanager

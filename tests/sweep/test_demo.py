@@ -154,9 +154,12 @@ def test_other_seed_in_root_is_refused_without_force(tmp_path):
         ensure_family(root=tmp_path / "a", seed=1, recipe=_tiny_recipe(), progress=lambda m: None)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep")
-    with pytest.raises(SweepError, match="not a demo family"):
-        ensure_family(root=tmp_path / "notes", recipe=_tiny_recipe(), progress=lambda m: None)
+    for force in (False, True):  # a user's folder is never deleted, not even with force
+        with pytest.raises(SweepError, match="not a demo family"):
+            ensure_family(root=tmp_path / "notes", recipe=_tiny_recipe(), force=force, progress=lambda m: None)
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
+    family = ensure_family(root=tmp_path / "a", seed=1, recipe=_tiny_recipe(), threads=1, force=True, progress=lambda m: None)
+    assert family.manifest()["seed"] == 1
 
 
 def test_concurrent_builds_share_one(tmp_path):
