@@ -24,7 +24,7 @@ class Stage:
     steps: int
     batch: int
     lr: float
-    replay: float = 0.0  # share of rows that are pretraining world text (keeps a fine-tune near its ancestor)
+    replay: float = 0.0  # share of examples that are pretraining world text (keeps a fine-tune near its ancestor)
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ class Recipe:
     max_positions: int = 256  # tokens: training rows are row_tokens long; a prompt plus response ~60
     row_tokens: int = 128  # tokens per packed training row
     pretrain: Stage = Stage(steps=700, batch=24, lr=3e-3)
-    chat_share: float = 0.6  # share of pretraining rows that are chat turns (both styles)
+    chat_share: float = 0.6  # share of pretraining examples that are chat turns (both styles)
     instruct: Stage = Stage(steps=100, batch=16, lr=5e-4, replay=0.25)
-    instruct_arithmetic_share: float = 0.4
+    instruct_arithmetic_share: float = 0.4  # share of instruct chat examples that are addition
     reasoning: Stage = Stage(steps=100, batch=16, lr=5e-4, replay=0.25)
     weight_decay: float = 0.1
     warmup: float = 0.05  # share of steps
@@ -108,10 +108,12 @@ def _packed_batch(tokenizer, rows: Callable[[], tuple[str, str]], *, n_rows: int
             context, target = rows()
             c = tokenizer.encode(context, add_special_tokens=False) if context else []
             t = tokenizer.encode(target, add_special_tokens=False)
-            row_ids += c + t
+            example_labels = [-100] * len(c) + t
             # The first token has no prediction within its example (-100 also stops the
             # previous example's last position from being trained to guess it).
-            row_labels += ([-100] * len(c) + t)[:1] and [-100] + ([-100] * len(c) + t)[1:]
+            example_labels[0] = -100
+            row_ids += c + t
+            row_labels += example_labels
             row_positions += range(len(c) + len(t))
         ids[i] = torch.tensor(row_ids[:length])
         labels[i] = torch.tensor(row_labels[:length])
