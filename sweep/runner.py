@@ -268,9 +268,19 @@ class Progress:
         front = self.front()
         self.say(
             f"[{counts.get('COMPLETE', 0)}/{self.spec.budget.trials}] trial {number} {params} -> {outcome}"
-            f" | running {running}, failed {counts.get('FAIL', 0)}, front {len(front)}"
+            f" | running {running}, failed {counts.get('FAIL', 0)}, front {len(front)}{self.best(front)}"
             f" | {_clock(elapsed)} elapsed, ETA {_clock(eta)}"
         )
+
+    def best(self, front: list) -> str:
+        """Best value of each objective among the front (feasible, complete) trials."""
+        if not front:
+            return ""
+        best = []
+        for i, objective in enumerate(self.spec.objectives):
+            pick = max if objective.direction == "maximize" else min
+            best.append(f"{_short(objective.metric)} {pick(t.values[i] for t in front):.3g}")
+        return " (best " + ", ".join(best) + ")"
 
     def front(self) -> list:
         try:
