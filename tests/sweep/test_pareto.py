@@ -4,7 +4,6 @@ with a real Optuna study's `best_trials`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,19 +21,15 @@ from sweep.pareto import (
     reference_point,
     summarize,
 )
+from sweep.spec import ConstraintSpec
 
 A, B, C = "lm_eval/toy/exact_match,final", "probe/length_retention", "probe/reward_dip"
 MAX2 = [(A, "maximize"), (B, "maximize")]
 
 
-@dataclass(frozen=True)
-class Constraint:  # the shape of sweep.spec.ConstraintSpec that pareto relies on
-    metric: str
-    op: str
-    value: float
-
-    def violation(self, value: float) -> float:
-        return self.value - value if self.op == ">=" else value - self.value
+def Constraint(metric: str, op: str, value: float) -> ConstraintSpec:
+    """The spec's own constraint record, as the runner passes it."""
+    return ConstraintSpec(metric=metric, op=op, value=value)
 
 
 def table(rows: list[dict]) -> pd.DataFrame:

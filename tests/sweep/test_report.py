@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from sweep.errors import SweepError
 from sweep.pareto import summarize
 from sweep.report import md_escape, write_report
 from sweep.report_figures import curve_traces
+from sweep.spec import ConstraintSpec
 
 REASON, INSTRUCT, RETENTION = "lm_eval/toy_reasoning/exact_match,final", "lm_eval/toy_instruct/exact_match,final", "probe/length_retention"
 HELD = "lm_eval/toy_reasoning_heldout/exact_match,final"
@@ -30,14 +30,9 @@ HOSTILE = '<script>alert(1)</script>|x<img src=x onerror="window.__pwned=1">'
 OBJECTIVES_2 = [(REASON, "maximize"), (INSTRUCT, "maximize")]
 
 
-@dataclass(frozen=True)
-class Constraint:  # the shape of sweep.spec.ConstraintSpec the report relies on
-    metric: str
-    op: str
-    value: float
-
-    def violation(self, value: float) -> float:
-        return self.value - value if self.op == ">=" else value - self.value
+def Constraint(metric: str, op: str, value: float) -> ConstraintSpec:
+    """The spec's own constraint record, as the runner passes it."""
+    return ConstraintSpec(metric=metric, op=op, value=value)
 
 
 RETENTION_FLOOR = Constraint(RETENTION, ">=", 0.5)
