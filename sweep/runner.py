@@ -61,10 +61,14 @@ class RunSummary:
     recovered: list[int]
     elapsed_s: float
     front: list[int] = field(default_factory=list)
+    interrupted: list[int] = field(default_factory=list)  # trials in flight when the run stopped early
 
     @property
     def exit_code(self) -> int:
-        """0 when the study holds its budget of complete trials, 1 otherwise (rerun to top up)."""
+        """0: the study holds its budget of complete trials; 1: short of it (rerun to top up);
+        130: interrupted (Ctrl-C), with the trials in flight queued again."""
+        if self.interrupted:
+            return 130
         return 0 if self.complete >= self.budget else 1
 
 
@@ -440,7 +444,10 @@ def _run_locked(spec: SweepSpec, *, address, quiet, trial_fn, stream, started) -
         recovered,
         time.monotonic() - started,
         _front(study),
+        leftover,
     )
+    if leftover:
+        progress.say(f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again")
     progress.say(
         f"done: {summary.complete}/{summary.budget} complete, {summary.failed_this_run} failed this run, "
         f"Pareto front {len(summary.front)} trial(s) {summary.front}, {_clock(summary.elapsed_s)}. "
