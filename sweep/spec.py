@@ -586,11 +586,34 @@ def load_spec(path: str | Path, *, resolve_demo: bool = True) -> SweepSpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read the spec: {exc}"], source=source) from None
-    spec = parse_spec(text, source=source, base_dir=path.resolve().parent)
+    try:
+        spec = parse_spec(text, source=source, base_dir=path.resolve().parent)
+    except ConfigError as exc:
+        # Report missing model folders in the same round as the schema problems.
+        extra = _raw_model_problems(text, path.resolve().parent)
+        if not extra:
+            raise
+        raise ConfigError(exc.problems + extra, source=source) from None
     spec = spec.model_copy(update={"spec_path": str(path.resolve())})
     if resolve_demo:
         spec = resolve_demo_refs(spec)
     return spec
+
+
+def _raw_model_problems(text: str, base_dir: Path) -> list[str]:
+    """Missing model folders, read from the raw YAML of a spec that failed its schema."""
+    try:
+        models = (yaml.safe_load(text) or {}).get("models")
+    except (yaml.YAMLError, AttributeError):
+        return []
+    if not isinstance(models, dict):
+        return []
+    problems = []
+    for role in MODEL_ROLES:
+        value = models.get(role)
+        if isinstance(value, str) and not value.startswith(DEMO_PREFIX) and not Path(_resolve(value, base_dir)).is_dir():
+            problems.append(f"models.{role}: {_resolve(value, base_dir)}: no such checkpoint folder")
+    return problems
 
 
 def uses_demo(spec: SweepSpec) -> bool:

@@ -167,6 +167,16 @@ def test_every_problem_is_reported_at_once_with_lines(workspace, tiny_trio):
     assert "did you mean" in text or "allowed here" in text
 
 
+def test_missing_model_folders_are_reported_with_schema_problems(workspace, tiny_trio):
+    spec = base_spec(tiny_trio)
+    spec["sampler"]["name"] = "bayes"
+    spec["models"]["reasoning"] = "no/such/folder"
+    with pytest.raises(ConfigError) as info:
+        load_spec(write(workspace, "both.yaml", spec))
+    text = "\n".join(info.value.problems)
+    assert "sampler.name" in text and f"models.reasoning: {workspace / 'no/such/folder'}" in text
+
+
 def test_unknown_key_suggests_the_right_one():
     with pytest.raises(ConfigError) as info:
         parse_spec("name: x\nmodels: {pretrained: a, instruct: b, reasoning: c}\nobjectives: []\nbudgt: {trials: 3}\n")
