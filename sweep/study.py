@@ -16,10 +16,13 @@ import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sweep.errors import SweepError
 from sweep.spec import SweepSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 # Optuna user-attribute keys written for every trial.
 ATTR_METRICS = "metrics"

@@ -4,7 +4,8 @@ Both studies are summarized with B's objectives, constraints and balanced-point 
 their hypervolumes are measured against one reference point (B's spec reference, else the
 default reference over the union of both tables), so the two numbers compare. Exit code 1
 when any objective of B's balanced point is worse than A's by more than --tolerance
-(absolute, in the metric's own units); 0 otherwise; 2 for bad input.
+(absolute, in the metric's own units), or when B has no complete feasible trial left;
+0 otherwise; 2 for bad input (including an A with no complete feasible trial).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 HELP = "write the balanced (or a chosen) trial's actor as an HF checkpoint, with a model card"
 
