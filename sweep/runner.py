@@ -133,9 +133,8 @@ def record_trial(study, ot_trial, spec: SweepSpec, result: TrialResult | None, *
     ot_trial.set_user_attr(ATTR_WORKER, result.worker)
     ot_trial.set_user_attr(ATTR_NOTES, result.notes)
     for constraint in spec.constraints:
-        value = result.metrics.get(constraint.metric)
-        violation = MISSING_CONSTRAINT_VIOLATION if value is None else constraint.violation(value)
-        ot_trial.set_constraint(str(constraint), violation)
+        violation = constraint.violation_in(result.metrics)
+        ot_trial.set_constraint(str(constraint), MISSING_CONSTRAINT_VIOLATION if violation is None else violation)
     values = [result.metrics.get(name) for name in spec.objective_names]
     missing = [name for name, value in zip(spec.objective_names, values) if value is None]
     if missing:
@@ -260,7 +259,7 @@ class Progress:
         if trial.state.name == "COMPLETE":
             short = ", ".join(f"{_short(n)} {v:.3g}" for n, v in zip(self.spec.objective_names, trial.values))
             metrics = trial.user_attrs.get(ATTR_METRICS, {})
-            broken = [str(c) for c in self.spec.constraints if metrics.get(c.metric) is None or c.violation(metrics[c.metric]) > 0]
+            broken = [str(c) for c in self.spec.constraints if (v := c.violation_in(metrics)) is None or v > 0]
             outcome = short + (f" (infeasible: {'; '.join(broken)})" if broken else "")
         else:
             self.failed_this_run += 1

@@ -223,6 +223,11 @@ class ConstraintSpec(_Section):
         """Optuna constraint value: <= 0 when satisfied, the amount of violation otherwise."""
         return self.value - value if self.op == ">=" else value - self.value
 
+    def violation_in(self, metrics: dict[str, float | None]) -> float | None:
+        """`violation` of this constraint's metric in `metrics`; None when the metric is missing."""
+        value = metrics.get(self.metric)
+        return None if value is None else self.violation(value)
+
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.value:g}"
 

@@ -229,8 +229,9 @@ def trials_table(study, spec: SweepSpec):
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "error": attrs.get(ATTR_ERROR)}
         row.update({f"params/{k}": v for k, v in trial.params.items()})
         row.update({k: (float("nan") if v is None else float(v)) for k, v in metrics.items()})
-        violations = [c.violation(metrics[c.metric]) for c in spec.constraints if metrics.get(c.metric) is not None]
-        missing = any(metrics.get(c.metric) is None for c in spec.constraints)
+        checked = [c.violation_in(metrics) for c in spec.constraints]
+        violations = [v for v in checked if v is not None]
+        missing = len(violations) < len(checked)
         row["constraint_violation"] = max(violations) if violations else (float("nan") if missing else 0.0)
         row["feasible"] = trial.state.name == "COMPLETE" and not missing and all(v <= 0 for v in violations)
         timings = attrs.get(ATTR_TIMINGS, {})
