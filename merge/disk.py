@@ -39,9 +39,10 @@ from merge.plan import ROLES, MergePlan
 
 RECORD_NAME = "merge_recipe.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # bytes per output shard (HF's usual size); bounds no memory here
-# bytes of output: below this a one-off merge does not compile the fused kernel (~5 s with a
-# warm inductor cache); measured 1.9 GB/s eager vs 3.2 GB/s compiled, so ~4 GB of output
-# (a ~2B-parameter bf16 model) is where the compile starts to pay for itself.
+# bytes of output: where the native C kernel is unavailable (no C compiler; or a CUDA merge),
+# below this a one-off merge does not torch.compile the fused kernel (~5 s with a warm
+# inductor cache); measured 1.9 GB/s eager vs 3.2 GB/s compiled, so ~4 GB of output (a
+# ~2B-parameter bf16 model) is where the compile starts to pay for itself.
 DISK_COMPILE_MIN_BYTES = 4 * 10**9
 
 Progress = Callable[[int, int], None]  # (bytes read + written so far, total)
