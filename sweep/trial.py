@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,7 +22,13 @@ from sweep.spec import SweepSpec
 
 
 class TrialTimeout(SweepError):
-    """The trial ran past budget.trial_timeout_s (checked between phases)."""
+    """The trial ran past budget.trial_timeout_s.
+
+    Checked between phases and, inside lm-eval and the probe, before every forward pass
+    of the live model (a forward pre-hook): a runaway generation stops within one
+    decoding step of the deadline. Work that never calls the live model (a vLLM
+    engine, a reward model) is checked only at phase boundaries.
+    """
 
 
 @dataclass
@@ -151,8 +158,10 @@ def build_candidate(spec: SweepSpec, params: dict[str, float], *, model, sources
 def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
     """Merge the candidate in place, score it, probe it. Raises on real errors."""
     started = time.perf_counter()
-    deadline = started + spec.budget.trial_timeout_s if spec.budget.trial_timeout_s else None
     state = worker_state(spec)
+    # The clock starts once the worker is ready: loading the three models is the worker's
+    # one-off cost, not the candidate's.
+    deadline = time.perf_counter() + spec.budget.trial_timeout_s if spec.budget.trial_timeout_s else None
     timings: dict[str, float] = {"load_s": round(state.load_s if state.trials_run == 0 else 0.0, 3)}
     state.trials_run += 1
 
@@ -160,7 +169,8 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         if deadline is not None and time.perf_counter() > deadline:
             raise TrialTimeout(f"trial passed its timeout of {spec.budget.trial_timeout_s:g} s before {name}")
         t0 = time.perf_counter()
-        out = fn()
+        with _deadline_guard(state.model, deadline, lambda: f"trial passed its timeout of {spec.budget.trial_timeout_s:g} s during {name}"):
+            out = fn()
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
         return out
 
@@ -189,6 +199,24 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         worker={"host": socket.gethostname(), "pid": os.getpid(), "device": state.device},
         notes=notes,
     )
+
+
+@contextmanager
+def _deadline_guard(model: Any, deadline: float | None, message: Callable[[], str]):
+    """Raise TrialTimeout(message()) at the first forward pass of `model` after `deadline`."""
+    if deadline is None or not hasattr(model, "register_forward_pre_hook"):
+        yield
+        return
+
+    def check(module, args):
+        if time.perf_counter() > deadline:
+            raise TrialTimeout(message())
+
+    handle = model.register_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _probe(state: WorkerState):

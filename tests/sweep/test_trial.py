@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sweep.spec import load_spec
-from sweep.trial import load_models, run_trial, build_candidate, worker_state
+from sweep.trial import TrialTimeout, build_candidate, load_models, run_trial, worker_state
 from tests.tiny import make_tiny_checkpoint
 
 
@@ -68,6 +69,29 @@ def test_run_trial_measures_every_metric_and_reuses_the_worker_state(tiny_spec):
     weights = {role: load_file(f"{getattr(tiny_spec.models, role)}/model.safetensors") for role in ("pretrained", "instruct", "reasoning")}
     live = dict(state.model.named_parameters())
     for name, tensor in live.items():
+        expected = 0.9 * (0.6 * weights["instruct"][name] + 0.4 * weights["reasoning"][name]) + 0.1 * weights["pretrained"][name]
+        torch.testing.assert_close(tensor.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_trial_past_its_timeout_stops_mid_probe_and_hands_the_model_back(tiny_spec):
+    probe = tiny_spec.evals.probe.model_copy(update={"steps": 5000, "collapse_threshold": None})
+    spec = tiny_spec.model_copy(update={
+        "evals": tiny_spec.evals.model_copy(update={"probe": probe}),
+        "budget": tiny_spec.budget.model_copy(update={"trial_timeout_s": 2.0}),
+    })
+    short = tiny_spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe.model_copy(update={"steps": 4})})})
+    per_step = run_trial(short, {"alpha": 0.5, "beta": 0.5}).timings["probe_s"] / 4  # what one probe step costs here
+    worker_state(spec)  # loading the models is not charged to the trial
+    started = time.perf_counter()
+    with pytest.raises(TrialTimeout, match=r"timeout of 2 s during probe"):
+        run_trial(spec, {"alpha": 0.6, "beta": 0.9})
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0 + max(1.0, 3 * per_step), f"stopped {elapsed:.1f} s after the start, 5000 steps would take {5000 * per_step:.0f} s"
+    # Handed back as the merge left it: the candidate's weights, no hook left behind.
+    state = worker_state(spec)
+    assert not state.model._forward_pre_hooks
+    weights = {role: load_file(f"{getattr(spec.models, role)}/model.safetensors") for role in ("pretrained", "instruct", "reasoning")}
+    for name, tensor in state.model.named_parameters():
         expected = 0.9 * (0.6 * weights["instruct"][name] + 0.4 * weights["reasoning"][name]) + 0.1 * weights["pretrained"][name]
         torch.testing.assert_close(tensor.detach(), expected, rtol=1e-5, atol=1e-6)
 
