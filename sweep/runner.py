@@ -246,10 +246,13 @@ class Progress:
         self.finished_this_run = 0
         self.failed_this_run = 0
 
-    def say(self, line: str) -> None:
-        log.info(line)
+    def say(self, line: str, *, problem: bool = False) -> None:
+        """Log and print a line. With quiet, only problems print (to stderr): cron mails nothing on a clean run."""
+        (log.warning if problem else log.info)(line)
         if not self.quiet:
             print(line, file=self.stream, flush=True)
+        elif problem:
+            print(line, file=sys.stderr, flush=True)
 
     def trial_recorded(self, number: int) -> None:
         trial = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
@@ -272,7 +275,8 @@ class Progress:
         self.say(
             f"[{counts.get('COMPLETE', 0)}/{self.spec.budget.trials}] trial {number} {params} -> {outcome}"
             f" | running {running}, failed {counts.get('FAIL', 0)}, front {len(front)}{self.best(front)}"
-            f" | {_clock(elapsed)} elapsed, ETA {_clock(eta)}"
+            f" | {_clock(elapsed)} elapsed, ETA {_clock(eta)}",
+            problem=trial.state.name != "COMPLETE",
         )
 
     def best(self, front: list) -> str:
@@ -407,8 +411,7 @@ def _run_locked(spec: SweepSpec, *, address, quiet, trial_fn, stream, started) -
     if recovered:
         message = f"marked {len(recovered)} trial(s) orphaned by an earlier driver FAIL and queued their params again: {recovered}"
         log.warning(message)
-        if not quiet:
-            print(message, file=out)
+        print(message, file=out if not quiet else sys.stderr)  # a crashed earlier run: worth a cron mail
     write_table(study, spec)
     if launch <= 0:
         message = f"study '{spec.name}' already has {complete} complete trials (budget {spec.budget.trials}): nothing to run"
@@ -445,15 +448,17 @@ def _run_locked(spec: SweepSpec, *, address, quiet, trial_fn, stream, started) -
         _front(study),
         leftover,
     )
+    short = summary.complete < summary.budget
     if leftover:
-        progress.say(f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again")
+        progress.say(f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again", problem=True)
     progress.say(
         f"done: {summary.complete}/{summary.budget} complete, {summary.failed_this_run} failed this run, "
         f"Pareto front {len(summary.front)} trial(s) {summary.front}, {_clock(summary.elapsed_s)}. "
-        f"Results in {spec.study_dir}"
+        f"Results in {spec.study_dir}",
+        problem=short or summary.failed_this_run > 0,
     )
-    if summary.complete < summary.budget:
-        progress.say(f"the study is {summary.budget - summary.complete} short of its budget: run the same command again to top it up")
+    if short:
+        progress.say(f"the study is {summary.budget - summary.complete} short of its budget: run the same command again to top it up", problem=True)
     return summary
 
 

@@ -192,7 +192,7 @@ def flaky_trial(spec, params):
     return run_trial(spec, params)
 
 
-def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local):
+def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local, capfd):
     import ray.cloudpickle
 
     from sweep.runner import run_sweep
@@ -201,7 +201,9 @@ def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local
     spec_dict = demo_spec_dict(tmp_path / "results", trials=5)
     spec_dict["space"]["points"] = [{"alpha": 0.9, "beta": 1.0}, {"alpha": 0.2, "beta": 1.0}, {"alpha": 1.0, "beta": 0.8}]
     spec = load_spec(write_spec(tmp_path, spec_dict))
+    capfd.readouterr()
     summary = run_sweep(spec, trial_fn=flaky_trial, quiet=True)
+    printed = capfd.readouterr()
     study = load_study(spec)
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) >= 2
@@ -210,11 +212,17 @@ def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local
         assert "RuntimeError: planted failure at alpha=" in trial.user_attrs["error"]
     assert summary.complete == len([t for t in study.trials if t.state.name == "COMPLETE"]) >= 1
     assert summary.exit_code == 1  # short of the budget: a rerun tops it up
+    # --quiet (cron): only the problems, on stderr: each failed trial, the summary, the shortfall.
+    assert printed.out == ""
+    failed_lines = [line for line in printed.err.splitlines() if "FAILED: RuntimeError: planted failure" in line]
+    assert len(failed_lines) == len(failed)
+    assert f"done: {summary.complete}/5 complete, {len(failed)} failed this run" in printed.err
+    assert "short of its budget: run the same command again" in printed.err
     table = pd.read_parquet(spec.study_dir / "trials.parquet")
     assert table[table["state"] == "FAIL"]["error"].str.contains("planted failure").all()
 
 
-def test_constraint_violations_reach_the_sampler(tmp_path, ray_local):
+def test_constraint_violations_reach_the_sampler(tmp_path, ray_local, capfd):
     """An infeasible trial is COMPLETE with its constraint value recorded (Optuna 5 set_constraint)."""
     from sweep.runner import run_sweep
 
@@ -223,6 +231,7 @@ def test_constraint_violations_reach_the_sampler(tmp_path, ray_local):
     spec_dict["space"]["points"] = [{"alpha": 0.5, "beta": 1.0}, {"alpha": 0.0, "beta": 1.0}]
     spec = load_spec(write_spec(tmp_path, spec_dict))
     run_sweep(spec, quiet=True)
+    assert "done:" not in capfd.readouterr().err  # a clean --quiet run prints nothing (cron mails nothing)
     study = load_study(spec)
     for trial in study.trials:
         assert trial.state.name == "COMPLETE"
