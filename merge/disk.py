@@ -33,7 +33,7 @@ from merge.io import (
     weight_files,
     write_index,
 )
-from merge.kernels import weighted_sum_into
+from merge.kernels import check_mode, weighted_sum_into
 from merge.layout import Layout, TensorPlan, fit_rows, load_infos, output_dtype, plan_layout
 from merge.plan import ROLES, MergePlan
 
@@ -108,6 +108,7 @@ def merge_checkpoints(
     ))
     out_dtype = _collect(problems, lambda: parse_dtype(dtype))
     target = _collect(problems, lambda: parse_device(device))
+    _collect(problems, check_mode)
     shard_bytes = _collect(problems, lambda: parse_size(max_shard_size))
     out = Path(out).expanduser().absolute()
     inputs = {"pretrained": pretrained, "instruct": instruct, "reasoning": reasoning}

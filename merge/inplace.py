@@ -21,7 +21,7 @@ import torch
 from merge.checkpoint import CheckpointInfo
 from merge.errors import MergeError
 from merge.io import CheckpointReader, parse_device, parse_dtype
-from merge.kernels import weighted_sum_into
+from merge.kernels import check_mode, weighted_sum_into
 from merge.layout import EMBED, HEAD, Layout, fit_rows, load_infos, plan_layout
 from merge.plan import ROLES, MergePlan
 
@@ -56,6 +56,7 @@ class SourceCache:
         `dtype` None/"auto" keeps each tensor's stored dtype; otherwise the cache stores that
         dtype (e.g. bfloat16 to hold three fp32 models in half the memory).
         """
+        check_mode()
         target_dtype = parse_dtype(dtype)
         target_device = parse_device(device)
         infos = load_infos(pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle)

@@ -37,7 +37,7 @@ CPU_CHUNK = 1 << 16
 # elements: on CUDA per-op launch overhead matters more than cache size.
 CUDA_CHUNK = 1 << 24
 
-_mode = os.environ.get("SWEEP_MERGE_KERNEL", "auto")
+_mode = os.environ.get("SWEEP_MERGE_KERNEL") or "auto"  # checked by check_mode() before any merge
 _compiled_fn = None
 _compile_failed = False
 _native_warned = False
@@ -49,6 +49,14 @@ def set_kernel(mode: str) -> None:
     if mode not in KERNEL_MODES:
         raise ValueError(f"kernel mode must be one of {KERNEL_MODES}, got {mode!r}")
     _mode = mode
+
+
+def check_mode() -> None:
+    """MergeError naming SWEEP_MERGE_KERNEL when it holds no known mode (merges call this first)."""
+    if _mode not in KERNEL_MODES:
+        from merge.errors import MergeError
+
+        raise MergeError(f"SWEEP_MERGE_KERNEL must be one of {', '.join(KERNEL_MODES)}, got {_mode!r}")
 
 
 def get_kernel() -> str:
@@ -71,6 +79,7 @@ def weighted_sum_into(out: torch.Tensor, sources: Sequence[torch.Tensor], weight
     """
     if len(sources) != len(weights) or not sources:
         raise ValueError("weighted_sum_into needs one weight per source, and at least one source")
+    check_mode()
     flat_out = out.view(-1)
     flat_sources = [s.reshape(-1) for s in sources]
     if _use_native(flat_out, flat_sources):

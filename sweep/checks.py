@@ -88,4 +88,16 @@ def lm_eval_problems(spec: SweepSpec) -> list[str]:
 def spec_problems(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
     """Everything `sweep validate` checks beyond the schema."""
     infos, problems = inspect_models(spec)
-    return infos, problems + file_problems(spec)
+    return infos, problems + file_problems(spec) + environment_problems()
+
+
+def environment_problems() -> list[str]:
+    """Settings read from the environment that every worker would trip on."""
+    from merge.errors import MergeError
+    from merge.kernels import check_mode
+
+    try:
+        check_mode()
+    except MergeError as exc:
+        return list(exc.problems)
+    return []

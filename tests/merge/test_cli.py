@@ -45,9 +45,10 @@ def test_method_parameters_reach_the_merge(tiny_trio, tmp_path):
         ("busy", "exists and is not empty"),
         ("param", "'densty' is not a parameter of merge method ties"),
         ("param_format", "write KEY=VALUE"),
+        ("kernel_env", "SWEEP_MERGE_KERNEL must be one of auto, native, compiled, eager, got 'fastest'"),
     ],
 )
-def test_bad_input_exits_2_with_one_clear_message(tiny_trio, tmp_path, capsys, case, expected):
+def test_bad_input_exits_2_with_one_clear_message(tiny_trio, tmp_path, capsys, monkeypatch, case, expected):
     trio = dict(tiny_trio)
     extra = ["--alpha", "0.5", "--beta", "0.5"]
     out = tmp_path / "m"
@@ -64,12 +65,18 @@ def test_bad_input_exits_2_with_one_clear_message(tiny_trio, tmp_path, capsys, c
         extra += ["--method-stage1", "ties", "--stage1-param", "densty=0.5"]
     elif case == "param_format":
         extra += ["--method-stage1", "ties", "--stage1-param", "0.5"]
+    elif case == "kernel_env":
+        from merge import kernels
+
+        monkeypatch.setattr(kernels, "_mode", "fastest")  # as SWEEP_MERGE_KERNEL=fastest sets it at import
     capsys.readouterr()  # drop what making the inputs printed
     code = main(args(trio, out, *extra))
     err = capsys.readouterr().err
     assert code == 2
     assert expected in err and err.startswith("sweep merge: error:")
     assert "Traceback" not in err
+    if case != "busy":
+        assert not out.exists()  # refused before anything was written
 
 
 def test_extrapolation_and_force_are_opt_in(tiny_trio, tmp_path, capsys):

@@ -264,6 +264,14 @@ def test_cli_process_exit_codes(workspace, tiny_trio):
     assert proc.returncode == 2 and "usage:" in proc.stderr
 
 
+def test_a_bad_merge_kernel_setting_is_caught_before_any_worker(workspace, tiny_trio):
+    path = write(workspace, "env.yaml", base_spec(tiny_trio))
+    env = os.environ | {"PYTHONPATH": str(REPO), "SWEEP_MERGE_KERNEL": "turbo"}
+    proc = subprocess.run([sys.executable, "-m", "sweep", "validate", str(path)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "SWEEP_MERGE_KERNEL must be one of auto, native, compiled, eager, got 'turbo'" in proc.stderr
+
+
 def test_name_date_placeholder():
     from datetime import date
 
