@@ -104,6 +104,32 @@ def test_ties_by_hand():
     torch.testing.assert_close(out, base + torch.tensor([-5.0, 3.5, 3.0, -0.3]))
 
 
+def test_ties_trim_keeps_exactly_the_count_and_breaks_ties_by_index():
+    base = torch.zeros(6)
+    # magnitudes 1, 3, 2, 2, 2, 0.5: density 0.5 keeps 3 = the 3 and the first two 2s
+    tau = torch.tensor([1.0, -3.0, 2.0, -2.0, 2.0, 0.5])
+    out = call("ties", [tau, tau], [0.5, 0.5], base=base, density=0.5)
+    torch.testing.assert_close(out, torch.tensor([0.0, -3.0, 2.0, -2.0, 0.0, 0.0]))
+
+
+def test_ties_trim_matches_a_stable_sort_on_bf16_deltas_full_of_ties():
+    """bf16 task vectors repeat magnitudes often: the kept set is the stable-descending-sort top k."""
+    from merge.methods import _trim
+
+    g = torch.Generator().manual_seed(5)
+    base = (torch.randn(20_000, generator=g) * 0.02).to(torch.bfloat16).float()
+    tuned = (base + torch.randn(20_000, generator=g) * 0.002).to(torch.bfloat16).float()
+    delta = tuned - base
+    magnitude = delta.abs()
+    assert magnitude.unique().numel() < 5_000  # many ties
+    for density in (0.1, 0.37, 0.5, 0.9):
+        keep = round(density * delta.numel())
+        top = torch.sort(magnitude, descending=True, stable=True).indices[:keep]
+        expected = torch.zeros_like(delta)
+        expected[top] = delta[top]
+        assert torch.equal(_trim(delta, density), expected)
+
+
 def test_ties_with_full_density_and_agreeing_signs_is_the_weighted_mean_of_task_vectors():
     base = torch.zeros(3)
     out = call("ties", [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])], [0.5, 0.5], base=base, density=1.0)
