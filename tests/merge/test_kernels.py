@@ -110,6 +110,21 @@ def test_native_kernel_equals_eager_bit_for_bit(kernel_mode, dtypes, out_dtype, 
 
 
 @needs_native
+def test_native_kernel_reads_views_at_odd_offsets(kernel_mode):
+    """Mapped safetensors tensors start wherever the file puts them: any element offset works."""
+    n = 3 * 2048 + 5
+    backing = sources(n + 7, (torch.bfloat16, torch.float32, torch.bfloat16), seed=9)
+    views = [b[offset : offset + n] for b, offset in zip(backing, (1, 3, 7))]
+    out = torch.empty(n + 1, dtype=torch.bfloat16)[1:]  # the output at an odd offset too
+    kernel_mode("native")
+    kernels.weighted_sum_into(out, views, WEIGHTS)
+    expected = torch.empty(n, dtype=torch.bfloat16)
+    kernel_mode("eager")
+    kernels.weighted_sum_into(expected, views, WEIGHTS)
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
+
+
+@needs_native
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
 def test_native_kernel_rounds_like_torch(kernel_mode, out_dtype):
     """Ties to even, overflow to inf, subnormals, signed zeros, inf and NaN: as `.to(dtype)` rounds."""
