@@ -14,11 +14,13 @@ variant in its own process, measured in one run:
 - ours_compiled: the same with the torch.compile kernel (compiled before timing);
 - naive:         safetensors load_file of three full state dicts, fp32 weighted sum, save_file;
 - mergekit:      `mergekit-yaml` linear with normalize: false (same weights), if found;
-- in-place:      merge.build_in_place into a live bf16 model vs a plain `copy_` of the same bytes.
+- in-place:      merge.build_in_place into a live bf16 model vs a plain `copy_` of the same bytes
+                 (`--methods all`: also the build with each non-linear stage-1 method).
 
-Every run starts after an `os.sync()`: without it, the dirty pages of the previous
-variant's output were still being flushed and slowed the next variant's writes (seen:
-write() of 0.75 GB taking 0.17 s or 1.7 s depending on what ran before).
+Every run writes into a fresh folder and starts after an `os.sync()`: without it, the
+dirty pages of the previous variant's output were still being flushed and slowed the
+next variant's writes (seen: write() of 0.75 GB taking 0.17 s or 1.7 s depending on what
+ran before), and one variant paid for deleting its previous output (~0.16 s).
 
 Throughput is bytes read plus written per second. "work" times exclude the process start
 and imports, "wall" times include them (mergekit only has wall). Peak RSS comes from
@@ -223,7 +225,26 @@ def child_inplace(args) -> dict:
     result["copy_s"] = _best(copy_all, args.repeats)
     kernels.set_kernel("eager")
     result["eager_build_s"] = _best(build, max(1, args.repeats - 1))
+    kernels.set_kernel("auto")
+    result["methods"] = {}
+    for method, params in _methods(args.methods):  # the non-fused stage-1 methods: fp32 torch ops per tensor
+        started = time.perf_counter()
+        merge.build_in_place(model, sources, alpha=ALPHA, beta=BETA, stage1_method=method, stage1_params=params)
+        result["methods"][method + "".join(f" {k}={v}" for k, v in params.items())] = time.perf_counter() - started
     return result
+
+
+METHODS = {"task_arithmetic": {}, "ties": {"density": 0.5}, "dare": {"density": 0.5}, "dare-ties": {"density": 0.5, "variant": "ties"}, "slerp": {}}
+
+
+def _methods(names: str | None) -> list[tuple[str, dict]]:
+    if not names:
+        return []
+    chosen = list(METHODS) if names == "all" else [n.strip() for n in names.split(",")]
+    unknown = [n for n in chosen if n not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)} or all")
+    return [(n.split("-")[0], METHODS[n]) for n in chosen]
 
 
 def _trio(args) -> dict[str, Path]:
@@ -349,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk-repeats", type=int, default=2, help="runs of each disk variant, interleaved (best kept)")
     parser.add_argument("--inplace-threads", type=int, default=1, help="torch threads for the in-place build and its copy_ (a sweep worker uses 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the in-place build and copy_ (best kept)")
+    parser.add_argument("--methods", default=None, help="also time the in-place build with these stage-1 methods, once each: all, or a comma list of " + ", ".join(METHODS))
     parser.add_argument("--shard-mb", type=int, default=400, help="input shard size in MB")
     parser.add_argument("--keep", action="store_true", help="keep the generated trio and outputs")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -358,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(CHILDREN[args.child](args)))
         return 0
 
+    _methods(args.methods)  # a bad --methods fails now, not after the trio is built
     workdir = Path(args.workdir)
     shape = TINY if args.tiny else FULL
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
@@ -372,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trio: {n_params / 1e6:.0f}M params each, bf16, {weights_bytes(trio['pretrained']) / 1e9:.2f} GB each, built in {time.perf_counter() - started:.0f} s under {workdir}")
         warm_cache(trio.values())
         read = sum(weights_bytes(p) for p in trio.values())
-        me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--threads", str(args.threads), "--inplace-threads", str(args.inplace_threads), "--repeats", str(args.repeats)]
+        me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--threads", str(args.threads), "--inplace-threads", str(args.inplace_threads), "--repeats", str(args.repeats)] + (["--methods", args.methods] if args.methods else [])
         commands = {name: me + ["--child", name, "--out", str(workdir / f"out_{name}")] for name in ("ours", "ours_eager", "ours_compiled", "naive")}
         mergekit = find_mergekit(args.mergekit)
         mergekit_note = None
@@ -390,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict] = {}
         for _ in range(args.disk_repeats):  # interleaved, best of N each: the machine is shared
             for name, cmd in commands.items():
-                if name.startswith("mergekit"):
-                    shutil.rmtree(workdir / f"out_{name}", ignore_errors=True)
+                # Every variant writes into a fresh folder: deleting the previous run's 0.75 GB
+                # output costs ~0.16 s on ext4, which must not land inside one variant's timing.
+                shutil.rmtree(workdir / f"out_{name}", ignore_errors=True)
                 os.sync()  # no dirty pages left from the previous variant to slow this one's writes
                 result, wall, rss = run_measured(cmd, env)
                 moved = read + weights_bytes(workdir / f"out_{name}")
@@ -436,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  copy_ of the same bytes  {result['copy_s'] * 1e3:8.1f} ms  ({gb / result['copy_s']:.1f} GB/s written)")
         print(f"  build_in_place           {result['build_s'] * 1e3:8.1f} ms  = {result['build_s'] / result['copy_s']:.2f}x copy_ (target <= 3x)")
         print(f"  eager kernel (fallback)  {result['eager_build_s'] * 1e3:8.1f} ms  = {result['eager_build_s'] / result['copy_s']:.2f}x copy_")
+        for label, seconds in result.get("methods", {}).items():
+            print(f"  stage 1 {label:<28} {seconds:6.2f} s  = {seconds / result['build_s']:.0f}x the linear build")
         print(f"  first build                {result['first_build_s']:8.2f} s  (first touch of the model's fresh pages; loads the kernel);  peak RSS {rss / 1e9:.2f} GB (cache of three models + the live model)")
     finally:
         if not args.keep:
