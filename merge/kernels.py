@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -111,15 +111,21 @@ def _use_native(out: torch.Tensor, sources: list[torch.Tensor]) -> bool:
 def _run_native(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float]) -> None:
     from merge import native
 
-    n = out.numel()
+    _split_across_threads(out.numel(), lambda start, stop: native.weighted_sum_range(out, sources, weights, start, stop))
+
+
+def _split_across_threads(n: int, run_range: Callable[[int, int], None]) -> None:
+    """run_range(start, stop) over [0, n): one range per torch thread for large n, else one call.
+
+    Both CPU kernels release the GIL (torch ops; ctypes calls), so the ranges run at once.
+    """
     threads = torch.get_num_threads()
-    if threads > 1 and n >= 4 * CPU_CHUNK:  # ctypes releases the GIL: one range per thread
+    if threads > 1 and n >= 4 * CPU_CHUNK:
         step = -(-n // threads)
-        ranges = [(s, min(n, s + step)) for s in range(0, n, step)]
-        with ThreadPoolExecutor(len(ranges)) as pool:
-            list(pool.map(lambda r: native.weighted_sum_range(out, sources, weights, r[0], r[1]), ranges))
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda start: run_range(start, min(n, start + step)), range(0, n, step)))
         return
-    native.weighted_sum_range(out, sources, weights, 0, n)
+    run_range(0, n)
 
 
 def _use_compiled(out: torch.Tensor, allow_compile: bool) -> bool:
@@ -172,19 +178,10 @@ def _run_compiled(out: torch.Tensor, sources: list[torch.Tensor], weights: Seque
 
 
 def _run_eager(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float]) -> None:
-    n = out.numel()
     if out.device.type == "cpu":
-        threads = torch.get_num_threads()
-        if threads > 1 and n >= 4 * CPU_CHUNK:
-            # torch ops release the GIL: split the tensor into one range per thread.
-            step = -(-n // threads)
-            ranges = [(s, min(n, s + step)) for s in range(0, n, step)]
-            with ThreadPoolExecutor(len(ranges)) as pool:
-                list(pool.map(lambda r: _eager_range(out, sources, weights, r[0], r[1], CPU_CHUNK), ranges))
-            return
-        _eager_range(out, sources, weights, 0, n, CPU_CHUNK)
+        _split_across_threads(out.numel(), lambda start, stop: _eager_range(out, sources, weights, start, stop, CPU_CHUNK))
     else:
-        _eager_range(out, sources, weights, 0, n, CUDA_CHUNK)
+        _eager_range(out, sources, weights, 0, out.numel(), CUDA_CHUNK)
 
 
 def _eager_range(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float], start: int, stop: int, chunk: int) -> None:
