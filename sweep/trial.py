@@ -169,7 +169,7 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         if deadline is not None and time.perf_counter() > deadline:
             raise TrialTimeout(f"trial passed its timeout of {spec.budget.trial_timeout_s:g} s before {name}")
         t0 = time.perf_counter()
-        with _deadline_guard(state.model, deadline, lambda: f"trial passed its timeout of {spec.budget.trial_timeout_s:g} s during {name}"):
+        with _deadline_guard(state.model, deadline, spec.budget.trial_timeout_s, name):
             out = fn()
         timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
         return out
@@ -202,15 +202,15 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
 
 
 @contextmanager
-def _deadline_guard(model: Any, deadline: float | None, message: Callable[[], str]):
-    """Raise TrialTimeout(message()) at the first forward pass of `model` after `deadline`."""
-    if deadline is None or not hasattr(model, "register_forward_pre_hook"):
+def _deadline_guard(model: Any, deadline: float | None, timeout_s: float | None, phase: str):
+    """Raise TrialTimeout at the first forward pass of `model` (a torch module) after `deadline`."""
+    if deadline is None:
         yield
         return
 
     def check(module, args):
         if time.perf_counter() > deadline:
-            raise TrialTimeout(message())
+            raise TrialTimeout(f"trial passed its timeout of {timeout_s:g} s during {phase}")
 
     handle = model.register_forward_pre_hook(check)
     try:
