@@ -10,8 +10,11 @@ PROBE_METRICS = (
     "reward_final",  # reward[-1]
     "kl_final",  # KL to the initial candidate at the last step
     "entropy_drop",  # entropy[0] - min(entropy)
-    "stopped_early",  # 1.0 when the probe stopped early on sequence-length collapse, else 0.0
+    "stopped_early",  # 1.0 when the probe stopped early (collapse or divergence), else 0.0
+    "diverged",  # 1.0 when the probe's loss, gradient or KL went non-finite (the others are then worst-case), else 0.0
 )
+
+NOISE_SUFFIX = "_noise"  # probe/<name>_noise: half-width of <name>'s noise band (docs/probe.md)
 
 
 def lm_eval_metric_name(task: str, metric: str, filter_name: str) -> str:
@@ -21,3 +24,8 @@ def lm_eval_metric_name(task: str, metric: str, filter_name: str) -> str:
 
 def probe_metric_name(name: str) -> str:
     return f"probe/{name}"
+
+
+def noise_metric_name(name: str) -> str:
+    """`probe/<name>_noise`: the noise band of probe/<name> (a half-width, in its units)."""
+    return f"probe/{name}{NOISE_SUFFIX}"

@@ -20,6 +20,12 @@ length-independent: a long correct answer scores the same as a short one.
 The final answer of a completion (`final_answer`) is the text after the last
 `</think>`, stripped; a completion that opens `<think>` and never closes it has no final
 answer (""); one without think tags is its own final answer.
+
+Chat templates that open `<think>` in the prompt (DeepSeek-R1-Distill's ends the
+generation prompt with "<think>\n") make completions start mid-thought, without the
+tag. The probe then puts `<think>` back in front of each completion before scoring
+(`with_opened_think`), so the rules above see the whole block: a completion that never
+writes `</think>` has no answer, and one that writes `<think>` again is malformed.
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ def register_rule(name: str, *, needs_answer: bool = False) -> Callable[[RuleFn]
         return fn
 
     return wrap
+
+
+def with_opened_think(completion: str, *, think_start: str = THINK_START) -> str:
+    """A completion as the rules read it when the chat template already opened `<think>`."""
+    return think_start + completion
 
 
 def final_answer(text: str, *, think_end: str = THINK_END, think_start: str = THINK_START) -> str:

@@ -11,7 +11,15 @@ a short probe (step 0 is the candidate itself, before any update):
 
 With `window > 1` every curve is first smoothed with a trailing moving average of that
 many steps (the first steps average over the steps available so far, so the smoothed
-curve has the same length and step indices as the input). Nothing here imports torch.
+curve has the same length and step indices as the input).
+
+References. By default each metric compares a curve with its own first point. The
+probe passes `baseline_length`, `baseline_reward` and `baseline_entropy` instead: the
+starting model measured on the same prompts with several samples each, before any
+update (its curves are then per-prompt ratios and differences, see docs/probe.md), so
+the reference is not one noisy step. `planned_steps` scores a probe that stopped early
+over the steps it was configured to run. `diverged_metrics` gives the finite worst case
+recorded for a probe whose loss, gradient or KL went non-finite. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -21,7 +29,11 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
-from evals.metric_names import PROBE_METRICS, probe_metric_name
+from evals.metric_names import PROBE_METRICS, noise_metric_name, probe_metric_name
+
+# Worst case recorded for a diverged probe's KL, nats per token (finite, so the record
+# stays valid JSON and the sampler sees a very bad value rather than a failed trial).
+DIVERGED_KL = 100.0
 
 
 @dataclass(frozen=True)
@@ -40,13 +52,19 @@ class StabilityMetrics:
     stopped_early: bool = False  # the probe stopped early on sequence-length collapse
     steps: int = 0  # points in the curves the metrics were computed from
     window: int = 1  # trailing moving-average window applied first
+    diverged: bool = False  # loss, gradient or KL went non-finite: the values are the worst case
+    # metric name -> half-width of its noise band (same units as the metric); see docs/probe.md
+    noise: dict[str, float] | None = None
 
     def as_metrics(self) -> dict[str, float | None]:
-        """`probe/<name>` -> value for every name in PROBE_METRICS (floats; None if undefined)."""
+        """`probe/<name>` -> value for every name in PROBE_METRICS (floats; None if undefined),
+        plus `probe/<name>_noise` (the noise band's half-width) for every metric that has one."""
         out: dict[str, float | None] = {}
         for name in PROBE_METRICS:
             value = getattr(self, name)
             out[probe_metric_name(name)] = None if value is None else float(value)
+        for name, width in (self.noise or {}).items():
+            out[noise_metric_name(name)] = float(width)
         return out
 
     def to_dict(self) -> dict:
@@ -101,13 +119,22 @@ def stability_metrics(
     kl: Sequence[float] | None = None,
     entropy: Sequence[float] | None = None,
     window: int = 1,
+    baseline_length: float | None = None,
+    baseline_reward: float | None = None,
+    baseline_entropy: float | None = None,
+    planned_steps: int | None = None,
 ) -> StabilityMetrics:
     """Stability metrics from per-step curves (index 0 = the initial candidate).
 
-    length: mean response length per step (tokens); reward: mean raw reward per step;
-    kl, entropy: optional per-step means. All curves must have the same number of
-    finite points (ValueError otherwise). window: trailing moving average applied to
-    every curve first (1 = none).
+    length: mean response length per step (tokens, or a ratio to a baseline); reward:
+    mean raw reward per step (or its change from a baseline); kl, entropy: optional
+    per-step means. All curves must have the same number of finite points (ValueError
+    otherwise). window: trailing moving average applied to every curve first (1 = none).
+    baseline_length / baseline_reward / baseline_entropy: the references that retention,
+    growth, dip, recovery and entropy drop are measured against (default: the smoothed
+    curve's first point). planned_steps: the steps the probe was configured to run
+    (default: the curve's length); a dip never recovered scores this many steps, so a
+    probe that stopped early never scores better than one that ran to the end.
     """
     length_values = _checked("length", length, None)
     steps = len(length_values)
@@ -115,30 +142,33 @@ def stability_metrics(
     kl_values = _checked("kl", kl, steps)
     entropy_values = _checked("entropy", entropy, steps)
 
+    if planned_steps is not None and planned_steps < steps:
+        raise ValueError(f"planned_steps ({planned_steps}) is below the {steps} points of the curves")
     L = moving_average(length_values, window)
     R = moving_average(reward_values, window)
-    first_length = L[0]
+    first_length = float(baseline_length) if baseline_length is not None else L[0]
+    first_reward = float(baseline_reward) if baseline_reward is not None else R[0]
     retention = min(L) / first_length if first_length > 0 else None
     growth = L[-1] / first_length if first_length > 0 else None
 
     reward_min = min(R)
-    dip = max(0.0, R[0] - reward_min)
+    dip = max(0.0, first_reward - reward_min)
     recovery = None
     if dip > 0:
         low_step = R.index(reward_min)  # first step at the minimum
-        recovery = next((t for t in range(low_step + 1, steps) if R[t] >= R[0]), None)
+        recovery = next((t for t in range(low_step + 1, steps) if R[t] >= first_reward), None)
 
     kl_final = moving_average(kl_values, window)[-1] if kl_values is not None else None
     entropy_drop = None
     if entropy_values is not None:
         H = moving_average(entropy_values, window)
-        entropy_drop = H[0] - min(H)
+        entropy_drop = (float(baseline_entropy) if baseline_entropy is not None else H[0]) - min(H)
     return StabilityMetrics(
         length_retention=retention,
         length_growth=growth,
         reward_dip=dip,
         reward_recovery_step=recovery,
-        reward_steps_to_recover=0 if dip == 0 else (recovery if recovery is not None else steps),
+        reward_steps_to_recover=0 if dip == 0 else (recovery if recovery is not None else (planned_steps or steps)),
         reward_final=R[-1],
         kl_final=kl_final,
         entropy_drop=entropy_drop,
@@ -147,14 +177,49 @@ def stability_metrics(
     )
 
 
-def length_collapsed(length: Sequence[float], *, threshold: float, patience: int) -> bool:
-    """True when the last `patience` points of `length` are all below threshold * length[0].
+def diverged_metrics(
+    *,
+    planned_steps: int,
+    window: int = 1,
+    reward_scale: float = 1.0,
+    baseline_entropy: float | None = None,
+    seen: StabilityMetrics | None = None,
+) -> StabilityMetrics:
+    """The finite worst case recorded for a probe that diverged (non-finite loss, gradient or KL).
 
-    The early-stop rule of the probe; step 0 (the reference) never counts.
+    length_retention and length_growth 0 (every length constraint violated), reward_dip
+    the larger of `reward_scale` (the reward's range, e.g. 1 for exact_match) and the dip
+    already seen, no recovery (reward_steps_to_recover = planned_steps), kl_final
+    DIVERGED_KL, entropy_drop the whole starting entropy, stopped_early and diverged True.
+    `seen`: metrics of the steps that completed, when there were any.
+    """
+    dip = max(float(reward_scale), seen.reward_dip if seen is not None else 0.0)
+    reward_final = seen.reward_final if seen is not None else 0.0
+    return StabilityMetrics(
+        length_retention=0.0,
+        length_growth=0.0,
+        reward_dip=dip,
+        reward_recovery_step=None,
+        reward_steps_to_recover=planned_steps,
+        reward_final=reward_final - dip if seen is not None else -dip,
+        kl_final=DIVERGED_KL,
+        entropy_drop=float(baseline_entropy) if baseline_entropy is not None else (seen.entropy_drop if seen is not None else None),
+        stopped_early=True,
+        steps=seen.steps if seen is not None else 0,
+        window=window,
+        diverged=True,
+    )
+
+
+def length_collapsed(length: Sequence[float], *, threshold: float, patience: int, reference: float | None = None) -> bool:
+    """True when the last `patience` points of `length` are all below threshold * reference
+    (default reference: length[0]).
+
+    The early-stop rule of the probe; step 0 never counts (it is the starting model).
     """
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     if len(length) < patience + 1:
         return False
-    limit = threshold * length[0]
+    limit = threshold * (length[0] if reference is None else reference)
     return all(value < limit for value in length[-patience:])

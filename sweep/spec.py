@@ -184,6 +184,12 @@ class ProbeSpec(_Section):
     # Early stop: length below collapse_threshold * initial length for collapse_patience steps.
     collapse_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
     collapse_patience: Annotated[int, Field(ge=1)] = 3
+    # Per-prompt baselines and noise band (docs/probe.md): samples per pool prompt before
+    # the first update (0: none, or >= 2), the prompts the probe cycles through (null: all),
+    # bootstrap replicates of the noise band (0: none).
+    baseline_samples: Annotated[int, Field(ge=0)] = 4
+    prompt_pool: Annotated[int, Field(ge=1)] | None = 16
+    noise_samples: Annotated[int, Field(ge=0)] = 200
 
 
 class EvalsSpec(_Section):

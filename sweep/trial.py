@@ -186,6 +186,9 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         metrics.update({k: clean_metric(v) for k, v in probe.metrics.as_metrics().items()})
         curves = probe.curves.to_dict()
         notes["probe_stopped_early"] = bool(probe.stopped_early)
+        if probe.diverged:  # a recorded outcome with worst-case metrics, not a failed trial
+            notes["probe_diverged"] = True
+        notes["probe_baseline_s"] = round(probe.baseline_s, 3)
         if probe.stop_reason:
             notes["probe_stop_reason"] = probe.stop_reason
     if deadline is not None and time.perf_counter() > deadline:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend, backend_names, get_backend, register_backend
+from evals.probe.baseline import bootstrap_noise, normalized_metrics
 from evals.probe.records import (
     CURVE_KEYS,
     BackendRun,
@@ -23,11 +24,12 @@ from evals.probe.records import (
     ProbeCurves,
     ProbeResult,
     Prompt,
+    PromptSamples,
     RewardConfig,
     load_prompts,
 )
 from evals.rewards import NEEDS_ANSWER, Reward, build_reward
-from evals.stability import StabilityMetrics, stability_metrics
+from evals.stability import StabilityMetrics, diverged_metrics, stability_metrics
 
 __all__ = [
     "CURVE_KEYS",
@@ -37,6 +39,7 @@ __all__ = [
     "ProbeCurves",
     "ProbeResult",
     "Prompt",
+    "PromptSamples",
     "RewardConfig",
     "StabilityMetrics",
     "backend_names",
@@ -44,6 +47,7 @@ __all__ = [
     "load_prompts",
     "register_backend",
     "run_probe",
+    "score_run",
 ]
 
 
@@ -87,27 +91,53 @@ def run_probe(
                 raise EvalError(f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)")
         reward = build_reward(rule=rule, model=config.reward.model, device=_device_of(model))
     run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward)
-    curves = run.curves
-    if curves.steps == 0:
-        raise EvalError(f"probe backend {config.backend!r} returned no steps")
-    metrics = stability_metrics(
-        curves.response_length_mean,
-        curves.score_mean,
-        kl=curves.kl,
-        entropy=curves.entropy,
-        window=config.window,
-    )
-    metrics = replace(metrics, stopped_early=run.stopped_early)
+    metrics = score_run(run, config=config)
     wall_s = time.perf_counter() - start
     return ProbeResult(
-        curves=curves,
+        curves=run.curves,
         metrics=metrics,
         stopped_early=run.stopped_early,
         stop_reason=run.stop_reason,
         backend=config.backend,
-        setup_s=max(0.0, wall_s - sum(curves.step_s)),
+        setup_s=max(0.0, wall_s - sum(run.curves.step_s)),
         wall_s=wall_s,
+        diverged=run.diverged,
+        baseline_s=run.baseline_s,
+        baseline=run.baseline,
     )
+
+
+def score_run(run: BackendRun, *, config: ProbeConfig) -> StabilityMetrics:
+    """The stability metrics of a backend's run, the same way for every backend.
+
+    With a baseline: from the per-prompt normalized curves, against the pool's baseline
+    means, with a bootstrap noise band (`noise_samples` replicates). Without: from the raw
+    curves against their first point. Either way over the configured `steps` (a probe that
+    stopped early never scores better than one that ran on). A diverged run gets the
+    finite worst case (evals.stability.diverged_metrics).
+    """
+    curves = run.curves
+    if curves.steps == 0 and not run.diverged:
+        raise EvalError(f"probe backend {config.backend!r} returned no steps")
+    seen = None
+    if curves.steps:
+        if run.baseline and run.steps:
+            seen = normalized_metrics(run.baseline, run.steps, kl=curves.kl, window=config.window, planned_steps=config.steps)
+            if config.noise_samples and not run.diverged:
+                noise = bootstrap_noise(
+                    run.baseline, run.steps, window=config.window, planned_steps=config.steps, replicates=config.noise_samples, seed=config.seed
+                )
+                seen = replace(seen, noise=noise)
+        else:
+            seen = stability_metrics(
+                curves.response_length_mean, curves.score_mean, kl=curves.kl, entropy=curves.entropy, window=config.window, planned_steps=config.steps
+            )
+    if run.diverged:
+        scores = [s for p in run.baseline for s in p.scores] + [s for step in run.steps for p in step for s in p.scores]
+        scale = max(1.0, max(scores) - min(scores)) if scores else 1.0
+        base_entropy = sum(sum(p.entropies) / len(p.entropies) for p in run.baseline) / len(run.baseline) if run.baseline else None
+        return diverged_metrics(planned_steps=config.steps, window=config.window, reward_scale=scale, baseline_entropy=base_entropy, seen=seen)
+    return replace(seen, stopped_early=run.stopped_early)
 
 
 def _device_of(model: Any) -> str | None:

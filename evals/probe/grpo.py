@@ -1,14 +1,26 @@
 """The built-in probe backend: hand-written GRPO on the model in memory.
 
+Before the first update (with `baseline_samples` > 0) it samples every prompt of its pool
+(`prompt_pool` prompts, a seeded choice) that many times from the starting model: the
+per-prompt baselines the stability metrics are normalized against (evals/probe/baseline.py).
+
 Each step:
-1. take `prompts_per_step` prompts (a seeded shuffle, cycled) and sample `group_size`
-   completions of each at `temperature` (plain softmax sampling, no top-k/top-p),
-   stopping at eos or `max_new_tokens` (then counted as truncated);
+1. take `prompts_per_step` prompts (seeded shuffles of the pool, cycled) and sample
+   `group_size` completions of each at `temperature` (plain softmax sampling, no
+   top-k/top-p), stopping at eos or `max_new_tokens` (then counted as truncated);
 2. score them with the reward; advantage = (r - group mean) / (group std + 1e-4);
 3. one Adam update on the token-mean loss
        -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
    with k3 = exp(ref - logp) - (ref - logp) - 1 against a frozen copy of the starting
    model, and the gradient norm clipped to 1.0 (verl's and TRL's default).
+
+Adam runs on fp32 master copies of every parameter that is not fp32 (a bf16 or fp16
+model): the live weights are the masters rounded after each step, so updates smaller
+than a bf16 step accumulate instead of rounding away. A non-finite loss, gradient, KL
+or logit ends the probe as "diverged" (an outcome, not an error).
+
+The three parts (`_sample`, `_score`, `_update`) are separate functions so that other
+rollout engines and log-prob kernels can replace them one at a time.
 
 Point t of the curves is measured on the completions sampled at step t, so point 0 is
 the starting model (its KL is 0). Sampling draws from a torch.Generator seeded with
@@ -28,12 +40,17 @@ import torch
 
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend
-from evals.probe.records import BackendRun, ProbeConfig, ProbeCurves, Prompt
-from evals.rewards import Reward
+from evals.probe.baseline import Baseline
+from evals.probe.records import BackendRun, ProbeConfig, ProbeCurves, Prompt, PromptSamples
+from evals.rewards import THINK_START, Reward, with_opened_think
 from evals.stability import length_collapsed
 
 MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
 ADVANTAGE_EPS = 1e-4  # keeps a group with identical rewards at advantage 0, not NaN
+
+
+class _Diverged(Exception):
+    """The policy's loss, gradient, KL or logits went non-finite."""
 
 
 class GRPOBackend(ProbeBackend):
@@ -47,36 +64,40 @@ class GRPOBackend(ProbeBackend):
         encoded = [_encode_prompt(tokenizer, p.prompt) for p in prompts]
         if any(len(ids) == 0 for ids in encoded):
             raise EvalError("probe prompts: a prompt encodes to no tokens")
+        think_open = [_opens_think(tokenizer, ids) for ids in encoded]
         params = list(model.parameters())
         device = params[0].device
         generator = torch.Generator(device=device).manual_seed(config.seed)
-        order_generator = torch.Generator().manual_seed(config.seed)  # prompt order, on CPU
-        order = _prompt_order(len(prompts), config.steps * config.prompts_per_step, order_generator)
+        order_generator = torch.Generator().manual_seed(config.seed)  # prompt pool and order, on CPU
+        pool = _prompt_pool(len(prompts), config.prompt_pool, order_generator)
+        order = _prompt_order(pool, config.steps * config.prompts_per_step, order_generator)
+        sample = lambda ids: _sample(model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)  # noqa: E731
+        score = lambda ids, batch: _score(reward, tokenizer, prompts, ids, batch, think_open)  # noqa: E731
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # frozen initial candidate
         saved = _ModuleState.capture(model)
         optimizer = None
         curves = ProbeCurves()
-        stopped_early, stop_reason = False, None
+        baseline: list[PromptSamples] = []
+        steps: list[tuple[PromptSamples, ...]] = []
+        stopped_early, stop_reason, diverged, baseline_s = False, None, False, 0.0
+        step = -1
         try:
             model.eval()  # no dropout: sampling and the update see the same policy
             model.requires_grad_(True)
-            optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+            optimizer = MasterAdam(params, lr=config.learning_rate)
+            if config.baseline_samples:
+                t0 = time.perf_counter()
+                baseline = _measure_baseline(pool, config=config, sample=sample, score=score)
+                baseline_s = time.perf_counter() - t0
+            base = Baseline(baseline) if baseline else None
             for step in range(config.steps):
                 start = time.perf_counter()
                 chosen = order[step * config.prompts_per_step : (step + 1) * config.prompts_per_step]
                 group = [i for i in chosen for _ in range(config.group_size)]
-                batch = _sample(model, [encoded[i] for i in group], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)
+                batch = sample(group)
                 gen_s = time.perf_counter() - start
-                texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in batch.completions]
-                scores = reward(
-                    prompts=[prompts[i].prompt for i in group],
-                    completions=texts,
-                    answers=[prompts[i].answer for i in group],
-                )
-                scores_t = torch.tensor(scores, dtype=torch.float32)
-                if scores_t.numel() != len(group) or not torch.isfinite(scores_t).all():
-                    raise EvalError(f"probe reward returned {scores_t.numel()} scores for {len(group)} completions, or non-finite ones")
+                scores_t = score(group, batch)
                 grouped = scores_t.view(len(chosen), config.group_size)
                 advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADVANTAGE_EPS)
                 update = _update(model, reference, optimizer, batch, advantages.view(-1).to(device), config=config)
@@ -95,28 +116,132 @@ class GRPOBackend(ProbeBackend):
                     "timing/gen_s": gen_s,
                     "timing/step_s": time.perf_counter() - start,
                 }
+                drawn = _per_prompt(chosen, config.group_size, batch, scores_t)
+                steps.append(drawn)
+                if base is not None:
+                    length, score_n, entropy = base.normalize(drawn)
+                    row |= {"response_length/normalized": length, "critic/score/normalized": score_n, "actor/entropy/normalized": entropy}
                 curves = curves.append(row)
+                watched = curves.response_length_normalized if base is not None else curves.response_length_mean
+                reference_length = base.pool_length if base is not None else None
                 if config.collapse_threshold is not None and length_collapsed(
-                    curves.response_length_mean, threshold=config.collapse_threshold, patience=config.collapse_patience
+                    watched, threshold=config.collapse_threshold, patience=config.collapse_patience, reference=reference_length
                 ):
                     stopped_early = step + 1 < config.steps
                     if stopped_early:
+                        initial = reference_length if reference_length is not None else watched[0]
                         stop_reason = (
                             f"sequence-length collapse: mean response length below {config.collapse_threshold:g} x "
-                            f"the initial {curves.response_length_mean[0]:.1f} tokens for {config.collapse_patience} "
+                            f"the initial {initial:.1f} tokens for {config.collapse_patience} "
                             f"steps (stopped after step {step} of {config.steps})"
                         )
                         break
+        except _Diverged as exc:
+            diverged, stopped_early = True, True
+            where = "while measuring the baseline" if step < 0 else f"at step {step} of {config.steps}"
+            stop_reason = f"diverged {where}: {exc}"
         finally:
             if optimizer is not None:
-                optimizer.state.clear()
+                optimizer.clear()
             model.zero_grad(set_to_none=True)
             with torch.no_grad():  # the caller gets back the weights it gave
                 for param, initial in zip(model.parameters(), reference.parameters()):
                     param.copy_(initial)
             saved.restore(model)
             del reference
-        return BackendRun(curves=curves, stopped_early=stopped_early, stop_reason=stop_reason)
+        return BackendRun(
+            curves=curves,
+            stopped_early=stopped_early,
+            stop_reason=stop_reason,
+            diverged=diverged,
+            baseline=tuple(baseline),
+            steps=tuple(steps),
+            baseline_s=baseline_s,
+        )
+
+
+class MasterAdam:
+    """Adam with fp32 master weights for every parameter that is not fp32.
+
+    fp32 parameters are updated directly (as plain torch.optim.Adam would). For a bf16 or
+    fp16 parameter an fp32 copy holds the exact weight: its gradient is the live
+    gradient in fp32, Adam and the clip run on the copies, and the live weight is set to
+    the copy rounded to its dtype. Extra memory: 4 bytes per low-precision parameter,
+    beside Adam's 8. `clear()` drops the copies and every moment.
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], *, lr: float):
+        self.params = list(params)
+        self.masters = [None if p.dtype == torch.float32 else p.detach().float().clone() for p in self.params]
+        self.targets = [p if m is None else m for p, m in zip(self.params, self.masters)]
+        self.adam = torch.optim.Adam(self.targets, lr=lr)
+
+    def zero_grad(self) -> None:
+        for tensor in (*self.params, *(m for m in self.masters if m is not None)):
+            tensor.grad = None
+
+    def step(self, max_norm: float) -> float:
+        """Clip the gradient norm to `max_norm` and take one step; returns the norm before
+        clipping. Takes no step when the norm is non-finite (the caller decides what then)."""
+        for param, master in zip(self.params, self.masters):
+            if master is not None:
+                master.grad = None if param.grad is None else param.grad.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.targets, max_norm).item()
+        if not math.isfinite(grad_norm):
+            return grad_norm
+        self.adam.step()
+        with torch.no_grad():
+            for param, master in zip(self.params, self.masters):
+                if master is not None:
+                    param.copy_(master)
+        return grad_norm
+
+    def clear(self) -> None:
+        self.adam.state.clear()
+        self.zero_grad()
+        self.masters = [None] * len(self.params)
+        self.targets = []
+
+
+def _measure_baseline(pool: Sequence[int], *, config: ProbeConfig, sample, score) -> list[PromptSamples]:
+    """`baseline_samples` completions of every pool prompt from the starting model, in
+    batches no larger than a step's (so the baseline needs no more memory than a step)."""
+    rows = [i for i in pool for _ in range(config.baseline_samples)]
+    chunk = max(config.baseline_samples, (config.prompts_per_step * config.group_size) // config.baseline_samples * config.baseline_samples)
+    lengths: list[float] = []
+    scores: list[float] = []
+    entropies: list[float] = []
+    for begin in range(0, len(rows), chunk):
+        ids = rows[begin : begin + chunk]
+        batch = sample(ids)
+        scores += score(ids, batch).tolist()
+        lengths += batch.lengths.float().tolist()
+        entropies += batch.entropy.tolist()
+    k = config.baseline_samples
+    return [
+        PromptSamples(prompt, tuple(lengths[j * k : (j + 1) * k]), tuple(scores[j * k : (j + 1) * k]), tuple(entropies[j * k : (j + 1) * k]))
+        for j, prompt in enumerate(pool)
+    ]
+
+
+def _per_prompt(chosen: Sequence[int], group_size: int, batch: "_Batch", scores: torch.Tensor) -> tuple[PromptSamples, ...]:
+    lengths = batch.lengths.float().view(len(chosen), group_size).tolist()
+    entropies = batch.entropy.view(len(chosen), group_size).tolist()
+    grouped = scores.view(len(chosen), group_size).tolist()
+    return tuple(PromptSamples(i, tuple(lengths[j]), tuple(grouped[j]), tuple(entropies[j])) for j, i in enumerate(chosen))
+
+
+def _score(reward: Reward, tokenizer: Any, prompts: Sequence[Prompt], ids: Sequence[int], batch: "_Batch", think_open: Sequence[bool]) -> torch.Tensor:
+    """Raw rewards of a batch (fp32, on CPU). A completion whose chat template opened
+    `<think>` in the prompt is scored with that `<think>` put back in front of it, so
+    answer and format rules see the whole think block."""
+    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in batch.completions]
+    texts = [with_opened_think(text) if think_open[i] else text for i, text in zip(ids, texts)]
+    scores = reward(prompts=[prompts[i].prompt for i in ids], completions=texts, answers=[prompts[i].answer for i in ids])
+    scores_t = torch.tensor(scores, dtype=torch.float32)
+    if scores_t.numel() != len(ids) or not torch.isfinite(scores_t).all():
+        raise EvalError(f"probe reward returned {scores_t.numel()} scores for {len(ids)} completions, or non-finite ones")
+    return scores_t
 
 
 class _ModuleState:
@@ -156,16 +281,30 @@ def _encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
-def _prompt_order(n_prompts: int, needed: int, generator: torch.Generator) -> list[int]:
-    """Prompt indices for the whole probe: seeded shuffles of all prompts, back to back."""
+def _opens_think(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:
+    """Whether the rendered prompt ends inside an opened `<think>` (as DeepSeek-R1-Distill's
+    chat template does), so completions start mid-thought without the tag."""
+    text = tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
+    return text.rstrip().endswith(THINK_START)
+
+
+def _prompt_pool(n_prompts: int, size: int | None, generator: torch.Generator) -> list[int]:
+    """The prompts the probe uses: a seeded choice of `size` of them (all when None or more)."""
+    if size is None or size >= n_prompts:
+        return list(range(n_prompts))
+    return sorted(torch.randperm(n_prompts, generator=generator)[:size].tolist())
+
+
+def _prompt_order(pool: Sequence[int], needed: int, generator: torch.Generator) -> list[int]:
+    """Prompt indices for the whole probe: seeded shuffles of the pool, back to back."""
     order: list[int] = []
     while len(order) < needed:
-        order += torch.randperm(n_prompts, generator=generator).tolist()
+        order += [pool[j] for j in torch.randperm(len(pool), generator=generator).tolist()]
     return order[:needed]
 
 
 class _Batch:
-    def __init__(self, prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated):
+    def __init__(self, prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated, entropy):
         self.prompt_ids = prompt_ids  # [B, P] left-padded
         self.prompt_mask = prompt_mask  # [B, P]
         self.response_ids = response_ids  # [B, T] padded after eos
@@ -173,6 +312,7 @@ class _Batch:
         self.completions = completions  # token ids per completion, eos and padding cut
         self.lengths = lengths  # [B] response tokens, eos included
         self.truncated = truncated  # [B] reached max_new_tokens without eos
+        self.entropy = entropy  # [B] mean entropy of the sampling distribution per response token, nats
 
 
 def _cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
@@ -203,8 +343,13 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     alive: list[torch.Tensor] = []
+    entropy_sum = torch.zeros(len(prompts), device=device)
     for t in range(config.max_new_tokens):
-        probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+        logp = torch.log_softmax(logits.float() / config.temperature, dim=-1)
+        if not bool(torch.isfinite(logp).all()):
+            raise _Diverged("non-finite logits while sampling")
+        probs = logp.exp()
+        entropy_sum += torch.where(finished, 0.0, -(probs * logp).sum(-1))
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         alive.append(~finished)
@@ -226,11 +371,13 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
         if ids and ids[-1] in eos_ids:
             ids = ids[:-1]
         completions.append(ids)
-    return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated)
+    entropy = (entropy_sum / lengths.clamp(min=1)).cpu()
+    return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated, entropy)
 
 
-def _update(model, reference, optimizer, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig) -> dict[str, float]:
-    """One GRPO step. Returns the KL, entropy (at the sampling temperature) and grad norm."""
+def _update(model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig) -> dict[str, float]:
+    """One GRPO step. Returns the KL, entropy (at the sampling temperature) and grad norm.
+    Raises _Diverged (before any weight changes) on a non-finite loss, KL or gradient."""
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
     mask = torch.cat([batch.prompt_mask, batch.response_mask], 1)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
@@ -252,15 +399,14 @@ def _update(model, reference, optimizer, batch: _Batch, advantages: torch.Tensor
     policy_loss = -advantages[:, None] * torch.exp(logp - logp.detach())  # gradient: -A * grad logp
     loss = ((policy_loss + config.kl_coef * k3) * token_mask).sum() / n_tokens
 
-    optimizer.zero_grad(set_to_none=True)
+    kl = float((k3.detach() * token_mask).sum() / n_tokens)
+    if not math.isfinite(float(loss.detach())) or not math.isfinite(kl):
+        raise _Diverged(f"non-finite {'loss' if not math.isfinite(float(loss.detach())) else 'KL'}")
+    optimizer.zero_grad()
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM).item()
-    if math.isfinite(grad_norm):
-        optimizer.step()
+    grad_norm = optimizer.step(MAX_GRAD_NORM)
+    if not math.isfinite(grad_norm):
+        raise _Diverged("non-finite gradient")
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return {
-            "kl": float((k3.detach() * token_mask).sum() / n_tokens),
-            "entropy": float((entropy * token_mask).sum() / n_tokens),
-            "grad_norm": grad_norm,
-        }
+        return {"kl": kl, "entropy": float((entropy * token_mask).sum() / n_tokens), "grad_norm": grad_norm}

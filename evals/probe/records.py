@@ -53,12 +53,21 @@ class ProbeConfig:
     window: int = 1  # trailing moving average before the stability metrics
     collapse_threshold: float | None = None  # early stop: length < threshold * length[0] ...
     collapse_patience: int = 3  # ... for this many consecutive steps
+    # Per-prompt baselines: before the first update, each prompt of the pool is sampled this
+    # many times from the starting model; the stability metrics then read per-prompt ratios
+    # and differences to it (docs/probe.md). 0: no baseline, metrics from the raw curves.
+    baseline_samples: int = 4
+    prompt_pool: int | None = 16  # distinct prompts the probe cycles through (None: all of them)
+    noise_samples: int = 200  # bootstrap replicates for each metric's noise band (0: none)
 
     def __post_init__(self) -> None:
         if isinstance(self.reward, dict):  # ProbeConfig(reward={"rule": ...}) as in the spec
             object.__setattr__(self, "reward", RewardConfig.from_dict(self.reward))
         problems = []
-        for name, low in (("steps", 2), ("group_size", 2), ("prompts_per_step", 1), ("max_new_tokens", 1), ("window", 1), ("collapse_patience", 1)):
+        for name, low in (
+            ("steps", 2), ("group_size", 2), ("prompts_per_step", 1), ("max_new_tokens", 1), ("window", 1),
+            ("collapse_patience", 1), ("baseline_samples", 0), ("noise_samples", 0),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -67,6 +76,10 @@ class ProbeConfig:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not self.kl_coef >= 0:
             problems.append(f"kl_coef must be >= 0, got {self.kl_coef!r}")
+        if self.prompt_pool is not None and (not isinstance(self.prompt_pool, int) or isinstance(self.prompt_pool, bool) or self.prompt_pool < 1):
+            problems.append(f"prompt_pool must be a whole number >= 1 or null (all prompts), got {self.prompt_pool!r}")
+        if self.baseline_samples == 1:
+            problems.append("baseline_samples must be 0 (no baseline) or >= 2 (a baseline of one sample is as noisy as a step)")
         if self.collapse_threshold is not None and not 0 < self.collapse_threshold < 1:
             problems.append(f"collapse_threshold must be between 0 and 1, got {self.collapse_threshold!r}")
         from evals.rewards import RULES  # light; rules registered by users count too
@@ -139,7 +152,16 @@ CURVE_KEYS = {
     "actor/grad_norm": "grad_norm",  # before clipping
     "timing/step_s": "step_s",  # seconds: sampling, reward and update
     "timing/gen_s": "gen_s",  # seconds of the step spent sampling
+    # Per-prompt normalized curves (empty without a baseline): the mean over the step's
+    # prompts of each prompt's value relative to its own baseline, in the pool's units:
+    # length: pool baseline mean x mean_i(L_i / B_i); score and entropy: pool baseline
+    # mean + mean_i(x_i - B_i). A step's draw of prompts does not move them.
+    "response_length/normalized": "response_length_normalized",
+    "critic/score/normalized": "score_normalized",
+    "actor/entropy/normalized": "entropy_normalized",
 }
+# Curves a backend may leave empty (no baseline measured).
+OPTIONAL_CURVES = ("response_length/normalized", "critic/score/normalized", "actor/entropy/normalized")
 
 
 @dataclass(frozen=True)
@@ -158,9 +180,14 @@ class ProbeCurves:
     grad_norm: tuple[float, ...] = ()
     step_s: tuple[float, ...] = ()
     gen_s: tuple[float, ...] = ()
+    response_length_normalized: tuple[float, ...] = ()
+    score_normalized: tuple[float, ...] = ()
+    entropy_normalized: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        lengths = {len(getattr(self, f.name)) for f in fields(self)}
+        optional = {CURVE_KEYS[k] for k in OPTIONAL_CURVES}
+        lengths = {len(getattr(self, f.name)) for f in fields(self) if f.name not in optional}
+        lengths |= {len(getattr(self, name)) for name in optional if getattr(self, name)}
         if len(lengths) > 1:
             raise ValueError(f"probe curves have different lengths: {sorted(lengths)}")
         for f in fields(self):  # lists from JSON become tuples: the record stays immutable
@@ -184,21 +211,63 @@ class ProbeCurves:
             raise ValueError(f"unknown curve keys: {', '.join(unknown)}")
         return cls(**{CURVE_KEYS[key]: tuple(values) for key, values in data.items()})
 
+    @property
+    def normalized(self) -> bool:
+        """Whether the per-prompt normalized curves were measured (a baseline was taken)."""
+        return bool(self.response_length_normalized)
+
     def append(self, row: dict[str, float]) -> "ProbeCurves":
-        """A new record with one more step; `row` is keyed like to_dict()."""
-        if set(row) != set(CURVE_KEYS):
-            raise ValueError(f"a curve row needs exactly the keys {', '.join(CURVE_KEYS)}")
-        return ProbeCurves(**{name: getattr(self, name) + (float(row[key]),) for key, name in CURVE_KEYS.items()})
+        """A new record with one more step; `row` is keyed like to_dict() (the optional
+        normalized curves may be left out)."""
+        required = set(CURVE_KEYS) - set(OPTIONAL_CURVES)
+        if not required <= set(row) <= set(CURVE_KEYS):
+            raise ValueError(f"a curve row needs the keys {', '.join(sorted(required))} (and may have {', '.join(OPTIONAL_CURVES)})")
+        return ProbeCurves(
+            **{name: getattr(self, name) + ((float(row[key]),) if key in row else ()) for key, name in CURVE_KEYS.items()}
+        )
+
+
+@dataclass(frozen=True)
+class PromptSamples:
+    """The completions of one prompt in one measurement: lengths (tokens, eos included),
+    raw rewards and mean token entropies (nats), one entry per completion."""
+
+    prompt: int  # index into the probe's prompts
+    lengths: tuple[float, ...]
+    scores: tuple[float, ...]
+    entropies: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("lengths", "scores", "entropies"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if not len(self.lengths) == len(self.scores) == len(self.entropies) >= 1:
+            raise ValueError("prompt samples need one length, score and entropy per completion")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "lengths": list(self.lengths), "scores": list(self.scores), "entropies": list(self.entropies)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PromptSamples":
+        return cls(int(data["prompt"]), tuple(data["lengths"]), tuple(data["scores"]), tuple(data["entropies"]))
 
 
 @dataclass(frozen=True)
 class BackendRun:
-    """What a probe backend returns; run_probe adds the stability metrics."""
+    """What a probe backend returns; run_probe adds the stability metrics.
+
+    baseline: the starting model on each pool prompt (several samples each), measured
+    before the first update; steps: per step, the samples of each prompt drawn. Both
+    empty when the backend took no baseline (then the metrics read the raw curves).
+    """
 
     curves: ProbeCurves
     stopped_early: bool = False
     stop_reason: str | None = None  # why it stopped early, for people
     setup_s: float = 0.0  # seconds before the first step (reference copy, reward model)
+    diverged: bool = False  # loss, gradient, KL or logits went non-finite; curves hold the steps before
+    baseline: tuple[PromptSamples, ...] = ()
+    steps: tuple[tuple[PromptSamples, ...], ...] = ()
+    baseline_s: float = 0.0  # seconds spent measuring the baseline
 
 
 @dataclass(frozen=True)
@@ -208,8 +277,11 @@ class ProbeResult:
     stopped_early: bool
     stop_reason: str | None
     backend: str
-    setup_s: float  # seconds before the first step
+    setup_s: float  # seconds before the first step (the baseline included)
     wall_s: float  # seconds for the whole probe, setup included
+    diverged: bool = False
+    baseline_s: float = 0.0  # seconds spent sampling the per-prompt baselines
+    baseline: tuple[PromptSamples, ...] = ()  # the starting model's samples per pool prompt
 
     @property
     def step_s_mean(self) -> float:
@@ -224,6 +296,9 @@ class ProbeResult:
             "backend": self.backend,
             "setup_s": self.setup_s,
             "wall_s": self.wall_s,
+            "diverged": self.diverged,
+            "baseline_s": self.baseline_s,
+            "baseline": [b.to_dict() for b in self.baseline],
         }
 
     @classmethod
@@ -236,4 +311,7 @@ class ProbeResult:
             backend=data["backend"],
             setup_s=float(data["setup_s"]),
             wall_s=float(data["wall_s"]),
+            diverged=bool(data.get("diverged", False)),
+            baseline_s=float(data.get("baseline_s", 0.0)),
+            baseline=tuple(PromptSamples.from_dict(b) for b in data.get("baseline", ())),
         )

@@ -238,3 +238,67 @@ def test_probe_on_cuda_gives_back_the_weights(tiny_dir):
     result = run_probe(model, tokenizer, config=config(steps=4), prompts=PROMPTS, reward=digit_share)
     assert result.curves.steps == 4 and result.curves.kl[0] == pytest.approx(0, abs=1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_template_that_opens_think_is_scored_with_the_tag_put_back(tiny_dir):
+    """The probe's completions under a template ending in <think> reach the reward with
+    "<think>" in front: a rule sees the whole think block."""
+    model, tokenizer = load(tiny_dir)
+    tokenizer.chat_template = tokenizer.chat_template.replace("A: {% endif %}", "A: <think>{% endif %}")
+    seen: list[str] = []
+
+    def record(*, prompts, completions, answers):
+        seen.extend(completions)
+        return [float(c.startswith("<think>")) for c in completions]
+
+    result = run_probe(model, tokenizer, config=config(steps=2, baseline_samples=0), prompts=PROMPTS, reward=record)
+    assert seen and all(c.startswith("<think>") for c in seen)
+    assert result.curves.score_mean == (1.0, 1.0)
+    load_tokenizer = load(tiny_dir)[1]
+    seen.clear()
+    run_probe(model, load_tokenizer, config=config(steps=2, baseline_samples=0), prompts=PROMPTS, reward=record)
+    assert not any(c.startswith("<think>") for c in seen)  # the plain template opens nothing
+
+
+def test_a_diverging_probe_is_a_recorded_outcome_not_an_error(tiny_dir):
+    """lr 1e30 blows the weights up after the first update: the next step's logits are not
+    finite. The probe returns worst-case, finite metrics that violate any sane constraint,
+    JSON-safe (no NaN), and the model comes back unchanged."""
+    import math
+
+    import torch
+
+    model, tokenizer = load(tiny_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_probe(model, tokenizer, config=config(steps=6, learning_rate=1e30), prompts=PROMPTS, reward=digit_share)
+    assert result.diverged and result.stopped_early and "diverged at step" in result.stop_reason
+    metrics = result.metrics.as_metrics()
+    assert metrics["probe/diverged"] == 1.0 and metrics["probe/stopped_early"] == 1.0
+    assert metrics["probe/length_retention"] == 0.0 and metrics["probe/length_growth"] == 0.0
+    assert metrics["probe/reward_dip"] >= 1.0 and metrics["probe/reward_steps_to_recover"] == 6
+    assert all(v is None or math.isfinite(v) for v in metrics.values())
+    json.dumps(result.to_dict(), allow_nan=False)  # the trial record stays valid JSON
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a stable probe reads diverged 0
+    assert run_probe(model, tokenizer, config=config(steps=2), prompts=PROMPTS, reward=digit_share).metrics.as_metrics()["probe/diverged"] == 0.0
+
+
+def test_an_early_stopped_probe_is_scored_over_the_configured_steps():
+    """A collapse that stops after 5 of 40 steps with an unrecovered dip scores 40 steps
+    to recover, never better than a probe that ran all 40 and did not recover."""
+    from evals.probe import BackendRun, score_run
+
+    length = [10.0, 4.0, 3.0, 3.0, 3.0]
+    reward = [0.5, 0.2, 0.1, 0.1, 0.1]
+    rows = [
+        {k: 0.0 for k in CURVE_KEYS if "normalized" not in k} | {"response_length/mean": l, "critic/score/mean": r, "actor/entropy": 1.0}
+        for l, r in zip(length, reward)
+    ]
+    curves = ProbeCurves()
+    for row in rows:
+        curves = curves.append(row)
+    cfg = config(steps=40, collapse_threshold=0.5, collapse_patience=3)
+    early = score_run(BackendRun(curves=curves, stopped_early=True, stop_reason="collapse"), config=cfg)
+    assert early.reward_steps_to_recover == 40 and early.stopped_early
+    full = score_run(BackendRun(curves=curves), config=config(steps=5))
+    assert full.reward_steps_to_recover == 5  # the same curves, run to the end of a 5-step probe

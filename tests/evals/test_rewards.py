@@ -90,3 +90,18 @@ def test_reward_model_with_two_labels_is_refused(tmp_path):
     make_reward_model(tmp_path / "rm2", num_labels=2)
     with pytest.raises(EvalError, match="num_labels=1"):
         RewardModelScorer(tmp_path / "rm2")
+
+
+def test_rules_under_a_chat_template_that_opens_think():
+    """DeepSeek-R1-Distill-style templates end the prompt with "<think>\\n": the completion
+    starts mid-thought. With the tag put back (as the probe does), rules read it right."""
+    from evals.rewards import with_opened_think
+
+    raw = ["\n7+5=12</think> 12", "12", "still thinking", "x</think> 12 <think>again</think> 12"]
+    completions = [with_opened_think(c) for c in raw]
+    assert [final_answer(c) for c in completions] == ["12", "", "", "12"]
+    assert exact_match(prompts=["q"] * 4, completions=completions, answers=["12"] * 4) == [1.0, 0.0, 0.0, 1.0]
+    # one think block, closed, then an answer: only the first is well-formed
+    assert format_check(prompts=["q"] * 4, completions=completions, answers=[None] * 4) == [1.0, 0.0, 0.0, 0.0]
+    # read raw, the unclosed thought "12" would have counted as a direct answer
+    assert exact_match(prompts=["q"], completions=[raw[1]], answers=["12"]) == [1.0]

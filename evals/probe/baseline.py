@@ -1,0 +1,141 @@
+"""Per-prompt baselines, the normalized curves they give, and a bootstrap noise band.
+
+Why: a probe step draws a few prompts, and prompts differ several-fold in answer length
+and difficulty, so a step's raw mean length mostly says which prompts it drew. Before
+the first update the probe samples every prompt of its pool `baseline_samples` times
+from the starting model. A step's normalized value is then the mean over the prompts it
+drew of each prompt's value relative to that prompt's own baseline, put back in the
+pool's units:
+
+    length[t]  = B_len  * mean_i ( mean length of prompt i's group at t / B_len_i )
+    score[t]   = B_score + mean_i ( mean reward of prompt i's group at t - B_score_i )
+    entropy[t] = B_ent  + mean_i ( mean token entropy of the group at t - B_ent_i )
+
+(B_x_i: prompt i's baseline mean, B_x: the mean of B_x_i over the pool). The stability
+metrics then compare these curves with B_len, B_score and B_ent, so a model that does
+not learn reads length_retention ~1 and reward_dip ~0 whatever the draw.
+
+The noise band of each metric is a bootstrap: each replicate resamples, with
+replacement, every baseline prompt's samples, each step's drawn prompts, and each drawn
+group's completions, and recomputes the metrics; the band is half the width of the
+central 90% of the replicates (docs/probe.md compares it with the spread of a
+no-learning control across seeds). Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from evals.probe.records import PromptSamples
+from evals.stability import StabilityMetrics, stability_metrics
+
+NOISE_METRICS = ("length_retention", "length_growth", "reward_dip", "reward_final", "reward_steps_to_recover", "entropy_drop")
+NOISE_QUANTILE = 0.05  # the band is the central 1 - 2 * 0.05 = 90% of the bootstrap replicates
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+class Baseline:
+    """Per-prompt means of the starting model: length (tokens), score, entropy (nats/token)."""
+
+    def __init__(self, samples: Sequence[PromptSamples]):
+        if not samples:
+            raise ValueError("a baseline needs at least one prompt")
+        self.length = {s.prompt: _mean(s.lengths) for s in samples}
+        self.score = {s.prompt: _mean(s.scores) for s in samples}
+        self.entropy = {s.prompt: _mean(s.entropies) for s in samples}
+        self.pool_length = _mean(list(self.length.values()))
+        self.pool_score = _mean(list(self.score.values()))
+        self.pool_entropy = _mean(list(self.entropy.values()))
+
+    def normalize(self, step: Sequence[PromptSamples]) -> tuple[float, float, float]:
+        """(length, score, entropy) of one step, normalized per prompt (see the module doc)."""
+        missing = [s.prompt for s in step if s.prompt not in self.length]
+        if missing:
+            raise ValueError(f"prompts {missing} were drawn but have no baseline")
+        ratios = [_mean(s.lengths) / self.length[s.prompt] if self.length[s.prompt] > 0 else 1.0 for s in step]
+        length = self.pool_length * _mean(ratios)
+        score = self.pool_score + _mean([_mean(s.scores) - self.score[s.prompt] for s in step])
+        entropy = self.pool_entropy + _mean([_mean(s.entropies) - self.entropy[s.prompt] for s in step])
+        return length, score, entropy
+
+
+def normalized_curves(baseline: Sequence[PromptSamples], steps: Sequence[Sequence[PromptSamples]]) -> tuple[list[float], list[float], list[float]]:
+    """(length, score, entropy) curves, one point per step, normalized per prompt."""
+    base = Baseline(baseline)
+    points = [base.normalize(step) for step in steps]
+    return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+
+
+def normalized_metrics(
+    baseline: Sequence[PromptSamples],
+    steps: Sequence[Sequence[PromptSamples]],
+    *,
+    kl: Sequence[float] | None,
+    window: int,
+    planned_steps: int,
+) -> StabilityMetrics:
+    """Stability metrics of the normalized curves against the pool's baseline means."""
+    base = Baseline(baseline)
+    length, score, entropy = normalized_curves(baseline, steps)
+    return stability_metrics(
+        length,
+        score,
+        kl=kl,
+        entropy=entropy,
+        window=window,
+        baseline_length=base.pool_length,
+        baseline_reward=base.pool_score,
+        baseline_entropy=base.pool_entropy,
+        planned_steps=planned_steps,
+    )
+
+
+def _resample(rng: random.Random, samples: PromptSamples) -> PromptSamples:
+    n = len(samples.lengths)
+    picks = [rng.randrange(n) for _ in range(n)]
+    return PromptSamples(
+        samples.prompt,
+        tuple(samples.lengths[i] for i in picks),
+        tuple(samples.scores[i] for i in picks),
+        tuple(samples.entropies[i] for i in picks),
+    )
+
+
+def bootstrap_noise(
+    baseline: Sequence[PromptSamples],
+    steps: Sequence[Sequence[PromptSamples]],
+    *,
+    window: int,
+    planned_steps: int,
+    replicates: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Half-width of the central 90% of `replicates` bootstrap replicates, per metric in
+    NOISE_METRICS (metrics undefined in some replicate are left out)."""
+    if replicates < 2 or not steps:
+        return {}
+    rng = random.Random(f"probe-noise-{seed}")
+    values: dict[str, list[float]] = {name: [] for name in NOISE_METRICS}
+    for _ in range(replicates):
+        base = [_resample(rng, s) for s in baseline]
+        drawn = []
+        for step in steps:
+            groups = [step[rng.randrange(len(step))] for _ in step]
+            drawn.append([_resample(rng, g) for g in groups])
+        metrics = normalized_metrics(base, drawn, kl=None, window=window, planned_steps=planned_steps)
+        for name in NOISE_METRICS:
+            value = getattr(metrics, name)
+            if value is not None:
+                values[name].append(float(value))
+    out = {}
+    for name, sample in values.items():
+        if len(sample) == replicates:
+            sample.sort()
+            low = sample[int(NOISE_QUANTILE * (replicates - 1))]
+            high = sample[int(round((1 - NOISE_QUANTILE) * (replicates - 1)))]
+            out[name] = (high - low) / 2
+    return out
