@@ -437,6 +437,9 @@ def balanced_point(
 
 # ---------------------------------------------------------------- row helpers
 
+# A metric column `probe/x_noise` is the half-width of probe/x's noise band (evals.metric_names).
+NOISE_SUFFIX = "_noise"
+
 NON_METRIC_COLUMNS = frozenset(
     {"number", "state", "error", "feasible", "constraint_violation", "duration_s", "worker", "ray_trial_id", "started_at", "finished_at", "curves"}
 )
@@ -579,8 +582,10 @@ class FrontComparison:
     Both hypervolumes use one reference point. `changes` are B minus A of the balanced
     points' objective values in metric units, sign-corrected so that positive is better
     (a minimized objective that went down counts as a positive change). `regressions`
-    names the objectives whose change is below -tolerance, or every objective when B has
-    no balanced point but A had one.
+    names the objectives whose change is below -(tolerance + noise), or every objective
+    when B has no balanced point but A had one. `noise` is, per objective, the combined
+    noise band of the two balanced points (sqrt(a^2 + b^2) of their `<metric>_noise`
+    values; 0 where neither recorded one): a change within the noise is no regression.
     """
 
     objectives: tuple[Objective, ...]
@@ -592,6 +597,7 @@ class FrontComparison:
     changes: dict[str, float]
     tolerance: dict[str, float]
     regressions: tuple[str, ...]
+    noise: dict[str, float] = field(default_factory=dict)  # combined noise band per objective, metric units
 
     @property
     def regressed(self) -> bool:
@@ -644,6 +650,7 @@ def compare_fronts(
     a = summarize(trials_a, objectives, constraints, rule=rule, weights=weights, reference=reference)
     b = summarize(trials_b, objectives, constraints, rule=rule, weights=weights, reference=reference)
     changes: dict[str, float] = {}
+    noise: dict[str, float] = {}
     regressions: list[str] = []
     if a.balanced is not None and b.balanced is not None:
         for o in objectives:
@@ -651,7 +658,9 @@ def compare_fronts(
             if before is None or after is None:
                 continue
             changes[o.metric] = -o.sign * (after - before)  # positive = better
-            if changes[o.metric] < -tol[o.metric]:
+            bands = [p.metrics.get(o.metric + NOISE_SUFFIX) for p in (a.balanced, b.balanced)]
+            noise[o.metric] = math.sqrt(sum(float(w) ** 2 for w in bands if w is not None and math.isfinite(w)))
+            if changes[o.metric] < -(tol[o.metric] + noise[o.metric]):
                 regressions.append(o.metric)
     elif a.balanced is not None:  # B lost its feasible front entirely
         regressions = names
@@ -664,5 +673,6 @@ def compare_fronts(
         balanced_b=b.balanced,
         changes=changes,
         tolerance=tol,
+        noise=noise,
         regressions=tuple(regressions),
     )

@@ -61,6 +61,7 @@ def write_report(
     weights: Mapping[str, float] | Sequence[float] | None = None,
     heldout: pd.DataFrame | None = None,
     reference: Sequence[float] | None = None,
+    summary: ParetoSummary | None = None,
 ) -> tuple[Path, Path]:
     """Write report.html and report.md into `study_dir` (created if missing); return their paths.
 
@@ -72,13 +73,16 @@ def write_report(
     heldout:     optional held-out scores of some trials: a `number` column plus one
                  column per held-out metric, shown beside the search scores
     reference:   hypervolume reference point in metric units; default `pareto.default_reference`
+    summary:     the study's `pareto.summarize` result when the caller already has it (with
+                 the same trials and options), so it is computed once
 
     Raises SweepError (before writing anything) for a table without `number`, an unknown
     rule, bad weights or reference, or a `heldout` table without `number`.
     """
     objectives = as_objectives(objectives)
     _check_inputs(trials, heldout)
-    summary = summarize(trials, objectives, constraints, rule=balanced_rule, weights=weights, reference=reference)
+    if summary is None:
+        summary = summarize(trials, objectives, constraints, rule=balanced_rule, weights=weights, reference=reference)
     trials = trials.sort_values("number").reset_index(drop=True)
     front = pareto_mask(trials, objectives, constraints)
     eligible = eligible_mask(trials, objectives, constraints)

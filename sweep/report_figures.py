@@ -21,6 +21,19 @@ from sweep.pareto import Objective, curves_of, metric_columns, objective_values,
 
 LENGTH_CURVE = "response_length/mean"  # tokens per response, per probe step (verl's name)
 REWARD_CURVE = "critic/score/mean"  # raw reward per probe step, before the KL penalty
+# Per-prompt normalized curves (evals/probe/baseline.py) and their per-step noise band,
+# drawn instead of the raw ones when a trial recorded them.
+NORMALIZED_CURVES = {LENGTH_CURVE: "response_length/normalized", REWARD_CURVE: "critic/score/normalized"}
+NOISE_SUFFIX = "_noise"  # a metric column `probe/x_noise` is the noise band of `probe/x`
+
+
+def noise_values(trials: pd.DataFrame, objective: Objective) -> np.ndarray | None:
+    """The half-width of each trial's noise band for an objective (`<metric>_noise`
+    column), NaN where unknown; None when the table has no such column."""
+    column = objective.metric + NOISE_SUFFIX
+    if column not in trials:
+        return None
+    return pd.to_numeric(trials[column], errors="coerce").to_numpy(dtype=float)
 
 FRONT_COLOUR = "#d62728"
 BALANCED_COLOUR = "#ffbf00"
@@ -102,12 +115,20 @@ def pareto_figure(trials: pd.DataFrame, objectives: Sequence[Objective], *, elig
     values = objective_values(trials, objectives)
     texts = np.array([hover_text(row, trials.columns, "" if ok else "infeasible") for (_, row), ok in zip(trials.iterrows(), eligible)], dtype=object)
     groups = _groups(trials, values, eligible, front, balanced)
+    noise = [noise_values(trials, o) for o in objectives]
+
+    def bars(k: int, mask: np.ndarray):
+        """Error bars of objective k for the rows in mask: its noise band, where recorded."""
+        if noise[k] is None:
+            return None
+        widths = np.nan_to_num(noise[k][mask], nan=0.0)
+        return dict(type="data", array=widths.tolist(), visible=True, thickness=1, width=3, color="rgba(0,0,0,0.35)")
 
     if len(objectives) == 1:
         numbers = trials["number"].to_numpy()
         fig = go.Figure()
         for name, mask, marker in groups:
-            fig.add_trace(go.Scatter(x=numbers[mask], y=values[mask, 0], mode="markers", name=name, marker=marker, text=texts[mask], hovertemplate="%{text}<extra></extra>"))
+            fig.add_trace(go.Scatter(x=numbers[mask], y=values[mask, 0], mode="markers", name=name, marker=marker, text=texts[mask], hovertemplate="%{text}<extra></extra>", error_y=bars(0, mask)))
         fig.update_layout(title="Objective by trial", xaxis_title="trial number", yaxis_title=_axis_title(objectives[0]), **LAYOUT)
         return fig
 
@@ -122,6 +143,7 @@ def pareto_figure(trials: pd.DataFrame, objectives: Sequence[Objective], *, elig
                 go.Scatter(
                     x=values[mask, i], y=values[mask, j], mode="markers", name=name, legendgroup=name, showlegend=k == 0,
                     marker=marker, text=texts[mask], hovertemplate="%{text}<extra></extra>",
+                    error_x=bars(i, mask), error_y=bars(j, mask),
                 ),
                 row=r, col=c,
             )
@@ -186,18 +208,26 @@ def curve_traces(trials: pd.DataFrame, *, front: np.ndarray) -> list[tuple[int, 
 def curve_figure(trials: pd.DataFrame, *, key: str, title: str, y_title: str, front: np.ndarray):
     """One probe curve (`key` in the trials' `curves` JSON) per step for the front and the extremes.
 
+    A trial that recorded the per-prompt normalized curve (NORMALIZED_CURVES[key]) is drawn
+    with it, with error bars from its per-step noise band (`<normalized key>/noise`).
     Returns None when no chosen trial recorded that curve."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    normalized_any = False
     for pos, name, is_front in curve_traces(trials, front=front):
         row = trials.iloc[pos]
-        ys = [float(v) if v is not None else None for v in curves_of(row).get(key, [])]
+        curves = curves_of(row)
+        shown = NORMALIZED_CURVES.get(key) if curves.get(NORMALIZED_CURVES.get(key, ""), []) else key
+        ys = [float(v) if v is not None else None for v in curves.get(shown, [])]
         if not ys:
             continue
+        normalized_any |= shown != key
+        band = [float(v) if v is not None else 0.0 for v in curves.get(f"{shown}/noise", [])]
+        error_y = dict(type="data", array=band, visible=True, thickness=1, width=2) if len(band) == len(ys) else None
         fig.add_trace(
             go.Scatter(
-                x=list(range(len(ys))), y=ys, mode="lines+markers", name=name,
+                x=list(range(len(ys))), y=ys, mode="lines+markers", name=name, error_y=error_y,
                 line=dict(dash="solid" if is_front else "dash", width=2 if is_front else 1.5, **({} if is_front else {"color": EXTREME_COLOUR})),
                 marker=dict(size=4),
                 hovertemplate=f"trial {int(row['number'])}<br>step %{{x}}<br>{label(key)} = %{{y:.4g}}<extra></extra>",
@@ -205,6 +235,8 @@ def curve_figure(trials: pd.DataFrame, *, key: str, title: str, y_title: str, fr
         )
     if not fig.data:
         return None
+    if normalized_any:
+        title += " (normalized per prompt, with the noise band)"
     fig.update_layout(title=title, xaxis_title="probe step", yaxis_title=y_title, **LAYOUT)
     return fig
 

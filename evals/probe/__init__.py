@@ -91,10 +91,10 @@ def run_probe(
                 raise EvalError(f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)")
         reward = build_reward(rule=rule, model=config.reward.model, device=_device_of(model))
     run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward)
-    metrics = score_run(run, config=config)
+    metrics, curves = score_run(run, config=config, with_curves=True)
     wall_s = time.perf_counter() - start
     return ProbeResult(
-        curves=run.curves,
+        curves=curves,
         metrics=metrics,
         stopped_early=run.stopped_early,
         stop_reason=run.stop_reason,
@@ -107,15 +107,21 @@ def run_probe(
     )
 
 
-def score_run(run: BackendRun, *, config: ProbeConfig) -> StabilityMetrics:
+def score_run(run: BackendRun, *, config: ProbeConfig, with_curves: bool = False):
     """The stability metrics of a backend's run, the same way for every backend.
 
     With a baseline: from the per-prompt normalized curves, against the pool's baseline
     means, with a bootstrap noise band (`noise_samples` replicates). Without: from the raw
     curves against their first point. Either way over the configured `steps` (a probe that
     stopped early never scores better than one that ran on). A diverged run gets the
-    finite worst case (evals.stability.diverged_metrics).
+    finite worst case (evals.stability.diverged_metrics). Returns the StabilityMetrics, or
+    with `with_curves` (metrics, the run's curves plus the per-step noise curves).
     """
+    metrics, curves = _score_run(run, config=config)
+    return (metrics, curves) if with_curves else metrics
+
+
+def _score_run(run: BackendRun, *, config: ProbeConfig) -> tuple[StabilityMetrics, ProbeCurves]:
     curves = run.curves
     if curves.steps == 0 and not run.diverged:
         raise EvalError(f"probe backend {config.backend!r} returned no steps")
@@ -124,10 +130,11 @@ def score_run(run: BackendRun, *, config: ProbeConfig) -> StabilityMetrics:
         if run.baseline and run.steps:
             seen = normalized_metrics(run.baseline, run.steps, kl=curves.kl, window=config.window, planned_steps=config.steps)
             if config.noise_samples and not run.diverged:
-                noise = bootstrap_noise(
+                noise, noise_curves = bootstrap_noise(
                     run.baseline, run.steps, window=config.window, planned_steps=config.steps, replicates=config.noise_samples, seed=config.seed
                 )
                 seen = replace(seen, noise=noise)
+                curves = replace(curves, **{CURVE_KEYS[k]: tuple(v) for k, v in noise_curves.items()})
         else:
             seen = stability_metrics(
                 curves.response_length_mean, curves.score_mean, kl=curves.kl, entropy=curves.entropy, window=config.window, planned_steps=config.steps
@@ -136,8 +143,8 @@ def score_run(run: BackendRun, *, config: ProbeConfig) -> StabilityMetrics:
         scores = [s for p in run.baseline for s in p.scores] + [s for step in run.steps for p in step for s in p.scores]
         scale = max(1.0, max(scores) - min(scores)) if scores else 1.0
         base_entropy = sum(sum(p.entropies) / len(p.entropies) for p in run.baseline) / len(run.baseline) if run.baseline else None
-        return diverged_metrics(planned_steps=config.steps, window=config.window, reward_scale=scale, baseline_entropy=base_entropy, seen=seen)
-    return replace(seen, stopped_early=run.stopped_early)
+        return diverged_metrics(planned_steps=config.steps, window=config.window, reward_scale=scale, baseline_entropy=base_entropy, seen=seen), curves
+    return replace(seen, stopped_early=run.stopped_early), curves
 
 
 def _device_of(model: Any) -> str | None:

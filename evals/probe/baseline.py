@@ -31,6 +31,8 @@ from evals.probe.records import PromptSamples
 from evals.stability import StabilityMetrics, stability_metrics
 
 NOISE_METRICS = ("length_retention", "length_growth", "reward_dip", "reward_final", "reward_steps_to_recover", "entropy_drop")
+# Per-step noise curves recorded beside the normalized curves (half-widths, same units).
+NOISE_CURVES = ("response_length/normalized/noise", "critic/score/normalized/noise")
 NOISE_QUANTILE = 0.05  # the band is the central 1 - 2 * 0.05 = 90% of the bootstrap replicates
 
 
@@ -113,13 +115,16 @@ def bootstrap_noise(
     planned_steps: int,
     replicates: int,
     seed: int = 0,
-) -> dict[str, float]:
-    """Half-width of the central 90% of `replicates` bootstrap replicates, per metric in
-    NOISE_METRICS (metrics undefined in some replicate are left out)."""
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(metric noise, curve noise): half-width of the central 90% of `replicates`
+    bootstrap replicates per metric in NOISE_METRICS (metrics undefined in some replicate
+    are left out), and per step of the normalized length and score curves (keyed by
+    NOISE_CURVES)."""
     if replicates < 2 or not steps:
-        return {}
+        return {}, {}
     rng = random.Random(f"probe-noise-{seed}")
     values: dict[str, list[float]] = {name: [] for name in NOISE_METRICS}
+    curve_values: list[tuple[list[float], list[float]]] = []
     for _ in range(replicates):
         base = [_resample(rng, s) for s in baseline]
         drawn = []
@@ -131,11 +136,19 @@ def bootstrap_noise(
             value = getattr(metrics, name)
             if value is not None:
                 values[name].append(float(value))
-    out = {}
-    for name, sample in values.items():
-        if len(sample) == replicates:
-            sample.sort()
-            low = sample[int(NOISE_QUANTILE * (replicates - 1))]
-            high = sample[int(round((1 - NOISE_QUANTILE) * (replicates - 1)))]
-            out[name] = (high - low) / 2
-    return out
+        length, score, _ = normalized_curves(base, drawn)
+        curve_values.append((length, score))
+    out = {name: _half_width(sample) for name, sample in values.items() if len(sample) == replicates}
+    curves = {
+        NOISE_CURVES[0]: [_half_width([c[0][t] for c in curve_values]) for t in range(len(steps))],
+        NOISE_CURVES[1]: [_half_width([c[1][t] for c in curve_values]) for t in range(len(steps))],
+    }
+    return out, curves
+
+
+def _half_width(sample: list[float]) -> float:
+    sample = sorted(sample)
+    n = len(sample)
+    low = sample[int(NOISE_QUANTILE * (n - 1))]
+    high = sample[int(round((1 - NOISE_QUANTILE) * (n - 1)))]
+    return (high - low) / 2

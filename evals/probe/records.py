@@ -159,9 +159,15 @@ CURVE_KEYS = {
     "response_length/normalized": "response_length_normalized",
     "critic/score/normalized": "score_normalized",
     "actor/entropy/normalized": "entropy_normalized",
+    # Half-width of the bootstrap noise band of the normalized length and score per step.
+    "response_length/normalized/noise": "response_length_normalized_noise",
+    "critic/score/normalized/noise": "score_normalized_noise",
 }
-# Curves a backend may leave empty (no baseline measured).
-OPTIONAL_CURVES = ("response_length/normalized", "critic/score/normalized", "actor/entropy/normalized")
+# Curves a backend may leave empty (no baseline measured, no noise band).
+OPTIONAL_CURVES = (
+    "response_length/normalized", "critic/score/normalized", "actor/entropy/normalized",
+    "response_length/normalized/noise", "critic/score/normalized/noise",
+)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,8 @@ class ProbeCurves:
     response_length_normalized: tuple[float, ...] = ()
     score_normalized: tuple[float, ...] = ()
     entropy_normalized: tuple[float, ...] = ()
+    response_length_normalized_noise: tuple[float, ...] = ()
+    score_normalized_noise: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         optional = {CURVE_KEYS[k] for k in OPTIONAL_CURVES}

@@ -4,7 +4,8 @@ Both studies are summarized with B's objectives, constraints and balanced-point 
 their hypervolumes are measured against one reference point (B's spec reference, else the
 default reference over the union of both tables), so the two numbers compare. Exit code 1
 when any objective of B's balanced point is worse than A's by more than --tolerance
-(absolute, in the metric's own units), or when B has no complete feasible trial left;
+plus the two points' noise bands (`<metric>_noise`, recorded by the probe: a change
+within the noise is no regression), or when B has no complete feasible trial left;
 0 otherwise; 2 for bad input (including an A with no complete feasible trial).
 """
 
@@ -53,6 +54,7 @@ def compare_studies(before, after, *, tolerance: float) -> dict:
             "before": result.balanced_a.metrics.get(objective.metric),
             "after": b,
             "improvement": result.changes.get(objective.metric),
+            "noise": result.noise.get(objective.metric),
         })
     hv_a, hv_b = result.hypervolume_a, result.hypervolume_b
     return {
@@ -86,9 +88,10 @@ def render(result: dict) -> str:
     ]
     for change in bal["objectives"]:
         flag = "  REGRESSION" if change["metric"] in result["regressions"] else ""
-        lines.append(f"    {change['direction']} {change['metric']}: {num(change['before'])} -> {num(change['after'])} ({num(change['improvement'], '+.4g')}){flag}")
+        band = f", noise ±{num(change['noise'])}" if change.get("noise") else ""
+        lines.append(f"    {change['direction']} {change['metric']}: {num(change['before'])} -> {num(change['after'])} ({num(change['improvement'], '+.4g')}{band}){flag}")
     if result["regressions"]:
-        lines.append(f"regression beyond tolerance {result['tolerance']:g} in: {', '.join(result['regressions'])}")
+        lines.append(f"regression beyond tolerance {result['tolerance']:g} and the noise in: {', '.join(result['regressions'])}")
     else:
-        lines.append(f"no regression beyond tolerance {result['tolerance']:g}")
+        lines.append(f"no regression beyond tolerance {result['tolerance']:g} and the noise")
     return "\n".join(lines)

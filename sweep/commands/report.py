@@ -32,13 +32,13 @@ def run(args: argparse.Namespace) -> int:
         save_heldout(study_dir, heldout)
     else:
         heldout = load_heldout(study_dir)
-    html, md = write_report(
-        study_dir, trials=trials, objectives=spec.objectives, constraints=spec.constraints,
-        spec_name=spec.name, heldout=heldout, **options,
-    )
-    summary = summarize(
+    summary = summarize(  # once: the report and the lines printed below share it
         trials, spec.objectives, spec.constraints,
         rule=options.get("balanced_rule", "maximin"), weights=options.get("weights"), reference=options.get("reference"),
+    )
+    html, md = write_report(
+        study_dir, trials=trials, objectives=spec.objectives, constraints=spec.constraints,
+        spec_name=spec.name, heldout=heldout, summary=summary, **options,
     )
     print(f"wrote {html} ({html.stat().st_size / 1e6:.1f} MB) and {md}")
     if summary.balanced is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 
 from sweep.cli import main
 from sweep.records import TrialResult
@@ -25,14 +26,15 @@ results_dir: {root}
 DISTS = {"alpha": optuna.distributions.FloatDistribution(0, 1), "beta": optuna.distributions.FloatDistribution(0, 1)}
 
 
-def make_study(root, name, points):
-    """points: [(alpha, beta, length_retention, reward_dip)]"""
+def make_study(root, name, points, *, noise=None):
+    """points: [(alpha, beta, length_retention, reward_dip)]; noise: probe/<name>_noise values for every trial"""
     spec = parse_spec(SPEC.format(name=name, root=root))
     study = open_study(spec)
     for alpha, beta, retention, dip in points:
         study.enqueue_trial({"alpha": alpha, "beta": beta})
         trial = study.ask(DISTS)
-        result = TrialResult(params={"alpha": alpha, "beta": beta}, metrics={"probe/length_retention": retention, "probe/reward_dip": dip})
+        metrics = {"probe/length_retention": retention, "probe/reward_dip": dip} | (noise or {})
+        result = TrialResult(params={"alpha": alpha, "beta": beta}, metrics=metrics)
         record_trial(study, trial, spec, result, error=None, ray_trial_id=None)
     write_table(study, spec)
     save_spec_snapshot(spec)
@@ -71,3 +73,25 @@ def test_compare_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["compare", str(before), str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "no such study folder" in err and "Traceback" not in err
+
+
+def test_a_change_within_the_noise_band_is_no_regression(tmp_path, capsys):
+    """Retention fell by 0.2 at the balanced point; with each probe's noise band at 0.15
+    (combined sqrt(2) * 0.15 = 0.21) that is noise, not a regression. With a band of 0.05
+    it is a regression again."""
+    worse = [(0.2, 1.0, 0.95, 0.30), (0.5, 0.9, 0.65, 0.10), (0.8, 1.0, 0.60, 0.02)]
+    noisy = {"probe/length_retention_noise": 0.15, "probe/reward_dip_noise": 0.01}
+    before = make_study(tmp_path, "noisy-a", GOOD, noise=noisy)
+    after = make_study(tmp_path, "noisy-b", worse, noise=noisy)
+    code = main(["compare", str(before), str(after), "--tolerance", "0", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["regressions"] == [], data
+    retention = next(c for c in data["balanced"]["objectives"] if c["metric"] == "probe/length_retention")
+    assert retention["noise"] == pytest.approx(0.15 * 2**0.5)
+
+    quiet = {"probe/length_retention_noise": 0.05, "probe/reward_dip_noise": 0.01}
+    before = make_study(tmp_path, "quiet-a", GOOD, noise=quiet)
+    after = make_study(tmp_path, "quiet-b", worse, noise=quiet)
+    code = main(["compare", str(before), str(after), "--tolerance", "0"])
+    out = capsys.readouterr().out
+    assert code == 1 and "REGRESSION" in out and "noise ±0.07071" in out, out

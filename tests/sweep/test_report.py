@@ -417,3 +417,30 @@ report: {{balanced_rule: weighted, weights: {{"{REASON}": 2, "{INSTRUCT}": 1}}, 
     assert report_options(spec) == {"balanced_rule": "weighted", "weights": {REASON: 2.0, INSTRUCT: 1.0}, "reference": [-0.5, 0.0]}
     with pytest.raises(SweepError, match="report.reference needs one value per objective"):
         report_options(SimpleNamespace(objectives=objectives, report=SimpleNamespace(balanced_rule="maximin", weights=None, reference=[0.0])))
+
+
+def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
+    """A trial that recorded `probe/length_retention_noise` and the normalized curves with
+    their per-step noise gets error bars of exactly those widths."""
+    from sweep.pareto import Objective
+    from sweep.report_figures import curve_figure, pareto_figure
+
+    trials = trials_table()
+    trials["probe/length_retention_noise"] = [0.05 * (k + 1) for k in range(len(trials))]
+    normalized = {"response_length/normalized": [10.0, 9.0, 8.0], "response_length/normalized/noise": [0.5, 0.6, 0.7]}
+    trials.loc[2, "curves"] = json.dumps(json.loads(trials.loc[2, "curves"]) | normalized)
+    objectives = [Objective(REASON, "maximize"), Objective(RETENTION, "maximize")]
+    front = np.array([True, True, True, True, True, False, False, False])
+    eligible = front.copy()
+    fig = pareto_figure(trials, objectives, eligible=eligible, front=front, balanced=2)
+    front_trace = next(t for t in fig.data if t.name == "Pareto front")
+    assert front_trace.error_x.array is None  # no noise column for the lm-eval objective
+    assert list(front_trace.error_y.array) == pytest.approx([0.05, 0.10, 0.15, 0.20, 0.25])
+
+    curves = curve_figure(trials, key="response_length/mean", title="Mean response length", y_title="tokens", front=front)
+    by_trial = {t.name: t for t in curves.data}
+    normalized_trace = next(t for name, t in by_trial.items() if "trial 2" in name)
+    assert list(normalized_trace.y) == [10.0, 9.0, 8.0] and list(normalized_trace.error_y.array) == [0.5, 0.6, 0.7]
+    raw_trace = next(t for name, t in by_trial.items() if "trial 1" in name)
+    assert raw_trace.error_y.array is None and len(raw_trace.y) == 6  # raw curve, no band recorded
+    assert "normalized per prompt" in curves.layout.title.text
