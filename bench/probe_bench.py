@@ -3,12 +3,20 @@
     python bench/probe_bench.py              # demo family (built on first use, ~3 min)
     python bench/probe_bench.py --random     # a random model of the demo's shape, no build
     python bench/probe_bench.py --trl        # trends against TRL 1.16's GRPOTrainer (needs trl)
+    python bench/probe_bench.py --stability [--seeds 0 1 2]   # each metric: null spread vs training shift
 
 Prints, per model, seconds per step, the share of a step spent sampling, the whole
 probe's wall time, and its ratio to the 60 s budget (issue 6: at most 60 s on 2 cores).
 Ratios are measured within one run: the machine is shared, absolute times are noisy.
 A random model almost never emits eos, so every completion runs to max_new_tokens:
 an upper bound on the demo models' cost.
+
+--stability: for the reasoning member, the balanced merge (alpha 0.5, beta 0.75) and the
+instruct member, runs the demo spec's probe at its learning rate and at 1e-12 (the null
+control) for each seed, and prints per stability metric the null control's mean and
+spread across seeds, the mean bootstrap noise band the probe recorded, the trained
+mean, and the shift (trained - null) in units of the null spread. It ends with the
+README's table (trained / null, mean ± sd over seeds) and the baseline's cost.
 """
 
 from __future__ import annotations
@@ -141,12 +149,57 @@ def cross_check_trl(steps: int) -> None:
             print(f"{name:<12}{runner:<8}{length[0]:>7.1f}{trend(length):>+10.1f}{score[0]:>9.3f}{trend(score):>+13.3f}{per_step:>8.3f}")
 
 
+def stability_table(seeds: list[int], steps: int | None) -> None:
+    """Null spread vs training shift per metric, across seeds (see the module doc)."""
+    from statistics import mean
+
+    from sweep.demo.build import ensure_family
+    from sweep.demo.stability import NAMED_POINTS, TABLE_METRICS, demo_probe_settings, markdown_table, probe_runs, summarize
+
+    family = ensure_family()
+    settings = demo_probe_settings(**({"steps": steps} if steps else {}))
+    print(f"settings: {settings['steps']} steps, {settings['prompts_per_step']} prompts x {settings['group_size']} samples, "
+          f"pool {settings['prompt_pool']}, baseline {settings['baseline_samples']} samples/prompt, window {settings['window']}, "
+          f"reward {settings['reward']['rule']}, lr {settings['learning_rate']:g} (null 1e-12), seeds {seeds}")
+    names = {v: k for k, v in NAMED_POINTS.items()}
+    runs = probe_runs(family, points=[NAMED_POINTS[n] for n in ("reasoning", "balanced", "instruct")], seeds=seeds, settings=settings,
+                      progress=lambda r: print(f"  {names[(r.alpha, r.beta)]:<9} seed {r.seed} lr {r.learning_rate:<7g} "
+                                               f"retention {r.metrics['probe/length_retention']:.3f} growth {r.metrics['probe/length_growth']:.3f} "
+                                               f"dip {r.metrics['probe/reward_dip']:.3f} ({r.wall_s:.1f} s, baseline {r.baseline_s:.1f} s)", flush=True))
+    print(f"\n{'member':<10}{'metric':<18}{'null mean':>10}{'null sd':>9}{'band':>7}{'trained':>9}{'shift':>8}{'shift/sd':>9}")
+    for member in ("reasoning", "balanced", "instruct"):
+        at = [r for r in runs if (r.alpha, r.beta) == NAMED_POINTS[member]]
+        for metric in TABLE_METRICS:
+            key = f"probe/{metric}"
+            null_mean, null_sd = summarize([r.metrics[key] for r in at if r.null])
+            trained, _ = summarize([r.metrics[key] for r in at if not r.null])
+            bands = [r.metrics.get(f"{key}_noise") for r in at if r.null]
+            band = mean(bands) if all(b is not None for b in bands) else float("nan")
+            ratio = (trained - null_mean) / null_sd if null_sd > 0 else float("inf")
+            print(f"{member:<10}{metric:<18}{null_mean:>10.3f}{null_sd:>9.3f}{band:>7.3f}{trained:>9.3f}{trained - null_mean:>+8.3f}{ratio:>9.1f}")
+    print()
+    print(markdown_table(runs))
+    base = [r.baseline_s for r in runs]
+    wall = [r.wall_s for r in runs]
+    print(f"\nbaseline: {mean(base):.2f} s per probe (of {mean(wall):.2f} s per probe, {mean(base) / mean(wall):.0%})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stability", action="store_true", help="null-control spread vs training shift of each stability metric")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds for --stability (default 0 1 2)")
     parser.add_argument("--random", action="store_true", help="a random model of the demo's shape instead of the demo family")
     parser.add_argument("--steps", type=int, help="override the demo's probe steps")
     parser.add_argument("--trl", action="store_true", help="cross-check trends against TRL's GRPOTrainer (needs trl)")
     args = parser.parse_args()
+    if args.stability:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        torch.set_num_threads(1)
+        stability_table(args.seeds, args.steps)
+        return 0
     if args.trl:
         import torch
 

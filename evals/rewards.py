@@ -16,6 +16,10 @@ length-independent: a long correct answer scores the same as a short one.
   tags and a non-empty answer, or it opens with one `<think>`, closes it with one
   `</think>`, and a non-empty final answer follows.
 - `exact_match+format`: their sum (0, 1 or 2).
+- `concise`: prefers short, format-following answers, as a reward model trained on
+  instruct-style preferences does: `format` x max(0, 1 - characters / 64). Not
+  length-independent on purpose: it is the pressure under which a distilled reasoning
+  model's length collapses in RLHF (the demo's probe reward).
 
 The final answer of a completion (`final_answer`) is the text after the last
 `</think>`, stripped; a completion that opens `<think>` and never closes it has no final
@@ -104,6 +108,14 @@ def format_check(*, prompts: Sequence[str], completions: Sequence[str], answers:
 def exact_match_and_format(*, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
     kw = {"prompts": prompts, "completions": completions, "answers": answers}
     return [m + f for m, f in zip(exact_match(**kw), format_check(**kw))]
+
+
+CONCISE_CHARS = 64  # characters: `concise` scores a well-formed answer this long (or longer) 0
+
+
+@register_rule("concise")
+def concise(*, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
+    return [float(is_well_formed(c)) * max(0.0, 1.0 - len(c) / CONCISE_CHARS) for c in completions]
 
 
 def get_rule(name: str) -> RuleFn:

@@ -1,15 +1,18 @@
-"""Greedy generation and scoring on the toy tasks, without lm-eval (fast, for tables and checks).
+"""Greedy generation and scoring on the toy tasks, for tables and checks.
 
-Scores match the lm-eval tasks' `exact_match,final`: the text after the last `</think>`,
-stripped, must equal the answer. Length is the number of generated tokens, the `<eos>`
-included, capped at `max_new_tokens` (a response that never ends counts the cap).
+The merge is `merge.build_in_place` (the engine every trial uses) and the scoring is
+`evals.rewards.exact_match` (the text after the last `</think>`, stripped, must equal the
+answer: the lm-eval tasks' `exact_match,final`). Length is the number of generated
+tokens, the `<eos>` included, capped at `max_new_tokens` (a response that never ends
+counts the cap). Generation is greedy through the chat template, as lm-eval's
+generate_until does with `apply_chat_template: true`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sweep.demo.data import Problem, chat, final_answer
+from sweep.demo.data import Problem
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,11 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, 
     out: list[tuple[str, int]] = []
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     for start in range(0, len(prompts), batch_size):
-        contexts = [tokenizer.encode(chat(p), add_special_tokens=False) for p in prompts[start : start + batch_size]]
+        contexts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False)
+            for p in prompts[start : start + batch_size]
+        ]
+        contexts = [list(c["input_ids"]) if isinstance(c, dict) else list(c) for c in contexts]
         width = max(len(c) for c in contexts)
         ids = torch.full((len(contexts), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -47,23 +54,33 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, 
 
 
 def score(model, tokenizer, problems: list[Problem], *, max_new_tokens: int = 64) -> TaskScore:
+    from evals.rewards import exact_match
+
     responses = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens=max_new_tokens)
-    correct = sum(final_answer(text) == p.answer for (text, _), p in zip(responses, problems))
+    correct = exact_match(prompts=[p.prompt for p in problems], completions=[text for text, _ in responses], answers=[p.answer for p in problems])
     length = sum(n for _, n in responses) / len(problems)
-    return TaskScore(accuracy=correct / len(problems), mean_length=length, n=len(problems))
-
-
-def weighted_sum(state_dicts: list[dict], weights: list[float]) -> dict:
-    """A plain fp32 weighted sum of state dicts (the table's merge; the merge engine lives in merge/)."""
-    out = {}
-    for name in state_dicts[0]:
-        acc = state_dicts[0][name].float() * weights[0]
-        for sd, w in zip(state_dicts[1:], weights[1:]):
-            acc = acc + sd[name].float() * w
-        out[name] = acc
-    return out
+    return TaskScore(accuracy=sum(correct) / len(problems), mean_length=length, n=len(problems))
 
 
 def bai_weights(alpha: float, beta: float) -> list[float]:
     """Closed-form linear BAI weights for (instruct, reasoning, pretrained)."""
     return [alpha * beta, (1 - alpha) * beta, 1 - beta]
+
+
+def load_family_models(family):
+    """(source cache, live model, tokenizer) for building the family's merges in place."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import merge
+
+    sources = merge.SourceCache.load(pretrained=family.pretrained, instruct=family.instruct, reasoning=family.reasoning, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(family.instruct, dtype=torch.float32).eval()
+    return sources, model, AutoTokenizer.from_pretrained(family.instruct)
+
+
+def build(model, sources, alpha: float, beta: float) -> None:
+    """Overwrite `model` with the linear BAI merge at (alpha, beta), as a trial does."""
+    import merge
+
+    merge.build_in_place(model, sources, alpha=alpha, beta=beta)

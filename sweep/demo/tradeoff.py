@@ -1,15 +1,16 @@
 """The BAI trade-off on the demo family: lengths and accuracies of linear merges.
 
-A row merges (instruct, reasoning, pretrained) with the closed-form weights
-[alpha*beta, (1-alpha)*beta, 1-beta] as a plain fp32 weighted sum, then decodes
-greedily on the held-out problems of both tasks.
+A row merges (instruct, reasoning, pretrained) at (alpha, beta) with the merge engine
+(`merge.build_in_place`, linear stages: weights [alpha*beta, (1-alpha)*beta, 1-beta]),
+then decodes greedily on the held-out problems of both tasks and scores them with
+`evals.rewards.exact_match`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sweep.demo.measure import TaskScore, bai_weights, score, weighted_sum
+from sweep.demo.measure import TaskScore, build, load_family_models, score
 
 # The grid of the issue: alpha at beta = 1, then beta at a middle alpha.
 DEFAULT_POINTS = ((0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0), (1.0, 1.0), (0.5, 0.75), (0.5, 0.5))
@@ -30,9 +31,6 @@ def measure_tradeoff(family, *, points=DEFAULT_POINTS, n: int = 50, split: str =
     """One row per (alpha, beta) on the first `n` problems of each task's `split` (search or heldout)."""
     import json
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from sweep.demo.data import Problem
 
     def problems(task: str) -> list[Problem]:
@@ -41,12 +39,10 @@ def measure_tradeoff(family, *, points=DEFAULT_POINTS, n: int = 50, split: str =
         return [Problem(kind=d["kind"], prompt=d["prompt"], answer=d["answer"]) for d in map(json.loads, lines)]
 
     reasoning_problems, instruct_problems = problems("reasoning"), problems("instruct")
-    tokenizer = AutoTokenizer.from_pretrained(family.instruct)
-    sources = [AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).state_dict() for p in (family.instruct, family.reasoning, family.pretrained)]
-    model = AutoModelForCausalLM.from_pretrained(family.pretrained, dtype=torch.float32).eval()
+    sources, model, tokenizer = load_family_models(family)
     rows = []
     for alpha, beta in points:
-        model.load_state_dict(weighted_sum(sources, bai_weights(alpha, beta)))
+        build(model, sources, alpha, beta)
         rows.append(
             TradeoffRow(
                 alpha=alpha,

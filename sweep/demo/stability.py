@@ -1,0 +1,105 @@
+"""The probe on demo merges against its no-learning control: the BAI phenomena, measured.
+
+For each (alpha, beta) and seed, the demo spec's probe runs twice on the merge built by
+`merge.build_in_place`: at the spec's learning rate, and at 1e-12 (the null control: the
+same sampling, the same prompts, weights that cannot move). A metric's shift under
+training is only a finding when it is well outside the control's spread.
+
+    rows = probe_rows(family, points=((0.0, 1.0), (0.5, 0.75)), seeds=(0, 1, 2))
+    print(markdown_table(rows))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, pstdev
+from typing import Any, Sequence
+
+NULL_LEARNING_RATE = 1e-12  # Adam's step is ~lr per weight: nothing moves at this rate
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
+NAMED_POINTS = {"instruct": (1.0, 1.0), "reasoning": (0.0, 1.0), "balanced": (0.5, 0.75)}
+TABLE_METRICS = ("length_retention", "length_growth", "reward_dip", "entropy_drop", "kl_final")
+
+
+def demo_probe_settings(**changes: Any) -> dict:
+    """The demo spec's `evals.probe` section (prompts left as `demo:probe_prompts`), with changes."""
+    from sweep.spec import load_spec
+
+    return load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump() | changes
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    alpha: float
+    beta: float
+    seed: int
+    learning_rate: float
+    metrics: dict[str, float | None]  # probe/<name> -> value, noise bands included
+    baseline_s: float  # seconds sampling the per-prompt baselines
+    wall_s: float  # seconds for the whole probe
+
+    @property
+    def null(self) -> bool:
+        return self.learning_rate <= NULL_LEARNING_RATE
+
+
+def probe_runs(
+    family,
+    *,
+    points: Sequence[tuple[float, float]],
+    seeds: Sequence[int],
+    settings: dict | None = None,
+    dtype: str = "float32",
+    null: bool = True,
+    progress=None,
+) -> list[ProbeRun]:
+    """The demo spec's probe on each merge and seed, trained and (with `null`) at 1e-12."""
+    import torch
+
+    from evals.probe import ProbeConfig, load_prompts, run_probe
+    from sweep.demo.measure import build, load_family_models
+
+    settings = dict(settings or demo_probe_settings())
+    settings["prompts"] = str(family.probe_prompts)
+    prompts = load_prompts(settings["prompts"])
+    sources, model, tokenizer = load_family_models(family)
+    runs = []
+    for alpha, beta in points:
+        build(model, sources, alpha, beta)
+        live = model.to(getattr(torch, dtype))
+        for seed in seeds:
+            for lr in ([settings["learning_rate"], NULL_LEARNING_RATE] if null else [settings["learning_rate"]]):
+                config = ProbeConfig.from_dict(settings | {"learning_rate": lr, "seed": seed})
+                result = run_probe(live, tokenizer, config=config, prompts=prompts)
+                run = ProbeRun(alpha, beta, seed, lr, result.metrics.as_metrics(), result.baseline_s, result.wall_s)
+                runs.append(run)
+                if progress:
+                    progress(run)
+        model = live.to(torch.float32)
+    return runs
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, population standard deviation)."""
+    return mean(values), pstdev(values) if len(values) > 1 else 0.0
+
+
+def markdown_table(runs: Sequence[ProbeRun], metrics: Sequence[str] = ("length_retention", "length_growth", "reward_dip")) -> str:
+    """One row per (alpha, beta): each metric trained, then its null control, as mean ± sd over seeds."""
+    points = sorted({(r.alpha, r.beta) for r in runs}, key=lambda p: (-p[1], p[0]))
+    header = ["alpha", "beta", "seeds"] + [f"{m} (trained / null)" for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for alpha, beta in points:
+        at = [r for r in runs if (r.alpha, r.beta) == (alpha, beta)]
+        cells = [f"{alpha:g}", f"{beta:g}", str(len({r.seed for r in at}))]
+        for m in metrics:
+            trained = summarize([r.metrics[f"probe/{m}"] for r in at if not r.null])
+            control = [r.metrics[f"probe/{m}"] for r in at if r.null]
+            text = f"{trained[0]:.2f} ± {trained[1]:.2f}"
+            if control:
+                c = summarize(control)
+                text += f" / {c[0]:.2f} ± {c[1]:.2f}"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
