@@ -175,7 +175,7 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
             trained, _ = summarize([r.metrics[key] for r in at if not r.null])
             bands = [r.metrics.get(f"{key}_noise") for r in at if r.null]
             band = mean(bands) if all(b is not None for b in bands) else float("nan")
-            ratio = (trained - null_mean) / null_sd if null_sd > 0 else float("inf")
+            ratio = (trained - null_mean) / null_sd if null_sd > 1e-9 else float("inf")
             print(f"{member:<10}{metric:<18}{null_mean:>10.3f}{null_sd:>9.3f}{band:>7.3f}{trained:>9.3f}{trained - null_mean:>+8.3f}{ratio:>9.1f}")
     print()
     print(markdown_table(runs))

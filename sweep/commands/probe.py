@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help='jsonl file, {"prompt": ..., "answer": ...} per line (overrides the spec)')
     for name, kind in _OVERRIDES.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"probe {name} (overrides the spec)")
-    parser.add_argument("--reward-rule", choices=["exact_match", "format", "exact_match+format"], help="rule reward (overrides the spec)")
+    parser.add_argument("--reward-rule", choices=["exact_match", "format", "exact_match+format", "concise"], help="rule reward (overrides the spec)")
     parser.add_argument("--reward-model", help="local AutoModelForSequenceClassification folder used as the reward")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="load dtype (auto: as stored)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: contended threads are far slower)")

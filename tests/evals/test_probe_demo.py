@@ -15,8 +15,9 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def demo_family():
-    build = pytest.importorskip("sweep.demo.build", reason="the demo family builder is not there yet")
-    return build.ensure_family()
+    from sweep.demo.build import ensure_family  # a broken builder fails the suite, never skips it
+
+    return ensure_family()
 
 
 @pytest.fixture(scope="module")
@@ -51,4 +52,83 @@ def test_demo_curves_and_metrics_are_sensible(demo_results):
         assert all(h > 0 for h in curves.entropy)
         metrics = result.metrics.as_metrics()
         assert 0 < metrics["probe/length_retention"] <= 1 and not result.stopped_early
-        assert metrics["probe/kl_final"] == pytest.approx(curves.kl[-1])
+        last = curves.kl[-result.metrics.window :]  # kl_final is the last point of the smoothed curve
+        assert metrics["probe/kl_final"] == pytest.approx(sum(last) / len(last))
+
+
+# ---------------------------------------------------------------- null control, signal, bf16
+# Full demo-spec probes (12 steps) on the family, ~3-10 s each on one thread.
+
+
+def _demo_config(demo_family, **changes) -> ProbeConfig:
+    from sweep.spec import load_spec
+
+    settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump()
+    return ProbeConfig.from_dict(settings | {"prompts": str(demo_family.probe_prompts)} | changes)
+
+
+@pytest.fixture(scope="module")
+def members(demo_family) -> dict:
+    """The live merges the tests probe, built by the merge engine a trial uses."""
+    from sweep.demo.measure import build, load_family_models
+
+    sources, _, tokenizer = load_family_models(demo_family)
+    out = {}
+    for name, (alpha, beta) in {"instruct": (1.0, 1.0), "reasoning": (0.0, 1.0), "balanced": (0.5, 0.75)}.items():
+        model, _ = load(demo_family.instruct)
+        build(model, sources, alpha, beta)
+        out[name] = model
+    return out, tokenizer
+
+
+@pytest.mark.parametrize("member", ["instruct", "reasoning"])
+@pytest.mark.parametrize("seed", [3, 4])
+def test_null_control_reads_stable(demo_family, members, member, seed):
+    """At lr 1e-12 nothing can learn: the per-prompt normalized metrics must say "stable"
+    whatever prompts the seed draws. (Raw curves gave retention 0.295 and growth 2.26.)"""
+    models, tokenizer = members
+    result = run_probe(models[member], tokenizer, config=_demo_config(demo_family, learning_rate=1e-12, seed=seed))
+    m = result.metrics
+    assert m.length_retention >= 0.8, result.curves.response_length_normalized
+    assert 0.8 <= m.length_growth <= 1.25, result.curves.response_length_normalized
+    assert m.reward_dip <= 0.2, result.curves.score_normalized
+    assert m.noise and set(m.noise) >= {"length_retention", "length_growth", "reward_dip"}
+    assert len(result.baseline) == 16 and all(len(b.lengths) == 8 for b in result.baseline)
+
+
+def test_reward_hockey_stick_of_the_reasoning_member_beats_its_null_control(demo_family, members):
+    """The demo spec's probe on the reasoning member dips its reward far beyond the
+    1e-12 control (measured seeds 0-4: 0.48-0.51 vs 0.10-0.13), and deeper than the
+    balanced merge (0.27-0.29). Seed 5 here: not one the settings were chosen on."""
+    models, tokenizer = members
+    dip = {}
+    for name, lr in (("reasoning", 5e-4), ("null", 1e-12), ("balanced", 5e-4)):
+        model = models["balanced" if name == "balanced" else "reasoning"]
+        dip[name] = run_probe(model, tokenizer, config=_demo_config(demo_family, learning_rate=lr, seed=5)).metrics.reward_dip
+    assert dip["reasoning"] >= dip["null"] + 0.2, dip
+    assert dip["balanced"] <= dip["reasoning"] - 0.1, dip
+
+
+def test_positive_control_a_brevity_reward_collapses_the_length(demo_family, members):
+    """A reward for short completions (the `concise` rule: format x brevity) drives the
+    balanced merge, which samples both answer styles, to its short style: retention well below 1."""
+    models, tokenizer = members
+    config = _demo_config(demo_family, reward={"rule": "concise", "model": None}, seed=1)
+    trained = run_probe(models["balanced"], tokenizer, config=config).metrics
+    assert trained.length_retention < 0.6, trained
+
+
+@pytest.mark.parametrize("learning_rate", [5e-4, 5e-5])
+def test_bf16_reasoning_member_learns_as_in_fp32(demo_family, learning_rate):
+    """fp32 master weights: final KL of the bf16-loaded probe within 2x of the fp32 one
+    (plain Adam on bf16 weights: 0.0025 vs 0.0293 at 5e-5, 11x less)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_family.reasoning)
+    config = _demo_config(demo_family, learning_rate=learning_rate, steps=6, noise_samples=0)
+    kl = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = AutoModelForCausalLM.from_pretrained(demo_family.reasoning, dtype=dtype)
+        kl[dtype] = run_probe(model, tokenizer, config=config).metrics.kl_final
+    assert 0.5 < kl[torch.bfloat16] / kl[torch.float32] < 2.0, kl
