@@ -444,3 +444,25 @@ def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
     raw_trace = next(t for name, t in by_trial.items() if "trial 1" in name)
     assert raw_trace.error_y.array is None and len(raw_trace.y) == 6  # raw curve, no band recorded
     assert "normalized per prompt" in curves.layout.title.text
+
+
+def test_sweep_report_summarizes_the_study_once(tmp_path, monkeypatch, capsys):
+    """`sweep report` prints the balanced point and writes the report from one summary."""
+    import sweep.pareto
+    import sweep.report
+    from sweep.cli import main
+    from tests.sweep.test_compare import GOOD, make_study
+
+    study = make_study(tmp_path, "once", GOOD)
+    calls = []
+    real = sweep.pareto.summarize
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep.pareto, "summarize", counting)
+    monkeypatch.setattr(sweep.report, "summarize", counting)
+    assert main(["report", str(study)]) == 0
+    assert "balanced point" in capsys.readouterr().out
+    assert len(calls) == 1
