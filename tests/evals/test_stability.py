@@ -135,3 +135,34 @@ def test_length_collapsed_needs_patience_consecutive_low_steps():
     assert not length_collapsed([10, 4, 6, 4], threshold=0.5, patience=2)  # interrupted
     assert not length_collapsed([10, 4], threshold=0.5, patience=2)  # not enough steps yet
     assert not length_collapsed([10, 5, 5], threshold=0.5, patience=2)  # exactly at the threshold
+
+
+def test_baselines_replace_the_first_point_as_reference():
+    # normalized curves: the baseline (10 tokens, reward 0.5, entropy 2) is the reference, not step 0
+    m = stability_metrics([12, 8, 11], [0.4, 0.2, 0.6], entropy=[2.5, 1.5, 2.0], baseline_length=10, baseline_reward=0.5, baseline_entropy=2.0)
+    assert m.length_retention == pytest.approx(0.8) and m.length_growth == pytest.approx(1.1)
+    assert m.reward_dip == pytest.approx(0.3) and m.reward_recovery_step == 2
+    assert m.entropy_drop == pytest.approx(0.5)
+    # without baselines the same curves read against their first points
+    m = stability_metrics([12, 8, 11], [0.4, 0.2, 0.6])
+    assert m.length_retention == pytest.approx(8 / 12) and m.reward_dip == pytest.approx(0.2)
+
+
+def test_planned_steps_score_an_unrecovered_dip():
+    m = stability_metrics([10, 10, 10], [0.5, 0.1, 0.2], planned_steps=12)
+    assert m.reward_steps_to_recover == 12 and m.steps == 3
+    with pytest.raises(ValueError, match="planned_steps"):
+        stability_metrics([10, 10, 10], [0.5, 0.1, 0.2], planned_steps=2)
+
+
+def test_diverged_metrics_are_the_finite_worst_case():
+    from evals.stability import DIVERGED_KL, diverged_metrics
+
+    seen = stability_metrics([10, 9], [0.5, 0.2])
+    m = diverged_metrics(planned_steps=8, reward_scale=2.0, baseline_entropy=1.5, seen=seen)
+    values = m.as_metrics()
+    assert values["probe/diverged"] == 1.0 and values["probe/stopped_early"] == 1.0
+    assert (m.length_retention, m.length_growth, m.reward_steps_to_recover, m.kl_final) == (0.0, 0.0, 8, DIVERGED_KL)
+    assert m.reward_dip == 2.0 and m.entropy_drop == 1.5
+    assert all(v is None or math.isfinite(v) for v in values.values())
+    assert StabilityMetrics.from_json(m.to_json()) == m
