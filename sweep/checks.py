@@ -4,12 +4,14 @@ config only, never the weights), task names, prompts and storage locations."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from merge.checkpoint import CheckpointInfo, compatibility_problems, inspect_checkpoint
 from merge.errors import MergeError
 from sweep.spec import MODEL_ROLES, SweepSpec
+
 
 def inspect_models(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
     infos: dict[str, CheckpointInfo] = {}
@@ -64,6 +66,8 @@ def lm_eval_problems(spec: SweepSpec) -> list[str]:
     from evals.lmeval import metric_problems, task_problems, test_split_problems
 
     lm = spec.evals.lm_eval
+    if lm is None:
+        return []
     problems = []
     for i, include in enumerate(lm.include_paths):
         if not Path(include).is_dir():
@@ -149,7 +153,8 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
         tokenizer = resolved(tokenizer_value)
         if tokenizer is not None and (models.tokenizer not in MODEL_ROLES or Path(tokenizer).is_dir()):
             problems += _tokenizer_problems(Path(tokenizer))
-    evals = raw.get("evals") if isinstance(raw.get("evals"), dict) else {}
+    evals_raw = raw.get("evals")
+    evals: dict[str, Any] = evals_raw if isinstance(evals_raw, dict) else {}
     lm = section(LmEvalSpec, evals.get("lm_eval"))
     if lm is not None:
         from evals.lmeval import task_problems

@@ -32,11 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from evals.errors import EvalError
     from evals.lmeval import LmEvalConfig, LmEvalRunner, task_problems
-
     from sweep.spec import resolve_demo_ref
 
-    model = resolve_demo_ref(args.model, field="--model", members=("pretrained", "instruct", "reasoning"))
-    model_dir = Path(model).expanduser().resolve()
+    model_ref = resolve_demo_ref(args.model, field="--model", members=("pretrained", "instruct", "reasoning"))
+    model_dir = Path(model_ref).expanduser().resolve()
     if not (model_dir / "config.json").is_file():
         raise EvalError(f"--model {args.model}: not an HF checkpoint folder (no config.json)")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 HELP = "merge pretrained, instruct and reasoning checkpoints at (alpha, beta) into an HF checkpoint"
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     stage2_params = parse_params(args.stage2_param, "--stage2-param")
     if args.out is None and not args.print_mergekit:
         raise SweepError("--out DIR is required (or --print-mergekit alone, to print the mergekit recipe without merging)")
-    recipe = dict(
+    recipe: dict[str, Any] = dict(
         alpha=args.alpha, beta=args.beta, stage1_method=args.method_stage1, stage1_params=stage1_params,
         stage2_method=args.method_stage2, stage2_params=stage2_params, allow_extrapolation=args.allow_extrapolation,
     )
@@ -81,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         out = merge_checkpoints(
-            **sources,
+            pretrained=sources["pretrained"],
+            instruct=sources["instruct"],
+            reasoning=sources["reasoning"],
             **recipe,
             out=args.out,
             dtype=args.dtype,

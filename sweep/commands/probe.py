@@ -77,10 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from evals.probe import run_probe
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep the output to the table (or the JSON)
     torch.set_num_threads(args.threads)
@@ -126,7 +125,7 @@ _COLUMNS = [  # (header, curve key, format)
 
 def curves_table(curves) -> str:
     widths = [len(f.format(0)) for _, _, f in _COLUMNS]
-    header = " ".join(h.rjust(w) for (h, _, _), w in zip(_COLUMNS, widths))
+    header = " ".join(h.rjust(w) for (h, _, _), w in zip(_COLUMNS, widths, strict=True))
     lines = [header]
     for t in range(curves.steps):
         cells = [fmt.format(t) if key is None else fmt.format(curves[key][t]) for _, key, fmt in _COLUMNS]
