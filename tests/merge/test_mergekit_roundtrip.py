@@ -1,6 +1,7 @@
 """The mergekit recipe we write, run by the real mergekit 0.1.5, against our own merge.
 
-For every stage-1 method (and slerp in stage 2) and both output dtypes: our disk merge
+For every stage-1 method (and slerp in stage 2) and both output dtypes (plus bf16 sources
+for linear and task arithmetic): our disk merge
 writes a checkpoint, `recipe_for_merged` gives the recipe `sweep export` writes beside it,
 mergekit builds it, and the two checkpoints are compared tensor by tensor. All recipes run
 in ONE mergekit-multi process (mergekit's start-up costs seconds per call); one one-pass
@@ -23,6 +24,7 @@ from merge.disk import merge_checkpoints
 from merge.mergekit_recipe import FILE_NAME, STAGE1_NAME, recipe_for_merged
 from tests.merge.helpers import bf16_ulp, load_state
 from tests.merge.mergekit_tools import batch_recipes, require_mergekit, run_mergekit
+from tests.tiny import make_trio
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,9 @@ CASES = {  # key -> (stage-1 method, params, stage-2 method, params)
     "slerp-slerp": ("slerp", {}, "slerp", {}),
 }
 DTYPES = ("float32", "bfloat16")
-EXACT = {"linear", "ties"}  # bit-identical in both dtypes on these trios
+# bf16 sources, output dtype auto (bf16): mergekit loads them as float32 (exact), as we read them
+BF16_SOURCES = {"bf16-sources-linear": CASES["linear"], "bf16-sources-task_arithmetic": CASES["task_arithmetic"]}
+EXACT = {"linear", "ties", "bf16-sources-linear"}  # bit-identical on these trios
 STATISTICAL = {"dare", "dare_ties"}
 
 
@@ -56,6 +60,13 @@ def roundtrip(tiny_trio, tmp_path_factory):
             recipes[key] = recipe_for_merged(out)
             (out / FILE_NAME).write_text(recipes[key])
             ours[(case, dtype)] = out
+    bf16_trio = make_trio(root / "bf16-trio", dtype=torch.bfloat16)
+    for case, (m1, p1, m2, p2) in BF16_SOURCES.items():
+        key = f"{case}-bfloat16"
+        out = merge_checkpoints(**bf16_trio, alpha=ALPHA, beta=BETA, out=root / "ours" / key, stage1_method=m1,
+                                stage1_params=p1, stage2_method=m2, stage2_params=p2)
+        recipes[key] = recipe_for_merged(out)
+        ours[(case, "bfloat16")] = out
     batch = root / "all.yaml"
     batch.write_text(batch_recipes(recipes, STAGE1_NAME))
     started = time.perf_counter()
@@ -71,11 +82,12 @@ def roundtrip(tiny_trio, tmp_path_factory):
     pairs[("as-written-ties", "float32")] = (two_stage, root / "as-written-ties")
     print(f"mergekit round trip: {len(recipes)} recipes in one mergekit-multi run {seconds['batch']:.1f} s, "
           f"mergekit-yaml {seconds['mergekit-yaml']:.1f} s, mergekit-multi {seconds['mergekit-multi']:.1f} s")
-    return pairs, recipes, seconds
+    trios = {case: bf16_trio if case in BF16_SOURCES else tiny_trio for case, _ in pairs}
+    return pairs, recipes, seconds, trios
 
 
 def _pair(roundtrip, case, dtype):
-    pairs, _, _ = roundtrip
+    pairs = roundtrip[0]
     ours, theirs = (load_state(p) for p in pairs[(case, dtype)])
     assert ours.keys() == theirs.keys(), f"{case} {dtype}: tensor names differ"
     for name in ours:
@@ -83,21 +95,21 @@ def _pair(roundtrip, case, dtype):
     return ours, theirs
 
 
-@pytest.mark.parametrize(("case", "dtype"), [(c, d) for c in sorted(EXACT) for d in DTYPES]
-                         + [("as-written-linear", "bfloat16"), ("as-written-ties", "float32")])
+@pytest.mark.parametrize(("case", "dtype"), [(c, d) for c in ("linear", "ties") for d in DTYPES]
+                         + [("bf16-sources-linear", "bfloat16"), ("as-written-linear", "bfloat16"), ("as-written-ties", "float32")])
 def test_linear_and_ties_are_bit_identical(roundtrip, case, dtype):
     ours, theirs = _pair(roundtrip, case, dtype)
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), f"{case} {dtype}: {name} differs in {(ours[name] != theirs[name]).sum()} entries"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", ["task_arithmetic", "linear-slerp", "slerp", "slerp-slerp"])
-def test_task_arithmetic_and_slerp_agree_to_rounding(roundtrip, tiny_trio, case, dtype):
+@pytest.mark.parametrize(("case", "dtype"), [(c, d) for c in ("task_arithmetic", "linear-slerp", "slerp", "slerp-slerp") for d in DTYPES]
+                         + [("bf16-sources-task_arithmetic", "bfloat16")])
+def test_task_arithmetic_and_slerp_agree_to_rounding(roundtrip, case, dtype):
     """fp32: within 4 fp32 ulp of the terms (where they cancel, relative to the sources'
     magnitude, not the small result); bf16: that, or one bf16 ulp of the result."""
     ours, theirs = _pair(roundtrip, case, dtype)
-    sources = [load_state(path) for path in tiny_trio.values()]
+    sources = [load_state(path) for path in roundtrip[3][case].values()]
     differing = 0
     for name in ours:
         reference = ours[name].double()
@@ -158,7 +170,7 @@ def merge_expected_task_arithmetic(trio) -> dict[str, torch.Tensor]:
 
 
 def test_match_statements_are_what_was_measured(roundtrip):
-    _, recipes, seconds = roundtrip
+    _, recipes, seconds, _ = roundtrip
     for key, text in recipes.items():
         match = next(line for line in text.splitlines() if line.startswith("# match:"))
         case = key.rsplit("-", 1)[0]
@@ -172,7 +184,6 @@ def test_match_statements_are_what_was_measured(roundtrip):
 
 
 def test_recipe_file_runs_as_written(roundtrip):
-    pairs, _, _ = roundtrip
-    ours, _ = pairs[("ties", "float32")]
+    ours, _ = roundtrip[0][("ties", "float32")]
     text = (Path(ours) / FILE_NAME).read_text()
     assert text.count("\n---\n") == 1 and "mergekit-multi mergekit.yaml" in text
