@@ -37,7 +37,26 @@ _EXPORTS = {
     "set_kernel": "merge.kernels",
 }
 
-__all__ = ["MergeError", *_EXPORTS]
+# Spelled out (not built from _EXPORTS) so that linters and type checkers see the public
+# names; tests/merge/test_public_names.py checks that the two agree.
+__all__ = [
+    "MergeError",
+    "SourceCache",
+    "build_in_place",
+    "merge_checkpoints",
+    "MergeRecord",
+    "MergePlan",
+    "Stage",
+    "ROLES",
+    "inspect_checkpoint",
+    "compatibility_problems",
+    "CheckpointInfo",
+    "REGISTRY",
+    "register",
+    "get_method",
+    "method_param_names",
+    "set_kernel",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from merge.checkpoint import CheckpointInfo, compatibility_problems, inspect_checkpoint

@@ -10,10 +10,11 @@ non-linear methods, a few fp32 copies of one tensor.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ class MergeRecord:
         return {"plan": self.plan.to_dict(), "sources": dict(self.sources), "dtype": self.dtype, "vocab": self.vocab, "tokenizer_source": self.tokenizer_source}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MergeRecord":
+    def from_dict(cls, data: dict[str, Any]) -> MergeRecord:
         return cls(plan=MergePlan.from_dict(data["plan"]), sources=dict(data["sources"]), dtype=data["dtype"], vocab=data["vocab"], tokenizer_source=data["tokenizer_source"])
 
 
@@ -215,14 +216,14 @@ def _write_weights(
     dtypes = {t.name: output_dtype(t, out_dtype) for t in layout.tensors}
     sizes = [(t.name, _numel(t.shape) * dtypes[t.name].itemsize) for t in layout.tensors]
     out_bytes = dict(sizes)
-    read_bytes = {t.name: sum(_numel(readers[r].info.tensors[s].shape) * torch_dtype(readers[r].info.tensors[s].dtype).itemsize for r, s in zip(ROLES, t.sources)) for t in layout.tensors}
+    read_bytes = {t.name: sum(_numel(readers[r].info.tensors[s].shape) * torch_dtype(readers[r].info.tensors[s].dtype).itemsize for r, s in zip(ROLES, t.sources, strict=True)) for t in layout.tensors}
     total = sum(out_bytes.values()) + sum(read_bytes.values())
     allow_compile = sum(out_bytes.values()) >= DISK_COMPILE_MIN_BYTES
     plans = {t.name: t for t in layout.tensors}
     groups = plan_shards(sizes, shard_bytes)
     files = shard_names(len(groups))
     order = [n for group in groups for n in group]
-    following = dict(zip(order, order[1:]))  # name -> the tensor computed after it
+    following = dict(zip(order, order[1:], strict=False))  # name -> the tensor computed after it
     largest = max([n for _, n in sizes] + [1])
     staging = [torch.empty(largest, dtype=torch.uint8) for _ in range(2)]  # bytes: 2 x the largest output tensor
     pending: list[Future | None] = [None, None]  # the write still reading each staging buffer
@@ -232,17 +233,18 @@ def _write_weights(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-writer") as io_thread:
         try:
             turn = 0
-            for file, group in zip(files, groups):
+            for file, group in zip(files, groups, strict=True):
                 writer = SafetensorsWriter(out / file, [(n, dtypes[n], plans[n].shape) for n in group])
                 writers.append(writer)
                 for name in group:
                     if name in following:
-                        for role, stored in zip(ROLES, plans[following[name]].sources):
+                        for role, stored in zip(ROLES, plans[following[name]].sources, strict=True):
                             readers[role].prefetch(stored)  # the OS reads ahead while we compute
-                    if pending[turn] is not None:
-                        pending[turn].result()  # this buffer's previous bytes are on their way to disk
+                    previous = pending[turn]
+                    if previous is not None:
+                        previous.result()  # this buffer's previous bytes are on their way to disk
                     result = _merge_one(plans[name], readers, plan, dtypes[name], device, staging[turn], allow_compile)
-                    for role, stored in zip(ROLES, plans[name].sources):
+                    for role, stored in zip(ROLES, plans[name].sources, strict=True):
                         readers[role].release(stored)
                     pending[turn] = io_thread.submit(writer.write, name, result)
                     turn = 1 - turn
@@ -264,7 +266,7 @@ def _write_weights(
 
 
 def _merge_one(tensor: TensorPlan, readers: dict[str, CheckpointReader], plan: MergePlan, dtype: torch.dtype, device: torch.device, staging: torch.Tensor, allow_compile: bool) -> torch.Tensor:
-    raw = [readers[role].get(stored) for role, stored in zip(ROLES, tensor.sources)]
+    raw = [readers[role].get(stored) for role, stored in zip(ROLES, tensor.sources, strict=True)]
     sources = fit_rows(raw, tensor.vocab_rows)
     numel = _numel(tensor.shape)
     out = staging[: numel * dtype.itemsize].view(dtype).view(tensor.shape)

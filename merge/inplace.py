@@ -50,7 +50,7 @@ class SourceCache:
         vocab: str = "strict",
         dtype: str | torch.dtype | None = None,
         allow_pickle: bool = False,
-    ) -> "SourceCache":
+    ) -> SourceCache:
         """Check compatibility (headers only; MergeError lists every problem), then load.
 
         `dtype` None/"auto" keeps each tensor's stored dtype; otherwise the cache stores that
@@ -66,18 +66,19 @@ class SourceCache:
         tensors = {}
         try:
             for plan in layout.tensors:
-                raw = [readers[role].get(stored) for role, stored in zip(ROLES, plan.sources)]
+                raw = [readers[role].get(stored) for role, stored in zip(ROLES, plan.sources, strict=True)]
                 fitted = fit_rows(raw, plan.vocab_rows)
-                triple = []
-                for role, stored, tensor in zip(ROLES, plan.sources, fitted):
+                triple: list[torch.Tensor] = []
+                for role, stored, tensor in zip(ROLES, plan.sources, fitted, strict=True):
                     key = (role, stored, plan.vocab_rows)  # a tied source's head reuses its embedding
                     if key not in loaded:
                         want = target_dtype if (target_dtype is not None and tensor.is_floating_point()) else tensor.dtype
                         # copy=True: never keep a view of the mapped file
                         loaded[key] = tensor.to(device=target_device, dtype=want, copy=True)
                     triple.append(loaded[key])
-                tensors[plan.name] = tuple(triple)
-                for role, stored in zip(ROLES, plan.sources):
+                instruct_t, reasoning_t, pretrained_t = triple
+                tensors[plan.name] = (instruct_t, reasoning_t, pretrained_t)
+                for role, stored in zip(ROLES, plan.sources, strict=True):
                     readers[role].release(stored)  # the copy is made: drop the file pages from our RSS
         finally:
             for reader in readers.values():
@@ -147,10 +148,10 @@ def _bind(model: torch.nn.Module, sources: SourceCache) -> list[tuple[str, torch
     live: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, param in model.named_parameters(remove_duplicate=False):
-        key = id(param)
-        if key in seen:
+        identity = id(param)
+        if identity in seen:
             continue  # a tied weight appears once, under its first name
-        seen.add(key)
+        seen.add(identity)
         live[name] = param.data
     for name, buffer in model.named_buffers():
         if name in sources.tensors:

@@ -20,8 +20,8 @@ import re
 import shutil
 import struct
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -149,6 +149,8 @@ class _SafetensorsFile:
         if count == 0:
             return torch.empty(shape, dtype=dtype)
         offset = self.data_start + begin
+        if self.mm is None:  # an empty file holds no tensor data
+            raise MergeError(f"{self.path}: {name} points past the end of an empty file")
         if offset % itemsize:  # misaligned for its dtype: copy it into an aligned tensor
             raw = torch.frombuffer(bytearray(self.mm[offset : offset + count]), dtype=torch.uint8)
             return raw.view(dtype).reshape(shape)
@@ -238,7 +240,7 @@ class CheckpointReader:
         self._files.clear()
         self._pickles.clear()
 
-    def __enter__(self) -> "CheckpointReader":
+    def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -270,7 +272,7 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
-_libc = None
+_libc: ctypes.CDLL | bool | None = None  # False: fallocate(2) unavailable here
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -284,7 +286,7 @@ def _preallocate(fd: int, size: int) -> None:
             _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         except (OSError, AttributeError):
             _libc = False
-    if _libc and size > 0:
+    if isinstance(_libc, ctypes.CDLL) and size > 0:
         _libc.fallocate(fd, 0, 0, size)  # advice only: an error leaves a plain growing file
 
 
@@ -323,7 +325,7 @@ class SafetensorsWriter:
         if data.numel() != nbytes:
             raise RuntimeError(f"{name}: {data.numel()} bytes, header says {nbytes}")
         if nbytes:
-            self._fh.write(memoryview(data.numpy()))
+            self._fh.write(data.numpy().data)  # the array's own buffer: no copy
         self._next += 1
 
     def close(self) -> None:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import torch
 
@@ -197,9 +197,9 @@ def _eager_range(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequen
         else:
             a.copy_(first)  # exact widening to fp32; a mixed-dtype mul would round in bf16
             a.mul_(weights[0])
-        for source, weight in zip(sources[1:], weights[1:]):
+        for source, weight in zip(sources[1:], weights[1:], strict=True):
             x = source[s:e]
-            if x.dtype != torch.float32:
+            if x.dtype != torch.float32 and tmp is not None:  # tmp exists whenever a source is not fp32
                 t = tmp[: e - s]
                 t.copy_(x)
                 x = t

@@ -15,8 +15,8 @@ Vocabulary policy, for `model.embed_tokens.weight` and `lm_head.weight` rows:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -75,9 +75,9 @@ def load_infos(*, pretrained, instruct, reasoning, vocab: str = "strict", allow_
     return {role: infos[role] for role in ROLES}
 
 
-def plan_layout(infos: dict[str, CheckpointInfo], *, vocab: str = "strict", order: Callable[[str], object] | None = None) -> Layout:
+def plan_layout(infos: dict[str, CheckpointInfo], *, vocab: str = "strict", order: Callable[[str], tuple[str, int]] | None = None) -> Layout:
     """The output tensors of merging `infos` (keyed by role), sorted by `order` of the
-    pretrained model's stored name (default: by name)."""
+    pretrained model's stored name, e.g. its (file, byte offset) (default: by name)."""
     tied = [infos[role].tie_word_embeddings for role in ROLES]
     out_tied = all(tied)
     reference = infos["pretrained"].logical_tensors()
@@ -85,18 +85,18 @@ def plan_layout(infos: dict[str, CheckpointInfo], *, vocab: str = "strict", orde
     vocab_size = None
     plans = []
     for name in names:
-        stored = []
-        for is_tied in tied:
-            stored.append(EMBED if (name == HEAD and is_tied) else name)
-        dtypes = tuple(infos[role].tensors[s].dtype for role, s in zip(ROLES, stored))
-        shapes = [infos[role].tensors[s].shape for role, s in zip(ROLES, stored)]
+        instruct, reasoning, pretrained = (EMBED if (name == HEAD and is_tied) else name for is_tied in tied)
+        stored = (instruct, reasoning, pretrained)
+        i_dtype, r_dtype, p_dtype = (infos[role].tensors[s].dtype for role, s in zip(ROLES, stored, strict=True))
+        dtypes = (i_dtype, r_dtype, p_dtype)
+        shapes = [infos[role].tensors[s].shape for role, s in zip(ROLES, stored, strict=True)]
         rows = None
         shape = shapes[2]
         if name in VOCAB_TENSORS and len({s[0] for s in shapes}) > 1:
             rows = min(s[0] for s in shapes) if vocab == "truncate" else max(s[0] for s in shapes)
             shape = (rows, *shape[1:])
             vocab_size = rows
-        plans.append(TensorPlan(name=name, shape=tuple(shape), sources=tuple(stored), source_dtypes=dtypes, vocab_rows=rows))
+        plans.append(TensorPlan(name=name, shape=tuple(shape), sources=stored, source_dtypes=dtypes, vocab_rows=rows))
     if order is not None:  # by where pretrained stores each tensor: sequential reads
         plans.sort(key=lambda plan: order(plan.sources[2]))
     return Layout(tensors=tuple(plans), tie_word_embeddings=out_tied, vocab=vocab, vocab_size=vocab_size)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -115,7 +116,7 @@ def param_problems(name: str, params: dict[str, Any] | None) -> list[str]:
 def linear(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted sum, accumulated in float32. Weights are used as given (no normalization)."""
     out = tensors[0].to(torch.float32) * weights[0]
-    for tensor, weight in zip(tensors[1:], weights[1:]):
+    for tensor, weight in zip(tensors[1:], weights[1:], strict=True):
         out.add_(tensor.to(torch.float32), alpha=weight)
     return out
 
@@ -125,7 +126,7 @@ def task_arithmetic(tensors: list[torch.Tensor], weights: list[float], *, base: 
     """base + sum_i w_i (theta_i - base). Equals `linear` when the weights sum to one."""
     base32 = _require_base(base, "task_arithmetic")
     out = base32.clone()
-    for tensor, weight in zip(tensors, weights):
+    for tensor, weight in zip(tensors, weights, strict=True):
         out.add_(tensor.to(torch.float32) - base32, alpha=weight)
     return out
 
@@ -173,7 +174,7 @@ def dare(
     if variant == "ties":
         return base32 + _disjoint_mean(deltas, weights)
     out = base32.clone()
-    for delta, weight in zip(deltas, weights):
+    for delta, weight in zip(deltas, weights, strict=True):
         out.add_(delta, alpha=weight)
     return out
 
@@ -248,14 +249,14 @@ def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _disjoint_mean(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    weighted = [delta * weight for delta, weight in zip(deltas, weights)]
+    weighted = [delta * weight for delta, weight in zip(deltas, weights, strict=True)]
     total = weighted[0].clone()
     for w in weighted[1:]:
         total.add_(w)
     positive = total >= 0  # the elected sign: + where the weighted sum is >= 0, else -
     numerator = torch.zeros_like(total)
     denominator = torch.zeros_like(total)
-    for delta, w, weight in zip(deltas, weighted, weights):
+    for delta, w, weight in zip(deltas, weighted, weights, strict=True):
         agrees = (delta > 0).eq_(positive).logical_and_(delta != 0)  # sign(delta) == elected sign
         numerator.add_(w * agrees)
         denominator.add_(agrees, alpha=weight)

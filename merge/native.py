@@ -24,8 +24,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -136,6 +136,8 @@ def weighted_sum_range(out: torch.Tensor, sources: Sequence[torch.Tensor], weigh
     ctypes releases the GIL for the call, so threads may compute disjoint ranges at once.
     """
     lib = load()
+    if lib is None:
+        raise RuntimeError(f"native weighted sum: the kernel is not available here ({_error}); check supports() first")
     k = len(sources)
     pointers = (ctypes.c_void_p * k)(*[s.data_ptr() for s in sources])
     types = (ctypes.c_int * k)(*[TYPE_CODES[s.dtype] for s in sources])

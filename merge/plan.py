@@ -53,7 +53,7 @@ class MergePlan:
         stage2_method: str = "linear",
         stage2_params: dict[str, Any] | None = None,
         allow_extrapolation: bool = False,
-    ) -> "MergePlan":
+    ) -> MergePlan:
         """Check ratios, methods and parameters; raise one MergeError listing every problem."""
         problems = []
         for name, value in (("alpha", alpha), ("beta", beta)):
@@ -103,11 +103,11 @@ class MergePlan:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"alpha": self.alpha, "beta": self.beta, "stage1": self.stage1.to_dict(), "stage2": self.stage2.to_dict()}
         if (fused := self.fused_weights) is not None:
-            out["fused_weights"] = dict(zip(ROLES, fused))
+            out["fused_weights"] = dict(zip(ROLES, fused, strict=True))
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MergePlan":
+    def from_dict(cls, data: dict[str, Any]) -> MergePlan:
         return cls(
             alpha=float(data["alpha"]),
             beta=float(data["beta"]),

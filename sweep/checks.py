@@ -4,12 +4,14 @@ config only, never the weights), task names, prompts and storage locations."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from merge.checkpoint import CheckpointInfo, compatibility_problems, inspect_checkpoint
 from merge.errors import MergeError
 from sweep.spec import MODEL_ROLES, SweepSpec
+
 
 def inspect_models(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
     infos: dict[str, CheckpointInfo] = {}
@@ -21,11 +23,7 @@ def inspect_models(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str
             problems.append(f"models.{role}: {exc}")
     if len(infos) == len(MODEL_ROLES):
         problems += [f"models: {p}" for p in compatibility_problems(infos, vocab=spec.merge.vocab)]
-    tokenizer = Path(spec.models.tokenizer_path())
-    if not tokenizer.exists():
-        problems.append(f"models.tokenizer: {tokenizer} does not exist")
-    elif tokenizer.is_dir() and not any((tokenizer / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        problems.append(f"models.tokenizer: {tokenizer} holds no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    problems += _tokenizer_problems(Path(spec.models.tokenizer_path()))
     return infos, problems
 
 
@@ -68,6 +66,8 @@ def lm_eval_problems(spec: SweepSpec) -> list[str]:
     from evals.lmeval import metric_problems, task_problems, test_split_problems
 
     lm = spec.evals.lm_eval
+    if lm is None:
+        return []
     problems = []
     for i, include in enumerate(lm.include_paths):
         if not Path(include).is_dir():
@@ -100,4 +100,86 @@ def environment_problems() -> list[str]:
         check_mode()
     except MergeError as exc:
         return list(exc.problems)
+    return []
+
+
+def unvalidated_file_problems(path: str | Path) -> list[str]:
+    """File checks for a spec that failed its schema, section by section: each section that
+    passes its own schema gets its file checks, so one round reports both kinds. Skipped
+    where the schema problems make them meaningless: a section that fails its schema, a
+    model folder that is missing (load_spec reports that already), `demo:` references (only
+    a valid spec builds the family), vocabulary checks when `merge` fails, and metric
+    names (they need valid objectives).
+    """
+    from pydantic import ValidationError
+
+    from sweep.spec import DEMO_PREFIX, LmEvalSpec, MergeSpec, ModelsSpec, ProbeSpec, _resolve
+
+    path = Path(path)
+    base_dir = path.resolve().parent
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+
+    def section(model, data):
+        try:
+            return model.model_validate(data) if isinstance(data, dict) else None
+        except ValidationError:
+            return None
+
+    def resolved(value: str) -> str | None:
+        return None if value.startswith(DEMO_PREFIX) else _resolve(value, base_dir)
+
+    problems: list[str] = []
+    models = section(ModelsSpec, raw.get("models"))
+    if models is not None:
+        merge_section = section(MergeSpec, raw.get("merge", {}))
+        vocab = merge_section.vocab if merge_section is not None else "pad"  # pad: no vocab verdict
+        infos: dict[str, CheckpointInfo] = {}
+        for role in MODEL_ROLES:
+            folder = resolved(getattr(models, role))
+            if folder is None or not Path(folder).is_dir():
+                continue
+            try:
+                infos[role] = inspect_checkpoint(folder)
+            except MergeError as exc:
+                problems.append(f"models.{role}: {exc}")
+        if len(infos) == len(MODEL_ROLES):
+            problems += [f"models: {p}" for p in compatibility_problems(infos, vocab=vocab)]
+        tokenizer_value = models.tokenizer_path()
+        tokenizer = resolved(tokenizer_value)
+        if tokenizer is not None and (models.tokenizer not in MODEL_ROLES or Path(tokenizer).is_dir()):
+            problems += _tokenizer_problems(Path(tokenizer))
+    evals_raw = raw.get("evals")
+    evals: dict[str, Any] = evals_raw if isinstance(evals_raw, dict) else {}
+    lm = section(LmEvalSpec, evals.get("lm_eval"))
+    if lm is not None:
+        from evals.lmeval import task_problems
+
+        includes = [resolved(p) for p in lm.include_paths]
+        bad = [f"evals.lm_eval.include_paths.{i}: {p} is not a folder" for i, p in enumerate(includes) if p is not None and not Path(p).is_dir()]
+        problems += bad
+        if not bad and None not in includes:
+            local = [p for p in includes if p is not None]
+            for field in ("search_tasks", "report_tasks"):
+                problems += [f"evals.lm_eval.{field}: {p}" for p in task_problems(getattr(lm, field), local)]
+    probe = section(ProbeSpec, evals.get("probe"))
+    if probe is not None:
+        prompts = resolved(probe.prompts)
+        if prompts is not None and not Path(prompts).is_file():
+            problems.append(f"evals.probe.prompts: {prompts} is not a file")
+        reward = resolved(probe.reward.model) if probe.reward.model else None
+        if reward is not None and not Path(reward).is_dir():
+            problems.append(f"evals.probe.reward.model: {reward} is not a checkpoint folder")
+    return problems + environment_problems()
+
+
+def _tokenizer_problems(tokenizer: Path) -> list[str]:
+    if not tokenizer.exists():
+        return [f"models.tokenizer: {tokenizer} does not exist"]
+    if tokenizer.is_dir() and not any((tokenizer / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return [f"models.tokenizer: {tokenizer} holds no tokenizer files (tokenizer.json / tokenizer_config.json)"]
     return []

@@ -640,10 +640,8 @@ def resolve_demo_refs(spec: SweepSpec) -> SweepSpec:
     """Replace `demo:<member>` references by real paths, building the demo family if needed."""
     if not uses_demo(spec):
         return spec
-    from sweep.demo import resolve_ref  # builds on first use (about 3 minutes)
-
     def fix(value: str, field: str) -> str:
-        return resolve_ref(value, field=field) if value.startswith(DEMO_PREFIX) else value
+        return resolve_demo_ref(value, field=field)
 
     models = spec.models.model_copy(update={role: fix(getattr(spec.models, role), f"models.{role}") for role in MODEL_ROLES})
     if models.tokenizer.startswith(DEMO_PREFIX):
@@ -655,3 +653,18 @@ def resolve_demo_refs(spec: SweepSpec) -> SweepSpec:
     if evals.probe is not None:
         evals = evals.model_copy(update={"probe": evals.probe.model_copy(update={"prompts": fix(evals.probe.prompts, "evals.probe.prompts")})})
     return spec.model_copy(update={"models": models, "evals": evals})
+
+
+def resolve_demo_ref(value: str, *, field: str, members: tuple[str, ...] | None = None) -> str:
+    """`demo:<member>` -> that member's absolute path, building the family on first use
+    (about 3 minutes); any other value comes back unchanged. `field` names the setting or
+    command-line flag in the ConfigError raised for an unknown member; `members` (e.g. the
+    three checkpoints) narrows which members the field accepts, checked before any build."""
+    if not value.startswith(DEMO_PREFIX):
+        return value
+    member = value[len(DEMO_PREFIX):]
+    if members is not None and member not in members:
+        raise ConfigError([f"{field}: {value!r} is not a demo checkpoint; use one of {', '.join(DEMO_PREFIX + m for m in members)}"])
+    from sweep.demo import resolve_ref
+
+    return resolve_ref(value, field=field)

@@ -13,7 +13,7 @@ HELP = "score one checkpoint on lm-eval tasks (the adapter the sweep uses); prin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint folder (config.json, safetensors, tokenizer), or demo:<member>, e.g. demo:reasoning")
     parser.add_argument("--tasks", required=True, metavar="NAME[,NAME]", help="lm-eval task or group names, comma-separated")
     parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
                         help="folder of task YAML files (repeatable); searched before lm-eval's built-in tasks")
@@ -32,8 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from evals.errors import EvalError
     from evals.lmeval import LmEvalConfig, LmEvalRunner, task_problems
+    from sweep.spec import resolve_demo_ref
 
-    model_dir = Path(args.model).expanduser().resolve()
+    model_ref = resolve_demo_ref(args.model, field="--model", members=("pretrained", "instruct", "reasoning"))
+    model_dir = Path(model_ref).expanduser().resolve()
     if not (model_dir / "config.json").is_file():
         raise EvalError(f"--model {args.model}: not an HF checkpoint folder (no config.json)")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

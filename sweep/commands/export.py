@@ -1,8 +1,10 @@
 """`python -m sweep export RESULTS_DIR/NAME (--balanced | --trial N) --out DIR`.
 
 Writes the chosen actor as an HF checkpoint through merge's streaming disk writer, with
-the study's own merge settings, plus a model card (README.md) and sweep_export.json
-recording the params, the metrics and the spec's sha256.
+the study's own merge settings, plus a model card (README.md), sweep_export.json
+recording the params, the metrics and the spec's sha256, and mergekit.yaml: the mergekit
+recipe that reproduces the weights (shown in the model card too). `--recipe-only` writes
+the card, the record and the recipe without the weights.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the arithmetic runs (default cpu)")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--recipe-only", action="store_true",
+                        help="write mergekit.yaml, the model card and sweep_export.json, but no weights (reads only the sources' headers)")
 
 
 def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[int, dict, dict]:
@@ -39,6 +43,8 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
         if summary.balanced is None:
             raise SweepError("the study has no complete feasible trial: no balanced point to export")
         return summary.balanced.number, summary.balanced.params, summary.balanced.metrics
+    if number is None:
+        raise SweepError("give --balanced or --trial N")
     rows = trials[trials["number"] == number]
     if rows.empty:
         raise SweepError(f"--trial {number}: no such trial in the study (numbers {int(trials['number'].min())}..{int(trials['number'].max())})")
@@ -49,37 +55,33 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
 
 
 def run(args: argparse.Namespace) -> int:
-    import merge
-    from sweep.progressbar import MergeProgressBar
+    from pathlib import Path
+
     from sweep.study import load_study_dir, spec_hash
     from sweep.trial import split_params
 
     spec, trials = load_study_dir(args.study)
     number, params, metrics = choose_trial(spec, trials, balanced=args.balanced, number=args.trial)
     alpha, beta, method_params = split_params(spec, params)
-    bar = MergeProgressBar(enabled=not args.quiet)
+    settings = dict(
+        alpha=alpha,
+        beta=beta,
+        stage1_method=spec.merge.stage1.method,
+        stage1_params=method_params,
+        stage2_method=spec.merge.stage2.method,
+        stage2_params=dict(spec.merge.stage2.params),
+    )
     started = time.perf_counter()
-    try:
-        out = merge.merge_checkpoints(
-            pretrained=spec.models.pretrained,
-            instruct=spec.models.instruct,
-            reasoning=spec.models.reasoning,
-            alpha=alpha,
-            beta=beta,
-            out=args.out,
-            stage1_method=spec.merge.stage1.method,
-            stage1_params=method_params,
-            stage2_method=spec.merge.stage2.method,
-            stage2_params=dict(spec.merge.stage2.params),
-            dtype=args.dtype or spec.merge.dtype,
-            device=args.device,
-            tokenizer_source=spec.models.tokenizer,
-            vocab=spec.merge.vocab,
-            force=args.force,
-            progress=bar.update,
-        )
-    finally:
-        bar.close()
+    if args.recipe_only:
+        out = Path(args.out).expanduser().absolute()
+        recipe = _recipe_only(spec, settings, out, dtype=args.dtype or spec.merge.dtype, force=args.force)
+    else:
+        out = _merge(spec, settings, args)
+        from merge.mergekit_recipe import recipe_for_merged
+
+        recipe = recipe_for_merged(out)
+    from merge.mergekit_recipe import FILE_NAME
+
     record = {
         "study": spec.name,
         "trial": number,
@@ -89,22 +91,84 @@ def run(args: argparse.Namespace) -> int:
         "objectives": [[o.metric, o.direction] for o in spec.objectives],
         "spec_sha256": spec_hash(spec),
         "spec_path": spec.spec_path,
+        "weights": not args.recipe_only,
+        "mergekit_recipe": FILE_NAME,
     }
+    (out / FILE_NAME).write_text(recipe)
     (out / "sweep_export.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(record))
+    (out / "README.md").write_text(model_card(record, recipe))
     if not args.quiet:
-        print(f"exported trial {number} of {spec.name} ({_fmt(params)}) to {out} in {time.perf_counter() - started:.1f} s")
+        what = "the mergekit recipe (no weights)" if args.recipe_only else "trial"
+        print(f"exported {what} {number} of {spec.name} ({_fmt(params)}) to {out} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _merge(spec, settings: dict, args: argparse.Namespace):
+    import merge
+    from sweep.progressbar import MergeProgressBar
+
+    bar = MergeProgressBar(enabled=not args.quiet)
+    try:
+        return merge.merge_checkpoints(
+            pretrained=spec.models.pretrained,
+            instruct=spec.models.instruct,
+            reasoning=spec.models.reasoning,
+            out=args.out,
+            **settings,
+            dtype=args.dtype or spec.merge.dtype,
+            device=args.device,
+            tokenizer_source=spec.models.tokenizer,
+            vocab=spec.merge.vocab,
+            force=args.force,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
+
+
+def _recipe_only(spec, settings: dict, out, *, dtype: str, force: bool) -> str:
+    """The mergekit recipe from the study's settings and the sources' headers; `out` made
+    ready (absent or empty, unless force). Raises MergeError / SweepError on bad input."""
+    from merge.errors import MergeError
+    from merge.layout import load_infos
+    from merge.mergekit_recipe import recipe_for_sources
+    from merge.plan import MergePlan
+    from sweep.errors import SweepError
+
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"the output {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SweepError(f"the output folder {out} exists and is not empty; choose another, or overwrite it with --force")
+    problems: list[str] = []
+    plan = infos = None
+    try:
+        plan = MergePlan.create(**settings)
+    except MergeError as exc:
+        problems += exc.problems
+    try:
+        infos = load_infos(pretrained=spec.models.pretrained, instruct=spec.models.instruct, reasoning=spec.models.reasoning, vocab=spec.merge.vocab)
+    except MergeError as exc:
+        problems += exc.problems
+    if problems or plan is None or infos is None:
+        raise MergeError.collected("cannot write the mergekit recipe", problems)
+    recipe = recipe_for_sources(plan, infos=infos, dtype=dtype, vocab=spec.merge.vocab, tokenizer_source=spec.models.tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        from merge.io import weight_files
+
+        for file in list(weight_files(out)):  # weights of an earlier export would not match the new recipe
+            file.unlink()
+    return recipe
 
 
 def _fmt(values: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
-def model_card(record: dict) -> str:
+def model_card(record: dict, recipe: str | None = None) -> str:
     rows = "\n".join(f"| `{k}` | {v:.6g} |" if isinstance(v, (int, float)) else f"| `{k}` | {v} |" for k, v in record["metrics"].items())
     objectives = ", ".join(f"{d} `{m}`" for m, d in record["objectives"])
-    return f"""# Actor initialization from sweep study `{record['study']}`
+    card = f"""# Actor initialization from sweep study `{record['study']}`
 
 Balanced Actor Initialization merge, trial {record['trial']} (chosen by {record['chosen_by']}).
 
@@ -116,3 +180,17 @@ Balanced Actor Initialization merge, trial {record['trial']} (chosen by {record[
 | --- | --- |
 {rows}
 """
+    if recipe is not None:
+        weights = ("The weights in this folder" if record.get("weights", True)
+                   else "This folder holds no weights (`sweep export --recipe-only`); the weights")
+        card += f"""
+## Reproduce with mergekit
+
+{weights} are reproduced by this mergekit recipe (`{record.get('mergekit_recipe', 'mergekit.yaml')}` here);
+its comments say how to run it and how exact the match is.
+
+```yaml
+{recipe.rstrip()}
+```
+"""
+    return card

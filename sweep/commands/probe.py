@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 HELP = "run the short RLHF probe on one checkpoint and print its curves and stability metrics"
+CHECKPOINT_MEMBERS = ("pretrained", "instruct", "reasoning")  # demo members that are checkpoints
 
 # Command-line flag -> ProbeConfig field; unset flags keep the spec's (or the default) value.
 _OVERRIDES = {
@@ -27,7 +28,7 @@ _OVERRIDES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="HF checkpoint folder (or demo:<member>, e.g. demo:reasoning)")
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    parser.add_argument("--tokenizer", help="tokenizer folder or demo:<member> (default: the model's)")
     parser.add_argument("--spec", help="sweep spec whose evals.probe section gives the settings")
     parser.add_argument("--prompts", help='jsonl file, {"prompt": ..., "answer": ...} per line (overrides the spec)')
     for name, kind in _OVERRIDES.items():
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             raise SweepError(f"{args.spec}: has no evals.probe section; add one or give --prompts")
         settings = spec.evals.probe.model_dump()
     if args.prompts:
-        settings["prompts"] = str(Path(args.prompts).resolve())
+        settings["prompts"] = args.prompts if args.prompts.startswith("demo:") else str(Path(args.prompts).resolve())
     if "prompts" not in settings:
         raise SweepError("give --prompts FILE or --spec SPEC (with an evals.probe section)")
     settings["prompts"] = _resolve_demo(settings["prompts"], "--prompts")
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     config = ProbeConfig.from_dict(settings)
     prompts = load_prompts(config.prompts)  # bad input fails before the model loads
 
-    model_dir = Path(_resolve_demo(args.model, "--model"))
-    tokenizer_dir = Path(_resolve_demo(args.tokenizer, "--tokenizer")) if args.tokenizer else model_dir
+    model_dir = Path(_resolve_demo(args.model, "--model", CHECKPOINT_MEMBERS))
+    tokenizer_dir = Path(_resolve_demo(args.tokenizer, "--tokenizer", CHECKPOINT_MEMBERS)) if args.tokenizer else model_dir
     for flag, path in (("--model", model_dir), ("--tokenizer", tokenizer_dir)):
         if not path.is_dir():
             raise SweepError(f"{flag} {path}: no such checkpoint folder")
@@ -76,10 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from evals.probe import run_probe
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep the output to the table (or the JSON)
     torch.set_num_threads(args.threads)
@@ -102,12 +102,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_demo(value: str, flag: str) -> str:
-    if not value.startswith("demo:"):
-        return value
-    from sweep.demo import resolve_ref
+def _resolve_demo(value: str, flag: str, members: tuple[str, ...] | None = None) -> str:
+    from sweep.spec import resolve_demo_ref
 
-    return resolve_ref(value, field=flag)
+    return resolve_demo_ref(value, field=flag, members=members)
 
 
 _COLUMNS = [  # (header, curve key, format)
@@ -127,7 +125,7 @@ _COLUMNS = [  # (header, curve key, format)
 
 def curves_table(curves) -> str:
     widths = [len(f.format(0)) for _, _, f in _COLUMNS]
-    header = " ".join(h.rjust(w) for (h, _, _), w in zip(_COLUMNS, widths))
+    header = " ".join(h.rjust(w) for (h, _, _), w in zip(_COLUMNS, widths, strict=True))
     lines = [header]
     for t in range(curves.steps):
         cells = [fmt.format(t) if key is None else fmt.format(curves[key][t]) for _, key, fmt in _COLUMNS]

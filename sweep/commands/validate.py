@@ -12,11 +12,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.checks import spec_problems
+    from sweep.checks import spec_problems, unvalidated_file_problems
     from sweep.errors import ConfigError
     from sweep.spec import load_spec
 
-    spec = load_spec(args.spec)
+    try:
+        spec = load_spec(args.spec)
+    except ConfigError as exc:
+        # Schema problems: report the file checks of the sections that passed in the same round.
+        extra = [p for p in unvalidated_file_problems(args.spec) if p not in exc.problems]
+        if not extra:
+            raise
+        raise ConfigError(exc.problems + extra, source=exc.source) from None
     infos, problems = spec_problems(spec)
     if problems:
         raise ConfigError(problems, source=args.spec)

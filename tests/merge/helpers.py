@@ -10,7 +10,6 @@ import torch
 from safetensors import safe_open
 
 
-
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor stored in a checkpoint folder (all safetensors shards)."""
     state = {}

@@ -123,7 +123,7 @@ def test_cuda_build_matches_the_cpu_build(tiny_trio, source_cache):
         build_in_place(model, cuda_cache, **recipe)
         cpu_model = live_model(tiny_trio["instruct"])
         build_in_place(cpu_model, source_cache, **recipe)
-        for (name, value), cpu_value in zip(model.state_dict().items(), cpu_model.state_dict().values()):
+        for (name, value), cpu_value in zip(model.state_dict().items(), cpu_model.state_dict().values(), strict=True):
             torch.testing.assert_close(value.cpu(), cpu_value, rtol=1e-5, atol=1e-6, msg=name)
 
 

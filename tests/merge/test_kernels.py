@@ -24,8 +24,8 @@ def sources(n, dtypes, seed=0):
 
 
 def check(out, srcs, weights):
-    exact = sum(w * s.double() for w, s in zip(weights, srcs))
-    scale = sum(abs(w) * s.double().abs() for w, s in zip(weights, srcs))
+    exact = sum(w * s.double() for w, s in zip(weights, srcs, strict=True))
+    scale = sum(abs(w) * s.double().abs() for w, s in zip(weights, srcs, strict=True))
     bound = 4 * FP32_EPS * scale
     if out.dtype == torch.bfloat16:
         bound = bound + bf16_ulp(exact)
@@ -115,7 +115,7 @@ def test_native_kernel_reads_views_at_odd_offsets(kernel_mode):
     """Mapped safetensors tensors start wherever the file puts them: any element offset works."""
     n = 3 * 2048 + 5
     backing = sources(n + 7, (torch.bfloat16, torch.float32, torch.bfloat16), seed=9)
-    views = [b[offset : offset + n] for b, offset in zip(backing, (1, 3, 7))]
+    views = [b[offset : offset + n] for b, offset in zip(backing, (1, 3, 7), strict=True)]
     out = torch.empty(n + 1, dtype=torch.bfloat16)[1:]  # the output at an odd offset too
     kernel_mode("native")
     kernels.weighted_sum_into(out, views, WEIGHTS)

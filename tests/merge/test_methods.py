@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from merge.methods import NEEDS_BASE, PARAM_CHECKS, REGISTRY, TWO_MODELS, get_method, method_defaults, method_param_names, param_problems
+from merge.methods import (
+    NEEDS_BASE,
+    PARAM_CHECKS,
+    REGISTRY,
+    TWO_MODELS,
+    get_method,
+    method_defaults,
+    method_param_names,
+    param_problems,
+)
 
 
 def call(name, tensors, weights, base=None, **params):

@@ -278,3 +278,32 @@ def test_name_date_placeholder():
     from sweep.spec import expand_name
 
     assert expand_name("nightly-{date}", date(2026, 11, 25)) == "nightly-2026-11-25"
+
+
+def test_file_checks_are_reported_with_schema_problems(workspace, tiny_trio, capsys):
+    """One round: a schema problem elsewhere does not hide the model, task and prompts checks."""
+    spec = base_spec(tiny_trio)
+    spec["sampler"]["name"] = "bayes"  # schema problem
+    spec["models"]["reasoning"] = str(make_tiny_checkpoint(workspace / "wide-both", hidden=48))  # shapes differ
+    spec["evals"]["lm_eval"]["search_tasks"] = ["toy_task", "toy_tsak"]  # unknown task
+    spec["evals"]["probe"]["prompts"] = "no-prompts.jsonl"  # missing file
+    code, output = validate(write(workspace, "schema-and-files.yaml", spec), capsys)
+    assert code == 2 and "Traceback" not in output
+    assert "sampler.name" in output
+    assert "shapes differ" in output
+    assert "evals.lm_eval.search_tasks" in output and "toy_tsak" in output
+    assert f"evals.probe.prompts: {workspace / 'no-prompts.jsonl'} is not a file" in output
+    assert output.count("problems:") == 1 and "4 problems" in output, output
+
+
+def test_a_section_failing_its_schema_gets_no_file_checks(workspace, tiny_trio, capsys):
+    spec = base_spec(tiny_trio)
+    spec["evals"]["probe"] = {"prompts": "no-prompts.jsonl", "steps": 1}  # steps < 2: the section is invalid
+    spec["merge"] = {"vocab": "padd"}  # merge invalid: no vocabulary verdict on the models
+    spec["models"]["reasoning"] = str(make_tiny_checkpoint(workspace / "bigvocab-both", vocab_extra=3))
+    code, output = validate(write(workspace, "section-fails.yaml", spec), capsys)
+    assert code == 2
+    assert "evals.probe.steps" in output and "merge.vocab" in output
+    assert "no-prompts.jsonl" not in output  # the probe section is broken: its files are not checked
+    assert "vocabulary size mismatch" not in output  # the vocab policy is the broken field
+    assert "2 problems" in output, output
