@@ -53,12 +53,15 @@ def _decoder(model: Any) -> Any:
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     inv_temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) and entropy for [n, H] hidden rows: the [n, V] block lives only here."""
-    logits = torch.nn.functional.linear(hidden, weight, bias).float() * inv_temperature
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    if inv_temperature != 1.0:
+        logits = logits * inv_temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
-    with torch.no_grad():
-        probs = torch.softmax(logits, dim=-1)
-        entropy = lse - (probs * logits).sum(-1)
+    with torch.no_grad():  # one more [n, V] block, reused in place
+        weighted = torch.softmax(logits, dim=-1).mul_(logits)
+        entropy = lse.detach() - weighted.sum(-1)
+        del weighted
     return logp, entropy
 
 
