@@ -143,13 +143,13 @@ class Part:
     gpu: int  # bytes
     host: int  # bytes
     note: str = ""
-    phase: str = "held"  # held: all trial long; update / generate: only during that phase
+    phase: str = "held"  # held: all trial long; update / generate / merge: only during that phase
 
 
 def _peak(parts: list[Part], attr: str) -> int:
-    """Held parts plus the larger of the two phases (rollouts are freed before the update)."""
+    """Held parts plus the largest phase (rollouts are freed before the update, and so on)."""
     held = sum(getattr(p, attr) for p in parts if p.phase == "held")
-    phases = [sum(getattr(p, attr) for p in parts if p.phase == ph) for ph in ("update", "generate")]
+    phases = [sum(getattr(p, attr) for p in parts if p.phase == ph) for ph in ("update", "generate", "merge")]
     return held + max(phases)
 
 
@@ -217,6 +217,8 @@ def plan_parts(shape: ModelShape, s: TrialSettings) -> list[Part]:
     pinned = " pinned" if on_gpu and not sources_on_gpu else ""
     parts = [put("sources", 3 * P * b, f"3 models{pinned}, merge.source_device {s.source_device}", gpu=sources_on_gpu),
              put("live model", P * b, "the candidate, merge dtype")]
+    if on_gpu and not sources_on_gpu:  # one tensor's three sources on the device at a time (the embedding is the largest)
+        parts.append(put("source stream", 3 * shape.vocab * shape.hidden * b, "largest tensor x 3, during the build", phase="merge"))
     if s.probe:
         parts += _probe_parts(shape, s, put)
     if s.vllm:

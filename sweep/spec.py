@@ -197,6 +197,10 @@ class ProbeSpec(_Section):
     lora_rank: Annotated[int, Field(ge=1)] = 16
 
 
+# ProbeSpec fields the memory plan reads that evals.probe's ProbeConfig does not take (yet).
+PROBE_SCALE_FIELDS = frozenset({"generator", "micro_batch_size", "logprob_chunk", "activation_checkpointing", "update", "lora_rank"})
+
+
 class EvalsSpec(_Section):
     lm_eval: LmEvalSpec | None = None
     probe: ProbeSpec | None = None
