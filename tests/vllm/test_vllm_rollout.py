@@ -62,3 +62,34 @@ def test_sampled_rollouts_are_seeded_and_grouped(trio):
     assert first.response_ids.shape[0] == 8
     assert len({tuple(first.response_ids[i].tolist()) for i in range(4)}) > 1  # a group's samples differ
     assert (first.prompt_ids[:4] == first.prompt_ids[0]).all() and not torch.equal(first.prompt_ids[0], first.prompt_ids[4])
+
+
+def test_a_probe_loop_on_vllm_rollouts_keeps_the_engine_in_step_with_the_trained_model(trio):
+    """Sample with vLLM, update with the chunked GRPO step, push the changed weights: the
+    engine's greedy tokens then equal the updated HF model's, step after step."""
+    from evals.probe.logprobs import grpo_update
+
+    model, tokenizer = load(trio["pretrained"])
+    model.eval()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    engine = VllmRollouts.build(trio["engine_base"], dtype="float32", max_model_len=256)
+    engine.push_weights(model)
+    reference = load(trio["pretrained"])[0].eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    prompts = [tokenizer.encode(t) for t in ("3+4=", "2+5=")]
+    before = _hf_greedy(model, prompts, group_size=1, eos_id=eos)
+    for step in range(3):
+        batch = engine.sample(prompts, group_size=4, max_new_tokens=16, temperature=1.0, seed=step, eos_ids={eos}, pad_id=pad)
+        rewards = -batch.lengths.float()  # prefer short answers: the policy must move
+        grouped = rewards.view(2, 4)
+        advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
+        model.requires_grad_(True)
+        grpo_update(model, reference, optimizer, input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
+                    attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1), response_ids=batch.response_ids,
+                    response_mask=batch.response_mask, advantages=advantages, kl_coef=0.01, micro_batch_size=3, chunk=16)
+        model.requires_grad_(False)
+        engine.push_weights(model)
+        greedy = engine.sample(prompts, group_size=1, max_new_tokens=MAX_NEW, temperature=0.0, seed=0, eos_ids={eos}, pad_id=pad)
+        expected = _hf_greedy(model, prompts, group_size=1, eos_id=eos)
+        assert [greedy.response_ids[i, : greedy.lengths[i]].tolist() for i in range(2)] == expected, step
+    assert expected != before  # the updates changed what the model says
