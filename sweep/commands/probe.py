@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         if spec.evals.probe is None:
             raise SweepError(f"{args.spec}: has no evals.probe section; add one or give --prompts")
-        settings = spec.evals.probe.model_dump()
+        from sweep.spec import PROBE_SCALE_FIELDS
+
+        settings = spec.evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS))
     if args.prompts:
         settings["prompts"] = args.prompts if args.prompts.startswith("demo:") else str(Path(args.prompts).resolve())
     if "prompts" not in settings:

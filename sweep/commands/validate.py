@@ -16,6 +16,8 @@ def run(args: argparse.Namespace) -> int:
     from sweep.errors import ConfigError
     from sweep.spec import load_spec
 
+    from sweep.memory_plan import plan_trial
+
     try:
         spec = load_spec(args.spec)
     except ConfigError as exc:
@@ -27,7 +29,14 @@ def run(args: argparse.Namespace) -> int:
     infos, problems = spec_problems(spec)
     if problems:
         raise ConfigError(problems, source=args.spec)
+    plan = plan_trial(spec, infos)
+    if not plan.fits:
+        raise ConfigError([plan.refusal()], source=args.spec)
     print(summary(spec, infos))
+    print(plan.table())
+    if spec.evals.probe is not None and spec.evals.probe.update == "lora":
+        print("  note       evals.probe.update: lora is a plan setting; the probe's LoRA update is not wired into "
+              "evals/probe/grpo.py yet (docs/scale.md)")
     return 0
 
 

@@ -133,3 +133,29 @@ def test_device_auto_picks_cuda_only_when_there_is_one(tiny_trio):
     if not torch.cuda.is_available():
         with pytest.raises(MergeError, match="CUDA is not available"):
             SourceCache.load(**tiny_trio, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_sources_stream_to_a_cuda_model_and_equal_the_on_device_build(tiny_trio):
+    """merge.source_device: cpu on a GPU trial: pinned host cache, streamed per tensor."""
+    host_cache = SourceCache.load(**tiny_trio, device="cpu", pin_memory=True)
+    cuda_cache = SourceCache.load(**tiny_trio, device="cuda")
+    assert all(t.is_pinned() for triple in host_cache.tensors.values() for t in triple)
+    streamed, on_device = live_model(tiny_trio["instruct"]).to("cuda"), live_model(tiny_trio["instruct"]).to("cuda")
+    for stage1, params1, stage2, params2 in RECIPES:
+        recipe = dict(alpha=0.35, beta=0.75, stage1_method=stage1, stage1_params=params1, stage2_method=stage2, stage2_params=params2)
+        build_in_place(streamed, host_cache, **recipe)
+        build_in_place(on_device, cuda_cache, **recipe)
+        for (name, a), b in zip(streamed.state_dict().items(), on_device.state_dict().values()):
+            assert torch.equal(a, b), name
+
+
+def test_pin_memory_is_ignored_without_cuda_and_the_build_is_unchanged(tiny_trio, source_cache):
+    pinned = SourceCache.load(**tiny_trio, device="cpu", pin_memory=True)
+    assert pinned.device.type == "cpu"
+    a, b = live_model(tiny_trio["instruct"]), live_model(tiny_trio["instruct"])
+    build_in_place(a, pinned, alpha=0.3, beta=0.7)
+    build_in_place(b, source_cache, alpha=0.3, beta=0.7)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name

