@@ -24,9 +24,9 @@ TABLE_METRICS = ("length_retention", "length_growth", "reward_dip", "entropy_dro
 
 def demo_probe_settings(**changes: Any) -> dict:
     """The demo spec's `evals.probe` section (prompts left as `demo:probe_prompts`), with changes."""
-    from sweep.spec import load_spec
+    from sweep.spec import PROBE_SCALE_FIELDS, load_spec
 
-    return load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump() | changes
+    return load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)) | changes
 
 
 @dataclass(frozen=True)
