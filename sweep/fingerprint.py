@@ -113,12 +113,13 @@ def _show(value: Any) -> str:
     return json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
-def check_fingerprint(study, spec: SweepSpec, storage_display: str) -> dict[str, Any]:
+def check_fingerprint(study, spec: SweepSpec, storage_display: str, *, record: bool = True) -> dict[str, Any]:
     """Record the fingerprint on a new study; refuse a spec whose fingerprint differs (SweepError)."""
     current = fingerprint(spec)
     recorded = study.user_attrs.get(STUDY_ATTR_FINGERPRINT)
     if recorded is None:
-        study.set_user_attr(STUDY_ATTR_FINGERPRINT, current)
+        if record:
+            study.set_user_attr(STUDY_ATTR_FINGERPRINT, current)
         return current
     changes = changed_fields(recorded, current)
     if changes:
@@ -156,3 +157,34 @@ def spec_with_recipe(spec: SweepSpec, trial_recipe: dict[str, Any] | str | None)
             "merge": MergeSpec.model_validate(trial_recipe["merge"]),
         }
     )
+
+
+def trial_spec(spec: SweepSpec, trials, number: int) -> SweepSpec:
+    """`spec` with the recipe (models, merge) that trial `number` recorded in the trials
+    table, when it has one (export and held-out rescoring rebuild what the trial ran)."""
+    rows = trials[trials["number"] == number]
+    value = rows.iloc[0].get("recipe") if "recipe" in trials.columns and not rows.empty else None
+    return spec_with_recipe(spec, value if isinstance(value, str) else None)
+
+
+def precheck_existing_study(spec: SweepSpec) -> None:
+    """Before Ray starts: an existing study must match the spec (objectives, fingerprint).
+    Creates nothing: a study, database file or journal that is not there is not made."""
+    import optuna
+
+    from sweep.storage import connect, is_rdb
+
+    url = spec.storage_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return
+    if not is_rdb(url) and not Path(url).exists():
+        return
+    storage = connect(url)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:  # no such study yet
+        return
+    from sweep.study import check_objectives
+
+    check_objectives(study, spec)
+    check_fingerprint(study, spec, spec.storage_display, record=False)

@@ -180,6 +180,9 @@ def run_sweep(
         spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"trials": trials})})
     started = time.monotonic()
     check_storage(spec)
+    from sweep.fingerprint import precheck_existing_study
+
+    precheck_existing_study(spec)  # a changed spec is refused before Ray starts
     started_ray, ray_chatter = init_ray(spec, address)
     handler = None
     try:
@@ -308,6 +311,7 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         except Exception as exc:  # noqa: BLE001 - storage down: the lease expiry recovers them later
             log.warning("could not mark this run's unfinished trials: %s", redact(str(exc), secrets))
         lease.end()
+        recorder.spool.compact()  # gone when every result reached the study
         _write_table(study, spec)
         if clean and not leftover:
             shutil.rmtree(spec.study_dir / "ray", ignore_errors=True)  # Tune's state: the study is the truth

@@ -75,6 +75,19 @@ def check_storage(spec: SweepSpec) -> None:
         engine.dispose()
 
 
+def storage_problems(spec: SweepSpec) -> list[str]:
+    """`check_storage` as a list of problems (for validate and run, with the spec's other problems)."""
+    from sweep.errors import ConfigError
+
+    try:
+        check_storage(spec)
+    except ConfigError as exc:
+        return exc.problems
+    except SweepError as exc:
+        return [f"storage: {exc}"]
+    return []
+
+
 def _connect_args(url: str) -> dict:
     return {"connect_timeout": CONNECT_TIMEOUT_S} if _scheme(url).startswith(("postgresql", "mysql")) else {}
 

@@ -55,6 +55,22 @@ def open_study(spec: SweepSpec, *, sampler=None, storage=None):
     study = optuna.create_study(
         storage=storage, study_name=spec.name, directions=spec.directions, sampler=sampler, load_if_exists=True
     )
+    recorded = check_objectives(study, spec)
+    wanted = [[o.metric, o.direction] for o in spec.objectives]
+    if recorded is None:
+        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
+    if list(study.metric_names or []) != spec.objective_names:
+        import warnings
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still so in 5
+            warnings.simplefilter("ignore")
+            study.set_metric_names(spec.objective_names)  # optuna-dashboard shows these names
+    return study
+
+
+def check_objectives(study, spec: SweepSpec):
+    """Raise SweepError when the study's directions or objectives differ from the spec's.
+    Returns the objectives the study recorded (None for a study from before they were)."""
     recorded = study.user_attrs.get(STUDY_ATTR_OBJECTIVES)
     wanted = [[o.metric, o.direction] for o in spec.objectives]
     have_dirs = [d.name.lower() for d in study.directions]
@@ -65,15 +81,7 @@ def open_study(spec: SweepSpec, *, sampler=None, storage=None):
             f"{_fmt_objectives(have)}, but the spec asks for {_fmt_objectives(wanted)}. "
             "Give the spec a new name (or storage) to start a new study; the existing one is left untouched"
         )
-    if recorded is None:
-        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
-    if list(study.metric_names or []) != spec.objective_names:
-        import warnings
-
-        with warnings.catch_warnings():  # experimental since Optuna 3.2, still so in 5
-            warnings.simplefilter("ignore")
-            study.set_metric_names(spec.objective_names)  # optuna-dashboard shows these names
-    return study
+    return recorded
 
 
 def _fmt_objectives(pairs: list) -> str:

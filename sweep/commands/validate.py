@@ -16,8 +16,11 @@ def run(args: argparse.Namespace) -> int:
     from sweep.errors import ConfigError
     from sweep.spec import load_spec
 
+    from sweep.storage import storage_problems
+
     spec = load_spec(args.spec)
     infos, problems = spec_problems(spec)
+    problems += storage_problems(spec)
     if problems:
         raise ConfigError(problems, source=args.spec)
     print(summary(spec, infos))
@@ -40,7 +43,7 @@ def summary(spec, infos) -> str:
     ]
     if spec.constraints:
         lines.append("  constraints " + "; ".join(str(c) for c in spec.constraints))
-    lines.append(f"  storage    {spec.storage_url}")
+    lines.append(f"  storage    {spec.storage_display}")  # the password masked
     return "\n".join(lines)
 
 

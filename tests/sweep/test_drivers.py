@@ -127,7 +127,7 @@ def test_two_drivers_on_fresh_postgres_then_on_the_existing_study(tmp_path, post
     assert_no_password(outcomes, [tmp_path / f"results-{d}" for d in ("a", "b", "a2", "b2")])
 
 
-def assert_no_password(outcomes, folders) -> None:
+def assert_no_password(outcomes, folders, at_least: int = 8) -> None:
     for code, out, err in outcomes:
         assert pg.PASSWORD not in out and pg.PASSWORD not in err
     checked = 0
@@ -136,4 +136,54 @@ def assert_no_password(outcomes, folders) -> None:
             if path.is_file():
                 assert pg.PASSWORD.encode() not in path.read_bytes(), f"password found in {path}"
                 checked += 1
-    assert checked >= 8  # spec.json, trials.parquet/.csv, sweep.log, ... in each folder
+    assert checked >= at_least  # spec.json, trials.parquet/.csv, sweep.log, ... in each folder
+
+
+def test_storage_stopped_mid_sweep_loses_no_finished_trial(tmp_path, postgres):
+    url = postgres.create_database("outage")
+    spec_path = write_spec(tmp_path, tmp_path / "results", name="outage", storage=url, budget=8)
+    proc = start_driver(spec_path, env=driver_env(SWEEP_TEST_TRIAL_S="1.5"))
+    deadline = time.monotonic() + DRIVER_TIMEOUT_S
+    while _complete(url, "outage") < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no 2 complete trials in time"
+        time.sleep(0.5)
+    postgres.stop("fast")  # the database is gone for ~10 s while trials keep finishing
+    time.sleep(10)
+    postgres.start()
+    code, out, err = finish(proc)
+    assert code == 0, f"exit {code}\n{out[-3000:]}\n{err[-3000:]}"
+    check_study(url, "outage", 8)
+    log = (tmp_path / "results" / "outage" / "sweep.log").read_text()
+    assert "storage unreachable" in log  # the outage was seen, and waited out
+    assert not (tmp_path / "results" / "outage" / "spool.jsonl").exists()  # nothing left unsent
+    # The password sat in the spec's storage URL: masked in everything printed and written.
+    assert_no_password([(code, out, err)], [tmp_path / "results"], at_least=4)
+
+
+def _complete(url: str, name: str) -> int:
+    try:
+        return sum(t.state.name == "COMPLETE" for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False))
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
+def test_unreachable_storage_or_missing_driver_is_one_error_and_creates_nothing(tmp_path, postgres):
+    closed = f"postgresql://sweep:{pg.PASSWORD}@127.0.0.1:{pg._free_port()}/nothing"
+    spec_path = write_spec(tmp_path, tmp_path / "results", name="nowhere", storage=closed, budget=2)
+    proc = subprocess.run([sys.executable, "-m", "tests.sweep.driver", str(spec_path)], cwd=REPO, env=driver_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach the storage postgresql://sweep:***@127.0.0.1" in proc.stderr and "Nothing was created" in proc.stderr
+    assert pg.PASSWORD not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results" / "nowhere").exists()
+
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None:  # a driver that is not installed
+        spec_path = write_spec(tmp_path, tmp_path / "results", name="nodriver", budget=2,
+                               storage=postgres.create_database("nodriver").replace("postgresql://", "postgresql+psycopg2://"))
+        proc = subprocess.run([sys.executable, "-m", "tests.sweep.driver", str(spec_path)], cwd=REPO, env=driver_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "the database driver `psycopg2` is not installed" in proc.stderr, proc.stderr
+        assert not (tmp_path / "results" / "nodriver").exists()

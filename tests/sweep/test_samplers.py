@@ -121,3 +121,28 @@ def flaky_once_then_timeout(spec, params):
     if _ATTEMPTS[params["alpha"]] == 1:
         raise RuntimeError("flaky worker hiccup")
     return sweeps.stand_in_trial(spec, params)
+
+
+def test_a_changed_probe_learning_rate_is_refused_naming_the_field(tmp_path, ray_local):
+    from sweep.errors import SweepError
+
+    spec = sweeps.make_spec(tmp_path, name="drift", extra="budget: {trials: 2, concurrent: 2}\n")
+    assert run_sweep(spec, trial_fn=sweeps.stand_in_trial).exit_code == 0
+    before = len(_study(spec).trials)
+    old = spec.evals.probe.learning_rate
+    probe = spec.evals.probe.model_copy(update={"learning_rate": old * 2})
+    changed = spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
+    with pytest.raises(SweepError) as info:
+        run_sweep(changed, trials=4, trial_fn=sweeps.stand_in_trial)
+    message = str(info.value)
+    assert f"evals.probe.learning_rate: {old!r} -> {old * 2!r}" in message
+    assert "give the spec a new `name`" in message and "1 field(s)" in message
+    assert len(_study(spec).trials) == before  # nothing run, nothing changed
+    # Every trial recorded the recipe it ran with; the table carries it for export.
+    import json
+
+    import pandas as pd
+
+    table = pd.read_parquet(spec.study_dir / "trials.parquet")
+    recipes = [json.loads(r) for r in table["recipe"]]
+    assert all(r["merge"]["stage1"]["method"] == "linear" and r["models"]["instruct"].endswith("/m/i") for r in recipes)
