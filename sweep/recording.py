@@ -36,6 +36,7 @@ log = logging.getLogger("sweep")
 
 # Constraint value recorded when the constrained metric is missing: clearly infeasible.
 MISSING_CONSTRAINT_VIOLATION = 1e6
+DASHBOARD_CONSTRAINTS_KEY = "constraints"
 # seconds: how long one outcome is retried against an unreachable storage before it is
 # left in the spool for the next run (which replays it first)
 DEFAULT_RETRY_S = 600.0
@@ -128,10 +129,9 @@ def record_trial(
         log.warning("trial %d was already %s in the study; its result is added as a new trial", number, frozen.state.name)
         added = optuna.trial.create_trial(
             params=dict(frozen.params), distributions=dict(frozen.distributions) or space_distributions(spec),
-            values=values, user_attrs=attrs | {"replaces_trial": number},
+            values=values, user_attrs=attrs | {"replaces_trial": number}, constraints=constraints or None,
+            system_attrs={DASHBOARD_CONSTRAINTS_KEY: list(constraints.values())} if constraints else None,
         )
-        for name, value in constraints.items():
-            added.set_constraint(name, value)
         study.add_trial(added)
         return "COMPLETE"
 
@@ -140,6 +140,10 @@ def record_trial(
     ot_trial = optuna.trial.Trial(study, trial_id)
     for name, value in constraints.items():
         ot_trial.set_constraint(name, value)
+    if constraints:
+        # The older list form too: optuna-dashboard 0.21 reads only `constraints` (a list)
+        # to show them and to keep infeasible trials off its best trials.
+        storage.set_trial_system_attr(trial_id, DASHBOARD_CONSTRAINTS_KEY, list(constraints.values()))
     if values is None:
         study.tell(number, state=TrialState.FAIL)
         return "FAIL"
