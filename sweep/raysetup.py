@@ -104,9 +104,10 @@ def init_ray(spec: SweepSpec, address: str | None) -> tuple[bool, str]:
 
 
 @contextmanager
-def quiet_console(log_file: Path, enabled: bool) -> Iterator[tuple[Any, Any]]:
-    """(stdout, stderr) streams for our own lines. When enabled, descriptors 1 and 2 go to
-    `log_file` meanwhile (Ray's raylet and core-worker output included)."""
+def quiet_console(enabled: bool) -> Iterator[tuple[Any, Any]]:
+    """(stdout, stderr) streams for our own lines. When enabled, descriptors 1 and 2 go to a
+    temp file meanwhile (Ray's raylet and core-worker output included); `move_console_log`
+    then appends it to sweep.log (which may not exist before Ray is reached)."""
     if not enabled:
         yield sys.stdout, sys.stderr
         return
@@ -115,7 +116,7 @@ def quiet_console(log_file: Path, enabled: bool) -> Iterator[tuple[Any, Any]]:
     saved = os.dup(1), os.dup(2)
     out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
     err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
-    target = open(log_file, "a", buffering=1)
+    target = tempfile.NamedTemporaryFile("a", prefix="sweep-console-", suffix=".log", delete=False, buffering=1)
     os.dup2(target.fileno(), 1)
     os.dup2(target.fileno(), 2)
     try:
@@ -129,3 +130,20 @@ def quiet_console(log_file: Path, enabled: bool) -> Iterator[tuple[Any, Any]]:
             os.close(fd)
         for stream in (out, err, target):
             stream.close()
+        CONSOLE_LOGS.append(Path(target.name))
+
+
+CONSOLE_LOGS: list[Path] = []
+
+
+def move_console_log(log_file: Path) -> None:
+    """Append what --quiet kept off the console to `log_file` (or drop it when there is none)."""
+    while CONSOLE_LOGS:
+        path = CONSOLE_LOGS.pop()
+        try:
+            text = path.read_text(errors="replace")
+            if text.strip() and log_file.parent.is_dir():
+                with open(log_file, "a") as handle:
+                    handle.write("---- console output of Ray (kept off stdout/stderr by --quiet)\n" + text)
+        finally:
+            path.unlink(missing_ok=True)

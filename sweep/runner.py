@@ -172,8 +172,7 @@ def run_sweep(
     Storage and Ray are reached first: when either cannot be, SweepError (exit 2) and
     nothing is created (no results folder, no study).
     """
-    from sweep.progress import setup_logging, teardown_logging
-    from sweep.raysetup import quiet_console
+    from sweep.raysetup import move_console_log, quiet_console
     from sweep.storage import check_storage
 
     if trials is not None:
@@ -183,14 +182,25 @@ def run_sweep(
     from sweep.fingerprint import precheck_existing_study
 
     precheck_existing_study(spec)  # a changed spec is refused before Ray starts
-    started_ray, ray_chatter = init_ray(spec, address)
+    try:
+        with quiet_console(quiet) as (out, err):
+            return _run_with_ray(spec, address=address, quiet=quiet, trial_fn=trial_fn,
+                                 stream=stream if not quiet else out, err=err, started=started)
+    finally:
+        move_console_log(spec.study_dir / "sweep.log")
+
+
+def _run_with_ray(spec: SweepSpec, *, address, quiet, trial_fn, stream, err, started) -> RunSummary:
+    from sweep.progress import setup_logging, teardown_logging
+
+    started_ray, ray_chatter = init_ray(spec, address)  # SweepError (exit 2) before anything is created
     handler = None
     try:
         handler = setup_logging(spec.study_dir, spec.secrets())
         if ray_chatter.strip():
             log.info("Ray, while connecting:\n%s", ray_chatter.strip())
-        with study_lock(spec.study_dir), quiet_console(spec.study_dir / "sweep.log", quiet) as (out, err):
-            return _run_locked(spec, quiet=quiet, trial_fn=trial_fn, stream=stream if not quiet else out, err=err, started=started)
+        with study_lock(spec.study_dir):
+            return _run_locked(spec, quiet=quiet, trial_fn=trial_fn, stream=stream, err=err, started=started)
     finally:
         if handler is not None:
             teardown_logging(handler)

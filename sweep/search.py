@@ -96,8 +96,12 @@ class StudySearcher(Searcher):
     # ------------------------------------------------------------ Tune's interface
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.stopping or self.launched >= self.launch_cap:
+        if self.stopping:
             return Searcher.FINISHED
+        if self.launched >= self.launch_cap:
+            # Finished once nothing of ours is in flight: a trial lost to its node gives its
+            # launch back (and Tune never asks again after FINISHED).
+            return None if self.live else Searcher.FINISHED
         now = time.monotonic()
         if now < self._next_poll:
             return None
@@ -221,7 +225,7 @@ class StudySearcher(Searcher):
             text = error_text(trial) if trial is not None else "the trial ended without a result"
             if error and is_infrastructure_error(text):
                 kind = "infrastructure"
-                message = f"infrastructure: the Ray node or worker running this trial was lost ({text}); its params are queued again"
+                message = f"infrastructure: the Ray node or worker running this trial was lost ({text})"
             else:
                 kind = "error"
                 message = text

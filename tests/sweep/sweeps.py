@@ -39,6 +39,13 @@ def stand_in_trial(spec, params) -> TrialResult:
     if alpha > float(os.environ.get("SWEEP_TEST_FAIL_ABOVE", "2")):
         raise RuntimeError(f"planted failure at alpha={alpha:.3f}")
     metrics = {"probe/length_retention": 1.0 - 0.8 * alpha * beta, "probe/reward_dip": (1.0 - alpha) * beta}
+    worker = {"host": os.uname().nodename, "pid": os.getpid()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            worker["node_id"] = ray.get_runtime_context().get_node_id()
+    except ImportError:  # pragma: no cover
+        pass
     return TrialResult(params=dict(params), metrics=metrics, curves={"response_length/mean": [1.0, 1.0 - alpha]},
-                       timings={"total_s": round(time.perf_counter() - started, 3)},
-                       worker={"host": os.uname().nodename, "pid": os.getpid()})
+                       timings={"total_s": round(time.perf_counter() - started, 3)}, worker=worker)
