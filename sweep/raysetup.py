@@ -93,10 +93,10 @@ def init_ray(spec: SweepSpec, address: str | None) -> tuple[bool, str]:
         if any(word in text for word in _AUTH_WORDS):
             raise SweepError(
                 f"the Ray cluster at {address} refused this driver's authentication token (InvalidAuthToken). "
-                "Ray 2.60 starts clusters with token authentication on: give this driver the cluster's token "
-                "(copy the head node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN or "
-                "RAY_AUTH_TOKEN_PATH), or start the cluster with RAY_AUTH_MODE=disabled on a trusted network. "
-                "Nothing was created"
+                "Ray 2.60 starts clusters with token authentication on: run the driver with RAY_AUTH_MODE=token "
+                "and the cluster's token (the head node's ~/.ray/auth_token copied to this machine, or "
+                "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH), or start the cluster with RAY_AUTH_MODE=disabled on a "
+                "trusted network. Nothing was created"
             ) from None
         first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
         raise SweepError(f"cannot reach the Ray cluster at {address}: {first}. Nothing was created") from None

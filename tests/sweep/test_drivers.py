@@ -187,3 +187,37 @@ def test_unreachable_storage_or_missing_driver_is_one_error_and_creates_nothing(
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "the database driver `psycopg2` is not installed" in proc.stderr, proc.stderr
         assert not (tmp_path / "results" / "nodriver").exists()
+
+
+def test_ctrl_c_marks_only_this_drivers_trials_interrupted_and_exits_130(tmp_path):
+    journal = str(tmp_path / "study.journal")
+    spec_path = write_spec(tmp_path, tmp_path / "results", name="ctrl-c", storage=journal, budget=6,
+                           extra={"budget": {"trials": 6, "concurrent": 2}})
+    proc = start_driver(spec_path, env=driver_env(SWEEP_TEST_TRIAL_S="4"))
+    deadline = time.monotonic() + DRIVER_TIMEOUT_S
+    while _running(journal, "ctrl-c") < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    time.sleep(1.0)
+    proc.send_signal(2)  # SIGINT, as Ctrl-C sends it to the driver
+    code, out, err = finish(proc)
+    assert code == 130, f"exit {code}\n{out[-3000:]}\n{err[-3000:]}"
+    trials = _journal_study(journal, "ctrl-c").get_trials(deepcopy=False)
+    interrupted = [t for t in trials if t.state.name == "FAIL"]
+    assert interrupted and all(t.user_attrs["failure_kind"] == "interrupted" for t in interrupted)
+    assert "interrupted: trial(s)" in out
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    waiting = [t.system_attrs["fixed_params"] for t in trials if t.state.name == "WAITING"]
+    assert all(t.params in waiting for t in interrupted)  # queued again
+
+
+def _journal_study(journal: str, name: str):
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal)))
+
+
+def _running(journal: str, name: str) -> int:
+    try:
+        return sum(t.state.name == "RUNNING" for t in _journal_study(journal, name).get_trials(deepcopy=False))
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
