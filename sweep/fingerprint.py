@@ -179,6 +179,15 @@ def precheck_existing_study(spec: SweepSpec) -> None:
         return
     if not is_rdb(url) and not Path(url).exists():
         return
+    if is_rdb(url) and not url.startswith("sqlite:"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            if not sqlalchemy.inspect(engine).has_table("studies"):
+                return  # a fresh database: Optuna creates its tables later, after Ray is reached
+        finally:
+            engine.dispose()
     storage = connect(url)
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage)

@@ -380,10 +380,11 @@ class _Signals:
         return self
 
     def handle(self, signum, frame) -> None:
+        if self.signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.signalled.append(signum)
         self.searcher.stopping = True
         log.warning("received signal %d: stopping the run", signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGUSR1)  # Tune ends its run loop on SIGUSR1
 
     def __exit__(self, *exc) -> None:

@@ -221,3 +221,37 @@ def _running(journal: str, name: str) -> int:
         return sum(t.state.name == "RUNNING" for t in _journal_study(journal, name).get_trials(deepcopy=False))
     except Exception:  # noqa: BLE001 - not created yet
         return 0
+
+
+def test_a_driver_killed_mid_sweep_leaves_its_trials_to_the_other(tmp_path):
+    journal = str(tmp_path / "shared.journal")
+    specs = [write_spec(tmp_path, tmp_path / f"results-{who}", name="survivor", storage=journal, budget=8) for who in "ab"]
+    env = driver_env(SWEEP_TEST_TRIAL_S="3")
+    first, second = (start_driver(path, env=env) for path in specs)
+    deadline = time.monotonic() + DRIVER_TIMEOUT_S
+    while True:  # both drivers busy: then the first dies with its trial in flight
+        drivers = {t.user_attrs.get("driver") for t in _trials_or_none(journal, "survivor") if t.state.name == "RUNNING"} - {None}
+        if len(drivers) == 2:
+            break
+        assert first.poll() is None and second.poll() is None, "a driver ended before both ran a trial"
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    os.killpg(first.pid, 9)  # the driver and its local Ray
+    first.communicate()
+    code, out, err = finish(second)
+    assert code == 0, f"exit {code}\n{out[-3000:]}\n{err[-3000:]}"
+    trials = _journal_study(journal, "survivor").get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    keys = [tuple(round(t.params[k], 9) for k in sorted(t.params)) for t in complete]
+    assert len(complete) == 8 and len(set(keys)) == 8
+    orphans = [t for t in trials if t.state.name == "FAIL"]
+    assert orphans and all(t.user_attrs["failure_kind"] == "orphaned" for t in orphans)
+    assert all(any(c.params == t.params for c in complete) for t in orphans)  # rerun by the survivor
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+
+
+def _trials_or_none(journal: str, name: str) -> list:
+    try:
+        return _journal_study(journal, name).get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
