@@ -93,7 +93,7 @@ def check_study(url: str, name: str, budget: int) -> list:
 
 def run_two_drivers(root: Path, storage: str, *, name: str, budget: int, env: dict | None = None):
     specs = [write_spec(root, root / f"results-{who}", name=name, storage=storage, budget=budget) for who in "ab"]
-    procs = [start_driver(path, env=env) for path in specs]
+    procs = [start_driver(path, env=env or driver_env(SWEEP_TEST_TRIAL_S="2")) for path in specs]
     outcomes = [finish(p) for p in procs]
     for code, out, err in outcomes:
         assert code == 0, f"exit {code}\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}"
@@ -110,7 +110,7 @@ def test_two_drivers_on_a_fresh_journal_share_the_budget(tmp_path):
 
 def test_two_drivers_on_fresh_postgres_then_on_the_existing_study(tmp_path, postgres):
     url = postgres.create_database("fresh")
-    env = driver_env(SWEEP_STORAGE=url)
+    env = driver_env(SWEEP_STORAGE=url, SWEEP_TEST_TRIAL_S="2")  # 2 s trials: both drivers are up before the work is done
     # Fresh database: both create the schema and the study at once.
     specs, outcomes = run_two_drivers(tmp_path, "env:SWEEP_STORAGE", name="shared-pg", budget=4, env=env)
     complete = check_study(url, "shared-pg", 4)
