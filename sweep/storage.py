@@ -104,22 +104,25 @@ def connect(url: str, *, attempts: int = 6):
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         # seconds: wait for the lock instead of failing when two processes write at once
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    check_driver(url)
+        engine_kwargs: dict = {"connect_args": {"timeout": 60}}
+    else:
+        check_driver(url)
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": _connect_args(url)}
     import sqlalchemy.exc
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True, "connect_args": _connect_args(url)}
-            )
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, optuna.exceptions.StorageInternalError):
-            # Another driver is creating the schema right now (PostgreSQL: UniqueViolation on
-            # pg_type); once it is done, loading it works.
+            # Another process is creating the schema right now (PostgreSQL: UniqueViolation on
+            # pg_type; SQLite: the alembic_version row); once it is done, loading it works.
             if attempt == attempts - 1:
                 raise
             time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
         except sqlalchemy.exc.OperationalError as exc:
+            if url.startswith("sqlite:") and attempt < attempts - 1:
+                time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))  # "database is locked" during creation
+                continue
             detail = redact(" ".join(str(getattr(exc, "orig", None) or exc).split()), url_secrets(url))
             raise SweepError(f"cannot reach the storage {mask_url(url)}: {detail[:500]}") from None
     raise AssertionError("unreachable")
