@@ -33,13 +33,17 @@ def rescore_front(spec: SweepSpec, trials, *, say: Callable[[str], None] = print
         raise SweepError("the study has no complete feasible trial: nothing to re-score")
     from evals.lmeval import LmEvalRunner
 
+    from sweep.fingerprint import trial_spec
+
     started = time.perf_counter()
+    # The models and merge the front's trials ran with (recorded per trial), not the latest spec's.
+    spec = trial_spec(spec, trials, int(front.iloc[0]["number"]))
     sources, model, tokenizer, _ = load_models(spec)
     runner = LmEvalRunner(lm_eval_config(spec, lm.report_tasks))
     rows = []
     for i, (_, row) in enumerate(front.iterrows(), 1):
         params = {k: float(v) for k, v in trial_params(row).items()}
-        build_candidate(spec, params, model=model, sources=sources)
+        build_candidate(trial_spec(spec, trials, int(row["number"])), params, model=model, sources=sources)
         scores = runner.evaluate(model, tokenizer)
         rows.append({"number": int(row["number"])} | {s.name: s.value for s in scores})
         say(f"re-scored {i}/{len(front)}: trial {int(row['number'])} on {', '.join(lm.report_tasks)} ({time.perf_counter() - started:.0f} s)")

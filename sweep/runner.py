@@ -1,59 +1,47 @@
 """`sweep run`: Optuna proposes, Ray Tune workers merge, evaluate and probe, the study records.
 
-Wiring only. The pieces:
-- `open_study` / `recover_orphans` / `enqueue_points` (sweep.study): the durable study;
-- `StudySearch`: Ray Tune's OptunaSearch, telling the study every objective, constraint
-  and user attribute itself (Ray's version drops constraints and leaves trials with a
-  missing objective RUNNING);
-- `_trainable`: runs `sweep.trial.run_trial` on a worker and reports one final result;
-- `Progress`: one line per finished trial (counts, Pareto front, ETA), and sweep.log.
+Wiring only. The parts:
+- sweep.storage: reaching the storage (one clear error before anything is created);
+- sweep.raysetup: reaching Ray (token errors explained), the workers' environment, --quiet;
+- sweep.study, sweep.fingerprint: the durable study, refusing one run under other settings;
+- sweep.lease: this driver's heartbeat in the study, so several drivers can share it;
+- sweep.search.StudySearcher: Tune's public Searcher over Optuna ask/tell;
+- sweep.recording: spool, then tell the study, retrying while it is unreachable;
+- sweep.progress: one line per finished trial, and sweep.log;
+- `_trainable` (here): runs `sweep.trial.run_trial` on a worker and reports one result.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import sys
+import shutil
+import signal
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from sweep.errors import SweepError
 from sweep.records import TrialResult
-from sweep.spec import SweepSpec
-from sweep.study import (
-    ATTR_CURVES,
-    ATTR_ERROR,
-    ATTR_FINISHED,
-    ATTR_METRICS,
-    ATTR_NOTES,
-    ATTR_RAY_TRIAL_ID,
-    ATTR_TIMINGS,
-    ATTR_WORKER,
-    count_states,
-    enqueue_points,
-    make_storage,
-    open_study,
-    save_spec_snapshot,
-    recover_orphans,
-    study_lock,
-    write_table,
-)
+from sweep.spec import SweepSpec, redact
+from sweep.study import ATTR_FAILURE_KIND, count_states, enqueue_points, open_study, recover_orphans, save_spec_snapshot, study_lock, write_table
+
+# Kept importable from here (tests and older callers).
+from sweep.progress import Progress, clock as _clock  # noqa: F401
+from sweep.raysetup import init_ray, worker_env  # noqa: F401
+from sweep.recording import MISSING_CONSTRAINT_VIOLATION, record_trial  # noqa: F401
+from sweep.search import RESULT_KEY, grid_points
 
 log = logging.getLogger("sweep")
-
-# Constraint value recorded when the constrained metric is missing: clearly infeasible.
-MISSING_CONSTRAINT_VIOLATION = 1e6
-RESULT_KEY = "sweep_result"
 
 TrialFn = Callable[[SweepSpec, dict], TrialResult]
 
 
 @dataclass
 class RunSummary:
-    study_dir: Path
+    study_dir: Any
     budget: int
     complete: int
     failed_this_run: int
@@ -61,26 +49,29 @@ class RunSummary:
     recovered: list[int]
     elapsed_s: float
     front: list[int] = field(default_factory=list)
-    interrupted: list[int] = field(default_factory=list)  # trials in flight when the run stopped early
+    interrupted: list[int] = field(default_factory=list)  # trials in flight when a signal stopped the run
+    grid_exhausted: bool = False  # sampler grid: every grid point is done
+    signalled: bool = False
 
     @property
     def exit_code(self) -> int:
-        """0: the study holds its budget of complete trials; 1: short of it (rerun to top up);
-        130: interrupted (Ctrl-C), with the trials in flight queued again."""
-        if self.interrupted:
+        """0: the study holds its budget of complete trials (or its whole grid); 1: short of
+        it (rerun to top up); 130: stopped by a signal (Ctrl-C), the trials in flight queued again."""
+        if self.signalled:
             return 130
-        return 0 if self.complete >= self.budget else 1
+        return 0 if self.complete >= self.budget or (self.grid_exhausted and not self.failed_this_run) else 1
 
 
 # ---------------------------------------------------------------- samplers and space
 
 
-def make_sampler(spec: SweepSpec, *, trials_so_far: int = 0):
-    """The spec's sampler. Its seed is offset by the trials already in the study, so a
-    resumed run does not replay the first run's random proposals (duplicates)."""
+def make_sampler(spec: SweepSpec, *, trials_so_far: int = 0, salt: int = 0):
+    """The spec's sampler. Its seed is offset by the trials already in the study (a resumed
+    run does not replay the first run's proposals) and by `salt` (distinct per driver when
+    several drivers share the study)."""
     import optuna
 
-    seed = spec.sampler.seed + trials_so_far
+    seed = spec.sampler.seed + trials_so_far + salt
     name = spec.sampler.name
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)  # constant_liar is on by default in Optuna 5
@@ -91,7 +82,7 @@ def make_sampler(spec: SweepSpec, *, trials_so_far: int = 0):
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(grid_space(spec), seed=seed)
+        return _grid_sampler(spec, seed)
     raise SweepError(f"sampler.name: unknown sampler {name}")
 
 
@@ -101,265 +92,67 @@ def grid_space(spec: SweepSpec) -> dict[str, list[float]]:
     return space
 
 
-def define_space(spec: SweepSpec) -> Callable:
-    """Optuna define-by-run space: alpha, beta, then any searched method parameters."""
-    ranges = {"alpha": spec.space.alpha, "beta": spec.space.beta} | dict(spec.space.params)
+def _grid_sampler(spec: SweepSpec, seed: int):
+    import optuna
 
-    def define(trial) -> None:
-        for name, rng in ranges.items():
-            trial.suggest_float(name, rng.low, rng.high, step=rng.step)
+    class StudyGridSampler(optuna.samplers.GridSampler):
+        """GridSampler without its end-of-grid `study.stop()` (which raises outside
+        `optimize`): StudySearcher ends the run when every grid point is done."""
 
-    return define
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
 
-
-# ---------------------------------------------------------------- recording
-
-
-def record_trial(study, ot_trial, spec: SweepSpec, result: TrialResult | None, *, error: str | None, ray_trial_id: str | None) -> None:
-    """Tell the study how the trial ended, with every metric, curve, timing and constraint."""
-    from optuna.trial import TrialState
-
-    from sweep.study import datetime_now_iso
-
-    ot_trial.set_user_attr(ATTR_RAY_TRIAL_ID, ray_trial_id)
-    ot_trial.set_user_attr(ATTR_FINISHED, datetime_now_iso())
-    if result is None:
-        ot_trial.set_user_attr(ATTR_ERROR, error or "the trial ended without a result")
-        study.tell(ot_trial, state=TrialState.FAIL)
-        return
-    ot_trial.set_user_attr(ATTR_METRICS, result.metrics)
-    ot_trial.set_user_attr(ATTR_CURVES, result.curves)
-    ot_trial.set_user_attr(ATTR_TIMINGS, result.timings)
-    ot_trial.set_user_attr(ATTR_WORKER, result.worker)
-    ot_trial.set_user_attr(ATTR_NOTES, result.notes)
-    for constraint in spec.constraints:
-        violation = constraint.violation_in(result.metrics)
-        ot_trial.set_constraint(str(constraint), MISSING_CONSTRAINT_VIOLATION if violation is None else violation)
-    values = [result.metrics.get(name) for name in spec.objective_names]
-    missing = [name for name, value in zip(spec.objective_names, values) if value is None]
-    if missing:
-        ot_trial.set_user_attr(ATTR_ERROR, f"objective(s) not produced: {', '.join(missing)}")
-        study.tell(ot_trial, state=TrialState.FAIL)
-        return
-    study.tell(ot_trial, values)
-
-
-def _error_text(trial) -> str:
-    """The last line of a Tune trial's error (e.g. 'RuntimeError: planted failure')."""
-    text = ""
-    try:  # Tune writes the error text locally before telling the searcher; storage may lag
-        if trial.error_file and Path(trial.error_file).exists():
-            text = Path(trial.error_file).read_text(errors="replace")
-        else:
-            text = str(trial.get_error() or "")
-    except Exception:  # noqa: BLE001 - best effort: the message is informative only
-        pass
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:2000] if lines else "the trial raised an error (see sweep.log)"
-
-
-def _study_search_class():
-    from ray.tune.search.optuna import OptunaSearch
-
-    class StudySearch(OptunaSearch):
-        """OptunaSearch that records constraints, user attributes and error reasons itself."""
-
-        def __init__(self, *, spec: SweepSpec, trial_objects: dict, on_record: Callable[[int], None], **kwargs):
-            super().__init__(**kwargs)
-            self._spec = spec
-            self._trial_objects = trial_objects
-            self._on_record = on_record
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            self._completed_trials.add(trial_id)
-            ot_trial = self._ot_trials[trial_id]
-            payload = (result or {}).get(RESULT_KEY)
-            trial_result = TrialResult.from_json(payload) if payload and not error else None
-            message = None
-            if trial_result is None:
-                trial = self._trial_objects.get(trial_id)
-                message = _error_text(trial) if (error and trial is not None) else None
-            try:
-                record_trial(self._ot_study, ot_trial, self._spec, trial_result, error=message, ray_trial_id=trial_id)
-            except Exception as exc:  # noqa: BLE001 - never lose the run over one record
-                log.exception("could not record trial %s: %s", ot_trial.number, exc)
-            self._on_record(ot_trial.number)
-
-        def __getstate__(self) -> dict:
-            # Tune pickles the searcher into its experiment state; the progress hook and the
-            # trial registry hold streams and live objects, and are not needed there.
-            state = dict(self.__dict__)
-            state.pop("_on_record", None)
-            state.pop("_trial_objects", None)
-            return state
-
-        # The study is the source of truth: nothing to checkpoint here (and RDB storages
-        # do not pickle). Tune calls these when it saves experiment state.
-        def save(self, checkpoint_path: str) -> None:
-            pass
-
-        def restore(self, checkpoint_path: str) -> None:
-            pass
-
-        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-            pass
-
-        def restore_from_dir(self, checkpoint_dir: str) -> None:
-            pass
-
-    return StudySearch
+    return StudyGridSampler(grid_space(spec), seed=seed)
 
 
 # ---------------------------------------------------------------- worker side
 
 
+def _deterministic_errors() -> tuple[type[BaseException], ...]:
+    """Errors a retry cannot fix: a timeout, bad input. Not retried under max_failures."""
+    from sweep.trial import TrialTimeout
+
+    types: list[type[BaseException]] = [TrialTimeout, SweepError]
+    for modname, clsname in (("merge.errors", "MergeError"), ("evals.errors", "EvalError")):
+        try:
+            import importlib
+
+            types.append(getattr(importlib.import_module(modname), clsname))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
 def _trainable(config: dict, spec_json: str, trial_fn: TrialFn | None = None) -> None:
+    """One trial on a Ray worker. A raising trial is retried up to budget.max_failures
+    times (not a timeout or bad input), and its outcome always comes back as a result:
+    only a lost node or worker makes Tune see an error."""
+    import json
+
     from ray import tune
 
     from sweep.trial import run_trial
 
     spec = SweepSpec.model_validate_json(spec_json)
     params = {k: float(v) for k, v in config.items()}
-    result = (trial_fn or run_trial)(spec, params)
-    report = {RESULT_KEY: result.to_json()}
-    for i, name in enumerate(spec.objective_names):  # Tune checks that the searcher's metrics are present
-        value = result.metrics.get(name)
-        report[f"objective_{i}"] = float("nan") if value is None else float(value)
-    tune.report(report)
-
-
-# ---------------------------------------------------------------- progress
-
-
-class Progress:
-    """One line per finished trial: counts, front size, best values, elapsed, ETA."""
-
-    def __init__(self, *, spec: SweepSpec, study, launched: int, quiet: bool, stream=None):
-        self.spec = spec
-        self.study = study
-        self.launched = launched
-        self.quiet = quiet
-        self.stream = stream or sys.stdout
-        self.started = time.monotonic()
-        self.finished_this_run = 0
-        self.failed_this_run = 0
-
-    def say(self, line: str, *, problem: bool = False) -> None:
-        """Log and print a line. With quiet, only problems print (to stderr): cron mails nothing on a clean run."""
-        (log.warning if problem else log.info)(line)
-        if not self.quiet:
-            print(line, file=self.stream, flush=True)
-        elif problem:
-            print(line, file=sys.stderr, flush=True)
-
-    def trial_recorded(self, number: int) -> None:
-        trial = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
-        self.finished_this_run += 1
-        counts = count_states(self.study)
-        params = " ".join(f"{k}={v:.3f}" for k, v in trial.params.items())
-        if trial.state.name == "COMPLETE":
-            short = ", ".join(f"{_short(n)} {v:.3g}" for n, v in zip(self.spec.objective_names, trial.values))
-            metrics = trial.user_attrs.get(ATTR_METRICS, {})
-            broken = [str(c) for c in self.spec.constraints if (v := c.violation_in(metrics)) is None or v > 0]
-            outcome = short + (f" (infeasible: {'; '.join(broken)})" if broken else "")
-        else:
-            self.failed_this_run += 1
-            outcome = f"FAILED: {trial.user_attrs.get(ATTR_ERROR, 'unknown error')}"
-        elapsed = time.monotonic() - self.started
-        remaining = self.launched - self.finished_this_run
-        eta = elapsed / self.finished_this_run * remaining if self.finished_this_run else float("nan")
-        running = counts.get("RUNNING", 0)
-        front = self.front()
-        self.say(
-            f"[{counts.get('COMPLETE', 0)}/{self.spec.budget.trials}] trial {number} {params} -> {outcome}"
-            f" | running {running}, failed {counts.get('FAIL', 0)}, front {len(front)}{self.best(front)}"
-            f" | {_clock(elapsed)} elapsed, ETA {_clock(eta)}",
-            problem=trial.state.name != "COMPLETE",
-        )
-
-    def best(self, front: list) -> str:
-        """Best value of each objective among the front (feasible, complete) trials."""
-        if not front:
-            return ""
-        best = []
-        for i, objective in enumerate(self.spec.objectives):
-            pick = max if objective.direction == "maximize" else min
-            best.append(f"{_short(objective.metric)} {pick(t.values[i] for t in front):.3g}")
-        return " (best " + ", ".join(best) + ")"
-
-    def front(self) -> list:
+    retries: list[str] = []
+    report: dict[str, Any] = {}
+    deterministic = _deterministic_errors()
+    for attempt in range(spec.budget.max_failures + 1):
         try:
-            return self.study.best_trials
-        except Exception:  # noqa: BLE001 - no complete trial yet
-            return []
-
-
-def _short(metric: str) -> str:
-    """lm_eval/toy_reasoning/exact_match,final -> toy_reasoning; probe/length_retention -> length_retention."""
-    parts = metric.split("/")
-    return parts[1] if parts[0] == "lm_eval" and len(parts) > 1 else parts[-1]
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-
-
-# ---------------------------------------------------------------- ray
-
-
-def worker_env(spec: SweepSpec) -> dict[str, str]:
-    """Environment for Ray workers: one torch thread, offline hubs when the driver is offline."""
-    threads = str(spec.resources.torch_threads)
-    env = {
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    }
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "SWEEP_DEMO_DIR", "PYTHONPATH"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return env
-
-
-def init_ray(spec: SweepSpec, address: str | None) -> bool:
-    """Connect to (or start) Ray. Returns True when this call started it (and should stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or spec.resources.address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs: dict[str, Any] = {
-        "runtime_env": {"env_vars": worker_env(spec)},
-        "log_to_driver": False,  # worker chatter goes to Ray's logs, not the progress display
-        "logging_level": logging.WARNING,
-        "configure_logging": True,
-    }
-    if address == "local":
-        kwargs.update(include_dashboard=False, dashboard_host="127.0.0.1")
-    try:
-        ray.init(address=address, **kwargs)
-    except ConnectionError as exc:
-        raise SweepError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    return True
-
-
-def _setup_logging(study_dir: Path) -> logging.Handler:
-    study_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(study_dir / "sweep.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("sweep", "ray.tune"):
-        logging.getLogger(name).addHandler(handler)
-    log.setLevel(logging.INFO)
-    # Tune's own console output (trial tracebacks, result-fetch warnings) goes to sweep.log
-    # only: the progress lines already say which trial failed and why.
-    logging.getLogger("ray.tune").propagate = False
-    return handler
+            result = (trial_fn or run_trial)(spec, params)
+            report = {"result": result.to_dict(), "retries": retries}
+            break
+        except Exception as exc:  # noqa: BLE001 - every error is recorded with its reason
+            text = f"{type(exc).__name__}: {exc}".strip()
+            if isinstance(exc, deterministic) or attempt == spec.budget.max_failures:
+                if retries:
+                    text += f" (after {len(retries)} retr{'y' if len(retries) == 1 else 'ies'})"
+                report = {"error": text[:4000], "retries": retries, "traceback": traceback.format_exc()[-8000:],
+                          "kind": "error"}
+                break
+            retries.append(text[:2000])
+    tune.report({RESULT_KEY: json.dumps(report, allow_nan=False, default=float)})
 
 
 # ---------------------------------------------------------------- the run
@@ -374,143 +167,274 @@ def run_sweep(
     trial_fn: TrialFn | None = None,
     stream=None,
 ) -> RunSummary:
-    """Top the study up to its budget of complete trials. Returns what happened."""
+    """Top the study up to its budget of complete trials. Returns what happened.
+
+    Storage and Ray are reached first: when either cannot be, SweepError (exit 2) and
+    nothing is created (no results folder, no study).
+    """
+    from sweep.raysetup import move_console_log, quiet_console
+    from sweep.storage import check_storage
+
     if trials is not None:
         spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"trials": trials})})
-    study_dir = spec.study_dir
-    handler = _setup_logging(study_dir)
     started = time.monotonic()
+    check_storage(spec)
+    from sweep.fingerprint import precheck_existing_study
+
+    precheck_existing_study(spec)  # a changed spec is refused before Ray starts
     try:
-        with study_lock(study_dir):
-            return _run_locked(spec, address=address, quiet=quiet, trial_fn=trial_fn, stream=stream, started=started)
+        with quiet_console(quiet) as (out, err):
+            return _run_with_ray(spec, address=address, quiet=quiet, trial_fn=trial_fn,
+                                 stream=stream if not quiet else out, err=err, started=started)
     finally:
-        for name in ("sweep", "ray.tune"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+        move_console_log(spec.study_dir / "sweep.log")
 
 
-def _run_locked(spec: SweepSpec, *, address, quiet, trial_fn, stream, started) -> RunSummary:
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/TB files
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import optuna
+def _run_with_ray(spec: SweepSpec, *, address, quiet, trial_fn, stream, err, started) -> RunSummary:
+    from sweep.progress import setup_logging, teardown_logging
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(spec.storage_url)
-    study = open_study(spec, storage=storage)
-    sampler = make_sampler(spec, trials_so_far=len(study.get_trials(deepcopy=False)))
-    save_spec_snapshot(spec)
-    recovered = recover_orphans(study)
-    enqueue_points(study, [dict(p) for p in spec.space.points])
-    if spec.warm_start_from:
-        from sweep.warmstart import warm_start_points
-
-        enqueue_points(study, warm_start_points(spec))
-    complete = count_states(study).get("COMPLETE", 0)
-    launch = spec.budget.trials - complete
-    out = stream or sys.stdout
-    if recovered:
-        message = f"marked {len(recovered)} trial(s) orphaned by an earlier driver FAIL and queued their params again: {recovered}"
-        log.warning(message)
-        print(message, file=out if not quiet else sys.stderr)  # a crashed earlier run: worth a cron mail
-    write_table(study, spec)
-    if launch <= 0:
-        message = f"study '{spec.name}' already has {complete} complete trials (budget {spec.budget.trials}): nothing to run"
-        log.info(message)
-        if not quiet:
-            print(message, file=out)
-        return RunSummary(spec.study_dir, spec.budget.trials, complete, 0, 0, recovered, time.monotonic() - started, _front(study))
-
-    progress = Progress(spec=spec, study=study, launched=launch, quiet=quiet, stream=out)
-    progress.say(
-        f"sweep '{spec.name}': {complete} complete, launching {launch} trial(s), {spec.budget.concurrent} at a time "
-        f"(sampler {spec.sampler.name}, storage {spec.storage_url})"
-    )
-    started_ray = init_ray(spec, address)
+    started_ray, ray_chatter = init_ray(spec, address)  # SweepError (exit 2) before anything is created
+    handler = None
     try:
-        _fit(spec, study, storage, sampler, launch, progress, trial_fn)
+        handler = setup_logging(spec.study_dir, spec.secrets())
+        if ray_chatter.strip():
+            log.info("Ray, while connecting:\n%s", ray_chatter.strip())
+        with study_lock(spec.study_dir):
+            return _run_locked(spec, quiet=quiet, trial_fn=trial_fn, stream=stream, err=err, started=started)
     finally:
-        # Trials this run asked for but never finished (Ctrl-C): FAIL now and queue again.
-        leftover = recover_orphans(study, reason="interrupted: the run stopped before this trial finished")
-        write_table(study, spec)
+        if handler is not None:
+            teardown_logging(handler)
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _is_orphan_fn(study, me: str, grace_s: float):
+    """is_orphan(trial): a RUNNING trial whose driver's lease expired (never one of `me`'s)."""
+    from sweep.lease import leases
+
+    cache: dict[str, Any] = {"at": -1.0, "leases": {}}
+
+    def is_orphan(trial) -> bool:
+        if time.monotonic() - cache["at"] > 1.0:
+            cache["leases"], cache["at"] = leases(study), time.monotonic()
+        driver = trial.user_attrs.get("driver")
+        if driver == me:
+            return False
+        info = cache["leases"].get(driver) if driver else None
+        if info is not None:
+            return info.expired()
+        # No lease: a trial of a driver from before leases, or one just asked by a driver
+        # that has not tagged it yet. Orphaned once it is older than the grace period.
+        from datetime import datetime, timezone
+
+        start = trial.datetime_start
+        if start is None:
+            return True
+        if start.tzinfo is None:
+            start = start.astimezone(timezone.utc)
+        return (datetime.now(timezone.utc) - start).total_seconds() > grace_s
+
+    return is_orphan
+
+
+def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> RunSummary:
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/TB files
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+
+    from sweep.fingerprint import check_fingerprint, recipe
+    from sweep.lease import Lease, live_drivers
+    from sweep.progress import Progress
+    from sweep.recording import Recorder
+    from sweep.spool import Spool
+    from sweep.storage import connect
+    from sweep.study import space_distributions
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    secrets = spec.secrets()
+    display = spec.storage_display
+    storage = connect(spec.storage_url)
+    study = open_study(spec, storage=storage)
+    values = check_fingerprint(study, spec, display)
+    trial_recipe = recipe(spec, values)
+    save_spec_snapshot(spec)
+    progress = Progress(spec=spec, study=study, launched=0, quiet=quiet, stream=stream, err=err)
+    recorder = Recorder(study, spec, Spool(spec.study_dir), redact=lambda text: redact(text, secrets))
+    replayed = recorder.replay()  # results an earlier run finished but could not tell the study
+    if replayed:
+        progress.say(f"sent {len(replayed)} result(s) an earlier run had kept in its spool: trials {replayed}", problem=True)
+
+    lease = Lease(study).start()
+    signalled: list[int] = []
+    leftover: list[int] = []
+    failed = launch = 0
+    recovered: list[int] = []
+    grid_exhausted = clean = False
+    try:
+        others = [d for d in live_drivers(study) if d != lease.driver]
+        trials_so_far = len(study.get_trials(deepcopy=False))
+        # Another driver is running this study: a seed of our own, or both propose the same points.
+        salt = (int(lease.driver.encode().hex()[-12:], 16) % 1_000_003) if others else 0
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, trials_so_far=trials_so_far, salt=salt))
+        recorder.study = progress.study = study
+        is_orphan = _is_orphan_fn(study, lease.driver, grace_s=lease.ttl_s)
+        limit = spec.budget.point_failure_limit
+        recovered = recover_orphans(study, is_orphan=is_orphan, failure_limit=limit)
+        enqueue_points(study, [dict(p) for p in spec.space.points], failure_limit=limit)
+        if spec.warm_start_from:
+            from sweep.warmstart import warm_start_points
+
+            enqueue_points(study, warm_start_points(spec), failure_limit=limit)
+        if recovered:
+            progress.say(f"marked {len(recovered)} trial(s) orphaned by an earlier driver FAIL and queued their params again: {recovered}", problem=True)
+        complete = count_states(study).get("COMPLETE", 0)
+        launch = spec.budget.trials - complete
+        _write_table(study, spec)
+        if launch <= 0:
+            progress.say(f"study '{spec.name}' already has {complete} complete trials (budget {spec.budget.trials}): nothing to run")
+            clean = True
+            return RunSummary(spec.study_dir, spec.budget.trials, complete, 0, 0, recovered, time.monotonic() - started, _front(study))
+        progress.launched = launch
+        progress.say(
+            f"sweep '{spec.name}': {complete} complete, launching up to {launch} trial(s), {spec.budget.concurrent} at a time "
+            f"(sampler {spec.sampler.name}, storage {display}"
+            + (f", {len(others)} other driver(s) on this study" if others else "") + ")"
+        )
+        searcher = _fit(spec, study, space_distributions(spec), lease.driver, recorder, launch, is_orphan, progress, trial_fn, trial_recipe, signalled)
+        recovered += searcher.recovered
+        grid_exhausted = searcher.grid_exhausted
+        failed = progress.failed_this_run
+        clean = not signalled
+    finally:
+        # This driver's trials still RUNNING: a signal stopped the run (interrupted), or
+        # the run broke off (an error). Either way: FAIL with the reason, queued again.
+        reason, kind = (
+            ("interrupted: the run was stopped (Ctrl-C or a signal) before this trial finished", "interrupted")
+            if signalled else ("orphaned: the run ended with an error before this trial finished", "orphaned")
+        )
+        try:
+            leftover = recover_orphans(study, reason=reason, kind=kind,
+                                       is_orphan=lambda t: t.user_attrs.get("driver") == lease.driver,
+                                       failure_limit=spec.budget.point_failure_limit)
+        except Exception as exc:  # noqa: BLE001 - storage down: the lease expiry recovers them later
+            log.warning("could not mark this run's unfinished trials: %s", redact(str(exc), secrets))
+        lease.end()
+        recorder.spool.compact()  # gone when every result reached the study
+        _write_table(study, spec)
+        if clean and not leftover:
+            shutil.rmtree(spec.study_dir / "ray", ignore_errors=True)  # Tune's state: the study is the truth
     counts = count_states(study)
     summary = RunSummary(
-        spec.study_dir,
-        spec.budget.trials,
-        counts.get("COMPLETE", 0),
-        progress.failed_this_run + len(leftover),
-        launch,
-        recovered,
-        time.monotonic() - started,
-        _front(study),
-        leftover,
+        spec.study_dir, spec.budget.trials, counts.get("COMPLETE", 0), failed + (len(leftover) if signalled else 0),
+        launch, recovered, time.monotonic() - started, _front(study), leftover if signalled else [],
+        grid_exhausted, bool(signalled),
     )
-    short = summary.complete < summary.budget
+    short = summary.complete < summary.budget and not (grid_exhausted and not failed)
     if leftover:
-        progress.say(f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again", problem=True)
+        if signalled:
+            progress.say(f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again", problem=True)
+        else:
+            progress.say(f"trial(s) {leftover} did not finish; they are marked FAIL and queued again", problem=True)
+    if grid_exhausted:
+        progress.say(f"the grid is exhausted: all {len(grid_points(spec))} grid points are done")
     progress.say(
         f"done: {summary.complete}/{summary.budget} complete, {summary.failed_this_run} failed this run, "
         f"Pareto front {len(summary.front)} trial(s) {summary.front}, {_clock(summary.elapsed_s)}. "
         f"Results in {spec.study_dir}",
         problem=short or summary.failed_this_run > 0,
     )
-    if short:
+    if short and not signalled:
         progress.say(f"the study is {summary.budget - summary.complete} short of its budget: run the same command again to top it up", problem=True)
     return summary
+
+
+def _write_table(study, spec: SweepSpec) -> None:
+    try:
+        write_table(study, spec)
+    except Exception as exc:  # noqa: BLE001 - storage down: the next write catches up
+        log.warning("could not write the trials table now: %s", redact(str(exc).splitlines()[0] if str(exc) else "", spec.secrets()))
 
 
 def _front(study) -> list[int]:
     try:
         return sorted(t.number for t in study.best_trials)
-    except Exception:  # noqa: BLE001 - no complete trials yet
+    except Exception:  # noqa: BLE001 - no complete trials yet, or the storage is down
         return []
 
 
-def _fit(spec: SweepSpec, study, storage, sampler, launch: int, progress: Progress, trial_fn) -> None:
+class _Signals:
+    """SIGINT/SIGTERM: remember the signal and stop Tune gracefully (through its SIGUSR1
+    handler); a second Ctrl-C raises KeyboardInterrupt as usual."""
+
+    def __init__(self, signalled: list[int], searcher):
+        self.signalled = signalled
+        self.searcher = searcher
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signalled.append(signum)
+        self.searcher.stopping = True
+        log.warning("received signal %d: stopping the run", signum)
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune ends its run loop on SIGUSR1
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _fit(spec, study, distributions, driver, recorder, launch, is_orphan, progress, trial_fn, trial_recipe, signalled):
     from ray import tune
+
+    from sweep.search import StudySearcher
 
     trial_objects: dict[str, Any] = {}
 
     class TrialRegistry(tune.Callback):
-        """Lets the searcher read a failed trial's error message."""
+        """Lets the searcher read a lost trial's error message."""
 
         def on_trial_start(self, iteration, trials, trial, **info):
             trial_objects[trial.trial_id] = trial
 
-    def on_record(number: int) -> None:
-        write_table(study, spec)  # persisted before the next trial is counted
-        progress.trial_recorded(number)
+    def on_record(number: int, *, params, state, result, error, requeued) -> None:
+        _write_table(study, spec)  # persisted before the next trial is counted
+        values = [result.metrics.get(n) for n in spec.objective_names] if result is not None else None
+        progress.trial_recorded(number, params=params, state=state, values=values,
+                                metrics=result.metrics if result is not None else {}, error=error, requeued=requeued)
 
-    searcher = _study_search_class()(
-        spec=spec,
-        trial_objects=trial_objects,
-        on_record=on_record,
-        space=define_space(spec),
-        metric=[f"objective_{i}" for i in range(len(spec.objectives))],
-        mode=["max" if d == "maximize" else "min" for d in spec.directions],
-        sampler=sampler,
-        storage=storage,
-        study_name=spec.name,
+    searcher = StudySearcher(
+        spec=spec, study=study, distributions=distributions, driver=driver, recorder=recorder,
+        launch_cap=launch, is_orphan=is_orphan, on_record=on_record, recipe=trial_recipe, trial_objects=trial_objects,
     )
-    trainable = tune.with_parameters(_trainable, spec_json=spec.model_dump_json(), trial_fn=trial_fn)
+    worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage (or its password)
+    trainable = tune.with_parameters(_trainable, spec_json=worker_spec.model_dump_json(), trial_fn=trial_fn)
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (below) records the signal, then stops Tune
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=launch,
+            num_samples=-1,  # the searcher says when to stop (shared budget, grid, launch cap)
             max_concurrent_trials=spec.budget.concurrent,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=str((spec.study_dir / "ray").resolve()),
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+            failure_config=tune.FailureConfig(max_failures=0),  # retries happen in _trainable; node loss in the searcher
             callbacks=[TrialRegistry()],
         ),
     )
-    tuner.fit()
+    with _Signals(signalled, searcher):
+        tuner.fit()
+    return searcher

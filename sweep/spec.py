@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -124,6 +125,8 @@ class BudgetSpec(_Section):
     concurrent: Annotated[int, Field(ge=1)] = 1
     trial_timeout_s: Annotated[float, Field(gt=0)] | None = None
     max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a raising trial before it is recorded FAIL
+    # A fixed point (space.points, warm start) that failed this many times is not queued again.
+    point_failure_limit: Annotated[int, Field(ge=1)] = 2
 
 
 # ---------------------------------------------------------------- evals
@@ -294,7 +297,8 @@ class SweepSpec(_Section):
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
-    # Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file path.
+    # Optuna storage: an RDB URL (sqlite:///..., postgresql://...), a journal file path, or
+    # env:VAR (the URL is read from $VAR, so no password sits in the spec file).
     # Default: sqlite:///<results_dir>/<name>/study.db
     storage: str | None = None
     results_dir: str = "results"
@@ -310,7 +314,31 @@ class SweepSpec(_Section):
 
     @property
     def storage_url(self) -> str:
+        """The storage URL to connect to (env:VAR read now). Never print it: use storage_display."""
+        if self.storage and self.storage.startswith(ENV_PREFIX):
+            var = self.storage[len(ENV_PREFIX):]
+            value = os.environ.get(var)
+            if not value:
+                raise ConfigError([f"storage: {self.storage}: the environment variable {var} is not set (export {var}=postgresql://user:password@host/db)"])
+            return value
         return self.storage or f"sqlite:///{self.study_dir / 'study.db'}"
+
+    @property
+    def storage_display(self) -> str:
+        """The storage URL with any password masked (***), safe to print, log and write."""
+        try:
+            url = self.storage_url
+        except ConfigError:
+            return f"{self.storage} (unset)"
+        shown = mask_url(url)
+        return f"{shown} (from {self.storage})" if self.storage and self.storage.startswith(ENV_PREFIX) else shown
+
+    def secrets(self) -> list[str]:
+        """Secret strings of this spec (the storage password), for redacting any text."""
+        try:
+            return url_secrets(self.storage_url)
+        except ConfigError:
+            return []
 
     @property
     def objective_names(self) -> list[str]:
@@ -563,6 +591,37 @@ def parse_spec(text: str, *, source: str = "spec", base_dir: Path | None = None)
     return spec
 
 
+ENV_PREFIX = "env:"
+_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@.*)$")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password in `scheme://user:password@host/...` (and its %-decoded form), or []."""
+    from urllib.parse import unquote
+
+    match = _URL_PASSWORD.match(url or "")
+    if not match or not match["password"]:
+        return []
+    password = match["password"]
+    return sorted({password, unquote(password)}, key=len, reverse=True)
+
+
+def mask_url(url: str) -> str:
+    """`postgresql://sweep:SECRET@host/db` -> `postgresql://sweep:***@host/db`."""
+    match = _URL_PASSWORD.match(url or "")
+    if not match or not match["password"]:
+        return url
+    return f"{match['head']}***{match['tail']}"
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """`text` with every secret replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def _resolve(value: str, base_dir: Path) -> str:
     if value.startswith(DEMO_PREFIX) or "://" in value:
         return value
@@ -584,7 +643,9 @@ def _resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
             probe = probe.model_copy(update={"reward": probe.reward.model_copy(update={"model": _resolve(probe.reward.model, base_dir)})})
         evals = evals.model_copy(update={"probe": probe})
     storage = spec.storage
-    if storage and "://" not in storage:
+    if storage and storage.startswith(ENV_PREFIX):
+        pass  # read when used: the URL (and its password) never enters the spec object
+    elif storage and "://" not in storage:
         storage = _resolve(storage, base_dir)  # a journal file
     elif storage and storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
         storage = "sqlite:///" + _resolve(storage[len("sqlite:///"):], base_dir)

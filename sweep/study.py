@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from sweep.errors import SweepError
-from sweep.spec import SweepSpec
+from sweep.spec import SweepSpec, redact
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -33,29 +33,18 @@ ATTR_NOTES = "notes"
 ATTR_ERROR = "error"
 ATTR_RAY_TRIAL_ID = "ray_trial_id"
 ATTR_FINISHED = "finished_at"
+ATTR_FAILURE_KIND = "failure_kind"  # error | infrastructure | orphaned | interrupted | skipped
+ATTR_RETRIES = "retries"  # errors of the attempts retried before this outcome (budget.max_failures)
 STUDY_ATTR_OBJECTIVES = "sweep_objectives"
 
 _PARAM_TOLERANCE = 1e-9
 
 
 def make_storage(url: str):
-    """An Optuna storage object (Ray's OptunaSearch needs an object, not a URL).
+    """An Optuna storage object for `url` (see sweep.storage.connect)."""
+    from sweep.storage import connect
 
-    RDB URLs (sqlite:///..., postgresql://..., mysql://...) give RDBStorage; anything
-    else is a journal file path (good on shared file systems), giving JournalStorage.
-    """
-    import optuna
-
-    if "://" in url:
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            # seconds: wait for the lock instead of failing when two processes write at once
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-        return optuna.storages.RDBStorage(url)
-    from optuna.storages.journal import JournalFileBackend
-
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(url))
+    return connect(url)
 
 
 def open_study(spec: SweepSpec, *, sampler=None, storage=None):
@@ -66,26 +55,40 @@ def open_study(spec: SweepSpec, *, sampler=None, storage=None):
     study = optuna.create_study(
         storage=storage, study_name=spec.name, directions=spec.directions, sampler=sampler, load_if_exists=True
     )
+    recorded = check_objectives(study, spec)
+    wanted = [[o.metric, o.direction] for o in spec.objectives]
+    if recorded is None:
+        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
+    if list(study.metric_names or []) != spec.objective_names:
+        import warnings
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still so in 5
+            warnings.simplefilter("ignore")
+            study.set_metric_names(spec.objective_names)  # optuna-dashboard shows these names
+    return study
+
+
+def check_objectives(study, spec: SweepSpec):
+    """Raise SweepError when the study's directions or objectives differ from the spec's.
+    Returns the objectives the study recorded (None for a study from before they were)."""
     recorded = study.user_attrs.get(STUDY_ATTR_OBJECTIVES)
     wanted = [[o.metric, o.direction] for o in spec.objectives]
     have_dirs = [d.name.lower() for d in study.directions]
     if have_dirs != spec.directions or (recorded is not None and recorded != wanted):
         have = recorded or [["?", d] for d in have_dirs]
         raise SweepError(
-            f"study '{spec.name}' in {spec.storage_url} was created with objectives "
+            f"study '{spec.name}' in {spec.storage_display} was created with objectives "
             f"{_fmt_objectives(have)}, but the spec asks for {_fmt_objectives(wanted)}. "
             "Give the spec a new name (or storage) to start a new study; the existing one is left untouched"
         )
-    if recorded is None:
-        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
-    return study
+    return recorded
 
 
 def _fmt_objectives(pairs: list) -> str:
     return "[" + ", ".join(f"{d} {m}" for m, d in pairs) + "]"
 
 
-def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(math.isclose(float(a[k]), float(b[k]), abs_tol=_PARAM_TOLERANCE) for k in a)
 
 
@@ -94,38 +97,72 @@ def _trial_params(trial) -> dict[str, Any]:
     return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
 
 
-def recover_orphans(study, *, reason: str = "orphaned: the driver stopped while this trial ran") -> list[int]:
+def space_distributions(spec: SweepSpec) -> dict:
+    """The Optuna distributions of the spec's space: alpha, beta, then searched method parameters."""
+    import optuna
+
+    ranges = {"alpha": spec.space.alpha, "beta": spec.space.beta} | dict(spec.space.params)
+    return {name: optuna.distributions.FloatDistribution(r.low, r.high, step=r.step) for name, r in ranges.items()}
+
+
+def recover_orphans(
+    study,
+    *,
+    reason: str = "orphaned: the driver stopped while this trial ran",
+    kind: str = "orphaned",
+    is_orphan=None,
+    failure_limit: int | None = None,
+) -> list[int]:
     """Mark RUNNING trials FAIL with `reason` and enqueue their params again. Returns their numbers.
 
-    Call only while holding the study lock (no other driver is running this study).
+    `is_orphan(frozen_trial) -> bool` picks which RUNNING trials are orphans (default: all of
+    them; sweep.runner passes one that accepts only trials whose driver's lease expired).
     """
     from optuna.trial import TrialState
 
     storage = study._storage
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, reason)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if is_orphan is not None and not is_orphan(trial):
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, reason)
+            storage.set_trial_user_attr(trial._trial_id, ATTR_FAILURE_KIND, kind)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except RuntimeError:  # finished meanwhile (its driver told it after all): not an orphan
+            continue
         recovered.append(trial.number)
         if trial.params:
-            enqueue_points(study, [trial.params])
+            enqueue_points(study, [trial.params], failure_limit=failure_limit)
     return recovered
 
 
-def enqueue_points(study, points: list[dict[str, float]]) -> int:
-    """Enqueue points that are neither COMPLETE nor already waiting. Returns how many were added."""
+def error_failures(study, params: dict[str, Any]) -> int:
+    """How many times a trial at `params` raised (FAIL of kind error; infrastructure losses do not count)."""
     from optuna.trial import TrialState
 
-    existing = [
-        _trial_params(t)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))
-    ]
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get(ATTR_FAILURE_KIND, "error") == "error" and t.params and same_params(t.params, params)
+    )
+
+
+def enqueue_points(study, points: list[dict[str, float]], *, failure_limit: int | None = None) -> int:
+    """Enqueue points that are neither COMPLETE nor already waiting or running, nor failed
+    `failure_limit` times already. Returns how many were added."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    existing = [_trial_params(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)]
     added = 0
     for point in points:
-        if not any(_same_params(point, other) for other in existing):
-            study.enqueue_trial(dict(point), skip_if_exists=False)
-            existing.append(dict(point))
-            added += 1
+        if any(same_params(point, other) for other in existing):
+            continue
+        if failure_limit is not None and error_failures(study, point) >= failure_limit:
+            continue
+        study.enqueue_trial(dict(point), skip_if_exists=False)
+        existing.append(dict(point))
+        added += 1
     return added
 
 
@@ -183,7 +220,12 @@ def save_spec_snapshot(spec: SweepSpec) -> Path:
     """<study_dir>/spec.json: what report, export and compare read back (no spec path needed)."""
     path = spec.study_dir / SPEC_SNAPSHOT
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"spec": spec.model_dump(mode="json"), "spec_path": spec.spec_path, "sha256": spec_hash(spec)}
+    data = spec.model_dump(mode="json")
+    if data.get("storage"):
+        from sweep.spec import mask_url
+
+        data["storage"] = mask_url(data["storage"])  # never a password on disk
+    payload = {"spec": data, "spec_path": spec.spec_path, "sha256": spec_hash(spec)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
@@ -211,8 +253,8 @@ def load_study_dir(study_dir: str | Path) -> tuple[SweepSpec, "pd.DataFrame"]:
 
 
 TABLE_COLUMNS = (
-    "number", "state", "error", "params/alpha", "params/beta", "constraint_violation", "feasible",
-    "duration_s", "worker", "ray_trial_id", "started_at", "finished_at", "curves",
+    "number", "state", "error", "failure_kind", "params/alpha", "params/beta", "constraint_violation", "feasible",
+    "duration_s", "worker", "ray_trial_id", "driver", "retries", "started_at", "finished_at", "recipe", "curves",
 )
 
 
@@ -220,13 +262,16 @@ def trials_table(study, spec: SweepSpec):
     """One row per trial: number, state, params/<name>, every metric, feasibility, timings, curves."""
     import pandas as pd
 
+    secrets = spec.secrets()
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.state.name == "WAITING":
+        if trial.state.name == "WAITING" or trial.user_attrs.get(ATTR_FAILURE_KIND) == "skipped":
             continue
         attrs = trial.user_attrs
         metrics = attrs.get(ATTR_METRICS, {})
-        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "error": attrs.get(ATTR_ERROR)}
+        error = attrs.get(ATTR_ERROR)
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name,
+                               "error": redact(error, secrets) if error else error, "failure_kind": attrs.get(ATTR_FAILURE_KIND)}
         row.update({f"params/{k}": v for k, v in trial.params.items()})
         row.update({k: (float("nan") if v is None else float(v)) for k, v in metrics.items()})
         checked = [c.violation_in(metrics) for c in spec.constraints]
@@ -240,6 +285,9 @@ def trials_table(study, spec: SweepSpec):
         worker = attrs.get(ATTR_WORKER, {})
         row["worker"] = f"{worker.get('host', '')}:{worker.get('pid', '')}" if worker else None
         row["ray_trial_id"] = attrs.get(ATTR_RAY_TRIAL_ID)
+        row["driver"] = attrs.get("driver")
+        row["retries"] = len(attrs.get(ATTR_RETRIES, []))
+        row["recipe"] = json.dumps(attrs["recipe"]) if "recipe" in attrs else None
         row["started_at"] = trial.datetime_start.isoformat() if trial.datetime_start else None
         row["finished_at"] = trial.datetime_complete.isoformat() if trial.datetime_complete else None
         row["curves"] = json.dumps(attrs.get(ATTR_CURVES, {}))

@@ -57,11 +57,13 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sweep.fingerprint import trial_spec
     from sweep.study import load_study_dir, spec_hash
     from sweep.trial import split_params
 
     spec, trials = load_study_dir(args.study)
     number, params, metrics = choose_trial(spec, trials, balanced=args.balanced, number=args.trial)
+    spec = trial_spec(spec, trials, number)  # the models and merge this trial ran with (its recorded recipe)
     alpha, beta, method_params = split_params(spec, params)
     settings = dict(
         alpha=alpha,

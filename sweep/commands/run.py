@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.results_dir:
         spec = spec.model_copy(update={"results_dir": str(Path(args.results_dir).resolve())})
+    from sweep.storage import storage_problems
+
     _, problems = spec_problems(spec)  # everything `sweep validate` checks, before any worker starts
+    problems += storage_problems(spec)  # the storage answers, its driver is installed (nothing created)
     if problems:
         raise ConfigError(problems, source=args.spec)
     summary = run_sweep(spec, address=args.address, trials=args.trials, quiet=args.quiet)

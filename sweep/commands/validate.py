@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from sweep.spec import load_spec
 
     from sweep.memory_plan import plan_trial
+    from sweep.storage import storage_problems
 
     try:
         spec = load_spec(args.spec)
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         raise ConfigError(exc.problems + extra, source=exc.source) from None
     infos, problems = spec_problems(spec)
+    problems += storage_problems(spec)
     if problems:
         raise ConfigError(problems, source=args.spec)
     plan = plan_trial(spec, infos)
@@ -56,7 +58,7 @@ def summary(spec, infos) -> str:
     ]
     if spec.constraints:
         lines.append("  constraints " + "; ".join(str(c) for c in spec.constraints))
-    lines.append(f"  storage    {spec.storage_url}")
+    lines.append(f"  storage    {spec.storage_display}")  # the password masked
     return "\n".join(lines)
 
 

@@ -235,8 +235,9 @@ def test_constraint_violations_reach_the_sampler(tmp_path, ray_local, capfd):
     study = load_study(spec)
     for trial in study.trials:
         assert trial.state.name == "COMPLETE"
-        (violation,) = [v for k, v in trial.system_attrs.items() if k.startswith("constraints")]
+        (violation,) = [v for k, v in trial.system_attrs.items() if k.startswith("constraints:")]
         assert violation == pytest.approx(2.0 - trial.user_attrs["metrics"]["probe/length_retention"])
+        assert trial.system_attrs["constraints"] == [violation]  # the list optuna-dashboard reads
         assert violation > 0
     table = pd.read_parquet(spec.study_dir / "trials.parquet")
     assert not table["feasible"].any()

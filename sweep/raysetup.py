@@ -1,0 +1,149 @@
+"""Ray for a sweep: connecting (with a clear error when the cluster refuses us), the
+workers' environment, and keeping Ray's own chatter out of the console with --quiet.
+
+Ray's core (raylets, the GCS client) writes straight to the process's file descriptors
+1 and 2, not through Python logging, so `quiet_console` redirects those descriptors into
+sweep.log for the run and gives the progress display copies of the real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sweep.errors import SweepError
+from sweep.spec import SweepSpec
+
+log = logging.getLogger("sweep")
+
+_AUTH_WORDS = ("InvalidAuthToken", "AuthenticationError", "authentication token", "Unauthenticated", "UNAUTHENTICATED")
+
+
+def worker_env(spec: SweepSpec) -> dict[str, str]:
+    """Environment for Ray workers: one torch thread, offline hubs when the driver is offline."""
+    threads = str(spec.resources.torch_threads)
+    env = {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    }
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "SWEEP_DEMO_DIR", "PYTHONPATH"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def resolve_address(spec: SweepSpec, address: str | None) -> str:
+    return address or spec.resources.address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+@contextmanager
+def _captured_fds() -> Iterator[Path]:
+    """Descriptors 1 and 2 go to a temp file meanwhile (Ray's C++ warnings land there)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    handle = tempfile.NamedTemporaryFile(prefix="sweep-ray-init-", suffix=".log", delete=False)
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        yield Path(handle.name)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        handle.close()
+
+
+def init_ray(spec: SweepSpec, address: str | None) -> tuple[bool, str]:
+    """Connect to (or start) Ray. Returns (whether this call started it and should stop it,
+    what Ray printed while connecting). Raises SweepError, with the fix, when it cannot."""
+    import ray
+
+    if ray.is_initialized():
+        return False, ""
+    address = resolve_address(spec, address)
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": worker_env(spec)},
+        "log_to_driver": False,  # worker chatter goes to Ray's logs, not the progress display
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+    }
+    if address == "local":
+        kwargs.update(include_dashboard=False, dashboard_host="127.0.0.1")
+    problem: BaseException | None = None
+    with _captured_fds() as captured:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, RuntimeError...
+            problem = exc
+    chatter = captured.read_text(errors="replace")
+    captured.unlink(missing_ok=True)
+    if problem is not None:
+        text = f"{type(problem).__name__}: {problem}\n{chatter}"
+        if any(word in text for word in _AUTH_WORDS):
+            raise SweepError(
+                f"the Ray cluster at {address} refused this driver's authentication token (InvalidAuthToken). "
+                "Ray 2.60 starts clusters with token authentication on: run the driver with RAY_AUTH_MODE=token "
+                "and the cluster's token (the head node's ~/.ray/auth_token copied to this machine, or "
+                "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH), or start the cluster with RAY_AUTH_MODE=disabled on a "
+                "trusted network. Nothing was created"
+            ) from None
+        first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+        raise SweepError(f"cannot reach the Ray cluster at {address}: {first}. Nothing was created") from None
+    return True, chatter
+
+
+@contextmanager
+def quiet_console(enabled: bool) -> Iterator[tuple[Any, Any]]:
+    """(stdout, stderr) streams for our own lines. When enabled, descriptors 1 and 2 go to a
+    temp file meanwhile (Ray's raylet and core-worker output included); `move_console_log`
+    then appends it to sweep.log (which may not exist before Ray is reached)."""
+    if not enabled:
+        yield sys.stdout, sys.stderr
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    target = tempfile.NamedTemporaryFile("a", prefix="sweep-console-", suffix=".log", delete=False, buffering=1)
+    os.dup2(target.fileno(), 1)
+    os.dup2(target.fileno(), 2)
+    try:
+        yield out, err
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        for stream in (out, err, target):
+            stream.close()
+        CONSOLE_LOGS.append(Path(target.name))
+
+
+CONSOLE_LOGS: list[Path] = []
+
+
+def move_console_log(log_file: Path) -> None:
+    """Append what --quiet kept off the console to `log_file` (or drop it when there is none)."""
+    while CONSOLE_LOGS:
+        path = CONSOLE_LOGS.pop()
+        try:
+            text = path.read_text(errors="replace")
+            if text.strip() and log_file.parent.is_dir():
+                with open(log_file, "a") as handle:
+                    handle.write("---- console output of Ray (kept off stdout/stderr by --quiet)\n" + text)
+        finally:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,41 @@
+"""A `sweep run` driver process for tests: the CLI's run command with the stand-in trial.
+
+    python -m tests.sweep.driver SPEC [--quiet] [--trials N]
+
+Exit codes as `sweep run`: 0 budget complete, 1 short, 2 a user error, 130 a signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main() -> int:
+    import ray.cloudpickle
+
+    from sweep.errors import SweepError
+    from sweep.runner import run_sweep
+    from sweep.spec import load_spec
+    from tests.sweep import sweeps
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("spec")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--trials", type=int)
+    parser.add_argument("--address")
+    args = parser.parse_args()
+    ray.cloudpickle.register_pickle_by_value(sweeps)
+    try:
+        summary = run_sweep(load_spec(args.spec, resolve_demo=False), quiet=args.quiet, trials=args.trials,
+                            address=args.address, trial_fn=sweeps.stand_in_trial)
+    except SweepError as exc:
+        print(f"sweep run: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Helpers for sweep tests that exercise the orchestration (Ray Tune, Optuna, storage, drivers)
+with a stand-in trial: the metrics are a smooth function of the params, computed on a real Ray
+worker, so a sweep of a few trials takes seconds. The real trial (merge, lm-eval, probe)
+runs end to end in test_run.py."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sweep.records import TrialResult
+from sweep.spec import parse_spec
+
+SPEC = """
+name: {name}
+models: {{pretrained: {root}/m/p, instruct: {root}/m/i, reasoning: {root}/m/r}}
+evals:
+  probe: {{prompts: {root}/m/prompts.jsonl}}
+objectives:
+  - {{metric: probe/length_retention, direction: maximize}}
+  - {{metric: probe/reward_dip, direction: minimize}}
+constraints: ["probe/length_retention >= 0.2"]
+results_dir: {results}
+"""
+
+
+def make_spec(root: Path, *, name: str = "orch", results: Path | None = None, extra: str = ""):
+    text = SPEC.format(name=name, root=root, results=results or root / "results") + extra
+    return parse_spec(text, base_dir=root)
+
+
+def stand_in_trial(spec, params) -> TrialResult:
+    """A trial whose outcome depends only on its params (a trade-off between the two
+    objectives); SWEEP_TEST_TRIAL_S sets how long it takes (seconds)."""
+    started = time.perf_counter()
+    time.sleep(float(os.environ.get("SWEEP_TEST_TRIAL_S", "0.2")))
+    alpha, beta = params["alpha"], params["beta"]
+    if alpha > float(os.environ.get("SWEEP_TEST_FAIL_ABOVE", "2")):
+        raise RuntimeError(f"planted failure at alpha={alpha:.3f}")
+    metrics = {"probe/length_retention": 1.0 - 0.8 * alpha * beta, "probe/reward_dip": (1.0 - alpha) * beta}
+    worker = {"host": os.uname().nodename, "pid": os.getpid()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            worker["node_id"] = ray.get_runtime_context().get_node_id()
+    except ImportError:  # pragma: no cover
+        pass
+    return TrialResult(params=dict(params), metrics=metrics, curves={"response_length/mean": [1.0, 1.0 - alpha]},
+                       timings={"total_s": round(time.perf_counter() - started, 3)}, worker=worker)

@@ -1,0 +1,97 @@
+"""A real two-node Ray cluster on 127.0.0.1 (tests/sweep/raycluster.py): a sweep joins it with
+--address, runs trials on both nodes, and survives the worker node's raylet being killed
+mid-trial. Also: a cluster that refuses the driver's token is one clear error."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.sweep.raycluster import LocalCluster
+from tests.sweep.test_drivers import DRIVER_TIMEOUT_S, REPO, check_study, driver_env, finish, start_driver, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = LocalCluster()
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        cluster.stop()
+        pytest.skip(f"could not start a two-node Ray cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _trials(spec_path: Path, name: str) -> list:
+    url = f"sqlite:///{spec_path.parent / spec_path.stem / name / 'study.db'}"
+    try:
+        return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
+
+
+def test_node_loss_mid_trial_loses_nothing_and_reruns_the_lost_point(tmp_path, cluster):
+    spec_path = write_spec(tmp_path, tmp_path / "results", name="nodes", storage="", budget=6,
+                           extra={"budget": {"trials": 6, "concurrent": 2}})
+    text = spec_path.read_text().replace("storage: ''\n", "")
+    spec_path.write_text(text)
+    env = driver_env(RAY_AUTH_MODE="token", SWEEP_TEST_TRIAL_S="3")
+    proc = start_driver(spec_path, "--quiet", "--address", cluster.address, env=env)
+    deadline = time.monotonic() + DRIVER_TIMEOUT_S
+    # Wait until both nodes have finished a trial and both are busy again, then kill the
+    # worker node's raylet: the trial running there is lost with its node.
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the sweep did not use both nodes in time"
+        trials = _trials(spec_path, "nodes")
+        nodes = {t.user_attrs["worker"].get("node_id") for t in trials if t.state.name == "COMPLETE"}
+        if len(nodes) == 2 and sum(t.state.name == "RUNNING" for t in trials) == 2:
+            break
+        time.sleep(0.3)
+    os.kill(cluster.worker_raylet(), signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 0, f"exit {code}\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}"
+    url = f"sqlite:///{tmp_path / 'results' / 'nodes' / 'study.db'}"
+    study = optuna.load_study(study_name="nodes", storage=url)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 6 and not [t for t in study.trials if t.state.name == "RUNNING"]
+    keys = [tuple(round(t.params[k], 9) for k in sorted(t.params)) for t in complete]
+    assert len(set(keys)) == 6, "a point ran twice"
+    lost = [t for t in study.trials if t.state.name == "FAIL"]
+    assert lost, "the killed node's trial was recorded"
+    for trial in lost:
+        assert trial.user_attrs["failure_kind"] == "infrastructure"
+        assert "infrastructure: the Ray node or worker running this trial was lost" in trial.user_attrs["error"]
+        assert any(t.params == trial.params for t in complete), "the lost trial's params were proposed again"
+    # --quiet: nothing on stdout; on stderr only our own lines (the lost trial), none of Ray's.
+    assert out == ""
+    for line in err.splitlines():
+        assert re.match(r"^(\[\d+/6\] trial \d+ |done: |marked \d+ trial)", line), f"not a sweep line: {line!r}"
+    log = (tmp_path / "results" / "nodes" / "sweep.log").read_text()
+    assert "infrastructure" in log
+
+
+def test_a_cluster_refusing_the_token_is_one_clear_error(tmp_path, cluster):
+    spec_path = write_spec(tmp_path, tmp_path / "results", name="refused", storage="", budget=2)
+    spec_path.write_text(spec_path.read_text().replace("storage: ''\n", ""))
+    env = {k: v for k, v in driver_env().items() if not k.startswith("RAY_AUTH")} | {"RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "tests.sweep.driver", str(spec_path), "--address", cluster.address],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "refused this driver's authentication token" in proc.stderr
+    assert "RAY_AUTH_MODE" in proc.stderr and "~/.ray/auth_token" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results" / "refused").exists()  # nothing created before Ray is reached

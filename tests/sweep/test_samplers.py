@@ -1,0 +1,148 @@
+"""Every sampler end to end through run_sweep on a real local Ray and a real Optuna study,
+with a stand-in trial (tests/sweep/sweeps.py) so that each sweep takes seconds."""
+
+from __future__ import annotations
+
+import sys
+
+import optuna
+import pytest
+
+from sweep.runner import run_sweep
+from tests.sweep import sweeps
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sweeps)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def _study(spec):
+    return optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+
+
+def _keys(trials):
+    return [tuple(round(t.params[k], 9) for k in sorted(t.params)) for t in trials]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random"])
+def test_sampler_runs_a_sweep_to_its_budget(sampler, tmp_path, ray_local, capsys):
+    spec = sweeps.make_spec(tmp_path, name=f"s-{sampler}", extra=(
+        f"sampler: {{name: {sampler}, seed: 3}}\nbudget: {{trials: 4, concurrent: 2}}\n"
+        "space: {points: [{alpha: 0.5, beta: 1.0}]}\n"))
+    summary = run_sweep(spec, trial_fn=sweeps.stand_in_trial)
+    assert summary.exit_code == 0, capsys.readouterr()
+    trials = _study(spec).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and len(trials) == 4
+    assert len(set(_keys(complete))) == 4, "a point ran twice"
+    assert (0.5, 1.0) in _keys(complete)  # the fixed point ran
+    for trial in complete:
+        a, b = trial.params["alpha"], trial.params["beta"]
+        assert trial.values == pytest.approx([1.0 - 0.8 * a * b, (1.0 - a) * b])
+        assert trial.user_attrs["driver"] and trial.user_attrs["recipe"]["merge"]["stage1"]["method"] == "linear"
+    assert _study(spec).metric_names == spec.objective_names  # named in optuna-dashboard
+    assert not (spec.study_dir / "ray").exists()  # Tune's state is removed after a clean run
+    assert f"done: 4/4 complete, 0 failed this run" in capsys.readouterr().out
+
+
+def test_grid_ends_cleanly_when_exhausted(tmp_path, ray_local, capsys):
+    spec = sweeps.make_spec(tmp_path, name="grid", extra=(
+        "sampler: {name: grid}\nbudget: {trials: 10, concurrent: 2}\n"
+        "space: {alpha: {low: 0, high: 1, step: 0.5}, beta: {low: 0.5, high: 1, step: 0.5}}\n"))
+    summary = run_sweep(spec, trial_fn=sweeps.stand_in_trial)
+    out = capsys.readouterr().out
+    assert summary.exit_code == 0 and summary.grid_exhausted, out
+    complete = [t for t in _study(spec).trials if t.state.name == "COMPLETE"]
+    assert sorted(_keys(complete)) == [(a, b) for a in (0.0, 0.5, 1.0) for b in (0.5, 1.0)]
+    assert "the grid is exhausted: all 6 grid points are done" in out
+    # A rerun has nothing left to do and says so, still exit 0.
+    again = run_sweep(spec, trial_fn=sweeps.stand_in_trial)
+    assert again.exit_code == 0 and len(_study(spec).trials) == 6
+
+
+def fails_at_alpha_09(spec, params):
+    if params["alpha"] == pytest.approx(0.9):  # only the fixed point (random proposals never hit it)
+        raise RuntimeError("planted failure at alpha=0.900")
+    return sweeps.stand_in_trial(spec, params)
+
+
+def test_a_fixed_point_that_failed_twice_is_not_queued_again(tmp_path, ray_local):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec = sweeps.make_spec(tmp_path, name="failing-point", extra=(
+        "sampler: {name: random, seed: 1}\nbudget: {trials: 2, concurrent: 1}\n"
+        "space: {points: [{alpha: 0.9, beta: 1.0}]}\n"))
+    runs = [run_sweep(spec, trial_fn=fails_at_alpha_09, trials=n) for n in (2, 3, 4)]
+    trials = _study(spec).trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert [t.params["alpha"] for t in failed] == [0.9, 0.9]  # tried twice (runs 1 and 2), then never
+    assert all("planted failure" in t.user_attrs["error"] for t in failed)
+    assert [r.exit_code for r in runs] == [1, 1, 0]
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 4
+
+
+def test_max_failures_retries_are_recorded_but_timeouts_are_not_retried(tmp_path, ray_local, monkeypatch):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec = sweeps.make_spec(tmp_path, name="retries", extra=(
+        "sampler: {name: random}\nbudget: {trials: 2, concurrent: 1, max_failures: 2}\n"
+        "space: {points: [{alpha: 0.1, beta: 1.0}, {alpha: 0.2, beta: 1.0}]}\n"))
+    summary = run_sweep(spec, trial_fn=flaky_once_then_timeout, trials=2)
+    trials = {round(t.params["alpha"], 3): t for t in _study(spec).trials}
+    assert trials[0.1].state.name == "COMPLETE" and len(trials[0.1].user_attrs["retries"]) == 1
+    assert "flaky" in trials[0.1].user_attrs["retries"][0]
+    timed_out = trials[0.2]
+    assert timed_out.state.name == "FAIL" and "TrialTimeout" in timed_out.user_attrs["error"]
+    assert "retries" not in timed_out.user_attrs  # deterministic: not retried
+    assert summary.exit_code == 1
+
+
+_ATTEMPTS: dict[float, int] = {}
+
+
+def flaky_once_then_timeout(spec, params):
+    from sweep.trial import TrialTimeout
+
+    if params["alpha"] == pytest.approx(0.2):
+        raise TrialTimeout("trial passed its timeout of 1 s during probe")
+    _ATTEMPTS[params["alpha"]] = _ATTEMPTS.get(params["alpha"], 0) + 1
+    if _ATTEMPTS[params["alpha"]] == 1:
+        raise RuntimeError("flaky worker hiccup")
+    return sweeps.stand_in_trial(spec, params)
+
+
+def test_a_changed_probe_learning_rate_is_refused_naming_the_field(tmp_path, ray_local):
+    from sweep.errors import SweepError
+
+    spec = sweeps.make_spec(tmp_path, name="drift", extra="budget: {trials: 2, concurrent: 2}\n")
+    assert run_sweep(spec, trial_fn=sweeps.stand_in_trial).exit_code == 0
+    before = len(_study(spec).trials)
+    old = spec.evals.probe.learning_rate
+    probe = spec.evals.probe.model_copy(update={"learning_rate": old * 2})
+    changed = spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
+    with pytest.raises(SweepError) as info:
+        run_sweep(changed, trials=4, trial_fn=sweeps.stand_in_trial)
+    message = str(info.value)
+    assert f"evals.probe.learning_rate: {old!r} -> {old * 2!r}" in message
+    assert "give the spec a new `name`" in message and "1 field(s)" in message
+    assert len(_study(spec).trials) == before  # nothing run, nothing changed
+    # Every trial recorded the recipe it ran with; the table carries it for export.
+    import json
+
+    import pandas as pd
+
+    table = pd.read_parquet(spec.study_dir / "trials.parquet")
+    recipes = [json.loads(r) for r in table["recipe"]]
+    assert all(r["merge"]["stage1"]["method"] == "linear" and r["models"]["instruct"].endswith("/m/i") for r in recipes)
