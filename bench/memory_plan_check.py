@@ -68,10 +68,10 @@ def child(paths: dict[str, str], settings: dict) -> dict:
     """One trial's held state plus two probe updates; returns peak RSS (bytes) and timings."""
     import copy
 
+    import lm_eval.models.huggingface  # noqa: F401  (a worker has lm-eval loaded)
     import torch
     from transformers import AutoModelForCausalLM
 
-    import lm_eval.models.huggingface  # noqa: F401  (a worker has lm-eval loaded)
     import merge
     from evals.probe.logprobs import grpo_update
 

@@ -79,7 +79,7 @@ class LmEvalConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LmEvalConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LmEvalConfig:
         return cls(**data)
 
     @property

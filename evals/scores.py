@@ -30,7 +30,7 @@ class EvalScore:
         return {"name": self.name, "value": self.value, "stderr": self.stderr}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EvalScore":
+    def from_dict(cls, data: dict[str, Any]) -> EvalScore:
         stderr = data.get("stderr")
         return cls(name=str(data["name"]), value=float(data["value"]), stderr=None if stderr is None else float(stderr))
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Sequence
 
 from evals.metric_names import PROBE_METRICS, noise_metric_name, probe_metric_name
 
@@ -71,7 +71,7 @@ class StabilityMetrics:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "StabilityMetrics":
+    def from_dict(cls, data: dict) -> StabilityMetrics:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         if values.get("reward_recovery_step") is not None:
@@ -82,7 +82,7 @@ class StabilityMetrics:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> "StabilityMetrics":
+    def from_json(cls, text: str) -> StabilityMetrics:
         return cls.from_dict(json.loads(text))
 
 

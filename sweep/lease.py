@@ -105,7 +105,7 @@ class Lease:
         }
         self.study.set_user_attr(self.key, info)
 
-    def start(self) -> "Lease":
+    def start(self) -> Lease:
         self._record()
         self._thread = threading.Thread(target=self._beat, name="sweep-lease", daemon=True)
         self._thread.start()

@@ -363,7 +363,7 @@ class BalancedPoint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BalancedPoint":
+    def from_dict(cls, data: Mapping[str, Any]) -> BalancedPoint:
         return cls(**data)
 
 
@@ -523,7 +523,7 @@ class ParetoSummary:
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ParetoSummary":
+    def from_json(cls, text: str) -> ParetoSummary:
         data = json.loads(text)
         return cls(
             objectives=tuple(Objective(**o) for o in data["objectives"]),

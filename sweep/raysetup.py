@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sweep.errors import SweepError
 from sweep.spec import SweepSpec

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sweep.records import TrialResult
 from sweep.spec import SweepSpec

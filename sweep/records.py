@@ -35,11 +35,11 @@ class TrialResult:
         return json.dumps(self.to_dict(), allow_nan=False, default=_jsonable)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrialResult":
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
         return cls(**{k: data.get(k, {}) for k in ("params", "metrics", "curves", "timings", "worker", "notes")})
 
     @classmethod
-    def from_json(cls, text: str) -> "TrialResult":
+    def from_json(cls, text: str) -> TrialResult:
         return cls.from_dict(json.loads(text))
 
 

@@ -30,8 +30,8 @@ from sweep.pareto import (
     hypervolume_history,
     metric_columns,
     objective_values,
-    pareto_mask,
     param_columns,
+    pareto_mask,
     summarize,
 )
 from sweep.report_figures import (

@@ -9,8 +9,8 @@ Results are cached in <study_dir>/heldout.parquet (one row per trial number).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sweep.errors import SweepError
 from sweep.spec import SweepSpec
@@ -32,7 +32,6 @@ def rescore_front(spec: SweepSpec, trials, *, say: Callable[[str], None] = print
     if front.empty:
         raise SweepError("the study has no complete feasible trial: nothing to re-score")
     from evals.lmeval import LmEvalRunner
-
     from sweep.fingerprint import trial_spec
 
     started = time.perf_counter()

@@ -20,19 +20,30 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from datetime import UTC
+from typing import Any
 
 from sweep.errors import SweepError
-from sweep.records import TrialResult
-from sweep.spec import SweepSpec, redact
-from sweep.study import ATTR_FAILURE_KIND, count_states, enqueue_points, open_study, recover_orphans, save_spec_snapshot, study_lock, write_table
 
 # Kept importable from here (tests and older callers).
-from sweep.progress import Progress, clock as _clock  # noqa: F401
+from sweep.progress import Progress  # noqa: F401
+from sweep.progress import clock as _clock
 from sweep.raysetup import init_ray, worker_env  # noqa: F401
 from sweep.recording import MISSING_CONSTRAINT_VIOLATION, record_trial  # noqa: F401
+from sweep.records import TrialResult
 from sweep.search import RESULT_KEY, grid_points
+from sweep.spec import SweepSpec, redact
+from sweep.study import (
+    count_states,
+    enqueue_points,
+    open_study,
+    recover_orphans,
+    save_spec_snapshot,
+    study_lock,
+    write_table,
+)
 
 log = logging.getLogger("sweep")
 
@@ -227,14 +238,14 @@ def _is_orphan_fn(study, me: str, grace_s: float):
             return info.expired()
         # No lease: a trial of a driver from before leases, or one just asked by a driver
         # that has not tagged it yet. Orphaned once it is older than the grace period.
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         start = trial.datetime_start
         if start is None:
             return True
         if start.tzinfo is None:
-            start = start.astimezone(timezone.utc)
-        return (datetime.now(timezone.utc) - start).total_seconds() > grace_s
+            start = start.astimezone(UTC)
+        return (datetime.now(UTC) - start).total_seconds() > grace_s
 
     return is_orphan
 
@@ -246,7 +257,6 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
 
     from sweep.fingerprint import check_fingerprint, recipe
     from sweep.lease import Lease, live_drivers
-    from sweep.progress import Progress
     from sweep.recording import Recorder
     from sweep.spool import Spool
     from sweep.storage import connect

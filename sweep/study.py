@@ -14,9 +14,11 @@ import fcntl
 import json
 import math
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from sweep.errors import SweepError
 from sweep.spec import SweepSpec, redact
@@ -167,9 +169,9 @@ def enqueue_points(study, points: list[dict[str, float]], *, failure_limit: int 
 
 
 def datetime_now_iso() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def count_states(study) -> dict[str, int]:
@@ -232,7 +234,7 @@ def save_spec_snapshot(spec: SweepSpec) -> Path:
     return path
 
 
-def load_study_dir(study_dir: str | Path) -> tuple[SweepSpec, "pd.DataFrame"]:
+def load_study_dir(study_dir: str | Path) -> tuple[SweepSpec, pd.DataFrame]:
     """(spec, trials table) of a finished or running study folder. Raises SweepError when absent."""
     import pandas as pd
 

@@ -23,10 +23,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from sweep.errors import SweepError
 
@@ -52,7 +52,7 @@ class DemoFamily:
         return self.pretrained.parent
 
     @classmethod
-    def at(cls, root: Path) -> "DemoFamily":
+    def at(cls, root: Path) -> DemoFamily:
         from sweep.demo.tasks import PROBE_FILE
 
         return cls(root / "pretrained", root / "instruct", root / "reasoning", root / "tasks", root / PROBE_FILE)

@@ -11,10 +11,11 @@ training is only a finding when it is well outside the control's spread.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, pstdev
-from typing import Any, Sequence
+from typing import Any
 
 NULL_LEARNING_RATE = 1e-12  # Adam's step is ~lr per weight: nothing moves at this rate
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from sweep.demo import data
 
@@ -50,7 +50,7 @@ class Recipe:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def scaled(self, factor: float) -> "Recipe":
+    def scaled(self, factor: float) -> Recipe:
         """The same recipe with every stage's steps multiplied by `factor` (tests use tiny builds)."""
 
         def s(stage: Stage) -> Stage:

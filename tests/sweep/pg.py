@@ -48,7 +48,7 @@ class PostgresServer:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_root else []
         return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, check=check, cwd=self.root)
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         if not self.data.exists():
             self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
                       "--auth-host=scram-sha-256", "-E", "UTF8", timeout=120)

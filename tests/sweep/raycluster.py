@@ -41,7 +41,7 @@ class LocalCluster:
             raise RuntimeError(f"ray {' '.join(args)} failed ({proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
         return proc.stdout + proc.stderr
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         self._ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}", "--num-cpus=1",
                   "--resources", json.dumps({"head_node": 1}), "--include-dashboard=false",
                   f"--temp-dir={self.temp}", "--disable-usage-stats")

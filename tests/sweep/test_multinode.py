@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from tests.sweep.raycluster import LocalCluster
-from tests.sweep.test_drivers import DRIVER_TIMEOUT_S, REPO, check_study, driver_env, finish, start_driver, write_spec
+from tests.sweep.test_drivers import DRIVER_TIMEOUT_S, REPO, driver_env, finish, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -98,7 +98,7 @@ def test_demo_sweep_8_trials_two_at_a_time(demo_study, capsys):
         assert trial.user_attrs["timings"]["total_s"] > 0 and trial.user_attrs["ray_trial_id"]
         assert trial.user_attrs["worker"]["pid"] > 0
     # The four fixed points of the spec ran first.
-    first = sorted(((t.params["alpha"], t.params["beta"]) for t in study.trials if t.number < 4))
+    first = sorted((t.params["alpha"], t.params["beta"]) for t in study.trials if t.number < 4)
     assert first == sorted([(0.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.5, 0.75)])
     # trials.parquet matches the study.
     table = pd.read_parquet(spec.study_dir / "trials.parquet")

@@ -52,7 +52,7 @@ def test_sampler_runs_a_sweep_to_its_budget(sampler, tmp_path, ray_local, capsys
         assert trial.user_attrs["driver"] and trial.user_attrs["recipe"]["merge"]["stage1"]["method"] == "linear"
     assert _study(spec).metric_names == spec.objective_names  # named in optuna-dashboard
     assert not (spec.study_dir / "ray").exists()  # Tune's state is removed after a clean run
-    assert f"done: 4/4 complete, 0 failed this run" in capsys.readouterr().out
+    assert "done: 4/4 complete, 0 failed this run" in capsys.readouterr().out
 
 
 def test_grid_ends_cleanly_when_exhausted(tmp_path, ray_local, capsys):
