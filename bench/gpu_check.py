@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import tempfile
@@ -98,14 +99,16 @@ def check_update(results: dict) -> None:
         adv = torch.linspace(-1, 1, R, device="cuda")
         torch.cuda.reset_peak_memory_stats()
 
-        def step():
-            if variant == "old":
-                old_update(model, reference, optimizer, ids, mask, resp, resp_mask, adv, 0.05)
-            else:
-                grpo_update(model, reference, optimizer, input_ids=ids, attention_mask=mask, response_ids=resp, response_mask=resp_mask,
-                            advantages=adv, kl_coef=0.05, micro_batch_size=4, chunk=1024, checkpoint_activations=True)
+        # The step's tensors are bound now (partial), not looked up from the loop when it runs.
+        if variant == "old":
+            step = functools.partial(old_update, model, reference, optimizer, ids, mask, resp, resp_mask, adv, 0.05)
+        else:
+            step = functools.partial(grpo_update, model, reference, optimizer, input_ids=ids, attention_mask=mask, response_ids=resp,
+                                     response_mask=resp_mask, advantages=adv, kl_coef=0.05, micro_batch_size=4, chunk=1024,
+                                     checkpoint_activations=True)
 
         out[variant] = {"step_s": _timed(step, repeat=2), "max_allocated": torch.cuda.max_memory_allocated()}
+        del step
         del model, reference, optimizer
     shape = ModelShape.llama(layers=SHAPE["num_hidden_layers"], hidden=SHAPE["hidden_size"], intermediate=SHAPE["intermediate_size"],
                              heads=SHAPE["num_attention_heads"], kv_heads=SHAPE["num_key_value_heads"], vocab=SHAPE["vocab_size"])

@@ -45,7 +45,7 @@ def build_trio(root: Path, *, layers: int, hidden: int = 768, vocab: int = 32000
                          tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=tokenizer.bos_token_id)
     model = AutoModelForCausalLM.from_config(config)
-    for i, (role, path) in enumerate(paths.items()):
+    for i, path in enumerate(paths.values()):
         if i:
             with torch.no_grad():
                 for p in model.parameters():

@@ -96,7 +96,7 @@ def build_trio(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path]:
     config = llama_config(shape)
     tokenizer = build_char_tokenizer()
     paths = {}
-    for seed, role in enumerate(("pretrained", "instruct", "reasoning")):
+    for role in ("pretrained", "instruct", "reasoning"):
         folder = root / role
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(config, indent=2))

@@ -128,7 +128,7 @@ def test_two_drivers_on_fresh_postgres_then_on_the_existing_study(tmp_path, post
 
 
 def assert_no_password(outcomes, folders, at_least: int = 8) -> None:
-    for code, out, err in outcomes:
+    for _code, out, err in outcomes:
         assert pg.PASSWORD not in out and pg.PASSWORD not in err
     checked = 0
     for folder in folders:

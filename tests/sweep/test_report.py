@@ -311,7 +311,7 @@ def browser():
 
 def _wait_rendered(browser: DevTools, ids: list[str], timeout: float = 20.0) -> dict[str, int]:
     """Wait until every plot div holds plotly's SVG; return .main-svg counts per div."""
-    query = "JSON.stringify(Object.fromEntries(%s.map(id => [id, document.querySelectorAll('#' + id + ' .main-svg').length])))" % json.dumps(ids)
+    query = f"JSON.stringify(Object.fromEntries({json.dumps(ids)}.map(id => [id, document.querySelectorAll('#' + id + ' .main-svg').length])))"
     deadline = time.monotonic() + timeout
     while True:
         counts = json.loads(browser.evaluate(query))
