@@ -144,7 +144,7 @@ def main() -> None:
     models = [model_s for _, model_s in reuse]
 
     evaluate_s, model_s = statistics.median(evals), statistics.median(models)
-    overhead_s = statistics.median(e - m for e, m in zip(evals, models))
+    overhead_s = statistics.median(e - m for e, m in zip(evals, models, strict=True))
     n_docs = int(args.limit) * len(config.tasks)
     print(f"source    : {source}")
     print(f"tasks     : {', '.join(config.tasks)}; limit {args.limit:g}; {n_docs} docs per trial; chat template; max_gen_toks {args.max_gen_toks}")

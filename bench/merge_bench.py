@@ -112,7 +112,7 @@ def build_trio(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path]:
         size += n
     groups.append(current)
     files = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
-    for file, group in zip(files, groups):
+    for file, group in zip(files, groups, strict=True):
         gen = torch.Generator().manual_seed(len(file) + len(group))
         base = {n: (torch.randn(shapes[n], generator=gen) * 0.02 if not n.endswith("norm.weight") else torch.ones(shapes[n])) for n in group}
         save_file({n: t.to(torch.bfloat16) for n, t in base.items()}, str(paths["pretrained"] / file), metadata={"format": "pt"})
@@ -122,7 +122,7 @@ def build_trio(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path]:
             save_file(tuned, str(paths[role] / file), metadata={"format": "pt"})
         del base
     for role in paths:
-        index = {"metadata": {"total_size": sum(2 * _numel(s) for s in shapes.values())}, "weight_map": {n: f for f, g in zip(files, groups) for n in g}}
+        index = {"metadata": {"total_size": sum(2 * _numel(s) for s in shapes.values())}, "weight_map": {n: f for f, g in zip(files, groups, strict=True) for n in g}}
         (paths[role] / "model.safetensors.index.json").write_text(json.dumps(index))
     return paths
 
@@ -333,7 +333,7 @@ def find_mergekit(path: str | None) -> str | None:
 
 def mergekit_config(trio: dict[str, Path], file: Path) -> None:
     lines = ["merge_method: linear", "dtype: bfloat16", "parameters:", "  normalize: false", "models:"]
-    for role, weight in zip(ROLES, WEIGHTS):
+    for role, weight in zip(ROLES, WEIGHTS, strict=True):
         lines += [f"  - model: {trio[role]}", "    parameters:", f"      weight: {weight}"]
     file.write_text("\n".join(lines) + "\n")
 

@@ -206,7 +206,7 @@ def feasible_mask(trials: pd.DataFrame, constraints: Sequence[Any] = ()) -> np.n
         return from_constraints
     col = trials["feasible"]
     known = col.notna().to_numpy()
-    given = np.array([bool(v) if k else False for v, k in zip(col.tolist(), known)], dtype=bool)
+    given = np.array([bool(v) if k else False for v, k in zip(col.tolist(), known, strict=True)], dtype=bool)
     return np.where(known, given, from_constraints)
 
 
@@ -431,7 +431,7 @@ def balanced_point(
         score=float(scores[best]),
         params=trial_params(row),
         metrics=trial_metrics(row, front.columns),
-        weights={o.metric: float(x) for o, x in zip(objectives, w)} if w is not None else None,
+        weights={o.metric: float(x) for o, x in zip(objectives, w, strict=True)} if w is not None else None,
     )
 
 

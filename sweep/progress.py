@@ -46,7 +46,7 @@ class Progress:
         self.finished_this_run += 1
         shown = " ".join(f"{k}={v:.3f}" for k, v in params.items())
         if state == "COMPLETE" and values is not None:
-            short = ", ".join(f"{short_name(n)} {v:.3g}" for n, v in zip(self.spec.objective_names, values))
+            short = ", ".join(f"{short_name(n)} {v:.3g}" for n, v in zip(self.spec.objective_names, values, strict=True))
             broken = [str(c) for c in self.spec.constraints if (v := c.violation_in(metrics)) is None or v > 0]
             outcome = short + (f" (infeasible: {'; '.join(broken)})" if broken else "")
         elif state is None:

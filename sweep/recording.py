@@ -117,7 +117,7 @@ def record_trial(
             violation = constraint.violation_in(result.metrics)
             constraints[str(constraint)] = MISSING_CONSTRAINT_VIOLATION if violation is None else violation
         values = [result.metrics.get(name) for name in spec.objective_names]
-        missing = [name for name, value in zip(spec.objective_names, values) if value is None]
+        missing = [name for name, value in zip(spec.objective_names, values, strict=True) if value is None]
         if missing:
             attrs[ATTR_ERROR] = f"objective(s) not produced: {', '.join(missing)}"
             attrs[ATTR_FAILURE_KIND] = "error"

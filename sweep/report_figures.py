@@ -113,7 +113,7 @@ def pareto_figure(trials: pd.DataFrame, objectives: Sequence[Objective], *, elig
     from plotly.subplots import make_subplots
 
     values = objective_values(trials, objectives)
-    texts = np.array([hover_text(row, trials.columns, "" if ok else "infeasible") for (_, row), ok in zip(trials.iterrows(), eligible)], dtype=object)
+    texts = np.array([hover_text(row, trials.columns, "" if ok else "infeasible") for (_, row), ok in zip(trials.iterrows(), eligible, strict=True)], dtype=object)
     groups = _groups(trials, values, eligible, front, balanced)
     noise = [noise_values(trials, o) for o in objectives]
 

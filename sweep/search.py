@@ -55,7 +55,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, float]]:
     space = {"alpha": spec.space.alpha.grid(), "beta": spec.space.beta.grid()}
     space.update({k: r.grid() for k, r in spec.space.params.items()})
     names = list(space)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(space[n] for n in names))]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(space[n] for n in names))]
 
 
 class StudySearcher(Searcher):

@@ -59,7 +59,7 @@ def test_chunked_logprobs_and_grads_equal_the_plain_ones(model_and_batch, chunk)
     torch.testing.assert_close(lp.double(), ref_lp, rtol=0, atol=1e-5)
     torch.testing.assert_close(ent.double(), ref_ent, rtol=0, atol=1e-5)
     assert (lp[batch["response_mask"] == 0] == 0).all()
-    for p, g in zip(model.parameters(), ref_grads):
+    for p, g in zip(model.parameters(), ref_grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
@@ -79,10 +79,10 @@ def test_micro_batched_update_equals_the_full_batch_update(model_and_batch):
         weights.append([p.detach().clone() for p in policy.parameters()])
         assert not _checkpointing(policy)  # restored after the step
     assert results[0]["kl"] > 1e-6
-    for other, w in zip(results[1:], weights[1:]):
+    for other, w in zip(results[1:], weights[1:], strict=True):
         for key in ("kl", "entropy", "grad_norm"):
             assert other[key] == pytest.approx(results[0][key], rel=1e-5, abs=1e-9), key
-        for a, b in zip(w, weights[0]):
+        for a, b in zip(w, weights[0], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
 
 

@@ -78,7 +78,7 @@ def test_reward_model_scores_match_a_direct_forward(reward_model_dir):
     scores = scorer(prompts=["1+11", "1+1", "say hi"], completions=completions, answers=[None] * 3)
     model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
-    for prompt, completion, score in zip(["1+11", "1+1", "say hi"], completions, scores):
+    for prompt, completion, score in zip(["1+11", "1+1", "say hi"], completions, scores, strict=True):
         text = f"Q: {prompt}\nA: {completion}<eos>"  # the checkpoint's chat template
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():

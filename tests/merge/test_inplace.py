@@ -147,7 +147,7 @@ def test_host_sources_stream_to_a_cuda_model_and_equal_the_on_device_build(tiny_
         recipe = dict(alpha=0.35, beta=0.75, stage1_method=stage1, stage1_params=params1, stage2_method=stage2, stage2_params=params2)
         build_in_place(streamed, host_cache, **recipe)
         build_in_place(on_device, cuda_cache, **recipe)
-        for (name, a), b in zip(streamed.state_dict().items(), on_device.state_dict().values()):
+        for (name, a), b in zip(streamed.state_dict().items(), on_device.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
 
 
@@ -157,5 +157,5 @@ def test_pin_memory_is_ignored_without_cuda_and_the_build_is_unchanged(tiny_trio
     a, b = live_model(tiny_trio["instruct"]), live_model(tiny_trio["instruct"])
     build_in_place(a, pinned, alpha=0.3, beta=0.7)
     build_in_place(b, source_cache, alpha=0.3, beta=0.7)
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name

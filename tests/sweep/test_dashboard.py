@@ -27,7 +27,7 @@ def _get(app, path: str) -> dict:
 
 
 def _dominates(a, b, directions) -> bool:
-    signed = [(x if d == "minimize" else -x, y if d == "minimize" else -y) for x, y, d in zip(a, b, directions)]
+    signed = [(x if d == "minimize" else -x, y if d == "minimize" else -y) for x, y, d in zip(a, b, directions, strict=True)]
     return all(x <= y for x, y in signed) and any(x < y for x, y in signed)
 
 

@@ -143,7 +143,7 @@ def _optuna_study_and_table(seed: int, n: int, dims: int, constrained: bool):
         values = [round(float(v), 1) for v in rng.random(dims)]
         violation = round(float(rng.normal(-0.2, 0.5)), 2)
         row = {"number": trial.number, "params/alpha": alpha, "params/beta": beta, "error": None, "curves": "{}"}
-        row |= dict(zip(names, values))
+        row |= dict(zip(names, values, strict=True))
         if rng.random() < 0.15:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             row |= {"state": "FAIL", "error": "planted failure", "feasible": False, "constraint_violation": np.nan}
@@ -155,7 +155,7 @@ def _optuna_study_and_table(seed: int, n: int, dims: int, constrained: bool):
             feasible = violation <= 0 if constrained else True
             row |= {"state": "COMPLETE", "feasible": feasible, "constraint_violation": violation}
         rows.append(row)
-    return study, pd.DataFrame(rows), list(zip(names, directions))
+    return study, pd.DataFrame(rows), list(zip(names, directions, strict=True))
 
 
 @pytest.mark.parametrize("dims,constrained", [(2, True), (3, True), (2, False), (3, False)])
@@ -198,7 +198,7 @@ def test_incremental_history_equals_recomputing_from_scratch():
     ref = (0.0, 1.1, 0.0)
     history = hypervolume_history(trials, objectives, reference=ref)
     by_number = trials.set_index("number").sort_index()
-    for number, volume in zip(history["number"], history["hypervolume"]):
+    for number, volume in zip(history["number"], history["hypervolume"], strict=True):
         upto = by_number.loc[:number].reset_index()
         assert volume == pytest.approx(summarize(upto, objectives, reference=ref).hypervolume, abs=1e-12)
     assert history["hypervolume"].is_monotonic_increasing
@@ -315,7 +315,7 @@ results_dir: {tmp_path}
         result = None if k % 11 == 5 else TrialResult(params=dict(trial.params), metrics=metrics, curves={"response_length/mean": [3.0, 2.0]})
         record_trial(study, trial, spec, result, error="RuntimeError: planted" if result is None else None, ray_trial_id=f"r{k}")
     table = pd.read_parquet(write_table(study, spec))
-    objectives = list(zip(spec.objective_names, spec.directions))
+    objectives = list(zip(spec.objective_names, spec.directions, strict=True))
     assert sorted(pareto_front(table, objectives, spec.constraints)["number"]) == sorted(t.number for t in study.best_trials)
     assert 0 < len(study.best_trials) < (table["state"] == "COMPLETE").sum()  # the check is not vacuous
     assert (~table["feasible"] & (table["state"] == "COMPLETE")).any()

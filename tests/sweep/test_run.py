@@ -107,7 +107,7 @@ def test_demo_sweep_8_trials_two_at_a_time(demo_study, capsys):
         row = table[table["number"] == trial.number].iloc[0]
         assert row["state"] == "COMPLETE"
         assert row["params/alpha"] == pytest.approx(trial.params["alpha"])
-        for name, value in zip(spec.objective_names, trial.values):
+        for name, value in zip(spec.objective_names, trial.values, strict=True):
             assert row[name] == pytest.approx(value)
     assert (spec.study_dir / "trials.csv").exists() and (spec.study_dir / "sweep.log").stat().st_size > 0
     assert "[8/8]" in out and "Pareto front" in out
