@@ -112,6 +112,13 @@ def _checked(name: str, values: Sequence[float] | None, steps: int | None) -> li
     return values
 
 
+def _required(name: str, values: Sequence[float] | None, steps: int | None) -> list[float]:
+    checked = _checked(name, values, steps)
+    if checked is None:
+        raise ValueError(f"{name} curve is required, got None")
+    return checked
+
+
 def stability_metrics(
     length: Sequence[float],
     reward: Sequence[float],
@@ -136,9 +143,9 @@ def stability_metrics(
     (default: the curve's length); a dip never recovered scores this many steps, so a
     probe that stopped early never scores better than one that ran to the end.
     """
-    length_values = _checked("length", length, None)
+    length_values = _required("length", length, None)
     steps = len(length_values)
-    reward_values = _checked("reward", reward, steps)
+    reward_values = _required("reward", reward, steps)
     kl_values = _checked("kl", kl, steps)
     entropy_values = _checked("entropy", entropy, steps)
 

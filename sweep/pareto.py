@@ -356,7 +356,7 @@ class BalancedPoint:
     rule: str
     score: float
     params: dict[str, Any] = field(default_factory=dict)  # without the "params/" prefix
-    metrics: dict[str, float] = field(default_factory=dict)  # every metric column of the row
+    metrics: dict[str, float | None] = field(default_factory=dict)  # every metric column of the row (None: not a number)
     weights: dict[str, float] | None = None  # by objective metric, for the "weighted" rule
 
     def to_dict(self) -> dict[str, Any]:
@@ -473,9 +473,9 @@ def trial_params(row: pd.Series) -> dict[str, Any]:
     return {c[len(PARAM_PREFIX):]: _plain(row[c]) for c in param_columns(row.index)}
 
 
-def trial_metrics(row: pd.Series, columns: Iterable[str] | None = None) -> dict[str, float]:
+def trial_metrics(row: pd.Series, columns: Iterable[str] | None = None) -> dict[str, float | None]:
     cols = metric_columns(columns if columns is not None else row.index)
-    out = {}
+    out: dict[str, float | None] = {}
     for c in cols:
         v = pd.to_numeric(pd.Series([row[c]]), errors="coerce").iloc[0]
         out[c] = float(v) if pd.notna(v) else None
@@ -551,6 +551,7 @@ def summarize(
     objectives = as_objectives(objectives)
     check_rule(rule, weights, objectives)
     front = pareto_front(trials, objectives, constraints)
+    ref: tuple[float, ...] | None
     if reference is not None:
         ref = tuple(float(v) for v in reference)
         if len(ref) != len(objectives) or not all(math.isfinite(v) for v in ref):

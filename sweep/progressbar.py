@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 # bytes: show a progress bar when the merge reads and writes more than this
 PROGRESS_MIN_BYTES = 200_000_000
@@ -13,13 +17,14 @@ class MergeProgressBar:
 
     def __init__(self, *, enabled: bool):
         self.enabled = enabled
-        self._progress = None
-        self._task = None
+        # rich is imported only once a bar is needed; the bar and its task come together
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     def update(self, done: int, total: int) -> None:
         if not self.enabled or total < PROGRESS_MIN_BYTES:
             return
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 

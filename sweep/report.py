@@ -284,7 +284,7 @@ def _html_summary(trials: pd.DataFrame, objectives: Sequence[Objective], constra
     ]
     if constraints:
         lines.append("<p><b>Constraints:</b> " + "; ".join(_constraint_text(c) for c in constraints) + "</p>")
-    if summary.hypervolume is not None:
+    if summary.hypervolume is not None and summary.reference is not None:  # a volume always has its reference
         ref = ", ".join(fmt(v) for v in summary.reference)
         lines.append(f"<p><b>Hypervolume:</b> {fmt(summary.hypervolume)} (reference point {esc(ref)}, in objective order)</p>")
     missing = _missing_objectives(trials, objectives)
@@ -397,7 +397,7 @@ def render_markdown(
     out.append("- **Objectives:** " + "; ".join(f"{o.direction} {md_escape(o.metric)}" for o in objectives))
     if constraints:
         out.append("- **Constraints:** " + "; ".join(_constraint_text(c, md_escape) for c in constraints))
-    if summary.hypervolume is not None:
+    if summary.hypervolume is not None and summary.reference is not None:  # a volume always has its reference
         out.append(f"- **Hypervolume:** {fmt(summary.hypervolume)} (reference point {', '.join(fmt(v) for v in summary.reference)}, in objective order)")
     point = summary.balanced
     if point is None:
@@ -412,15 +412,15 @@ def render_markdown(
     out.append(f"## Pareto front ({len(summary.front_numbers)} trials)")
     out.append("")
     if summary.front_numbers:
-        params = param_columns(trials.columns)
+        param_cols = param_columns(trials.columns)
         cols = [o.metric for o in objectives]
-        header = ["trial"] + [md_escape(c.split("/", 1)[1]) for c in params] + [md_escape(c) for c in cols] + ["balanced"]
+        header = ["trial"] + [md_escape(c.split("/", 1)[1]) for c in param_cols] + [md_escape(c) for c in cols] + ["balanced"]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join("---:" for _ in header) + "|")
         balanced = point.number if point else None
         for _, row in trials[front].sort_values("number").iterrows():
             number = int(row["number"])
-            cells = [str(number)] + [fmt(row[c]) for c in params] + [fmt(row.get(c)) for c in cols] + ["yes" if number == balanced else ""]
+            cells = [str(number)] + [fmt(row[c]) for c in param_cols] + [fmt(row.get(c)) for c in cols] + ["yes" if number == balanced else ""]
             out.append("| " + " | ".join(cells) + " |")
     else:
         out.append("No completed, feasible trial yet.")
