@@ -25,6 +25,7 @@ import functools
 import os
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,10 +179,10 @@ def produced_metrics(task: str, include_paths: list[str]) -> list[str] | None:
     if kind == "GROUP":
         names = []
         for agg in cfg.get("aggregate_metric_list") or []:
-            filters = agg.get("filter_list") if isinstance(agg, dict) else None
-            if not isinstance(agg, dict) or not isinstance(agg.get("metric"), str) or filters is None:
+            agg_filters = agg.get("filter_list") if isinstance(agg, dict) else None
+            if not isinstance(agg, dict) or not isinstance(agg.get("metric"), str) or agg_filters is None:
                 return None
-            names += [f"{agg['metric']},{f}" for f in ([filters] if isinstance(filters, str) else filters)]
+            names += [f"{agg['metric']},{f}" for f in ([agg_filters] if isinstance(agg_filters, str) else agg_filters)]
         return names or None
     return None
 
@@ -325,6 +326,19 @@ def build_task_dict(config: LmEvalConfig) -> dict[str, Any]:
     return task_dict
 
 
+class _CachedFromString:
+    """jinja's `env.from_string` with plain-string templates compiled once (LRU, 1024)."""
+
+    def __init__(self, original: Callable[..., Any]):
+        self.sweep_original = original  # what cache_prompt_templates(False) puts back
+        self._compiled = functools.lru_cache(maxsize=1024)(original)
+
+    def __call__(self, source: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or not isinstance(source, str):
+            return self.sweep_original(source, *args, **kwargs)
+        return self._compiled(source)
+
+
 def cache_prompt_templates(enabled: bool) -> None:
     """Compile each lm-eval prompt template (doc_to_text, doc_to_target, ...) once per process.
 
@@ -338,16 +352,7 @@ def cache_prompt_templates(enabled: bool) -> None:
     env = utils.env
     installed = getattr(env.from_string, "sweep_original", None)
     if enabled and installed is None:
-        original = env.from_string
-        compiled = functools.lru_cache(maxsize=1024)(original)
-
-        def from_string(source, *args, **kwargs):
-            if args or kwargs or not isinstance(source, str):
-                return original(source, *args, **kwargs)
-            return compiled(source)
-
-        from_string.sweep_original = original
-        env.from_string = from_string
+        env.from_string = _CachedFromString(env.from_string)
     elif not enabled and installed is not None:
         env.from_string = installed
 

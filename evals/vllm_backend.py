@@ -95,10 +95,10 @@ def _vllm_version_visible() -> Iterator[None]:
     original = metadata.version
     cpu_version = f"{build[1]}+cpu"
 
-    def version(name: str) -> str:
-        if name.lower().replace("_", "-") == "vllm":
+    def version(distribution_name: str) -> str:  # importlib.metadata.version's own parameter name
+        if distribution_name.lower().replace("_", "-") == "vllm":
             return cpu_version
-        return original(name)
+        return original(distribution_name)
 
     metadata.version = version
     try:
