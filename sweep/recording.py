@@ -106,7 +106,7 @@ def record_trial(
     if retries:
         attrs[ATTR_RETRIES] = list(retries)
     constraints: dict[str, float] = {}
-    values = None
+    values: list[float] | None = None  # the objectives, only when every one was produced
     if result is None:
         attrs[ATTR_ERROR] = error or "the trial ended without a result"
         attrs[ATTR_FAILURE_KIND] = kind or "error"
@@ -116,12 +116,13 @@ def record_trial(
         for constraint in spec.constraints:
             violation = constraint.violation_in(result.metrics)
             constraints[str(constraint)] = MISSING_CONSTRAINT_VIOLATION if violation is None else violation
-        values = [result.metrics.get(name) for name in spec.objective_names]
-        missing = [name for name, value in zip(spec.objective_names, values, strict=True) if value is None]
+        produced = [result.metrics.get(name) for name in spec.objective_names]
+        missing = [name for name, value in zip(spec.objective_names, produced, strict=True) if value is None]
         if missing:
             attrs[ATTR_ERROR] = f"objective(s) not produced: {', '.join(missing)}"
             attrs[ATTR_FAILURE_KIND] = "error"
-            values = None
+        else:
+            values = [value for value in produced if value is not None]  # none is None here
 
     if frozen.state.is_finished():
         if values is None or _has_complete(study, frozen.params):

@@ -96,7 +96,8 @@ class StudySearcher(Searcher):
 
     # ------------------------------------------------------------ Tune's interface
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray types suggest() as Optional[Dict] but documents returning Searcher.FINISHED (a str) to end the search
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         if self.stopping:
             return Searcher.FINISHED
         if self.launched >= self.launch_cap:
@@ -125,9 +126,10 @@ class StudySearcher(Searcher):
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if complete >= self.spec.budget.trials:
             return Searcher.FINISHED
-        if self._grid is not None and self._grid_done(trials):
+        if self._grid is not None and self._grid_done(self._grid, trials):
             if running:  # wait: one of them may fail and leave its point to redo
-                return self._wait()
+                self._wait()
+                return None
             self.grid_exhausted = True
             return Searcher.FINISHED
         if complete + len(running) >= self.spec.budget.trials:
@@ -139,7 +141,8 @@ class StudySearcher(Searcher):
 
                 self.recovered += recover_orphans(self.study, is_orphan=self.is_orphan, failure_limit=self.spec.budget.point_failure_limit)
                 return None
-            return self._wait()
+            self._wait()
+            return None
         for _ in range(20):
             trial = self.study.ask(self.distributions)
             self.study._storage.set_trial_user_attr(trial._trial_id, ATTR_DRIVER, self.driver)
@@ -150,7 +153,8 @@ class StudySearcher(Searcher):
             self._skip(trial, f"not run: the same params as trial {duplicate}")
         else:
             log.warning("the sampler proposed only points already run or running; waiting")
-            return self._wait()
+            self._wait()
+            return None
         # Two drivers may have asked for the last slot at once: the earlier trial number keeps it.
         now = self.study.get_trials(deepcopy=False)
         taken = sum(t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number) for t in now)
@@ -158,21 +162,22 @@ class StudySearcher(Searcher):
             self._skip(trial, "not run: the budget was taken meanwhile by trials of other drivers")
             if trial.system_attrs.get("fixed_params"):
                 enqueue_points(self.study, [params])  # a fixed point stays queued for a later slot
-            return self._wait()
+            self._wait()
+            return None
         self.live[trial_id] = (trial.number, params)
         self.launched += 1
         return dict(params)
 
     def _wait(self) -> None:
+        """Ask the study again only after poll_s (the caller then tells Tune: nothing yet)."""
         self._next_poll = time.monotonic() + self.poll_s
-        return None
 
-    def _grid_done(self, trials) -> bool:
+    def _grid_done(self, grid: list[dict[str, float]], trials) -> bool:
         from optuna.trial import TrialState
 
         taken = [t.params for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING) and t.params]
         failed_out = [t.params for t in trials if t.state == TrialState.FAIL and t.params]
-        for point in self._grid:
+        for point in grid:
             if any(same_params(point, p) for p in taken):
                 continue
             if sum(same_params(point, p) for p in failed_out) >= self.spec.budget.point_failure_limit:

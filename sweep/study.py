@@ -54,8 +54,9 @@ def open_study(spec: SweepSpec, *, sampler=None, storage=None):
     import optuna
 
     storage = storage or make_storage(spec.storage_url)
+    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]  # the spec allows only minimize/maximize
     study = optuna.create_study(
-        storage=storage, study_name=spec.name, directions=spec.directions, sampler=sampler, load_if_exists=True
+        storage=storage, study_name=spec.name, directions=directions, sampler=sampler, load_if_exists=True
     )
     recorded = check_objectives(study, spec)
     wanted = [[o.metric, o.direction] for o in spec.objectives]
