@@ -123,7 +123,8 @@ def _load(model_dir: Path, device: str):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device)
+    # transformers types PreTrainedModel.to's wrapper as taking a model, not a device string
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device)  # type: ignore[arg-type]
     model.eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sweep.errors import SweepError
 
@@ -204,7 +205,7 @@ def _build(folder: Path, *, final: Path, key: str, seed: int, recipe, threads: i
             ("instruct", "pretrained", recipe.instruct, train.instruct_rows(recipe, reserved)),
             ("reasoning", "pretrained", recipe.reasoning, train.reasoning_rows(recipe, reserved)),
         ]
-        trained = {}
+        trained: dict[str, Any] = {}  # member name -> its trained model
         for name, parent, stage, rows in stages:
             t0 = time.monotonic()
             member = model if parent is None else copy.deepcopy(trained[parent])

@@ -27,7 +27,10 @@ def demo_probe_settings(**changes: Any) -> dict:
     """The demo spec's `evals.probe` section (prompts left as `demo:probe_prompts`), with changes."""
     from sweep.spec import PROBE_SCALE_FIELDS, load_spec
 
-    return load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)) | changes
+    probe = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe
+    if probe is None:
+        raise ValueError(f"{DEMO_SPEC} has no evals.probe section")
+    return probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)) | changes
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     return mean(values), pstdev(values) if len(values) > 1 else 0.0
 
 
+def _recorded(runs: Sequence[ProbeRun], metric: str, *, null: bool) -> list[float]:
+    """probe/<metric> of the trained (null=False) or null-control runs; a None (not computable) is left out."""
+    return [v for r in runs if r.null == null and (v := r.metrics[f"probe/{metric}"]) is not None]
+
+
 def markdown_table(runs: Sequence[ProbeRun], metrics: Sequence[str] = ("length_retention", "length_growth", "reward_dip")) -> str:
     """One row per (alpha, beta): each metric trained, then its null control, as mean ± sd over seeds."""
     points = sorted({(r.alpha, r.beta) for r in runs}, key=lambda p: (-p[1], p[0]))
@@ -95,9 +103,10 @@ def markdown_table(runs: Sequence[ProbeRun], metrics: Sequence[str] = ("length_r
         at = [r for r in runs if (r.alpha, r.beta) == (alpha, beta)]
         cells = [f"{alpha:g}", f"{beta:g}", str(len({r.seed for r in at}))]
         for m in metrics:
-            trained = summarize([r.metrics[f"probe/{m}"] for r in at if not r.null])
-            control = [r.metrics[f"probe/{m}"] for r in at if r.null]
-            text = f"{trained[0]:.2f} ± {trained[1]:.2f}"
+            values = _recorded(at, m, null=False)
+            control = _recorded(at, m, null=True)
+            trained = summarize(values) if values else None
+            text = f"{trained[0]:.2f} ± {trained[1]:.2f}" if trained else "n/a"
             if control:
                 c = summarize(control)
                 text += f" / {c[0]:.2f} ± {c[1]:.2f}"

@@ -63,7 +63,8 @@ def new_model(recipe: Recipe, tokenizer, *, seed: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
+    # attn_implementation goes to PreTrainedConfig's **kwargs, which LlamaConfig's typed signature leaves out
+    config = LlamaConfig(  # type: ignore[call-arg]
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden,
         intermediate_size=recipe.ffn,
