@@ -119,9 +119,10 @@ def pareto_figure(trials: pd.DataFrame, objectives: Sequence[Objective], *, elig
 
     def bars(k: int, mask: np.ndarray):
         """Error bars of objective k for the rows in mask: its noise band, where recorded."""
-        if noise[k] is None:
+        band = noise[k]
+        if band is None:
             return None
-        widths = np.nan_to_num(noise[k][mask], nan=0.0)
+        widths = np.nan_to_num(band[mask], nan=0.0)
         return dict(type="data", array=widths.tolist(), visible=True, thickness=1, width=3, color="rgba(0,0,0,0.35)")
 
     if len(objectives) == 1:
@@ -190,8 +191,8 @@ def curve_traces(trials: pd.DataFrame, *, front: np.ndarray) -> list[tuple[int, 
     """(row position, label, is_front) of the trials whose probe curves are drawn: the
     front points, and the COMPLETE trials with the smallest and largest alpha."""
     chosen: dict[int, tuple[str, bool]] = {}
-    for pos in np.flatnonzero(front):
-        chosen[int(pos)] = (f"front: trial {int(trials['number'].iloc[pos])}", True)
+    for front_pos in np.flatnonzero(front):
+        chosen[int(front_pos)] = (f"front: trial {int(trials['number'].iloc[front_pos])}", True)
     if "params/alpha" in trials:
         complete = trials["state"].astype(str).str.upper().eq("COMPLETE") if "state" in trials else pd.Series(True, index=trials.index)
         alpha = pd.to_numeric(trials["params/alpha"], errors="coerce").where(complete.to_numpy())
@@ -218,7 +219,8 @@ def curve_figure(trials: pd.DataFrame, *, key: str, title: str, y_title: str, fr
     for pos, name, is_front in curve_traces(trials, front=front):
         row = trials.iloc[pos]
         curves = curves_of(row)
-        shown = NORMALIZED_CURVES.get(key) if curves.get(NORMALIZED_CURVES.get(key, ""), []) else key
+        normalized = NORMALIZED_CURVES.get(key)
+        shown = normalized if normalized is not None and curves.get(normalized) else key
         ys = [float(v) if v is not None else None for v in curves.get(shown, [])]
         if not ys:
             continue
