@@ -28,7 +28,7 @@ from typing import Any
 from sweep.errors import SweepError
 
 # Kept importable from here (tests and older callers).
-from sweep.progress import Progress  # noqa: F401
+from sweep.progress import Progress
 from sweep.progress import clock as _clock
 from sweep.raysetup import init_ray, worker_env  # noqa: F401
 from sweep.recording import MISSING_CONSTRAINT_VIOLATION, record_trial  # noqa: F401
