@@ -193,8 +193,8 @@ class ProbeSpec(_Section):
     baseline_samples: Annotated[int, Field(ge=0)] = 4
     prompt_pool: Annotated[int, Field(ge=1)] | None = 16
     noise_samples: Annotated[int, Field(ge=0)] = 200
-    # Scale settings (issue 13; read by sweep/memory_plan.py, evals/probe/logprobs.py and
-    # evals/probe/vllm_rollout.py). generator: who samples the rollouts.
+    # Scale settings (docs/scale.md): the probe's update (evals/probe/logprobs.py, lora.py)
+    # and the memory plan (sweep/memory_plan.py) read them. generator: who samples the rollouts.
     generator: Literal["hf", "vllm"] = "hf"
     micro_batch_size: Annotated[int, Field(ge=1)] | None = None  # rollouts per forward/backward; None: all
     logprob_chunk: Annotated[int, Field(ge=1)] | None = 1024  # tokens per log-prob chunk; None: full [B, T, V]
@@ -202,9 +202,6 @@ class ProbeSpec(_Section):
     update: Literal["full", "lora"] = "full"  # what the probe trains (lora: reference = adapters off)
     lora_rank: Annotated[int, Field(ge=1)] = 16
 
-
-# ProbeSpec fields the memory plan reads that evals.probe's ProbeConfig does not take (yet).
-PROBE_SCALE_FIELDS = frozenset({"generator", "micro_batch_size", "logprob_chunk", "activation_checkpointing", "update", "lora_rank"})
 
 
 class EvalsSpec(_Section):

@@ -84,9 +84,7 @@ def worker_state(spec: SweepSpec) -> WorkerState:
     if spec.evals.probe is not None:
         from evals.probe import ProbeConfig, load_prompts
 
-        from sweep.spec import PROBE_SCALE_FIELDS
-
-        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)))
+        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
         prompts = load_prompts(probe_config.prompts)
         if probe_config.reward.model is not None:  # a reward model loads once per worker, not per trial
             from evals.rewards import build_reward

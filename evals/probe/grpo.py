@@ -11,8 +11,16 @@ Each step:
 2. score them with the reward; advantage = (r - group mean) / (group std + 1e-4);
 3. one Adam update on the token-mean loss
        -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
-   with k3 = exp(ref - logp) - (ref - logp) - 1 against a frozen copy of the starting
-   model, and the gradient norm clipped to 1.0 (verl's and TRL's default).
+   with k3 = exp(ref - logp) - (ref - logp) - 1 against the starting model, and the
+   gradient norm clipped to 1.0 (verl's and TRL's default). The update runs in
+   micro-batches of `micro_batch_size` rollouts with gradient accumulation, log-probs and
+   entropy in chunks of `logprob_chunk` tokens, optionally with activation checkpointing
+   (evals/probe/logprobs.py): the same gradient as the full batch, to rounding.
+
+`update: full` trains every weight against a frozen deep copy of the starting model.
+`update: lora` trains fp32 LoRA adapters (rank `lora_rank`, every linear layer) injected
+into the live model; the reference is the same model with the adapters off (no copy),
+and the adapters are removed at the end (evals/probe/lora.py).
 
 Adam runs on fp32 master copies of every parameter that is not fp32 (a bf16 or fp16
 model): the live weights are the masters rounded after each step, so updates smaller
@@ -41,6 +49,8 @@ import torch
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend
 from evals.probe.baseline import Baseline
+from evals.probe.logprobs import accumulate_grpo_gradients, logits_postprocess_problem
+from evals.probe.lora import LoraAdapters
 from evals.probe.records import BackendRun, ProbeConfig, ProbeCurves, Prompt, PromptSamples
 from evals.rewards import THINK_START, Reward, with_opened_think
 from evals.stability import length_collapsed
@@ -74,8 +84,17 @@ class GRPOBackend(ProbeBackend):
         sample = lambda ids: _sample(model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)  # noqa: E731
         score = lambda ids, batch: _score(reward, tokenizer, prompts, ids, batch, think_open)  # noqa: E731
 
-        reference = copy.deepcopy(model).eval().requires_grad_(False)  # frozen initial candidate
+        if config.generator != "hf":
+            raise EvalError(
+                f"probe generator {config.generator!r}: the built-in probe samples with the HF loop only "
+                "(evals/probe/vllm_rollout.py is not wired into it yet); use generator: hf"
+            )
+        problem = logits_postprocess_problem(model)
+        if problem:
+            raise EvalError(f"probe: {problem}")
         saved = _ModuleState.capture(model)
+        adapters: LoraAdapters | None = None
+        reference: Any = None
         optimizer = None
         curves = ProbeCurves()
         baseline: list[PromptSamples] = []
@@ -84,8 +103,14 @@ class GRPOBackend(ProbeBackend):
         step = -1
         try:
             model.eval()  # no dropout: sampling and the update see the same policy
-            model.requires_grad_(True)
-            optimizer = MasterAdam(params, lr=config.learning_rate)
+            if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
+                adapters = LoraAdapters(model, rank=config.lora_rank)
+                reference, trainable = adapters.disabled, adapters.parameters
+            else:  # frozen initial candidate, and every weight trains
+                reference = copy.deepcopy(model).eval().requires_grad_(False)
+                model.requires_grad_(True)
+                trainable = params
+            optimizer = MasterAdam(trainable, lr=config.learning_rate)
             if config.baseline_samples:
                 t0 = time.perf_counter()
                 baseline = _measure_baseline(pool, config=config, sample=sample, score=score)
@@ -144,9 +169,12 @@ class GRPOBackend(ProbeBackend):
             if optimizer is not None:
                 optimizer.clear()
             model.zero_grad(set_to_none=True)
-            with torch.no_grad():  # the caller gets back the weights it gave
-                for param, initial in zip(model.parameters(), reference.parameters()):
-                    param.copy_(initial)
+            if adapters is not None:  # the base weights never trained: drop the adapters
+                adapters.remove()
+            elif isinstance(reference, torch.nn.Module):
+                with torch.no_grad():  # the caller gets back the weights it gave
+                    for param, initial in zip(model.parameters(), reference.parameters()):
+                        param.copy_(initial)
             saved.restore(model)
             del reference
         return BackendRun(
@@ -376,37 +404,31 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
 
 
 def _update(model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig) -> dict[str, float]:
-    """One GRPO step. Returns the KL, entropy (at the sampling temperature) and grad norm.
-    Raises _Diverged (before any weight changes) on a non-finite loss, KL or gradient."""
-    input_ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
-    mask = torch.cat([batch.prompt_mask, batch.response_mask], 1)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    response_len = batch.response_ids.shape[1]
-    token_mask = batch.response_mask.float()
-    n_tokens = token_mask.sum().clamp(min=1)
-
-    def token_logprobs(module) -> tuple[torch.Tensor, torch.Tensor]:
-        # logits at position i predict token i + 1: keep the response_len positions before the end
-        logits = module(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=response_len + 1).logits
-        logp_all = torch.log_softmax(logits[:, :-1].float() / config.temperature, dim=-1)
-        return logp_all.gather(-1, batch.response_ids[..., None]).squeeze(-1), logp_all
-
-    with torch.no_grad():
-        ref_logp, _ = token_logprobs(reference)
-    logp, logp_all = token_logprobs(model)
-    log_ratio_ref = ref_logp - logp
-    k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1  # >= 0, unbiased estimate of KL(policy || ref)
-    policy_loss = -advantages[:, None] * torch.exp(logp - logp.detach())  # gradient: -A * grad logp
-    loss = ((policy_loss + config.kl_coef * k3) * token_mask).sum() / n_tokens
-
-    kl = float((k3.detach() * token_mask).sum() / n_tokens)
-    if not math.isfinite(float(loss.detach())) or not math.isfinite(kl):
-        raise _Diverged(f"non-finite {'loss' if not math.isfinite(float(loss.detach())) else 'KL'}")
+    """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
+    rollouts with gradient accumulation, log-probs and entropy in chunks of
+    `logprob_chunk` tokens (never [B, T, V] in fp32), optional activation checkpointing.
+    `reference` is the frozen copy (full) or a context factory under which `model` is the
+    reference (LoRA: adapters off). Returns the KL, entropy (at the sampling temperature)
+    and grad norm. Raises _Diverged (before any weight changes) on a non-finite loss, KL
+    or gradient."""
     optimizer.zero_grad()
-    loss.backward()
+    stats = accumulate_grpo_gradients(
+        model,
+        reference,
+        input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
+        attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
+        response_ids=batch.response_ids,
+        response_mask=batch.response_mask,
+        advantages=advantages,
+        kl_coef=config.kl_coef,
+        temperature=config.temperature,
+        micro_batch_size=config.micro_batch_size,
+        chunk=config.logprob_chunk,
+        checkpoint_activations=config.activation_checkpointing,
+    )
+    if not math.isfinite(stats["loss"]) or not math.isfinite(stats["kl"]):
+        raise _Diverged(f"non-finite {'loss' if not math.isfinite(stats['loss']) else 'KL'}")
     grad_norm = optimizer.step(MAX_GRAD_NORM)
     if not math.isfinite(grad_norm):
         raise _Diverged("non-finite gradient")
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return {"kl": kl, "entropy": float((entropy * token_mask).sum() / n_tokens), "grad_norm": grad_norm}
+    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm}
