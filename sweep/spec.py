@@ -181,7 +181,7 @@ class ProbeSpec(_Section):
     kl_coef: Annotated[float, Field(ge=0)] = 0.05
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4
     max_new_tokens: Annotated[int, Field(ge=1)] = 64
-    temperature: Annotated[float, Field(gt=0)] = 1.0
+    temperature: Annotated[float, Field(ge=0)] = 1.0  # 0: greedy rollouts
     seed: int = 0
     window: Annotated[int, Field(ge=1)] = 1  # trailing moving average before the stability metrics
     # Early stop: length below collapse_threshold * initial length for collapse_patience steps.

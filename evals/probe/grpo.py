@@ -68,7 +68,12 @@ class GRPOBackend(ProbeBackend):
 
     name = "builtin"
 
-    def run(self, model: Any, tokenizer: Any, *, config: ProbeConfig, prompts: Sequence[Prompt], reward: Reward) -> BackendRun:
+    def run(self, model: Any, tokenizer: Any, *, config: ProbeConfig, prompts: Sequence[Prompt], reward: Reward,
+            rollouts: Any = None) -> BackendRun:
+        if config.generator == "vllm" and rollouts is None:
+            raise EvalError("probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))")
+        if config.generator == "hf":
+            rollouts = None  # generator: hf samples with the HF loop whatever engine is given
         eos_ids = _eos_ids(model, tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
         encoded = [_encode_prompt(tokenizer, p.prompt) for p in prompts]
@@ -81,14 +86,13 @@ class GRPOBackend(ProbeBackend):
         order_generator = torch.Generator().manual_seed(config.seed)  # prompt pool and order, on CPU
         pool = _prompt_pool(len(prompts), config.prompt_pool, order_generator)
         order = _prompt_order(pool, config.steps * config.prompts_per_step, order_generator)
-        sample = lambda ids: _sample(model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)  # noqa: E731
+        if rollouts is not None:
+            calls = iter(range(1 << 62))
+            sample = lambda ids: _sample_vllm(rollouts, model, encoded, ids, config=config, eos_ids=eos_ids, pad_id=pad_id, call=next(calls))  # noqa: E731
+        else:
+            sample = lambda ids: _sample(model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)  # noqa: E731
         score = lambda ids, batch: _score(reward, tokenizer, prompts, ids, batch, think_open)  # noqa: E731
 
-        if config.generator != "hf":
-            raise EvalError(
-                f"probe generator {config.generator!r}: the built-in probe samples with the HF loop only "
-                "(evals/probe/vllm_rollout.py is not wired into it yet); use generator: hf"
-            )
         problem = logits_postprocess_problem(model)
         if problem:
             raise EvalError(f"probe: {problem}")
@@ -103,6 +107,8 @@ class GRPOBackend(ProbeBackend):
         step = -1
         try:
             model.eval()  # no dropout: sampling and the update see the same policy
+            if rollouts is not None:  # the engine may hold another candidate (or the eval's): start from this one
+                rollouts.push_weights(model)
             if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
                 adapters = LoraAdapters(model, rank=config.lora_rank)
                 reference, trainable = adapters.disabled, adapters.parameters
@@ -126,6 +132,8 @@ class GRPOBackend(ProbeBackend):
                 grouped = scores_t.view(len(chosen), config.group_size)
                 advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADVANTAGE_EPS)
                 update = _update(model, reference, optimizer, batch, advantages.view(-1).to(device), config=config)
+                if rollouts is not None:  # the next step samples from the updated policy
+                    rollouts.push_weights(model, weights=adapters.merged_weights() if adapters is not None else None)
 
                 lengths = batch.lengths.float()
                 row = {
@@ -177,6 +185,8 @@ class GRPOBackend(ProbeBackend):
                         param.copy_(initial)
             saved.restore(model)
             del reference
+            if rollouts is not None:  # the engine holds the given weights again
+                rollouts.push_weights(model)
         return BackendRun(
             curves=curves,
             stopped_early=stopped_early,
@@ -372,13 +382,17 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
     tokens: list[torch.Tensor] = []
     alive: list[torch.Tensor] = []
     entropy_sum = torch.zeros(len(prompts), device=device)
+    temperature = policy_temperature(config)
     for t in range(config.max_new_tokens):
-        logp = torch.log_softmax(logits.float() / config.temperature, dim=-1)
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
         if not bool(torch.isfinite(logp).all()):
             raise _Diverged("non-finite logits while sampling")
         probs = logp.exp()
         entropy_sum += torch.where(finished, 0.0, -(probs * logp).sum(-1))
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if config.temperature == 0:  # greedy
+            token = logits.argmax(-1)
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         alive.append(~finished)
         tokens.append(token)
@@ -403,6 +417,54 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
     return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated, entropy)
 
 
+def policy_temperature(config: ProbeConfig) -> float:
+    """The temperature of the policy's log-probs and entropy: the sampling temperature,
+    or 1 for greedy rollouts (temperature 0, a deterministic check of the generators)."""
+    return config.temperature if config.temperature > 0 else 1.0
+
+
+def _sample_vllm(rollouts, model, encoded: Sequence[list[int]], ids: Sequence[int], *, config: ProbeConfig,
+                 eos_ids: set[int], pad_id: int, call: int) -> _Batch:
+    """The rows `ids` (runs of one prompt: its group, or its baseline samples) sampled by
+    the vLLM engine, one request with n = the run's length per prompt; entropies from the
+    live model (chunked, no grad), as the HF loop measures them while sampling."""
+    from evals.probe.logprobs import micro_batches, token_logprobs
+    from evals.probe.vllm_rollout import make_batch
+
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and runs[-1][0] == i:
+            runs[-1] = (i, runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    sampled: dict[int, list[list[int]]] = {}
+    for size in sorted({n for _, n in runs}):  # one call per run length (in the probe all runs are equal)
+        chosen = [i for i, n in runs if n == size]
+        got = rollouts.sample([encoded[i] for i in chosen], group_size=size, max_new_tokens=config.max_new_tokens,
+                              temperature=config.temperature, seed=config.seed * 1_000_003 + call, eos_ids=eos_ids, pad_id=pad_id)
+        for j, i in enumerate(chosen):
+            for k in range(size):
+                row = j * size + k
+                sampled.setdefault(i, []).append(got.response_ids[row, : int(got.lengths[row])].tolist())
+    responses = [sampled[i].pop(0) for i in ids]  # back into the order of `ids`
+    got = make_batch([encoded[i] for i in ids], responses, [""] * len(ids), eos_ids=eos_ids, pad_id=pad_id,
+                     max_new_tokens=config.max_new_tokens)
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = got.prompt_ids.to(device), got.prompt_mask.to(device)
+    response_ids, response_mask = got.response_ids.to(device), got.response_mask.to(device)
+    input_ids, mask = torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask, response_mask], 1)
+    entropy = torch.zeros(len(ids))
+    with torch.no_grad():
+        for rows in micro_batches(len(ids), config.micro_batch_size):
+            _, ent = token_logprobs(model, input_ids=input_ids[rows], attention_mask=mask[rows], response_ids=response_ids[rows],
+                                    response_mask=response_mask[rows], temperature=policy_temperature(config), chunk=config.logprob_chunk)
+            entropy[rows] = (ent.sum(1) / response_mask[rows].sum(1).clamp(min=1)).float().cpu()
+    if not bool(torch.isfinite(entropy).all()):
+        raise _Diverged("non-finite logits while sampling")
+    return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, got.completions, got.lengths.to(device),
+                  got.truncated.to(device), entropy)
+
+
 def _update(model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig) -> dict[str, float]:
     """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
     rollouts with gradient accumulation, log-probs and entropy in chunks of
@@ -421,7 +483,7 @@ def _update(model, reference, optimizer: MasterAdam, batch: _Batch, advantages: 
         response_mask=batch.response_mask,
         advantages=advantages,
         kl_coef=config.kl_coef,
-        temperature=config.temperature,
+        temperature=policy_temperature(config),
         micro_batch_size=config.micro_batch_size,
         chunk=config.logprob_chunk,
         checkpoint_activations=config.activation_checkpointing,

@@ -57,6 +57,34 @@ class LoraAdapters:
         finally:
             self.tuner.enable_adapter_layers()
 
+    @torch.no_grad()
+    def merged_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """(HF name, tensor) of every weight of the adapted model, adapted linears merged
+        (W + B A x scaling, in W's dtype), under the model's own names: what a vLLM
+        engine takes in place of LoRA requests. Shared tensors are given once, except a
+        tied lm_head (see evals.vllm_backend.named_weights)."""
+        from peft.tuners.lora import LoraLayer
+
+        merged: dict[str, tuple[str, torch.Tensor]] = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer):
+                base = module.get_base_layer().weight
+                delta = module.get_delta_weight("default")
+                merged[f"{name}.base_layer.weight"] = (f"{name}.weight", (base.float() + delta.float()).to(base.dtype))
+        weights, seen = [], set()
+        for name, tensor in self.model.state_dict(keep_vars=False).items():
+            if "lora_" in name:
+                continue
+            if name in merged:
+                weights.append(merged[name])
+                continue
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            if key in seen and not name.endswith("lm_head.weight"):
+                continue
+            seen.add(key)
+            weights.append((name.replace(".base_layer.", "."), tensor.detach()))
+        return weights
+
     def remove(self) -> Any:
         """Put every original module back and drop what peft attached to the model."""
         self.tuner.unload()

@@ -48,7 +48,7 @@ class ProbeConfig:
     kl_coef: float = 0.05  # weight of the k3 KL to the frozen initial candidate
     learning_rate: float = 1e-4  # Adam
     max_new_tokens: int = 64  # a completion reaching this without eos counts as truncated
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0: greedy rollouts (a deterministic check; log-probs then at temperature 1)
     seed: int = 0
     window: int = 1  # trailing moving average before the stability metrics
     collapse_threshold: float | None = None  # early stop: length < threshold * length[0] ...
@@ -78,9 +78,10 @@ class ProbeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
-        for name in ("learning_rate", "temperature"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.temperature >= 0:
+            problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature!r}")
         if not self.kl_coef >= 0:
             problems.append(f"kl_coef must be >= 0, got {self.kl_coef!r}")
         if self.prompt_pool is not None and (not isinstance(self.prompt_pool, int) or isinstance(self.prompt_pool, bool) or self.prompt_pool < 1):
@@ -169,7 +170,7 @@ CURVE_KEYS = {
     "actor/kl": "kl",  # k3 estimate of KL(policy || initial), mean per response token
     "actor/entropy": "entropy",  # nats per response token, at the sampling temperature
     "actor/grad_norm": "grad_norm",  # before clipping
-    "timing/step_s": "step_s",  # seconds: sampling, reward and update
+    "timing/step_s": "step_s",  # seconds: sampling, reward, update (and the weight push, generator: vllm)
     "timing/gen_s": "gen_s",  # seconds of the step spent sampling
     # Per-prompt normalized curves (empty without a baseline): the mean over the step's
     # prompts of each prompt's value relative to its own baseline, in the pool's units:

@@ -92,7 +92,16 @@ def run(args: argparse.Namespace) -> int:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise SweepError(f"cannot load {model_dir}: {exc}") from None
-    result = run_probe(model, tokenizer, config=config, prompts=prompts)
+    rollouts = None
+    if config.generator == "vllm":  # an engine on the checkpoint; the probe pushes its updates into it
+        from evals.errors import EvalError
+        from evals.probe.vllm_rollout import VllmRollouts
+
+        try:
+            rollouts = VllmRollouts.build(model_dir, tokenizer=str(tokenizer_dir), dtype=str(model.dtype).removeprefix("torch."))
+        except EvalError as exc:
+            raise SweepError(f"--generator vllm: {exc}") from None
+    result = run_probe(model, tokenizer, config=config, prompts=prompts, rollouts=rollouts)
 
     if args.json:
         out = result.to_dict() | {"probe_metrics": result.metrics.as_metrics(), "config": config.to_dict()}

@@ -396,7 +396,25 @@ def test_lora_on_a_bf16_model_trains_fp32_adapters(tiny_dir):
     assert all(torch.equal(before[k], v) and v.dtype == torch.bfloat16 for k, v in model.state_dict().items())
 
 
-def test_generator_vllm_is_refused_by_the_hf_probe(tiny_dir):
+def test_generator_vllm_without_an_engine_is_a_clear_error(tiny_dir):
     model, tokenizer = load(tiny_dir)
-    with pytest.raises(EvalError, match="generator 'vllm'"):
+    with pytest.raises(EvalError, match="generator vllm: give the vLLM engine"):
         run_probe(model, tokenizer, config=config(generator="vllm"), prompts=PROMPTS, reward=digit_share)
+
+
+def test_temperature_0_samples_greedily(tiny_dir):
+    """Greedy rollouts: every completion of a group is the same (advantages 0), the
+    curves repeat run to run, and the model is given back."""
+    model, tokenizer = load(tiny_dir)
+    seen = []
+
+    def record(*, prompts, completions, answers):
+        seen.append(list(completions))
+        return digit_share(prompts=prompts, completions=completions, answers=answers)
+
+    cfg = config(steps=3, temperature=0.0, baseline_samples=0, group_size=3)
+    first = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=record)
+    assert all(batch[g * 3] == batch[g * 3 + 1] == batch[g * 3 + 2] for batch in seen for g in range(len(batch) // 3))
+    assert first.curves.grad_norm[0] < 1e-6 and first.curves.kl == (0.0, 0.0, 0.0)
+    second = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share)
+    assert without_timing(first.curves) == without_timing(second.curves)
