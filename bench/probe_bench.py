@@ -36,10 +36,10 @@ BUDGET_S = 60.0  # issue 6: the demo probe on 2 cores
 
 
 def demo_probe_settings() -> dict:
-    from sweep.spec import PROBE_SCALE_FIELDS, load_spec
+    from sweep.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml", resolve_demo=False)
-    return spec.evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS))
+    return spec.evals.probe.model_dump()
 
 
 def random_demo_shape(root: Path) -> Path:

@@ -184,7 +184,7 @@ class ProbeSpec(_Section):
     kl_coef: Annotated[float, Field(ge=0)] = 0.05
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4
     max_new_tokens: Annotated[int, Field(ge=1)] = 64
-    temperature: Annotated[float, Field(gt=0)] = 1.0
+    temperature: Annotated[float, Field(ge=0)] = 1.0  # 0: greedy rollouts
     seed: int = 0
     window: Annotated[int, Field(ge=1)] = 1  # trailing moving average before the stability metrics
     # Early stop: length below collapse_threshold * initial length for collapse_patience steps.
@@ -196,8 +196,8 @@ class ProbeSpec(_Section):
     baseline_samples: Annotated[int, Field(ge=0)] = 4
     prompt_pool: Annotated[int, Field(ge=1)] | None = 16
     noise_samples: Annotated[int, Field(ge=0)] = 200
-    # Scale settings (issue 13; read by sweep/memory_plan.py, evals/probe/logprobs.py and
-    # evals/probe/vllm_rollout.py). generator: who samples the rollouts.
+    # Scale settings (docs/scale.md): the probe's update (evals/probe/logprobs.py, lora.py)
+    # and the memory plan (sweep/memory_plan.py) read them. generator: who samples the rollouts.
     generator: Literal["hf", "vllm"] = "hf"
     micro_batch_size: Annotated[int, Field(ge=1)] | None = None  # rollouts per forward/backward; None: all
     logprob_chunk: Annotated[int, Field(ge=1)] | None = 1024  # tokens per log-prob chunk; None: full [B, T, V]
@@ -205,9 +205,6 @@ class ProbeSpec(_Section):
     update: Literal["full", "lora"] = "full"  # what the probe trains (lora: reference = adapters off)
     lora_rank: Annotated[int, Field(ge=1)] = 16
 
-
-# ProbeSpec fields the memory plan reads that evals.probe's ProbeConfig does not take (yet).
-PROBE_SCALE_FIELDS = frozenset({"generator", "micro_batch_size", "logprob_chunk", "activation_checkpointing", "update", "lora_rank"})
 
 
 class EvalsSpec(_Section):

@@ -84,9 +84,7 @@ def worker_state(spec: SweepSpec) -> WorkerState:
     if spec.evals.probe is not None:
         from evals.probe import ProbeConfig, load_prompts
 
-        from sweep.spec import PROBE_SCALE_FIELDS
-
-        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)))
+        probe_config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
         prompts = load_prompts(probe_config.prompts)
         if probe_config.reward.model is not None:  # a reward model loads once per worker, not per trial
             from evals.rewards import build_reward
@@ -229,4 +227,39 @@ def _deadline_guard(model: Any, deadline: float | None, timeout_s: float | None,
 def _probe(state: WorkerState):
     from evals.probe import run_probe
 
-    return run_probe(state.model, state.tokenizer, config=state.probe_config, prompts=state.prompts, reward=state.reward)
+    rollouts = _rollout_engine(state) if state.probe_config.generator == "vllm" else None
+    return run_probe(state.model, state.tokenizer, config=state.probe_config, prompts=state.prompts, reward=state.reward,
+                     rollouts=rollouts)
+
+
+_ROLLOUTS: dict[str, Any] = {}  # state key -> the probe's VllmRollouts (when the eval has no engine to share)
+
+
+def _rollout_engine(state: WorkerState) -> Any:
+    """The vLLM engine the probe samples with: the eval's own (one engine per worker for
+    eval and probe, when evals.lm_eval.backend is vllm), else one built once per worker
+    on the model's checkpoint folder with the eval's vLLM engine arguments. The probe
+    pushes the candidate in first and leaves it there at the end."""
+    from evals.probe.vllm_rollout import VllmRollouts
+
+    backend = getattr(state.evaluator, "backend", None)
+    lm = getattr(backend, "_lm", None)
+    if lm is None and backend is not None and hasattr(backend, "lm_for"):
+        lm = backend.lm_for(state.model, state.tokenizer)  # the eval's engine, built now (it ran no task yet)
+    if lm is not None and hasattr(lm, "model"):
+        engine = _ROLLOUTS.get(state.key)
+        if engine is None or engine.llm is not lm.model:
+            _ROLLOUTS.clear()
+            engine = _ROLLOUTS[state.key] = VllmRollouts(lm.model)
+        return engine
+    if state.key not in _ROLLOUTS:
+        _ROLLOUTS.clear()
+        folder = getattr(state.model, "name_or_path", None)
+        if not folder:
+            from evals.errors import EvalError
+
+            raise EvalError("evals.probe.generator vllm: the live model has no checkpoint folder to build a vLLM engine on")
+        args = dict(getattr(backend, "engine_args", None) or {})
+        args.setdefault("dtype", str(next(state.model.parameters()).dtype).removeprefix("torch."))
+        _ROLLOUTS[state.key] = VllmRollouts.build(folder, **args)
+    return _ROLLOUTS[state.key]

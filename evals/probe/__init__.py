@@ -58,19 +58,25 @@ def run_probe(
     config: ProbeConfig,
     prompts: Sequence[Prompt] | None = None,
     reward: Reward | None = None,
+    rollouts: Any = None,
 ) -> ProbeResult:
     """Run `config.steps` RL steps from `model` and measure its stability.
 
     model: a transformers causal LM in memory (any device); tokenizer: its tokenizer
     (prompts get its chat template when it has one). prompts: defaults to the jsonl file
     `config.prompts`. reward: a custom reward callable (see evals.rewards); defaults to
-    the one config.reward names (a rule, or a reward model loaded here).
+    the one config.reward names (a rule, or a reward model loaded here). rollouts: the
+    vLLM engine (evals.probe.vllm_rollout.VllmRollouts) that samples when
+    config.generator is vllm; it holds the model's starting weights again at the end.
 
-    What happens to `model` (built-in backend): it is trained in place, next to a frozen
-    copy used for the KL, and handed back as it came: the same weights (copied back
-    from the frozen copy, even on error), each submodule's train/eval mode and each
+    What happens to `model` (built-in backend): it is trained in place (update: full,
+    next to a frozen copy used for the KL; update: lora, fp32 adapters injected into it,
+    with the adapters-off model as the reference) and handed back as it came: the same
+    weights (copied back from the frozen copy, or never touched under LoRA, even on
+    error), its own modules (adapters removed), each submodule's train/eval mode and each
     parameter's requires_grad restored, gradients None, no optimizer state kept, no
-    hooks added. Peak memory is about two copies of the model plus Adam's two moments.
+    hooks added. Peak memory, update: full, is about two copies of the model, fp32
+    masters and Adam's two moments; the memory plan (sweep/memory_plan.py) has the parts.
     Nothing is written to disk.
 
     Bad input (unreadable prompts, a rule that needs answers on prompts without one, an
@@ -90,7 +96,10 @@ def run_probe(
             if missing:
                 raise EvalError(f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)")
         reward = build_reward(rule=rule, model=config.reward.model, device=_device_of(model))
-    run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward)
+    if config.generator == "vllm" and rollouts is None:
+        raise EvalError("probe generator vllm: give the vLLM engine (rollouts=VllmRollouts...); `sweep probe --generator vllm` and the trial worker build one")
+    extra = {"rollouts": rollouts} if rollouts is not None else {}
+    run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward, **extra)
     metrics, curves = score_run(run, config=config, with_curves=True)
     wall_s = time.perf_counter() - start
     return ProbeResult(

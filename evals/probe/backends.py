@@ -29,7 +29,10 @@ class ProbeBackend(ABC):
     - stop early only when `evals.stability.length_collapsed` says so for
       config.collapse_threshold / collapse_patience, setting stopped_early and stop_reason;
     - raise EvalError for bad user input, before expensive work starts;
-    - write nothing the caller must clean up.
+    - write nothing the caller must clean up;
+    - `rollouts` (an evals.probe.vllm_rollout.VllmRollouts, for generator: vllm) samples
+      the rollouts; the backend pushes its changed weights into it and leaves it holding
+      the model's weights as they were given.
     """
 
     name: str = ""
@@ -43,6 +46,7 @@ class ProbeBackend(ABC):
         config: ProbeConfig,
         prompts: Sequence[Prompt],
         reward: Reward,
+        rollouts: Any = None,
     ) -> BackendRun: ...
 
 

@@ -11,8 +11,16 @@ Each step:
 2. score them with the reward; advantage = (r - group mean) / (group std + 1e-4);
 3. one Adam update on the token-mean loss
        -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
-   with k3 = exp(ref - logp) - (ref - logp) - 1 against a frozen copy of the starting
-   model, and the gradient norm clipped to 1.0 (verl's and TRL's default).
+   with k3 = exp(ref - logp) - (ref - logp) - 1 against the starting model, and the
+   gradient norm clipped to 1.0 (verl's and TRL's default). The update runs in
+   micro-batches of `micro_batch_size` rollouts with gradient accumulation, log-probs and
+   entropy in chunks of `logprob_chunk` tokens, optionally with activation checkpointing
+   (evals/probe/logprobs.py): the same gradient as the full batch, to rounding.
+
+`update: full` trains every weight against a frozen deep copy of the starting model.
+`update: lora` trains fp32 LoRA adapters (rank `lora_rank`, every linear layer) injected
+into the live model; the reference is the same model with the adapters off (no copy),
+and the adapters are removed at the end (evals/probe/lora.py).
 
 Adam runs on fp32 master copies of every parameter that is not fp32 (a bf16 or fp16
 model): the live weights are the masters rounded after each step, so updates smaller
@@ -41,6 +49,8 @@ import torch
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend
 from evals.probe.baseline import Baseline
+from evals.probe.logprobs import accumulate_grpo_gradients, logits_postprocess_problem
+from evals.probe.lora import LoraAdapters
 from evals.probe.records import BackendRun, ProbeConfig, ProbeCurves, Prompt, PromptSamples
 from evals.rewards import THINK_START, Reward, with_opened_think
 from evals.stability import length_collapsed
@@ -58,7 +68,12 @@ class GRPOBackend(ProbeBackend):
 
     name = "builtin"
 
-    def run(self, model: Any, tokenizer: Any, *, config: ProbeConfig, prompts: Sequence[Prompt], reward: Reward) -> BackendRun:
+    def run(self, model: Any, tokenizer: Any, *, config: ProbeConfig, prompts: Sequence[Prompt], reward: Reward,
+            rollouts: Any = None) -> BackendRun:
+        if config.generator == "vllm" and rollouts is None:
+            raise EvalError("probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))")
+        if config.generator == "hf":
+            rollouts = None  # generator: hf samples with the HF loop whatever engine is given
         eos_ids = _eos_ids(model, tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
         encoded = [_encode_prompt(tokenizer, p.prompt) for p in prompts]
@@ -71,11 +86,19 @@ class GRPOBackend(ProbeBackend):
         order_generator = torch.Generator().manual_seed(config.seed)  # prompt pool and order, on CPU
         pool = _prompt_pool(len(prompts), config.prompt_pool, order_generator)
         order = _prompt_order(pool, config.steps * config.prompts_per_step, order_generator)
-        sample = lambda ids: _sample(model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)  # noqa: E731
+        if rollouts is not None:
+            calls = iter(range(1 << 62))
+            sample = lambda ids: _sample_vllm(rollouts, model, encoded, ids, config=config, eos_ids=eos_ids, pad_id=pad_id, call=next(calls))  # noqa: E731
+        else:
+            sample = lambda ids: _sample(model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)  # noqa: E731
         score = lambda ids, batch: _score(reward, tokenizer, prompts, ids, batch, think_open)  # noqa: E731
 
-        reference = copy.deepcopy(model).eval().requires_grad_(False)  # frozen initial candidate
+        problem = logits_postprocess_problem(model)
+        if problem:
+            raise EvalError(f"probe: {problem}")
         saved = _ModuleState.capture(model)
+        adapters: LoraAdapters | None = None
+        reference: Any = None
         optimizer = None
         curves = ProbeCurves()
         baseline: list[PromptSamples] = []
@@ -84,8 +107,16 @@ class GRPOBackend(ProbeBackend):
         step = -1
         try:
             model.eval()  # no dropout: sampling and the update see the same policy
-            model.requires_grad_(True)
-            optimizer = MasterAdam(params, lr=config.learning_rate)
+            if rollouts is not None:  # the engine may hold another candidate (or the eval's): start from this one
+                rollouts.push_weights(model)
+            if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
+                adapters = LoraAdapters(model, rank=config.lora_rank)
+                reference, trainable = adapters.disabled, adapters.parameters
+            else:  # frozen initial candidate, and every weight trains
+                reference = copy.deepcopy(model).eval().requires_grad_(False)
+                model.requires_grad_(True)
+                trainable = params
+            optimizer = MasterAdam(trainable, lr=config.learning_rate)
             if config.baseline_samples:
                 t0 = time.perf_counter()
                 baseline = _measure_baseline(pool, config=config, sample=sample, score=score)
@@ -101,6 +132,8 @@ class GRPOBackend(ProbeBackend):
                 grouped = scores_t.view(len(chosen), config.group_size)
                 advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADVANTAGE_EPS)
                 update = _update(model, reference, optimizer, batch, advantages.view(-1).to(device), config=config)
+                if rollouts is not None:  # the next step samples from the updated policy
+                    rollouts.push_weights(model, weights=adapters.merged_weights() if adapters is not None else None)
 
                 lengths = batch.lengths.float()
                 row = {
@@ -144,11 +177,16 @@ class GRPOBackend(ProbeBackend):
             if optimizer is not None:
                 optimizer.clear()
             model.zero_grad(set_to_none=True)
-            with torch.no_grad():  # the caller gets back the weights it gave
-                for param, initial in zip(model.parameters(), reference.parameters()):
-                    param.copy_(initial)
+            if adapters is not None:  # the base weights never trained: drop the adapters
+                adapters.remove()
+            elif isinstance(reference, torch.nn.Module):
+                with torch.no_grad():  # the caller gets back the weights it gave
+                    for param, initial in zip(model.parameters(), reference.parameters()):
+                        param.copy_(initial)
             saved.restore(model)
             del reference
+            if rollouts is not None:  # the engine holds the given weights again
+                rollouts.push_weights(model)
         return BackendRun(
             curves=curves,
             stopped_early=stopped_early,
@@ -344,13 +382,17 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
     tokens: list[torch.Tensor] = []
     alive: list[torch.Tensor] = []
     entropy_sum = torch.zeros(len(prompts), device=device)
+    temperature = policy_temperature(config)
     for t in range(config.max_new_tokens):
-        logp = torch.log_softmax(logits.float() / config.temperature, dim=-1)
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
         if not bool(torch.isfinite(logp).all()):
             raise _Diverged("non-finite logits while sampling")
         probs = logp.exp()
         entropy_sum += torch.where(finished, 0.0, -(probs * logp).sum(-1))
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if config.temperature == 0:  # greedy
+            token = logits.argmax(-1)
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         alive.append(~finished)
         tokens.append(token)
@@ -375,38 +417,80 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
     return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated, entropy)
 
 
-def _update(model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig) -> dict[str, float]:
-    """One GRPO step. Returns the KL, entropy (at the sampling temperature) and grad norm.
-    Raises _Diverged (before any weight changes) on a non-finite loss, KL or gradient."""
-    input_ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
-    mask = torch.cat([batch.prompt_mask, batch.response_mask], 1)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    response_len = batch.response_ids.shape[1]
-    token_mask = batch.response_mask.float()
-    n_tokens = token_mask.sum().clamp(min=1)
+def policy_temperature(config: ProbeConfig) -> float:
+    """The temperature of the policy's log-probs and entropy: the sampling temperature,
+    or 1 for greedy rollouts (temperature 0, a deterministic check of the generators)."""
+    return config.temperature if config.temperature > 0 else 1.0
 
-    def token_logprobs(module) -> tuple[torch.Tensor, torch.Tensor]:
-        # logits at position i predict token i + 1: keep the response_len positions before the end
-        logits = module(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=response_len + 1).logits
-        logp_all = torch.log_softmax(logits[:, :-1].float() / config.temperature, dim=-1)
-        return logp_all.gather(-1, batch.response_ids[..., None]).squeeze(-1), logp_all
 
+def _sample_vllm(rollouts, model, encoded: Sequence[list[int]], ids: Sequence[int], *, config: ProbeConfig,
+                 eos_ids: set[int], pad_id: int, call: int) -> _Batch:
+    """The rows `ids` (runs of one prompt: its group, or its baseline samples) sampled by
+    the vLLM engine, one request with n = the run's length per prompt; entropies from the
+    live model (chunked, no grad), as the HF loop measures them while sampling."""
+    from evals.probe.logprobs import micro_batches, token_logprobs
+    from evals.probe.vllm_rollout import make_batch
+
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and runs[-1][0] == i:
+            runs[-1] = (i, runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    sampled: dict[int, list[list[int]]] = {}
+    for size in sorted({n for _, n in runs}):  # one call per run length (in the probe all runs are equal)
+        chosen = [i for i, n in runs if n == size]
+        got = rollouts.sample([encoded[i] for i in chosen], group_size=size, max_new_tokens=config.max_new_tokens,
+                              temperature=config.temperature, seed=config.seed * 1_000_003 + call, eos_ids=eos_ids, pad_id=pad_id)
+        for j, i in enumerate(chosen):
+            for k in range(size):
+                row = j * size + k
+                sampled.setdefault(i, []).append(got.response_ids[row, : int(got.lengths[row])].tolist())
+    responses = [sampled[i].pop(0) for i in ids]  # back into the order of `ids`
+    got = make_batch([encoded[i] for i in ids], responses, [""] * len(ids), eos_ids=eos_ids, pad_id=pad_id,
+                     max_new_tokens=config.max_new_tokens)
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = got.prompt_ids.to(device), got.prompt_mask.to(device)
+    response_ids, response_mask = got.response_ids.to(device), got.response_mask.to(device)
+    input_ids, mask = torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask, response_mask], 1)
+    entropy = torch.zeros(len(ids))
     with torch.no_grad():
-        ref_logp, _ = token_logprobs(reference)
-    logp, logp_all = token_logprobs(model)
-    log_ratio_ref = ref_logp - logp
-    k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1  # >= 0, unbiased estimate of KL(policy || ref)
-    policy_loss = -advantages[:, None] * torch.exp(logp - logp.detach())  # gradient: -A * grad logp
-    loss = ((policy_loss + config.kl_coef * k3) * token_mask).sum() / n_tokens
+        for rows in micro_batches(len(ids), config.micro_batch_size):
+            _, ent = token_logprobs(model, input_ids=input_ids[rows], attention_mask=mask[rows], response_ids=response_ids[rows],
+                                    response_mask=response_mask[rows], temperature=policy_temperature(config), chunk=config.logprob_chunk)
+            entropy[rows] = (ent.sum(1) / response_mask[rows].sum(1).clamp(min=1)).float().cpu()
+    if not bool(torch.isfinite(entropy).all()):
+        raise _Diverged("non-finite logits while sampling")
+    return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, got.completions, got.lengths.to(device),
+                  got.truncated.to(device), entropy)
 
-    kl = float((k3.detach() * token_mask).sum() / n_tokens)
-    if not math.isfinite(float(loss.detach())) or not math.isfinite(kl):
-        raise _Diverged(f"non-finite {'loss' if not math.isfinite(float(loss.detach())) else 'KL'}")
+
+def _update(model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig) -> dict[str, float]:
+    """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
+    rollouts with gradient accumulation, log-probs and entropy in chunks of
+    `logprob_chunk` tokens (never [B, T, V] in fp32), optional activation checkpointing.
+    `reference` is the frozen copy (full) or a context factory under which `model` is the
+    reference (LoRA: adapters off). Returns the KL, entropy (at the sampling temperature)
+    and grad norm. Raises _Diverged (before any weight changes) on a non-finite loss, KL
+    or gradient."""
     optimizer.zero_grad()
-    loss.backward()
+    stats = accumulate_grpo_gradients(
+        model,
+        reference,
+        input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
+        attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
+        response_ids=batch.response_ids,
+        response_mask=batch.response_mask,
+        advantages=advantages,
+        kl_coef=config.kl_coef,
+        temperature=policy_temperature(config),
+        micro_batch_size=config.micro_batch_size,
+        chunk=config.logprob_chunk,
+        checkpoint_activations=config.activation_checkpointing,
+    )
+    if not math.isfinite(stats["loss"]) or not math.isfinite(stats["kl"]):
+        raise _Diverged(f"non-finite {'loss' if not math.isfinite(stats['loss']) else 'KL'}")
     grad_norm = optimizer.step(MAX_GRAD_NORM)
     if not math.isfinite(grad_norm):
         raise _Diverged("non-finite gradient")
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return {"kl": kl, "entropy": float((entropy * token_mask).sum() / n_tokens), "grad_norm": grad_norm}
+    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm}

@@ -150,10 +150,9 @@ def activation_checkpointing(model: Any, enabled: bool = True) -> Iterator[None]
             (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
 
 
-def grpo_update(
+def accumulate_grpo_gradients(
     model: Any,
     reference: Any,
-    optimizer: torch.optim.Optimizer,
     *,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -165,22 +164,22 @@ def grpo_update(
     micro_batch_size: int | None = None,
     chunk: int | None = DEFAULT_CHUNK,
     checkpoint_activations: bool = False,
-    max_grad_norm: float = MAX_GRAD_NORM,
-    parameters: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """One GRPO step (the probe's loss), micro-batched with gradient accumulation.
+    """The GRPO loss's gradient, accumulated over micro-batches into `.grad` (not zeroed
+    first: the caller zeroes). Takes no step.
 
     Loss: token mean over the whole batch of -A * exp(logp - logp.detach()) + kl_coef * k3,
     k3 = exp(ref - logp) - (ref - logp) - 1. `reference` is a frozen module, or a callable
     returning a context manager under which `model` itself is the reference (LoRA with
-    adapters off). Returns kl, entropy and the pre-clip grad norm, as the probe records them.
+    adapters off). Returns the loss, kl and entropy (token means over the whole batch); a
+    non-finite one is returned as is (the caller decides), and backward is skipped for a
+    micro-batch whose loss is not finite.
     """
-    params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     n_tokens = response_mask.sum().clamp(min=1).float()
     kl_sum = torch.zeros((), dtype=torch.float64)
     ent_sum = torch.zeros((), dtype=torch.float64)
-    optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), dtype=torch.float64)
     for rows in micro_batches(input_ids.shape[0], micro_batch_size):
         kw = dict(input_ids=input_ids[rows], attention_mask=attention_mask[rows], position_ids=positions[rows],
                   response_ids=response_ids[rows], response_mask=response_mask[rows], temperature=temperature, chunk=chunk)
@@ -192,15 +191,37 @@ def grpo_update(
                 ref_logp, _ = token_logprobs(reference, **kw)
         with activation_checkpointing(model, checkpoint_activations):
             logp, entropy = token_logprobs(model, **kw)
-        mask = response_mask[rows].float()
-        log_ratio_ref = ref_logp - logp
-        k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1
-        policy_loss = -advantages[rows][:, None] * torch.exp(logp - logp.detach())
-        loss = ((policy_loss + kl_coef * k3) * mask).sum() / n_tokens
-        loss.backward()
+            mask = response_mask[rows].float()
+            log_ratio_ref = ref_logp - logp
+            k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1
+            policy_loss = -advantages[rows].to(logp)[:, None] * torch.exp(logp - logp.detach())
+            loss = ((policy_loss + kl_coef * k3) * mask).sum() / n_tokens
+            value = float(loss.detach())
+            if math.isfinite(value) and loss.requires_grad:
+                loss.backward()
+        loss_sum += value
         kl_sum += float((k3.detach() * mask).sum())
         ent_sum += float((entropy * mask).sum())
+    return {"loss": float(loss_sum), "kl": float(kl_sum / n_tokens), "entropy": float(ent_sum / n_tokens)}
+
+
+def grpo_update(
+    model: Any,
+    reference: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    max_grad_norm: float = MAX_GRAD_NORM,
+    parameters: list[torch.Tensor] | None = None,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """One GRPO step with a plain torch optimizer: `accumulate_grpo_gradients` (keyword
+    arguments as there), the gradient norm clipped to `max_grad_norm`, one step (none when
+    the norm is not finite). Returns kl, entropy and the pre-clip grad norm. (The probe
+    uses its fp32-master optimizer instead: evals/probe/grpo.py.)"""
+    params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    stats = accumulate_grpo_gradients(model, reference, **kwargs)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
     if math.isfinite(grad_norm):
         optimizer.step()
-    return {"kl": float(kl_sum / n_tokens), "entropy": float(ent_sum / n_tokens), "grad_norm": grad_norm}
+    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm}

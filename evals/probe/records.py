@@ -48,7 +48,7 @@ class ProbeConfig:
     kl_coef: float = 0.05  # weight of the k3 KL to the frozen initial candidate
     learning_rate: float = 1e-4  # Adam
     max_new_tokens: int = 64  # a completion reaching this without eos counts as truncated
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0: greedy rollouts (a deterministic check; log-probs then at temperature 1)
     seed: int = 0
     window: int = 1  # trailing moving average before the stability metrics
     collapse_threshold: float | None = None  # early stop: length < threshold * length[0] ...
@@ -59,6 +59,13 @@ class ProbeConfig:
     baseline_samples: int = 4
     prompt_pool: int | None = 16  # distinct prompts the probe cycles through (None: all of them)
     noise_samples: int = 200  # bootstrap replicates for each metric's noise band (0: none)
+    # Scale settings (docs/scale.md, the memory plan reads them too).
+    generator: str = "hf"  # who samples the rollouts: hf (the built-in loop) | vllm
+    micro_batch_size: int | None = None  # rollouts per forward/backward, gradients accumulated; None: all
+    logprob_chunk: int | None = 1024  # response tokens per log-prob/entropy block; None: one block
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward
+    update: str = "full"  # full: every weight (fp32 masters) | lora: fp32 adapters, reference = adapters off
+    lora_rank: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.reward, dict):  # ProbeConfig(reward={"rule": ...}) as in the spec
@@ -71,13 +78,26 @@ class ProbeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
-        for name in ("learning_rate", "temperature"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.temperature >= 0:
+            problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature!r}")
         if not self.kl_coef >= 0:
             problems.append(f"kl_coef must be >= 0, got {self.kl_coef!r}")
         if self.prompt_pool is not None and (not isinstance(self.prompt_pool, int) or isinstance(self.prompt_pool, bool) or self.prompt_pool < 1):
             problems.append(f"prompt_pool must be a whole number >= 1 or null (all prompts), got {self.prompt_pool!r}")
+        for name in ("micro_batch_size", "logprob_chunk"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                problems.append(f"{name} must be a whole number >= 1 or null, got {value!r}")
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 1:
+            problems.append(f"lora_rank must be a whole number >= 1, got {self.lora_rank!r}")
+        if self.generator not in ("hf", "vllm"):
+            problems.append(f"generator must be hf or vllm, got {self.generator!r}")
+        if self.update not in ("full", "lora"):
+            problems.append(f"update must be full or lora, got {self.update!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            problems.append(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
         if self.baseline_samples == 1:
             problems.append("baseline_samples must be 0 (no baseline) or >= 2 (a baseline of one sample is as noisy as a step)")
         if self.collapse_threshold is not None and not 0 < self.collapse_threshold < 1:
@@ -150,7 +170,7 @@ CURVE_KEYS = {
     "actor/kl": "kl",  # k3 estimate of KL(policy || initial), mean per response token
     "actor/entropy": "entropy",  # nats per response token, at the sampling temperature
     "actor/grad_norm": "grad_norm",  # before clipping
-    "timing/step_s": "step_s",  # seconds: sampling, reward and update
+    "timing/step_s": "step_s",  # seconds: sampling, reward, update (and the weight push, generator: vllm)
     "timing/gen_s": "gen_s",  # seconds of the step spent sampling
     # Per-prompt normalized curves (empty without a baseline): the mean over the step's
     # prompts of each prompt's value relative to its own baseline, in the pool's units:

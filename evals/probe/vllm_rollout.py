@@ -84,15 +84,18 @@ class VllmRollouts:
         args = {"seed": 0, "enforce_eager": True, **engine_args}
         return cls(vllm.LLM(model=str(checkpoint), tokenizer=str(args.pop("tokenizer", checkpoint)), **args))
 
-    def push_weights(self, model: Any, *, names: Iterable[str] | None = None) -> None:
+    def push_weights(self, model: Any, *, names: Iterable[str] | None = None,
+                     weights: list[tuple[str, Any]] | None = None) -> None:
         """Load the model's weights (all, or only `names`) into the engine; reset its prefix cache.
 
-        A partial set is fine (vLLM keeps the other tensors). Without the reset, prompts
-        longer than one KV block would reuse blocks computed with the old weights.
+        `weights` gives the (HF name, tensor) pairs instead (the probe's LoRA update
+        pushes the merged weights: evals/probe/lora.py). A partial set is fine (vLLM keeps
+        the other tensors). Without the reset, prompts longer than one KV block would
+        reuse blocks computed with the old weights.
         """
         from evals.vllm_backend import named_weights
 
-        weights = named_weights(model)
+        weights = named_weights(model) if weights is None else list(weights)
         if names is not None:
             wanted = set(names)
             weights = [(n, t) for n, t in weights if n in wanted]

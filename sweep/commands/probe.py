@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help='jsonl file, {"prompt": ..., "answer": ...} per line (overrides the spec)')
     for name, kind in _OVERRIDES.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"probe {name} (overrides the spec)")
+    parser.add_argument("--generator", choices=["hf", "vllm"], help="who samples the rollouts (overrides the spec)")
+    parser.add_argument("--update", choices=["full", "lora"], help="what the probe trains (overrides the spec)")
+    parser.add_argument("--micro-batch-size", type=int, default=None, help="rollouts per forward/backward (overrides the spec)")
     parser.add_argument("--reward-rule", choices=["exact_match", "format", "exact_match+format", "concise"], help="rule reward (overrides the spec)")
     parser.add_argument("--reward-model", help="local AutoModelForSequenceClassification folder used as the reward")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="load dtype (auto: as stored)")
@@ -51,15 +54,13 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         if spec.evals.probe is None:
             raise SweepError(f"{args.spec}: has no evals.probe section; add one or give --prompts")
-        from sweep.spec import PROBE_SCALE_FIELDS
-
-        settings = spec.evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS))
+        settings = spec.evals.probe.model_dump()
     if args.prompts:
         settings["prompts"] = args.prompts if args.prompts.startswith("demo:") else str(Path(args.prompts).resolve())
     if "prompts" not in settings:
         raise SweepError("give --prompts FILE or --spec SPEC (with an evals.probe section)")
     settings["prompts"] = _resolve_demo(settings["prompts"], "--prompts")
-    for name in _OVERRIDES:
+    for name in (*_OVERRIDES, "generator", "update", "micro_batch_size"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.reward_model:
@@ -91,7 +92,16 @@ def run(args: argparse.Namespace) -> int:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise SweepError(f"cannot load {model_dir}: {exc}") from None
-    result = run_probe(model, tokenizer, config=config, prompts=prompts)
+    rollouts = None
+    if config.generator == "vllm":  # an engine on the checkpoint; the probe pushes its updates into it
+        from evals.errors import EvalError
+        from evals.probe.vllm_rollout import VllmRollouts
+
+        try:
+            rollouts = VllmRollouts.build(model_dir, tokenizer=str(tokenizer_dir), dtype=str(model.dtype).removeprefix("torch."))
+        except EvalError as exc:
+            raise SweepError(f"--generator vllm: {exc}") from None
+    result = run_probe(model, tokenizer, config=config, prompts=prompts, rollouts=rollouts)
 
     if args.json:
         out = result.to_dict() | {"probe_metrics": result.metrics.as_metrics(), "config": config.to_dict()}

@@ -36,9 +36,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError([plan.refusal()], source=args.spec)
     print(summary(spec, infos))
     print(plan.table())
-    if spec.evals.probe is not None and spec.evals.probe.update == "lora":
-        print("  note       evals.probe.update: lora is a plan setting; the probe's LoRA update is not wired into "
-              "evals/probe/grpo.py yet (docs/scale.md)")
     return 0
 
 

@@ -191,6 +191,9 @@ def test_bad_input_fails_before_any_step(tiny_dir, tmp_path):
         ({"reward": {"rule": "exactmatch"}}, "reward.rule 'exactmatch'"),
         ({"reward": {"rule": None, "model": None}}, "reward rule or a reward model"),
         ({"stepz": 3}, "unknown keys stepz"),
+        ({"micro_batch_size": 0}, "micro_batch_size must be a whole number >= 1 or null"),
+        ({"update": "qlora"}, "update must be full or lora"),
+        ({"generator": "sglang"}, "generator must be hf or vllm"),
     ],
 )
 def test_bad_config_is_a_user_error(changes, message):
@@ -199,18 +202,19 @@ def test_bad_config_is_a_user_error(changes, message):
 
 
 def test_config_fields_are_exactly_the_spec_keys():
-    from sweep.spec import PROBE_SCALE_FIELDS, ProbeSpec, parse_spec
+    from sweep.spec import ProbeSpec, parse_spec
 
-    # the scale fields (issue 13) are read by the memory plan until the probe takes them
-    assert {f.name for f in dataclasses.fields(ProbeConfig)} == set(ProbeSpec.model_fields) - PROBE_SCALE_FIELDS
+    assert {f.name for f in dataclasses.fields(ProbeConfig)} == set(ProbeSpec.model_fields)
     spec = parse_spec(
         "name: t\nmodels: {pretrained: a, instruct: b, reasoning: c}\n"
-        "evals: {probe: {prompts: p.jsonl, steps: 5, reward: {rule: format}, collapse_threshold: 0.4}}\n"
+        "evals: {probe: {prompts: p.jsonl, steps: 5, reward: {rule: format}, collapse_threshold: 0.4,"
+        " micro_batch_size: 2, update: lora, lora_rank: 4}}\n"
         "objectives: [{metric: probe/length_retention, direction: maximize}]\n"
         'constraints: ["probe/stopped_early <= 0"]\n'
     )
-    cfg = ProbeConfig.from_dict(spec.evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)))
+    cfg = ProbeConfig.from_dict(spec.evals.probe.model_dump())
     assert (cfg.steps, cfg.reward.rule, cfg.collapse_threshold, cfg.window) == (5, "format", 0.4, 1)
+    assert (cfg.micro_batch_size, cfg.logprob_chunk, cfg.update, cfg.lora_rank, cfg.generator) == (2, 1024, "lora", 4, "hf")
     assert ProbeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
@@ -320,3 +324,97 @@ def test_a_bf16_model_learns_as_an_fp32_one(tiny_dir, learning_rate):
         kl[dtype] = result.metrics.kl_final
         assert all(torch.equal(before[k], v) and v.dtype == dtype for k, v in model.state_dict().items())  # restored bit for bit
     assert 0.5 < kl[torch.bfloat16] / kl[torch.float32] < 2.0, kl
+
+
+def test_micro_batched_chunked_checkpointed_update_gives_the_full_batch_curves(tiny_dir):
+    """The scale settings change memory, not the probe: micro-batches of 3 rollouts with
+    gradient accumulation, log-probs in 5-token chunks and activation checkpointing give
+    the curves of one full-batch, one-block update, to rounding (fp32, 6 steps: the same
+    samples, so any real difference would show in the lengths and scores)."""
+    curves = []
+    for scale in (
+        dict(micro_batch_size=None, logprob_chunk=None),
+        dict(micro_batch_size=3, logprob_chunk=5),
+        dict(micro_batch_size=5, logprob_chunk=7, activation_checkpointing=True),
+    ):
+        model, tokenizer = load(tiny_dir)
+        result = run_probe(model, tokenizer, config=config(**scale), prompts=PROMPTS, reward=digit_share)
+        curves.append(without_timing(result.curves))
+    full = curves[0]
+    assert full["actor/kl"][-1] > 1e-4  # it learned: there is something to compare
+    for other in curves[1:]:
+        assert other.keys() == full.keys()
+        for key in full:
+            assert other[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+
+
+def test_lora_update_learns_and_gives_the_model_back(tiny_dir):
+    """update: lora trains fp32 adapters on the live model against the adapters-off model
+    (no copy): the KL grows and the reward moves; afterwards the model is the one given,
+    bit for bit, with its own modules, modes and flags and nothing of peft left on it."""
+    import torch
+
+    model, tokenizer = load(tiny_dir)
+    # The random tiny model's logits lie within about +-0.6 (near-uniform, entropy 4.4 nats
+    # over 83 tokens), so adapters below the head could hardly move them (KL 0.015 at any
+    # learning rate). A final norm 10x larger gives a trained model's logit scale (entropy 1.5).
+    with torch.no_grad():
+        model.model.norm.weight.mul_(10.0)
+    model.model.norm.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [(name, type(m)) for name, m in model.named_modules()]
+    attributes = set(vars(model))
+    result = run_probe(model, tokenizer, config=config(steps=16, update="lora", lora_rank=4, learning_rate=1e-2),
+                       prompts=PROMPTS, reward=digit_share)
+    kl, score = result.curves.kl, result.curves.score_mean
+    assert kl[0] == 0 and kl[-1] > 0.1, kl
+    assert sum(score[-4:]) / 4 > sum(score[:4]) / 4 + 0.3, score  # digits rewarded: measured 0.08 -> 0.78
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert [(name, type(m)) for name, m in model.named_modules()] == modules
+    assert set(vars(model)) == attributes and not hasattr(model, "peft_config")
+    assert not model.model.norm.weight.requires_grad and model.lm_head.weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_lora_on_a_bf16_model_trains_fp32_adapters(tiny_dir):
+    """bf16 base, fp32 adapters: it learns (KL > 0) and the bf16 weights come back as they were."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from evals.probe.lora import LoraAdapters
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.bfloat16)
+    adapters = LoraAdapters(model, rank=4)
+    assert adapters.parameters and all(p.dtype == torch.float32 and p.requires_grad for p in adapters.parameters)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    adapters.remove()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_probe(model, load(tiny_dir)[1], config=config(update="lora", lora_rank=4, learning_rate=3e-2),
+                       prompts=PROMPTS, reward=digit_share)
+    assert result.metrics.kl_final > 1e-4
+    assert all(torch.equal(before[k], v) and v.dtype == torch.bfloat16 for k, v in model.state_dict().items())
+
+
+def test_generator_vllm_without_an_engine_is_a_clear_error(tiny_dir):
+    model, tokenizer = load(tiny_dir)
+    with pytest.raises(EvalError, match="generator vllm: give the vLLM engine"):
+        run_probe(model, tokenizer, config=config(generator="vllm"), prompts=PROMPTS, reward=digit_share)
+
+
+def test_temperature_0_samples_greedily(tiny_dir):
+    """Greedy rollouts: every completion of a group is the same (advantages 0), the
+    curves repeat run to run, and the model is given back."""
+    model, tokenizer = load(tiny_dir)
+    seen = []
+
+    def record(*, prompts, completions, answers):
+        seen.append(list(completions))
+        return digit_share(prompts=prompts, completions=completions, answers=answers)
+
+    cfg = config(steps=3, temperature=0.0, baseline_samples=0, group_size=3)
+    first = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=record)
+    assert all(batch[g * 3] == batch[g * 3 + 1] == batch[g * 3 + 2] for batch in seen for g in range(len(batch) // 3))
+    assert first.curves.grad_norm[0] < 1e-6 and first.curves.kl == (0.0, 0.0, 0.0)
+    second = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share)
+    assert without_timing(first.curves) == without_timing(second.curves)

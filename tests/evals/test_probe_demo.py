@@ -22,9 +22,9 @@ def demo_family():
 
 @pytest.fixture(scope="module")
 def demo_results(demo_family) -> dict:
-    from sweep.spec import PROBE_SCALE_FIELDS, load_spec
+    from sweep.spec import load_spec
 
-    settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS))
+    settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump()
     # 16 prompts x 2 samples per step: enough completions for a steady step-0 length; the
     # same seed draws the same prompts for both models, so their lengths compare pairwise.
     changes = {"prompts": str(demo_family.probe_prompts), "steps": STEPS, "prompts_per_step": 16, "group_size": 2}

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 FRESH_GEN = """\
@@ -82,3 +84,29 @@ def test_sweep_eval_vllm_equals_hf_on_unseen_checkpoint_and_tasks(trio, tmp_path
     assert set(hf) == {"lm_eval/fresh_double/exact_match,final", "lm_eval/fresh_pick/acc,none", "lm_eval/fresh_pick/acc_norm,none"}
     assert vllm == hf
     assert any(v > 0 for v in hf.values())
+
+
+def _sweep_probe(*args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "sweep", "probe", *args, "--json"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sweep_probe_generator_vllm_equals_hf_at_temperature_0(trio, tmp_path):
+    """`sweep probe --generator vllm` builds an engine on the checkpoint and gives, greedy,
+    the HF loop's curves: the same lengths and rewards, KL and entropy to rounding."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(3) for b in range(3)))
+    common = ["--model", str(trio["reasoning"]), "--prompts", str(prompts), "--steps", "3", "--temperature", "0",
+              "--max-new-tokens", "12", "--reward-rule", "exact_match", "--dtype", "float32"]
+    hf, vllm = _sweep_probe(*common, "--generator", "hf"), _sweep_probe(*common, "--generator", "vllm")
+    assert vllm["config"]["generator"] == "vllm" and hf["config"]["generator"] == "hf"
+    for key, want in hf["curves"].items():
+        if key.startswith("timing/"):
+            continue
+        if key.startswith("response_length/") or key.startswith("critic/score"):
+            assert vllm["curves"][key] == want, key
+        else:
+            assert vllm["curves"][key] == [pytest.approx(v, rel=1e-4, abs=1e-5) for v in want], key

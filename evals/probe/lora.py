@@ -1,0 +1,94 @@
+"""LoRA adapters for the probe's `update: lora`, injected into the live model and removed.
+
+    adapters = LoraAdapters(model, rank=16)   # fp32 adapters on every linear layer (not the head)
+    with adapters.disabled():                 # the starting model: the KL reference, no copy
+        ...
+    adapters.remove()                         # the original modules back, weights untouched
+
+peft (a dependency of lm-eval) does the injection in place (`peft.LoraModel`): each
+targeted nn.Linear is wrapped with its A/B adapters and unwrapped by `unload()`, which
+puts the original module objects back. The base weights are frozen and never stepped, so
+the caller gets them back bit for bit. Adapters are kept in fp32 whatever the model's
+dtype (peft would otherwise make them bf16 on a bf16 model, where Adam's small steps
+round away). B starts at zero, so the adapted model starts as the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from evals.errors import EvalError
+
+LORA_ALPHA_PER_RANK = 2  # lora_alpha = 2 x rank: scaling 2, the common choice (peft's default alpha is 8)
+
+
+class LoraAdapters:
+    def __init__(self, model: torch.nn.Module, *, rank: int):
+        try:
+            from peft import LoraConfig, LoraModel
+        except ImportError:  # pragma: no cover - peft ships with lm-eval
+            raise EvalError("probe update: lora needs peft (pip install peft)") from None
+        self.model = model
+        self._had_peft_config = hasattr(model, "peft_config")
+        config = LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, lora_dropout=0.0, target_modules="all-linear", bias="none")
+        self.tuner = LoraModel(model, config, "default")
+        self.parameters: list[torch.nn.Parameter] = []
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                if param.dtype != torch.float32:
+                    param.data = param.data.float()
+                param.requires_grad_(True)
+                self.parameters.append(param)
+            else:
+                param.requires_grad_(False)
+        if not self.parameters:
+            self.remove()
+            raise EvalError(f"probe update: lora found no linear layers to adapt in {type(model).__name__}")
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The model without its adapters (the starting model), then with them again."""
+        self.tuner.disable_adapter_layers()
+        try:
+            yield
+        finally:
+            self.tuner.enable_adapter_layers()
+
+    @torch.no_grad()
+    def merged_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """(HF name, tensor) of every weight of the adapted model, adapted linears merged
+        (W + B A x scaling, in W's dtype), under the model's own names: what a vLLM
+        engine takes in place of LoRA requests. Shared tensors are given once, except a
+        tied lm_head (see evals.vllm_backend.named_weights)."""
+        from peft.tuners.lora import LoraLayer
+
+        merged: dict[str, tuple[str, torch.Tensor]] = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer):
+                base = module.get_base_layer().weight
+                delta = module.get_delta_weight("default")
+                merged[f"{name}.base_layer.weight"] = (f"{name}.weight", (base.float() + delta.float()).to(base.dtype))
+        weights, seen = [], set()
+        for name, tensor in self.model.state_dict(keep_vars=False).items():
+            if "lora_" in name:
+                continue
+            if name in merged:
+                weights.append(merged[name])
+                continue
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            if key in seen and not name.endswith("lm_head.weight"):
+                continue
+            seen.add(key)
+            weights.append((name.replace(".base_layer.", "."), tensor.detach()))
+        return weights
+
+    def remove(self) -> Any:
+        """Put every original module back and drop what peft attached to the model."""
+        self.tuner.unload()
+        if not self._had_peft_config and hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        self.parameters = []
+        return self.model
