@@ -25,12 +25,12 @@ TABLE_METRICS = ("length_retention", "length_growth", "reward_dip", "entropy_dro
 
 def demo_probe_settings(**changes: Any) -> dict:
     """The demo spec's `evals.probe` section (prompts left as `demo:probe_prompts`), with changes."""
-    from sweep.spec import PROBE_SCALE_FIELDS, load_spec
+    from sweep.spec import load_spec
 
     probe = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe
     if probe is None:
         raise ValueError(f"{DEMO_SPEC} has no evals.probe section")
-    return probe.model_dump(exclude=set(PROBE_SCALE_FIELDS)) | changes
+    return probe.model_dump() | changes
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,9 @@ def test_demo_curves_and_metrics_are_sensible(demo_results):
 
 
 def _demo_config(demo_family, **changes) -> ProbeConfig:
-    from sweep.spec import PROBE_SCALE_FIELDS, load_spec
+    from sweep.spec import load_spec
 
-    settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump(exclude=set(PROBE_SCALE_FIELDS))
+    settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump()
     return ProbeConfig.from_dict(settings | {"prompts": str(demo_family.probe_prompts)} | changes)
 
 
