@@ -154,7 +154,14 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
     from statistics import mean
 
     from sweep.demo.build import ensure_family
-    from sweep.demo.stability import NAMED_POINTS, TABLE_METRICS, demo_probe_settings, markdown_table, probe_runs, summarize
+    from sweep.demo.stability import (
+        NAMED_POINTS,
+        TABLE_METRICS,
+        demo_probe_settings,
+        markdown_table,
+        probe_runs,
+        summarize,
+    )
 
     family = ensure_family()
     settings = demo_probe_settings(**({"steps": steps} if steps else {}))

@@ -34,8 +34,9 @@ writes `</think>` has no answer, and one that writes `<think>` again is malforme
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from evals.errors import EvalError
 

@@ -66,7 +66,7 @@ class ModelShape:
     vocab: int
 
     @classmethod
-    def from_info(cls, info: Any) -> "ModelShape":
+    def from_info(cls, info: Any) -> ModelShape:
         cfg = info.config.get("text_config", info.config)
         params = sum(_numel(t.shape) for t in info.tensors.values())
         by_dtype: dict[str, int] = {}
@@ -89,7 +89,7 @@ class ModelShape:
 
     @classmethod
     def llama(cls, *, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int,
-              tie: bool = False, stored_bytes: int = 2) -> "ModelShape":
+              tie: bool = False, stored_bytes: int = 2) -> ModelShape:
         """A Llama/Qwen2-layout shape from its config numbers (for docs and what-ifs)."""
         head_dim = hidden // heads
         attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2

@@ -86,7 +86,7 @@ class RangeSpec(_Section):
     step: Annotated[float, Field(gt=0)] | None = None  # grid spacing; required by the grid sampler
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RangeSpec":
+    def _ordered(self) -> RangeSpec:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
         return self
@@ -166,7 +166,7 @@ class RewardSpec(_Section):
     model: str | None = None  # local AutoModelForSequenceClassification checkpoint
 
     @model_validator(mode="after")
-    def _one_source(self) -> "RewardSpec":
+    def _one_source(self) -> RewardSpec:
         if self.model is not None:
             self.rule = None
         if self.rule is None and self.model is None:

@@ -12,9 +12,10 @@ import hashlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sweep.errors import SweepError
 from sweep.records import TrialResult, clean_metric

@@ -11,8 +11,9 @@ Importing this package is cheap (no torch); the built-in backend loads on first 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend, backend_names, get_backend, register_backend

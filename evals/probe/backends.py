@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from evals.errors import EvalError
 from evals.probe.records import BackendRun, ProbeConfig, Prompt

@@ -25,7 +25,7 @@ no-learning control across seeds). Pure Python: no torch.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from evals.probe.records import PromptSamples
 from evals.stability import StabilityMetrics, stability_metrics

@@ -42,7 +42,8 @@ import copy
 import inspect
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -262,14 +263,14 @@ def _measure_baseline(pool: Sequence[int], *, config: ProbeConfig, sample, score
     ]
 
 
-def _per_prompt(chosen: Sequence[int], group_size: int, batch: "_Batch", scores: torch.Tensor) -> tuple[PromptSamples, ...]:
+def _per_prompt(chosen: Sequence[int], group_size: int, batch: _Batch, scores: torch.Tensor) -> tuple[PromptSamples, ...]:
     lengths = batch.lengths.float().view(len(chosen), group_size).tolist()
     entropies = batch.entropy.view(len(chosen), group_size).tolist()
     grouped = scores.view(len(chosen), group_size).tolist()
     return tuple(PromptSamples(i, tuple(lengths[j]), tuple(grouped[j]), tuple(entropies[j])) for j, i in enumerate(chosen))
 
 
-def _score(reward: Reward, tokenizer: Any, prompts: Sequence[Prompt], ids: Sequence[int], batch: "_Batch", think_open: Sequence[bool]) -> torch.Tensor:
+def _score(reward: Reward, tokenizer: Any, prompts: Sequence[Prompt], ids: Sequence[int], batch: _Batch, think_open: Sequence[bool]) -> torch.Tensor:
     """Raw rewards of a batch (fp32, on CPU). A completion whose chat template opened
     `<think>` in the prompt is scored with that `<think>` put back in front of it, so
     answer and format rules see the whole think block."""
@@ -289,7 +290,7 @@ class _ModuleState:
         self.training, self.requires_grad = training, requires_grad
 
     @classmethod
-    def capture(cls, model: torch.nn.Module) -> "_ModuleState":
+    def capture(cls, model: torch.nn.Module) -> _ModuleState:
         return cls([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
 
     def restore(self, model: torch.nn.Module) -> None:

@@ -16,7 +16,8 @@ round away). B starts at zero, so the adapted model starts as the model.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

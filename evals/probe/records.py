@@ -15,6 +15,7 @@ from typing import Any
 from evals.errors import EvalError
 from evals.stability import StabilityMetrics
 
+
 @dataclass(frozen=True)
 class RewardConfig:
     """Rule reward (`rule`) or a local reward-model checkpoint (`model`, which wins)."""
@@ -27,7 +28,7 @@ class RewardConfig:
             raise EvalError("probe reward: give a reward rule or a reward model path")
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "RewardConfig":
+    def from_dict(cls, data: dict | None) -> RewardConfig:
         if data is None:
             return cls()
         _no_unknown_keys("probe reward", data, cls)
@@ -110,7 +111,7 @@ class ProbeConfig:
             raise EvalError("probe config: " + "; ".join(problems))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProbeConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ProbeConfig:
         """From `spec.evals.probe.model_dump()` or `to_dict()`. EvalError on unknown keys."""
         _no_unknown_keys("probe config", data, cls)
         if "prompts" not in data:
@@ -233,7 +234,7 @@ class ProbeCurves:
         return {key: list(getattr(self, name)) for key, name in CURVE_KEYS.items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, list[float]]) -> "ProbeCurves":
+    def from_dict(cls, data: dict[str, list[float]]) -> ProbeCurves:
         unknown = sorted(set(data) - set(CURVE_KEYS))
         if unknown:
             raise ValueError(f"unknown curve keys: {', '.join(unknown)}")
@@ -244,7 +245,7 @@ class ProbeCurves:
         """Whether the per-prompt normalized curves were measured (a baseline was taken)."""
         return bool(self.response_length_normalized)
 
-    def append(self, row: dict[str, float]) -> "ProbeCurves":
+    def append(self, row: dict[str, float]) -> ProbeCurves:
         """A new record with one more step; `row` is keyed like to_dict() (the optional
         normalized curves may be left out)."""
         required = set(CURVE_KEYS) - set(OPTIONAL_CURVES)
@@ -275,7 +276,7 @@ class PromptSamples:
         return {"prompt": self.prompt, "lengths": list(self.lengths), "scores": list(self.scores), "entropies": list(self.entropies)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PromptSamples":
+    def from_dict(cls, data: dict[str, Any]) -> PromptSamples:
         return cls(int(data["prompt"]), tuple(data["lengths"]), tuple(data["scores"]), tuple(data["entropies"]))
 
 
@@ -330,7 +331,7 @@ class ProbeResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProbeResult":
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
         return cls(
             curves=ProbeCurves.from_dict(data["curves"]),
             metrics=StabilityMetrics.from_dict(data["metrics"]),

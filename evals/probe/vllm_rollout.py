@@ -19,9 +19,10 @@ completions of prompt i, as the probe's groups are.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ class VllmRollouts:
         self.pushes = 0  # weight pushes so far
 
     @classmethod
-    def build(cls, checkpoint: str | Path, **engine_args: Any) -> "VllmRollouts":
+    def build(cls, checkpoint: str | Path, **engine_args: Any) -> VllmRollouts:
         """An engine on `checkpoint` (its config and tokenizer; weights are replaced by pushes).
 
         engine_args go to vllm.LLM (dtype, max_model_len, gpu_memory_utilization, ...);

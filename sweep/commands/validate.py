@@ -14,9 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sweep.checks import spec_problems, unvalidated_file_problems
     from sweep.errors import ConfigError
-    from sweep.spec import load_spec
-
     from sweep.memory_plan import plan_trial
+    from sweep.spec import load_spec
     from sweep.storage import storage_problems
 
     try:

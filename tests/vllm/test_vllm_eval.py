@@ -7,7 +7,6 @@ A swapped engine must equal a fresh engine built on the merged checkpoint.
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from evals.answers import think_end_token
@@ -37,8 +36,9 @@ def _requests(tokenizer):
 
 
 def test_vllm_scores_equal_hf_scores_for_candidates_swapped_into_one_engine(trio, tiny_tasks, tmp_path):
-    import merge
     from lm_eval.models.huggingface import HFLM
+
+    import merge
 
     sources = merge.SourceCache.load(pretrained=trio["pretrained"], instruct=trio["instruct"], reasoning=trio["reasoning"])
     model, tokenizer = load(trio["instruct"])
