@@ -97,7 +97,7 @@ def is_well_formed(text: str) -> bool:
 
 @register_rule("exact_match", needs_answer=True)
 def exact_match(*, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
-    return [float(a is not None and final_answer(c) == a.strip()) for c, a in zip(completions, answers)]
+    return [float(a is not None and final_answer(c) == a.strip()) for c, a in zip(completions, answers, strict=True)]
 
 
 @register_rule("format")
@@ -108,7 +108,7 @@ def format_check(*, prompts: Sequence[str], completions: Sequence[str], answers:
 @register_rule("exact_match+format", needs_answer=True)
 def exact_match_and_format(*, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
     kw = {"prompts": prompts, "completions": completions, "answers": answers}
-    return [m + f for m, f in zip(exact_match(**kw), format_check(**kw))]
+    return [m + f for m, f in zip(exact_match(**kw), format_check(**kw), strict=True)]
 
 
 CONCISE_CHARS = 64  # characters: `concise` scores a well-formed answer this long (or longer) 0
@@ -166,7 +166,7 @@ class RewardModelScorer:
         return f"{prompt}\n{completion}"
 
     def __call__(self, *, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
-        texts = [self.render(p, c) for p, c in zip(prompts, completions)]
+        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
         device = next(self.model.parameters()).device
         scores: list[float] = []
         with self._torch.no_grad():

@@ -182,7 +182,7 @@ class GRPOBackend(ProbeBackend):
                 adapters.remove()
             elif isinstance(reference, torch.nn.Module):
                 with torch.no_grad():  # the caller gets back the weights it gave
-                    for param, initial in zip(model.parameters(), reference.parameters()):
+                    for param, initial in zip(model.parameters(), reference.parameters(), strict=True):
                         param.copy_(initial)
             saved.restore(model)
             del reference
@@ -212,7 +212,7 @@ class MasterAdam:
     def __init__(self, params: Sequence[torch.nn.Parameter], *, lr: float):
         self.params = list(params)
         self.masters = [None if p.dtype == torch.float32 else p.detach().float().clone() for p in self.params]
-        self.targets = [p if m is None else m for p, m in zip(self.params, self.masters)]
+        self.targets = [p if m is None else m for p, m in zip(self.params, self.masters, strict=True)]
         self.adam = torch.optim.Adam(self.targets, lr=lr)
 
     def zero_grad(self) -> None:
@@ -222,7 +222,7 @@ class MasterAdam:
     def step(self, max_norm: float) -> float:
         """Clip the gradient norm to `max_norm` and take one step; returns the norm before
         clipping. Takes no step when the norm is non-finite (the caller decides what then)."""
-        for param, master in zip(self.params, self.masters):
+        for param, master in zip(self.params, self.masters, strict=True):
             if master is not None:
                 master.grad = None if param.grad is None else param.grad.detach().float()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.targets, max_norm).item()
@@ -230,7 +230,7 @@ class MasterAdam:
             return grad_norm
         self.adam.step()
         with torch.no_grad():
-            for param, master in zip(self.params, self.masters):
+            for param, master in zip(self.params, self.masters, strict=True):
                 if master is not None:
                     param.copy_(master)
         return grad_norm
@@ -275,7 +275,7 @@ def _score(reward: Reward, tokenizer: Any, prompts: Sequence[Prompt], ids: Seque
     `<think>` in the prompt is scored with that `<think>` put back in front of it, so
     answer and format rules see the whole think block."""
     texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in batch.completions]
-    texts = [with_opened_think(text) if think_open[i] else text for i, text in zip(ids, texts)]
+    texts = [with_opened_think(text) if think_open[i] else text for i, text in zip(ids, texts, strict=True)]
     scores = reward(prompts=[prompts[i].prompt for i in ids], completions=texts, answers=[prompts[i].answer for i in ids])
     scores_t = torch.tensor(scores, dtype=torch.float32)
     if scores_t.numel() != len(ids) or not torch.isfinite(scores_t).all():
@@ -294,9 +294,9 @@ class _ModuleState:
         return cls([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
 
     def restore(self, model: torch.nn.Module) -> None:
-        for module, training in zip(model.modules(), self.training):
+        for module, training in zip(model.modules(), self.training, strict=True):
             module.training = training
-        for param, flag in zip(model.parameters(), self.requires_grad):
+        for param, flag in zip(model.parameters(), self.requires_grad, strict=True):
             param.requires_grad_(flag)
 
 

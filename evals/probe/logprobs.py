@@ -145,7 +145,7 @@ def activation_checkpointing(model: Any, enabled: bool = True) -> Iterator[None]
             m.training = True  # HF checks `self.gradient_checkpointing and self.training`
         yield
     finally:
-        for m, flag in zip(layers, training):
+        for m, flag in zip(layers, training, strict=True):
             m.training = flag
         if not was:
             (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()

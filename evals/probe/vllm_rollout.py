@@ -52,7 +52,7 @@ def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     response_ids = torch.full((B, R), pad_id, dtype=torch.long)
     response_mask = torch.zeros((B, R), dtype=torch.long)
     completions, truncated = [], []
-    for row, (p, r) in enumerate(zip(prompts, responses)):
+    for row, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         prompt_ids[row, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
         prompt_mask[row, width - len(p):] = 1
         if r:
@@ -133,7 +133,7 @@ class VllmRollouts:
         requests = [{"prompt_token_ids": list(map(int, p))} for p in sent]
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         rows_prompt, rows_response, texts = [], [], []
-        for prompt, out in zip(sent, outputs):
+        for prompt, out in zip(sent, outputs, strict=True):
             for completion in sorted(out.outputs, key=lambda c: c.index):
                 ids = list(completion.token_ids)
                 if completion.finish_reason == "stop" and (not ids or ids[-1] not in eos_ids):
