@@ -145,3 +145,22 @@ def load(path: Path):
 
     torch.set_num_threads(1)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
+# (prompt, answer) pairs of the probe tests; `prompts_file` holds them as JSONL.
+PROBE_PROMPTS = [(f"{a}+{b}", str(a + b)) for a in range(3) for b in range(3)]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random checkpoint for the probe tests."""
+    from tests.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("probe") / "model", seed=5)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in PROBE_PROMPTS))
+    return path

@@ -19,22 +19,9 @@ from evals.probe import (
     load_prompts,
     run_probe,
 )
+from tests.evals.conftest import PROBE_PROMPTS
 
-PROMPTS = [Prompt(prompt=f"{a}+{b}", answer=str(a + b)) for a in range(3) for b in range(3)]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from tests.tiny import make_tiny_checkpoint
-
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("probe") / "model", seed=5)
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in PROMPTS))
-    return path
+PROMPTS = [Prompt(prompt=p, answer=a) for p, a in PROBE_PROMPTS]
 
 
 def load(path):
@@ -296,8 +283,8 @@ def test_an_early_stopped_probe_is_scored_over_the_configured_steps():
     length = [10.0, 4.0, 3.0, 3.0, 3.0]
     reward = [0.5, 0.2, 0.1, 0.1, 0.1]
     rows = [
-        {k: 0.0 for k in CURVE_KEYS if "normalized" not in k} | {"response_length/mean": l, "critic/score/mean": r, "actor/entropy": 1.0}
-        for l, r in zip(length, reward)
+        {k: 0.0 for k in CURVE_KEYS if "normalized" not in k} | {"response_length/mean": n, "critic/score/mean": r, "actor/entropy": 1.0}
+        for n, r in zip(length, reward, strict=True)
     ]
     curves = ProbeCurves()
     for row in rows:

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from sweep.cli import main
-from tests.evals.test_probe import prompts_file, tiny_dir  # noqa: F401  (fixtures)
 
 FAST = ["--steps", "3", "--max-new-tokens", "8", "--group-size", "2", "--prompts-per-step", "2"]
 
