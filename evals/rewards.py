@@ -162,7 +162,10 @@ class RewardModelScorer:
     def render(self, prompt: str, completion: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            if not isinstance(text, str):  # tokenize=False gives the rendered string
+                raise EvalError(f"reward model tokenizer: apply_chat_template gave {type(text).__name__}, not text")
+            return text
         return f"{prompt}\n{completion}"
 
     def __call__(self, *, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:

@@ -154,6 +154,8 @@ def _score_run(run: BackendRun, *, config: ProbeConfig) -> tuple[StabilityMetric
         scale = max(1.0, max(scores) - min(scores)) if scores else 1.0
         base_entropy = sum(sum(p.entropies) / len(p.entropies) for p in run.baseline) / len(run.baseline) if run.baseline else None
         return diverged_metrics(planned_steps=config.steps, window=config.window, reward_scale=scale, baseline_entropy=base_entropy, seen=seen), curves
+    if seen is None:  # unreachable: no steps and no divergence raised above
+        raise EvalError(f"probe backend {config.backend!r} returned steps without metrics")
     return replace(seen, stopped_early=run.stopped_early), curves
 
 

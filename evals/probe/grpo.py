@@ -182,8 +182,8 @@ class GRPOBackend(ProbeBackend):
                 adapters.remove()
             elif isinstance(reference, torch.nn.Module):
                 with torch.no_grad():  # the caller gets back the weights it gave
-                    for param, initial in zip(model.parameters(), reference.parameters(), strict=True):
-                        param.copy_(initial)
+                    for param, given in zip(model.parameters(), reference.parameters(), strict=True):
+                        param.copy_(given)
             saved.restore(model)
             del reference
             if rollouts is not None:  # the engine holds the given weights again

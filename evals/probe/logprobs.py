@@ -26,6 +26,7 @@ says so before any work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -182,16 +183,17 @@ def accumulate_grpo_gradients(
     ent_sum = torch.zeros((), dtype=torch.float64)
     loss_sum = torch.zeros((), dtype=torch.float64)
     for rows in micro_batches(input_ids.shape[0], micro_batch_size):
-        kw = dict(input_ids=input_ids[rows], attention_mask=attention_mask[rows], position_ids=positions[rows],
-                  response_ids=response_ids[rows], response_mask=response_mask[rows], temperature=temperature, chunk=chunk)
+        logprobs_of = functools.partial(
+            token_logprobs, input_ids=input_ids[rows], attention_mask=attention_mask[rows], position_ids=positions[rows],
+            response_ids=response_ids[rows], response_mask=response_mask[rows], temperature=temperature, chunk=chunk)
         with torch.no_grad():
             if callable(reference) and not isinstance(reference, torch.nn.Module):
                 with reference():
-                    ref_logp, _ = token_logprobs(model, **kw)
+                    ref_logp, _ = logprobs_of(model)
             else:
-                ref_logp, _ = token_logprobs(reference, **kw)
+                ref_logp, _ = logprobs_of(reference)
         with activation_checkpointing(model, checkpoint_activations):
-            logp, entropy = token_logprobs(model, **kw)
+            logp, entropy = logprobs_of(model)
             mask = response_mask[rows].float()
             log_ratio_ref = ref_logp - logp
             k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1

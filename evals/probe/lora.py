@@ -70,7 +70,7 @@ class LoraAdapters:
         for name, module in self.model.named_modules():
             if isinstance(module, LoraLayer):
                 base = module.get_base_layer().weight
-                delta = module.get_delta_weight("default")
+                delta = module.get_delta_weight("default")  # type: ignore[attr-defined]  # peft defines it on each LoraLayer subclass (Linear, bnb), not the base
                 merged[f"{name}.base_layer.weight"] = (f"{name}.weight", (base.float() + delta.float()).to(base.dtype))
         weights, seen = [], set()
         for name, tensor in self.model.state_dict(keep_vars=False).items():
