@@ -72,7 +72,7 @@ class ModelShape:
         by_dtype: dict[str, int] = {}
         for t in info.tensors.values():
             by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + _numel(t.shape)
-        dominant = max(by_dtype, key=by_dtype.get) if by_dtype else "F32"
+        dominant = max(by_dtype, key=by_dtype.__getitem__) if by_dtype else "F32"
         hidden = int(cfg.get("hidden_size", 0))
         heads = int(cfg.get("num_attention_heads", 1))
         return cls(

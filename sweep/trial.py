@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep.errors import SweepError
 from sweep.records import TrialResult, clean_metric
 from sweep.spec import SweepSpec
+
+if TYPE_CHECKING:
+    from evals.probe import ProbeConfig
 
 
 class TrialTimeout(SweepError):
@@ -121,7 +124,8 @@ def load_models(spec: SweepSpec):
     # embedding tying follows the merge (a tied model cannot hold a tied+untied merge).
     config = AutoConfig.from_pretrained(spec.models.instruct)
     config.tie_word_embeddings = sources.tie_word_embeddings
-    model = AutoModelForCausalLM.from_pretrained(spec.models.instruct, config=config, dtype=dtype or "auto").to(device)
+    model = AutoModelForCausalLM.from_pretrained(spec.models.instruct, config=config, dtype=dtype or "auto")
+    model = model.to(device)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to's wrapper as unbound
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.models.tokenizer_path())
     return sources, model, tokenizer, device
@@ -130,6 +134,8 @@ def load_models(spec: SweepSpec):
 def lm_eval_config(spec: SweepSpec, tasks: list[str]):
     from evals.lmeval import LmEvalConfig
 
+    if spec.evals.lm_eval is None:
+        raise SweepError("lm_eval_config: the spec has no evals.lm_eval section")
     settings = spec.evals.lm_eval.model_dump(exclude={"search_tasks", "report_tasks"})
     return LmEvalConfig(tasks=list(tasks), **settings)
 
@@ -179,13 +185,14 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
 
     phase("merge", lambda: build_candidate(spec, params, model=state.model, sources=state.sources))
     metrics: dict[str, float | None] = {}
-    if state.evaluator is not None:
-        scores = phase("lm_eval", lambda: state.evaluator.evaluate(state.model, state.tokenizer))
+    evaluator, probe_config = state.evaluator, state.probe_config
+    if evaluator is not None:
+        scores = phase("lm_eval", lambda: evaluator.evaluate(state.model, state.tokenizer))
         metrics.update({s.name: clean_metric(s.value) for s in scores})
     curves: dict[str, list[float]] = {}
     notes: dict[str, Any] = {}
-    if state.probe_config is not None:
-        probe = phase("probe", lambda: _probe(state))
+    if probe_config is not None:
+        probe = phase("probe", lambda: _probe(state, probe_config))
         metrics.update({k: clean_metric(v) for k, v in probe.metrics.as_metrics().items()})
         curves = probe.curves.to_dict()
         notes["probe_stopped_early"] = bool(probe.stopped_early)
@@ -225,11 +232,11 @@ def _deadline_guard(model: Any, deadline: float | None, timeout_s: float | None,
         handle.remove()
 
 
-def _probe(state: WorkerState):
+def _probe(state: WorkerState, config: ProbeConfig):
     from evals.probe import run_probe
 
-    rollouts = _rollout_engine(state) if state.probe_config.generator == "vllm" else None
-    return run_probe(state.model, state.tokenizer, config=state.probe_config, prompts=state.prompts, reward=state.reward,
+    rollouts = _rollout_engine(state) if config.generator == "vllm" else None
+    return run_probe(state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward,
                      rollouts=rollouts)
 
 
