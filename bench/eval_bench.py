@@ -62,7 +62,12 @@ def standin_setup(root: Path):
 
     for name in ("toy_reasoning", "toy_instruct"):
         data = root / f"{name}.jsonl"
-        data.write_text("".join(json.dumps({"prompt": f"what is {a} plus {a + 7}?", "answer": str(2 * a + 7)}) + "\n" for a in range(100)))
+        data.write_text(
+            "".join(
+                json.dumps({"prompt": f"what is {a} plus {a + 7}?", "answer": str(2 * a + 7)}) + "\n"
+                for a in range(100)
+            )
+        )
         (root / f"{name}.yaml").write_text(STANDIN_TASK.format(name=name, data=data))
     model_dir = make_tiny_checkpoint(root / "model", hidden=128, layers=4)
     return model_dir, str(root)
@@ -98,8 +103,14 @@ def main() -> None:
         except ImportError:
             sys.exit("sweep.demo.build is not available yet: run with --standin")
         source = f"demo family: {model_dir}"
-    config = LmEvalConfig(tasks=["toy_reasoning", "toy_instruct"], include_paths=[tasks_dir], limit=args.limit,
-                          batch_size=24, apply_chat_template=True, max_gen_toks=args.max_gen_toks)
+    config = LmEvalConfig(
+        tasks=["toy_reasoning", "toy_instruct"],
+        include_paths=[tasks_dir],
+        limit=args.limit,
+        batch_size=24,
+        apply_chat_template=True,
+        max_gen_toks=args.max_gen_toks,
+    )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
@@ -147,17 +158,25 @@ def main() -> None:
     overhead_s = statistics.median(e - m for e, m in zip(evals, models, strict=True))
     n_docs = int(args.limit) * len(config.tasks)
     print(f"source    : {source}")
-    print(f"tasks     : {', '.join(config.tasks)}; limit {args.limit:g}; {n_docs} docs per trial; chat template; max_gen_toks {args.max_gen_toks}")
+    print(
+        f"tasks     : {', '.join(config.tasks)}; limit {args.limit:g}; {n_docs} docs per trial; chat template; max_gen_toks {args.max_gen_toks}"
+    )
     print(f"build     : {build_s:.3f} s once per worker")
     print(f"evaluate  : {evaluate_s:.3f} s per trial (median of {args.repeats})")
     print(f"model     : {model_s:.3f} s inside generate_until/loglikelihood")
-    print(f"overhead  : {overhead_s:.3f} s per trial ({1000 * overhead_s / n_docs:.2f} ms per doc; {overhead_s / evaluate_s:.0%} of evaluate)")
+    print(
+        f"overhead  : {overhead_s:.3f} s per trial ({1000 * overhead_s / n_docs:.2f} ms per doc; {overhead_s / evaluate_s:.0%} of evaluate)"
+    )
     naive_overhead = statistics.median(wall - inner for wall, inner in naive)
-    print(f"naive     : {naive_overhead:.3f} s overhead per trial with the task dict rebuilt every trial "
-          f"({naive_overhead / overhead_s:.1f}x the overhead with it built once)")
+    print(
+        f"naive     : {naive_overhead:.3f} s overhead per trial with the task dict rebuilt every trial "
+        f"({naive_overhead / overhead_s:.1f}x the overhead with it built once)"
+    )
     uncached_overhead = statistics.median(wall - inner for wall, inner in uncached)
-    print(f"uncached  : {uncached_overhead:.3f} s overhead per trial without the prompt-template cache "
-          f"({uncached_overhead / overhead_s:.1f}x)")
+    print(
+        f"uncached  : {uncached_overhead:.3f} s overhead per trial without the prompt-template cache "
+        f"({uncached_overhead / overhead_s:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -90,7 +90,11 @@ def check_update(results: dict) -> None:
     for variant in ("old", "new"):
         torch.cuda.empty_cache()
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**SHAPE, max_position_embeddings=1024)).to("cuda", torch.bfloat16).eval()
+        model = (
+            AutoModelForCausalLM.from_config(LlamaConfig(**SHAPE, max_position_embeddings=1024))
+            .to("cuda", torch.bfloat16)
+            .eval()
+        )
         reference = copy.deepcopy(model).requires_grad_(False)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
         ids = torch.randint(3, SHAPE["vocab_size"], (R, P + N), device="cuda")
@@ -103,18 +107,46 @@ def check_update(results: dict) -> None:
         if variant == "old":
             step = functools.partial(old_update, model, reference, optimizer, ids, mask, resp, resp_mask, adv, 0.05)
         else:
-            step = functools.partial(grpo_update, model, reference, optimizer, input_ids=ids, attention_mask=mask, response_ids=resp,
-                                     response_mask=resp_mask, advantages=adv, kl_coef=0.05, micro_batch_size=4, chunk=1024,
-                                     checkpoint_activations=True)
+            step = functools.partial(
+                grpo_update,
+                model,
+                reference,
+                optimizer,
+                input_ids=ids,
+                attention_mask=mask,
+                response_ids=resp,
+                response_mask=resp_mask,
+                advantages=adv,
+                kl_coef=0.05,
+                micro_batch_size=4,
+                chunk=1024,
+                checkpoint_activations=True,
+            )
 
         out[variant] = {"step_s": _timed(step, repeat=2), "max_allocated": torch.cuda.max_memory_allocated()}
         del step
         del model, reference, optimizer
-    shape = ModelShape.llama(layers=SHAPE["num_hidden_layers"], hidden=SHAPE["hidden_size"], intermediate=SHAPE["intermediate_size"],
-                             heads=SHAPE["num_attention_heads"], kv_heads=SHAPE["num_key_value_heads"], vocab=SHAPE["vocab_size"])
+    shape = ModelShape.llama(
+        layers=SHAPE["num_hidden_layers"],
+        hidden=SHAPE["hidden_size"],
+        intermediate=SHAPE["intermediate_size"],
+        heads=SHAPE["num_attention_heads"],
+        kv_heads=SHAPE["num_key_value_heads"],
+        vocab=SHAPE["vocab_size"],
+    )
     # the bench keeps bf16 Adam state and no master copy: plan those parts as the bench holds them
-    s = TrialSettings(device="cuda", dtype_bytes=2, rollouts=R, prompt_tokens=P, new_tokens=N, micro_batch_size=4,
-                      logprob_chunk=1024, activation_checkpointing=True, generator="vllm", probe=True)
+    s = TrialSettings(
+        device="cuda",
+        dtype_bytes=2,
+        rollouts=R,
+        prompt_tokens=P,
+        new_tokens=N,
+        micro_batch_size=4,
+        logprob_chunk=1024,
+        activation_checkpointing=True,
+        generator="vllm",
+        probe=True,
+    )
     plan = MemoryPlan(parts=plan_parts(shape, s), settings=s, shape=shape)
     out["plan_new_gpu_bytes_incl_fp32_master"] = plan.gpu_bytes
     out["peak_ratio_new_over_old"] = out["new"]["max_allocated"] / out["old"]["max_allocated"]
@@ -140,16 +172,33 @@ def check_vllm(paths: dict, results: dict) -> None:
         start = time.perf_counter()
         engine.push_weights(model)
         swaps.append(time.perf_counter() - start)
-        got = engine.sample(prompts, group_size=1, max_new_tokens=64, temperature=0.0, seed=0, eos_ids=eos, pad_id=tok.pad_token_id)
-        hf = [model.generate(torch.tensor([p], device="cuda"), max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
-              for p in prompts]
-        equal.append(all(got.response_ids[i, : got.lengths[i]].tolist() == hf[i][: int(got.lengths[i])] for i in range(len(prompts))))
+        got = engine.sample(
+            prompts, group_size=1, max_new_tokens=64, temperature=0.0, seed=0, eos_ids=eos, pad_id=tok.pad_token_id
+        )
+        hf = [
+            model.generate(
+                torch.tensor([p], device="cuda"), max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id
+            )[0, len(p) :].tolist()
+            for p in prompts
+        ]
+        equal.append(
+            all(
+                got.response_ids[i, : got.lengths[i]].tolist() == hf[i][: int(got.lengths[i])]
+                for i in range(len(prompts))
+            )
+        )
     many = [tok.encode(f"{i}+{i}=") for i in range(64)]
     start = time.perf_counter()
-    batch = engine.sample(many, group_size=8, max_new_tokens=256, temperature=1.0, seed=0, eos_ids=eos, pad_id=tok.pad_token_id)
+    batch = engine.sample(
+        many, group_size=8, max_new_tokens=256, temperature=1.0, seed=0, eos_ids=eos, pad_id=tok.pad_token_id
+    )
     vllm_s = time.perf_counter() - start
-    results["vllm"] = {"swap_s": swaps, "greedy_equal_hf": equal, "rollout_tokens": int(batch.lengths.sum()),
-                       "rollout_tok_per_s": float(batch.lengths.sum()) / vllm_s}
+    results["vllm"] = {
+        "swap_s": swaps,
+        "greedy_equal_hf": equal,
+        "rollout_tokens": int(batch.lengths.sum()),
+        "rollout_tok_per_s": float(batch.lengths.sum()) / vllm_s,
+    }
 
 
 def main() -> int:

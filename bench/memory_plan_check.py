@@ -40,10 +40,19 @@ def build_trio(root: Path, *, layers: int, hidden: int = 768, vocab: int = 32000
         return paths
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
     model = AutoModelForCausalLM.from_config(config)
     for i, path in enumerate(paths.values()):
         if i:
@@ -77,15 +86,23 @@ def child(paths: dict[str, str], settings: dict) -> dict:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    sources = merge.SourceCache.load(pretrained=paths["pretrained"], instruct=paths["instruct"], reasoning=paths["reasoning"])
+    sources = merge.SourceCache.load(
+        pretrained=paths["pretrained"], instruct=paths["instruct"], reasoning=paths["reasoning"]
+    )
     model = AutoModelForCausalLM.from_pretrained(paths["instruct"], dtype=torch.float32).eval()
     merge.build_in_place(model, sources, alpha=0.5, beta=0.8)
     R, P, N = settings["rollouts"], settings["prompt_tokens"], settings["new_tokens"]
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, model.config.vocab_size, (R, P), generator=gen)
     with torch.no_grad():
-        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, max_new_tokens=N,
-                             min_new_tokens=N, pad_token_id=0)
+        out = model.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            do_sample=True,
+            max_new_tokens=N,
+            min_new_tokens=N,
+            pad_token_id=0,
+        )
     t_gen = time.perf_counter()
     response = out[:, P:]
     reference = copy.deepcopy(model).requires_grad_(False)
@@ -93,12 +110,25 @@ def child(paths: dict[str, str], settings: dict) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
     mask = torch.ones_like(response)
     for _ in range(2):  # the second step holds Adam's moments while activations live
-        grpo_update(model, reference, optimizer, input_ids=out, attention_mask=torch.ones_like(out), response_ids=response,
-                    response_mask=mask, advantages=torch.linspace(-1, 1, R), kl_coef=0.05,
-                    micro_batch_size=settings.get("micro_batch_size"), chunk=settings.get("logprob_chunk"),
-                    checkpoint_activations=settings.get("activation_checkpointing", False))
-    return {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "gen_s": t_gen - t0, "total_s": time.perf_counter() - t0}
+        grpo_update(
+            model,
+            reference,
+            optimizer,
+            input_ids=out,
+            attention_mask=torch.ones_like(out),
+            response_ids=response,
+            response_mask=mask,
+            advantages=torch.linspace(-1, 1, R),
+            kl_coef=0.05,
+            micro_batch_size=settings.get("micro_batch_size"),
+            chunk=settings.get("logprob_chunk"),
+            checkpoint_activations=settings.get("activation_checkpointing", False),
+        )
+    return {
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "gen_s": t_gen - t0,
+        "total_s": time.perf_counter() - t0,
+    }
 
 
 def measure(paths: dict[str, Path], settings: dict) -> dict:
@@ -125,14 +155,22 @@ def main() -> int:
         paths = build_trio(root, layers=args.layers)
         plan = plan_for(paths, SETTINGS)
         measured = measure(paths, SETTINGS)
-        result = {"params": plan.shape.params, "planned_host": plan.host_bytes, "measured_peak_rss": measured["peak_rss"],
-                  "ratio": plan.host_bytes / measured["peak_rss"], "parts": {p.name: p.host for p in plan.parts}, **measured}
+        result = {
+            "params": plan.shape.params,
+            "planned_host": plan.host_bytes,
+            "measured_peak_rss": measured["peak_rss"],
+            "ratio": plan.host_bytes / measured["peak_rss"],
+            "parts": {p.name: p.host for p in plan.parts},
+            **measured,
+        }
         if args.json:
             print(json.dumps(result))
         else:
             print(plan.table())
-            print(f"measured peak RSS {measured['peak_rss'] / 1e9:.2f} GB; plan/measured = {result['ratio']:.3f} "
-                  f"({measured['total_s']:.0f} s)")
+            print(
+                f"measured peak RSS {measured['peak_rss'] / 1e9:.2f} GB; plan/measured = {result['ratio']:.3f} "
+                f"({measured['total_s']:.0f} s)"
+            )
     return 0
 
 

@@ -76,10 +76,15 @@ def tensor_shapes(shape: dict) -> dict[str, tuple[int, ...]]:
     for i in range(shape["layers"]):
         p = f"model.layers.{i}."
         shapes |= {
-            p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
-            p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h), p + "mlp.down_proj.weight": (h, f),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (f, h),
+            p + "mlp.up_proj.weight": (f, h),
+            p + "mlp.down_proj.weight": (h, f),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
         }
     return shapes
 
@@ -114,15 +119,29 @@ def build_trio(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path]:
     files = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
     for file, group in zip(files, groups, strict=True):
         gen = torch.Generator().manual_seed(len(file) + len(group))
-        base = {n: (torch.randn(shapes[n], generator=gen) * 0.02 if not n.endswith("norm.weight") else torch.ones(shapes[n])) for n in group}
-        save_file({n: t.to(torch.bfloat16) for n, t in base.items()}, str(paths["pretrained"] / file), metadata={"format": "pt"})
+        base = {
+            n: (
+                torch.randn(shapes[n], generator=gen) * 0.02 if not n.endswith("norm.weight") else torch.ones(shapes[n])
+            )
+            for n in group
+        }
+        save_file(
+            {n: t.to(torch.bfloat16) for n, t in base.items()},
+            str(paths["pretrained"] / file),
+            metadata={"format": "pt"},
+        )
         for seed, role in ((1, "instruct"), (2, "reasoning")):
             gen_role = torch.Generator().manual_seed(1000 * seed + len(group))
-            tuned = {n: (t + torch.randn(t.shape, generator=gen_role) * 0.002).to(torch.bfloat16) for n, t in base.items()}
+            tuned = {
+                n: (t + torch.randn(t.shape, generator=gen_role) * 0.002).to(torch.bfloat16) for n, t in base.items()
+            }
             save_file(tuned, str(paths[role] / file), metadata={"format": "pt"})
         del base
     for role in paths:
-        index = {"metadata": {"total_size": sum(2 * _numel(s) for s in shapes.values())}, "weight_map": {n: f for f, g in zip(files, groups, strict=True) for n in g}}
+        index = {
+            "metadata": {"total_size": sum(2 * _numel(s) for s in shapes.values())},
+            "weight_map": {n: f for f, g in zip(files, groups, strict=True) for n in g},
+        }
         (paths[role] / "model.safetensors.index.json").write_text(json.dumps(index))
     return paths
 
@@ -234,7 +253,13 @@ def child_inplace(args) -> dict:
     return result
 
 
-METHODS = {"task_arithmetic": {}, "ties": {"density": 0.5}, "dare": {"density": 0.5}, "dare-ties": {"density": 0.5, "variant": "ties"}, "slerp": {}}
+METHODS = {
+    "task_arithmetic": {},
+    "ties": {"density": 0.5},
+    "dare": {"density": 0.5},
+    "dare-ties": {"density": 0.5, "variant": "ties"},
+    "slerp": {},
+}
 
 
 def _methods(names: str | None) -> list[tuple[str, dict]]:
@@ -363,14 +388,35 @@ def difference(a: Path, b: Path, names: int = 12) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="/tmp/merge_bench", help="where the trio and outputs go (deleted after unless --keep)")
+    parser.add_argument(
+        "--workdir", default="/tmp/merge_bench", help="where the trio and outputs go (deleted after unless --keep)"
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny trio: checks the script in seconds")
     parser.add_argument("--mergekit", default=None, help="path to mergekit-yaml (default: found on PATH)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for the disk merges, every variant (on a busy 2-core box, 2 made all slower)")
-    parser.add_argument("--disk-repeats", type=int, default=2, help="runs of each disk variant, interleaved (best kept)")
-    parser.add_argument("--inplace-threads", type=int, default=1, help="torch threads for the in-place build and its copy_ (a sweep worker uses 1)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the in-place build and copy_ (best kept)")
-    parser.add_argument("--methods", default=None, help="also time the in-place build with these stage-1 methods, once each: all, or a comma list of " + ", ".join(METHODS))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for the disk merges, every variant (on a busy 2-core box, 2 made all slower)",
+    )
+    parser.add_argument(
+        "--disk-repeats", type=int, default=2, help="runs of each disk variant, interleaved (best kept)"
+    )
+    parser.add_argument(
+        "--inplace-threads",
+        type=int,
+        default=1,
+        help="torch threads for the in-place build and its copy_ (a sweep worker uses 1)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats of the in-place build and copy_ (best kept)"
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="also time the in-place build with these stage-1 methods, once each: all, or a comma list of "
+        + ", ".join(METHODS),
+    )
     parser.add_argument("--shard-mb", type=int, default=400, help="input shard size in MB")
     parser.add_argument("--keep", action="store_true", help="keep the generated trio and outputs")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -383,29 +429,74 @@ def main(argv: list[str] | None = None) -> int:
     _methods(args.methods)  # a bad --methods fails now, not after the trio is built
     workdir = Path(args.workdir)
     shape = TINY if args.tiny else FULL
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(args.threads),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(ROOT),
+    )
     if workdir.exists():
         shutil.rmtree(workdir)
     try:
         started = time.perf_counter()
         # The parent never imports torch: a forked child's peak RSS starts from its parent's.
-        run_measured([sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--shard-mb", str(args.shard_mb), "--child", "build"] + (["--tiny"] if args.tiny else []), env)
+        run_measured(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--workdir",
+                str(workdir),
+                "--shard-mb",
+                str(args.shard_mb),
+                "--child",
+                "build",
+            ]
+            + (["--tiny"] if args.tiny else []),
+            env,
+        )
         trio = {role: workdir / role for role in ("pretrained", "instruct", "reasoning")}
         n_params = sum(_numel(s) for s in tensor_shapes(shape).values())
-        print(f"trio: {n_params / 1e6:.0f}M params each, bf16, {weights_bytes(trio['pretrained']) / 1e9:.2f} GB each, built in {time.perf_counter() - started:.0f} s under {workdir}")
+        print(
+            f"trio: {n_params / 1e6:.0f}M params each, bf16, {weights_bytes(trio['pretrained']) / 1e9:.2f} GB each, built in {time.perf_counter() - started:.0f} s under {workdir}"
+        )
         warm_cache(trio.values())
         read = sum(weights_bytes(p) for p in trio.values())
-        me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--threads", str(args.threads), "--inplace-threads", str(args.inplace_threads), "--repeats", str(args.repeats)] + (["--methods", args.methods] if args.methods else [])
-        commands = {name: me + ["--child", name, "--out", str(workdir / f"out_{name}")] for name in ("ours", "ours_eager", "ours_compiled", "naive")}
+        me = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--workdir",
+            str(workdir),
+            "--threads",
+            str(args.threads),
+            "--inplace-threads",
+            str(args.inplace_threads),
+            "--repeats",
+            str(args.repeats),
+        ] + (["--methods", args.methods] if args.methods else [])
+        commands = {
+            name: me + ["--child", name, "--out", str(workdir / f"out_{name}")]
+            for name in ("ours", "ours_eager", "ours_compiled", "naive")
+        }
         mergekit = find_mergekit(args.mergekit)
         mergekit_note = None
         if mergekit:
             config = workdir / "mergekit.yaml"
             mergekit_config(trio, config)
-            commands["mergekit"] = [mergekit, str(config), str(workdir / "out_mergekit"), "--quiet", "--no-write-model-card", "-j", str(args.threads)]
+            commands["mergekit"] = [
+                mergekit,
+                str(config),
+                str(workdir / "out_mergekit"),
+                "--quiet",
+                "--no-write-model-card",
+                "-j",
+                str(args.threads),
+            ]
             mergekit_python = Path(mergekit).parent / "python"
             if mergekit_python.exists():  # also time mergekit's run_merge alone, as "work"
-                code = MERGEKIT_TIMED.format(config=str(config), out=str(workdir / "out_mergekit_api"), threads=args.threads)
+                code = MERGEKIT_TIMED.format(
+                    config=str(config), out=str(workdir / "out_mergekit_api"), threads=args.threads
+                )
                 commands["mergekit_api"] = [str(mergekit_python), "-c", code]
         else:
             mergekit_note = "mergekit: skipped (no mergekit-yaml on PATH; pass --mergekit PATH)"
@@ -428,41 +519,65 @@ def main(argv: list[str] | None = None) -> int:
             best["mergekit"] = best["mergekit"][:2] + (api[2],) + best["mergekit"][3:]
         rows = list(best.values())
 
-        print(f"\ndisk-to-disk linear merge, alpha={ALPHA} beta={BETA}, {args.threads} threads (GB/s = bytes read + written per second)")
-        print(f"{'variant':<15}{'GB moved':>10}{'work s':>9}{'work GB/s':>11}{'wall s':>9}{'wall GB/s':>11}{'peak RSS GB':>13}")
+        print(
+            f"\ndisk-to-disk linear merge, alpha={ALPHA} beta={BETA}, {args.threads} threads (GB/s = bytes read + written per second)"
+        )
+        print(
+            f"{'variant':<15}{'GB moved':>10}{'work s':>9}{'work GB/s':>11}{'wall s':>9}{'wall GB/s':>11}{'peak RSS GB':>13}"
+        )
         for name, moved, work, wall, rss in rows:
             work_s = f"{work:9.2f}" if work else f"{'-':>9}"
             work_rate = f"{moved / work / 1e9:11.2f}" if work else f"{'-':>11}"
-            print(f"{name:<15}{moved / 1e9:10.2f}{work_s}{work_rate}{wall:9.2f}{moved / wall / 1e9:11.2f}{rss / 1e9:13.2f}")
+            print(
+                f"{name:<15}{moved / 1e9:10.2f}{work_s}{work_rate}{wall:9.2f}{moved / wall / 1e9:11.2f}{rss / 1e9:13.2f}"
+            )
         if mergekit_note:
             print(mergekit_note)
         kernel = next((r.get("kernel") for n, r in results.items() if n == "ours"), None)
         print(f"ours ran the {kernel} kernel")
         by = {r[0]: r for r in rows}
         ours_wall = by["ours"][3]
-        print(f"\nours vs naive: {by['naive'][2] / by['ours'][2]:.1f}x (work), {by['naive'][3] / ours_wall:.1f}x (wall)")
+        print(
+            f"\nours vs naive: {by['naive'][2] / by['ours'][2]:.1f}x (work), {by['naive'][3] / ours_wall:.1f}x (wall)"
+        )
         if "mergekit" in by:
             mk = by["mergekit"]
-            print(f"ours vs mergekit: {mk[3] / ours_wall:.1f}x (wall: process start-up and imports included)"
-                  + (f", {mk[2] / by['ours'][2]:.1f}x (work)" if mk[2] else ""))
+            print(
+                f"ours vs mergekit: {mk[3] / ours_wall:.1f}x (wall: process start-up and imports included)"
+                + (f", {mk[2] / by['ours'][2]:.1f}x (work)" if mk[2] else "")
+            )
             if mk[2]:
                 print(f"ours_eager (no C compiler) vs mergekit: {mk[2] / by['ours_eager'][2]:.1f}x (work)")
-            print(f"ours_compiled (torch.compile) vs mergekit: {mk[3] / by['ours_compiled'][3]:.1f}x (wall, the compile included)"
-                  + (f", {mk[2] / by['ours_compiled'][2]:.1f}x (work, compiled beforehand)" if mk[2] else ""))
+            print(
+                f"ours_compiled (torch.compile) vs mergekit: {mk[3] / by['ours_compiled'][3]:.1f}x (wall, the compile included)"
+                + (f", {mk[2] / by['ours_compiled'][2]:.1f}x (work, compiled beforehand)" if mk[2] else "")
+            )
         for other in [n for n in ("naive", "mergekit") if n in by]:
             diff, _, _ = run_measured(me + ["--child", "diff", "--out", str(workdir / f"out_{other}")], env)
             worst, fraction = diff["worst"], diff["fraction"]
-            print(f"ours vs {other}: {fraction:.3%} of elements differ (fp32 summation order), by at most {worst:.1e} x the tensor's largest entry")
+            print(
+                f"ours vs {other}: {fraction:.3%} of elements differ (fp32 summation order), by at most {worst:.1e} x the tensor's largest entry"
+            )
 
         result, wall, rss = run_measured(me + ["--child", "inplace"], env)
         gb = result["out_bytes"] / 1e9
-        print(f"\nin-place build ({args.inplace_threads} thread(s), {gb:.2f} GB of bf16 parameters, kernel {result['kernel']}):")
-        print(f"  copy_ of the same bytes  {result['copy_s'] * 1e3:8.1f} ms  ({gb / result['copy_s']:.1f} GB/s written)")
-        print(f"  build_in_place           {result['build_s'] * 1e3:8.1f} ms  = {result['build_s'] / result['copy_s']:.2f}x copy_ (target <= 3x)")
-        print(f"  eager kernel (fallback)  {result['eager_build_s'] * 1e3:8.1f} ms  = {result['eager_build_s'] / result['copy_s']:.2f}x copy_")
+        print(
+            f"\nin-place build ({args.inplace_threads} thread(s), {gb:.2f} GB of bf16 parameters, kernel {result['kernel']}):"
+        )
+        print(
+            f"  copy_ of the same bytes  {result['copy_s'] * 1e3:8.1f} ms  ({gb / result['copy_s']:.1f} GB/s written)"
+        )
+        print(
+            f"  build_in_place           {result['build_s'] * 1e3:8.1f} ms  = {result['build_s'] / result['copy_s']:.2f}x copy_ (target <= 3x)"
+        )
+        print(
+            f"  eager kernel (fallback)  {result['eager_build_s'] * 1e3:8.1f} ms  = {result['eager_build_s'] / result['copy_s']:.2f}x copy_"
+        )
         for label, seconds in result.get("methods", {}).items():
             print(f"  stage 1 {label:<28} {seconds:6.2f} s  = {seconds / result['build_s']:.0f}x the linear build")
-        print(f"  first build                {result['first_build_s']:8.2f} s  (first touch of the model's fresh pages; loads the kernel);  peak RSS {rss / 1e9:.2f} GB (cache of three models + the live model)")
+        print(
+            f"  first build                {result['first_build_s']:8.2f} s  (first touch of the model's fresh pages; loads the kernel);  peak RSS {rss / 1e9:.2f} GB (cache of three models + the live model)"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -52,9 +52,17 @@ def random_demo_shape(root: Path) -> Path:
     tokenizer = build_char_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "random")
     tokenizer.save_pretrained(root / "random")
@@ -95,16 +103,36 @@ def trl_curves(path: Path, prompts: list[str], *, config, reward, workdir: Path)
 
     batch = config.prompts_per_step * config.group_size
     args = GRPOConfig(
-        output_dir=str(workdir), use_cpu=True, bf16=False, report_to=[], save_strategy="no",
-        per_device_train_batch_size=batch, num_generations=config.group_size, max_completion_length=config.max_new_tokens,
-        learning_rate=config.learning_rate, lr_scheduler_type="constant", weight_decay=0.0, optim="adamw_torch",
-        beta=config.kl_coef, temperature=config.temperature, max_steps=config.steps, logging_steps=1,
-        loss_type="dapo", scale_rewards="group", seed=config.seed, disable_tqdm=True,
+        output_dir=str(workdir),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        per_device_train_batch_size=batch,
+        num_generations=config.group_size,
+        max_completion_length=config.max_new_tokens,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        optim="adamw_torch",
+        beta=config.kl_coef,
+        temperature=config.temperature,
+        max_steps=config.steps,
+        logging_steps=1,
+        loss_type="dapo",
+        scale_rewards="group",
+        seed=config.seed,
+        disable_tqdm=True,
     )
     data = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                          processing_class=AutoTokenizer.from_pretrained(path))
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=data,
+        processing_class=AutoTokenizer.from_pretrained(path),
+    )
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints every step's log dict
@@ -131,8 +159,10 @@ def cross_check_trl(steps: int) -> None:
     prompts_file = random_prompts(tmp)
     prompts = [p.prompt for p in load_prompts(prompts_file)]
     config = ProbeConfig(prompts=str(prompts_file), steps=steps, learning_rate=3e-3, kl_coef=0.05, max_new_tokens=32)
-    print(f"TRL cross-check: random demo-shape model, {steps} steps, lr {config.learning_rate}, "
-          f"{config.prompts_per_step}x{config.group_size}, max_new_tokens {config.max_new_tokens}")
+    print(
+        f"TRL cross-check: random demo-shape model, {steps} steps, lr {config.learning_rate}, "
+        f"{config.prompts_per_step}x{config.group_size}, max_new_tokens {config.max_new_tokens}"
+    )
     print(f"{'reward':<12}{'runner':<8}{'len0':>7}{'len trend':>10}{'reward0':>9}{'reward trend':>13}{'s/step':>8}")
     for name, reward in (("digit_share", digit_share), ("brevity", brevity)):
         start = time.perf_counter()
@@ -146,7 +176,9 @@ def cross_check_trl(steps: int) -> None:
             ("ours", list(ours.response_length_mean), list(ours.score_mean), ours_s),
             ("trl", theirs["length"], theirs["reward"], trl_s),
         ):
-            print(f"{name:<12}{runner:<8}{length[0]:>7.1f}{trend(length):>+10.1f}{score[0]:>9.3f}{trend(score):>+13.3f}{per_step:>8.3f}")
+            print(
+                f"{name:<12}{runner:<8}{length[0]:>7.1f}{trend(length):>+10.1f}{score[0]:>9.3f}{trend(score):>+13.3f}{per_step:>8.3f}"
+            )
 
 
 def stability_table(seeds: list[int], steps: int | None) -> None:
@@ -165,15 +197,27 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
 
     family = ensure_family()
     settings = demo_probe_settings(**({"steps": steps} if steps else {}))
-    print(f"settings: {settings['steps']} steps, {settings['prompts_per_step']} prompts x {settings['group_size']} samples, "
-          f"pool {settings['prompt_pool']}, baseline {settings['baseline_samples']} samples/prompt, window {settings['window']}, "
-          f"reward {settings['reward']['rule']}, lr {settings['learning_rate']:g} (null 1e-12), seeds {seeds}")
+    print(
+        f"settings: {settings['steps']} steps, {settings['prompts_per_step']} prompts x {settings['group_size']} samples, "
+        f"pool {settings['prompt_pool']}, baseline {settings['baseline_samples']} samples/prompt, window {settings['window']}, "
+        f"reward {settings['reward']['rule']}, lr {settings['learning_rate']:g} (null 1e-12), seeds {seeds}"
+    )
     names = {v: k for k, v in NAMED_POINTS.items()}
-    runs = probe_runs(family, points=[NAMED_POINTS[n] for n in ("reasoning", "balanced", "instruct")], seeds=seeds, settings=settings,
-                      progress=lambda r: print(f"  {names[(r.alpha, r.beta)]:<9} seed {r.seed} lr {r.learning_rate:<7g} "
-                                               f"retention {r.metrics['probe/length_retention']:.3f} growth {r.metrics['probe/length_growth']:.3f} "
-                                               f"dip {r.metrics['probe/reward_dip']:.3f} ({r.wall_s:.1f} s, baseline {r.baseline_s:.1f} s)", flush=True))
-    print(f"\n{'member':<10}{'metric':<18}{'null mean':>10}{'null sd':>9}{'band':>7}{'trained':>9}{'shift':>8}{'shift/sd':>9}")
+    runs = probe_runs(
+        family,
+        points=[NAMED_POINTS[n] for n in ("reasoning", "balanced", "instruct")],
+        seeds=seeds,
+        settings=settings,
+        progress=lambda r: print(
+            f"  {names[(r.alpha, r.beta)]:<9} seed {r.seed} lr {r.learning_rate:<7g} "
+            f"retention {r.metrics['probe/length_retention']:.3f} growth {r.metrics['probe/length_growth']:.3f} "
+            f"dip {r.metrics['probe/reward_dip']:.3f} ({r.wall_s:.1f} s, baseline {r.baseline_s:.1f} s)",
+            flush=True,
+        ),
+    )
+    print(
+        f"\n{'member':<10}{'metric':<18}{'null mean':>10}{'null sd':>9}{'band':>7}{'trained':>9}{'shift':>8}{'shift/sd':>9}"
+    )
     for member in ("reasoning", "balanced", "instruct"):
         at = [r for r in runs if (r.alpha, r.beta) == NAMED_POINTS[member]]
         for metric in TABLE_METRICS:
@@ -183,7 +227,9 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
             bands = [r.metrics.get(f"{key}_noise") for r in at if r.null]
             band = mean(bands) if all(b is not None for b in bands) else float("nan")
             ratio = (trained - null_mean) / null_sd if null_sd > 1e-9 else float("inf")
-            print(f"{member:<10}{metric:<18}{null_mean:>10.3f}{null_sd:>9.3f}{band:>7.3f}{trained:>9.3f}{trained - null_mean:>+8.3f}{ratio:>9.1f}")
+            print(
+                f"{member:<10}{metric:<18}{null_mean:>10.3f}{null_sd:>9.3f}{band:>7.3f}{trained:>9.3f}{trained - null_mean:>+8.3f}{ratio:>9.1f}"
+            )
     print()
     print(markdown_table(runs))
     base = [r.baseline_s for r in runs]
@@ -193,9 +239,15 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stability", action="store_true", help="null-control spread vs training shift of each stability metric")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds for --stability (default 0 1 2)")
-    parser.add_argument("--random", action="store_true", help="a random model of the demo's shape instead of the demo family")
+    parser.add_argument(
+        "--stability", action="store_true", help="null-control spread vs training shift of each stability metric"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds for --stability (default 0 1 2)"
+    )
+    parser.add_argument(
+        "--random", action="store_true", help="a random model of the demo's shape instead of the demo family"
+    )
     parser.add_argument("--steps", type=int, help="override the demo's probe steps")
     parser.add_argument("--trl", action="store_true", help="cross-check trends against TRL's GRPOTrainer (needs trl)")
     args = parser.parse_args()
@@ -236,8 +288,10 @@ def main() -> int:
         models = {"instruct": Path(family.instruct), "reasoning": Path(family.reasoning)}
         settings["prompts"] = str(family.probe_prompts)
     config = ProbeConfig.from_dict(settings)
-    print(f"settings: steps {config.steps}, {config.prompts_per_step} prompts x {config.group_size} samples, "
-          f"max_new_tokens {config.max_new_tokens}, reward {config.reward.rule or config.reward.model}, 1 torch thread")
+    print(
+        f"settings: steps {config.steps}, {config.prompts_per_step} prompts x {config.group_size} samples, "
+        f"max_new_tokens {config.max_new_tokens}, reward {config.reward.rule or config.reward.model}, 1 torch thread"
+    )
     print(f"{'model':<22}{'params':>8}{'len0':>7}{'lenT':>7}{'s/step':>8}{'gen share':>10}{'probe s':>9}{'/ 60 s':>8}")
     for name, path in models.items():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -248,8 +302,10 @@ def main() -> int:
         curves = result.curves
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
         gen_share = sum(curves.gen_s) / sum(curves.step_s)
-        print(f"{name:<22}{n_params:>7.2f}M{curves.response_length_mean[0]:>7.1f}{curves.response_length_mean[-1]:>7.1f}"
-              f"{result.step_s_mean:>8.3f}{gen_share:>10.2f}{wall:>9.1f}{wall / BUDGET_S:>8.2f}")
+        print(
+            f"{name:<22}{n_params:>7.2f}M{curves.response_length_mean[0]:>7.1f}{curves.response_length_mean[-1]:>7.1f}"
+            f"{result.step_s_mean:>8.3f}{gen_share:>10.2f}{wall:>9.1f}{wall / BUDGET_S:>8.2f}"
+        )
     return 0
 
 

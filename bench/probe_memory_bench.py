@@ -31,11 +31,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
-             intermediate_size=3072, vocab_size=32000, tie_word_embeddings=False)
+SHAPE = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+    intermediate_size=3072,
+    vocab_size=32000,
+    tie_word_embeddings=False,
+)
 
 
-def old_update(model, reference, optimizer, input_ids, mask, response_ids, response_mask, advantages, kl_coef, temperature=1.0):
+def old_update(
+    model, reference, optimizer, input_ids, mask, response_ids, response_mask, advantages, kl_coef, temperature=1.0
+):
     """evals/probe/grpo.py `_update` before issue 13 wired logprobs.py in (the plain [B, T, V] path)."""
     import torch
 
@@ -45,7 +54,9 @@ def old_update(model, reference, optimizer, input_ids, mask, response_ids, respo
     n_tokens = token_mask.sum().clamp(min=1)
 
     def token_logprobs(module):
-        logits = module(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=response_len + 1).logits
+        logits = module(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=response_len + 1
+        ).logits
         logp_all = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
         return logp_all.gather(-1, response_ids[..., None]).squeeze(-1), logp_all
 
@@ -61,8 +72,11 @@ def old_update(model, reference, optimizer, input_ids, mask, response_ids, respo
     grad_norm = optimizer.step(1.0)  # MasterAdam: clip, step on the fp32 masters
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return {"kl": float((k3.detach() * token_mask).sum() / n_tokens), "entropy": float((entropy * token_mask).sum() / n_tokens),
-                "grad_norm": grad_norm}
+        return {
+            "kl": float((k3.detach() * token_mask).sum() / n_tokens),
+            "entropy": float((entropy * token_mask).sum() / n_tokens),
+            "grad_norm": grad_norm,
+        }
 
 
 def child(variant: str, args: dict) -> dict:
@@ -77,7 +91,9 @@ def child(variant: str, args: dict) -> dict:
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**SHAPE, max_position_embeddings=1024)).to(torch.bfloat16).eval()
+    model = (
+        AutoModelForCausalLM.from_config(LlamaConfig(**SHAPE, max_position_embeddings=1024)).to(torch.bfloat16).eval()
+    )
     params = sum(p.numel() for p in model.parameters())
     adapters = None
     if variant == "lora":
@@ -94,9 +110,24 @@ def child(variant: str, args: dict) -> dict:
     mask = torch.ones_like(ids)
     response, response_mask = ids[:, P:], torch.ones(R, N, dtype=torch.long)
     advantages = torch.linspace(-1, 1, R)
-    config = ProbeConfig(prompts="unused.jsonl", kl_coef=0.05, micro_batch_size=args["micro_batch"], logprob_chunk=args["chunk"],
-                         activation_checkpointing=True, update="lora" if variant == "lora" else "full")
-    batch = _Batch(ids[:, :P], mask[:, :P], response, response_mask, [], response_mask.sum(1), torch.zeros(R, dtype=torch.bool), torch.zeros(R))
+    config = ProbeConfig(
+        prompts="unused.jsonl",
+        kl_coef=0.05,
+        micro_batch_size=args["micro_batch"],
+        logprob_chunk=args["chunk"],
+        activation_checkpointing=True,
+        update="lora" if variant == "lora" else "full",
+    )
+    batch = _Batch(
+        ids[:, :P],
+        mask[:, :P],
+        response,
+        response_mask,
+        [],
+        response_mask.sum(1),
+        torch.zeros(R, dtype=torch.bool),
+        torch.zeros(R),
+    )
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times, out = [], {}
     for _ in range(2):
@@ -106,9 +137,15 @@ def child(variant: str, args: dict) -> dict:
         else:
             out = _update(model, reference, optimizer, batch, advantages, config=config)
         times.append(time.perf_counter() - start)
-    return {"variant": variant, "params": params, "trainable": trainable,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "rss_before_step": base_rss, "step_s": times, **{k: out[k] for k in ("kl", "entropy")}}
+    return {
+        "variant": variant,
+        "params": params,
+        "trainable": trainable,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_step": base_rss,
+        "step_s": times,
+        **{k: out[k] for k in ("kl", "entropy")},
+    }
 
 
 def main() -> int:
@@ -123,34 +160,54 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    settings = {"rollouts": args.rollouts, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                "micro_batch": args.micro_batch, "threads": args.threads, "chunk": args.chunk, "lora_rank": args.lora_rank}
+    settings = {
+        "rollouts": args.rollouts,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "micro_batch": args.micro_batch,
+        "threads": args.threads,
+        "chunk": args.chunk,
+        "lora_rank": args.lora_rank,
+    }
     if args.child:
         print(json.dumps(child(args.child, settings)))
         return 0
     results = {}
     for variant in ("old", "full", "lora"):
         subprocess.run(["sync"], check=False)
-        done = subprocess.run([sys.executable, __file__, "--child", variant, *sys.argv[1:]], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", variant, *sys.argv[1:]], capture_output=True, text=True
+        )
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
             return 1
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
     old = results["old"]
-    summary = {"settings": settings, **results,
-               **{f"{v}_peak_ratio": results[v]["peak_rss"] / old["peak_rss"] for v in ("full", "lora")},
-               **{f"{v}_step_time_ratio": results[v]["step_s"][-1] / old["step_s"][-1] for v in ("full", "lora")}}
+    summary = {
+        "settings": settings,
+        **results,
+        **{f"{v}_peak_ratio": results[v]["peak_rss"] / old["peak_rss"] for v in ("full", "lora")},
+        **{f"{v}_step_time_ratio": results[v]["step_s"][-1] / old["step_s"][-1] for v in ("full", "lora")},
+    }
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"bf16 Llama, {old['params'] / 1e6:.0f}M params, {args.rollouts} rollouts x ({args.prompt_tokens} + {args.new_tokens}) tokens, "
-          f"vocab {SHAPE['vocab_size']}, {args.threads} thread(s); micro-batch {args.micro_batch}, chunk {args.chunk}, "
-          f"activation checkpointing on (full, lora), LoRA rank {args.lora_rank}")
-    print(f"{'variant':<8}{'trainable M':>12}{'peak RSS GB':>12}{'before step GB':>16}{'step s':>9}{'peak/old':>10}{'time/old':>10}{'kl':>12}{'entropy':>10}")
+    print(
+        f"bf16 Llama, {old['params'] / 1e6:.0f}M params, {args.rollouts} rollouts x ({args.prompt_tokens} + {args.new_tokens}) tokens, "
+        f"vocab {SHAPE['vocab_size']}, {args.threads} thread(s); micro-batch {args.micro_batch}, chunk {args.chunk}, "
+        f"activation checkpointing on (full, lora), LoRA rank {args.lora_rank}"
+    )
+    print(
+        f"{'variant':<8}{'trainable M':>12}{'peak RSS GB':>12}{'before step GB':>16}{'step s':>9}{'peak/old':>10}{'time/old':>10}{'kl':>12}{'entropy':>10}"
+    )
     for r in results.values():
-        print(f"{r['variant']:<8}{r['trainable'] / 1e6:>12.1f}{r['peak_rss'] / 1e9:>12.2f}{r['rss_before_step'] / 1e9:>16.2f}{r['step_s'][-1]:>9.1f}"
-              f"{r['peak_rss'] / old['peak_rss']:>10.3f}{r['step_s'][-1] / old['step_s'][-1]:>10.2f}{r['kl']:>12.3e}{r['entropy']:>10.4f}")
-    print(f"full/old peak = {summary['full_peak_ratio']:.3f} (target < 0.5); lora/old peak = {summary['lora_peak_ratio']:.3f}")
+        print(
+            f"{r['variant']:<8}{r['trainable'] / 1e6:>12.1f}{r['peak_rss'] / 1e9:>12.2f}{r['rss_before_step'] / 1e9:>16.2f}{r['step_s'][-1]:>9.1f}"
+            f"{r['peak_rss'] / old['peak_rss']:>10.3f}{r['step_s'][-1] / old['step_s'][-1]:>10.2f}{r['kl']:>12.3e}{r['entropy']:>10.4f}"
+        )
+    print(
+        f"full/old peak = {summary['full_peak_ratio']:.3f} (target < 0.5); lora/old peak = {summary['lora_peak_ratio']:.3f}"
+    )
     return 0
 
 

@@ -46,10 +46,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tmp) / "vc"))
         path = Path(tmp) / "m"
-        config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-                             num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64,
-                             max_position_embeddings=1024, tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+        config = LlamaConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            intermediate_size=args.hidden * 8 // 3,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.hidden // 64,
+            num_key_value_heads=args.hidden // 64,
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+        )
         model = AutoModelForCausalLM.from_config(config).eval()
         model.save_pretrained(path)
         tok.save_pretrained(path)
@@ -60,8 +69,14 @@ def main() -> int:
         eos = {tok.eos_token_id}
 
         start = time.perf_counter()
-        batch = _sample(model, rows, config=SimpleNamespace(max_new_tokens=args.new_tokens, temperature=1.0), eos_ids=eos,
-                        pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0))
+        batch = _sample(
+            model,
+            rows,
+            config=SimpleNamespace(max_new_tokens=args.new_tokens, temperature=1.0),
+            eos_ids=eos,
+            pad_id=tok.pad_token_id,
+            generator=torch.Generator().manual_seed(0),
+        )
         hf_s = time.perf_counter() - start
         hf_tokens = int(batch.lengths.sum())
 
@@ -71,17 +86,30 @@ def main() -> int:
         start = time.perf_counter()
         engine.push_weights(model)
         push_s = time.perf_counter() - start
-        engine.sample(prompts, group_size=groups, max_new_tokens=8, temperature=1.0, seed=1, eos_ids=eos, pad_id=tok.pad_token_id)
+        engine.sample(
+            prompts, group_size=groups, max_new_tokens=8, temperature=1.0, seed=1, eos_ids=eos, pad_id=tok.pad_token_id
+        )
         start = time.perf_counter()
-        out = engine.sample(prompts, group_size=groups, max_new_tokens=args.new_tokens, temperature=1.0, seed=0, eos_ids=eos,
-                            pad_id=tok.pad_token_id)
+        out = engine.sample(
+            prompts,
+            group_size=groups,
+            max_new_tokens=args.new_tokens,
+            temperature=1.0,
+            seed=0,
+            eos_ids=eos,
+            pad_id=tok.pad_token_id,
+        )
         vllm_s = time.perf_counter() - start
         vllm_tokens = int(out.lengths.sum())
     hf_rate, vllm_rate = hf_tokens / hf_s, vllm_tokens / vllm_s
-    print(f"fp32 Llama {params / 1e6:.1f}M params, {args.rollouts} rollouts x <= {args.new_tokens} new tokens, {args.threads} thread(s)")
+    print(
+        f"fp32 Llama {params / 1e6:.1f}M params, {args.rollouts} rollouts x <= {args.new_tokens} new tokens, {args.threads} thread(s)"
+    )
     print(f"HF loop : {hf_tokens:6d} tokens in {hf_s:7.2f} s = {hf_rate:8.1f} tok/s")
-    print(f"vLLM    : {vllm_tokens:6d} tokens in {vllm_s:7.2f} s = {vllm_rate:8.1f} tok/s "
-          f"(engine start-up {startup_s:.1f} s once per worker, weight push {push_s * 1000:.0f} ms per update)")
+    print(
+        f"vLLM    : {vllm_tokens:6d} tokens in {vllm_s:7.2f} s = {vllm_rate:8.1f} tok/s "
+        f"(engine start-up {startup_s:.1f} s once per worker, weight push {push_s * 1000:.0f} ms per update)"
+    )
     print(f"vLLM / HF tokens per second = {vllm_rate / hf_rate:.2f}")
     return 0
 

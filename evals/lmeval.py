@@ -203,7 +203,9 @@ def metric_problems(metrics: list[str], include_paths: list[str]) -> list[str]:
             continue
         options = ", ".join(f"lm_eval/{task}/{p}" for p in produced) or "none"
         if "," not in metric:
-            problems.append(f"'{name}' lacks the filter part: lm-eval names are <metric>,<filter>; task {task} reports {options}")
+            problems.append(
+                f"'{name}' lacks the filter part: lm-eval names are <metric>,<filter>; task {task} reports {options}"
+            )
             continue
         close = difflib.get_close_matches(metric, produced, n=1)
         hint = f" (did you mean 'lm_eval/{task}/{close[0]}'?)" if close else ""
@@ -243,8 +245,13 @@ def _scores_builtin_test_split(name: str, include_paths: list[str], builtin_root
     if entry.kind.name in ("GROUP", "TAG"):
         members = (cfg.get("task") or []) if entry.kind.name == "GROUP" else sorted(entry.tags)
         members = members if isinstance(members, list) else [members]
-        names = [m if isinstance(m, str) else m.get("task") or m.get("group") for m in members if isinstance(m, (str, dict))]
-        return any(isinstance(n, str) and _scores_builtin_test_split(n, include_paths, builtin_root, depth=depth + 1) for n in names)
+        names = [
+            m if isinstance(m, str) else m.get("task") or m.get("group") for m in members if isinstance(m, (str, dict))
+        ]
+        return any(
+            isinstance(n, str) and _scores_builtin_test_split(n, include_paths, builtin_root, depth=depth + 1)
+            for n in names
+        )
     if entry.yaml_path is None or builtin_root not in Path(entry.yaml_path).resolve().parents:
         return False
     return bool(cfg.get("test_split"))

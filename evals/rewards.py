@@ -106,7 +106,9 @@ def format_check(*, prompts: Sequence[str], completions: Sequence[str], answers:
 
 
 @register_rule("exact_match+format", needs_answer=True)
-def exact_match_and_format(*, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
+def exact_match_and_format(
+    *, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]
+) -> list[float]:
     kw = {"prompts": prompts, "completions": completions, "answers": answers}
     return [m + f for m, f in zip(exact_match(**kw), format_check(**kw), strict=True)]
 
@@ -146,9 +148,13 @@ class RewardModelScorer:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path)
         except (OSError, ValueError, KeyError) as exc:
-            raise EvalError(f"reward model {path}: cannot load as a sequence-classification checkpoint ({exc})") from None
+            raise EvalError(
+                f"reward model {path}: cannot load as a sequence-classification checkpoint ({exc})"
+            ) from None
         if self.model.config.num_labels != 1:
-            raise EvalError(f"reward model {path}: has {self.model.config.num_labels} labels; a reward model has one (num_labels=1)")
+            raise EvalError(
+                f"reward model {path}: has {self.model.config.num_labels} labels; a reward model has one (num_labels=1)"
+            )
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -168,13 +174,17 @@ class RewardModelScorer:
             return text
         return f"{prompt}\n{completion}"
 
-    def __call__(self, *, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
+    def __call__(
+        self, *, prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str | None]
+    ) -> list[float]:
         texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
         device = next(self.model.parameters()).device
         scores: list[float] = []
         with self._torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                )
                 logits = self.model(**batch.to(device)).logits
                 scores += logits[:, 0].float().tolist()
         return scores

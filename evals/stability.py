@@ -210,7 +210,9 @@ def diverged_metrics(
         reward_steps_to_recover=planned_steps,
         reward_final=reward_final - dip if seen is not None else -dip,
         kl_final=DIVERGED_KL,
-        entropy_drop=float(baseline_entropy) if baseline_entropy is not None else (seen.entropy_drop if seen is not None else None),
+        entropy_drop=float(baseline_entropy)
+        if baseline_entropy is not None
+        else (seen.entropy_drop if seen is not None else None),
         stopped_early=True,
         steps=seen.steps if seen is not None else 0,
         window=window,
@@ -218,7 +220,9 @@ def diverged_metrics(
     )
 
 
-def length_collapsed(length: Sequence[float], *, threshold: float, patience: int, reference: float | None = None) -> bool:
+def length_collapsed(
+    length: Sequence[float], *, threshold: float, patience: int, reference: float | None = None
+) -> bool:
     """True when the last `patience` points of `length` are all below threshold * reference
     (default reference: length[0]).
 

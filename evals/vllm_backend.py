@@ -182,7 +182,9 @@ class VllmBackend(LmBackend):
             )
         self.reload_from = engine_args.get("reload_from", "iterator")
         if self.reload_from not in RELOAD_MODES:
-            raise EvalError(f"evals.lm_eval.vllm.reload_from: '{self.reload_from}' is not one of {', '.join(RELOAD_MODES)}")
+            raise EvalError(
+                f"evals.lm_eval.vllm.reload_from: '{self.reload_from}' is not one of {', '.join(RELOAD_MODES)}"
+            )
         self.tmpfs_dir = str(engine_args.get("tmpfs_dir", "/dev/shm"))
         self.engine_dir = engine_args.get("model")
         self.tokenizer_dir = engine_args.get("tokenizer")

@@ -178,7 +178,9 @@ def compatibility_problems(infos: dict[str, CheckpointInfo], *, vocab: str = "st
     ref_role, ref = roles[0], infos[roles[0]]
     for role, info in infos.items():
         if info.needs_remote_code:
-            problems.append(f"{role} ({info.path}) needs trust_remote_code (config.json has auto_map); sweep only merges built-in transformers architectures")
+            problems.append(
+                f"{role} ({info.path}) needs trust_remote_code (config.json has auto_map); sweep only merges built-in transformers architectures"
+            )
     for role in roles[1:]:
         info = infos[role]
         if info.architecture != ref.architecture or info.model_type != ref.model_type:

@@ -60,11 +60,23 @@ class MergeRecord:
     tokenizer_source: str = "instruct"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "sources": dict(self.sources), "dtype": self.dtype, "vocab": self.vocab, "tokenizer_source": self.tokenizer_source}
+        return {
+            "plan": self.plan.to_dict(),
+            "sources": dict(self.sources),
+            "dtype": self.dtype,
+            "vocab": self.vocab,
+            "tokenizer_source": self.tokenizer_source,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MergeRecord:
-        return cls(plan=MergePlan.from_dict(data["plan"]), sources=dict(data["sources"]), dtype=data["dtype"], vocab=data["vocab"], tokenizer_source=data["tokenizer_source"])
+        return cls(
+            plan=MergePlan.from_dict(data["plan"]),
+            sources=dict(data["sources"]),
+            dtype=data["dtype"],
+            vocab=data["vocab"],
+            tokenizer_source=data["tokenizer_source"],
+        )
 
 
 def merge_checkpoints(
@@ -103,10 +115,18 @@ def merge_checkpoints(
     instruct). threads: torch threads for the arithmetic (None: leave as set).
     """
     problems: list[str] = []
-    plan = _collect(problems, lambda: MergePlan.create(
-        alpha=alpha, beta=beta, stage1_method=stage1_method, stage1_params=stage1_params,
-        stage2_method=stage2_method, stage2_params=stage2_params, allow_extrapolation=allow_extrapolation,
-    ))
+    plan = _collect(
+        problems,
+        lambda: MergePlan.create(
+            alpha=alpha,
+            beta=beta,
+            stage1_method=stage1_method,
+            stage1_params=stage1_params,
+            stage2_method=stage2_method,
+            stage2_params=stage2_params,
+            allow_extrapolation=allow_extrapolation,
+        ),
+    )
     out_dtype = _collect(problems, lambda: parse_dtype(dtype))
     target = _collect(problems, lambda: parse_device(device))
     _collect(problems, check_mode)
@@ -115,7 +135,12 @@ def merge_checkpoints(
     inputs = {"pretrained": pretrained, "instruct": instruct, "reasoning": reasoning}
     problems += _out_problems(out, inputs, force=force)
     token_dir = _tokenizer_dir(tokenizer_source, inputs, problems)
-    infos = _collect(problems, lambda: load_infos(pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle))
+    infos = _collect(
+        problems,
+        lambda: load_infos(
+            pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle
+        ),
+    )
     if problems:
         raise MergeError.collected("cannot merge", problems)
 
@@ -157,7 +182,9 @@ def merge_io_bytes(out: str | Path) -> int:
 
 
 def _weights_size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) + sum(f.stat().st_size for f in folder.glob("*.bin"))
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) + sum(
+        f.stat().st_size for f in folder.glob("*.bin")
+    )
 
 
 # ---------------------------------------------------------------- checks
@@ -178,7 +205,9 @@ def _out_problems(out: Path, inputs: dict[str, Any], *, force: bool) -> list[str
     if out.exists() and not out.is_dir():
         return [f"the output {out} is a file, not a folder"]
     if out.is_dir() and any(out.iterdir()) and not force:
-        return [f"the output folder {out} exists and is not empty; choose another, or overwrite it with --force (force=True)"]
+        return [
+            f"the output folder {out} exists and is not empty; choose another, or overwrite it with --force (force=True)"
+        ]
     return []
 
 
@@ -216,7 +245,13 @@ def _write_weights(
     dtypes = {t.name: output_dtype(t, out_dtype) for t in layout.tensors}
     sizes = [(t.name, _numel(t.shape) * dtypes[t.name].itemsize) for t in layout.tensors]
     out_bytes = dict(sizes)
-    read_bytes = {t.name: sum(_numel(readers[r].info.tensors[s].shape) * torch_dtype(readers[r].info.tensors[s].dtype).itemsize for r, s in zip(ROLES, t.sources, strict=True)) for t in layout.tensors}
+    read_bytes = {
+        t.name: sum(
+            _numel(readers[r].info.tensors[s].shape) * torch_dtype(readers[r].info.tensors[s].dtype).itemsize
+            for r, s in zip(ROLES, t.sources, strict=True)
+        )
+        for t in layout.tensors
+    }
     total = sum(out_bytes.values()) + sum(read_bytes.values())
     allow_compile = sum(out_bytes.values()) >= DISK_COMPILE_MIN_BYTES
     plans = {t.name: t for t in layout.tensors}
@@ -265,7 +300,15 @@ def _write_weights(
         write_index(out, weight_map, sum(out_bytes.values()))
 
 
-def _merge_one(tensor: TensorPlan, readers: dict[str, CheckpointReader], plan: MergePlan, dtype: torch.dtype, device: torch.device, staging: torch.Tensor, allow_compile: bool) -> torch.Tensor:
+def _merge_one(
+    tensor: TensorPlan,
+    readers: dict[str, CheckpointReader],
+    plan: MergePlan,
+    dtype: torch.dtype,
+    device: torch.device,
+    staging: torch.Tensor,
+    allow_compile: bool,
+) -> torch.Tensor:
     raw = [readers[role].get(stored) for role, stored in zip(ROLES, tensor.sources, strict=True)]
     sources = fit_rows(raw, tensor.vocab_rows)
     numel = _numel(tensor.shape)
@@ -288,7 +331,9 @@ def _merge_one(tensor: TensorPlan, readers: dict[str, CheckpointReader], plan: M
     return out
 
 
-def _write_config(out: Path, infos: dict[str, CheckpointInfo], token_dir: Path, layout: Layout, out_dtype: torch.dtype | None) -> None:
+def _write_config(
+    out: Path, infos: dict[str, CheckpointInfo], token_dir: Path, layout: Layout, out_dtype: torch.dtype | None
+) -> None:
     source = token_dir / "config.json"
     config = json.loads(source.read_text()) if source.exists() else dict(infos["instruct"].config)
     config["tie_word_embeddings"] = layout.tie_word_embeddings

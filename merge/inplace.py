@@ -66,7 +66,9 @@ class SourceCache:
         check_mode()
         target_dtype = parse_dtype(dtype)
         target_device = parse_device(device)
-        infos = load_infos(pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle)
+        infos = load_infos(
+            pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle
+        )
         layout = plan_layout(infos, vocab=vocab)
         readers = {role: CheckpointReader(infos[role]) for role in ROLES}
         pin = bool(pin_memory) and torch.cuda.is_available()
@@ -80,7 +82,9 @@ class SourceCache:
                 for role, stored, tensor in zip(ROLES, plan.sources, fitted, strict=True):
                     key = (role, stored, plan.vocab_rows)  # a tied source's head reuses its embedding
                     if key not in loaded:
-                        want = target_dtype if (target_dtype is not None and tensor.is_floating_point()) else tensor.dtype
+                        want = (
+                            target_dtype if (target_dtype is not None and tensor.is_floating_point()) else tensor.dtype
+                        )
                         # copy=True: never keep a view of the mapped file
                         copied = tensor.to(device=target_device, dtype=want, copy=True)
                         if pin and copied.device.type == "cpu":
@@ -188,7 +192,9 @@ def _bind(model: torch.nn.Module, sources: SourceCache) -> list[tuple[str, torch
         if tuple(tensor.shape) != tuple(triple[0].shape):
             problems.append(f"{name}: model shape {list(tensor.shape)}, sources {list(triple[0].shape)}")
         if tensor.device != triple[0].device and triple[0].device.type != "cpu":
-            problems.append(f"{name}: the model is on {tensor.device}, the source cache on {triple[0].device}; move one to the other")
+            problems.append(
+                f"{name}: the model is on {tensor.device}, the source cache on {triple[0].device}; move one to the other"
+            )
             break
         targets.append((name, tensor, triple))
     covered = set(live) | ({HEAD} if live_tied else set())
@@ -197,5 +203,7 @@ def _bind(model: torch.nn.Module, sources: SourceCache) -> list[tuple[str, torch
         shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
         problems.append(f"the model lacks {shown}, which the sources have")
     if problems:
-        raise MergeError("the live model does not match the source cache:\n" + "\n".join(f"  - {p}" for p in problems[:12]))
+        raise MergeError(
+            "the live model does not match the source cache:\n" + "\n".join(f"  - {p}" for p in problems[:12])
+        )
     return targets

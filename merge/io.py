@@ -116,7 +116,17 @@ def parse_size(size: int | str) -> int:
         raise MergeError(f"cannot read the size {size!r}: write e.g. 5GB, 500MiB or a number of bytes")
     number = float(match.group(1))
     unit = (match.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    scale = {
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }[unit]
     value = int(number * scale)
     if value <= 0:
         raise MergeError(f"max shard size must be positive, got {size!r}")
@@ -211,7 +221,9 @@ class CheckpointReader:
         if tensor_info.file.endswith(".bin"):
             state = self._pickles.get(tensor_info.file)
             if state is None:
-                state = self._pickles[tensor_info.file] = torch.load(self.info.path / tensor_info.file, map_location="cpu", mmap=True, weights_only=True)
+                state = self._pickles[tensor_info.file] = torch.load(
+                    self.info.path / tensor_info.file, map_location="cpu", mmap=True, weights_only=True
+                )
             return state[name]
         return self._file(tensor_info.file).get(name)
 
@@ -297,7 +309,12 @@ class SafetensorsWriter:
     when `close()` finds every tensor written (a crash leaves a `.partial` file).
     """
 
-    def __init__(self, path: Path, tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        tensors: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
         header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}

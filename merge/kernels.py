@@ -69,7 +69,9 @@ def is_compiled() -> bool:
 
 
 @torch.no_grad()
-def weighted_sum_into(out: torch.Tensor, sources: Sequence[torch.Tensor], weights: Sequence[float], *, allow_compile: bool = True) -> None:
+def weighted_sum_into(
+    out: torch.Tensor, sources: Sequence[torch.Tensor], weights: Sequence[float], *, allow_compile: bool = True
+) -> None:
     """out[:] = sum_i weights[i] * sources[i], accumulated in float32, rounded once into out.dtype.
 
     `out` must be contiguous; sources must have out's number of elements and live on
@@ -101,9 +103,16 @@ def _use_native(out: torch.Tensor, sources: list[torch.Tensor]) -> bool:
     global _native_warned
     if _mode == "auto" and out.device.type == "cpu" and not _native_warned and native.unavailable_reason() is not None:
         _native_warned = True
-        warnings.warn(f"merge: native kernel unavailable ({native.unavailable_reason()}); using the torch kernels", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"merge: native kernel unavailable ({native.unavailable_reason()}); using the torch kernels",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     if _mode == "native":
-        reason = native.unavailable_reason() or f"it handles contiguous fp32/bf16/fp16 CPU tensors, not {out.dtype} on {out.device}"
+        reason = (
+            native.unavailable_reason()
+            or f"it handles contiguous fp32/bf16/fp16 CPU tensors, not {out.dtype} on {out.device}"
+        )
         raise RuntimeError(f"merge kernel 'native' cannot run here: {reason}")
     return False
 
@@ -111,7 +120,9 @@ def _use_native(out: torch.Tensor, sources: list[torch.Tensor]) -> bool:
 def _run_native(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float]) -> None:
     from merge import native
 
-    _split_across_threads(out.numel(), lambda start, stop: native.weighted_sum_range(out, sources, weights, start, stop))
+    _split_across_threads(
+        out.numel(), lambda start, stop: native.weighted_sum_range(out, sources, weights, start, stop)
+    )
 
 
 def _split_across_threads(n: int, run_range: Callable[[int, int], None]) -> None:
@@ -173,21 +184,33 @@ def _run_compiled(out: torch.Tensor, sources: list[torch.Tensor], weights: Seque
         if _mode == "compiled":
             raise
         _compile_failed = True
-        warnings.warn(f"merge: torch.compile kernel unavailable ({type(exc).__name__}: {str(exc)[:200]}); using the eager kernel", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"merge: torch.compile kernel unavailable ({type(exc).__name__}: {str(exc)[:200]}); using the eager kernel",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
 
 
 def _run_eager(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float]) -> None:
     if out.device.type == "cpu":
-        _split_across_threads(out.numel(), lambda start, stop: _eager_range(out, sources, weights, start, stop, CPU_CHUNK))
+        _split_across_threads(
+            out.numel(), lambda start, stop: _eager_range(out, sources, weights, start, stop, CPU_CHUNK)
+        )
     else:
         _eager_range(out, sources, weights, 0, out.numel(), CUDA_CHUNK)
 
 
-def _eager_range(out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float], start: int, stop: int, chunk: int) -> None:
+def _eager_range(
+    out: torch.Tensor, sources: list[torch.Tensor], weights: Sequence[float], start: int, stop: int, chunk: int
+) -> None:
     size = min(chunk, stop - start)
     acc = torch.empty(size, dtype=torch.float32, device=out.device)
-    tmp = torch.empty(size, dtype=torch.float32, device=out.device) if any(s.dtype != torch.float32 for s in sources) else None
+    tmp = (
+        torch.empty(size, dtype=torch.float32, device=out.device)
+        if any(s.dtype != torch.float32 for s in sources)
+        else None
+    )
     for s in range(start, stop, chunk):
         e = min(stop, s + chunk)
         a = acc[: e - s]

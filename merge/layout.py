@@ -50,7 +50,9 @@ class Layout:
         return [t.name for t in self.tensors]
 
 
-def load_infos(*, pretrained, instruct, reasoning, vocab: str = "strict", allow_pickle: bool = False) -> dict[str, CheckpointInfo]:
+def load_infos(
+    *, pretrained, instruct, reasoning, vocab: str = "strict", allow_pickle: bool = False
+) -> dict[str, CheckpointInfo]:
     """Inspect the three checkpoints (headers only) and raise one MergeError with every problem.
 
     Returns infos keyed by role in ROLES order (instruct, reasoning, pretrained).
@@ -75,7 +77,9 @@ def load_infos(*, pretrained, instruct, reasoning, vocab: str = "strict", allow_
     return {role: infos[role] for role in ROLES}
 
 
-def plan_layout(infos: dict[str, CheckpointInfo], *, vocab: str = "strict", order: Callable[[str], tuple[str, int]] | None = None) -> Layout:
+def plan_layout(
+    infos: dict[str, CheckpointInfo], *, vocab: str = "strict", order: Callable[[str], tuple[str, int]] | None = None
+) -> Layout:
     """The output tensors of merging `infos` (keyed by role), sorted by `order` of the
     pretrained model's stored name, e.g. its (file, byte offset) (default: by name)."""
     tied = [infos[role].tie_word_embeddings for role in ROLES]

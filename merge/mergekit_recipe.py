@@ -74,9 +74,15 @@ def mergekit_recipe(
             "embedding rows its own way); the recipe assumes equal sizes"
         )
     # mergekit copies the tokenizer from its base model, else from the first model listed
-    donor = "pretrained" if plan.fused_weights is None and plan.stage1.method in ("task_arithmetic", "ties", "dare") else "instruct"
+    donor = (
+        "pretrained"
+        if plan.fused_weights is None and plan.stage1.method in ("task_arithmetic", "ties", "dare")
+        else "instruct"
+    )
     if tokenizer_source != donor:
-        notes.append(f"tokenizer and config: ours come from {tokenizer_source}, mergekit's from {donor}; copy them over mergekit's output")
+        notes.append(
+            f"tokenizer and config: ours come from {tokenizer_source}, mergekit's from {donor}; copy them over mergekit's output"
+        )
     header = [
         f"# mergekit {MERGEKIT_VERSION} recipe for this Balanced Actor Initialization merge (written by sweep)",
         f"#   stage 1: {_describe(plan.stage1.method, plan.stage1.params)} of instruct and reasoning at alpha = {plan.alpha:g}",
@@ -97,11 +103,17 @@ def match_statement(plan: MergePlan, out_dtype: str) -> str:
     if plan.fused_weights is not None:
         return "bit-identical"
     if s1 == "ties" and s2 == "linear":
-        return ("bit-identical, except where task-vector magnitudes tie at the trim cut (frequent with bf16 "
-                "sources) or density * numel is not whole")
+        return (
+            "bit-identical, except where task-vector magnitudes tie at the trim cut (frequent with bf16 "
+            "sources) or density * numel is not whole"
+        )
     if out_dtype == "float32":
         return "equal to float32 rounding (a few ulp of the sources' magnitude)"
-    return "within one " + ("bf16" if out_dtype == "bfloat16" else "fp16") + " ulp (the two float32 results differ by rounding)"
+    return (
+        "within one "
+        + ("bf16" if out_dtype == "bfloat16" else "fp16")
+        + " ulp (the two float32 results differ by rounding)"
+    )
 
 
 def inputs_out_dtype(tags: list[str]) -> str:
@@ -123,7 +135,10 @@ def _linear_doc(plan: MergePlan, sources: dict[str, str], out_dtype: str) -> dic
     assert weights is not None
     return {
         "merge_method": "linear",
-        "models": [_model(sources[role], weight=w) for role, w in zip(("instruct", "reasoning", "pretrained"), weights, strict=True)],
+        "models": [
+            _model(sources[role], weight=w)
+            for role, w in zip(("instruct", "reasoning", "pretrained"), weights, strict=True)
+        ],
         "parameters": {"normalize": False},
         "dtype": "float32",
         "out_dtype": out_dtype,
@@ -135,7 +150,11 @@ def _stage1_doc(plan: MergePlan, sources: dict[str, str], notes: list[str]) -> d
     instruct, reasoning, pretrained = sources["instruct"], sources["reasoning"], sources["pretrained"]
     doc: dict[str, Any] = {"name": STAGE1_NAME}
     if method == "linear":
-        doc |= {"merge_method": "linear", "models": [_model(instruct, weight=alpha), _model(reasoning, weight=1.0 - alpha)], "parameters": {"normalize": False}}
+        doc |= {
+            "merge_method": "linear",
+            "models": [_model(instruct, weight=alpha), _model(reasoning, weight=1.0 - alpha)],
+            "parameters": {"normalize": False},
+        }
     elif method == "task_arithmetic":
         doc |= {
             "merge_method": "task_arithmetic",
@@ -148,7 +167,10 @@ def _stage1_doc(plan: MergePlan, sources: dict[str, str], notes: list[str]) -> d
         doc |= {
             "merge_method": "ties",
             "base_model": pretrained,
-            "models": [_model(instruct, weight=alpha, density=density), _model(reasoning, weight=1.0 - alpha, density=density)],
+            "models": [
+                _model(instruct, weight=alpha, density=density),
+                _model(reasoning, weight=1.0 - alpha, density=density),
+            ],
             "parameters": {"normalize": True},
         }
         notes.append(
@@ -161,8 +183,13 @@ def _stage1_doc(plan: MergePlan, sources: dict[str, str], notes: list[str]) -> d
         doc |= {
             "merge_method": "dare_ties" if variant == "ties" else "dare_linear",
             "base_model": pretrained,
-            "models": [_model(instruct, weight=alpha, density=density), _model(reasoning, weight=1.0 - alpha, density=density)],
-            "parameters": {"normalize": True, "rescale": False, "lambda": 1.0 / density} if variant == "ties" else {"rescale": False, "lambda": 1.0 / density},
+            "models": [
+                _model(instruct, weight=alpha, density=density),
+                _model(reasoning, weight=1.0 - alpha, density=density),
+            ],
+            "parameters": {"normalize": True, "rescale": False, "lambda": 1.0 / density}
+            if variant == "ties"
+            else {"rescale": False, "lambda": 1.0 / density},
         }
         notes.append(
             f"DARE has no exact mergekit equivalent: our masks come from torch.Generator seeded per tensor (seed {params.get('seed', 0)}), "
@@ -245,9 +272,15 @@ def recipe_for_sources(
     """`mergekit_recipe` for sources already inspected (`merge.checkpoint.CheckpointInfo`
     by role, headers only): `dtype` None or "auto" becomes the inputs' dtype, as our merge
     does."""
-    out_dtype = dtype if dtype not in (None, "auto") else inputs_out_dtype([t.dtype for info in infos.values() for t in info.tensors.values()])
+    out_dtype = (
+        dtype
+        if dtype not in (None, "auto")
+        else inputs_out_dtype([t.dtype for info in infos.values() for t in info.tensors.values()])
+    )
     sources = {role: str(Path(info.path).absolute()) for role, info in infos.items()}
-    return mergekit_recipe(plan, sources=sources, out_dtype=str(out_dtype), vocab=vocab, tokenizer_source=tokenizer_source)
+    return mergekit_recipe(
+        plan, sources=sources, out_dtype=str(out_dtype), vocab=vocab, tokenizer_source=tokenizer_source
+    )
 
 
 def recipe_for_merged(folder: Any) -> str:
@@ -263,4 +296,10 @@ def recipe_for_merged(folder: Any) -> str:
     out_dtype = record.dtype
     if out_dtype == "auto":
         out_dtype = inputs_out_dtype([t.dtype for t in inspect_checkpoint(folder).tensors.values()])
-    return mergekit_recipe(record.plan, sources=record.sources, out_dtype=out_dtype, vocab=record.vocab, tokenizer_source=record.tokenizer_source)
+    return mergekit_recipe(
+        record.plan,
+        sources=record.sources,
+        out_dtype=out_dtype,
+        vocab=record.vocab,
+        tokenizer_source=record.tokenizer_source,
+    )

@@ -67,6 +67,7 @@ def method_defaults(name: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- parameter checks
 
+
 def _density(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         return f"density must be a number in (0, 1] (the fraction of each task vector kept), got {value!r}"
@@ -92,7 +93,12 @@ def _eps(value: Any) -> str | None:
 
 
 # Parameter name -> check returning a message, or None when the value is fine.
-PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {"density": _density, "variant": _variant, "seed": _seed, "eps": _eps}
+PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "density": _density,
+    "variant": _variant,
+    "seed": _seed,
+    "eps": _eps,
+}
 
 
 def param_problems(name: str, params: dict[str, Any] | None) -> list[str]:
@@ -103,7 +109,9 @@ def param_problems(name: str, params: dict[str, Any] | None) -> list[str]:
     problems = []
     for key, value in (params or {}).items():
         if key not in known:
-            problems.append(f"{key!r} is not a parameter of merge method {name} (its parameters: {', '.join(known) or 'none'})")
+            problems.append(
+                f"{key!r} is not a parameter of merge method {name} (its parameters: {', '.join(known) or 'none'})"
+            )
         elif (check := PARAM_CHECKS.get(key)) and (msg := check(value)):
             problems.append(f"{name}: {msg}")
     return problems
@@ -122,7 +130,9 @@ def linear(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Ten
 
 
 @register("task_arithmetic", needs_base=True)
-def task_arithmetic(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None) -> torch.Tensor:
+def task_arithmetic(
+    tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None
+) -> torch.Tensor:
     """base + sum_i w_i (theta_i - base). Equals `linear` when the weights sum to one."""
     base32 = _require_base(base, "task_arithmetic")
     out = base32.clone()
@@ -132,7 +142,9 @@ def task_arithmetic(tensors: list[torch.Tensor], weights: list[float], *, base: 
 
 
 @register("ties", needs_base=True)
-def ties(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, density: float = 0.5) -> torch.Tensor:
+def ties(
+    tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, density: float = 0.5
+) -> torch.Tensor:
     """TIES-merging: trim, elect sign, disjoint mean.
 
     1. trim: keep the `density` fraction of each task vector tau_i = theta_i - base with the
@@ -180,7 +192,9 @@ def dare(
 
 
 @register("slerp", two_models=True)
-def slerp(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, eps: float = 5e-4) -> torch.Tensor:
+def slerp(
+    tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, eps: float = 5e-4
+) -> torch.Tensor:
     """Spherical interpolation of two tensors with t = weights[1] (weights = [1 - t, t]).
 
     The angle comes from the flattened tensors' cosine; when |cos| > 1 - eps (nearly

@@ -55,13 +55,21 @@ def _cpu_identity() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor()
-    keep = [line for line in text.splitlines() if line.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")]
+    keep = [
+        line
+        for line in text.splitlines()
+        if line.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")
+    ]
     return "\n".join(sorted(set(keep)))
 
 
 def library_path(compiler: list[str]) -> Path:
     version = subprocess.run([compiler[0], "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), version, " ".join(FLAGS), platform.machine(), _cpu_identity()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\0".join(
+            [SOURCE.read_text(), " ".join(compiler), version, " ".join(FLAGS), platform.machine(), _cpu_identity()]
+        ).encode()
+    ).hexdigest()[:16]
     return cache_dir() / f"wsum-{key}.so"
 
 
@@ -71,7 +79,9 @@ def _build(compiler: list[str], target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
     os.close(fd)
     try:
-        result = subprocess.run([*compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{compiler[0]} failed: {(result.stderr or result.stdout).strip()[:400]}")
         os.replace(tmp, target)
@@ -97,8 +107,14 @@ def load() -> ctypes.CDLL | None:
                 _build(compiler, path)
             lib = ctypes.CDLL(str(path))
             lib.sweep_weighted_sum.argtypes = [
-                ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_float),
-                ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                ctypes.c_int,
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.POINTER(ctypes.c_int),
+                ctypes.POINTER(ctypes.c_float),
+                ctypes.c_void_p,
+                ctypes.c_int,
+                ctypes.c_int64,
+                ctypes.c_int64,
             ]
             lib.sweep_weighted_sum.restype = ctypes.c_int
             lib.sweep_has_f16.restype = ctypes.c_int
@@ -130,7 +146,9 @@ def supports(out: torch.Tensor, sources: Sequence[torch.Tensor]) -> bool:
     return all(s.device.type == "cpu" and s.is_contiguous() and s.numel() == out.numel() for s in sources)
 
 
-def weighted_sum_range(out: torch.Tensor, sources: Sequence[torch.Tensor], weights: Sequence[float], start: int, stop: int) -> None:
+def weighted_sum_range(
+    out: torch.Tensor, sources: Sequence[torch.Tensor], weights: Sequence[float], start: int, stop: int
+) -> None:
     """Elements [start, stop) of out = sum_i weights[i] * sources[i] (check `supports` first).
 
     ctypes releases the GIL for the call, so threads may compute disjoint ranges at once.

@@ -60,10 +60,14 @@ class MergePlan:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 problems.append(f"{name} must be a number, got {value!r}")
             elif not allow_extrapolation and not 0.0 <= value <= 1.0:
-                problems.append(f"{name} = {value} is outside [0, 1] (to merge beyond the models, allow extrapolation: --allow-extrapolation)")
+                problems.append(
+                    f"{name} = {value} is outside [0, 1] (to merge beyond the models, allow extrapolation: --allow-extrapolation)"
+                )
         problems += [f"stage 1: {p}" for p in param_problems(stage1_method, stage1_params)]
         if stage2_method not in STAGE2_METHODS:
-            problems.append(f"stage 2 merges two models (stage-1 result, pretrained): use {' or '.join(STAGE2_METHODS)}, not {stage2_method!r}")
+            problems.append(
+                f"stage 2 merges two models (stage-1 result, pretrained): use {' or '.join(STAGE2_METHODS)}, not {stage2_method!r}"
+            )
         else:
             problems += [f"stage 2: {p}" for p in param_problems(stage2_method, stage2_params)]
         if problems:
@@ -83,7 +87,9 @@ class MergePlan:
             return (a * b, (1.0 - a) * b, 1.0 - b)
         return None
 
-    def merge_tensor(self, instruct: torch.Tensor, reasoning: torch.Tensor, pretrained: torch.Tensor, *, name: str = "") -> torch.Tensor:
+    def merge_tensor(
+        self, instruct: torch.Tensor, reasoning: torch.Tensor, pretrained: torch.Tensor, *, name: str = ""
+    ) -> torch.Tensor:
         """The candidate's value of one parameter, in float32, on the inputs' device.
 
         `name` seeds the per-tensor randomness of methods that take a `seed` (DARE), so
@@ -101,7 +107,12 @@ class MergePlan:
         return get_method(self.stage2.method)([mid, base], [self.beta, 1.0 - self.beta], **self.stage2.params)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"alpha": self.alpha, "beta": self.beta, "stage1": self.stage1.to_dict(), "stage2": self.stage2.to_dict()}
+        out: dict[str, Any] = {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "stage1": self.stage1.to_dict(),
+            "stage2": self.stage2.to_dict(),
+        }
         if (fused := self.fused_weights) is not None:
             out["fused_weights"] = dict(zip(ROLES, fused, strict=True))
         return out

@@ -160,7 +160,11 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
         from evals.lmeval import task_problems
 
         includes = [resolved(p) for p in lm.include_paths]
-        bad = [f"evals.lm_eval.include_paths.{i}: {p} is not a folder" for i, p in enumerate(includes) if p is not None and not Path(p).is_dir()]
+        bad = [
+            f"evals.lm_eval.include_paths.{i}: {p} is not a folder"
+            for i, p in enumerate(includes)
+            if p is not None and not Path(p).is_dir()
+        ]
         problems += bad
         if not bad and None not in includes:
             local = [p for p in includes if p is not None]
@@ -180,6 +184,8 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
 def _tokenizer_problems(tokenizer: Path) -> list[str]:
     if not tokenizer.exists():
         return [f"models.tokenizer: {tokenizer} does not exist"]
-    if tokenizer.is_dir() and not any((tokenizer / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+    if tokenizer.is_dir() and not any(
+        (tokenizer / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
         return [f"models.tokenizer: {tokenizer} holds no tokenizer files (tokenizer.json / tokenizer_config.json)"]
     return []

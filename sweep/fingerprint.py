@@ -175,7 +175,7 @@ def precheck_existing_study(spec: SweepSpec) -> None:
     from sweep.storage import connect, is_rdb
 
     url = spec.storage_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
         return
     if not is_rdb(url) and not Path(url).exists():
         return

@@ -72,7 +72,7 @@ def leases(study) -> dict[str, LeaseInfo]:
     for key, value in study.user_attrs.items():
         if key.startswith(LEASE_PREFIX) and isinstance(value, dict):
             try:
-                found[key[len(LEASE_PREFIX):]] = LeaseInfo(**value)
+                found[key[len(LEASE_PREFIX) :]] = LeaseInfo(**value)
             except TypeError:
                 continue
     return found
@@ -100,8 +100,13 @@ class Lease:
 
     def _record(self, *, ended: bool = False) -> None:
         info: dict[str, Any] = {
-            "driver": self.driver, "host": socket.gethostname(), "pid": os.getpid(),
-            "started": self.started, "heartbeat": time.time(), "ttl_s": self.ttl_s, "ended": ended,
+            "driver": self.driver,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "heartbeat": time.time(),
+            "ttl_s": self.ttl_s,
+            "ended": ended,
         }
         self.study.set_user_attr(self.key, info)
 

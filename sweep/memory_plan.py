@@ -88,15 +88,34 @@ class ModelShape:
         )
 
     @classmethod
-    def llama(cls, *, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int,
-              tie: bool = False, stored_bytes: int = 2) -> ModelShape:
+    def llama(
+        cls,
+        *,
+        layers: int,
+        hidden: int,
+        intermediate: int,
+        heads: int,
+        kv_heads: int,
+        vocab: int,
+        tie: bool = False,
+        stored_bytes: int = 2,
+    ) -> ModelShape:
         """A Llama/Qwen2-layout shape from its config numbers (for docs and what-ifs)."""
         head_dim = hidden // heads
         attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
         mlp = 3 * hidden * intermediate
         params = layers * (attn + mlp + 2 * hidden) + vocab * hidden * (1 if tie else 2) + hidden
-        return cls(params=params, stored_bytes=stored_bytes, layers=layers, hidden=hidden, intermediate=intermediate,
-                   heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab)
+        return cls(
+            params=params,
+            stored_bytes=stored_bytes,
+            layers=layers,
+            hidden=hidden,
+            intermediate=intermediate,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            vocab=vocab,
+        )
 
     @property
     def lora_params_per_rank(self) -> int:
@@ -179,9 +198,12 @@ class MemoryPlan:
 
     def table(self) -> str:
         s = self.settings
-        head = (f"  memory     per trial, {self.shape.params / 1e9:.2f}B params, {s.rollouts} rollouts x "
-                f"{s.prompt_tokens}+{s.new_tokens} tokens, micro-batch {s.micro_batch_size or s.rollouts}, update {s.update}"
-                + (f" r{s.lora_rank}" if s.update == "lora" else "") + f", generator {s.generator}")
+        head = (
+            f"  memory     per trial, {self.shape.params / 1e9:.2f}B params, {s.rollouts} rollouts x "
+            f"{s.prompt_tokens}+{s.new_tokens} tokens, micro-batch {s.micro_batch_size or s.rollouts}, update {s.update}"
+            + (f" r{s.lora_rank}" if s.update == "lora" else "")
+            + f", generator {s.generator}"
+        )
         lines = [head, f"    {'part':<14}{'GPU GB':>9}{'host GB':>9}  note"]
         for p in self.parts:
             if p.gpu or p.host:
@@ -194,9 +216,12 @@ class MemoryPlan:
 
     def refusal(self) -> str:
         s = self.settings
-        msg = (f"resources.gpu_memory_gb: the trial needs about {self.gpu_bytes / GB:.1f} GB of GPU memory, more than "
-               f"{s.gpu_memory_gb:g} GB (largest parts: "
-               + ", ".join(f"{p.name} {p.gpu / GB:.1f}" for p in sorted(self.parts, key=lambda p: -p.gpu)[:3]) + ")")
+        msg = (
+            f"resources.gpu_memory_gb: the trial needs about {self.gpu_bytes / GB:.1f} GB of GPU memory, more than "
+            f"{s.gpu_memory_gb:g} GB (largest parts: "
+            + ", ".join(f"{p.name} {p.gpu / GB:.1f}" for p in sorted(self.parts, key=lambda p: -p.gpu)[:3])
+            + ")"
+        )
         if self.fixes:
             msg += "; it would fit with: " + ", ".join(self.fixes)
         else:
@@ -215,17 +240,35 @@ def plan_parts(shape: ModelShape, s: TrialSettings) -> list[Part]:
 
     sources_on_gpu = on_gpu and s.source_device == "same"
     pinned = " pinned" if on_gpu and not sources_on_gpu else ""
-    parts = [put("sources", 3 * P * b, f"3 models{pinned}, merge.source_device {s.source_device}", gpu=sources_on_gpu),
-             put("live model", P * b, "the candidate, merge dtype")]
-    if on_gpu and not sources_on_gpu:  # one tensor's three sources on the device at a time (the embedding is the largest)
-        parts.append(put("source stream", 3 * shape.vocab * shape.hidden * b, "largest tensor x 3, during the build", phase="merge"))
+    parts = [
+        put("sources", 3 * P * b, f"3 models{pinned}, merge.source_device {s.source_device}", gpu=sources_on_gpu),
+        put("live model", P * b, "the candidate, merge dtype"),
+    ]
+    if (
+        on_gpu and not sources_on_gpu
+    ):  # one tensor's three sources on the device at a time (the embedding is the largest)
+        parts.append(
+            put(
+                "source stream",
+                3 * shape.vocab * shape.hidden * b,
+                "largest tensor x 3, during the build",
+                phase="merge",
+            )
+        )
     if s.probe:
         parts += _probe_parts(shape, s, put)
     if s.vllm:
         parts.append(_vllm_part(shape, s, put))
     if s.reward_params:
         parts.append(put("reward model", s.reward_params * b, s.reward_name))
-    parts.append(Part("runtime", GPU_RUNTIME_BYTES if on_gpu else 0, HOST_RUNTIME_BYTES, "CUDA context, process" if on_gpu else "process"))
+    parts.append(
+        Part(
+            "runtime",
+            GPU_RUNTIME_BYTES if on_gpu else 0,
+            HOST_RUNTIME_BYTES,
+            "CUDA context, process" if on_gpu else "process",
+        )
+    )
     return parts
 
 
@@ -244,8 +287,12 @@ def _probe_parts(shape: ModelShape, s: TrialSettings, put) -> list[Part]:
     parts.append(put("optimizer", trainable * 8, "Adam moments, fp32"))
     mb = s.micro_batch_size or s.rollouts
     tokens = mb * (s.prompt_tokens + s.new_tokens)
-    per_layer_token = b * (ACT_HIDDEN_FACTOR * shape.hidden + ACT_INTERMEDIATE_FACTOR * shape.intermediate) + 8 * shape.hidden
-    attn_scores = mb * shape.heads * (s.prompt_tokens + s.new_tokens) ** 2 * 4 if s.device == "cpu" else 0  # CPU SDPA saves them
+    per_layer_token = (
+        b * (ACT_HIDDEN_FACTOR * shape.hidden + ACT_INTERMEDIATE_FACTOR * shape.intermediate) + 8 * shape.hidden
+    )
+    attn_scores = (
+        mb * shape.heads * (s.prompt_tokens + s.new_tokens) ** 2 * 4 if s.device == "cpu" else 0
+    )  # CPU SDPA saves them
     if s.activation_checkpointing:
         act = tokens * shape.hidden * b * shape.layers + tokens * per_layer_token + attn_scores // max(shape.layers, 1)
         note = f"checkpointed, micro-batch {mb}"
@@ -278,7 +325,12 @@ def _vllm_part(shape: ModelShape, s: TrialSettings, put) -> Part:
             # least one max_model_len sequence or it refuses to start.
             least = weights + s.vllm_max_model_len * shape.kv_bytes_per_token(b)
             total = max(s.vllm_utilization * s.gpu_memory_gb * GB - GPU_RUNTIME_BYTES, least)
-            return Part("vllm", int(total), 0, f"gpu_memory_utilization {s.vllm_utilization:g}: weights {weights / GB:.1f} + KV cache")
+            return Part(
+                "vllm",
+                int(total),
+                0,
+                f"gpu_memory_utilization {s.vllm_utilization:g}: weights {weights / GB:.1f} + KV cache",
+            )
         seqs = min(s.vllm_max_num_seqs, max(s.rollouts, 1))
         kv = seqs * s.vllm_max_model_len * shape.kv_bytes_per_token(b)
         return Part("vllm", int(weights + kv), 0, f"weights + KV for {seqs} x {s.vllm_max_model_len} tokens")

@@ -66,7 +66,9 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize"):
-            raise ValueError(f"objective {self.metric!r}: direction must be 'maximize' or 'minimize', got {self.direction!r}")
+            raise ValueError(
+                f"objective {self.metric!r}: direction must be 'maximize' or 'minimize', got {self.direction!r}"
+            )
 
     @property
     def sign(self) -> float:
@@ -159,7 +161,9 @@ def hypervolume(values: np.ndarray, *, directions: Sequence[str], reference: Seq
     directions = list(directions)
     ref = to_losses(np.asarray(reference, dtype=float), directions)[0]
     if ref.shape[0] != len(directions) or not np.all(np.isfinite(ref)):
-        raise ValueError(f"reference point {list(reference)} must hold one finite value per objective ({len(directions)})")
+        raise ValueError(
+            f"reference point {list(reference)} must hold one finite value per objective ({len(directions)})"
+        )
     losses = to_losses(values, directions)
     losses = losses[np.all(np.isfinite(losses), axis=1) & np.all(losses < ref, axis=1)]
     if losses.shape[0] == 0:
@@ -188,7 +192,12 @@ def reference_point(values: np.ndarray, *, directions: Sequence[str], margin: fl
 
 def objective_values(trials: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
     """(n, d) float matrix of the objective columns; a missing column is all NaN."""
-    cols = [pd.to_numeric(trials[o.metric], errors="coerce") if o.metric in trials else pd.Series(np.nan, index=trials.index) for o in objectives]
+    cols = [
+        pd.to_numeric(trials[o.metric], errors="coerce")
+        if o.metric in trials
+        else pd.Series(np.nan, index=trials.index)
+        for o in objectives
+    ]
     return np.column_stack([c.to_numpy(dtype=float) for c in cols]) if cols else np.empty((len(trials), 0))
 
 
@@ -199,7 +208,11 @@ def feasible_mask(trials: pd.DataFrame, constraints: Sequence[Any] = ()) -> np.n
     every row is feasible (Optuna: a trial without constraints is feasible)."""
     from_constraints = np.ones(len(trials), dtype=bool)
     for c in constraints:
-        vals = pd.to_numeric(trials[c.metric], errors="coerce").to_numpy(dtype=float) if c.metric in trials else np.full(len(trials), np.nan)
+        vals = (
+            pd.to_numeric(trials[c.metric], errors="coerce").to_numpy(dtype=float)
+            if c.metric in trials
+            else np.full(len(trials), np.nan)
+        )
         ok = np.array([math.isfinite(v) and c.violation(float(v)) <= 0 for v in vals], dtype=bool)
         from_constraints &= ok
     if "feasible" not in trials:
@@ -240,7 +253,9 @@ def pareto_front(trials: pd.DataFrame, objectives: Sequence[Any], constraints: S
     return front.sort_values("number") if "number" in front else front
 
 
-def default_reference(trials: pd.DataFrame, objectives: Sequence[Any], *, margin: float = 0.1) -> tuple[float, ...] | None:
+def default_reference(
+    trials: pd.DataFrame, objectives: Sequence[Any], *, margin: float = 0.1
+) -> tuple[float, ...] | None:
     """`reference_point` over every COMPLETE trial with finite objectives; None if there is none."""
     objectives = as_objectives(objectives)
     values = objective_values(trials, objectives)[complete_mask(trials)]
@@ -250,14 +265,18 @@ def default_reference(trials: pd.DataFrame, objectives: Sequence[Any], *, margin
     return reference_point(values, directions=[o.direction for o in objectives], margin=margin)
 
 
-def front_hypervolume(trials: pd.DataFrame, objectives: Sequence[Any], constraints: Sequence[Any] = (), *, reference: Sequence[float]) -> float:
+def front_hypervolume(
+    trials: pd.DataFrame, objectives: Sequence[Any], constraints: Sequence[Any] = (), *, reference: Sequence[float]
+) -> float:
     """Hypervolume of the eligible trials (only the front contributes) against `reference`."""
     objectives = as_objectives(objectives)
     values = objective_values(trials, objectives)[eligible_mask(trials, objectives, constraints)]
     return hypervolume(values, directions=[o.direction for o in objectives], reference=reference)
 
 
-def hypervolume_history(trials: pd.DataFrame, objectives: Sequence[Any], constraints: Sequence[Any] = (), *, reference: Sequence[float]) -> pd.DataFrame:
+def hypervolume_history(
+    trials: pd.DataFrame, objectives: Sequence[Any], constraints: Sequence[Any] = (), *, reference: Sequence[float]
+) -> pd.DataFrame:
     """Hypervolume of the front of trials numbered <= n, for each trial number n in the table.
 
     Returns a DataFrame with columns `number` (int) and `hypervolume` (float), one row per
@@ -328,7 +347,9 @@ def _weighted(util: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     return util @ w / w.sum()
 
 
-@register_rule("knee", "the front point farthest beyond the hyperplane through the front's extreme points (normalized values)")
+@register_rule(
+    "knee", "the front point farthest beyond the hyperplane through the front's extreme points (normalized values)"
+)
 def _knee(util: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     n, d = util.shape
     # Anchors: for each objective, a front point best in it (ties: best mean of the others).
@@ -356,7 +377,9 @@ class BalancedPoint:
     rule: str
     score: float
     params: dict[str, Any] = field(default_factory=dict)  # without the "params/" prefix
-    metrics: dict[str, float | None] = field(default_factory=dict)  # every metric column of the row (None: not a number)
+    metrics: dict[str, float | None] = field(
+        default_factory=dict
+    )  # every metric column of the row (None: not a number)
     weights: dict[str, float] | None = None  # by objective metric, for the "weighted" rule
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,7 +390,9 @@ class BalancedPoint:
         return cls(**data)
 
 
-def check_rule(rule: str, weights: Mapping[str, float] | Sequence[float] | None, objectives: Sequence[Any]) -> np.ndarray | None:
+def check_rule(
+    rule: str, weights: Mapping[str, float] | Sequence[float] | None, objectives: Sequence[Any]
+) -> np.ndarray | None:
     """Validate a rule name and weights; return weights as an array ordered like `objectives`.
 
     Raises SweepError naming the problem: unknown rule, weights for an unknown metric,
@@ -384,7 +409,9 @@ def check_rule(rule: str, weights: Mapping[str, float] | Sequence[float] | None,
     if isinstance(weights, Mapping):
         unknown = [k for k in weights if k not in names]
         if unknown:
-            raise SweepError(f"weights name metrics that are not objectives: {', '.join(unknown)} (objectives: {', '.join(names)})")
+            raise SweepError(
+                f"weights name metrics that are not objectives: {', '.join(unknown)} (objectives: {', '.join(names)})"
+            )
         missing = [n for n in names if n not in weights]
         if missing:
             raise SweepError(f"weights are missing for: {', '.join(missing)}")
@@ -441,7 +468,19 @@ def balanced_point(
 NOISE_SUFFIX = "_noise"
 
 NON_METRIC_COLUMNS = frozenset(
-    {"number", "state", "error", "feasible", "constraint_violation", "duration_s", "worker", "ray_trial_id", "started_at", "finished_at", "curves"}
+    {
+        "number",
+        "state",
+        "error",
+        "feasible",
+        "constraint_violation",
+        "duration_s",
+        "worker",
+        "ray_trial_id",
+        "started_at",
+        "finished_at",
+        "curves",
+    }
 )
 
 
@@ -470,7 +509,7 @@ def _plain(value: Any) -> Any:
 
 
 def trial_params(row: pd.Series) -> dict[str, Any]:
-    return {c[len(PARAM_PREFIX):]: _plain(row[c]) for c in param_columns(row.index)}
+    return {c[len(PARAM_PREFIX) :]: _plain(row[c]) for c in param_columns(row.index)}
 
 
 def trial_metrics(row: pd.Series, columns: Iterable[str] | None = None) -> dict[str, float | None]:
@@ -555,7 +594,9 @@ def summarize(
     if reference is not None:
         ref = tuple(float(v) for v in reference)
         if len(ref) != len(objectives) or not all(math.isfinite(v) for v in ref):
-            raise SweepError(f"the hypervolume reference point needs one finite number per objective ({len(objectives)}), got {list(reference)}")
+            raise SweepError(
+                f"the hypervolume reference point needs one finite number per objective ({len(objectives)}), got {list(reference)}"
+            )
     else:
         ref = default_reference(trials, objectives)
     volume = front_hypervolume(trials, objectives, constraints, reference=ref) if ref is not None else None

@@ -40,13 +40,24 @@ class Progress:
         elif problem:
             print(line, file=self.err, flush=True)
 
-    def trial_recorded(self, number: int, *, params: dict, state: str | None, values: list | None,
-                       metrics: dict, error: str | None, requeued: bool = False) -> None:
+    def trial_recorded(
+        self,
+        number: int,
+        *,
+        params: dict,
+        state: str | None,
+        values: list | None,
+        metrics: dict,
+        error: str | None,
+        requeued: bool = False,
+    ) -> None:
         """A trial ended; `state` is what the study was told (None: kept in the spool for now)."""
         self.finished_this_run += 1
         shown = " ".join(f"{k}={v:.3f}" for k, v in params.items())
         if state == "COMPLETE" and values is not None:
-            short = ", ".join(f"{short_name(n)} {v:.3g}" for n, v in zip(self.spec.objective_names, values, strict=True))
+            short = ", ".join(
+                f"{short_name(n)} {v:.3g}" for n, v in zip(self.spec.objective_names, values, strict=True)
+            )
             broken = [str(c) for c in self.spec.constraints if (v := c.violation_in(metrics)) is None or v > 0]
             outcome = short + (f" (infeasible: {'; '.join(broken)})" if broken else "")
         elif state is None:
@@ -60,8 +71,10 @@ class Progress:
         try:
             counts = count_states(self.study)
             front = self.front()
-            status = (f"[{counts.get('COMPLETE', 0)}/{self.spec.budget.trials}] trial {number} {shown} -> {outcome}"
-                      f" | running {counts.get('RUNNING', 0)}, failed {counts.get('FAIL', 0)}, front {len(front)}{self.best(front)}")
+            status = (
+                f"[{counts.get('COMPLETE', 0)}/{self.spec.budget.trials}] trial {number} {shown} -> {outcome}"
+                f" | running {counts.get('RUNNING', 0)}, failed {counts.get('FAIL', 0)}, front {len(front)}{self.best(front)}"
+            )
         except Exception:  # noqa: BLE001 - the storage may be down: the line still says what ended
             status = f"[?/{self.spec.budget.trials}] trial {number} {shown} -> {outcome} | storage unreachable"
         self.say(f"{status} | {clock(elapsed)} elapsed, ETA {clock(eta)}", problem=state != "COMPLETE")
@@ -93,7 +106,11 @@ def clock(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class RedactFilter(logging.Filter):

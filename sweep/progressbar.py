@@ -29,8 +29,13 @@ class MergeProgressBar:
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
             self._progress = Progress(
-                "merging", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                console=Console(file=sys.stderr), transient=True,
+                "merging",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
+                transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task("merge", total=total)

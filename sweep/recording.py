@@ -57,7 +57,9 @@ def storage_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def with_retry(fn: Callable[[], Any], *, what: str, deadline_s: float = DEFAULT_RETRY_S, redact: Callable[[str], str] = str) -> Any:
+def with_retry(
+    fn: Callable[[], Any], *, what: str, deadline_s: float = DEFAULT_RETRY_S, redact: Callable[[str], str] = str
+) -> Any:
     """fn(), retried with exponential backoff (0.5 s doubling to 15 s, jittered) on storage errors."""
     errors = storage_errors()
     started = time.monotonic()
@@ -70,7 +72,13 @@ def with_retry(fn: Callable[[], Any], *, what: str, deadline_s: float = DEFAULT_
             attempt += 1
             if time.monotonic() - started + delay > deadline_s:
                 raise
-            log.warning("%s: storage unreachable (%s); retry %d in %.1f s", what, redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__), attempt, delay)
+            log.warning(
+                "%s: storage unreachable (%s); retry %d in %.1f s",
+                what,
+                redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
+                attempt,
+                delay,
+            )
             time.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 15.0)
 
@@ -111,8 +119,15 @@ def record_trial(
         attrs[ATTR_ERROR] = error or "the trial ended without a result"
         attrs[ATTR_FAILURE_KIND] = kind or "error"
     else:
-        attrs.update({ATTR_METRICS: result.metrics, ATTR_CURVES: result.curves, ATTR_TIMINGS: result.timings,
-                      ATTR_WORKER: result.worker, ATTR_NOTES: result.notes})
+        attrs.update(
+            {
+                ATTR_METRICS: result.metrics,
+                ATTR_CURVES: result.curves,
+                ATTR_TIMINGS: result.timings,
+                ATTR_WORKER: result.worker,
+                ATTR_NOTES: result.notes,
+            }
+        )
         for constraint in spec.constraints:
             violation = constraint.violation_in(result.metrics)
             constraints[str(constraint)] = MISSING_CONSTRAINT_VIOLATION if violation is None else violation
@@ -126,12 +141,19 @@ def record_trial(
 
     if frozen.state.is_finished():
         if values is None or _has_complete(study, frozen.params):
-            log.warning("trial %d was already %s in the study; its outcome here is not added again", number, frozen.state.name)
+            log.warning(
+                "trial %d was already %s in the study; its outcome here is not added again", number, frozen.state.name
+            )
             return frozen.state.name
-        log.warning("trial %d was already %s in the study; its result is added as a new trial", number, frozen.state.name)
+        log.warning(
+            "trial %d was already %s in the study; its result is added as a new trial", number, frozen.state.name
+        )
         added = optuna.trial.create_trial(
-            params=dict(frozen.params), distributions=dict(frozen.distributions) or space_distributions(spec),
-            values=values, user_attrs=attrs | {"replaces_trial": number}, constraints=constraints or None,
+            params=dict(frozen.params),
+            distributions=dict(frozen.distributions) or space_distributions(spec),
+            values=values,
+            user_attrs=attrs | {"replaces_trial": number},
+            constraints=constraints or None,
             system_attrs={DASHBOARD_CONSTRAINTS_KEY: list(constraints.values())} if constraints else None,
         )
         study.add_trial(added)
@@ -164,20 +186,37 @@ def _has_complete(study, params: dict) -> bool:
 class Recorder:
     """Spool, then tell with retries. One per run."""
 
-    def __init__(self, study, spec: SweepSpec, spool, *, redact: Callable[[str], str] = str, retry_s: float = DEFAULT_RETRY_S):
+    def __init__(
+        self, study, spec: SweepSpec, spool, *, redact: Callable[[str], str] = str, retry_s: float = DEFAULT_RETRY_S
+    ):
         self.study = study
         self.spec = spec
         self.spool = spool
         self.redact = redact
         self.retry_s = retry_s
 
-    def record(self, *, number: int, params: dict, result: TrialResult | None, error: str | None,
-               ray_trial_id: str | None, kind: str | None = None, retries: list[str] | None = None,
-               recipe: dict | None = None) -> str | None:
+    def record(
+        self,
+        *,
+        number: int,
+        params: dict,
+        result: TrialResult | None,
+        error: str | None,
+        ray_trial_id: str | None,
+        kind: str | None = None,
+        retries: list[str] | None = None,
+        recipe: dict | None = None,
+    ) -> str | None:
         """The state told (COMPLETE / FAIL), or None when the storage stayed unreachable (kept in the spool)."""
         entry = {
-            "trial_number": number, "params": params, "result": result.to_dict() if result else None,
-            "error": error, "ray_trial_id": ray_trial_id, "kind": kind, "retries": retries or [], "recipe": recipe,
+            "trial_number": number,
+            "params": params,
+            "result": result.to_dict() if result else None,
+            "error": error,
+            "ray_trial_id": ray_trial_id,
+            "kind": kind,
+            "retries": retries or [],
+            "recipe": recipe,
         }
         key = self.spool.add(entry)
         return self._send(key, entry)
@@ -187,15 +226,27 @@ class Recorder:
         try:
             state = with_retry(
                 lambda: record_trial(
-                    self.study, int(entry["trial_number"]), self.spec, result, error=entry.get("error"),
-                    ray_trial_id=entry.get("ray_trial_id"), kind=entry.get("kind"), retries=entry.get("retries"),
+                    self.study,
+                    int(entry["trial_number"]),
+                    self.spec,
+                    result,
+                    error=entry.get("error"),
+                    ray_trial_id=entry.get("ray_trial_id"),
+                    kind=entry.get("kind"),
+                    retries=entry.get("retries"),
                     recipe=entry.get("recipe"),
                 ),
-                what=f"recording trial {entry['trial_number']}", deadline_s=self.retry_s, redact=self.redact,
+                what=f"recording trial {entry['trial_number']}",
+                deadline_s=self.retry_s,
+                redact=self.redact,
             )
         except storage_errors() as exc:
-            log.error("trial %s: the storage stayed unreachable; its outcome is kept in %s and sent by the next run (%s)",
-                      entry["trial_number"], self.spool.path, self.redact(str(exc).splitlines()[0] if str(exc) else ""))
+            log.error(
+                "trial %s: the storage stayed unreachable; its outcome is kept in %s and sent by the next run (%s)",
+                entry["trial_number"],
+                self.spool.path,
+                self.redact(str(exc).splitlines()[0] if str(exc) else ""),
+            )
             return None
         self.spool.done(key)
         return state

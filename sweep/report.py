@@ -86,15 +86,34 @@ def write_report(
     trials = trials.sort_values("number").reset_index(drop=True)
     front = pareto_mask(trials, objectives, constraints)
     eligible = eligible_mask(trials, objectives, constraints)
-    history = hypervolume_history(trials, objectives, constraints, reference=summary.reference) if summary.reference is not None else None
+    history = (
+        hypervolume_history(trials, objectives, constraints, reference=summary.reference)
+        if summary.reference is not None
+        else None
+    )
 
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     html_text = render_html(
-        trials, objectives=objectives, constraints=constraints, spec_name=spec_name, summary=summary,
-        front=front, eligible=eligible, history=history, heldout=heldout,
+        trials,
+        objectives=objectives,
+        constraints=constraints,
+        spec_name=spec_name,
+        summary=summary,
+        front=front,
+        eligible=eligible,
+        history=history,
+        heldout=heldout,
     )
-    md_text = render_markdown(trials, objectives=objectives, constraints=constraints, spec_name=spec_name, summary=summary, front=front, heldout=heldout)
+    md_text = render_markdown(
+        trials,
+        objectives=objectives,
+        constraints=constraints,
+        spec_name=spec_name,
+        summary=summary,
+        front=front,
+        heldout=heldout,
+    )
     html_path, md_path = study_dir / HTML_NAME, study_dir / MARKDOWN_NAME
     _write_atomic(html_path, html_text)
     _write_atomic(md_path, md_text)
@@ -109,7 +128,9 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
     path = Path(study_dir) / TRIALS_FILE
     if not path.is_file():
         hint = " (it is a file; give the study's results folder)" if Path(study_dir).is_file() else ""
-        raise SweepError(f"no trials table at {path}{hint}: run `python -m sweep run SPEC` first, or give results/<study name>")
+        raise SweepError(
+            f"no trials table at {path}{hint}: run `python -m sweep run SPEC` first, or give results/<study name>"
+        )
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
@@ -123,7 +144,9 @@ def report_options(spec: Any) -> dict[str, Any]:
     section = getattr(spec, "report", None)
     reference = getattr(section, "reference", None)
     if reference is not None and len(reference) != len(spec.objectives):
-        raise SweepError(f"report.reference needs one value per objective ({len(spec.objectives)}), got {list(reference)}")
+        raise SweepError(
+            f"report.reference needs one value per objective ({len(spec.objectives)}), got {list(reference)}"
+        )
     return {
         "balanced_rule": getattr(section, "balanced_rule", "maximin"),
         "weights": getattr(section, "weights", None),
@@ -136,8 +159,13 @@ def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = N
     the spec's objectives, constraints and report options. Returns (report.html, report.md)."""
     trials = load_trials(study_dir)
     return write_report(
-        Path(study_dir), trials=trials, objectives=spec.objectives, constraints=spec.constraints,
-        spec_name=spec.name, heldout=heldout, **report_options(spec),
+        Path(study_dir),
+        trials=trials,
+        objectives=spec.objectives,
+        constraints=spec.constraints,
+        spec_name=spec.name,
+        heldout=heldout,
+        **report_options(spec),
     )
 
 
@@ -218,27 +246,54 @@ def render_html(
     balanced_number = summary.balanced.number if summary.balanced else None
     parts: list[str] = []
     parts.append(f"<h1>Sweep report: {esc(spec_name)}</h1>")
-    parts.append(f'<p class="muted">Generated {esc(_dt.datetime.now().isoformat(timespec="seconds"))} by sweep report.</p>')
+    parts.append(
+        f'<p class="muted">Generated {esc(_dt.datetime.now().isoformat(timespec="seconds"))} by sweep report.</p>'
+    )
     parts.append(_html_summary(trials, objectives, constraints, summary))
     if heldout is not None:
         parts.append("<h2>Held-out scores</h2>")
-        parts.append('<p class="muted">Search scores steered the search; held-out scores come from the report tasks, never seen by it.</p>')
+        parts.append(
+            '<p class="muted">Search scores steered the search; held-out scores come from the report tasks, never seen by it.</p>'
+        )
         parts.append(_html_heldout(trials, objectives, heldout, front, balanced_number))
 
     figures: list[tuple[str, str, Any]] = []  # (section title, div id, figure or None)
     if len(trials):
-        figures.append(("Pareto front", "fig-pareto", pareto_figure(trials, objectives, eligible=eligible, front=front, balanced=balanced_number)))
+        figures.append(
+            (
+                "Pareto front",
+                "fig-pareto",
+                pareto_figure(trials, objectives, eligible=eligible, front=front, balanced=balanced_number),
+            )
+        )
     parts.append("<h2>Pareto front</h2>")
     parts.append(_fig_html(figures[0][2], "fig-pareto") if figures else '<p class="muted">No trials yet.</p>')
-    parts.append('<p class="muted">Hover a point for its alpha, beta and every metric. Red: Pareto front; star: balanced point; blue: dominated; grey x: infeasible.</p>')
+    parts.append(
+        '<p class="muted">Hover a point for its alpha, beta and every metric. Red: Pareto front; star: balanced point; blue: dominated; grey x: infeasible.</p>'
+    )
 
     parts.append("<h2>Objectives over alpha and beta</h2>")
-    parts.append('<p class="muted">Each trial at its (alpha, beta), coloured by one objective; yellow is better, Pareto-front points are ringed red.</p>')
-    maps = [_fig_html(objective_map_figure(trials, o, front=front), f"fig-map-{k}", responsive=False) for k, o in enumerate(objectives)] if len(trials) else []
-    parts.append('<div class="maps">' + "".join(f"<div>{m}</div>" for m in maps) + "</div>" if maps else '<p class="muted">No trials yet.</p>')
+    parts.append(
+        '<p class="muted">Each trial at its (alpha, beta), coloured by one objective; yellow is better, Pareto-front points are ringed red.</p>'
+    )
+    maps = (
+        [
+            _fig_html(objective_map_figure(trials, o, front=front), f"fig-map-{k}", responsive=False)
+            for k, o in enumerate(objectives)
+        ]
+        if len(trials)
+        else []
+    )
+    parts.append(
+        '<div class="maps">' + "".join(f"<div>{m}</div>" for m in maps) + "</div>"
+        if maps
+        else '<p class="muted">No trials yet.</p>'
+    )
 
     parts.append("<h2>Probe curves: front against the extremes</h2>")
-    parts.append('<p class="muted">Solid: Pareto-front trials. Dashed grey: the completed trials with the smallest and largest alpha.</p>')
+    parts.append(
+        '<p class="muted">Solid: Pareto-front trials. Dashed grey: the completed trials with the smallest and largest alpha.</p>'
+    )
     any_curve = False
     for key, title, y_title, div in (
         (LENGTH_CURVE, "Mean response length per probe step", "tokens", "fig-length"),
@@ -261,7 +316,7 @@ def render_html(
     parts.append(_html_trials_table(trials, objectives, front, balanced_number))
 
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>Sweep report: {esc(spec_name)}</title>\n<style>{_CSS}</style>\n"
         f'<script type="text/javascript">{get_plotlyjs()}</script>\n'
         "</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n"
@@ -269,10 +324,14 @@ def render_html(
 
 
 def _fig_html(fig, div_id: str, *, responsive: bool = True) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG | {"responsive": responsive})
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG | {"responsive": responsive}
+    )
 
 
-def _html_summary(trials: pd.DataFrame, objectives: Sequence[Objective], constraints: Sequence[Any], summary: ParetoSummary) -> str:
+def _html_summary(
+    trials: pd.DataFrame, objectives: Sequence[Objective], constraints: Sequence[Any], summary: ParetoSummary
+) -> str:
     counts = _counts(trials)
     other = counts["RUNNING"] + counts["PRUNED"]
     lines = [
@@ -286,7 +345,9 @@ def _html_summary(trials: pd.DataFrame, objectives: Sequence[Objective], constra
         lines.append("<p><b>Constraints:</b> " + "; ".join(_constraint_text(c) for c in constraints) + "</p>")
     if summary.hypervolume is not None and summary.reference is not None:  # a volume always has its reference
         ref = ", ".join(fmt(v) for v in summary.reference)
-        lines.append(f"<p><b>Hypervolume:</b> {fmt(summary.hypervolume)} (reference point {esc(ref)}, in objective order)</p>")
+        lines.append(
+            f"<p><b>Hypervolume:</b> {fmt(summary.hypervolume)} (reference point {esc(ref)}, in objective order)</p>"
+        )
     missing = _missing_objectives(trials, objectives)
     if missing and len(trials):
         lines.append("<p><b>No values recorded for:</b> " + ", ".join(esc(m) for m in missing) + "</p>")
@@ -294,10 +355,22 @@ def _html_summary(trials: pd.DataFrame, objectives: Sequence[Objective], constra
     if point is None:
         lines.append("<p><b>Balanced point:</b> none (no completed, feasible trial yet).</p>")
     else:
-        lines.append(f"<p><b>Balanced point: trial {point.number}</b> (rule {_rule_text(summary, esc)}; score {fmt(point.score)})</p>")
+        lines.append(
+            f"<p><b>Balanced point: trial {point.number}</b> (rule {_rule_text(summary, esc)}; score {fmt(point.score)})</p>"
+        )
         cells = [(f"{esc(k)}", fmt(v)) for k, v in point.params.items()]
-        cells += [(f"{esc(k)}", fmt(v)) for k, v in point.metrics.items() if v is not None or k in {o.metric for o in objectives}]
-        lines.append('<table id="balanced"><tr>' + "".join(f'<th class="text">{k}</th>' for k, _ in cells) + "</tr><tr>" + "".join(f"<td>{v}</td>" for _, v in cells) + "</tr></table>")
+        cells += [
+            (f"{esc(k)}", fmt(v))
+            for k, v in point.metrics.items()
+            if v is not None or k in {o.metric for o in objectives}
+        ]
+        lines.append(
+            '<table id="balanced"><tr>'
+            + "".join(f'<th class="text">{k}</th>' for k, _ in cells)
+            + "</tr><tr>"
+            + "".join(f"<td>{v}</td>" for _, v in cells)
+            + "</tr></table>"
+        )
     lines.append("</div>")
     return "\n".join(lines)
 
@@ -307,7 +380,13 @@ def _constraint_text(constraint: Any, escape=esc) -> str:
     return f"{escape(constraint.metric)} {escape(constraint.op)} {fmt(constraint.value)}"
 
 
-def _html_heldout(trials: pd.DataFrame, objectives: Sequence[Objective], heldout: pd.DataFrame, front: np.ndarray, balanced: int | None) -> str:
+def _html_heldout(
+    trials: pd.DataFrame,
+    objectives: Sequence[Objective],
+    heldout: pd.DataFrame,
+    front: np.ndarray,
+    balanced: int | None,
+) -> str:
     held_cols = [c for c in heldout.columns if c != "number"]
     search_cols = [o.metric for o in objectives if o.metric in trials]
     by_number = trials.set_index("number")
@@ -323,14 +402,20 @@ def _html_heldout(trials: pd.DataFrame, objectives: Sequence[Objective], heldout
         number = int(h["number"])
         t = by_number.loc[number] if number in by_number.index else None
         cls = "balanced" if number == balanced else "front" if number in front_numbers else ""
-        cells = [str(number), fmt(t.get("params/alpha") if t is not None else None), fmt(t.get("params/beta") if t is not None else None)]
+        cells = [
+            str(number),
+            fmt(t.get("params/alpha") if t is not None else None),
+            fmt(t.get("params/beta") if t is not None else None),
+        ]
         cells += [fmt(t.get(c)) if t is not None else "–" for c in search_cols]
         cells += [fmt(h[c]) for c in held_cols]
         rows.append(f'<tr class="{cls}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return head + "".join(rows) + "</table></div>"
 
 
-def _html_trials_table(trials: pd.DataFrame, objectives: Sequence[Objective], front: np.ndarray, balanced: int | None) -> str:
+def _html_trials_table(
+    trials: pd.DataFrame, objectives: Sequence[Objective], front: np.ndarray, balanced: int | None
+) -> str:
     if not len(trials):
         return '<p class="muted">No trials yet.</p>'
     params = param_columns(trials.columns)
@@ -349,7 +434,9 @@ def _html_trials_table(trials: pd.DataFrame, objectives: Sequence[Objective], fr
         cls = "balanced" if number == balanced else "front" if front[pos] else ""
         feasible = row.get("feasible")
         cells = [f"<td>{number}</td>", f'<td class="text">{esc(row.get("state", ""))}</td>']
-        cells.append(f"<td>{fmt(bool(feasible)) if feasible is not None and not (isinstance(feasible, float) and np.isnan(feasible)) else '–'}</td>")
+        cells.append(
+            f"<td>{fmt(bool(feasible)) if feasible is not None and not (isinstance(feasible, float) and np.isnan(feasible)) else '–'}</td>"
+        )
         cells.append(f"<td>{'★' if number == balanced else '●' if front[pos] else ''}</td>")
         cells += [f"<td>{fmt(row[c])}</td>" for c in params + metrics]
         cells += [f"<td>{esc(row[c]) if c == 'worker' and row[c] is not None else fmt(row[c])}</td>" for c in extra]
@@ -398,7 +485,9 @@ def render_markdown(
     if constraints:
         out.append("- **Constraints:** " + "; ".join(_constraint_text(c, md_escape) for c in constraints))
     if summary.hypervolume is not None and summary.reference is not None:  # a volume always has its reference
-        out.append(f"- **Hypervolume:** {fmt(summary.hypervolume)} (reference point {', '.join(fmt(v) for v in summary.reference)}, in objective order)")
+        out.append(
+            f"- **Hypervolume:** {fmt(summary.hypervolume)} (reference point {', '.join(fmt(v) for v in summary.reference)}, in objective order)"
+        )
     point = summary.balanced
     if point is None:
         out.append("- **Balanced point:** none (no completed, feasible trial yet)")
@@ -414,13 +503,23 @@ def render_markdown(
     if summary.front_numbers:
         param_cols = param_columns(trials.columns)
         cols = [o.metric for o in objectives]
-        header = ["trial"] + [md_escape(c.split("/", 1)[1]) for c in param_cols] + [md_escape(c) for c in cols] + ["balanced"]
+        header = (
+            ["trial"]
+            + [md_escape(c.split("/", 1)[1]) for c in param_cols]
+            + [md_escape(c) for c in cols]
+            + ["balanced"]
+        )
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join("---:" for _ in header) + "|")
         balanced = point.number if point else None
         for _, row in trials[front].sort_values("number").iterrows():
             number = int(row["number"])
-            cells = [str(number)] + [fmt(row[c]) for c in param_cols] + [fmt(row.get(c)) for c in cols] + ["yes" if number == balanced else ""]
+            cells = (
+                [str(number)]
+                + [fmt(row[c]) for c in param_cols]
+                + [fmt(row.get(c)) for c in cols]
+                + ["yes" if number == balanced else ""]
+            )
             out.append("| " + " | ".join(cells) + " |")
     else:
         out.append("No completed, feasible trial yet.")
@@ -432,13 +531,21 @@ def render_markdown(
         by_number = trials.set_index("number")
         out.append("## Held-out scores")
         out.append("")
-        header = ["trial"] + [f"search: {md_escape(c)}" for c in search_cols] + [f"held-out: {md_escape(c)}" for c in held_cols]
+        header = (
+            ["trial"]
+            + [f"search: {md_escape(c)}" for c in search_cols]
+            + [f"held-out: {md_escape(c)}" for c in held_cols]
+        )
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join("---:" for _ in header) + "|")
         for _, h in heldout.sort_values("number").iterrows():
             number = int(h["number"])
             t = by_number.loc[number] if number in by_number.index else None
-            cells = [str(number)] + [fmt(t.get(c)) if t is not None else "–" for c in search_cols] + [fmt(h[c]) for c in held_cols]
+            cells = (
+                [str(number)]
+                + [fmt(t.get(c)) if t is not None else "–" for c in search_cols]
+                + [fmt(h[c]) for c in held_cols]
+            )
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
 

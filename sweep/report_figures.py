@@ -35,6 +35,7 @@ def noise_values(trials: pd.DataFrame, objective: Objective) -> np.ndarray | Non
         return None
     return pd.to_numeric(trials[column], errors="coerce").to_numpy(dtype=float)
 
+
 FRONT_COLOUR = "#d62728"
 BALANCED_COLOUR = "#ffbf00"
 DOMINATED_COLOUR = "#1f77b4"
@@ -88,7 +89,11 @@ def _numeric(value: Any) -> bool:
 
 def _groups(trials: pd.DataFrame, values: np.ndarray, eligible: np.ndarray, front: np.ndarray, balanced: int | None):
     """(name, row mask, marker) for the scatter groups, drawn in this order."""
-    complete = trials["state"].astype(str).str.upper().eq("COMPLETE").to_numpy() if "state" in trials else np.ones(len(trials), bool)
+    complete = (
+        trials["state"].astype(str).str.upper().eq("COMPLETE").to_numpy()
+        if "state" in trials
+        else np.ones(len(trials), bool)
+    )
     finite = np.all(np.isfinite(values), axis=1)
     infeasible = complete & finite & ~eligible
     dominated = eligible & ~front
@@ -97,7 +102,11 @@ def _groups(trials: pd.DataFrame, values: np.ndarray, eligible: np.ndarray, fron
         ("infeasible", infeasible, dict(color=INFEASIBLE_COLOUR, symbol="x", size=8)),
         ("dominated", dominated, dict(color=DOMINATED_COLOUR, size=8, opacity=0.7)),
         ("Pareto front", front, dict(color=FRONT_COLOUR, size=11, line=dict(color="black", width=1))),
-        ("balanced point", is_balanced, dict(color=BALANCED_COLOUR, symbol="star", size=20, line=dict(color="black", width=1.5))),
+        (
+            "balanced point",
+            is_balanced,
+            dict(color=BALANCED_COLOUR, symbol="star", size=20, line=dict(color="black", width=1.5)),
+        ),
     ]
 
 
@@ -106,14 +115,27 @@ def _axis_title(objective: Objective) -> str:
     return f"{label(objective.metric)} {arrow}"
 
 
-def pareto_figure(trials: pd.DataFrame, objectives: Sequence[Objective], *, eligible: np.ndarray, front: np.ndarray, balanced: int | None):
+def pareto_figure(
+    trials: pd.DataFrame,
+    objectives: Sequence[Objective],
+    *,
+    eligible: np.ndarray,
+    front: np.ndarray,
+    balanced: int | None,
+):
     """The front against the other trials. 1 objective: value by trial number; 2: one
     scatter; 3 or more: a grid with one scatter per pair of objectives."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     values = objective_values(trials, objectives)
-    texts = np.array([hover_text(row, trials.columns, "" if ok else "infeasible") for (_, row), ok in zip(trials.iterrows(), eligible, strict=True)], dtype=object)
+    texts = np.array(
+        [
+            hover_text(row, trials.columns, "" if ok else "infeasible")
+            for (_, row), ok in zip(trials.iterrows(), eligible, strict=True)
+        ],
+        dtype=object,
+    )
     groups = _groups(trials, values, eligible, front, balanced)
     noise = [noise_values(trials, o) for o in objectives]
 
@@ -129,8 +151,21 @@ def pareto_figure(trials: pd.DataFrame, objectives: Sequence[Objective], *, elig
         numbers = trials["number"].to_numpy()
         fig = go.Figure()
         for name, mask, marker in groups:
-            fig.add_trace(go.Scatter(x=numbers[mask], y=values[mask, 0], mode="markers", name=name, marker=marker, text=texts[mask], hovertemplate="%{text}<extra></extra>", error_y=bars(0, mask)))
-        fig.update_layout(title="Objective by trial", xaxis_title="trial number", yaxis_title=_axis_title(objectives[0]), **LAYOUT)
+            fig.add_trace(
+                go.Scatter(
+                    x=numbers[mask],
+                    y=values[mask, 0],
+                    mode="markers",
+                    name=name,
+                    marker=marker,
+                    text=texts[mask],
+                    hovertemplate="%{text}<extra></extra>",
+                    error_y=bars(0, mask),
+                )
+            )
+        fig.update_layout(
+            title="Objective by trial", xaxis_title="trial number", yaxis_title=_axis_title(objectives[0]), **LAYOUT
+        )
         return fig
 
     pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
@@ -142,15 +177,35 @@ def pareto_figure(trials: pd.DataFrame, objectives: Sequence[Objective], *, elig
         for name, mask, marker in groups:
             fig.add_trace(
                 go.Scatter(
-                    x=values[mask, i], y=values[mask, j], mode="markers", name=name, legendgroup=name, showlegend=k == 0,
-                    marker=marker, text=texts[mask], hovertemplate="%{text}<extra></extra>",
-                    error_x=bars(i, mask), error_y=bars(j, mask),
+                    x=values[mask, i],
+                    y=values[mask, j],
+                    mode="markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=k == 0,
+                    marker=marker,
+                    text=texts[mask],
+                    hovertemplate="%{text}<extra></extra>",
+                    error_x=bars(i, mask),
+                    error_y=bars(j, mask),
                 ),
-                row=r, col=c,
+                row=r,
+                col=c,
             )
         if len(objectives) == 2 and front.any():  # the staircase through the front, by the first objective
             order = np.argsort(values[front, i])
-            fig.add_trace(go.Scatter(x=values[front, i][order], y=values[front, j][order], mode="lines", line=dict(color=FRONT_COLOUR, dash="dot"), hoverinfo="skip", showlegend=False), row=r, col=c)
+            fig.add_trace(
+                go.Scatter(
+                    x=values[front, i][order],
+                    y=values[front, j][order],
+                    mode="lines",
+                    line=dict(color=FRONT_COLOUR, dash="dot"),
+                    hoverinfo="skip",
+                    showlegend=False,
+                ),
+                row=r,
+                col=c,
+            )
         fig.update_xaxes(title_text=_axis_title(objectives[i]), row=r, col=c)
         fig.update_yaxes(title_text=_axis_title(objectives[j]), row=r, col=c)
     layout = dict(LAYOUT)
@@ -164,18 +219,33 @@ def objective_map_figure(trials: pd.DataFrame, objective: Objective, *, front: n
     import plotly.graph_objects as go
 
     values = objective_values(trials, [objective])[:, 0]
-    alpha = pd.to_numeric(trials.get("params/alpha", pd.Series(np.nan, index=trials.index)), errors="coerce").to_numpy(dtype=float)
-    beta = pd.to_numeric(trials.get("params/beta", pd.Series(np.nan, index=trials.index)), errors="coerce").to_numpy(dtype=float)
+    alpha = pd.to_numeric(trials.get("params/alpha", pd.Series(np.nan, index=trials.index)), errors="coerce").to_numpy(
+        dtype=float
+    )
+    beta = pd.to_numeric(trials.get("params/beta", pd.Series(np.nan, index=trials.index)), errors="coerce").to_numpy(
+        dtype=float
+    )
     shown = np.isfinite(values) & np.isfinite(alpha) & np.isfinite(beta)
     texts = np.array([hover_text(row, trials.columns) for _, row in trials.iterrows()], dtype=object)
     scale = "Viridis" if objective.direction == "maximize" else "Viridis_r"
     fig = go.Figure(
         go.Scatter(
-            x=alpha[shown], y=beta[shown], mode="markers", text=texts[shown], hovertemplate="%{text}<extra></extra>", showlegend=False,
+            x=alpha[shown],
+            y=beta[shown],
+            mode="markers",
+            text=texts[shown],
+            hovertemplate="%{text}<extra></extra>",
+            showlegend=False,
             marker=dict(
-                color=values[shown], colorscale=scale, size=np.where(front[shown], 16, 11), showscale=True,
+                color=values[shown],
+                colorscale=scale,
+                size=np.where(front[shown], 16, 11),
+                showscale=True,
                 colorbar=dict(title=dict(text="value", side="right"), thickness=12),
-                line=dict(color=np.where(front[shown], FRONT_COLOUR, "white").tolist(), width=np.where(front[shown], 3, 1).tolist()),
+                line=dict(
+                    color=np.where(front[shown], FRONT_COLOUR, "white").tolist(),
+                    width=np.where(front[shown], 3, 1).tolist(),
+                ),
             ),
         )
     )
@@ -183,7 +253,12 @@ def objective_map_figure(trials: pd.DataFrame, objective: Objective, *, front: n
     # Fixed size: maps sit side by side, and a responsive plot measured before the row
     # is laid out comes out clipped.
     layout.update(width=600, height=420, margin=dict(l=60, r=20, t=70, b=50), autosize=False)
-    fig.update_layout(title=dict(text=_axis_title(objective), font=dict(size=13)), xaxis_title="alpha (instruct share)", yaxis_title="beta (stage-1 share)", **layout)
+    fig.update_layout(
+        title=dict(text=_axis_title(objective), font=dict(size=13)),
+        xaxis_title="alpha (instruct share)",
+        yaxis_title="beta (stage-1 share)",
+        **layout,
+    )
     return fig
 
 
@@ -194,10 +269,17 @@ def curve_traces(trials: pd.DataFrame, *, front: np.ndarray) -> list[tuple[int, 
     for front_pos in np.flatnonzero(front):
         chosen[int(front_pos)] = (f"front: trial {int(trials['number'].iloc[front_pos])}", True)
     if "params/alpha" in trials:
-        complete = trials["state"].astype(str).str.upper().eq("COMPLETE") if "state" in trials else pd.Series(True, index=trials.index)
+        complete = (
+            trials["state"].astype(str).str.upper().eq("COMPLETE")
+            if "state" in trials
+            else pd.Series(True, index=trials.index)
+        )
         alpha = pd.to_numeric(trials["params/alpha"], errors="coerce").where(complete.to_numpy())
         if alpha.notna().any():
-            for which, pos in (("min", int(np.nanargmin(alpha.to_numpy()))), ("max", int(np.nanargmax(alpha.to_numpy())))):
+            for which, pos in (
+                ("min", int(np.nanargmin(alpha.to_numpy()))),
+                ("max", int(np.nanargmax(alpha.to_numpy()))),
+            ):
                 number = int(trials["number"].iloc[pos])
                 name = f"{which} alpha ({fmt(alpha.iloc[pos])}): trial {number}"
                 if pos in chosen:
@@ -229,8 +311,16 @@ def curve_figure(trials: pd.DataFrame, *, key: str, title: str, y_title: str, fr
         error_y = dict(type="data", array=band, visible=True, thickness=1, width=2) if len(band) == len(ys) else None
         fig.add_trace(
             go.Scatter(
-                x=list(range(len(ys))), y=ys, mode="lines+markers", name=name, error_y=error_y,
-                line=dict(dash="solid" if is_front else "dash", width=2 if is_front else 1.5, **({} if is_front else {"color": EXTREME_COLOUR})),
+                x=list(range(len(ys))),
+                y=ys,
+                mode="lines+markers",
+                name=name,
+                error_y=error_y,
+                line=dict(
+                    dash="solid" if is_front else "dash",
+                    width=2 if is_front else 1.5,
+                    **({} if is_front else {"color": EXTREME_COLOUR}),
+                ),
                 marker=dict(size=4),
                 hovertemplate=f"trial {int(row['number'])}<br>step %{{x}}<br>{label(key)} = %{{y:.4g}}<extra></extra>",
             )
@@ -249,10 +339,19 @@ def hypervolume_figure(history: pd.DataFrame, *, reference: Sequence[float] | No
 
     fig = go.Figure(
         go.Scatter(
-            x=history["number"], y=history["hypervolume"], mode="lines+markers", line_shape="hv", name="hypervolume",
+            x=history["number"],
+            y=history["hypervolume"],
+            mode="lines+markers",
+            line_shape="hv",
+            name="hypervolume",
             hovertemplate="after trial %{x}<br>hypervolume %{y:.4g}<extra></extra>",
         )
     )
     ref = ", ".join(fmt(v) for v in reference) if reference is not None else "none"
-    fig.update_layout(title=f"Hypervolume history (reference point {label(ref)})", xaxis_title="trial number", yaxis_title="hypervolume", **LAYOUT)
+    fig.update_layout(
+        title=f"Hypervolume history (reference point {label(ref)})",
+        xaxis_title="trial number",
+        yaxis_title="hypervolume",
+        **LAYOUT,
+    )
     return fig

@@ -45,7 +45,9 @@ def rescore_front(spec: SweepSpec, trials, *, say: Callable[[str], None] = print
         build_candidate(trial_spec(spec, trials, int(row["number"])), params, model=model, sources=sources)
         scores = runner.evaluate(model, tokenizer)
         rows.append({"number": int(row["number"])} | {s.name: s.value for s in scores})
-        say(f"re-scored {i}/{len(front)}: trial {int(row['number'])} on {', '.join(lm.report_tasks)} ({time.perf_counter() - started:.0f} s)")
+        say(
+            f"re-scored {i}/{len(front)}: trial {int(row['number'])} on {', '.join(lm.report_tasks)} ({time.perf_counter() - started:.0f} s)"
+        )
     return pd.DataFrame(rows)
 
 

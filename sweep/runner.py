@@ -159,8 +159,12 @@ def _trainable(config: dict, spec_json: str, trial_fn: TrialFn | None = None) ->
             if isinstance(exc, deterministic) or attempt == spec.budget.max_failures:
                 if retries:
                     text += f" (after {len(retries)} retr{'y' if len(retries) == 1 else 'ies'})"
-                report = {"error": text[:4000], "retries": retries, "traceback": traceback.format_exc()[-8000:],
-                          "kind": "error"}
+                report = {
+                    "error": text[:4000],
+                    "retries": retries,
+                    "traceback": traceback.format_exc()[-8000:],
+                    "kind": "error",
+                }
                 break
             retries.append(text[:2000])
     tune.report({RESULT_KEY: json.dumps(report, allow_nan=False, default=float)})
@@ -195,8 +199,15 @@ def run_sweep(
     precheck_existing_study(spec)  # a changed spec is refused before Ray starts
     try:
         with quiet_console(quiet) as (out, err):
-            return _run_with_ray(spec, address=address, quiet=quiet, trial_fn=trial_fn,
-                                 stream=stream if not quiet else out, err=err, started=started)
+            return _run_with_ray(
+                spec,
+                address=address,
+                quiet=quiet,
+                trial_fn=trial_fn,
+                stream=stream if not quiet else out,
+                err=err,
+                started=started,
+            )
     finally:
         move_console_log(spec.study_dir / "sweep.log")
 
@@ -274,7 +285,9 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
     recorder = Recorder(study, spec, Spool(spec.study_dir), redact=lambda text: redact(text, secrets))
     replayed = recorder.replay()  # results an earlier run finished but could not tell the study
     if replayed:
-        progress.say(f"sent {len(replayed)} result(s) an earlier run had kept in its spool: trials {replayed}", problem=True)
+        progress.say(
+            f"sent {len(replayed)} result(s) an earlier run had kept in its spool: trials {replayed}", problem=True
+        )
 
     lease = Lease(study).start()
     signalled: list[int] = []
@@ -287,7 +300,9 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         trials_so_far = len(study.get_trials(deepcopy=False))
         # Another driver is running this study: a seed of our own, or both propose the same points.
         salt = (int(lease.driver.encode().hex()[-12:], 16) % 1_000_003) if others else 0
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, trials_so_far=trials_so_far, salt=salt))
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=make_sampler(spec, trials_so_far=trials_so_far, salt=salt)
+        )
         recorder.study = progress.study = study
         is_orphan = _is_orphan_fn(study, lease.driver, grace_s=lease.ttl_s)
         limit = spec.budget.point_failure_limit
@@ -298,21 +313,41 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
 
             enqueue_points(study, warm_start_points(spec), failure_limit=limit)
         if recovered:
-            progress.say(f"marked {len(recovered)} trial(s) orphaned by an earlier driver FAIL and queued their params again: {recovered}", problem=True)
+            progress.say(
+                f"marked {len(recovered)} trial(s) orphaned by an earlier driver FAIL and queued their params again: {recovered}",
+                problem=True,
+            )
         complete = count_states(study).get("COMPLETE", 0)
         launch = spec.budget.trials - complete
         _write_table(study, spec)
         if launch <= 0:
-            progress.say(f"study '{spec.name}' already has {complete} complete trials (budget {spec.budget.trials}): nothing to run")
+            progress.say(
+                f"study '{spec.name}' already has {complete} complete trials (budget {spec.budget.trials}): nothing to run"
+            )
             clean = True
-            return RunSummary(spec.study_dir, spec.budget.trials, complete, 0, 0, recovered, time.monotonic() - started, _front(study))
+            return RunSummary(
+                spec.study_dir, spec.budget.trials, complete, 0, 0, recovered, time.monotonic() - started, _front(study)
+            )
         progress.launched = launch
         progress.say(
             f"sweep '{spec.name}': {complete} complete, launching up to {launch} trial(s), {spec.budget.concurrent} at a time "
             f"(sampler {spec.sampler.name}, storage {display}"
-            + (f", {len(others)} other driver(s) on this study" if others else "") + ")"
+            + (f", {len(others)} other driver(s) on this study" if others else "")
+            + ")"
         )
-        searcher = _fit(spec, study, space_distributions(spec), lease.driver, recorder, launch, is_orphan, progress, trial_fn, trial_recipe, signalled)
+        searcher = _fit(
+            spec,
+            study,
+            space_distributions(spec),
+            lease.driver,
+            recorder,
+            launch,
+            is_orphan,
+            progress,
+            trial_fn,
+            trial_recipe,
+            signalled,
+        )
         recovered += searcher.recovered
         grid_exhausted = searcher.grid_exhausted
         failed = progress.failed_this_run
@@ -322,12 +357,17 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         # the run broke off (an error). Either way: FAIL with the reason, queued again.
         reason, kind = (
             ("interrupted: the run was stopped (Ctrl-C or a signal) before this trial finished", "interrupted")
-            if signalled else ("orphaned: the run ended with an error before this trial finished", "orphaned")
+            if signalled
+            else ("orphaned: the run ended with an error before this trial finished", "orphaned")
         )
         try:
-            leftover = recover_orphans(study, reason=reason, kind=kind,
-                                       is_orphan=lambda t: t.user_attrs.get("driver") == lease.driver,
-                                       failure_limit=spec.budget.point_failure_limit)
+            leftover = recover_orphans(
+                study,
+                reason=reason,
+                kind=kind,
+                is_orphan=lambda t: t.user_attrs.get("driver") == lease.driver,
+                failure_limit=spec.budget.point_failure_limit,
+            )
         except Exception as exc:  # noqa: BLE001 - storage down: the lease expiry recovers them later
             log.warning("could not mark this run's unfinished trials: %s", redact(str(exc), secrets))
         lease.end()
@@ -337,14 +377,24 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
             shutil.rmtree(spec.study_dir / "ray", ignore_errors=True)  # Tune's state: the study is the truth
     counts = count_states(study)
     summary = RunSummary(
-        spec.study_dir, spec.budget.trials, counts.get("COMPLETE", 0), failed + (len(leftover) if signalled else 0),
-        launch, recovered, time.monotonic() - started, _front(study), leftover if signalled else [],
-        grid_exhausted, bool(signalled),
+        spec.study_dir,
+        spec.budget.trials,
+        counts.get("COMPLETE", 0),
+        failed + (len(leftover) if signalled else 0),
+        launch,
+        recovered,
+        time.monotonic() - started,
+        _front(study),
+        leftover if signalled else [],
+        grid_exhausted,
+        bool(signalled),
     )
     short = summary.complete < summary.budget and not (grid_exhausted and not failed)
     if leftover:
         if signalled:
-            progress.say(f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again", problem=True)
+            progress.say(
+                f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again", problem=True
+            )
         else:
             progress.say(f"trial(s) {leftover} did not finish; they are marked FAIL and queued again", problem=True)
     if grid_exhausted:
@@ -356,7 +406,10 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         problem=short or summary.failed_this_run > 0,
     )
     if short and not signalled:
-        progress.say(f"the study is {summary.budget - summary.complete} short of its budget: run the same command again to top it up", problem=True)
+        progress.say(
+            f"the study is {summary.budget - summary.complete} short of its budget: run the same command again to top it up",
+            problem=True,
+        )
     return summary
 
 
@@ -364,7 +417,10 @@ def _write_table(study, spec: SweepSpec) -> None:
     try:
         write_table(study, spec)
     except Exception as exc:  # noqa: BLE001 - storage down: the next write catches up
-        log.warning("could not write the trials table now: %s", redact(str(exc).splitlines()[0] if str(exc) else "", spec.secrets()))
+        log.warning(
+            "could not write the trials table now: %s",
+            redact(str(exc).splitlines()[0] if str(exc) else "", spec.secrets()),
+        )
 
 
 def _front(study) -> list[int]:
@@ -418,12 +474,27 @@ def _fit(spec, study, distributions, driver, recorder, launch, is_orphan, progre
     def on_record(number: int, *, params, state, result, error, requeued) -> None:
         _write_table(study, spec)  # persisted before the next trial is counted
         values = [result.metrics.get(n) for n in spec.objective_names] if result is not None else None
-        progress.trial_recorded(number, params=params, state=state, values=values,
-                                metrics=result.metrics if result is not None else {}, error=error, requeued=requeued)
+        progress.trial_recorded(
+            number,
+            params=params,
+            state=state,
+            values=values,
+            metrics=result.metrics if result is not None else {},
+            error=error,
+            requeued=requeued,
+        )
 
     searcher = StudySearcher(
-        spec=spec, study=study, distributions=distributions, driver=driver, recorder=recorder,
-        launch_cap=launch, is_orphan=is_orphan, on_record=on_record, recipe=trial_recipe, trial_objects=trial_objects,
+        spec=spec,
+        study=study,
+        distributions=distributions,
+        driver=driver,
+        recorder=recorder,
+        launch_cap=launch,
+        is_orphan=is_orphan,
+        on_record=on_record,
+        recipe=trial_recipe,
+        trial_objects=trial_objects,
     )
     worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage (or its password)
     trainable = tune.with_parameters(_trainable, spec_json=worker_spec.model_dump_json(), trial_fn=trial_fn)
@@ -441,7 +512,9 @@ def _fit(spec, study, distributions, driver, recorder, launch, is_orphan, progre
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=str((spec.study_dir / "ray").resolve()),
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),  # retries happen in _trainable; node loss in the searcher
+            failure_config=tune.FailureConfig(
+                max_failures=0
+            ),  # retries happen in _trainable; node loss in the searcher
             callbacks=[TrialRegistry()],
         ),
     )

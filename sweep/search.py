@@ -39,9 +39,21 @@ ATTR_DRIVER = "driver"
 # Words in a Tune trial error that mean the node, actor or worker process went away (not
 # the trial's own code raising: our trainable catches that and reports it as a result).
 _INFRA_WORDS = (
-    "NodeDiedError", "ActorDiedError", "ActorUnavailableError", "RayActorError", "WorkerCrashedError",
-    "OwnerDiedError", "ObjectLostError", "RaySystemError", "node", "Node", "Socket closed", "preempt",
-    "unavailable", "connection", "Connection",
+    "NodeDiedError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "RayActorError",
+    "WorkerCrashedError",
+    "OwnerDiedError",
+    "ObjectLostError",
+    "RaySystemError",
+    "node",
+    "Node",
+    "Socket closed",
+    "preempt",
+    "unavailable",
+    "connection",
+    "Connection",
 )
 # A point lost to infrastructure this many times is not queued again (a point that kills its node).
 MAX_INFRA_REQUEUES = 3
@@ -114,7 +126,10 @@ class StudySearcher(Searcher):
 
             if not isinstance(exc, storage_errors()):
                 raise
-            log.warning("cannot ask the study for a new trial (storage unreachable?): %s", self.recorder.redact(str(exc).splitlines()[0]))
+            log.warning(
+                "cannot ask the study for a new trial (storage unreachable?): %s",
+                self.recorder.redact(str(exc).splitlines()[0]),
+            )
             self._next_poll = now + 5.0
             return None
 
@@ -139,7 +154,9 @@ class StudySearcher(Searcher):
             if orphans:
                 from sweep.study import recover_orphans
 
-                self.recovered += recover_orphans(self.study, is_orphan=self.is_orphan, failure_limit=self.spec.budget.point_failure_limit)
+                self.recovered += recover_orphans(
+                    self.study, is_orphan=self.is_orphan, failure_limit=self.spec.budget.point_failure_limit
+                )
                 return None
             self._wait()
             return None
@@ -157,7 +174,9 @@ class StudySearcher(Searcher):
             return None
         # Two drivers may have asked for the last slot at once: the earlier trial number keeps it.
         now = self.study.get_trials(deepcopy=False)
-        taken = sum(t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number) for t in now)
+        taken = sum(
+            t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number) for t in now
+        )
         if taken >= self.spec.budget.trials:
             self._skip(trial, "not run: the budget was taken meanwhile by trials of other drivers")
             if trial.system_attrs.get("fixed_params"):
@@ -191,7 +210,11 @@ class StudySearcher(Searcher):
         from optuna.trial import TrialState
 
         for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if other.number != number and same_params(other.params, params) and (other.state == TrialState.COMPLETE or other.number < number):
+            if (
+                other.number != number
+                and same_params(other.params, params)
+                and (other.state == TrialState.COMPLETE or other.number < number)
+            ):
                 return other.number
         from sweep.study import error_failures
 
@@ -235,8 +258,16 @@ class StudySearcher(Searcher):
             else:
                 kind = "error"
                 message = text
-        state = self.recorder.record(number=number, params=params, result=trial_result, error=message,
-                                     ray_trial_id=trial_id, kind=kind, retries=retries, recipe=self.recipe)
+        state = self.recorder.record(
+            number=number,
+            params=params,
+            result=trial_result,
+            error=message,
+            ray_trial_id=trial_id,
+            kind=kind,
+            retries=retries,
+            recipe=self.recipe,
+        )
         requeued = False
         if kind == "infrastructure":
             self.launched -= 1  # lost to the cluster, not to the trial: this run tries again
@@ -247,7 +278,8 @@ class StudySearcher(Searcher):
         from optuna.trial import TrialState
 
         lost = sum(
-            1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            1
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             if t.user_attrs.get(ATTR_FAILURE_KIND) == "infrastructure" and same_params(t.params, params)
         )
         if lost > MAX_INFRA_REQUEUES:

@@ -73,7 +73,9 @@ class MergeSpec(_Section):
     @classmethod
     def _stage2_methods(cls, stage: StageSpec) -> StageSpec:
         if stage.method not in ("linear", "slerp"):
-            raise ValueError(f"stage 2 merges two models (stage-1 result, pretrained): use linear or slerp, not {stage.method}")
+            raise ValueError(
+                f"stage 2 merges two models (stage-1 result, pretrained): use linear or slerp, not {stage.method}"
+            )
         return stage
 
 
@@ -206,7 +208,6 @@ class ProbeSpec(_Section):
     lora_rank: Annotated[int, Field(ge=1)] = 16
 
 
-
 class EvalsSpec(_Section):
     lm_eval: LmEvalSpec | None = None
     probe: ProbeSpec | None = None
@@ -236,7 +237,9 @@ class ConstraintSpec(_Section):
         if isinstance(data, str):
             match = _CONSTRAINT_RE.match(data)
             if not match:
-                raise ValueError(f"write a constraint as '<metric> >= <number>' or '<metric> <= <number>', got {data!r}")
+                raise ValueError(
+                    f"write a constraint as '<metric> >= <number>' or '<metric> <= <number>', got {data!r}"
+                )
             return {"metric": match["metric"], "op": match["op"], "value": float(match["value"])}
         return data
 
@@ -313,10 +316,14 @@ class SweepSpec(_Section):
     def storage_url(self) -> str:
         """The storage URL to connect to (env:VAR read now). Never print it: use storage_display."""
         if self.storage and self.storage.startswith(ENV_PREFIX):
-            var = self.storage[len(ENV_PREFIX):]
+            var = self.storage[len(ENV_PREFIX) :]
             value = os.environ.get(var)
             if not value:
-                raise ConfigError([f"storage: {self.storage}: the environment variable {var} is not set (export {var}=postgresql://user:password@host/db)"])
+                raise ConfigError(
+                    [
+                        f"storage: {self.storage}: the environment variable {var} is not set (export {var}=postgresql://user:password@host/db)"
+                    ]
+                )
             return value
         return self.storage or f"sqlite:///{self.study_dir / 'study.db'}"
 
@@ -418,7 +425,12 @@ def cross_field_problems(spec: SweepSpec) -> list[tuple[tuple, str]]:
         allowed = {"alpha": spec.space.alpha, "beta": spec.space.beta} | dict(spec.space.params)
         for key, value in point.items():
             if key not in allowed:
-                problems.append((("space", "points", i, key), f"unknown parameter{_suggest(key, list(allowed))}; use {', '.join(allowed)}"))
+                problems.append(
+                    (
+                        ("space", "points", i, key),
+                        f"unknown parameter{_suggest(key, list(allowed))}; use {', '.join(allowed)}",
+                    )
+                )
             elif not allowed[key].contains(value):
                 rng = allowed[key]
                 problems.append((("space", "points", i, key), f"{value} is outside the range [{rng.low}, {rng.high}]"))
@@ -443,15 +455,32 @@ def cross_field_problems(spec: SweepSpec) -> list[tuple[tuple, str]]:
                 problems.append((("report", "weights", key), f"not an objective{_suggest(key, spec.objective_names)}"))
         missing = [m for m in spec.objective_names if m not in report.weights]
         if missing:
-            problems.append((("report", "weights"), f"give a weight for every objective; missing: {', '.join(missing)}"))
+            problems.append(
+                (("report", "weights"), f"give a weight for every objective; missing: {', '.join(missing)}")
+            )
     if report.reference is not None and len(report.reference) != len(spec.objectives):
-        problems.append((("report", "reference"), f"needs one value per objective ({len(spec.objectives)}), got {len(report.reference)}"))
+        problems.append(
+            (
+                ("report", "reference"),
+                f"needs one value per objective ({len(spec.objectives)}), got {len(report.reference)}",
+            )
+        )
 
     if spec.budget.concurrent > spec.budget.trials:
-        problems.append((("budget", "concurrent"), f"{spec.budget.concurrent} concurrent trials exceed the budget of {spec.budget.trials}"))
+        problems.append(
+            (
+                ("budget", "concurrent"),
+                f"{spec.budget.concurrent} concurrent trials exceed the budget of {spec.budget.trials}",
+            )
+        )
     lm = spec.evals.lm_eval
     if lm is not None and lm.backend == "vllm" and spec.resources.gpus_per_trial == 0:
-        problems.append((("evals", "lm_eval", "backend"), "the vllm backend needs a GPU: set resources.gpus_per_trial > 0, or use backend: hf"))
+        problems.append(
+            (
+                ("evals", "lm_eval", "backend"),
+                "the vllm backend needs a GPU: set resources.gpus_per_trial > 0, or use backend: hf",
+            )
+        )
     if spec.merge.device == "cuda" and spec.resources.gpus_per_trial == 0:
         problems.append((("merge", "device"), "device cuda needs resources.gpus_per_trial > 0"))
     if lm is not None and lm.limit is not None and lm.limit >= 1 and lm.limit != int(lm.limit):
@@ -579,7 +608,9 @@ def parse_spec(text: str, *, source: str = "spec", base_dir: Path | None = None)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format(loc, msg, lines) for loc, msg in _pydantic_messages(exc, data)], source=source) from None
+        raise ConfigError(
+            [_format(loc, msg, lines) for loc, msg in _pydantic_messages(exc, data)], source=source
+        ) from None
     problems = [_format(loc, msg, lines) for loc, msg in cross_field_problems(spec)]
     if problems:
         raise ConfigError(problems, source=source)
@@ -633,11 +664,19 @@ def _resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
     )
     evals = spec.evals
     if evals.lm_eval is not None:
-        evals = evals.model_copy(update={"lm_eval": evals.lm_eval.model_copy(update={"include_paths": [_resolve(p, base_dir) for p in evals.lm_eval.include_paths]})})
+        evals = evals.model_copy(
+            update={
+                "lm_eval": evals.lm_eval.model_copy(
+                    update={"include_paths": [_resolve(p, base_dir) for p in evals.lm_eval.include_paths]}
+                )
+            }
+        )
     if evals.probe is not None:
         probe = evals.probe.model_copy(update={"prompts": _resolve(evals.probe.prompts, base_dir)})
         if probe.reward.model:
-            probe = probe.model_copy(update={"reward": probe.reward.model_copy(update={"model": _resolve(probe.reward.model, base_dir)})})
+            probe = probe.model_copy(
+                update={"reward": probe.reward.model_copy(update={"model": _resolve(probe.reward.model, base_dir)})}
+            )
         evals = evals.model_copy(update={"probe": probe})
     storage = spec.storage
     if storage and storage.startswith(ENV_PREFIX):
@@ -645,7 +684,7 @@ def _resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
     elif storage and "://" not in storage:
         storage = _resolve(storage, base_dir)  # a journal file
     elif storage and storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
-        storage = "sqlite:///" + _resolve(storage[len("sqlite:///"):], base_dir)
+        storage = "sqlite:///" + _resolve(storage[len("sqlite:///") :], base_dir)
     return spec.model_copy(
         update={
             "models": models,
@@ -698,7 +737,11 @@ def _raw_model_problems(text: str, base_dir: Path) -> list[str]:
     problems = []
     for role in MODEL_ROLES:
         value = models.get(role)
-        if isinstance(value, str) and not value.startswith(DEMO_PREFIX) and not Path(_resolve(value, base_dir)).is_dir():
+        if (
+            isinstance(value, str)
+            and not value.startswith(DEMO_PREFIX)
+            and not Path(_resolve(value, base_dir)).is_dir()
+        ):
             problems.append(f"models.{role}: {_resolve(value, base_dir)}: no such checkpoint folder")
     return problems
 
@@ -716,10 +759,13 @@ def resolve_demo_refs(spec: SweepSpec) -> SweepSpec:
     """Replace `demo:<member>` references by real paths, building the demo family if needed."""
     if not uses_demo(spec):
         return spec
+
     def fix(value: str, field: str) -> str:
         return resolve_demo_ref(value, field=field)
 
-    models = spec.models.model_copy(update={role: fix(getattr(spec.models, role), f"models.{role}") for role in MODEL_ROLES})
+    models = spec.models.model_copy(
+        update={role: fix(getattr(spec.models, role), f"models.{role}") for role in MODEL_ROLES}
+    )
     if models.tokenizer.startswith(DEMO_PREFIX):
         models = models.model_copy(update={"tokenizer": fix(models.tokenizer, "models.tokenizer")})
     evals = spec.evals
@@ -727,7 +773,11 @@ def resolve_demo_refs(spec: SweepSpec) -> SweepSpec:
         paths = [fix(p, f"evals.lm_eval.include_paths.{i}") for i, p in enumerate(evals.lm_eval.include_paths)]
         evals = evals.model_copy(update={"lm_eval": evals.lm_eval.model_copy(update={"include_paths": paths})})
     if evals.probe is not None:
-        evals = evals.model_copy(update={"probe": evals.probe.model_copy(update={"prompts": fix(evals.probe.prompts, "evals.probe.prompts")})})
+        evals = evals.model_copy(
+            update={
+                "probe": evals.probe.model_copy(update={"prompts": fix(evals.probe.prompts, "evals.probe.prompts")})
+            }
+        )
     return spec.model_copy(update={"models": models, "evals": evals})
 
 
@@ -738,9 +788,11 @@ def resolve_demo_ref(value: str, *, field: str, members: tuple[str, ...] | None 
     three checkpoints) narrows which members the field accepts, checked before any build."""
     if not value.startswith(DEMO_PREFIX):
         return value
-    member = value[len(DEMO_PREFIX):]
+    member = value[len(DEMO_PREFIX) :]
     if members is not None and member not in members:
-        raise ConfigError([f"{field}: {value!r} is not a demo checkpoint; use one of {', '.join(DEMO_PREFIX + m for m in members)}"])
+        raise ConfigError(
+            [f"{field}: {value!r} is not a demo checkpoint; use one of {', '.join(DEMO_PREFIX + m for m in members)}"]
+        )
     from sweep.demo import resolve_ref
 
     return resolve_ref(value, field=field)

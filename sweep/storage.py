@@ -23,7 +23,10 @@ from sweep.spec import SweepSpec, mask_url, redact, url_secrets
 _DRIVERS = {
     "postgresql": ("psycopg", "pip install 'sweep[postgres]'  (psycopg 3)"),
     "postgresql+psycopg": ("psycopg", "pip install 'sweep[postgres]'  (psycopg 3)"),
-    "postgresql+psycopg2": ("psycopg2", "pip install psycopg2-binary, or use postgresql:// with pip install 'sweep[postgres]'"),
+    "postgresql+psycopg2": (
+        "psycopg2",
+        "pip install psycopg2-binary, or use postgresql:// with pip install 'sweep[postgres]'",
+    ),
     "mysql": ("MySQLdb", "pip install mysqlclient, or use mysql+pymysql:// with pip install pymysql"),
     "mysql+pymysql": ("pymysql", "pip install pymysql"),
 }
@@ -45,7 +48,9 @@ def check_driver(url: str) -> None:
     if scheme in _DRIVERS:
         module, fix = _DRIVERS[scheme]
         if importlib.util.find_spec(module) is None:
-            raise SweepError(f"storage {mask_url(url)}: the database driver `{module}` is not installed: {fix}. Nothing was created")
+            raise SweepError(
+                f"storage {mask_url(url)}: the database driver `{module}` is not installed: {fix}. Nothing was created"
+            )
 
 
 def check_storage(spec: SweepSpec) -> None:
@@ -102,7 +107,7 @@ def connect(url: str, *, attempts: int = 6):
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         # seconds: wait for the lock instead of failing when two processes write at once
         engine_kwargs: dict = {"connect_args": {"timeout": 60}}
     else:

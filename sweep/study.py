@@ -54,7 +54,9 @@ def open_study(spec: SweepSpec, *, sampler=None, storage=None):
     import optuna
 
     storage = storage or make_storage(spec.storage_url)
-    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]  # the spec allows only minimize/maximize
+    directions = [
+        optuna.study.StudyDirection[d.upper()] for d in spec.directions
+    ]  # the spec allows only minimize/maximize
     study = optuna.create_study(
         storage=storage, study_name=spec.name, directions=directions, sampler=sampler, load_if_exists=True
     )
@@ -145,7 +147,8 @@ def error_failures(study, params: dict[str, Any]) -> int:
     from optuna.trial import TrialState
 
     return sum(
-        1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if t.user_attrs.get(ATTR_FAILURE_KIND, "error") == "error" and t.params and same_params(t.params, params)
     )
 
@@ -156,7 +159,9 @@ def enqueue_points(study, points: list[dict[str, float]], *, failure_limit: int 
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    existing = [_trial_params(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)]
+    existing = [
+        _trial_params(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    ]
     added = 0
     for point in points:
         if any(same_params(point, other) for other in existing):
@@ -256,8 +261,23 @@ def load_study_dir(study_dir: str | Path) -> tuple[SweepSpec, pd.DataFrame]:
 
 
 TABLE_COLUMNS = (
-    "number", "state", "error", "failure_kind", "params/alpha", "params/beta", "constraint_violation", "feasible",
-    "duration_s", "worker", "ray_trial_id", "driver", "retries", "started_at", "finished_at", "recipe", "curves",
+    "number",
+    "state",
+    "error",
+    "failure_kind",
+    "params/alpha",
+    "params/beta",
+    "constraint_violation",
+    "feasible",
+    "duration_s",
+    "worker",
+    "ray_trial_id",
+    "driver",
+    "retries",
+    "started_at",
+    "finished_at",
+    "recipe",
+    "curves",
 )
 
 
@@ -273,8 +293,12 @@ def trials_table(study, spec: SweepSpec):
         attrs = trial.user_attrs
         metrics = attrs.get(ATTR_METRICS, {})
         error = attrs.get(ATTR_ERROR)
-        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name,
-                               "error": redact(error, secrets) if error else error, "failure_kind": attrs.get(ATTR_FAILURE_KIND)}
+        row: dict[str, Any] = {
+            "number": trial.number,
+            "state": trial.state.name,
+            "error": redact(error, secrets) if error else error,
+            "failure_kind": attrs.get(ATTR_FAILURE_KIND),
+        }
         row.update({f"params/{k}": v for k, v in trial.params.items()})
         row.update({k: (float("nan") if v is None else float(v)) for k, v in metrics.items()})
         checked = [c.violation_in(metrics) for c in spec.constraints]

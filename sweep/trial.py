@@ -95,7 +95,9 @@ def worker_state(spec: SweepSpec) -> WorkerState:
 
             reward = build_reward(rule=None, model=probe_config.reward.model, device=device)
 
-    state = WorkerState(key, sources, model, tokenizer, evaluator, probe_config, prompts, reward, device, time.perf_counter() - start)
+    state = WorkerState(
+        key, sources, model, tokenizer, evaluator, probe_config, prompts, reward, device, time.perf_counter() - start
+    )
     _STATE[key] = state
     return state
 
@@ -236,8 +238,9 @@ def _probe(state: WorkerState, config: ProbeConfig):
     from evals.probe import run_probe
 
     rollouts = _rollout_engine(state) if config.generator == "vllm" else None
-    return run_probe(state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward,
-                     rollouts=rollouts)
+    return run_probe(
+        state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward, rollouts=rollouts
+    )
 
 
 _ROLLOUTS: dict[str, Any] = {}  # state key -> the probe's VllmRollouts (when the eval has no engine to share)
@@ -266,7 +269,9 @@ def _rollout_engine(state: WorkerState) -> Any:
         if not folder:
             from evals.errors import EvalError
 
-            raise EvalError("evals.probe.generator vllm: the live model has no checkpoint folder to build a vLLM engine on")
+            raise EvalError(
+                "evals.probe.generator vllm: the live model has no checkpoint folder to build a vLLM engine on"
+            )
         args = dict(getattr(backend, "engine_args", None) or {})
         args.setdefault("dtype", str(next(state.model.parameters()).dtype).removeprefix("torch."))
         _ROLLOUTS[state.key] = VllmRollouts.build(folder, **args)

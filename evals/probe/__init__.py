@@ -95,10 +95,14 @@ def run_probe(
         if rule in NEEDS_ANSWER:
             missing = [i for i, p in enumerate(prompts) if p.answer is None]
             if missing:
-                raise EvalError(f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)")
+                raise EvalError(
+                    f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)"
+                )
         reward = build_reward(rule=rule, model=config.reward.model, device=_device_of(model))
     if config.generator == "vllm" and rollouts is None:
-        raise EvalError("probe generator vllm: give the vLLM engine (rollouts=VllmRollouts...); `sweep probe --generator vllm` and the trial worker build one")
+        raise EvalError(
+            "probe generator vllm: give the vLLM engine (rollouts=VllmRollouts...); `sweep probe --generator vllm` and the trial worker build one"
+        )
     extra = {"rollouts": rollouts} if rollouts is not None else {}
     run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward, **extra)
     metrics, curves = score_run(run, config=config, with_curves=True)
@@ -138,22 +142,42 @@ def _score_run(run: BackendRun, *, config: ProbeConfig) -> tuple[StabilityMetric
     seen = None
     if curves.steps:
         if run.baseline and run.steps:
-            seen = normalized_metrics(run.baseline, run.steps, kl=curves.kl, window=config.window, planned_steps=config.steps)
+            seen = normalized_metrics(
+                run.baseline, run.steps, kl=curves.kl, window=config.window, planned_steps=config.steps
+            )
             if config.noise_samples and not run.diverged:
                 noise, noise_curves = bootstrap_noise(
-                    run.baseline, run.steps, window=config.window, planned_steps=config.steps, replicates=config.noise_samples, seed=config.seed
+                    run.baseline,
+                    run.steps,
+                    window=config.window,
+                    planned_steps=config.steps,
+                    replicates=config.noise_samples,
+                    seed=config.seed,
                 )
                 seen = replace(seen, noise=noise)
                 curves = replace(curves, **{CURVE_KEYS[k]: tuple(v) for k, v in noise_curves.items()})
         else:
             seen = stability_metrics(
-                curves.response_length_mean, curves.score_mean, kl=curves.kl, entropy=curves.entropy, window=config.window, planned_steps=config.steps
+                curves.response_length_mean,
+                curves.score_mean,
+                kl=curves.kl,
+                entropy=curves.entropy,
+                window=config.window,
+                planned_steps=config.steps,
             )
     if run.diverged:
         scores = [s for p in run.baseline for s in p.scores] + [s for step in run.steps for p in step for s in p.scores]
         scale = max(1.0, max(scores) - min(scores)) if scores else 1.0
-        base_entropy = sum(sum(p.entropies) / len(p.entropies) for p in run.baseline) / len(run.baseline) if run.baseline else None
-        return diverged_metrics(planned_steps=config.steps, window=config.window, reward_scale=scale, baseline_entropy=base_entropy, seen=seen), curves
+        base_entropy = (
+            sum(sum(p.entropies) / len(p.entropies) for p in run.baseline) / len(run.baseline) if run.baseline else None
+        )
+        return diverged_metrics(
+            planned_steps=config.steps,
+            window=config.window,
+            reward_scale=scale,
+            baseline_entropy=base_entropy,
+            seen=seen,
+        ), curves
     if seen is None:  # unreachable: no steps and no divergence raised above
         raise EvalError(f"probe backend {config.backend!r} returned steps without metrics")
     return replace(seen, stopped_early=run.stopped_early), curves

@@ -30,7 +30,14 @@ from collections.abc import Sequence
 from evals.probe.records import PromptSamples
 from evals.stability import StabilityMetrics, stability_metrics
 
-NOISE_METRICS = ("length_retention", "length_growth", "reward_dip", "reward_final", "reward_steps_to_recover", "entropy_drop")
+NOISE_METRICS = (
+    "length_retention",
+    "length_growth",
+    "reward_dip",
+    "reward_final",
+    "reward_steps_to_recover",
+    "entropy_drop",
+)
 # Per-step noise curves recorded beside the normalized curves (half-widths, same units).
 NOISE_CURVES = ("response_length/normalized/noise", "critic/score/normalized/noise")
 NOISE_QUANTILE = 0.05  # the band is the central 1 - 2 * 0.05 = 90% of the bootstrap replicates
@@ -65,7 +72,9 @@ class Baseline:
         return length, score, entropy
 
 
-def normalized_curves(baseline: Sequence[PromptSamples], steps: Sequence[Sequence[PromptSamples]]) -> tuple[list[float], list[float], list[float]]:
+def normalized_curves(
+    baseline: Sequence[PromptSamples], steps: Sequence[Sequence[PromptSamples]]
+) -> tuple[list[float], list[float], list[float]]:
     """(length, score, entropy) curves, one point per step, normalized per prompt."""
     base = Baseline(baseline)
     points = [base.normalize(step) for step in steps]

@@ -69,10 +69,20 @@ class GRPOBackend(ProbeBackend):
 
     name = "builtin"
 
-    def run(self, model: Any, tokenizer: Any, *, config: ProbeConfig, prompts: Sequence[Prompt], reward: Reward,
-            rollouts: Any = None) -> BackendRun:
+    def run(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        config: ProbeConfig,
+        prompts: Sequence[Prompt],
+        reward: Reward,
+        rollouts: Any = None,
+    ) -> BackendRun:
         if config.generator == "vllm" and rollouts is None:
-            raise EvalError("probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))")
+            raise EvalError(
+                "probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))"
+            )
         if config.generator == "hf":
             rollouts = None  # generator: hf samples with the HF loop whatever engine is given
         eos_ids = _eos_ids(model, tokenizer)
@@ -87,11 +97,17 @@ class GRPOBackend(ProbeBackend):
         order_generator = torch.Generator().manual_seed(config.seed)  # prompt pool and order, on CPU
         pool = _prompt_pool(len(prompts), config.prompt_pool, order_generator)
         order = _prompt_order(pool, config.steps * config.prompts_per_step, order_generator)
-        if rollouts is not None:
-            calls = iter(range(1 << 62))
-            sample = lambda ids: _sample_vllm(rollouts, model, encoded, ids, config=config, eos_ids=eos_ids, pad_id=pad_id, call=next(calls))  # noqa: E731
-        else:
-            sample = lambda ids: _sample(model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator)  # noqa: E731
+        calls = iter(range(1 << 62))  # vLLM rollouts: one call number per sampling step
+
+        def sample(ids):
+            if rollouts is not None:
+                return _sample_vllm(
+                    rollouts, model, encoded, ids, config=config, eos_ids=eos_ids, pad_id=pad_id, call=next(calls)
+                )
+            return _sample(
+                model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator
+            )
+
         score = lambda ids, batch: _score(reward, tokenizer, prompts, ids, batch, think_open)  # noqa: E731
 
         problem = logits_postprocess_problem(model)
@@ -154,12 +170,19 @@ class GRPOBackend(ProbeBackend):
                 steps.append(drawn)
                 if base is not None:
                     length, score_n, entropy = base.normalize(drawn)
-                    row |= {"response_length/normalized": length, "critic/score/normalized": score_n, "actor/entropy/normalized": entropy}
+                    row |= {
+                        "response_length/normalized": length,
+                        "critic/score/normalized": score_n,
+                        "actor/entropy/normalized": entropy,
+                    }
                 curves = curves.append(row)
                 watched = curves.response_length_normalized if base is not None else curves.response_length_mean
                 reference_length = base.pool_length if base is not None else None
                 if config.collapse_threshold is not None and length_collapsed(
-                    watched, threshold=config.collapse_threshold, patience=config.collapse_patience, reference=reference_length
+                    watched,
+                    threshold=config.collapse_threshold,
+                    patience=config.collapse_patience,
+                    reference=reference_length,
                 ):
                     stopped_early = step + 1 < config.steps
                     if stopped_early:
@@ -246,7 +269,10 @@ def _measure_baseline(pool: Sequence[int], *, config: ProbeConfig, sample, score
     """`baseline_samples` completions of every pool prompt from the starting model, in
     batches no larger than a step's (so the baseline needs no more memory than a step)."""
     rows = [i for i in pool for _ in range(config.baseline_samples)]
-    chunk = max(config.baseline_samples, (config.prompts_per_step * config.group_size) // config.baseline_samples * config.baseline_samples)
+    chunk = max(
+        config.baseline_samples,
+        (config.prompts_per_step * config.group_size) // config.baseline_samples * config.baseline_samples,
+    )
     lengths: list[float] = []
     scores: list[float] = []
     entropies: list[float] = []
@@ -258,28 +284,48 @@ def _measure_baseline(pool: Sequence[int], *, config: ProbeConfig, sample, score
         entropies += batch.entropy.tolist()
     k = config.baseline_samples
     return [
-        PromptSamples(prompt, tuple(lengths[j * k : (j + 1) * k]), tuple(scores[j * k : (j + 1) * k]), tuple(entropies[j * k : (j + 1) * k]))
+        PromptSamples(
+            prompt,
+            tuple(lengths[j * k : (j + 1) * k]),
+            tuple(scores[j * k : (j + 1) * k]),
+            tuple(entropies[j * k : (j + 1) * k]),
+        )
         for j, prompt in enumerate(pool)
     ]
 
 
-def _per_prompt(chosen: Sequence[int], group_size: int, batch: _Batch, scores: torch.Tensor) -> tuple[PromptSamples, ...]:
+def _per_prompt(
+    chosen: Sequence[int], group_size: int, batch: _Batch, scores: torch.Tensor
+) -> tuple[PromptSamples, ...]:
     lengths = batch.lengths.float().view(len(chosen), group_size).tolist()
     entropies = batch.entropy.view(len(chosen), group_size).tolist()
     grouped = scores.view(len(chosen), group_size).tolist()
-    return tuple(PromptSamples(i, tuple(lengths[j]), tuple(grouped[j]), tuple(entropies[j])) for j, i in enumerate(chosen))
+    return tuple(
+        PromptSamples(i, tuple(lengths[j]), tuple(grouped[j]), tuple(entropies[j])) for j, i in enumerate(chosen)
+    )
 
 
-def _score(reward: Reward, tokenizer: Any, prompts: Sequence[Prompt], ids: Sequence[int], batch: _Batch, think_open: Sequence[bool]) -> torch.Tensor:
+def _score(
+    reward: Reward,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    ids: Sequence[int],
+    batch: _Batch,
+    think_open: Sequence[bool],
+) -> torch.Tensor:
     """Raw rewards of a batch (fp32, on CPU). A completion whose chat template opened
     `<think>` in the prompt is scored with that `<think>` put back in front of it, so
     answer and format rules see the whole think block."""
     texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in batch.completions]
     texts = [with_opened_think(text) if think_open[i] else text for i, text in zip(ids, texts, strict=True)]
-    scores = reward(prompts=[prompts[i].prompt for i in ids], completions=texts, answers=[prompts[i].answer for i in ids])
+    scores = reward(
+        prompts=[prompts[i].prompt for i in ids], completions=texts, answers=[prompts[i].answer for i in ids]
+    )
     scores_t = torch.tensor(scores, dtype=torch.float32)
     if scores_t.numel() != len(ids) or not torch.isfinite(scores_t).all():
-        raise EvalError(f"probe reward returned {scores_t.numel()} scores for {len(ids)} completions, or non-finite ones")
+        raise EvalError(
+            f"probe reward returned {scores_t.numel()} scores for {len(ids)} completions, or non-finite ones"
+        )
     return scores_t
 
 
@@ -315,7 +361,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 def _encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     """Token ids of the prompt, in the tokenizer's chat template when it has one."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(prompt)["input_ids"])
 
@@ -361,7 +409,9 @@ def _cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: set[int], pad_id: int, generator) -> _Batch:
+def _sample(
+    model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: set[int], pad_id: int, generator
+) -> _Batch:
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -378,7 +428,9 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
     cache_kw = _cache_kwargs(model, cache)
     mask = prompt_mask
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    logits = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **cache_kw).logits[:, -1]
+    logits = model(
+        input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **cache_kw
+    ).logits[:, -1]
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     alive: list[torch.Tensor] = []
@@ -402,7 +454,9 @@ def _sample(model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: se
             break
         mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
         positions = mask.sum(1, keepdim=True) - 1
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **cache_kw).logits[:, -1]
+        logits = model(
+            input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **cache_kw
+        ).logits[:, -1]
 
     response_ids = torch.stack(tokens, 1)
     response_mask = torch.stack(alive, 1).long()
@@ -424,8 +478,17 @@ def policy_temperature(config: ProbeConfig) -> float:
     return config.temperature if config.temperature > 0 else 1.0
 
 
-def _sample_vllm(rollouts, model, encoded: Sequence[list[int]], ids: Sequence[int], *, config: ProbeConfig,
-                 eos_ids: set[int], pad_id: int, call: int) -> _Batch:
+def _sample_vllm(
+    rollouts,
+    model,
+    encoded: Sequence[list[int]],
+    ids: Sequence[int],
+    *,
+    config: ProbeConfig,
+    eos_ids: set[int],
+    pad_id: int,
+    call: int,
+) -> _Batch:
     """The rows `ids` (runs of one prompt: its group, or its baseline samples) sampled by
     the vLLM engine, one request with n = the run's length per prompt; entropies from the
     live model (chunked, no grad), as the HF loop measures them while sampling."""
@@ -441,15 +504,28 @@ def _sample_vllm(rollouts, model, encoded: Sequence[list[int]], ids: Sequence[in
     sampled: dict[int, list[list[int]]] = {}
     for size in sorted({n for _, n in runs}):  # one call per run length (in the probe all runs are equal)
         chosen = [i for i, n in runs if n == size]
-        got = rollouts.sample([encoded[i] for i in chosen], group_size=size, max_new_tokens=config.max_new_tokens,
-                              temperature=config.temperature, seed=config.seed * 1_000_003 + call, eos_ids=eos_ids, pad_id=pad_id)
+        got = rollouts.sample(
+            [encoded[i] for i in chosen],
+            group_size=size,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            seed=config.seed * 1_000_003 + call,
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+        )
         for j, i in enumerate(chosen):
             for k in range(size):
                 row = j * size + k
                 sampled.setdefault(i, []).append(got.response_ids[row, : int(got.lengths[row])].tolist())
     responses = [sampled[i].pop(0) for i in ids]  # back into the order of `ids`
-    got = make_batch([encoded[i] for i in ids], responses, [""] * len(ids), eos_ids=eos_ids, pad_id=pad_id,
-                     max_new_tokens=config.max_new_tokens)
+    got = make_batch(
+        [encoded[i] for i in ids],
+        responses,
+        [""] * len(ids),
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+        max_new_tokens=config.max_new_tokens,
+    )
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = got.prompt_ids.to(device), got.prompt_mask.to(device)
     response_ids, response_mask = got.response_ids.to(device), got.response_mask.to(device)
@@ -457,16 +533,33 @@ def _sample_vllm(rollouts, model, encoded: Sequence[list[int]], ids: Sequence[in
     entropy = torch.zeros(len(ids))
     with torch.no_grad():
         for rows in micro_batches(len(ids), config.micro_batch_size):
-            _, ent = token_logprobs(model, input_ids=input_ids[rows], attention_mask=mask[rows], response_ids=response_ids[rows],
-                                    response_mask=response_mask[rows], temperature=policy_temperature(config), chunk=config.logprob_chunk)
+            _, ent = token_logprobs(
+                model,
+                input_ids=input_ids[rows],
+                attention_mask=mask[rows],
+                response_ids=response_ids[rows],
+                response_mask=response_mask[rows],
+                temperature=policy_temperature(config),
+                chunk=config.logprob_chunk,
+            )
             entropy[rows] = (ent.sum(1) / response_mask[rows].sum(1).clamp(min=1)).float().cpu()
     if not bool(torch.isfinite(entropy).all()):
         raise _Diverged("non-finite logits while sampling")
-    return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, got.completions, got.lengths.to(device),
-                  got.truncated.to(device), entropy)
+    return _Batch(
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        got.completions,
+        got.lengths.to(device),
+        got.truncated.to(device),
+        entropy,
+    )
 
 
-def _update(model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig) -> dict[str, float]:
+def _update(
+    model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig
+) -> dict[str, float]:
     """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
     rollouts with gradient accumulation, log-probs and entropy in chunks of
     `logprob_chunk` tokens (never [B, T, V] in fp32), optional activation checkpointing.

@@ -42,7 +42,9 @@ def logits_postprocess_problem(model: Any) -> str | None:
     """Why chunked log-probs would differ from the model's own logits, or None."""
     config = getattr(model, "config", None)
     if getattr(config, "final_logit_softcapping", None):
-        return f"{type(model).__name__} soft-caps its logits (final_logit_softcapping); chunked log-probs do not apply it"
+        return (
+            f"{type(model).__name__} soft-caps its logits (final_logit_softcapping); chunked log-probs do not apply it"
+        )
     return None
 
 
@@ -52,8 +54,9 @@ def _decoder(model: Any) -> Any:
     return model.base_model
 
 
-def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    inv_temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_logprobs(
+    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inv_temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) and entropy for [n, H] hidden rows: the [n, V] block lives only here."""
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
     if inv_temperature != 1.0:
@@ -88,7 +91,9 @@ def token_logprobs(
     R = response_ids.shape[1]
     if position_ids is None:
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    out = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    out = _decoder(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     hidden = hidden[:, -(R + 1) : -1]  # position i predicts token i + 1
     keep = response_mask.bool()
@@ -110,7 +115,9 @@ def token_logprobs(
     flat_logp = torch.cat(logps) if logps else rows.new_zeros(0, dtype=torch.float32)
     flat_ent = torch.cat(entropies) if entropies else rows.new_zeros(0, dtype=torch.float32)
     logp = torch.zeros(response_ids.shape, dtype=torch.float32, device=rows.device).masked_scatter(keep, flat_logp)
-    entropy = torch.zeros(response_ids.shape, dtype=torch.float32, device=rows.device).masked_scatter(keep, flat_ent.detach())
+    entropy = torch.zeros(response_ids.shape, dtype=torch.float32, device=rows.device).masked_scatter(
+        keep, flat_ent.detach()
+    )
     return logp, entropy
 
 
@@ -184,8 +191,15 @@ def accumulate_grpo_gradients(
     loss_sum = torch.zeros((), dtype=torch.float64)
     for rows in micro_batches(input_ids.shape[0], micro_batch_size):
         logprobs_of = functools.partial(
-            token_logprobs, input_ids=input_ids[rows], attention_mask=attention_mask[rows], position_ids=positions[rows],
-            response_ids=response_ids[rows], response_mask=response_mask[rows], temperature=temperature, chunk=chunk)
+            token_logprobs,
+            input_ids=input_ids[rows],
+            attention_mask=attention_mask[rows],
+            position_ids=positions[rows],
+            response_ids=response_ids[rows],
+            response_mask=response_mask[rows],
+            temperature=temperature,
+            chunk=chunk,
+        )
         with torch.no_grad():
             if callable(reference) and not isinstance(reference, torch.nn.Module):
                 with reference():

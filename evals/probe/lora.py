@@ -34,7 +34,9 @@ class LoraAdapters:
             raise EvalError("probe update: lora needs peft (pip install peft)") from None
         self.model = model
         self._had_peft_config = hasattr(model, "peft_config")
-        config = LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, lora_dropout=0.0, target_modules="all-linear", bias="none")
+        config = LoraConfig(
+            r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, lora_dropout=0.0, target_modules="all-linear", bias="none"
+        )
         self.tuner = LoraModel(model, config, "default")
         self.parameters: list[torch.nn.Parameter] = []
         for name, param in model.named_parameters():

@@ -73,8 +73,14 @@ class ProbeConfig:
             object.__setattr__(self, "reward", RewardConfig.from_dict(self.reward))
         problems = []
         for name, low in (
-            ("steps", 2), ("group_size", 2), ("prompts_per_step", 1), ("max_new_tokens", 1), ("window", 1),
-            ("collapse_patience", 1), ("baseline_samples", 0), ("noise_samples", 0),
+            ("steps", 2),
+            ("group_size", 2),
+            ("prompts_per_step", 1),
+            ("max_new_tokens", 1),
+            ("window", 1),
+            ("collapse_patience", 1),
+            ("baseline_samples", 0),
+            ("noise_samples", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -85,7 +91,9 @@ class ProbeConfig:
             problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature!r}")
         if not self.kl_coef >= 0:
             problems.append(f"kl_coef must be >= 0, got {self.kl_coef!r}")
-        if self.prompt_pool is not None and (not isinstance(self.prompt_pool, int) or isinstance(self.prompt_pool, bool) or self.prompt_pool < 1):
+        if self.prompt_pool is not None and (
+            not isinstance(self.prompt_pool, int) or isinstance(self.prompt_pool, bool) or self.prompt_pool < 1
+        ):
             problems.append(f"prompt_pool must be a whole number >= 1 or null (all prompts), got {self.prompt_pool!r}")
         for name in ("micro_batch_size", "logprob_chunk"):
             value = getattr(self, name)
@@ -100,7 +108,9 @@ class ProbeConfig:
         if not isinstance(self.activation_checkpointing, bool):
             problems.append(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
         if self.baseline_samples == 1:
-            problems.append("baseline_samples must be 0 (no baseline) or >= 2 (a baseline of one sample is as noisy as a step)")
+            problems.append(
+                "baseline_samples must be 0 (no baseline) or >= 2 (a baseline of one sample is as noisy as a step)"
+            )
         if self.collapse_threshold is not None and not 0 < self.collapse_threshold < 1:
             problems.append(f"collapse_threshold must be between 0 and 1, got {self.collapse_threshold!r}")
         from evals.rewards import RULES  # light; rules registered by users count too
@@ -140,7 +150,9 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     """Read a jsonl prompts file. EvalError names the file and line of any problem."""
     path = Path(path)
     if str(path).startswith("demo:"):
-        raise EvalError(f"prompts {path}: demo references are resolved by sweep (load the spec with sweep.spec.load_spec)")
+        raise EvalError(
+            f"prompts {path}: demo references are resolved by sweep (load the spec with sweep.spec.load_spec)"
+        )
     if not path.is_file():
         raise EvalError(f"prompts file {path}: not found")
     prompts: list[Prompt] = []
@@ -186,8 +198,11 @@ CURVE_KEYS = {
 }
 # Curves a backend may leave empty (no baseline measured, no noise band).
 OPTIONAL_CURVES = (
-    "response_length/normalized", "critic/score/normalized", "actor/entropy/normalized",
-    "response_length/normalized/noise", "critic/score/normalized/noise",
+    "response_length/normalized",
+    "critic/score/normalized",
+    "actor/entropy/normalized",
+    "response_length/normalized/noise",
+    "critic/score/normalized/noise",
 )
 
 
@@ -250,9 +265,14 @@ class ProbeCurves:
         normalized curves may be left out)."""
         required = set(CURVE_KEYS) - set(OPTIONAL_CURVES)
         if not required <= set(row) <= set(CURVE_KEYS):
-            raise ValueError(f"a curve row needs the keys {', '.join(sorted(required))} (and may have {', '.join(OPTIONAL_CURVES)})")
+            raise ValueError(
+                f"a curve row needs the keys {', '.join(sorted(required))} (and may have {', '.join(OPTIONAL_CURVES)})"
+            )
         return ProbeCurves(
-            **{name: getattr(self, name) + ((float(row[key]),) if key in row else ()) for key, name in CURVE_KEYS.items()}
+            **{
+                name: getattr(self, name) + ((float(row[key]),) if key in row else ())
+                for key, name in CURVE_KEYS.items()
+            }
         )
 
 
@@ -273,7 +293,12 @@ class PromptSamples:
             raise ValueError("prompt samples need one length, score and entropy per completion")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "lengths": list(self.lengths), "scores": list(self.scores), "entropies": list(self.entropies)}
+        return {
+            "prompt": self.prompt,
+            "lengths": list(self.lengths),
+            "scores": list(self.scores),
+            "entropies": list(self.entropies),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptSamples:

@@ -41,8 +41,15 @@ class RolloutBatch:
     truncated: torch.Tensor  # [B] bool: reached max_new_tokens without eos
 
 
-def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], texts: Sequence[str], *,
-               eos_ids: set[int], pad_id: int, max_new_tokens: int) -> RolloutBatch:
+def make_batch(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    texts: Sequence[str],
+    *,
+    eos_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+) -> RolloutBatch:
     """The probe's tensors from per-row prompt ids and response ids (eos kept where emitted)."""
     B = len(prompts)
     width = max(len(p) for p in prompts)
@@ -53,16 +60,24 @@ def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     response_mask = torch.zeros((B, R), dtype=torch.long)
     completions, truncated = [], []
     for row, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        prompt_ids[row, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        prompt_mask[row, width - len(p):] = 1
+        prompt_ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        prompt_mask[row, width - len(p) :] = 1
         if r:
             response_ids[row, : len(r)] = torch.tensor(list(r), dtype=torch.long)
             response_mask[row, : len(r)] = 1
         ended = bool(r) and r[-1] in eos_ids
         completions.append(list(r[:-1]) if ended else list(r))
         truncated.append(not ended and len(r) >= max_new_tokens)
-    return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, completions, list(texts),
-                        response_mask.sum(1), torch.tensor(truncated, dtype=torch.bool))
+    return RolloutBatch(
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        completions,
+        list(texts),
+        response_mask.sum(1),
+        torch.tensor(truncated, dtype=torch.bool),
+    )
 
 
 class VllmRollouts:
@@ -85,8 +100,9 @@ class VllmRollouts:
         args = {"seed": 0, "enforce_eager": True, **engine_args}
         return cls(vllm.LLM(model=str(checkpoint), tokenizer=str(args.pop("tokenizer", checkpoint)), **args))
 
-    def push_weights(self, model: Any, *, names: Iterable[str] | None = None,
-                     weights: list[tuple[str, Any]] | None = None) -> None:
+    def push_weights(
+        self, model: Any, *, names: Iterable[str] | None = None, weights: list[tuple[str, Any]] | None = None
+    ) -> None:
         """Load the model's weights (all, or only `names`) into the engine; reset its prefix cache.
 
         `weights` gives the (HF name, tensor) pairs instead (the probe's LoRA update
@@ -104,8 +120,17 @@ class VllmRollouts:
         self.llm.reset_prefix_cache()
         self.pushes += 1
 
-    def sample(self, prompts: Sequence[Sequence[int]], *, group_size: int, max_new_tokens: int, temperature: float,
-               seed: int, eos_ids: set[int], pad_id: int) -> RolloutBatch:
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        group_size: int,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        eos_ids: set[int],
+        pad_id: int,
+    ) -> RolloutBatch:
         """`group_size` completions of each prompt (token ids), prompt-major rows.
 
         temperature 0 is greedy. Plain softmax sampling (top_p 1, top_k off), stopping at
@@ -142,4 +167,6 @@ class VllmRollouts:
                 rows_prompt.append(list(prompt))
                 rows_response.append(ids)
                 texts.append(completion.text)
-        return make_batch(rows_prompt, rows_response, texts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_new_tokens)
+        return make_batch(
+            rows_prompt, rows_response, texts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_new_tokens
+        )

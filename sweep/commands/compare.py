@@ -20,7 +20,9 @@ HELP = "compare two studies: hypervolume change, balanced-point change; exit 1 o
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("before", help="the earlier study folder, e.g. results/nightly-2026-11-24")
     parser.add_argument("after", help="the later study folder, e.g. results/nightly-2026-11-25")
-    parser.add_argument("--tolerance", type=float, default=0.02, help="allowed worsening per objective (absolute; default 0.02)")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.02, help="allowed worsening per objective (absolute; default 0.02)"
+    )
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
@@ -37,9 +39,14 @@ def compare_studies(before, after, *, tolerance: float) -> dict:
             f"{', '.join(spec_b.objective_names)}): nothing to compare"
         )
     result = compare_fronts(
-        trials_a, trials_b, spec_b.objectives, spec_b.constraints,
-        rule=spec_b.report.balanced_rule, weights=spec_b.report.weights,
-        tolerance=tolerance, reference=spec_b.report.reference,
+        trials_a,
+        trials_b,
+        spec_b.objectives,
+        spec_b.constraints,
+        rule=spec_b.report.balanced_rule,
+        weights=spec_b.report.weights,
+        tolerance=tolerance,
+        reference=spec_b.report.reference,
     )
     if result.balanced_a is None:
         raise SweepError(f"{before} has no complete feasible trial: nothing to compare against")
@@ -48,14 +55,16 @@ def compare_studies(before, after, *, tolerance: float) -> dict:
     changes = []
     for objective in spec_b.objectives:
         b = result.balanced_b.metrics.get(objective.metric) if result.balanced_b else None
-        changes.append({
-            "metric": objective.metric,
-            "direction": objective.direction,
-            "before": result.balanced_a.metrics.get(objective.metric),
-            "after": b,
-            "improvement": result.changes.get(objective.metric),
-            "noise": result.noise.get(objective.metric),
-        })
+        changes.append(
+            {
+                "metric": objective.metric,
+                "direction": objective.direction,
+                "before": result.balanced_a.metrics.get(objective.metric),
+                "after": b,
+                "improvement": result.changes.get(objective.metric),
+                "noise": result.noise.get(objective.metric),
+            }
+        )
     hv_a, hv_b = result.hypervolume_a, result.hypervolume_b
     return {
         "before": str(before),
@@ -79,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
 def render(result: dict) -> str:
     num = lambda v, spec=".4g": "n/a" if v is None else format(v, spec)  # noqa: E731
-    params = lambda p: "none" if p is None else f"trial {p['number']} (" + ", ".join(f"{k}={v:.3f}" for k, v in p["params"].items()) + ")"  # noqa: E731
+
+    def params(p) -> str:
+        if p is None:
+            return "none"
+        return f"trial {p['number']} (" + ", ".join(f"{k}={v:.3f}" for k, v in p["params"].items()) + ")"
+
     hv, bal = result["hypervolume"], result["balanced"]
     lines = [
         f"compare {result['before']} -> {result['after']}",
@@ -89,9 +103,13 @@ def render(result: dict) -> str:
     for change in bal["objectives"]:
         flag = "  REGRESSION" if change["metric"] in result["regressions"] else ""
         band = f", noise ±{num(change['noise'])}" if change.get("noise") else ""
-        lines.append(f"    {change['direction']} {change['metric']}: {num(change['before'])} -> {num(change['after'])} ({num(change['improvement'], '+.4g')}{band}){flag}")
+        lines.append(
+            f"    {change['direction']} {change['metric']}: {num(change['before'])} -> {num(change['after'])} ({num(change['improvement'], '+.4g')}{band}){flag}"
+        )
     if result["regressions"]:
-        lines.append(f"regression beyond tolerance {result['tolerance']:g} and the noise in: {', '.join(result['regressions'])}")
+        lines.append(
+            f"regression beyond tolerance {result['tolerance']:g} and the noise in: {', '.join(result['regressions'])}"
+        )
     else:
         lines.append(f"no regression beyond tolerance {result['tolerance']:g} and the noise")
     return "\n".join(lines)

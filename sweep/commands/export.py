@@ -22,12 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--balanced", action="store_true", help="the balanced point (the spec's report.balanced_rule)")
     which.add_argument("--trial", type=int, help="a COMPLETE trial by number")
     parser.add_argument("--out", required=True, help="output folder (must be absent or empty unless --force)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="output dtype (default: the spec's merge.dtype)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the arithmetic runs (default cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="output dtype (default: the spec's merge.dtype)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where the arithmetic runs (default cpu)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    parser.add_argument("--recipe-only", action="store_true",
-                        help="write mergekit.yaml, the model card and sweep_export.json, but no weights (reads only the sources' headers)")
+    parser.add_argument(
+        "--recipe-only",
+        action="store_true",
+        help="write mergekit.yaml, the model card and sweep_export.json, but no weights (reads only the sources' headers)",
+    )
 
 
 def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[int, dict, dict]:
@@ -37,8 +46,12 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
 
     if balanced:
         summary = summarize(
-            trials, spec.objectives, spec.constraints,
-            rule=spec.report.balanced_rule, weights=spec.report.weights, reference=spec.report.reference,
+            trials,
+            spec.objectives,
+            spec.constraints,
+            rule=spec.report.balanced_rule,
+            weights=spec.report.weights,
+            reference=spec.report.reference,
         )
         if summary.balanced is None:
             raise SweepError("the study has no complete feasible trial: no balanced point to export")
@@ -47,10 +60,14 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
         raise SweepError("give --balanced or --trial N")
     rows = trials[trials["number"] == number]
     if rows.empty:
-        raise SweepError(f"--trial {number}: no such trial in the study (numbers {int(trials['number'].min())}..{int(trials['number'].max())})")
+        raise SweepError(
+            f"--trial {number}: no such trial in the study (numbers {int(trials['number'].min())}..{int(trials['number'].max())})"
+        )
     row = rows.iloc[0]
     if row["state"] != "COMPLETE":
-        raise SweepError(f"--trial {number}: the trial is {row['state']}, not COMPLETE ({row.get('error') or 'no error recorded'})")
+        raise SweepError(
+            f"--trial {number}: the trial is {row['state']}, not COMPLETE ({row.get('error') or 'no error recorded'})"
+        )
     return number, trial_params(row), trial_metrics(row, trials.columns)
 
 
@@ -101,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     (out / "README.md").write_text(model_card(record, recipe))
     if not args.quiet:
         what = "the mergekit recipe (no weights)" if args.recipe_only else "trial"
-        print(f"exported {what} {number} of {spec.name} ({_fmt(params)}) to {out} in {time.perf_counter() - started:.1f} s")
+        print(
+            f"exported {what} {number} of {spec.name} ({_fmt(params)}) to {out} in {time.perf_counter() - started:.1f} s"
+        )
     return 0
 
 
@@ -140,7 +159,9 @@ def _recipe_only(spec, settings: dict, out, *, dtype: str, force: bool) -> str:
     if out.exists() and not out.is_dir():
         raise SweepError(f"the output {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise SweepError(f"the output folder {out} exists and is not empty; choose another, or overwrite it with --force")
+        raise SweepError(
+            f"the output folder {out} exists and is not empty; choose another, or overwrite it with --force"
+        )
     problems: list[str] = []
     plan = infos = None
     try:
@@ -148,12 +169,19 @@ def _recipe_only(spec, settings: dict, out, *, dtype: str, force: bool) -> str:
     except MergeError as exc:
         problems += exc.problems
     try:
-        infos = load_infos(pretrained=spec.models.pretrained, instruct=spec.models.instruct, reasoning=spec.models.reasoning, vocab=spec.merge.vocab)
+        infos = load_infos(
+            pretrained=spec.models.pretrained,
+            instruct=spec.models.instruct,
+            reasoning=spec.models.reasoning,
+            vocab=spec.merge.vocab,
+        )
     except MergeError as exc:
         problems += exc.problems
     if problems or plan is None or infos is None:
         raise MergeError.collected("cannot write the mergekit recipe", problems)
-    recipe = recipe_for_sources(plan, infos=infos, dtype=dtype, vocab=spec.merge.vocab, tokenizer_source=spec.models.tokenizer)
+    recipe = recipe_for_sources(
+        plan, infos=infos, dtype=dtype, vocab=spec.merge.vocab, tokenizer_source=spec.models.tokenizer
+    )
     out.mkdir(parents=True, exist_ok=True)
     if force:
         from merge.io import weight_files
@@ -168,27 +196,33 @@ def _fmt(values: dict) -> str:
 
 
 def model_card(record: dict, recipe: str | None = None) -> str:
-    rows = "\n".join(f"| `{k}` | {v:.6g} |" if isinstance(v, (int, float)) else f"| `{k}` | {v} |" for k, v in record["metrics"].items())
+    rows = "\n".join(
+        f"| `{k}` | {v:.6g} |" if isinstance(v, (int, float)) else f"| `{k}` | {v} |"
+        for k, v in record["metrics"].items()
+    )
     objectives = ", ".join(f"{d} `{m}`" for m, d in record["objectives"])
-    card = f"""# Actor initialization from sweep study `{record['study']}`
+    card = f"""# Actor initialization from sweep study `{record["study"]}`
 
-Balanced Actor Initialization merge, trial {record['trial']} (chosen by {record['chosen_by']}).
+Balanced Actor Initialization merge, trial {record["trial"]} (chosen by {record["chosen_by"]}).
 
-- params: {_fmt(record['params'])}
+- params: {_fmt(record["params"])}
 - objectives: {objectives}
-- spec sha256: `{record['spec_sha256']}`
+- spec sha256: `{record["spec_sha256"]}`
 
 | metric | value |
 | --- | --- |
 {rows}
 """
     if recipe is not None:
-        weights = ("The weights in this folder" if record.get("weights", True)
-                   else "This folder holds no weights (`sweep export --recipe-only`); the weights")
+        weights = (
+            "The weights in this folder"
+            if record.get("weights", True)
+            else "This folder holds no weights (`sweep export --recipe-only`); the weights"
+        )
         card += f"""
 ## Reproduce with mergekit
 
-{weights} are reproduced by this mergekit recipe (`{record.get('mergekit_recipe', 'mergekit.yaml')}` here);
+{weights} are reproduced by this mergekit recipe (`{record.get("mergekit_recipe", "mergekit.yaml")}` here);
 its comments say how to run it and how exact the match is.
 
 ```yaml

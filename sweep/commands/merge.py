@@ -17,30 +17,76 @@ HELP = "merge pretrained, instruct and reasoning checkpoints at (alpha, beta) in
 ROLES = ("pretrained", "instruct", "reasoning")
 DEMO_CHECKPOINTS = ROLES  # the demo members a source may name
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pretrained", required=True, help="the shared ancestor checkpoint folder (or demo:pretrained)")
+    parser.add_argument(
+        "--pretrained", required=True, help="the shared ancestor checkpoint folder (or demo:pretrained)"
+    )
     parser.add_argument("--instruct", required=True, help="the instruct fine-tune checkpoint folder (or demo:instruct)")
-    parser.add_argument("--reasoning", required=True, help="the reasoning fine-tune checkpoint folder (or demo:reasoning)")
+    parser.add_argument(
+        "--reasoning", required=True, help="the reasoning fine-tune checkpoint folder (or demo:reasoning)"
+    )
     parser.add_argument("--alpha", required=True, type=float, help="instruct share of stage 1 (0..1)")
-    parser.add_argument("--beta", required=True, type=float, help="stage-1 share of stage 2, the rest is pretrained (0..1)")
-    parser.add_argument("--out", help="output folder (must be absent or empty unless --force); required unless --print-mergekit")
-    parser.add_argument("--method-stage1", default="linear", help="linear, task_arithmetic, ties, dare or slerp (default linear)")
+    parser.add_argument(
+        "--beta", required=True, type=float, help="stage-1 share of stage 2, the rest is pretrained (0..1)"
+    )
+    parser.add_argument(
+        "--out", help="output folder (must be absent or empty unless --force); required unless --print-mergekit"
+    )
+    parser.add_argument(
+        "--method-stage1", default="linear", help="linear, task_arithmetic, ties, dare or slerp (default linear)"
+    )
     parser.add_argument("--method-stage2", default="linear", help="linear or slerp (default linear)")
-    parser.add_argument("--stage1-param", action="append", default=[], metavar="KEY=VALUE", help="stage-1 method parameter, e.g. density=0.5 (repeatable)")
-    parser.add_argument("--stage2-param", action="append", default=[], metavar="KEY=VALUE", help="stage-2 method parameter, e.g. eps=0.001 (repeatable)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="output dtype (default: the inputs')")
+    parser.add_argument(
+        "--stage1-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="stage-1 method parameter, e.g. density=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--stage2-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="stage-2 method parameter, e.g. eps=0.001 (repeatable)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="output dtype (default: the inputs')",
+    )
     parser.add_argument("--device", default="cpu", help="where the arithmetic runs: cpu or cuda (default cpu)")
-    parser.add_argument("--vocab", default="strict", choices=["strict", "truncate", "pad"], help="vocabulary-size mismatch policy (default strict: refuse)")
-    parser.add_argument("--tokenizer-source", default="instruct", help="role or folder supplying tokenizer, chat template and config (default instruct)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MiB (default 5GB)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for the arithmetic (default: torch's setting)")
+    parser.add_argument(
+        "--vocab",
+        default="strict",
+        choices=["strict", "truncate", "pad"],
+        help="vocabulary-size mismatch policy (default strict: refuse)",
+    )
+    parser.add_argument(
+        "--tokenizer-source",
+        default="instruct",
+        help="role or folder supplying tokenizer, chat template and config (default instruct)",
+    )
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MiB (default 5GB)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for the arithmetic (default: torch's setting)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     parser.add_argument("--allow-extrapolation", action="store_true", help="accept alpha or beta outside [0, 1]")
-    parser.add_argument("--allow-pickle", action="store_true", help="accept pickle .bin checkpoints (they can run code when loaded)")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="accept pickle .bin checkpoints (they can run code when loaded)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    parser.add_argument("--print-mergekit", action="store_true",
-                        help="print the mergekit YAML that reproduces this merge (on stdout; the summary goes to stderr); "
-                        "without --out, print it and merge nothing")
+    parser.add_argument(
+        "--print-mergekit",
+        action="store_true",
+        help="print the mergekit YAML that reproduces this merge (on stdout; the summary goes to stderr); "
+        "without --out, print it and merge nothing",
+    )
 
 
 def parse_params(items: list[str], flag: str) -> dict:
@@ -69,10 +115,17 @@ def run(args: argparse.Namespace) -> int:
     stage1_params = parse_params(args.stage1_param, "--stage1-param")
     stage2_params = parse_params(args.stage2_param, "--stage2-param")
     if args.out is None and not args.print_mergekit:
-        raise SweepError("--out DIR is required (or --print-mergekit alone, to print the mergekit recipe without merging)")
+        raise SweepError(
+            "--out DIR is required (or --print-mergekit alone, to print the mergekit recipe without merging)"
+        )
     recipe: dict[str, Any] = dict(
-        alpha=args.alpha, beta=args.beta, stage1_method=args.method_stage1, stage1_params=stage1_params,
-        stage2_method=args.method_stage2, stage2_params=stage2_params, allow_extrapolation=args.allow_extrapolation,
+        alpha=args.alpha,
+        beta=args.beta,
+        stage1_method=args.method_stage1,
+        stage1_params=stage1_params,
+        stage2_method=args.method_stage2,
+        stage2_params=stage2_params,
+        allow_extrapolation=args.allow_extrapolation,
     )
     sources = resolve_sources(args, recipe)
     if args.out is None:
@@ -102,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         seconds = time.perf_counter() - started
         moved = merge_io_bytes(out)
-        print(f"merged {args.method_stage1}+{args.method_stage2} at alpha={args.alpha:g} beta={args.beta:g} -> {out} "
-              f"({moved / 1e9:.2f} GB read+written in {seconds:.1f} s, {moved / 1e9 / max(seconds, 1e-9):.2f} GB/s)",
-              file=sys.stderr if args.print_mergekit else sys.stdout)
+        print(
+            f"merged {args.method_stage1}+{args.method_stage2} at alpha={args.alpha:g} beta={args.beta:g} -> {out} "
+            f"({moved / 1e9:.2f} GB read+written in {seconds:.1f} s, {moved / 1e9 / max(seconds, 1e-9):.2f} GB/s)",
+            file=sys.stderr if args.print_mergekit else sys.stdout,
+        )
     if args.print_mergekit:
         from merge.mergekit_recipe import recipe_for_merged
 
@@ -122,11 +177,15 @@ def resolve_sources(args: argparse.Namespace, recipe: dict) -> dict[str, str]:
         from merge.plan import MergePlan
 
         for role, value in values.items():  # unknown member names: before any build
-            if value.startswith(DEMO_PREFIX) and value[len(DEMO_PREFIX):] not in DEMO_CHECKPOINTS:
+            if value.startswith(DEMO_PREFIX) and value[len(DEMO_PREFIX) :] not in DEMO_CHECKPOINTS:
                 resolve_demo_ref(value, field=f"--{role}", members=DEMO_CHECKPOINTS)
         MergePlan.create(**recipe)  # raises MergeError listing every recipe problem
-    resolved = {role: resolve_demo_ref(value, field=f"--{role}", members=DEMO_CHECKPOINTS) for role, value in values.items()}
-    args.tokenizer_source = resolve_demo_ref(args.tokenizer_source, field="--tokenizer-source", members=DEMO_CHECKPOINTS)
+    resolved = {
+        role: resolve_demo_ref(value, field=f"--{role}", members=DEMO_CHECKPOINTS) for role, value in values.items()
+    }
+    args.tokenizer_source = resolve_demo_ref(
+        args.tokenizer_source, field="--tokenizer-source", members=DEMO_CHECKPOINTS
+    )
     return resolved
 
 
@@ -154,4 +213,6 @@ def _recipe_without_merge(args: argparse.Namespace, recipe: dict, sources: dict[
         problems += exc.problems
     if problems or plan is None or infos is None:
         raise MergeError.collected("cannot write the mergekit recipe", problems)
-    return recipe_for_sources(plan, infos=infos, dtype=args.dtype, vocab=args.vocab, tokenizer_source=str(args.tokenizer_source))
+    return recipe_for_sources(
+        plan, infos=infos, dtype=args.dtype, vocab=args.vocab, tokenizer_source=str(args.tokenizer_source)
+    )

@@ -32,14 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", help="sweep spec whose evals.probe section gives the settings")
     parser.add_argument("--prompts", help='jsonl file, {"prompt": ..., "answer": ...} per line (overrides the spec)')
     for name, kind in _OVERRIDES.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"probe {name} (overrides the spec)")
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=None, help=f"probe {name} (overrides the spec)"
+        )
     parser.add_argument("--generator", choices=["hf", "vllm"], help="who samples the rollouts (overrides the spec)")
     parser.add_argument("--update", choices=["full", "lora"], help="what the probe trains (overrides the spec)")
-    parser.add_argument("--micro-batch-size", type=int, default=None, help="rollouts per forward/backward (overrides the spec)")
-    parser.add_argument("--reward-rule", choices=["exact_match", "format", "exact_match+format", "concise"], help="rule reward (overrides the spec)")
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=None, help="rollouts per forward/backward (overrides the spec)"
+    )
+    parser.add_argument(
+        "--reward-rule",
+        choices=["exact_match", "format", "exact_match+format", "concise"],
+        help="rule reward (overrides the spec)",
+    )
     parser.add_argument("--reward-model", help="local AutoModelForSequenceClassification folder used as the reward")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="load dtype (auto: as stored)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: contended threads are far slower)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="load dtype (auto: as stored)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: contended threads are far slower)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -71,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_prompts(config.prompts)  # bad input fails before the model loads
 
     model_dir = Path(_resolve_demo(args.model, "--model", CHECKPOINT_MEMBERS))
-    tokenizer_dir = Path(_resolve_demo(args.tokenizer, "--tokenizer", CHECKPOINT_MEMBERS)) if args.tokenizer else model_dir
+    tokenizer_dir = (
+        Path(_resolve_demo(args.tokenizer, "--tokenizer", CHECKPOINT_MEMBERS)) if args.tokenizer else model_dir
+    )
     for flag, path in (("--model", model_dir), ("--tokenizer", tokenizer_dir)):
         if not path.is_dir():
             raise SweepError(f"{flag} {path}: no such checkpoint folder")
@@ -98,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         from evals.probe.vllm_rollout import VllmRollouts
 
         try:
-            rollouts = VllmRollouts.build(model_dir, tokenizer=str(tokenizer_dir), dtype=str(model.dtype).removeprefix("torch."))
+            rollouts = VllmRollouts.build(
+                model_dir, tokenizer=str(tokenizer_dir), dtype=str(model.dtype).removeprefix("torch.")
+            )
         except EvalError as exc:
             raise SweepError(f"--generator vllm: {exc}") from None
     result = run_probe(model, tokenizer, config=config, prompts=prompts, rollouts=rollouts)

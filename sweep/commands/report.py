@@ -10,7 +10,8 @@ HELP = "Pareto front, balanced point, hypervolume: write report.html and report.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="the study folder, e.g. results/demo")
     parser.add_argument(
-        "--rescore", action="store_true",
+        "--rescore",
+        action="store_true",
         help="run the spec's held-out report tasks on the front points first (kept in heldout.parquet)",
     )
 
@@ -33,12 +34,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         heldout = load_heldout(study_dir)
     summary = summarize(  # once: the report and the lines printed below share it
-        trials, spec.objectives, spec.constraints,
-        rule=options.get("balanced_rule", "maximin"), weights=options.get("weights"), reference=options.get("reference"),
+        trials,
+        spec.objectives,
+        spec.constraints,
+        rule=options.get("balanced_rule", "maximin"),
+        weights=options.get("weights"),
+        reference=options.get("reference"),
     )
     html, md = write_report(
-        study_dir, trials=trials, objectives=spec.objectives, constraints=spec.constraints,
-        spec_name=spec.name, heldout=heldout, summary=summary, **options,
+        study_dir,
+        trials=trials,
+        objectives=spec.objectives,
+        constraints=spec.constraints,
+        spec_name=spec.name,
+        heldout=heldout,
+        summary=summary,
+        **options,
     )
     print(f"wrote {html} ({html.stat().st_size / 1e6:.1f} MB) and {md}")
     if summary.balanced is not None:
@@ -46,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v:.3f}" for k, v in b.params.items())
         values = ", ".join(f"{o.metric}={b.metrics.get(o.metric, float('nan')):.4g}" for o in spec.objectives)
         print(f"balanced point ({b.rule}): trial {b.number}: {params}: {values}")
-        print(f"front: {len(summary.front_numbers)} of {summary.n_complete} complete trials; export with "
-              f"`python -m sweep export {study_dir} --balanced --out DIR`")
+        print(
+            f"front: {len(summary.front_numbers)} of {summary.n_complete} complete trials; export with "
+            f"`python -m sweep export {study_dir} --balanced --out DIR`"
+        )
     else:
         print("no complete feasible trial yet: the report lists the trials only")
     return 0

@@ -12,7 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--trials", type=int, help="override budget.trials (complete trials wanted in the study)")
     parser.add_argument("--results-dir", help="override results_dir (study folder is <results-dir>/<name>)")
-    parser.add_argument("--quiet", action="store_true", help="for cron: print nothing on a clean run; only problems (failed trials, a short or interrupted run), on stderr")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="for cron: print nothing on a clean run; only problems (failed trials, a short or interrupted run), on stderr",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

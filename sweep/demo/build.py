@@ -108,7 +108,9 @@ def ensure_family(
             raise SweepError(_occupied_message(root))
         for stale in root.parent.glob(f".{root.name}.building-*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        progress(f"Building the demo model family into {root} (first use: about 3 minutes on 2 cores; cached afterwards)")
+        progress(
+            f"Building the demo model family into {root} (first use: about 3 minutes on 2 cores; cached afterwards)"
+        )
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; the family is meant to be shared read-only
         try:
@@ -157,7 +159,9 @@ def _occupied_message(root: Path) -> str:
             "pass --force to rebuild it there, or choose another --root"
         )
     except (OSError, json.JSONDecodeError):
-        return f"{root} exists and is not a demo family (no {MANIFEST}); choose another --root, or an empty or new folder"
+        return (
+            f"{root} exists and is not a demo family (no {MANIFEST}); choose another --root, or an empty or new folder"
+        )
 
 
 @contextmanager
@@ -174,7 +178,9 @@ def _locked(lock_file: Path, progress: Callable[[str], None]) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(folder: Path, *, final: Path, key: str, seed: int, recipe, threads: int, progress: Callable[[str], None]) -> None:
+def _build(
+    folder: Path, *, final: Path, key: str, seed: int, recipe, threads: int, progress: Callable[[str], None]
+) -> None:
     """Train the three checkpoints and write tasks and prompts into `folder`."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -209,7 +215,16 @@ def _build(folder: Path, *, final: Path, key: str, seed: int, recipe, threads: i
         for name, parent, stage, rows in stages:
             t0 = time.monotonic()
             member = model if parent is None else copy.deepcopy(trained[parent])
-            train.train(member, tokenizer, recipe=recipe, stage=stage, rows=rows, seed=f"{name}-{seed}", progress=progress, label=name)
+            train.train(
+                member,
+                tokenizer,
+                recipe=recipe,
+                stage=stage,
+                rows=rows,
+                seed=f"{name}-{seed}",
+                progress=progress,
+                label=name,
+            )
             trained[name] = member
             member.save_pretrained(folder / name)
             tokenizer.save_pretrained(folder / name)

@@ -25,7 +25,9 @@ class TaskScore:
         return asdict(self)
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 50) -> list[tuple[str, int]]:
+def generate(
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 50
+) -> list[tuple[str, int]]:
     """Greedy responses to user messages (chat template applied): (text, length in tokens)."""
     import torch
 
@@ -33,7 +35,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, 
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     for start in range(0, len(prompts), batch_size):
         contexts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False)
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
             for p in prompts[start : start + batch_size]
         ]
         contexts = [list(c["input_ids"]) if isinstance(c, dict) else list(c) for c in contexts]
@@ -45,7 +49,12 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, 
             mask[i, width - len(c) :] = 1
         with torch.no_grad():
             gen = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=eos,
             )
         for row in gen[:, width:].tolist():
             n = row.index(eos) + 1 if eos in row else len(row)
@@ -57,7 +66,11 @@ def score(model, tokenizer, problems: list[Problem], *, max_new_tokens: int = 64
     from evals.rewards import exact_match
 
     responses = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens=max_new_tokens)
-    correct = exact_match(prompts=[p.prompt for p in problems], completions=[text for text, _ in responses], answers=[p.answer for p in problems])
+    correct = exact_match(
+        prompts=[p.prompt for p in problems],
+        completions=[text for text, _ in responses],
+        answers=[p.answer for p in problems],
+    )
     length = sum(n for _, n in responses) / len(problems)
     return TaskScore(accuracy=sum(correct) / len(problems), mean_length=length, n=len(problems))
 
@@ -74,7 +87,9 @@ def load_family_models(family):
 
     import merge
 
-    sources = merge.SourceCache.load(pretrained=family.pretrained, instruct=family.instruct, reasoning=family.reasoning, dtype=torch.float32)
+    sources = merge.SourceCache.load(
+        pretrained=family.pretrained, instruct=family.instruct, reasoning=family.reasoning, dtype=torch.float32
+    )
     model = AutoModelForCausalLM.from_pretrained(family.instruct, dtype=torch.float32).eval()
     return sources, model, AutoTokenizer.from_pretrained(family.instruct)
 

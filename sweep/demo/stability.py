@@ -73,7 +73,7 @@ def probe_runs(
         build(model, sources, alpha, beta)
         live = model.to(getattr(torch, dtype))
         for seed in seeds:
-            for lr in ([settings["learning_rate"], NULL_LEARNING_RATE] if null else [settings["learning_rate"]]):
+            for lr in [settings["learning_rate"], NULL_LEARNING_RATE] if null else [settings["learning_rate"]]:
                 config = ProbeConfig.from_dict(settings | {"learning_rate": lr, "seed": seed})
                 result = run_probe(live, tokenizer, config=config, prompts=prompts)
                 run = ProbeRun(alpha, beta, seed, lr, result.metrics.as_metrics(), result.baseline_s, result.wall_s)
@@ -94,7 +94,9 @@ def _recorded(runs: Sequence[ProbeRun], metric: str, *, null: bool) -> list[floa
     return [v for r in runs if r.null == null and (v := r.metrics[f"probe/{metric}"]) is not None]
 
 
-def markdown_table(runs: Sequence[ProbeRun], metrics: Sequence[str] = ("length_retention", "length_growth", "reward_dip")) -> str:
+def markdown_table(
+    runs: Sequence[ProbeRun], metrics: Sequence[str] = ("length_retention", "length_growth", "reward_dip")
+) -> str:
     """One row per (alpha, beta): each metric trained, then its null control, as mean ± sd over seeds."""
     points = sorted({(r.alpha, r.beta) for r in runs}, key=lambda p: (-p[1], p[0]))
     header = ["alpha", "beta", "seeds"] + [f"{m} (trained / null)" for m in metrics]

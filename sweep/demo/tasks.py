@@ -48,7 +48,13 @@ def task_yaml(name: str, data_file: Path, *, max_gen_toks: int = 64) -> str:
         "doc_to_target": "{{answer}}",
         "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
         "filter_list": [
-            {"name": "final", "filter": [{"function": "regex", "regex_pattern": FINAL_ANSWER_REGEX, "group_select": 0}, {"function": "take_first"}]}
+            {
+                "name": "final",
+                "filter": [
+                    {"function": "regex", "regex_pattern": FINAL_ANSWER_REGEX, "group_select": 0},
+                    {"function": "take_first"},
+                ],
+            }
         ],
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1, "description": _DESCRIPTIONS[family]},

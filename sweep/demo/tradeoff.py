@@ -27,7 +27,9 @@ class TradeoffRow:
         return asdict(self)
 
 
-def measure_tradeoff(family, *, points=DEFAULT_POINTS, n: int = 50, split: str = "heldout", max_new_tokens: int = 64) -> list[TradeoffRow]:
+def measure_tradeoff(
+    family, *, points=DEFAULT_POINTS, n: int = 50, split: str = "heldout", max_new_tokens: int = 64
+) -> list[TradeoffRow]:
     """One row per (alpha, beta) on the first `n` problems of each task's `split` (search or heldout)."""
     import json
 

@@ -56,7 +56,14 @@ class Recipe:
         def s(stage: Stage) -> Stage:
             return Stage(max(2, int(stage.steps * factor)), stage.batch, stage.lr, stage.replay)
 
-        return Recipe(**{**self.__dict__, "pretrain": s(self.pretrain), "instruct": s(self.instruct), "reasoning": s(self.reasoning)})
+        return Recipe(
+            **{
+                **self.__dict__,
+                "pretrain": s(self.pretrain),
+                "instruct": s(self.instruct),
+                "reasoning": s(self.reasoning),
+            }
+        )
 
 
 def new_model(recipe: Recipe, tokenizer, *, seed: int):
@@ -125,7 +132,17 @@ def _packed_batch(tokenizer, rows: Callable[[], tuple[str, str]], *, n_rows: int
 RowFn = Callable[[random.Random], tuple[str, str]]
 
 
-def train(model, tokenizer, *, recipe: Recipe, stage: Stage, rows: RowFn, seed: str, progress: Callable[[str], None], label: str) -> float:
+def train(
+    model,
+    tokenizer,
+    *,
+    recipe: Recipe,
+    stage: Stage,
+    rows: RowFn,
+    seed: str,
+    progress: Callable[[str], None],
+    label: str,
+) -> float:
     """Train in place for `stage.steps` steps on rows drawn from `rows(rng)`. Returns the last loss."""
     import torch
 
@@ -149,17 +166,23 @@ def train(model, tokenizer, *, recipe: Recipe, stage: Stage, rows: RowFn, seed: 
     model.train()
     start, loss_value, every = time.monotonic(), float("nan"), max(1, stage.steps // 4)
     for step in range(stage.steps):
-        ids, labels, positions = _packed_batch(tokenizer, lambda: rows(rng), n_rows=stage.batch, length=recipe.row_tokens)
+        ids, labels, positions = _packed_batch(
+            tokenizer, lambda: rows(rng), n_rows=stage.batch, length=recipe.row_tokens
+        )
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss  # no cache: the packed mask needs it
+        loss = model(
+            input_ids=ids, position_ids=positions, labels=labels, use_cache=False
+        ).loss  # no cache: the packed mask needs it
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
         opt.step()
         loss_value = float(loss.detach())
         if (step + 1) % every == 0 or step + 1 == stage.steps:
-            progress(f"  {label}: step {step + 1}/{stage.steps}, loss {loss_value:.3f}, {time.monotonic() - start:.0f} s")
+            progress(
+                f"  {label}: step {step + 1}/{stage.steps}, loss {loss_value:.3f}, {time.monotonic() - start:.0f} s"
+            )
     model.eval()
     return loss_value
 
@@ -179,7 +202,9 @@ def _with_replay(stage: Stage, reserved: frozenset[str], main: RowFn) -> RowFn:
 
 def instruct_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
     share = recipe.instruct_arithmetic_share
-    return _with_replay(recipe.instruct, reserved, lambda rng: data.instruct_example(rng, reserved, arithmetic_share=share))
+    return _with_replay(
+        recipe.instruct, reserved, lambda rng: data.instruct_example(rng, reserved, arithmetic_share=share)
+    )
 
 
 def reasoning_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:

@@ -29,12 +29,21 @@ def test_scores_from_lm_eval_results_are_plain_floats_with_stable_names():
 
     results = {
         "results": {
-            "gsm8k": {"alias": "gsm8k", "exact_match,strict-match": np.float64(0.25), "exact_match_stderr,strict-match": 0.1,
-                      "exact_match,flexible-extract": 0.5, "exact_match_stderr,flexible-extract": "N/A", "sample_len": 8},
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": np.float64(0.25),
+                "exact_match_stderr,strict-match": 0.1,
+                "exact_match,flexible-extract": 0.5,
+                "exact_match_stderr,flexible-extract": "N/A",
+                "sample_len": 8,
+            },
         }
     }
     scores = scores_from_results(results)
-    assert [s.name for s in scores] == ["lm_eval/gsm8k/exact_match,flexible-extract", "lm_eval/gsm8k/exact_match,strict-match"]
+    assert [s.name for s in scores] == [
+        "lm_eval/gsm8k/exact_match,flexible-extract",
+        "lm_eval/gsm8k/exact_match,strict-match",
+    ]
     assert scores[0] == EvalScore(name="lm_eval/gsm8k/exact_match,flexible-extract", value=0.5, stderr=None)
     assert type(scores[1].value) is float and scores[1].stderr == 0.1
     round_trip = [EvalScore.from_dict(json.loads(json.dumps(s.to_dict()))) for s in scores]
@@ -53,7 +62,9 @@ def test_think_end_and_answer_regex_score_the_final_answer(think_model, tiny_tas
     assert values(think_only) == {EM: 0.0}
     # Without think_end the trace stays ("3+4answer: 7"): the regex still finds the
     # answer here, but a regex matching the trace's numbers would not.
-    first_number = LmEvalRunner(config(["tiny_think"], tiny_tasks, think_end=None, answer_regex=r"(\d+)")).evaluate(model, tokenizer)
+    first_number = LmEvalRunner(config(["tiny_think"], tiny_tasks, think_end=None, answer_regex=r"(\d+)")).evaluate(
+        model, tokenizer
+    )
     assert values(first_number) == {EM: 0.0}
     cut_first = LmEvalRunner(config(["tiny_think"], tiny_tasks, answer_regex=r"(\d+)")).evaluate(model, tokenizer)
     assert values(cut_first) == {EM: pytest.approx(expected)}
@@ -89,7 +100,9 @@ def test_unknown_tasks_and_metrics_get_readable_messages(tiny_tasks, tmp_path):
     assert task_problems(["tiny_think"], [str(tmp_path / "missing")])[0].startswith("unknown lm-eval task 'tiny_think'")
 
     assert metric_problems([EM, "lm_eval/tiny_choice/acc_norm,none", "probe/length_retention"], [str(tiny_tasks)]) == []
-    wrong_filter, no_filter = metric_problems(["lm_eval/tiny_think/exact_match,none", "lm_eval/tiny_think/exact_match"], [str(tiny_tasks)])
+    wrong_filter, no_filter = metric_problems(
+        ["lm_eval/tiny_think/exact_match,none", "lm_eval/tiny_think/exact_match"], [str(tiny_tasks)]
+    )
     assert "does not report 'exact_match,none'" in wrong_filter and EM in wrong_filter
     assert "lacks the filter part" in no_filter and EM in no_filter
 
@@ -137,7 +150,11 @@ def test_config_is_built_from_the_spec_section_as_the_sweep_does():
 
     spec = LmEvalSpec(search_tasks=["a"], report_tasks=["b"], include_paths=["/t"], limit=24, answer_regex="x(\\d)")
     dumped = spec.model_dump()
-    config = LmEvalConfig(tasks=spec.search_tasks, **{k: v for k, v in dumped.items() if k not in ("search_tasks", "report_tasks")})
+    config = LmEvalConfig(
+        tasks=spec.search_tasks, **{k: v for k, v in dumped.items() if k not in ("search_tasks", "report_tasks")}
+    )
     assert config.tasks == ["a"] and config.lm_eval_limit == 24 and isinstance(config.lm_eval_limit, int)
-    assert {k: v for k, v in config.to_dict().items() if k != "tasks"} == {k: v for k, v in dumped.items() if k not in ("search_tasks", "report_tasks")}
+    assert {k: v for k, v in config.to_dict().items() if k != "tasks"} == {
+        k: v for k, v in dumped.items() if k not in ("search_tasks", "report_tasks")
+    }
     assert LmEvalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

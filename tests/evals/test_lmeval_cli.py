@@ -22,19 +22,39 @@ NUM_FEWSHOT = 1  # tiny_think fixes num_fewshot: 0 in its YAML and keeps it; tin
 BATCH_SIZE = 4
 
 
-def run_lm_eval_cli(*, model_dir: Path, tasks: list[str], include_path: Path, out: Path, extra_model_args: str = "",
-                    extra: list[str] = (), batch_size: int = BATCH_SIZE) -> dict:
+def run_lm_eval_cli(
+    *,
+    model_dir: Path,
+    tasks: list[str],
+    include_path: Path,
+    out: Path,
+    extra_model_args: str = "",
+    extra: list[str] = (),
+    batch_size: int = BATCH_SIZE,
+) -> dict:
     """Run `python -m lm_eval run` offline on CPU; return its results JSON."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"
+    )
     command = [
-        sys.executable, "-m", "lm_eval", "run",
-        "--model", "hf",
-        "--model_args", f"pretrained={model_dir},dtype=float32{extra_model_args}",
-        "--tasks", ",".join(tasks),
-        "--include_path", str(include_path),
-        "--batch_size", str(batch_size),
-        "--device", "cpu",
-        "--output_path", str(out),
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_dir},dtype=float32{extra_model_args}",
+        "--tasks",
+        ",".join(tasks),
+        "--include_path",
+        str(include_path),
+        "--batch_size",
+        str(batch_size),
+        "--device",
+        "cpu",
+        "--output_path",
+        str(out),
         *extra,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -61,10 +81,15 @@ def test_adapter_equals_lm_eval_cli_on_the_same_checkpoint(cli_results, think_mo
     import torch
 
     model, tokenizer = load(random_model)
-    runner = LmEvalRunner(LmEvalConfig(
-        tasks=["tiny_think", "tiny_choice"], include_paths=[str(tiny_tasks)], batch_size=BATCH_SIZE,
-        num_fewshot=NUM_FEWSHOT, answer_regex=ANSWER_REGEX,
-    ))
+    runner = LmEvalRunner(
+        LmEvalConfig(
+            tasks=["tiny_think", "tiny_choice"],
+            include_paths=[str(tiny_tasks)],
+            batch_size=BATCH_SIZE,
+            num_fewshot=NUM_FEWSHOT,
+            answer_regex=ANSWER_REGEX,
+        )
+    )
     runner.evaluate(model, tokenizer)  # a previous candidate in the same object
     trained, _ = load(think_model)
     with torch.no_grad():
@@ -73,9 +98,15 @@ def test_adapter_equals_lm_eval_cli_on_the_same_checkpoint(cli_results, think_mo
 
     cli = cli_results["results"]
     expected = {
-        "lm_eval/tiny_think/exact_match,final": (cli["tiny_think_regex"]["exact_match,final"], cli["tiny_think_regex"]["exact_match_stderr,final"]),
+        "lm_eval/tiny_think/exact_match,final": (
+            cli["tiny_think_regex"]["exact_match,final"],
+            cli["tiny_think_regex"]["exact_match_stderr,final"],
+        ),
         "lm_eval/tiny_choice/acc,none": (cli["tiny_choice"]["acc,none"], cli["tiny_choice"]["acc_stderr,none"]),
-        "lm_eval/tiny_choice/acc_norm,none": (cli["tiny_choice"]["acc_norm,none"], cli["tiny_choice"]["acc_norm_stderr,none"]),
+        "lm_eval/tiny_choice/acc_norm,none": (
+            cli["tiny_choice"]["acc_norm,none"],
+            cli["tiny_choice"]["acc_norm_stderr,none"],
+        ),
     }
     assert set(ours) == set(expected)
     for name, (value, stderr) in expected.items():

@@ -35,7 +35,13 @@ def demo_cli_results(demo_family, tmp_path_factory) -> dict:
         include_path=demo_family.tasks,
         out=tmp_path_factory.mktemp("lm_eval_cli_demo"),
         extra_model_args=f",think_end_token={think_end}",
-        extra=["--limit", str(LIMIT), "--apply_chat_template", "--gen_kwargs", f"do_sample=False,temperature=0,max_gen_toks={MAX_GEN_TOKS}"],
+        extra=[
+            "--limit",
+            str(LIMIT),
+            "--apply_chat_template",
+            "--gen_kwargs",
+            f"do_sample=False,temperature=0,max_gen_toks={MAX_GEN_TOKS}",
+        ],
         batch_size=BATCH_SIZE,
     )
 
@@ -44,8 +50,16 @@ def test_adapter_equals_lm_eval_cli_on_a_demo_checkpoint(demo_family, demo_cli_r
     import torch
 
     model, tokenizer = load(demo_family.instruct)
-    runner = LmEvalRunner(LmEvalConfig(tasks=TASKS, include_paths=[str(demo_family.tasks)], limit=LIMIT,
-                                       batch_size=BATCH_SIZE, apply_chat_template=True, max_gen_toks=MAX_GEN_TOKS))
+    runner = LmEvalRunner(
+        LmEvalConfig(
+            tasks=TASKS,
+            include_paths=[str(demo_family.tasks)],
+            limit=LIMIT,
+            batch_size=BATCH_SIZE,
+            apply_chat_template=True,
+            max_gen_toks=MAX_GEN_TOKS,
+        )
+    )
     instruct_scores = {s.name: s.value for s in runner.evaluate(model, tokenizer)}  # the previous candidate
     reasoning, _ = load(demo_family.reasoning)
     with torch.no_grad():

@@ -62,12 +62,24 @@ def test_each_candidate_is_fed_to_one_engine(think_model, random_model, tiny_tas
         return StandInLM(StandInEngine(kwargs["pretrained"]))
 
     def cfg(**vllm):
-        return LmEvalConfig(tasks=["tiny_think", "tiny_choice"], include_paths=[str(tiny_tasks)], batch_size=4,
-                            answer_regex=ANSWER_REGEX, backend="vllm", vllm={"model": str(random_model), **vllm})
+        return LmEvalConfig(
+            tasks=["tiny_think", "tiny_choice"],
+            include_paths=[str(tiny_tasks)],
+            batch_size=4,
+            answer_regex=ANSWER_REGEX,
+            backend="vllm",
+            vllm={"model": str(random_model), **vllm},
+        )
 
     candidate, tokenizer = load(think_model)
-    expected = LmEvalRunner(LmEvalConfig(tasks=["tiny_think", "tiny_choice"], include_paths=[str(tiny_tasks)], batch_size=4,
-                                         answer_regex=ANSWER_REGEX)).evaluate(candidate, tokenizer)
+    expected = LmEvalRunner(
+        LmEvalConfig(
+            tasks=["tiny_think", "tiny_choice"],
+            include_paths=[str(tiny_tasks)],
+            batch_size=4,
+            answer_regex=ANSWER_REGEX,
+        )
+    ).evaluate(candidate, tokenizer)
     for reload_from, extra in (("iterator", {}), ("tmpfs", {"tmpfs_dir": str(tmp_path)})):
         built.clear()
         backend = VllmBackend(cfg(reload_from=reload_from, gpu_memory_utilization=0.3, **extra), lm_factory=factory)
@@ -96,6 +108,7 @@ def test_vllm_settings_and_missing_package_are_user_errors(tiny_tasks, think_mod
     import evals.vllm_backend
 
     monkeypatch.setattr(evals.vllm_backend, "vllm_build", lambda: None)  # as in the main venv, wherever this runs
+
     def cfg(**vllm):
         return LmEvalConfig(tasks=["tiny_think"], include_paths=[str(tiny_tasks)], backend="vllm", vllm=vllm)
 

@@ -27,8 +27,12 @@ def model_and_batch(tmp_path_factory):
     response = torch.randint(3, V, (B, R), generator=gen)
     lengths = torch.tensor([9, 4, 1, 7, 9, 2])
     response_mask = (torch.arange(R)[None] < lengths[:, None]).long()
-    batch = dict(input_ids=torch.cat([prompt, response], 1), attention_mask=torch.cat([prompt_mask, response_mask], 1),
-                 response_ids=response, response_mask=response_mask)
+    batch = dict(
+        input_ids=torch.cat([prompt, response], 1),
+        attention_mask=torch.cat([prompt_mask, response_mask], 1),
+        response_ids=response,
+        response_mask=response_mask,
+    )
     return model, batch
 
 
@@ -37,7 +41,9 @@ def plain_logprobs(model, batch, temperature):
     mask = batch["attention_mask"]
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     R = batch["response_ids"].shape[1]
-    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=R + 1).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=R + 1
+    ).logits
     logp_all = torch.log_softmax(logits[:, :-1].double() / temperature, dim=-1)
     logp = logp_all.gather(-1, batch["response_ids"][..., None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -74,8 +80,20 @@ def test_micro_batched_update_equals_the_full_batch_update(model_and_batch):
             for p in policy.parameters():
                 p.add_(0.01 * torch.sin(torch.arange(p.numel(), dtype=p.dtype)).view_as(p))
         optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
-        results.append(grpo_update(policy, reference, optimizer, advantages=advantages, kl_coef=0.05, temperature=1.0,
-                                   micro_batch_size=mb, chunk=chunk, checkpoint_activations=ckpt, **batch))
+        results.append(
+            grpo_update(
+                policy,
+                reference,
+                optimizer,
+                advantages=advantages,
+                kl_coef=0.05,
+                temperature=1.0,
+                micro_batch_size=mb,
+                chunk=chunk,
+                checkpoint_activations=ckpt,
+                **batch,
+            )
+        )
         weights.append([p.detach().clone() for p in policy.parameters()])
         assert not _checkpointing(policy)  # restored after the step
     assert results[0]["kl"] > 1e-6
@@ -93,8 +111,15 @@ def test_reference_as_adapters_off_context(model_and_batch):
     model, batch = model_and_batch
     policy = copy.deepcopy(model).requires_grad_(True)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
-    out = grpo_update(policy, contextlib.nullcontext, optimizer, advantages=torch.zeros(6, dtype=torch.float64),
-                      kl_coef=1.0, micro_batch_size=4, **batch)
+    out = grpo_update(
+        policy,
+        contextlib.nullcontext,
+        optimizer,
+        advantages=torch.zeros(6, dtype=torch.float64),
+        kl_coef=1.0,
+        micro_batch_size=4,
+        **batch,
+    )
     assert out["kl"] == pytest.approx(0.0, abs=1e-12)  # the reference is the policy itself
 
 

@@ -65,7 +65,9 @@ def test_curves_are_sensible(arch, request):
     curves = result.curves
     assert curves.steps == 4 and set(curves.to_dict()) == set(CURVE_KEYS)
     for t in range(4):
-        assert 1 <= curves.response_length_min[t] <= curves.response_length_mean[t] <= curves.response_length_max[t] <= 16
+        assert (
+            1 <= curves.response_length_min[t] <= curves.response_length_mean[t] <= curves.response_length_max[t] <= 16
+        )
         assert 0 <= curves.response_length_clip_ratio[t] <= 1
         assert curves.kl[t] >= 0 and curves.entropy[t] > 0 and curves.grad_norm[t] > 0
         assert curves.step_s[t] >= curves.gen_s[t] > 0
@@ -88,7 +90,9 @@ def test_same_seed_gives_identical_curves_and_another_seed_does_not(tiny_dir):
 
 def test_reward_rises_on_a_learnable_reward(tiny_dir):
     model, tokenizer = load(tiny_dir)
-    result = run_probe(model, tokenizer, config=config(steps=24, learning_rate=1e-2), prompts=PROMPTS, reward=digit_share)
+    result = run_probe(
+        model, tokenizer, config=config(steps=24, learning_rate=1e-2), prompts=PROMPTS, reward=digit_share
+    )
     score = result.curves.score_mean
     first, last = sum(score[:4]) / 4, sum(score[-4:]) / 4
     assert last > first + 0.2, score  # measured ~0.12 -> ~0.9 (seeds 0-3: 0.79-0.93); chance is ~10 of 83 tokens
@@ -140,7 +144,9 @@ def test_reward_model_from_config(tiny_dir, tmp_path):
 
     rm = make_reward_model(tmp_path / "rm")
     model, tokenizer = load(tiny_dir)
-    cfg = ProbeConfig.from_dict({"prompts": "unused", "steps": 2, "max_new_tokens": 8, "reward": {"rule": "exact_match", "model": str(rm)}})
+    cfg = ProbeConfig.from_dict(
+        {"prompts": "unused", "steps": 2, "max_new_tokens": 8, "reward": {"rule": "exact_match", "model": str(rm)}}
+    )
     assert cfg.reward.rule is None  # a reward model wins over a rule, as in the spec
     result = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS)
     assert result.curves.score_std[0] > 0  # real, varying scores from the reward model
@@ -201,7 +207,13 @@ def test_config_fields_are_exactly_the_spec_keys():
     )
     cfg = ProbeConfig.from_dict(spec.evals.probe.model_dump())
     assert (cfg.steps, cfg.reward.rule, cfg.collapse_threshold, cfg.window) == (5, "format", 0.4, 1)
-    assert (cfg.micro_batch_size, cfg.logprob_chunk, cfg.update, cfg.lora_rank, cfg.generator) == (2, 1024, "lora", 4, "hf")
+    assert (cfg.micro_batch_size, cfg.logprob_chunk, cfg.update, cfg.lora_rank, cfg.generator) == (
+        2,
+        1024,
+        "lora",
+        4,
+        "hf",
+    )
     assert ProbeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
@@ -262,7 +274,9 @@ def test_a_diverging_probe_is_a_recorded_outcome_not_an_error(tiny_dir):
 
     model, tokenizer = load(tiny_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = run_probe(model, tokenizer, config=config(steps=6, learning_rate=1e30), prompts=PROMPTS, reward=digit_share)
+    result = run_probe(
+        model, tokenizer, config=config(steps=6, learning_rate=1e30), prompts=PROMPTS, reward=digit_share
+    )
     assert result.diverged and result.stopped_early and "diverged at step" in result.stop_reason
     metrics = result.metrics.as_metrics()
     assert metrics["probe/diverged"] == 1.0 and metrics["probe/stopped_early"] == 1.0
@@ -272,7 +286,12 @@ def test_a_diverging_probe_is_a_recorded_outcome_not_an_error(tiny_dir):
     json.dumps(result.to_dict(), allow_nan=False)  # the trial record stays valid JSON
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # a stable probe reads diverged 0
-    assert run_probe(model, tokenizer, config=config(steps=2), prompts=PROMPTS, reward=digit_share).metrics.as_metrics()["probe/diverged"] == 0.0
+    assert (
+        run_probe(model, tokenizer, config=config(steps=2), prompts=PROMPTS, reward=digit_share).metrics.as_metrics()[
+            "probe/diverged"
+        ]
+        == 0.0
+    )
 
 
 def test_an_early_stopped_probe_is_scored_over_the_configured_steps():
@@ -283,7 +302,8 @@ def test_an_early_stopped_probe_is_scored_over_the_configured_steps():
     length = [10.0, 4.0, 3.0, 3.0, 3.0]
     reward = [0.5, 0.2, 0.1, 0.1, 0.1]
     rows = [
-        {k: 0.0 for k in CURVE_KEYS if "normalized" not in k} | {"response_length/mean": n, "critic/score/mean": r, "actor/entropy": 1.0}
+        {k: 0.0 for k in CURVE_KEYS if "normalized" not in k}
+        | {"response_length/mean": n, "critic/score/mean": r, "actor/entropy": 1.0}
         for n, r in zip(length, reward, strict=True)
     ]
     curves = ProbeCurves()
@@ -307,9 +327,13 @@ def test_a_bf16_model_learns_as_an_fp32_one(tiny_dir, learning_rate):
     for dtype in (torch.float32, torch.bfloat16):
         model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=dtype)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        result = run_probe(model, load(tiny_dir)[1], config=config(learning_rate=learning_rate), prompts=PROMPTS, reward=digit_share)
+        result = run_probe(
+            model, load(tiny_dir)[1], config=config(learning_rate=learning_rate), prompts=PROMPTS, reward=digit_share
+        )
         kl[dtype] = result.metrics.kl_final
-        assert all(torch.equal(before[k], v) and v.dtype == dtype for k, v in model.state_dict().items())  # restored bit for bit
+        assert all(
+            torch.equal(before[k], v) and v.dtype == dtype for k, v in model.state_dict().items()
+        )  # restored bit for bit
     assert 0.5 < kl[torch.bfloat16] / kl[torch.float32] < 2.0, kl
 
 
@@ -351,8 +375,13 @@ def test_lora_update_learns_and_gives_the_model_back(tiny_dir):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modules = [(name, type(m)) for name, m in model.named_modules()]
     attributes = set(vars(model))
-    result = run_probe(model, tokenizer, config=config(steps=16, update="lora", lora_rank=4, learning_rate=1e-2),
-                       prompts=PROMPTS, reward=digit_share)
+    result = run_probe(
+        model,
+        tokenizer,
+        config=config(steps=16, update="lora", lora_rank=4, learning_rate=1e-2),
+        prompts=PROMPTS,
+        reward=digit_share,
+    )
     kl, score = result.curves.kl, result.curves.score_mean
     assert kl[0] == 0 and kl[-1] > 0.1, kl
     assert sum(score[-4:]) / 4 > sum(score[:4]) / 4 + 0.3, score  # digits rewarded: measured 0.08 -> 0.78
@@ -377,8 +406,13 @@ def test_lora_on_a_bf16_model_trains_fp32_adapters(tiny_dir):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
     adapters.remove()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = run_probe(model, load(tiny_dir)[1], config=config(update="lora", lora_rank=4, learning_rate=3e-2),
-                       prompts=PROMPTS, reward=digit_share)
+    result = run_probe(
+        model,
+        load(tiny_dir)[1],
+        config=config(update="lora", lora_rank=4, learning_rate=3e-2),
+        prompts=PROMPTS,
+        reward=digit_share,
+    )
     assert result.metrics.kl_final > 1e-4
     assert all(torch.equal(before[k], v) and v.dtype == torch.bfloat16 for k, v in model.state_dict().items())
 

@@ -104,7 +104,9 @@ def test_reward_hockey_stick_of_the_reasoning_member_beats_its_null_control(demo
     dip = {}
     for name, lr in (("reasoning", 5e-4), ("null", 1e-12), ("balanced", 5e-4)):
         model = models["balanced" if name == "balanced" else "reasoning"]
-        dip[name] = run_probe(model, tokenizer, config=_demo_config(demo_family, learning_rate=lr, seed=5)).metrics.reward_dip
+        dip[name] = run_probe(
+            model, tokenizer, config=_demo_config(demo_family, learning_rate=lr, seed=5)
+        ).metrics.reward_dip
     assert dip["reasoning"] >= dip["null"] + 0.2, dip
     assert dip["balanced"] <= dip["reasoning"] - 0.1, dip
 

@@ -29,13 +29,33 @@ def test_exact_match_compares_final_answers_and_ignores_length():
 
 
 def test_format_check():
-    completions = ["<think>t</think> 5", "5", "<think>t</think>", "<think>t", "a</think> 5", "<think>a</think><think>b</think> 5", "  "]
-    assert format_check(prompts=["q"] * 7, completions=completions, answers=[None] * 7) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    completions = [
+        "<think>t</think> 5",
+        "5",
+        "<think>t</think>",
+        "<think>t",
+        "a</think> 5",
+        "<think>a</think><think>b</think> 5",
+        "  ",
+    ]
+    assert format_check(prompts=["q"] * 7, completions=completions, answers=[None] * 7) == [
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
 
 
 def test_combined_rule_sums():
     rule = get_rule("exact_match+format")
-    assert rule(prompts=["q", "q", "q"], completions=["<think>t</think> 3", "<think>t</think> 4", "<think>3"], answers=["3", "3", "3"]) == [2.0, 1.0, 0.0]
+    assert rule(
+        prompts=["q", "q", "q"],
+        completions=["<think>t</think> 3", "<think>t</think> 4", "<think>3"],
+        answers=["3", "3", "3"],
+    ) == [2.0, 1.0, 0.0]
 
 
 def test_unknown_rule_and_missing_model_are_user_errors(tmp_path):
@@ -54,8 +74,14 @@ def make_reward_model(path, *, num_labels: int = 1):
     tokenizer = build_char_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=4, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
     )
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -139,7 +139,14 @@ def test_length_collapsed_needs_patience_consecutive_low_steps():
 
 def test_baselines_replace_the_first_point_as_reference():
     # normalized curves: the baseline (10 tokens, reward 0.5, entropy 2) is the reference, not step 0
-    m = stability_metrics([12, 8, 11], [0.4, 0.2, 0.6], entropy=[2.5, 1.5, 2.0], baseline_length=10, baseline_reward=0.5, baseline_entropy=2.0)
+    m = stability_metrics(
+        [12, 8, 11],
+        [0.4, 0.2, 0.6],
+        entropy=[2.5, 1.5, 2.0],
+        baseline_length=10,
+        baseline_reward=0.5,
+        baseline_entropy=2.0,
+    )
     assert m.length_retention == pytest.approx(0.8) and m.length_growth == pytest.approx(1.1)
     assert m.reward_dip == pytest.approx(0.3) and m.reward_recovery_step == 2
     assert m.entropy_drop == pytest.approx(0.5)

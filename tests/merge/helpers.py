@@ -20,7 +20,9 @@ def load_state(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def closed_form(trio: dict[str, Path], alpha: float, beta: float, name: str, *, rows: int | None = None) -> torch.Tensor:
+def closed_form(
+    trio: dict[str, Path], alpha: float, beta: float, name: str, *, rows: int | None = None
+) -> torch.Tensor:
     """beta*(alpha*I + (1-alpha)*R) + (1-beta)*P in float64; a tied model's lm_head is its embedding."""
     values = {}
     for role, folder in trio.items():

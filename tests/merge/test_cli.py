@@ -13,7 +13,18 @@ from tests.tiny import make_tiny_checkpoint
 
 
 def args(trio, out, *extra):
-    return ["merge", "--pretrained", str(trio["pretrained"]), "--instruct", str(trio["instruct"]), "--reasoning", str(trio["reasoning"]), "--out", str(out), *extra]
+    return [
+        "merge",
+        "--pretrained",
+        str(trio["pretrained"]),
+        "--instruct",
+        str(trio["instruct"]),
+        "--reasoning",
+        str(trio["reasoning"]),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_merge_writes_a_checkpoint_and_a_summary(tiny_trio, tmp_path, capsys):
@@ -29,7 +40,25 @@ def test_merge_writes_a_checkpoint_and_a_summary(tiny_trio, tmp_path, capsys):
 
 
 def test_method_parameters_reach_the_merge(tiny_trio, tmp_path):
-    code = main(args(tiny_trio, tmp_path / "m", "--alpha", "0.5", "--beta", "1", "--method-stage1", "dare", "--stage1-param", "density=0.5", "--stage1-param", "variant=ties", "--method-stage2", "slerp", "--quiet"))
+    code = main(
+        args(
+            tiny_trio,
+            tmp_path / "m",
+            "--alpha",
+            "0.5",
+            "--beta",
+            "1",
+            "--method-stage1",
+            "dare",
+            "--stage1-param",
+            "density=0.5",
+            "--stage1-param",
+            "variant=ties",
+            "--method-stage2",
+            "slerp",
+            "--quiet",
+        )
+    )
     assert code == 0
     record = json.loads((tmp_path / "m" / "merge_recipe.json").read_text())
     assert record["plan"]["stage1"] == {"method": "dare", "params": {"density": 0.5, "variant": "ties", "seed": 0}}

@@ -49,7 +49,10 @@ def test_two_stage_linear_equals_the_closed_form_within_fp32_rounding(tiny_trio,
     for name, value in merged.items():
         assert value.dtype == torch.float32
         expected = closed_form(tiny_trio, 0.3, 0.7, name)
-        scale = sum(w * states[r][name].double().abs() for r, w in (("instruct", 0.21), ("reasoning", 0.49), ("pretrained", 0.3)))
+        scale = sum(
+            w * states[r][name].double().abs()
+            for r, w in (("instruct", 0.21), ("reasoning", 0.49), ("pretrained", 0.3))
+        )
         assert ((value.double() - expected).abs() <= 4 * FP32_EPS * scale + 1e-30).all(), name
 
 
@@ -66,7 +69,10 @@ def test_bf16_sharded_inputs_give_bf16_within_one_ulp_and_a_loadable_sharded_che
         assert value.dtype == torch.bfloat16
         expected = closed_form(bf16_sharded_trio, 0.6, 0.85, name)
         # one bf16 ulp, plus the fp32 accumulation's rounding where terms cancel to ~0
-        scale = sum(w * states[r][name].double().abs() for r, w in (("instruct", 0.51), ("reasoning", 0.34), ("pretrained", 0.15)))
+        scale = sum(
+            w * states[r][name].double().abs()
+            for r, w in (("instruct", 0.51), ("reasoning", 0.34), ("pretrained", 0.15))
+        )
         assert ((value.double() - expected).abs() <= bf16_ulp(expected) + 4 * FP32_EPS * scale).all(), name
     assert generate_text(out)
 
@@ -78,7 +84,9 @@ def test_dtype_option_writes_the_requested_dtype(tiny_trio, tmp_path):
 
 
 def test_config_tokenizer_and_chat_template_come_from_instruct_and_the_recipe_is_recorded(tiny_trio, tmp_path):
-    out = merge_checkpoints(**tiny_trio, alpha=0.5, beta=0.9, out=tmp_path / "m", stage1_method="ties", stage1_params={"density": 0.4})
+    out = merge_checkpoints(
+        **tiny_trio, alpha=0.5, beta=0.9, out=tmp_path / "m", stage1_method="ties", stage1_params={"density": 0.4}
+    )
     for name in ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / name).read_bytes() == (tiny_trio["instruct"] / name).read_bytes(), name
     record = MergeRecord.from_dict(json.loads((out / RECORD_NAME).read_text()))
@@ -132,11 +140,15 @@ def test_vocab_mismatch_is_refused_with_the_options_named(vocab_trio, tmp_path):
 
 def test_vocab_truncate_keeps_the_common_rows(vocab_trio, tmp_path):
     small = json.loads((vocab_trio["pretrained"] / "config.json").read_text())["vocab_size"]
-    out = merge_checkpoints(**vocab_trio, alpha=0.5, beta=0.5, out=tmp_path / "m", vocab="truncate", tokenizer_source="pretrained")
+    out = merge_checkpoints(
+        **vocab_trio, alpha=0.5, beta=0.5, out=tmp_path / "m", vocab="truncate", tokenizer_source="pretrained"
+    )
     embed = load_state(out)["model.embed_tokens.weight"]
     assert embed.shape[0] == small
     assert json.loads((out / "config.json").read_text())["vocab_size"] == small
-    torch.testing.assert_close(embed.double(), closed_form(vocab_trio, 0.5, 0.5, "model.embed_tokens.weight", rows=small), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        embed.double(), closed_form(vocab_trio, 0.5, 0.5, "model.embed_tokens.weight", rows=small), rtol=0, atol=1e-6
+    )
     assert generate_text(out)
 
 
@@ -148,7 +160,12 @@ def test_vocab_pad_borrows_the_new_rows_from_the_model_that_has_them(vocab_trio,
     assert embed.shape[0] == small + 3
     assert json.loads((out / "config.json").read_text())["vocab_size"] == small + 3
     torch.testing.assert_close(embed[small:], instruct[small:], rtol=0, atol=1e-6)  # weights sum to one
-    torch.testing.assert_close(embed[:small].double(), closed_form(vocab_trio, 0.5, 0.5, "model.embed_tokens.weight", rows=small), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        embed[:small].double(),
+        closed_form(vocab_trio, 0.5, 0.5, "model.embed_tokens.weight", rows=small),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_pickle_checkpoints_are_refused_unless_allowed(tiny_trio, tmp_path):
@@ -167,7 +184,14 @@ def test_every_input_problem_is_reported_at_once_before_any_work(tiny_trio, tmp_
     busy.mkdir()
     (busy / "notes.txt").write_text("keep me")
     with pytest.raises(MergeError) as info:
-        merge_checkpoints(pretrained=tiny_trio["pretrained"], instruct=tmp_path / "nowhere", reasoning=tiny_trio["reasoning"], alpha=1.5, beta=0.5, out=busy)
+        merge_checkpoints(
+            pretrained=tiny_trio["pretrained"],
+            instruct=tmp_path / "nowhere",
+            reasoning=tiny_trio["reasoning"],
+            alpha=1.5,
+            beta=0.5,
+            out=busy,
+        )
     message = str(info.value)
     assert "alpha = 1.5 is outside [0, 1]" in message
     assert f"instruct: {tmp_path / 'nowhere'}: no such checkpoint folder" in message
@@ -198,7 +222,9 @@ def test_output_may_not_be_an_input(tiny_trio):
 
 def test_progress_reports_bytes_up_to_the_total(tiny_trio, tmp_path):
     seen = []
-    merge_checkpoints(**tiny_trio, alpha=0.5, beta=0.5, out=tmp_path / "m", progress=lambda done, total: seen.append((done, total)))
+    merge_checkpoints(
+        **tiny_trio, alpha=0.5, beta=0.5, out=tmp_path / "m", progress=lambda done, total: seen.append((done, total))
+    )
     assert seen and seen == sorted(seen)
     done, total = seen[-1]
     weights = sum(f.stat().st_size for role in tiny_trio.values() for f in role.glob("*.safetensors"))
@@ -210,6 +236,8 @@ def test_progress_reports_bytes_up_to_the_total(tiny_trio, tmp_path):
 @pytest.mark.parametrize("stage1", ["linear", "ties"])
 def test_cuda_disk_merge_matches_the_cpu_merge(tiny_trio, tmp_path, stage1):
     cpu = load_state(merge_checkpoints(**tiny_trio, alpha=0.3, beta=0.7, out=tmp_path / "cpu", stage1_method=stage1))
-    gpu = load_state(merge_checkpoints(**tiny_trio, alpha=0.3, beta=0.7, out=tmp_path / "gpu", stage1_method=stage1, device="cuda"))
+    gpu = load_state(
+        merge_checkpoints(**tiny_trio, alpha=0.3, beta=0.7, out=tmp_path / "gpu", stage1_method=stage1, device="cuda")
+    )
     for name, value in cpu.items():
         torch.testing.assert_close(gpu[name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -32,7 +32,9 @@ def live_model(folder, **kwargs):
 
 @pytest.mark.parametrize("stage1, params1, stage2, params2", RECIPES)
 def test_in_place_build_equals_the_disk_merge(tiny_trio, source_cache, tmp_path, stage1, params1, stage2, params2):
-    recipe = dict(alpha=0.35, beta=0.75, stage1_method=stage1, stage1_params=params1, stage2_method=stage2, stage2_params=params2)
+    recipe = dict(
+        alpha=0.35, beta=0.75, stage1_method=stage1, stage1_params=params1, stage2_method=stage2, stage2_params=params2
+    )
     model = live_model(tiny_trio["instruct"])
     build_in_place(model, source_cache, **recipe)
     disk = load_state(merge_checkpoints(**tiny_trio, out=tmp_path / "m", **recipe))
@@ -80,7 +82,9 @@ def test_mixed_tied_sources_need_an_untied_live_model(tiny_trio, tmp_path):
         build_in_place(live_model(tiny_trio["pretrained"]), cache, alpha=0.5, beta=0.5)
     model = live_model(untied)
     build_in_place(model, cache, alpha=0.5, beta=0.5)
-    torch.testing.assert_close(model.lm_head.weight.double(), closed_form(trio, 0.5, 0.5, "lm_head.weight"), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        model.lm_head.weight.double(), closed_form(trio, 0.5, 0.5, "lm_head.weight"), rtol=0, atol=1e-6
+    )
 
 
 def test_untied_live_model_from_tied_sources_gets_the_merged_embedding_as_head(tiny_trio, source_cache, tmp_path):
@@ -104,7 +108,9 @@ def test_bad_ratios_are_refused_unless_extrapolating(tiny_trio, source_cache):
     with pytest.raises(MergeError, match="beta = 1.2 is outside"):
         build_in_place(model, source_cache, alpha=0.5, beta=1.2)
     build_in_place(model, source_cache, alpha=0.5, beta=1.2, allow_extrapolation=True)
-    torch.testing.assert_close(model.model.norm.weight.double(), closed_form(tiny_trio, 0.5, 1.2, "model.norm.weight"), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        model.model.norm.weight.double(), closed_form(tiny_trio, 0.5, 1.2, "model.norm.weight"), rtol=0, atol=1e-6
+    )
 
 
 def test_cache_load_refuses_incompatible_models(tiny_trio, tmp_path):
@@ -119,7 +125,14 @@ def test_cuda_build_matches_the_cpu_build(tiny_trio, source_cache):
     cuda_cache = SourceCache.load(**tiny_trio, device="cuda")
     model = live_model(tiny_trio["instruct"]).to("cuda")
     for stage1, params1, stage2, params2 in RECIPES:
-        recipe = dict(alpha=0.35, beta=0.75, stage1_method=stage1, stage1_params=params1, stage2_method=stage2, stage2_params=params2)
+        recipe = dict(
+            alpha=0.35,
+            beta=0.75,
+            stage1_method=stage1,
+            stage1_params=params1,
+            stage2_method=stage2,
+            stage2_params=params2,
+        )
         build_in_place(model, cuda_cache, **recipe)
         cpu_model = live_model(tiny_trio["instruct"])
         build_in_place(cpu_model, source_cache, **recipe)
@@ -144,7 +157,14 @@ def test_host_sources_stream_to_a_cuda_model_and_equal_the_on_device_build(tiny_
     assert all(t.is_pinned() for triple in host_cache.tensors.values() for t in triple)
     streamed, on_device = live_model(tiny_trio["instruct"]).to("cuda"), live_model(tiny_trio["instruct"]).to("cuda")
     for stage1, params1, stage2, params2 in RECIPES:
-        recipe = dict(alpha=0.35, beta=0.75, stage1_method=stage1, stage1_params=params1, stage2_method=stage2, stage2_params=params2)
+        recipe = dict(
+            alpha=0.35,
+            beta=0.75,
+            stage1_method=stage1,
+            stage1_params=params1,
+            stage2_method=stage2,
+            stage2_params=params2,
+        )
         build_in_place(streamed, host_cache, **recipe)
         build_in_place(on_device, cuda_cache, **recipe)
         for (name, a), b in zip(streamed.state_dict().items(), on_device.state_dict().values(), strict=True):

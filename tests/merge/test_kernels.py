@@ -41,11 +41,14 @@ def kernel_mode():
     kernels.set_kernel(before)
 
 
-@pytest.mark.parametrize("dtypes, out_dtype", [
-    ((torch.float32,) * 3, torch.float32),
-    ((torch.bfloat16,) * 3, torch.bfloat16),
-    ((torch.bfloat16, torch.float32, torch.float16), torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "dtypes, out_dtype",
+    [
+        ((torch.float32,) * 3, torch.float32),
+        ((torch.bfloat16,) * 3, torch.bfloat16),
+        ((torch.bfloat16, torch.float32, torch.float16), torch.bfloat16),
+    ],
+)
 def test_eager_kernel_sums_in_fp32_and_rounds_once(kernel_mode, dtypes, out_dtype):
     kernel_mode("eager")
     srcs = sources(3 * kernels.CPU_CHUNK + 17, dtypes)  # several chunks and a ragged tail
@@ -79,7 +82,9 @@ def test_compiled_kernel_meets_the_same_contract(kernel_mode):
         check(out, srcs, WEIGHTS)
 
 
-needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernel not built here: {native.unavailable_reason()}")
+needs_native = pytest.mark.skipif(
+    not native.available(), reason=f"native kernel not built here: {native.unavailable_reason()}"
+)
 MIXES = [
     ((torch.float32,) * 3, torch.float32),
     ((torch.bfloat16,) * 3, torch.bfloat16),
@@ -106,7 +111,11 @@ def test_native_kernel_equals_eager_bit_for_bit(kernel_mode, dtypes, out_dtype, 
         kernels.weighted_sum_into(slow, srcs, weights)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(fast.view(torch.uint8), slow.view(torch.uint8)) if out_dtype != torch.float32 else torch.equal(fast, slow)
+    assert (
+        torch.equal(fast.view(torch.uint8), slow.view(torch.uint8))
+        if out_dtype != torch.float32
+        else torch.equal(fast, slow)
+    )
     check(fast, srcs, weights)
 
 
@@ -134,7 +143,9 @@ def test_native_kernel_rounds_like_torch(kernel_mode, out_dtype):
     bits = torch.randint(-(2**31), 2**31 - 1, (200_000,), generator=g, dtype=torch.int64).to(torch.int32)
     values = bits.view(torch.float32)  # every exponent, NaN payloads included
     ties = (torch.arange(-5000, 5000, dtype=torch.int32) << 16 | 0x8000).view(torch.float32)  # bf16 halfway points
-    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 3.4e38, -3.4e38, 1e-40, -1e-45, 65520.0, 65519.0, 6e-8])
+    special = torch.tensor(
+        [0.0, -0.0, float("inf"), float("-inf"), float("nan"), 3.4e38, -3.4e38, 1e-40, -1e-45, 65520.0, 65519.0, 6e-8]
+    )
     x = torch.cat([values, ties, special])
     out = torch.empty(x.shape, dtype=out_dtype)
     kernels.weighted_sum_into(out, [x], [1.0])
@@ -161,8 +172,14 @@ print(json.dumps({"value": float(out[0]), "native": native.available(), "reason"
 
 def run_probe(tmp_path, **env) -> dict:
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-c", KERNEL_PROBE], capture_output=True, text=True, cwd=root, timeout=300,
-                            env={**os.environ, "SWEEP_KERNEL_CACHE": str(tmp_path / "kernels"), "SWEEP_MERGE_KERNEL": "auto", **env})
+    result = subprocess.run(
+        [sys.executable, "-c", KERNEL_PROBE],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+        env={**os.environ, "SWEEP_KERNEL_CACHE": str(tmp_path / "kernels"), "SWEEP_MERGE_KERNEL": "auto", **env},
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -175,7 +192,9 @@ def test_native_kernel_is_built_once_per_machine_and_reused(tmp_path):
     stamp = built[0].stat().st_mtime_ns
     second = run_probe(tmp_path)
     assert second["native"] and second["value"] == 1.5
-    assert list((tmp_path / "kernels").glob("*")) == built and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert (
+        list((tmp_path / "kernels").glob("*")) == built and built[0].stat().st_mtime_ns == stamp
+    )  # loaded, not rebuilt
 
 
 def test_without_a_c_compiler_auto_falls_back_with_one_warning(tmp_path):

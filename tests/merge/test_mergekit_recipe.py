@@ -17,7 +17,9 @@ SOURCES = {"instruct": "/m/I", "reasoning": "/m/R", "pretrained": "/m/P"}
 
 
 def recipe(stage1="linear", p1=None, stage2="linear", p2=None, *, alpha=0.3, beta=0.8, out_dtype="bfloat16", **kwargs):
-    plan = MergePlan.create(alpha=alpha, beta=beta, stage1_method=stage1, stage1_params=p1, stage2_method=stage2, stage2_params=p2)
+    plan = MergePlan.create(
+        alpha=alpha, beta=beta, stage1_method=stage1, stage1_params=p1, stage2_method=stage2, stage2_params=p2
+    )
     text = mergekit_recipe(plan, sources=SOURCES, out_dtype=out_dtype, **kwargs)
     return text, list(yaml.safe_load_all(text))
 
@@ -26,7 +28,11 @@ def test_both_linear_is_one_pass_with_the_fused_weights():
     text, docs = recipe(alpha=0.3, beta=0.8)
     (doc,) = docs
     assert doc["merge_method"] == "linear" and doc["parameters"] == {"normalize": False}
-    assert [(m["model"], m["parameters"]["weight"]) for m in doc["models"]] == [("/m/I", 0.3 * 0.8), ("/m/R", (1 - 0.3) * 0.8), ("/m/P", 1 - 0.8)]
+    assert [(m["model"], m["parameters"]["weight"]) for m in doc["models"]] == [
+        ("/m/I", 0.3 * 0.8),
+        ("/m/R", (1 - 0.3) * 0.8),
+        ("/m/P", 1 - 0.8),
+    ]
     assert (doc["dtype"], doc["out_dtype"]) == ("float32", "bfloat16")  # load fp32, cast once: our single rounding
     assert "# run: mergekit-yaml mergekit.yaml OUT" in text and "# match: bit-identical" in text
 
@@ -38,7 +44,10 @@ def test_two_stages_chain_through_a_float32_intermediate(out_dtype):
     assert stage1["merge_method"] == "task_arithmetic" and stage1["base_model"] == "/m/P"
     assert [m["parameters"]["weight"] for m in stage1["models"]] == [0.3, 1 - 0.3]
     assert "name" not in stage2 and (stage2["dtype"], stage2["out_dtype"]) == ("float32", out_dtype)
-    assert [(m["model"], m["parameters"]["weight"]) for m in stage2["models"]] == [(STAGE1_NAME, 0.8), ("/m/P", 1 - 0.8)]
+    assert [(m["model"], m["parameters"]["weight"]) for m in stage2["models"]] == [
+        (STAGE1_NAME, 0.8),
+        ("/m/P", 1 - 0.8),
+    ]
     assert "mergekit-multi mergekit.yaml --intermediate-dir TMP --out-path OUT" in text
 
 
@@ -58,13 +67,20 @@ def test_a_slerp_eps_mergekit_cannot_express_is_noted():
 def test_ties_normalizes_and_dare_rescales_by_lambda():
     text, (ties, _) = recipe("ties", {"density": 0.4})
     assert ties["merge_method"] == "ties" and ties["parameters"] == {"normalize": True}
-    assert [m["parameters"] for m in ties["models"]] == [{"weight": 0.3, "density": 0.4}, {"weight": 1 - 0.3, "density": 0.4}]
+    assert [m["parameters"] for m in ties["models"]] == [
+        {"weight": 0.3, "density": 0.4},
+        {"weight": 1 - 0.3, "density": 0.4},
+    ]
     assert "int(density * numel)" in text
     text, (dare, _) = recipe("dare", {"density": 0.25})
     assert dare["merge_method"] == "dare_linear" and dare["parameters"] == {"rescale": False, "lambda": 4.0}
     assert "DARE has no exact mergekit equivalent" in text and "# match: statistics only" in text
     _, (dare_ties, _) = recipe("dare", {"density": 0.5, "variant": "ties"})
-    assert dare_ties["merge_method"] == "dare_ties" and dare_ties["parameters"] == {"normalize": True, "rescale": False, "lambda": 2.0}
+    assert dare_ties["merge_method"] == "dare_ties" and dare_ties["parameters"] == {
+        "normalize": True,
+        "rescale": False,
+        "lambda": 2.0,
+    }
 
 
 def test_notes_for_what_mergekit_does_its_own_way():
@@ -82,8 +98,20 @@ def test_out_dtype_must_be_resolved():
 
 
 def _merge_args(trio, *extra):
-    return ["merge", "--pretrained", str(trio["pretrained"]), "--instruct", str(trio["instruct"]),
-            "--reasoning", str(trio["reasoning"]), "--alpha", "0.3", "--beta", "0.8", *extra]
+    return [
+        "merge",
+        "--pretrained",
+        str(trio["pretrained"]),
+        "--instruct",
+        str(trio["instruct"]),
+        "--reasoning",
+        str(trio["reasoning"]),
+        "--alpha",
+        "0.3",
+        "--beta",
+        "0.8",
+        *extra,
+    ]
 
 
 def test_print_mergekit_after_a_merge(tiny_trio, tmp_path, capsys):
@@ -91,7 +119,9 @@ def test_print_mergekit_after_a_merge(tiny_trio, tmp_path, capsys):
     assert main(_merge_args(tiny_trio, "--out", str(out), "--print-mergekit", "--method-stage1", "ties")) == 0
     captured = capsys.readouterr()
     stage1, stage2 = yaml.safe_load_all(captured.out)  # stdout is the recipe alone
-    assert stage1["base_model"] == str(tiny_trio["pretrained"]) and stage2["out_dtype"] == "float32"  # auto: the inputs' fp32
+    assert (
+        stage1["base_model"] == str(tiny_trio["pretrained"]) and stage2["out_dtype"] == "float32"
+    )  # auto: the inputs' fp32
     assert "merged ties+linear" in captured.err
     assert json.loads((out / "merge_recipe.json").read_text())["plan"]["stage1"]["method"] == "ties"
 

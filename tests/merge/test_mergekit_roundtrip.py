@@ -42,8 +42,11 @@ CASES = {  # key -> (stage-1 method, params, stage-2 method, params)
 }
 DTYPES = ("float32", "bfloat16")
 # bf16 sources, output dtype auto (bf16): mergekit loads them as float32 (exact), as we read them
-BF16_SOURCES = {"bf16-sources-linear": CASES["linear"], "bf16-sources-task_arithmetic": CASES["task_arithmetic"],
-                "bf16-sources-ties": CASES["ties"]}
+BF16_SOURCES = {
+    "bf16-sources-linear": CASES["linear"],
+    "bf16-sources-task_arithmetic": CASES["task_arithmetic"],
+    "bf16-sources-ties": CASES["ties"],
+}
 EXACT = {"linear", "ties", "bf16-sources-linear"}  # bit-identical on these trios
 STATISTICAL = {"dare", "dare_ties"}
 
@@ -57,33 +60,64 @@ def roundtrip(tiny_trio, tmp_path_factory):
     for case, (m1, p1, m2, p2) in CASES.items():
         for dtype in DTYPES:
             key = f"{case}-{dtype}"
-            out = merge_checkpoints(**tiny_trio, alpha=ALPHA, beta=BETA, out=root / "ours" / key, stage1_method=m1,
-                                    stage1_params=p1, stage2_method=m2, stage2_params=p2, dtype=dtype)
+            out = merge_checkpoints(
+                **tiny_trio,
+                alpha=ALPHA,
+                beta=BETA,
+                out=root / "ours" / key,
+                stage1_method=m1,
+                stage1_params=p1,
+                stage2_method=m2,
+                stage2_params=p2,
+                dtype=dtype,
+            )
             recipes[key] = recipe_for_merged(out)
             (out / FILE_NAME).write_text(recipes[key])
             ours[(case, dtype)] = out
     bf16_trio = make_trio(root / "bf16-trio", dtype=torch.bfloat16)
     for case, (m1, p1, m2, p2) in BF16_SOURCES.items():
         key = f"{case}-bfloat16"
-        out = merge_checkpoints(**bf16_trio, alpha=ALPHA, beta=BETA, out=root / "ours" / key, stage1_method=m1,
-                                stage1_params=p1, stage2_method=m2, stage2_params=p2)
+        out = merge_checkpoints(
+            **bf16_trio,
+            alpha=ALPHA,
+            beta=BETA,
+            out=root / "ours" / key,
+            stage1_method=m1,
+            stage1_params=p1,
+            stage2_method=m2,
+            stage2_params=p2,
+        )
         recipes[key] = recipe_for_merged(out)
         ours[(case, "bfloat16")] = out
     batch = root / "all.yaml"
     batch.write_text(batch_recipes(recipes, STAGE1_NAME))
     started = time.perf_counter()
-    seconds = {"batch": run_mergekit([str(mergekit / "mergekit-multi"), str(batch), "--intermediate-dir", str(root / "mk")])}
+    seconds = {
+        "batch": run_mergekit([str(mergekit / "mergekit-multi"), str(batch), "--intermediate-dir", str(root / "mk")])
+    }
     # two recipes exactly as written, as a user runs them
     one_pass, two_stage = ours[("linear", "bfloat16")], ours[("ties", "float32")]
-    seconds["mergekit-yaml"] = run_mergekit([str(mergekit / "mergekit-yaml"), str(one_pass / FILE_NAME), str(root / "as-written-linear")])
-    seconds["mergekit-multi"] = run_mergekit([str(mergekit / "mergekit-multi"), str(two_stage / FILE_NAME), "--intermediate-dir",
-                                              str(root / "tmp"), "--out-path", str(root / "as-written-ties")])
+    seconds["mergekit-yaml"] = run_mergekit(
+        [str(mergekit / "mergekit-yaml"), str(one_pass / FILE_NAME), str(root / "as-written-linear")]
+    )
+    seconds["mergekit-multi"] = run_mergekit(
+        [
+            str(mergekit / "mergekit-multi"),
+            str(two_stage / FILE_NAME),
+            "--intermediate-dir",
+            str(root / "tmp"),
+            "--out-path",
+            str(root / "as-written-ties"),
+        ]
+    )
     seconds["total"] = time.perf_counter() - started
     pairs = {k: (v, root / "mk" / f"{k[0]}-{k[1]}") for k, v in ours.items()}
     pairs[("as-written-linear", "bfloat16")] = (one_pass, root / "as-written-linear")
     pairs[("as-written-ties", "float32")] = (two_stage, root / "as-written-ties")
-    print(f"mergekit round trip: {len(recipes)} recipes in one mergekit-multi run {seconds['batch']:.1f} s, "
-          f"mergekit-yaml {seconds['mergekit-yaml']:.1f} s, mergekit-multi {seconds['mergekit-multi']:.1f} s")
+    print(
+        f"mergekit round trip: {len(recipes)} recipes in one mergekit-multi run {seconds['batch']:.1f} s, "
+        f"mergekit-yaml {seconds['mergekit-yaml']:.1f} s, mergekit-multi {seconds['mergekit-multi']:.1f} s"
+    )
     trios = {case: bf16_trio if case in BF16_SOURCES else tiny_trio for case, _ in pairs}
     return pairs, recipes, seconds, trios
 
@@ -97,16 +131,24 @@ def _pair(roundtrip, case, dtype):
     return ours, theirs
 
 
-@pytest.mark.parametrize(("case", "dtype"), [(c, d) for c in ("linear", "ties") for d in DTYPES]
-                         + [("bf16-sources-linear", "bfloat16"), ("as-written-linear", "bfloat16"), ("as-written-ties", "float32")])
+@pytest.mark.parametrize(
+    ("case", "dtype"),
+    [(c, d) for c in ("linear", "ties") for d in DTYPES]
+    + [("bf16-sources-linear", "bfloat16"), ("as-written-linear", "bfloat16"), ("as-written-ties", "float32")],
+)
 def test_linear_and_ties_are_bit_identical(roundtrip, case, dtype):
     ours, theirs = _pair(roundtrip, case, dtype)
     for name in ours:
-        assert torch.equal(ours[name], theirs[name]), f"{case} {dtype}: {name} differs in {(ours[name] != theirs[name]).sum()} entries"
+        assert torch.equal(ours[name], theirs[name]), (
+            f"{case} {dtype}: {name} differs in {(ours[name] != theirs[name]).sum()} entries"
+        )
 
 
-@pytest.mark.parametrize(("case", "dtype"), [(c, d) for c in ("task_arithmetic", "linear-slerp", "slerp", "slerp-slerp") for d in DTYPES]
-                         + [("bf16-sources-task_arithmetic", "bfloat16")])
+@pytest.mark.parametrize(
+    ("case", "dtype"),
+    [(c, d) for c in ("task_arithmetic", "linear-slerp", "slerp", "slerp-slerp") for d in DTYPES]
+    + [("bf16-sources-task_arithmetic", "bfloat16")],
+)
 def test_task_arithmetic_and_slerp_agree_to_rounding(roundtrip, case, dtype):
     """fp32: within 4 fp32 ulp of the terms (where they cancel, relative to the sources'
     magnitude, not the small result); bf16: that, or one bf16 ulp of the result."""
@@ -120,7 +162,9 @@ def test_task_arithmetic_and_slerp_agree_to_rounding(roundtrip, case, dtype):
         if dtype == "bfloat16":
             tolerance = torch.maximum(tolerance, bf16_ulp(reference))
         gap = (reference - theirs[name].double()).abs()
-        assert bool((gap <= tolerance).all()), f"{case} {dtype}: {name} off by {float((gap / tolerance).max()):.1f}x the tolerance"
+        assert bool((gap <= tolerance).all()), (
+            f"{case} {dtype}: {name} off by {float((gap / tolerance).max()):.1f}x the tolerance"
+        )
         differing += int((gap > 0).sum())
     if dtype == "float32":
         assert differing > 0  # not bit-identical: the match statement must not claim so
@@ -167,8 +211,12 @@ def merge_expected_task_arithmetic(trio) -> dict[str, torch.Tensor]:
     """beta * (P + alpha*(I-P) + (1-alpha)*(R-P)) + (1-beta) * P in float64."""
     states = {role: load_state(path) for role, path in trio.items()}
     p, i, r = states["pretrained"], states["instruct"], states["reasoning"]
-    return {n: BETA * (p[n].double() + ALPHA * (i[n].double() - p[n].double()) + (1 - ALPHA) * (r[n].double() - p[n].double()))
-            + (1 - BETA) * p[n].double() for n in p}
+    return {
+        n: BETA
+        * (p[n].double() + ALPHA * (i[n].double() - p[n].double()) + (1 - ALPHA) * (r[n].double() - p[n].double()))
+        + (1 - BETA) * p[n].double()
+        for n in p
+    }
 
 
 def test_ties_on_bf16_sources_differs_only_where_magnitudes_tie_at_the_cut(roundtrip):

@@ -141,7 +141,9 @@ def test_ties_trim_matches_a_stable_sort_on_bf16_deltas_full_of_ties():
 
 def test_ties_with_full_density_and_agreeing_signs_is_the_weighted_mean_of_task_vectors():
     base = torch.zeros(3)
-    out = call("ties", [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])], [0.5, 0.5], base=base, density=1.0)
+    out = call(
+        "ties", [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])], [0.5, 0.5], base=base, density=1.0
+    )
     torch.testing.assert_close(out, torch.tensor([2.0, 2.0, 2.0]))
 
 
@@ -181,7 +183,9 @@ def test_slerp_by_hand():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     torch.testing.assert_close(call("slerp", [a, b], [0.5, 0.5]), torch.tensor([math.sqrt(0.5), math.sqrt(0.5)]))
     # a third of the way along the quarter circle: 30 degrees
-    torch.testing.assert_close(call("slerp", [a, b], [2 / 3, 1 / 3]), torch.tensor([math.cos(math.pi / 6), math.sin(math.pi / 6)]))
+    torch.testing.assert_close(
+        call("slerp", [a, b], [2 / 3, 1 / 3]), torch.tensor([math.cos(math.pi / 6), math.sin(math.pi / 6)])
+    )
     # norms interpolate along the arc of the unnormalized vectors
     torch.testing.assert_close(call("slerp", [2 * a, 2 * b], [0.5, 0.5]), torch.tensor([math.sqrt(2), math.sqrt(2)]))
 

@@ -33,7 +33,9 @@ def test_extrapolation_is_allowed_when_asked():
 
 
 def test_record_round_trips_through_json_with_defaults_filled_in():
-    plan = MergePlan.create(alpha=0.5, beta=0.9, stage1_method="dare", stage1_params={"density": 0.3}, stage2_method="slerp")
+    plan = MergePlan.create(
+        alpha=0.5, beta=0.9, stage1_method="dare", stage1_params={"density": 0.3}, stage2_method="slerp"
+    )
     data = json.loads(json.dumps(plan.to_dict()))
     assert data["stage1"]["params"] == {"density": 0.3, "variant": "linear", "seed": 0}
     assert data["stage2"] == {"method": "slerp", "params": {"eps": 5e-4}}

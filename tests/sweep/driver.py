@@ -27,8 +27,13 @@ def main() -> int:
     args = parser.parse_args()
     ray.cloudpickle.register_pickle_by_value(sweeps)
     try:
-        summary = run_sweep(load_spec(args.spec, resolve_demo=False), quiet=args.quiet, trials=args.trials,
-                            address=args.address, trial_fn=sweeps.stand_in_trial)
+        summary = run_sweep(
+            load_spec(args.spec, resolve_demo=False),
+            quiet=args.quiet,
+            trials=args.trials,
+            address=args.address,
+            trial_fn=sweeps.stand_in_trial,
+        )
     except SweepError as exc:
         print(f"sweep run: error: {exc}", file=sys.stderr)
         return 2

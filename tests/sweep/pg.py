@@ -46,22 +46,50 @@ class PostgresServer:
 
     def _run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_root else []
-        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, check=check, cwd=self.root)
+        return subprocess.run(
+            [*prefix, *cmd], capture_output=True, text=True, timeout=timeout, check=check, cwd=self.root
+        )
 
     def start(self) -> PostgresServer:
         if not self.data.exists():
-            self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
-                      "--auth-host=scram-sha-256", "-E", "UTF8", timeout=120)
+            self._run(
+                self.initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                timeout=120,
+            )
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "-t", "60", "start", timeout=90)
+        self._run(
+            self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "-t", "60", "start", timeout=90
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
         self._run(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False, timeout=90)
 
     def sql(self, statement: str) -> str:
-        out = self._run(self.psql, "-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                        "-v", "ON_ERROR_STOP=1", "-At", "-c", statement)
+        out = self._run(
+            self.psql,
+            "-h",
+            str(self.root),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            statement,
+        )
         return out.stdout
 
     def create_database(self, name: str) -> str:

@@ -32,21 +32,43 @@ class LocalCluster:
         self.address = f"127.0.0.1:{self.port}"
         # Token authentication, as `ray start --head` turns it on by default in Ray 2.60: a
         # joining node or a driver needs RAY_AUTH_MODE=token to send the token (~/.ray/auth_token).
-        self.env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token",
-                                 "SWEEP_TEST_TRIAL_S": "3"}  # workers take the node's environment, not the driver's
+        self.env = os.environ | {
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "OMP_NUM_THREADS": "1",
+            "RAY_AUTH_MODE": "token",
+            "SWEEP_TEST_TRIAL_S": "3",
+        }  # workers take the node's environment, not the driver's
 
     def _ray(self, *args: str, timeout: float = 120) -> str:
         proc = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"ray {' '.join(args)} failed ({proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"ray {' '.join(args)} failed ({proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+            )
         return proc.stdout + proc.stderr
 
     def start(self) -> LocalCluster:
-        self._ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}", "--num-cpus=1",
-                  "--resources", json.dumps({"head_node": 1}), "--include-dashboard=false",
-                  f"--temp-dir={self.temp}", "--disable-usage-stats")
-        self._ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                  "--resources", json.dumps({"worker_node": 1}), "--disable-usage-stats")
+        self._ray(
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.port}",
+            "--num-cpus=1",
+            "--resources",
+            json.dumps({"head_node": 1}),
+            "--include-dashboard=false",
+            f"--temp-dir={self.temp}",
+            "--disable-usage-stats",
+        )
+        self._ray(
+            "start",
+            f"--address={self.address}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--resources",
+            json.dumps({"worker_node": 1}),
+            "--disable-usage-stats",
+        )
         return self
 
     def pids(self, *words: str) -> list[int]:

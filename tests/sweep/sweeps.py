@@ -47,5 +47,10 @@ def stand_in_trial(spec, params) -> TrialResult:
             worker["node_id"] = ray.get_runtime_context().get_node_id()
     except ImportError:  # pragma: no cover
         pass
-    return TrialResult(params=dict(params), metrics=metrics, curves={"response_length/mean": [1.0, 1.0 - alpha]},
-                       timings={"total_s": round(time.perf_counter() - started, 3)}, worker=worker)
+    return TrialResult(
+        params=dict(params),
+        metrics=metrics,
+        curves={"response_length/mean": [1.0, 1.0 - alpha]},
+        timings={"total_s": round(time.perf_counter() - started, 3)},
+        worker=worker,
+    )

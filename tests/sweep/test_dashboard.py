@@ -27,7 +27,9 @@ def _get(app, path: str) -> dict:
 
 
 def _dominates(a, b, directions) -> bool:
-    signed = [(x if d == "minimize" else -x, y if d == "minimize" else -y) for x, y, d in zip(a, b, directions, strict=True)]
+    signed = [
+        (x if d == "minimize" else -x, y if d == "minimize" else -y) for x, y, d in zip(a, b, directions, strict=True)
+    ]
     return all(x <= y for x, y in signed) and any(x < y for x, y in signed)
 
 
@@ -52,7 +54,9 @@ def test_dashboard_names_objectives_shows_constraints_and_draws_our_front(tmp_pa
     # The dashboard's plots keep trials whose constraints are all <= 0, then the non-dominated.
     feasible = [t for t in detail["trials"] if t["state"] == "Complete" and all(c <= 0 for c in t["constraints"])]
     values = {t["number"]: [v["value"] if isinstance(v, dict) else v for v in t["values"]] for t in feasible}
-    drawn = sorted(n for n in values if not any(_dominates(values[m], values[n], spec.directions) for m in values if m != n))
+    drawn = sorted(
+        n for n in values if not any(_dominates(values[m], values[n], spec.directions) for m in values if m != n)
+    )
     assert drawn == ours
     # Limitation (documented in docs/cluster.md): the server's own `best_trials` ignores constraints.
     assert 1 in [t["number"] for t in detail["best_trials"]]

@@ -39,7 +39,9 @@ def test_traces_and_final_answers_are_exact():
 
     assert add_trace(347, 589) == "7+9+0=16,4+8+1=13,3+5+1=09"
     assert add_trace(847, 589) == "7+9+0=16,4+8+1=13,8+5+1=14"  # answer 1436: last carry leads
-    assert number_words(342) == "three hundred forty two" and number_words(70) == "seventy" and number_words(0) == "zero"
+    assert (
+        number_words(342) == "three hundred forty two" and number_words(70) == "seventy" and number_words(0) == "zero"
+    )
     assert final_answer("<think>7+9+0=16</think> 936") == "936"
     assert final_answer("<think>a</think>x</think>  42 ") == "42"  # the last </think> counts
     assert final_answer(" dcba") == "dcba"
@@ -56,7 +58,11 @@ def test_splits_are_disjoint_seeded_and_kept_out_of_training():
     assert make_splits(seed=0) == splits and make_splits(seed=1) != splits
     rng, reserved = random.Random(0), splits.reserved
     for _ in range(3000):
-        for text in (pretrain_document(rng, reserved, chat_share=0.6), *instruct_example(rng, reserved, arithmetic_share=0.4), *reasoning_example(rng, reserved)):
+        for text in (
+            pretrain_document(rng, reserved, chat_share=0.6),
+            *instruct_example(rng, reserved, arithmetic_share=0.4),
+            *reasoning_example(rng, reserved),
+        ):
             if text.startswith("Q: "):
                 assert text[3:].split("\n")[0] not in reserved
 
@@ -125,10 +131,17 @@ def test_tiny_build_is_bit_deterministic_and_cached(tmp_path):
     b = ensure_family(root=tmp_path / "b", recipe=_tiny_recipe(), threads=1, progress=lambda m: None)
     assert any("Building the demo model family" in m for m in messages)
     for member in ("pretrained", "instruct", "reasoning"):
-        wa, wb = load_file(getattr(a, member) / "model.safetensors"), load_file(getattr(b, member) / "model.safetensors")
+        wa, wb = (
+            load_file(getattr(a, member) / "model.safetensors"),
+            load_file(getattr(b, member) / "model.safetensors"),
+        )
         assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
-    assert not load_file(a.instruct / "model.safetensors")["model.norm.weight"].equal(load_file(a.reasoning / "model.safetensors")["model.norm.weight"])
-    assert (a.tasks / "toy_reasoning.yaml").read_text() != (b.tasks / "toy_reasoning.yaml").read_text()  # each its own data path
+    assert not load_file(a.instruct / "model.safetensors")["model.norm.weight"].equal(
+        load_file(a.reasoning / "model.safetensors")["model.norm.weight"]
+    )
+    assert (a.tasks / "toy_reasoning.yaml").read_text() != (
+        b.tasks / "toy_reasoning.yaml"
+    ).read_text()  # each its own data path
 
     start, again = time.monotonic(), []
     assert ensure_family(root=tmp_path / "a", recipe=_tiny_recipe(), progress=again.append) == a
@@ -158,7 +171,9 @@ def test_other_seed_in_root_is_refused_without_force(tmp_path):
         with pytest.raises(SweepError, match="not a demo family"):
             ensure_family(root=tmp_path / "notes", recipe=_tiny_recipe(), force=force, progress=lambda m: None)
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
-    family = ensure_family(root=tmp_path / "a", seed=1, recipe=_tiny_recipe(), threads=1, force=True, progress=lambda m: None)
+    family = ensure_family(
+        root=tmp_path / "a", seed=1, recipe=_tiny_recipe(), threads=1, force=True, progress=lambda m: None
+    )
     assert family.manifest()["seed"] == 1
 
 
@@ -170,7 +185,10 @@ def test_concurrent_builds_share_one(tmp_path):
         f"ensure_family(root=Path({str(tmp_path / 'fam')!r}), recipe=Recipe().scaled(0.005), threads=1)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     assert sum("Building the demo model family" in e for e in errs) == 1
@@ -227,11 +245,22 @@ def test_lm_eval_scores_the_tasks(demo_family):
     scores = {}
     for member in ("instruct", "reasoning"):
         path = getattr(demo_family, member)
-        lm = HFLM(pretrained=AutoModelForCausalLM.from_pretrained(path), tokenizer=AutoTokenizer.from_pretrained(path), batch_size=16)
-        out = evaluator.simple_evaluate(
-            lm, tasks=["toy_reasoning", "toy_instruct"], task_manager=manager, limit=40, apply_chat_template=True, gen_kwargs="max_gen_toks=64"
+        lm = HFLM(
+            pretrained=AutoModelForCausalLM.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            batch_size=16,
         )
-        scores[member] = {task: float(out["results"][task]["exact_match,final"]) for task in ("toy_reasoning", "toy_instruct")}
+        out = evaluator.simple_evaluate(
+            lm,
+            tasks=["toy_reasoning", "toy_instruct"],
+            task_manager=manager,
+            limit=40,
+            apply_chat_template=True,
+            gen_kwargs="max_gen_toks=64",
+        )
+        scores[member] = {
+            task: float(out["results"][task]["exact_match,final"]) for task in ("toy_reasoning", "toy_instruct")
+        }
     assert scores["reasoning"]["toy_reasoning"] > scores["instruct"]["toy_reasoning"], scores
     assert scores["instruct"]["toy_instruct"] > scores["reasoning"]["toy_instruct"], scores
 
@@ -239,7 +268,9 @@ def test_lm_eval_scores_the_tasks(demo_family):
 def test_cli_build_prints_paths_and_reuses_the_cache(demo_family):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "sweep", "demo", "build"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep", "demo", "build"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     for member in ("pretrained", "instruct", "reasoning", "tasks", "probe_prompts"):
@@ -251,7 +282,14 @@ def test_cli_build_prints_paths_and_reuses_the_cache(demo_family):
 def test_cli_reports_a_foreign_root_without_traceback(tmp_path):
     (tmp_path / "mine.txt").write_text("x")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "sweep", "demo", "build", "--root", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep", "demo", "build", "--root", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "not a demo family" in proc.stderr and "Traceback" not in proc.stderr
 

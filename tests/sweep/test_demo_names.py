@@ -33,13 +33,30 @@ def test_merge_takes_demo_members_by_name(demo_family, tmp_path, capsys):
     from tests.merge.helpers import closed_form, load_state
 
     out = tmp_path / "actor"
-    code = main(["merge", "--pretrained", "demo:pretrained", "--instruct", "demo:instruct", "--reasoning", "demo:reasoning",
-                 "--alpha", "0.3", "--beta", "0.8", "--out", str(out)])
+    code = main(
+        [
+            "merge",
+            "--pretrained",
+            "demo:pretrained",
+            "--instruct",
+            "demo:instruct",
+            "--reasoning",
+            "demo:reasoning",
+            "--alpha",
+            "0.3",
+            "--beta",
+            "0.8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "alpha=0.3 beta=0.8" in capsys.readouterr().out
     record = json.loads((out / "merge_recipe.json").read_text())
     trio = {role: getattr(demo_family, role) for role in ("pretrained", "instruct", "reasoning")}
-    assert record["sources"] == {role: str(path) for role, path in trio.items() if role != "pretrained"} | {"pretrained": str(trio["pretrained"])}
+    assert record["sources"] == {role: str(path) for role, path in trio.items() if role != "pretrained"} | {
+        "pretrained": str(trio["pretrained"])
+    }
     expected = closed_form(trio, 0.3, 0.8, "model.norm.weight")
     torch.testing.assert_close(load_state(out)["model.norm.weight"].double(), expected, rtol=0, atol=1e-6)
 
@@ -47,15 +64,68 @@ def test_merge_takes_demo_members_by_name(demo_family, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["merge", "--pretrained", "demo:pretrained", "--instruct", "demo:tasks", "--reasoning", "demo:reasoning",
-          "--alpha", "0.5", "--beta", "0.5", "--out", "OUT"],
-         "--instruct: 'demo:tasks' is not a demo checkpoint; use one of demo:pretrained, demo:instruct, demo:reasoning"),
-        (["merge", "--pretrained", "demo:pretrained", "--instruct", "demo:instruct", "--reasoning", "demo:reasonin",
-          "--alpha", "0.5", "--beta", "0.5", "--out", "OUT"], "--reasoning: 'demo:reasonin' is not a demo checkpoint"),
-        (["merge", "--pretrained", "demo:pretrained", "--instruct", "demo:instruct", "--reasoning", "demo:reasoning",
-          "--alpha", "1.5", "--beta", "0.5", "--out", "OUT"], "alpha = 1.5 is outside [0, 1]"),
-        (["eval", "--model", "demo:probe_prompts", "--tasks", "x"], "--model: 'demo:probe_prompts' is not a demo checkpoint"),
-        (["probe", "--model", "demo:instruc", "--prompts", "PROMPTS"], "--model: 'demo:instruc' is not a demo checkpoint"),
+        (
+            [
+                "merge",
+                "--pretrained",
+                "demo:pretrained",
+                "--instruct",
+                "demo:tasks",
+                "--reasoning",
+                "demo:reasoning",
+                "--alpha",
+                "0.5",
+                "--beta",
+                "0.5",
+                "--out",
+                "OUT",
+            ],
+            "--instruct: 'demo:tasks' is not a demo checkpoint; use one of demo:pretrained, demo:instruct, demo:reasoning",
+        ),
+        (
+            [
+                "merge",
+                "--pretrained",
+                "demo:pretrained",
+                "--instruct",
+                "demo:instruct",
+                "--reasoning",
+                "demo:reasonin",
+                "--alpha",
+                "0.5",
+                "--beta",
+                "0.5",
+                "--out",
+                "OUT",
+            ],
+            "--reasoning: 'demo:reasonin' is not a demo checkpoint",
+        ),
+        (
+            [
+                "merge",
+                "--pretrained",
+                "demo:pretrained",
+                "--instruct",
+                "demo:instruct",
+                "--reasoning",
+                "demo:reasoning",
+                "--alpha",
+                "1.5",
+                "--beta",
+                "0.5",
+                "--out",
+                "OUT",
+            ],
+            "alpha = 1.5 is outside [0, 1]",
+        ),
+        (
+            ["eval", "--model", "demo:probe_prompts", "--tasks", "x"],
+            "--model: 'demo:probe_prompts' is not a demo checkpoint",
+        ),
+        (
+            ["probe", "--model", "demo:instruc", "--prompts", "PROMPTS"],
+            "--model: 'demo:instruc' is not a demo checkpoint",
+        ),
     ],
 )
 def test_a_bad_demo_name_or_recipe_fails_before_any_build(no_build, tmp_path, capsys, argv, message):
@@ -69,12 +139,40 @@ def test_a_bad_demo_name_or_recipe_fails_before_any_build(no_build, tmp_path, ca
 
 
 def test_eval_and_probe_take_demo_members(demo_family, capsys):
-    code = main(["eval", "--model", "demo:reasoning", "--tasks", "toy_reasoning", "--include-path", str(demo_family.tasks),
-                 "--limit", "2", "--json"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "demo:reasoning",
+            "--tasks",
+            "toy_reasoning",
+            "--include-path",
+            str(demo_family.tasks),
+            "--limit",
+            "2",
+            "--json",
+        ]
+    )
     assert code == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores and all(k.startswith("lm_eval/toy_reasoning/") for k in scores)
-    code = main(["probe", "--model", "demo:instruct", "--prompts", "demo:probe_prompts", "--steps", "2",
-                 "--prompts-per-step", "1", "--group-size", "2", "--max-new-tokens", "8", "--json"])
+    code = main(
+        [
+            "probe",
+            "--model",
+            "demo:instruct",
+            "--prompts",
+            "demo:probe_prompts",
+            "--steps",
+            "2",
+            "--prompts-per-step",
+            "1",
+            "--group-size",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ]
+    )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["curves"]

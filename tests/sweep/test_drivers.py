@@ -40,8 +40,10 @@ def write_spec(root: Path, results: Path, *, name: str, storage: str, budget: in
         "name": name,
         "models": {"pretrained": f"{root}/m/p", "instruct": f"{root}/m/i", "reasoning": f"{root}/m/r"},
         "evals": {"probe": {"prompts": f"{root}/m/prompts.jsonl"}},
-        "objectives": [{"metric": "probe/length_retention", "direction": "maximize"},
-                       {"metric": "probe/reward_dip", "direction": "minimize"}],
+        "objectives": [
+            {"metric": "probe/length_retention", "direction": "maximize"},
+            {"metric": "probe/reward_dip", "direction": "minimize"},
+        ],
         "constraints": ["probe/length_retention >= 0.2"],
         "sampler": {"name": "tpe", "seed": 0},
         "budget": {"trials": budget, "concurrent": 1},
@@ -60,9 +62,15 @@ def driver_env(**extra: str) -> dict[str, str]:
 
 
 def start_driver(spec_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.sweep.driver", str(spec_path), *args], cwd=REPO,
-                            env=env or driver_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.sweep.driver", str(spec_path), *args],
+        cwd=REPO,
+        env=env or driver_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -76,8 +84,12 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def check_study(url: str, name: str, budget: int) -> list:
-    study = optuna.load_study(study_name=name, storage=url if "://" in url else optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(url)))
+    study = optuna.load_study(
+        study_name=name,
+        storage=url
+        if "://" in url
+        else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url)),
+    )
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     keys = [tuple(round(t.params[k], 9) for k in sorted(t.params)) for t in complete]
@@ -110,13 +122,18 @@ def test_two_drivers_on_a_fresh_journal_share_the_budget(tmp_path):
 
 def test_two_drivers_on_fresh_postgres_then_on_the_existing_study(tmp_path, postgres):
     url = postgres.create_database("fresh")
-    env = driver_env(SWEEP_STORAGE=url, SWEEP_TEST_TRIAL_S="2")  # 2 s trials: both drivers are up before the work is done
+    env = driver_env(
+        SWEEP_STORAGE=url, SWEEP_TEST_TRIAL_S="2"
+    )  # 2 s trials: both drivers are up before the work is done
     # Fresh database: both create the schema and the study at once.
     specs, outcomes = run_two_drivers(tmp_path, "env:SWEEP_STORAGE", name="shared-pg", budget=4, env=env)
     complete = check_study(url, "shared-pg", 4)
     # The existing study, topped up to 10 by two drivers started at once (distinct seeds,
     # no duplicate proposals).
-    more = [write_spec(tmp_path, tmp_path / f"results-{who}2", name="shared-pg", storage="env:SWEEP_STORAGE", budget=10) for who in "ab"]
+    more = [
+        write_spec(tmp_path, tmp_path / f"results-{who}2", name="shared-pg", storage="env:SWEEP_STORAGE", budget=10)
+        for who in "ab"
+    ]
     procs = [start_driver(path, env=env) for path in more]
     outcomes += [finish(p) for p in procs]
     for code, out, err in outcomes[2:]:
@@ -163,7 +180,10 @@ def test_storage_stopped_mid_sweep_loses_no_finished_trial(tmp_path, postgres):
 
 def _complete(url: str, name: str) -> int:
     try:
-        return sum(t.state.name == "COMPLETE" for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False))
+        return sum(
+            t.state.name == "COMPLETE"
+            for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        )
     except Exception:  # noqa: BLE001 - not created yet
         return 0
 
@@ -171,28 +191,54 @@ def _complete(url: str, name: str) -> int:
 def test_unreachable_storage_or_missing_driver_is_one_error_and_creates_nothing(tmp_path, postgres):
     closed = f"postgresql://sweep:{pg.PASSWORD}@127.0.0.1:{pg._free_port()}/nothing"
     spec_path = write_spec(tmp_path, tmp_path / "results", name="nowhere", storage=closed, budget=2)
-    proc = subprocess.run([sys.executable, "-m", "tests.sweep.driver", str(spec_path)], cwd=REPO, env=driver_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.sweep.driver", str(spec_path)],
+        cwd=REPO,
+        env=driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
-    assert "cannot reach the storage postgresql://sweep:***@127.0.0.1" in proc.stderr and "Nothing was created" in proc.stderr
+    assert (
+        "cannot reach the storage postgresql://sweep:***@127.0.0.1" in proc.stderr
+        and "Nothing was created" in proc.stderr
+    )
     assert pg.PASSWORD not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "results" / "nowhere").exists()
 
     import importlib.util
 
     if importlib.util.find_spec("psycopg2") is None:  # a driver that is not installed
-        spec_path = write_spec(tmp_path, tmp_path / "results", name="nodriver", budget=2,
-                               storage=postgres.create_database("nodriver").replace("postgresql://", "postgresql+psycopg2://"))
-        proc = subprocess.run([sys.executable, "-m", "tests.sweep.driver", str(spec_path)], cwd=REPO, env=driver_env(),
-                              capture_output=True, text=True, timeout=120)
+        spec_path = write_spec(
+            tmp_path,
+            tmp_path / "results",
+            name="nodriver",
+            budget=2,
+            storage=postgres.create_database("nodriver").replace("postgresql://", "postgresql+psycopg2://"),
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.sweep.driver", str(spec_path)],
+            cwd=REPO,
+            env=driver_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2 and "the database driver `psycopg2` is not installed" in proc.stderr, proc.stderr
         assert not (tmp_path / "results" / "nodriver").exists()
 
 
 def test_ctrl_c_marks_only_this_drivers_trials_interrupted_and_exits_130(tmp_path):
     journal = str(tmp_path / "study.journal")
-    spec_path = write_spec(tmp_path, tmp_path / "results", name="ctrl-c", storage=journal, budget=6,
-                           extra={"budget": {"trials": 6, "concurrent": 2}})
+    spec_path = write_spec(
+        tmp_path,
+        tmp_path / "results",
+        name="ctrl-c",
+        storage=journal,
+        budget=6,
+        extra={"budget": {"trials": 6, "concurrent": 2}},
+    )
     proc = start_driver(spec_path, env=driver_env(SWEEP_TEST_TRIAL_S="4"))
     deadline = time.monotonic() + DRIVER_TIMEOUT_S
     while _running(journal, "ctrl-c") < 1:
@@ -213,7 +259,9 @@ def test_ctrl_c_marks_only_this_drivers_trials_interrupted_and_exits_130(tmp_pat
 
 
 def _journal_study(journal: str, name: str):
-    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal)))
+    return optuna.load_study(
+        study_name=name, storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    )
 
 
 def _running(journal: str, name: str) -> int:
@@ -225,12 +273,16 @@ def _running(journal: str, name: str) -> int:
 
 def test_a_driver_killed_mid_sweep_leaves_its_trials_to_the_other(tmp_path):
     journal = str(tmp_path / "shared.journal")
-    specs = [write_spec(tmp_path, tmp_path / f"results-{who}", name="survivor", storage=journal, budget=8) for who in "ab"]
+    specs = [
+        write_spec(tmp_path, tmp_path / f"results-{who}", name="survivor", storage=journal, budget=8) for who in "ab"
+    ]
     env = driver_env(SWEEP_TEST_TRIAL_S="3")
     first, second = (start_driver(path, env=env) for path in specs)
     deadline = time.monotonic() + DRIVER_TIMEOUT_S
     while True:  # both drivers busy: then the first dies with its trial in flight
-        drivers = {t.user_attrs.get("driver") for t in _trials_or_none(journal, "survivor") if t.state.name == "RUNNING"} - {None}
+        drivers = {
+            t.user_attrs.get("driver") for t in _trials_or_none(journal, "survivor") if t.state.name == "RUNNING"
+        } - {None}
         if len(drivers) == 2:
             break
         assert first.poll() is None and second.poll() is None, "a driver ended before both ran a trial"

@@ -25,17 +25,24 @@ def make_study(root, trio, *, stage1: dict, name: str):
     from sweep.spec import parse_spec
     from sweep.study import ATTR_METRICS, open_study, save_spec_snapshot, write_table
 
-    spec = parse_spec(yaml.safe_dump({
-        "name": name,
-        "models": {role: str(path) for role, path in trio.items()},
-        "merge": {"stage1": stage1, "stage2": {"method": "linear"}, "dtype": "bfloat16"},
-        "space": {"alpha": {"low": 0, "high": 1}, "beta": {"low": 0.5, "high": 1}},
-        "evals": {"probe": {"prompts": str(root / "prompts.jsonl")}},
-        "objectives": [{"metric": "probe/length_retention", "direction": "maximize"}],
-        "results_dir": str(root / "results"),
-    }))
+    spec = parse_spec(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "models": {role: str(path) for role, path in trio.items()},
+                "merge": {"stage1": stage1, "stage2": {"method": "linear"}, "dtype": "bfloat16"},
+                "space": {"alpha": {"low": 0, "high": 1}, "beta": {"low": 0.5, "high": 1}},
+                "evals": {"probe": {"prompts": str(root / "prompts.jsonl")}},
+                "objectives": [{"metric": "probe/length_retention", "direction": "maximize"}],
+                "results_dir": str(root / "results"),
+            }
+        )
+    )
     study = open_study(spec)
-    space = {"alpha": optuna.distributions.FloatDistribution(0, 1), "beta": optuna.distributions.FloatDistribution(0.5, 1)}
+    space = {
+        "alpha": optuna.distributions.FloatDistribution(0, 1),
+        "beta": optuna.distributions.FloatDistribution(0.5, 1),
+    }
     for alpha, beta, value in ((0.3, 0.8, 0.9), (0.7, 0.6, 0.5), (0.1, 1.0, 0.2)):
         study.enqueue_trial({"alpha": alpha, "beta": beta})
         trial = study.ask(space)
@@ -73,16 +80,24 @@ def test_export_writes_mergekit_yaml_and_shows_it_in_the_card(linear_study, tmp_
 def test_recipe_only_writes_the_same_recipe_and_no_weights(ties_study, tmp_path):
     full, only = tmp_path / "full", tmp_path / "only"
     assert main(["export", str(ties_study.study_dir), "--trial", "1", "--out", str(full), "--quiet"]) == 0
-    assert main(["export", str(ties_study.study_dir), "--trial", "1", "--out", str(only), "--quiet", "--recipe-only"]) == 0
+    assert (
+        main(["export", str(ties_study.study_dir), "--trial", "1", "--out", str(only), "--quiet", "--recipe-only"]) == 0
+    )
     assert (only / "mergekit.yaml").read_text() == (full / "mergekit.yaml").read_text()
     assert not list(only.glob("*.safetensors")) and list(full.glob("*.safetensors"))
     assert json.loads((only / "sweep_export.json").read_text())["weights"] is False
     assert "holds no weights" in (only / "README.md").read_text()
     stage1, stage2 = yaml.safe_load_all((only / "mergekit.yaml").read_text())
-    assert stage1["merge_method"] == "ties" and stage1["parameters"] == {"normalize": True} and stage1["out_dtype"] == "float32"
+    assert (
+        stage1["merge_method"] == "ties"
+        and stage1["parameters"] == {"normalize": True}
+        and stage1["out_dtype"] == "float32"
+    )
     assert stage2["out_dtype"] == "bfloat16"
     # an occupied folder is refused, as for a full export
-    assert main(["export", str(ties_study.study_dir), "--trial", "1", "--out", str(only), "--quiet", "--recipe-only"]) == 2
+    assert (
+        main(["export", str(ties_study.study_dir), "--trial", "1", "--out", str(only), "--quiet", "--recipe-only"]) == 2
+    )
 
 
 @pytest.mark.slow
@@ -94,8 +109,16 @@ def test_mergekit_on_the_exported_file_reproduces_the_weights(linear_study, ties
     assert main(["export", str(linear_study.study_dir), "--balanced", "--out", str(lin), "--quiet"]) == 0
     assert main(["export", str(ties_study.study_dir), "--balanced", "--out", str(ties), "--quiet"]) == 0
     run_mergekit([str(mergekit / "mergekit-yaml"), str(lin / "mergekit.yaml"), str(tmp_path / "mk-lin")])
-    run_mergekit([str(mergekit / "mergekit-multi"), str(ties / "mergekit.yaml"), "--intermediate-dir", str(tmp_path / "tmp"),
-                  "--out-path", str(tmp_path / "mk-ties")])
+    run_mergekit(
+        [
+            str(mergekit / "mergekit-multi"),
+            str(ties / "mergekit.yaml"),
+            "--intermediate-dir",
+            str(tmp_path / "tmp"),
+            "--out-path",
+            str(tmp_path / "mk-ties"),
+        ]
+    )
     for ours, theirs in ((lin, tmp_path / "mk-lin"), (ties, tmp_path / "mk-ties")):
         a, b = load_state(ours), load_state(theirs)
         assert a.keys() == b.keys()

@@ -27,13 +27,18 @@ def write_header_only_checkpoint(path: Path, *, hidden, layers, heads, kv_heads,
     for i in range(layers):
         pre = f"model.layers.{i}."
         shapes |= {
-            pre + "self_attn.q_proj.weight": [heads * head_dim, hidden], pre + "self_attn.q_proj.bias": [heads * head_dim],
-            pre + "self_attn.k_proj.weight": [kv_heads * head_dim, hidden], pre + "self_attn.k_proj.bias": [kv_heads * head_dim],
-            pre + "self_attn.v_proj.weight": [kv_heads * head_dim, hidden], pre + "self_attn.v_proj.bias": [kv_heads * head_dim],
+            pre + "self_attn.q_proj.weight": [heads * head_dim, hidden],
+            pre + "self_attn.q_proj.bias": [heads * head_dim],
+            pre + "self_attn.k_proj.weight": [kv_heads * head_dim, hidden],
+            pre + "self_attn.k_proj.bias": [kv_heads * head_dim],
+            pre + "self_attn.v_proj.weight": [kv_heads * head_dim, hidden],
+            pre + "self_attn.v_proj.bias": [kv_heads * head_dim],
             pre + "self_attn.o_proj.weight": [hidden, heads * head_dim],
-            pre + "mlp.gate_proj.weight": [intermediate, hidden], pre + "mlp.up_proj.weight": [intermediate, hidden],
+            pre + "mlp.gate_proj.weight": [intermediate, hidden],
+            pre + "mlp.up_proj.weight": [intermediate, hidden],
             pre + "mlp.down_proj.weight": [hidden, intermediate],
-            pre + "input_layernorm.weight": [hidden], pre + "post_attention_layernorm.weight": [hidden],
+            pre + "input_layernorm.weight": [hidden],
+            pre + "post_attention_layernorm.weight": [hidden],
         }
     shapes |= {"model.norm.weight": [hidden], "lm_head.weight": [vocab, hidden]}
     header, offset = {}, 0
@@ -49,9 +54,19 @@ def write_header_only_checkpoint(path: Path, *, hidden, layers, heads, kv_heads,
     with open(path / "model.safetensors", "wb") as fh:
         fh.write(struct.pack("<Q", len(raw)) + raw)
         fh.truncate(8 + len(raw) + offset)  # sparse: no data written
-    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden, "num_hidden_layers": layers,
-              "num_attention_heads": heads, "num_key_value_heads": kv_heads, "intermediate_size": intermediate,
-              "vocab_size": vocab, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}
+    config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "intermediate_size": intermediate,
+        "vocab_size": vocab,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "max_position_embeddings": 32768,
+    }
     (path / "config.json").write_text(json.dumps(config))
     (path / "tokenizer_config.json").write_text("{}")
     return path
@@ -60,12 +75,16 @@ def write_header_only_checkpoint(path: Path, *, hidden, layers, heads, kv_heads,
 @pytest.fixture(scope="module")
 def qwen7b_trio(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("q7b")
-    return {role: write_header_only_checkpoint(root / role, **QWEN25_7B) for role in ("pretrained", "instruct", "reasoning")}
+    return {
+        role: write_header_only_checkpoint(root / role, **QWEN25_7B) for role in ("pretrained", "instruct", "reasoning")
+    }
 
 
 def _cluster_spec(tmp_path: Path, trio, **edits) -> Path:
     text = (SPACES / "bai-7b.yaml").read_text()
-    text = text.replace("/ckpt/qwen2.5-7b-base", str(trio["pretrained"])).replace("/ckpt/qwen2.5-7b-instruct", str(trio["instruct"]))
+    text = text.replace("/ckpt/qwen2.5-7b-base", str(trio["pretrained"])).replace(
+        "/ckpt/qwen2.5-7b-instruct", str(trio["instruct"])
+    )
     text = text.replace("/ckpt/qwen2.5-7b-distill-r1", str(trio["reasoning"]))
     text = text.replace("include_paths: [tasks]", f"include_paths: [{SPACES / 'tasks'}]")
     text = text.replace("prompts: tasks/probe_prompts.jsonl", f"prompts: {SPACES / 'tasks' / 'probe_prompts.jsonl'}")
@@ -90,11 +109,15 @@ def test_shipped_cluster_spec_fits_one_80gb_gpu_and_validate_prints_the_plan(qwe
 
 
 def test_validate_refuses_a_spec_that_does_not_fit_and_names_the_fixes(qwen7b_trio, tmp_path, capsys):
-    path = _cluster_spec(tmp_path, qwen7b_trio, **{
-        "  source_device: cpu ": "  source_device: same ",
-        "    update: lora ": "    update: full ",
-        "    activation_checkpointing: true": "    activation_checkpointing: false",
-    })
+    path = _cluster_spec(
+        tmp_path,
+        qwen7b_trio,
+        **{
+            "  source_device: cpu ": "  source_device: same ",
+            "    update: lora ": "    update: full ",
+            "    activation_checkpointing: true": "    activation_checkpointing: false",
+        },
+    )
     code = main(["validate", str(path)])
     err = capsys.readouterr().err
     assert code == 2
@@ -108,20 +131,32 @@ def test_validate_refuses_a_spec_that_does_not_fit_and_names_the_fixes(qwen7b_tr
 def test_parts_for_a_7b_shape_follow_the_settings():
     shape = ModelShape.llama(**QWEN25_7B, tie=False)
     assert shape.params == pytest.approx(7.6e9, rel=0.01)
-    base = TrialSettings(device="cuda", dtype_bytes=2, rollouts=128, prompt_tokens=256, new_tokens=2048, logprob_chunk=None)
+    base = TrialSettings(
+        device="cuda", dtype_bytes=2, rollouts=128, prompt_tokens=256, new_tokens=2048, logprob_chunk=None
+    )
     old = MemoryPlan(parts=plan_parts(shape, base), settings=base, shape=shape)
     # the arithmetic: 128 x 2304 x 152k logits, bf16 plus fp32 copies: hundreds of GB
     assert old.part("logits").gpu > 500 * GB
     assert old.part("sources").gpu == 3 * shape.params * 2 and old.part("master").gpu == shape.params * 4
-    new = MemoryPlan(parts=plan_parts(shape, s := TrialSettings(**{**base.__dict__, "logprob_chunk": 1024, "micro_batch_size": 4})), settings=s, shape=shape)
+    new = MemoryPlan(
+        parts=plan_parts(shape, s := TrialSettings(**{**base.__dict__, "logprob_chunk": 1024, "micro_batch_size": 4})),
+        settings=s,
+        shape=shape,
+    )
     assert new.part("logits").gpu < 3 * GB and new.part("activations").gpu < old.part("activations").gpu / 30
-    assert find_fixes(shape, TrialSettings(**{**base.__dict__, "gpu_memory_gb": 10.0})) == []  # 15 GB of weights never fit 10
+    assert (
+        find_fixes(shape, TrialSettings(**{**base.__dict__, "gpu_memory_gb": 10.0})) == []
+    )  # 15 GB of weights never fit 10
 
 
 @pytest.mark.slow
 def test_plan_is_within_25_percent_of_the_measured_peak_rss(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "memory_plan_check.py"), "--root", str(tmp_path), "--json"],
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "memory_plan_check.py"), "--root", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert 100e6 <= result["params"] <= 400e6

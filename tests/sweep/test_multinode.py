@@ -44,8 +44,14 @@ def _trials(spec_path: Path, name: str) -> list:
 
 
 def test_node_loss_mid_trial_loses_nothing_and_reruns_the_lost_point(tmp_path, cluster):
-    spec_path = write_spec(tmp_path, tmp_path / "results", name="nodes", storage="", budget=6,
-                           extra={"budget": {"trials": 6, "concurrent": 2}})
+    spec_path = write_spec(
+        tmp_path,
+        tmp_path / "results",
+        name="nodes",
+        storage="",
+        budget=6,
+        extra={"budget": {"trials": 6, "concurrent": 2}},
+    )
     text = spec_path.read_text().replace("storage: ''\n", "")
     spec_path.write_text(text)
     env = driver_env(RAY_AUTH_MODE="token", SWEEP_TEST_TRIAL_S="3")
@@ -88,8 +94,14 @@ def test_a_cluster_refusing_the_token_is_one_clear_error(tmp_path, cluster):
     spec_path = write_spec(tmp_path, tmp_path / "results", name="refused", storage="", budget=2)
     spec_path.write_text(spec_path.read_text().replace("storage: ''\n", ""))
     env = {k: v for k, v in driver_env().items() if not k.startswith("RAY_AUTH")} | {"RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "tests.sweep.driver", str(spec_path), "--address", cluster.address],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.sweep.driver", str(spec_path), "--address", cluster.address],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "refused this driver's authentication token" in proc.stderr
     assert "RAY_AUTH_MODE" in proc.stderr and "~/.ray/auth_token" in proc.stderr

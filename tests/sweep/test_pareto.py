@@ -191,8 +191,15 @@ def test_incremental_history_equals_recomputing_from_scratch():
     rows = []
     for k in range(60):
         x = rng.random(3)
-        rows.append({A: round(float(x[0]), 2), B: round(float(x[1]), 2), C: round(float(x[2]), 2),
-                     "state": "FAIL" if k % 7 == 3 else "COMPLETE", "feasible": k % 5 != 2})
+        rows.append(
+            {
+                A: round(float(x[0]), 2),
+                B: round(float(x[1]), 2),
+                C: round(float(x[2]), 2),
+                "state": "FAIL" if k % 7 == 3 else "COMPLETE",
+                "feasible": k % 5 != 2,
+            }
+        )
     trials = table(rows).sample(frac=1.0, random_state=0)  # row order must not matter, numbers do
     objectives = [(A, "maximize"), (B, "minimize"), (C, "maximize")]
     ref = (0.0, 1.1, 0.0)
@@ -305,18 +312,29 @@ results_dir: {tmp_path}
 """
     spec = parse_spec(text, base_dir=tmp_path)
     study = open_study(spec, storage=optuna.storages.InMemoryStorage())  # SQLite costs ~0.4 s per trial on a busy disk
-    dists = {"alpha": optuna.distributions.FloatDistribution(0, 1), "beta": optuna.distributions.FloatDistribution(0.5, 1)}
+    dists = {
+        "alpha": optuna.distributions.FloatDistribution(0, 1),
+        "beta": optuna.distributions.FloatDistribution(0.5, 1),
+    }
     rng = np.random.default_rng(7)
     for k in range(30):
         trial = study.ask(dists)
         metrics = {A: round(float(rng.random()), 1), B: round(float(rng.random()), 1), C: round(float(rng.random()), 1)}
         if k % 9 == 4:
             metrics[C] = None  # an objective not produced: recorded FAIL
-        result = None if k % 11 == 5 else TrialResult(params=dict(trial.params), metrics=metrics, curves={"response_length/mean": [3.0, 2.0]})
-        record_trial(study, trial, spec, result, error="RuntimeError: planted" if result is None else None, ray_trial_id=f"r{k}")
+        result = (
+            None
+            if k % 11 == 5
+            else TrialResult(params=dict(trial.params), metrics=metrics, curves={"response_length/mean": [3.0, 2.0]})
+        )
+        record_trial(
+            study, trial, spec, result, error="RuntimeError: planted" if result is None else None, ray_trial_id=f"r{k}"
+        )
     table = pd.read_parquet(write_table(study, spec))
     objectives = list(zip(spec.objective_names, spec.directions, strict=True))
-    assert sorted(pareto_front(table, objectives, spec.constraints)["number"]) == sorted(t.number for t in study.best_trials)
+    assert sorted(pareto_front(table, objectives, spec.constraints)["number"]) == sorted(
+        t.number for t in study.best_trials
+    )
     assert 0 < len(study.best_trials) < (table["state"] == "COMPLETE").sum()  # the check is not vacuous
     assert (~table["feasible"] & (table["state"] == "COMPLETE")).any()
 

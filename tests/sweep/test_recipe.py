@@ -27,20 +27,56 @@ results_dir: {root}/results
 
 def test_export_uses_the_trials_recorded_recipe(tmp_path, tiny_trio):
     def spec(stage1: str):
-        return parse_spec(SPEC.format(p=tiny_trio["pretrained"], i=tiny_trio["instruct"], r=tiny_trio["reasoning"],
-                                      stage1=stage1, root=tmp_path), base_dir=tmp_path)
+        return parse_spec(
+            SPEC.format(
+                p=tiny_trio["pretrained"],
+                i=tiny_trio["instruct"],
+                r=tiny_trio["reasoning"],
+                stage1=stage1,
+                root=tmp_path,
+            ),
+            base_dir=tmp_path,
+        )
 
     ran_with = spec("{method: linear}")
     latest = spec("{method: ties, params: {density: 0.3}}")  # the spec was edited after the trial ran
     save_spec_snapshot(latest)
-    table = pd.DataFrame([{"number": 0, "state": "COMPLETE", "params/alpha": 0.3, "params/beta": 0.8,
-                           "probe/length_retention": 0.9, "recipe": json.dumps(recipe(ran_with))}])
+    table = pd.DataFrame(
+        [
+            {
+                "number": 0,
+                "state": "COMPLETE",
+                "params/alpha": 0.3,
+                "params/beta": 0.8,
+                "probe/length_retention": 0.9,
+                "recipe": json.dumps(recipe(ran_with)),
+            }
+        ]
+    )
     table.to_parquet(latest.study_dir / "trials.parquet", index=False)
 
     out, fresh = tmp_path / "exported", tmp_path / "fresh"
     assert main(["export", str(latest.study_dir), "--trial", "0", "--out", str(out), "--quiet"]) == 0
-    assert main(["merge", "--pretrained", str(tiny_trio["pretrained"]), "--instruct", str(tiny_trio["instruct"]),
-                 "--reasoning", str(tiny_trio["reasoning"]), "--alpha", "0.3", "--beta", "0.8", "--out", str(fresh),
-                 "--quiet"]) == 0  # linear, as the trial ran
+    assert (
+        main(
+            [
+                "merge",
+                "--pretrained",
+                str(tiny_trio["pretrained"]),
+                "--instruct",
+                str(tiny_trio["instruct"]),
+                "--reasoning",
+                str(tiny_trio["reasoning"]),
+                "--alpha",
+                "0.3",
+                "--beta",
+                "0.8",
+                "--out",
+                str(fresh),
+                "--quiet",
+            ]
+        )
+        == 0
+    )  # linear, as the trial ran
     a, b = load_file(out / "model.safetensors"), load_file(fresh / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -24,7 +24,11 @@ from sweep.report import md_escape, write_report
 from sweep.report_figures import curve_traces
 from sweep.spec import ConstraintSpec
 
-REASON, INSTRUCT, RETENTION = "lm_eval/toy_reasoning/exact_match,final", "lm_eval/toy_instruct/exact_match,final", "probe/length_retention"
+REASON, INSTRUCT, RETENTION = (
+    "lm_eval/toy_reasoning/exact_match,final",
+    "lm_eval/toy_instruct/exact_match,final",
+    "probe/length_retention",
+)
 HELD = "lm_eval/toy_reasoning_heldout/exact_match,final"
 HOSTILE = '<script>alert(1)</script>|x<img src=x onerror="window.__pwned=1">'
 OBJECTIVES_2 = [(REASON, "maximize"), (INSTRUCT, "maximize")]
@@ -48,8 +52,14 @@ def trials_table(extra_metric: str | None = None, param: str | None = None) -> p
     0, 0.5, 0.625, 0.25, 0 -> trial 2.
     """
     cells = [
-        (0.0, 1.0, 0.9, 0.1, 0.6), (0.25, 1.0, 0.7, 0.5, 0.7), (0.5, 1.0, 0.6, 0.6, 0.8), (0.75, 1.0, 0.3, 0.8, 0.9),
-        (1.0, 1.0, 0.1, 0.9, 1.0), (0.6, 0.9, np.nan, np.nan, np.nan), (0.4, 0.7, 0.95, 0.95, 0.2), (0.5, 0.6, 0.4, 0.4, 0.9),
+        (0.0, 1.0, 0.9, 0.1, 0.6),
+        (0.25, 1.0, 0.7, 0.5, 0.7),
+        (0.5, 1.0, 0.6, 0.6, 0.8),
+        (0.75, 1.0, 0.3, 0.8, 0.9),
+        (1.0, 1.0, 0.1, 0.9, 1.0),
+        (0.6, 0.9, np.nan, np.nan, np.nan),
+        (0.4, 0.7, 0.95, 0.95, 0.2),
+        (0.5, 0.6, 0.4, 0.4, 0.9),
     ]
     rows = []
     for number, (alpha, beta, reason, instruct, retention) in enumerate(cells):
@@ -57,15 +67,24 @@ def trials_table(extra_metric: str | None = None, param: str | None = None) -> p
         length = [20.0 * (1 - alpha) + 6 - step * (1 - retention) for step in range(6)]
         reward = [0.5 - 0.1 * (1 - alpha) * min(step, 3) for step in range(6)]
         row = {
-            "number": number, "state": "FAIL" if failed else "COMPLETE",
+            "number": number,
+            "state": "FAIL" if failed else "COMPLETE",
             "error": f"worker lost: {HOSTILE}" if failed else None,
-            "params/alpha": alpha, "params/beta": beta,
-            REASON: reason, INSTRUCT: instruct, RETENTION: retention,
+            "params/alpha": alpha,
+            "params/beta": beta,
+            REASON: reason,
+            INSTRUCT: instruct,
+            RETENTION: retention,
             "feasible": (not failed) and retention >= 0.5,
-            "constraint_violation": 0.5 - retention, "duration_s": 2.5 + number,
-            "worker": "node-1:4242", "ray_trial_id": f"t{number}",
-            "started_at": "2026-11-25T21:00:00", "finished_at": "2026-11-25T21:00:03",
-            "curves": "{}" if failed else json.dumps({"response_length/mean": length, "critic/score/mean": reward, "actor/kl": []}),
+            "constraint_violation": 0.5 - retention,
+            "duration_s": 2.5 + number,
+            "worker": "node-1:4242",
+            "ray_trial_id": f"t{number}",
+            "started_at": "2026-11-25T21:00:00",
+            "finished_at": "2026-11-25T21:00:03",
+            "curves": "{}"
+            if failed
+            else json.dumps({"response_length/mean": length, "critic/score/mean": reward, "actor/kl": []}),
         }
         if extra_metric:
             row[extra_metric] = 0.25
@@ -84,7 +103,9 @@ def heldout_table() -> pd.DataFrame:
 
 def test_markdown_states_the_balanced_point_and_the_front(tmp_path):
     trials = trials_table()
-    html_path, md_path = write_report(tmp_path / "study", trials=trials, objectives=OBJECTIVES_2, constraints=[RETENTION_FLOOR], spec_name="demo")
+    html_path, md_path = write_report(
+        tmp_path / "study", trials=trials, objectives=OBJECTIVES_2, constraints=[RETENTION_FLOOR], spec_name="demo"
+    )
     assert html_path == tmp_path / "study" / "report.html" and md_path == tmp_path / "study" / "report.md"
     md = md_path.read_text()
     assert "- **Trials:** 8 (7 complete, 1 failed); 6 feasible; 5 on the Pareto front" in md
@@ -106,8 +127,13 @@ def test_markdown_states_the_balanced_point_and_the_front(tmp_path):
 
 def test_weighted_rule_and_weights_are_reported(tmp_path):
     _, md_path = write_report(
-        tmp_path, trials=trials_table(), objectives=OBJECTIVES_2, constraints=[RETENTION_FLOOR], spec_name="demo",
-        balanced_rule="weighted", weights={REASON: 1.0, INSTRUCT: 3.0},
+        tmp_path,
+        trials=trials_table(),
+        objectives=OBJECTIVES_2,
+        constraints=[RETENTION_FLOOR],
+        spec_name="demo",
+        balanced_rule="weighted",
+        weights={REASON: 1.0, INSTRUCT: 3.0},
     )
     md = md_path.read_text()
     # (u_reason + 3 u_instruct) / 4 over the front: 0.25, 0.5625, 0.625, 0.71875, 0.75 -> trial 4.
@@ -117,10 +143,17 @@ def test_weighted_rule_and_weights_are_reported(tmp_path):
 
 def test_heldout_scores_sit_beside_search_scores(tmp_path):
     html_path, md_path = write_report(
-        tmp_path, trials=trials_table(), objectives=OBJECTIVES_2, constraints=[RETENTION_FLOOR], spec_name="demo", heldout=heldout_table()
+        tmp_path,
+        trials=trials_table(),
+        objectives=OBJECTIVES_2,
+        constraints=[RETENTION_FLOOR],
+        spec_name="demo",
+        heldout=heldout_table(),
     )
     md = md_path.read_text()
-    assert f"| trial | search: {md_escape(REASON)} | search: {md_escape(INSTRUCT)} | held-out: {md_escape(HELD)} |" in md
+    assert (
+        f"| trial | search: {md_escape(REASON)} | search: {md_escape(INSTRUCT)} | held-out: {md_escape(HELD)} |" in md
+    )
     assert "| 0 | 0.9 | 0.1 | 0.85 |" in md and "| 2 | 0.6 | 0.6 | 0.55 |" in md
     html = html_path.read_text()
     held = html.split('<table id="heldout">')[1].split("</table>")[0]
@@ -130,12 +163,19 @@ def test_heldout_scores_sit_beside_search_scores(tmp_path):
 def test_hostile_names_are_escaped_in_markdown_and_html(tmp_path):
     trials = trials_table(extra_metric=f"probe/{HOSTILE}", param=HOSTILE)
     html_path, md_path = write_report(
-        tmp_path, trials=trials, objectives=OBJECTIVES_2 + [(f"probe/{HOSTILE}", "minimize")], constraints=[RETENTION_FLOOR],
-        spec_name=HOSTILE, heldout=heldout_table().assign(**{HOSTILE: [1.0, 2.0, 3.0]}),
+        tmp_path,
+        trials=trials,
+        objectives=OBJECTIVES_2 + [(f"probe/{HOSTILE}", "minimize")],
+        constraints=[RETENTION_FLOOR],
+        spec_name=HOSTILE,
+        heldout=heldout_table().assign(**{HOSTILE: [1.0, 2.0, 3.0]}),
     )
     md = md_path.read_text()
     assert not re.search(r"(?<!\\)[<>]", md)  # every angle bracket is backslash-escaped: no tag survives
-    assert md.splitlines()[0] == r'# Sweep report: \<script\>alert(1)\</script\>\|x\<img src=x onerror="window.\_\_pwned=1"\>'
+    assert (
+        md.splitlines()[0]
+        == r'# Sweep report: \<script\>alert(1)\</script\>\|x\<img src=x onerror="window.\_\_pwned=1"\>'
+    )
     # Every table row keeps its column count: escaped pipes do not split cells.
     for block in md.split("\n\n"):
         rows = [line for line in block.splitlines() if line.startswith("|")]
@@ -154,7 +194,9 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path):
     with pytest.raises(SweepError, match="unknown balanced-point rule 'middle'"):
         write_report(out, trials=trials_table(), objectives=OBJECTIVES_2, spec_name="x", balanced_rule="middle")
     with pytest.raises(SweepError, match="held-out table needs a 'number' column"):
-        write_report(out, trials=trials_table(), objectives=OBJECTIVES_2, spec_name="x", heldout=pd.DataFrame({HELD: [0.5]}))
+        write_report(
+            out, trials=trials_table(), objectives=OBJECTIVES_2, spec_name="x", heldout=pd.DataFrame({HELD: [0.5]})
+        )
     assert not out.exists()
 
 
@@ -165,7 +207,9 @@ def test_empty_and_all_infeasible_studies_still_report(tmp_path):
     assert "- **Trials:** 0 (0 complete, 0 failed); 0 feasible; 0 on the Pareto front" in md
     assert "- **Balanced point:** none (no completed, feasible trial yet)" in md
     infeasible = trials_table().assign(feasible=False)
-    html_path, md_path = write_report(tmp_path / "infeasible", trials=infeasible, objectives=OBJECTIVES_2, spec_name="bad")
+    html_path, md_path = write_report(
+        tmp_path / "infeasible", trials=infeasible, objectives=OBJECTIVES_2, spec_name="bad"
+    )
     assert "## Pareto front (0 trials)\n\nNo completed, feasible trial yet." in md_path.read_text()
     assert "Balanced point:</b> none" in html_path.read_text()
 
@@ -212,11 +256,21 @@ class DevTools:
             os.set_inheritable(4, True)
 
         flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={self.profile}", "--remote-debugging-pipe", "about:blank",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={self.profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
         ]
-        self.proc = subprocess.Popen([exe, *flags], preexec_fn=child_fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [exe, *flags], preexec_fn=child_fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer = b""
@@ -266,7 +320,9 @@ class DevTools:
         for e in self.events:
             method, params = e.get("method"), e.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "warning", "assert"):
-                out.append(f"console.{params['type']}: {[a.get('value', a.get('description')) for a in params.get('args', [])]}")
+                out.append(
+                    f"console.{params['type']}: {[a.get('value', a.get('description')) for a in params.get('args', [])]}"
+                )
             elif method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
                 out.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")
@@ -323,7 +379,12 @@ def _wait_rendered(browser: DevTools, ids: list[str], timeout: float = 20.0) -> 
 def test_report_renders_in_headless_chromium(browser, tmp_path):
     trials = trials_table(extra_metric=f"probe/{HOSTILE}")
     html_path, _ = write_report(
-        tmp_path / "two", trials=trials, objectives=OBJECTIVES_2, constraints=[RETENTION_FLOOR], spec_name=HOSTILE, heldout=heldout_table()
+        tmp_path / "two",
+        trials=trials,
+        objectives=OBJECTIVES_2,
+        constraints=[RETENTION_FLOOR],
+        spec_name=HOSTILE,
+        heldout=heldout_table(),
     )
     browser.open(html_path)
     plots = ["fig-pareto", "fig-map-0", "fig-map-1", "fig-length", "fig-reward", "fig-hypervolume"]
@@ -341,7 +402,15 @@ def test_report_renders_in_headless_chromium(browser, tmp_path):
         f"Plotly.Fx.hover('fig-pareto', [{{curveNumber: {front_curve}, pointNumber: 0}}]);"
         "document.querySelector('#fig-pareto .hovertext').textContent"
     )
-    for text in ("trial 0", "alpha = 0", "beta = 1", f"{REASON} = 0.9", f"{INSTRUCT} = 0.1", f"{RETENTION} = 0.6", f"probe/{HOSTILE} = 0.25"):
+    for text in (
+        "trial 0",
+        "alpha = 0",
+        "beta = 1",
+        f"{REASON} = 0.9",
+        f"{INSTRUCT} = 0.1",
+        f"{RETENTION} = 0.6",
+        f"probe/{HOSTILE} = 0.25",
+    ):
         assert text in hover, hover
     # The hostile string is shown as text, never run or parsed as markup.
     assert browser.evaluate("document.title") == f"Sweep report: {HOSTILE}"
@@ -350,7 +419,9 @@ def test_report_renders_in_headless_chromium(browser, tmp_path):
     assert browser.evaluate("document.querySelector('h1').textContent") == f"Sweep report: {HOSTILE}"
     assert browser.evaluate("document.querySelectorAll('#trials tr').length") == 1 + len(trials)
     assert browser.evaluate("document.querySelector('#trials tr.balanced td').textContent") == "2"
-    assert browser.evaluate("document.querySelectorAll('#fig-length .scatterlayer .trace').length") == 5  # front 0-4 (0 and 4 are the extremes)
+    assert (
+        browser.evaluate("document.querySelectorAll('#fig-length .scatterlayer .trace').length") == 5
+    )  # front 0-4 (0 and 4 are the extremes)
 
 
 def test_three_objective_report_renders_a_pair_grid(browser, tmp_path):
@@ -360,7 +431,9 @@ def test_three_objective_report_renders_a_pair_grid(browser, tmp_path):
     counts = _wait_rendered(browser, ["fig-pareto", "fig-map-2", "fig-hypervolume"])
     assert all(counts.values()), counts
     assert browser.problems() == []
-    titles = browser.evaluate("[...document.querySelectorAll('#fig-pareto .g-xtitle, #fig-pareto .g-x2title, #fig-pareto .g-x3title')].map(e => e.textContent)")
+    titles = browser.evaluate(
+        "[...document.querySelectorAll('#fig-pareto .g-xtitle, #fig-pareto .g-x2title, #fig-pareto .g-x3title')].map(e => e.textContent)"
+    )
     assert titles == [f"{REASON} ↑", f"{REASON} ↑", f"{INSTRUCT} ↑"]
 
 
@@ -400,8 +473,15 @@ def test_report_options_come_from_the_spec_report_section(tmp_path):
     from sweep.report import report_options
     from sweep.spec import parse_spec
 
-    objectives = [SimpleNamespace(metric=REASON, direction="maximize"), SimpleNamespace(metric=INSTRUCT, direction="maximize")]
-    assert report_options(SimpleNamespace(objectives=objectives)) == {"balanced_rule": "maximin", "weights": None, "reference": None}
+    objectives = [
+        SimpleNamespace(metric=REASON, direction="maximize"),
+        SimpleNamespace(metric=INSTRUCT, direction="maximize"),
+    ]
+    assert report_options(SimpleNamespace(objectives=objectives)) == {
+        "balanced_rule": "maximin",
+        "weights": None,
+        "reference": None,
+    }
     spec = parse_spec(
         f"""
 name: opts
@@ -414,9 +494,17 @@ report: {{balanced_rule: weighted, weights: {{"{REASON}": 2, "{INSTRUCT}": 1}}, 
 """,
         base_dir=tmp_path,
     )
-    assert report_options(spec) == {"balanced_rule": "weighted", "weights": {REASON: 2.0, INSTRUCT: 1.0}, "reference": [-0.5, 0.0]}
+    assert report_options(spec) == {
+        "balanced_rule": "weighted",
+        "weights": {REASON: 2.0, INSTRUCT: 1.0},
+        "reference": [-0.5, 0.0],
+    }
     with pytest.raises(SweepError, match="report.reference needs one value per objective"):
-        report_options(SimpleNamespace(objectives=objectives, report=SimpleNamespace(balanced_rule="maximin", weights=None, reference=[0.0])))
+        report_options(
+            SimpleNamespace(
+                objectives=objectives, report=SimpleNamespace(balanced_rule="maximin", weights=None, reference=[0.0])
+            )
+        )
 
 
 def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
@@ -437,7 +525,9 @@ def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
     assert front_trace.error_x.array is None  # no noise column for the lm-eval objective
     assert list(front_trace.error_y.array) == pytest.approx([0.05, 0.10, 0.15, 0.20, 0.25])
 
-    curves = curve_figure(trials, key="response_length/mean", title="Mean response length", y_title="tokens", front=front)
+    curves = curve_figure(
+        trials, key="response_length/mean", title="Mean response length", y_title="tokens", front=front
+    )
     by_trial = {t.name: t for t in curves.data}
     normalized_trace = next(t for name, t in by_trial.items() if "trial 2" in name)
     assert list(normalized_trace.y) == [10.0, 9.0, 8.0] and list(normalized_trace.error_y.array) == [0.5, 0.6, 0.7]

@@ -52,7 +52,14 @@ def ray_local(demo_family):
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}},
+        runtime_env={
+            "env_vars": {
+                "OMP_NUM_THREADS": "1",
+                "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1",
+                "PYTHONPATH": str(REPO),
+            }
+        },
     )
     yield
     ray.shutdown()
@@ -152,11 +159,24 @@ def test_export_balanced_equals_a_fresh_merge(demo_study, tmp_path, capsys):
     assert record["spec_sha256"] and set(record["params"]) == {"alpha", "beta"}
     assert "spec sha256" in (out / "README.md").read_text()
     fresh = tmp_path / "fresh"
-    code = main([
-        "merge", "--pretrained", spec.models.pretrained, "--instruct", spec.models.instruct,
-        "--reasoning", spec.models.reasoning, "--alpha", repr(record["params"]["alpha"]),
-        "--beta", repr(record["params"]["beta"]), "--out", str(fresh), "--quiet",
-    ])
+    code = main(
+        [
+            "merge",
+            "--pretrained",
+            spec.models.pretrained,
+            "--instruct",
+            spec.models.instruct,
+            "--reasoning",
+            spec.models.reasoning,
+            "--alpha",
+            repr(record["params"]["alpha"]),
+            "--beta",
+            repr(record["params"]["beta"]),
+            "--out",
+            str(fresh),
+            "--quiet",
+        ]
+    )
     assert code == 0
     a, b = load_file(out / "model.safetensors"), load_file(fresh / "model.safetensors")
     assert a.keys() == b.keys()
@@ -199,7 +219,11 @@ def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     spec_dict = demo_spec_dict(tmp_path / "results", trials=5)
-    spec_dict["space"]["points"] = [{"alpha": 0.9, "beta": 1.0}, {"alpha": 0.2, "beta": 1.0}, {"alpha": 1.0, "beta": 0.8}]
+    spec_dict["space"]["points"] = [
+        {"alpha": 0.9, "beta": 1.0},
+        {"alpha": 0.2, "beta": 1.0},
+        {"alpha": 1.0, "beta": 0.8},
+    ]
     spec = load_spec(write_spec(tmp_path, spec_dict))
     capfd.readouterr()
     summary = run_sweep(spec, trial_fn=flaky_trial, quiet=True)

@@ -20,8 +20,13 @@ def ray_local():
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sweeps)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
     yield
     ray.shutdown()
 
@@ -36,9 +41,14 @@ def _keys(trials):
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random"])
 def test_sampler_runs_a_sweep_to_its_budget(sampler, tmp_path, ray_local, capsys):
-    spec = sweeps.make_spec(tmp_path, name=f"s-{sampler}", extra=(
-        f"sampler: {{name: {sampler}, seed: 3}}\nbudget: {{trials: 4, concurrent: 2}}\n"
-        "space: {points: [{alpha: 0.5, beta: 1.0}]}\n"))
+    spec = sweeps.make_spec(
+        tmp_path,
+        name=f"s-{sampler}",
+        extra=(
+            f"sampler: {{name: {sampler}, seed: 3}}\nbudget: {{trials: 4, concurrent: 2}}\n"
+            "space: {points: [{alpha: 0.5, beta: 1.0}]}\n"
+        ),
+    )
     summary = run_sweep(spec, trial_fn=sweeps.stand_in_trial)
     assert summary.exit_code == 0, capsys.readouterr()
     trials = _study(spec).trials
@@ -56,9 +66,14 @@ def test_sampler_runs_a_sweep_to_its_budget(sampler, tmp_path, ray_local, capsys
 
 
 def test_grid_ends_cleanly_when_exhausted(tmp_path, ray_local, capsys):
-    spec = sweeps.make_spec(tmp_path, name="grid", extra=(
-        "sampler: {name: grid}\nbudget: {trials: 10, concurrent: 2}\n"
-        "space: {alpha: {low: 0, high: 1, step: 0.5}, beta: {low: 0.5, high: 1, step: 0.5}}\n"))
+    spec = sweeps.make_spec(
+        tmp_path,
+        name="grid",
+        extra=(
+            "sampler: {name: grid}\nbudget: {trials: 10, concurrent: 2}\n"
+            "space: {alpha: {low: 0, high: 1, step: 0.5}, beta: {low: 0.5, high: 1, step: 0.5}}\n"
+        ),
+    )
     summary = run_sweep(spec, trial_fn=sweeps.stand_in_trial)
     out = capsys.readouterr().out
     assert summary.exit_code == 0 and summary.grid_exhausted, out
@@ -80,9 +95,14 @@ def test_a_fixed_point_that_failed_twice_is_not_queued_again(tmp_path, ray_local
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    spec = sweeps.make_spec(tmp_path, name="failing-point", extra=(
-        "sampler: {name: random, seed: 1}\nbudget: {trials: 2, concurrent: 1}\n"
-        "space: {points: [{alpha: 0.9, beta: 1.0}]}\n"))
+    spec = sweeps.make_spec(
+        tmp_path,
+        name="failing-point",
+        extra=(
+            "sampler: {name: random, seed: 1}\nbudget: {trials: 2, concurrent: 1}\n"
+            "space: {points: [{alpha: 0.9, beta: 1.0}]}\n"
+        ),
+    )
     runs = [run_sweep(spec, trial_fn=fails_at_alpha_09, trials=n) for n in (2, 3, 4)]
     trials = _study(spec).trials
     failed = [t for t in trials if t.state.name == "FAIL"]
@@ -96,9 +116,14 @@ def test_max_failures_retries_are_recorded_but_timeouts_are_not_retried(tmp_path
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    spec = sweeps.make_spec(tmp_path, name="retries", extra=(
-        "sampler: {name: random}\nbudget: {trials: 2, concurrent: 1, max_failures: 2}\n"
-        "space: {points: [{alpha: 0.1, beta: 1.0}, {alpha: 0.2, beta: 1.0}]}\n"))
+    spec = sweeps.make_spec(
+        tmp_path,
+        name="retries",
+        extra=(
+            "sampler: {name: random}\nbudget: {trials: 2, concurrent: 1, max_failures: 2}\n"
+            "space: {points: [{alpha: 0.1, beta: 1.0}, {alpha: 0.2, beta: 1.0}]}\n"
+        ),
+    )
     summary = run_sweep(spec, trial_fn=flaky_once_then_timeout, trials=2)
     trials = {round(t.params["alpha"], 3): t for t in _study(spec).trials}
     assert trials[0.1].state.name == "COMPLETE" and len(trials[0.1].user_attrs["retries"]) == 1

@@ -50,7 +50,10 @@ def test_storage_from_the_environment(workspace, tiny_trio, capsys, monkeypatch,
 
 
 def test_spec_snapshot_holds_no_password(workspace, tiny_trio, tmp_path):  # noqa: F811
-    spec = base_spec(tiny_trio) | {"storage": f"postgresql://sweep:{SECRET}@127.0.0.1:5432/db", "results_dir": str(tmp_path)}
+    spec = base_spec(tiny_trio) | {
+        "storage": f"postgresql://sweep:{SECRET}@127.0.0.1:5432/db",
+        "results_dir": str(tmp_path),
+    }
     snapshot = save_spec_snapshot(load_spec(write(workspace, "snap.yaml", spec)))
     text = snapshot.read_text()
     assert SECRET not in text and json.loads(text)["spec"]["storage"] == "postgresql://sweep:***@127.0.0.1:5432/db"

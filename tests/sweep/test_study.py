@@ -63,14 +63,24 @@ def test_enqueue_skips_points_already_complete_or_waiting(tmp_path):
     assert enqueue_points(study, [{"alpha": 0.5, "beta": 1.0}]) == 0
     trial = study.ask(DISTS)
     assert trial.params == {"alpha": 0.5, "beta": 1.0}  # the enqueued point comes first
-    record_trial(study, trial, spec, result(trial.params["alpha"], trial.params["beta"], 0.9, 0.1), error=None, ray_trial_id="t0")
+    record_trial(
+        study, trial, spec, result(trial.params["alpha"], trial.params["beta"], 0.9, 0.1), error=None, ray_trial_id="t0"
+    )
     assert enqueue_points(study, [{"alpha": 0.5, "beta": 1.0}, {"alpha": 0.0, "beta": 1.0}]) == 0
 
 
 def test_record_trial_values_constraints_and_failures(tmp_path):
     spec = make_spec(tmp_path)
     study = open_study(spec)
-    enqueue_points(study, [{"alpha": 0.1, "beta": 1.0}, {"alpha": 0.2, "beta": 1.0}, {"alpha": 0.3, "beta": 1.0}, {"alpha": 0.4, "beta": 1.0}])
+    enqueue_points(
+        study,
+        [
+            {"alpha": 0.1, "beta": 1.0},
+            {"alpha": 0.2, "beta": 1.0},
+            {"alpha": 0.3, "beta": 1.0},
+            {"alpha": 0.4, "beta": 1.0},
+        ],
+    )
     ok, bad, missing, crashed = (study.ask(DISTS) for _ in range(4))
     record_trial(study, ok, spec, result(0.1, 1.0, 0.9, 0.2), error=None, ray_trial_id="a")
     record_trial(study, bad, spec, result(0.2, 1.0, 0.3, 0.0), error=None, ray_trial_id="b")

@@ -25,7 +25,7 @@ def tiny_spec(tmp_path_factory, tiny_trio):
             f"""\
             task: toy_sum
             dataset_path: json
-            dataset_kwargs: {{data_files: {{test: {root / 'toy.jsonl'}}}}}
+            dataset_kwargs: {{data_files: {{test: {root / "toy.jsonl"}}}}}
             test_split: test
             output_type: generate_until
             doc_to_text: "{{{{q}}}}="
@@ -35,13 +35,21 @@ def tiny_spec(tmp_path_factory, tiny_trio):
             """
         )
     )
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
+    (root / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4))
+    )
     spec = {
         "name": "trial",
         "models": {k: str(v) for k, v in tiny_trio.items()},
         "evals": {
             "lm_eval": {"include_paths": [str(root)], "search_tasks": ["toy_sum"], "batch_size": 4},
-            "probe": {"prompts": "prompts.jsonl", "steps": 3, "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8},
+            "probe": {
+                "prompts": "prompts.jsonl",
+                "steps": 3,
+                "group_size": 2,
+                "prompts_per_step": 2,
+                "max_new_tokens": 8,
+            },
         },
         "objectives": [
             {"metric": "lm_eval/toy_sum/exact_match,none", "direction": "maximize"},
@@ -66,33 +74,51 @@ def test_run_trial_measures_every_metric_and_reuses_the_worker_state(tiny_spec):
     assert second.metrics == first.metrics  # deterministic: same candidate, same numbers
     # The live model holds exactly the closed-form candidate: beta*(a*I + (1-a)*R) + (1-beta)*P.
     run_trial(tiny_spec, {"alpha": 0.6, "beta": 0.9})
-    weights = {role: load_file(f"{getattr(tiny_spec.models, role)}/model.safetensors") for role in ("pretrained", "instruct", "reasoning")}
+    weights = {
+        role: load_file(f"{getattr(tiny_spec.models, role)}/model.safetensors")
+        for role in ("pretrained", "instruct", "reasoning")
+    }
     live = dict(state.model.named_parameters())
     for name, tensor in live.items():
-        expected = 0.9 * (0.6 * weights["instruct"][name] + 0.4 * weights["reasoning"][name]) + 0.1 * weights["pretrained"][name]
+        expected = (
+            0.9 * (0.6 * weights["instruct"][name] + 0.4 * weights["reasoning"][name])
+            + 0.1 * weights["pretrained"][name]
+        )
         torch.testing.assert_close(tensor.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_trial_past_its_timeout_stops_mid_probe_and_hands_the_model_back(tiny_spec):
     probe = tiny_spec.evals.probe.model_copy(update={"steps": 5000, "collapse_threshold": None})
-    spec = tiny_spec.model_copy(update={
-        "evals": tiny_spec.evals.model_copy(update={"probe": probe}),
-        "budget": tiny_spec.budget.model_copy(update={"trial_timeout_s": 2.0}),
-    })
-    short = tiny_spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe.model_copy(update={"steps": 4})})})
+    spec = tiny_spec.model_copy(
+        update={
+            "evals": tiny_spec.evals.model_copy(update={"probe": probe}),
+            "budget": tiny_spec.budget.model_copy(update={"trial_timeout_s": 2.0}),
+        }
+    )
+    short = tiny_spec.model_copy(
+        update={"evals": spec.evals.model_copy(update={"probe": probe.model_copy(update={"steps": 4})})}
+    )
     per_step = run_trial(short, {"alpha": 0.5, "beta": 0.5}).timings["probe_s"] / 4  # what one probe step costs here
     worker_state(spec)  # loading the models is not charged to the trial
     started = time.perf_counter()
     with pytest.raises(TrialTimeout, match=r"timeout of 2 s during probe"):
         run_trial(spec, {"alpha": 0.6, "beta": 0.9})
     elapsed = time.perf_counter() - started
-    assert elapsed < 2.0 + max(1.0, 3 * per_step), f"stopped {elapsed:.1f} s after the start, 5000 steps would take {5000 * per_step:.0f} s"
+    assert elapsed < 2.0 + max(1.0, 3 * per_step), (
+        f"stopped {elapsed:.1f} s after the start, 5000 steps would take {5000 * per_step:.0f} s"
+    )
     # Handed back as the merge left it: the candidate's weights, no hook left behind.
     state = worker_state(spec)
     assert not state.model._forward_pre_hooks
-    weights = {role: load_file(f"{getattr(spec.models, role)}/model.safetensors") for role in ("pretrained", "instruct", "reasoning")}
+    weights = {
+        role: load_file(f"{getattr(spec.models, role)}/model.safetensors")
+        for role in ("pretrained", "instruct", "reasoning")
+    }
     for name, tensor in state.model.named_parameters():
-        expected = 0.9 * (0.6 * weights["instruct"][name] + 0.4 * weights["reasoning"][name]) + 0.1 * weights["pretrained"][name]
+        expected = (
+            0.9 * (0.6 * weights["instruct"][name] + 0.4 * weights["reasoning"][name])
+            + 0.1 * weights["pretrained"][name]
+        )
         torch.testing.assert_close(tensor.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -107,4 +133,6 @@ def test_live_model_follows_an_untied_merge(tmp_path, tiny_trio, tiny_spec):
     assert head.data_ptr() != embed.data_ptr()
     reasoning = load_file(untied / "model.safetensors")
     instruct = load_file(tiny_trio["instruct"] / "model.safetensors")
-    torch.testing.assert_close(head.detach(), 0.5 * instruct["model.embed_tokens.weight"] + 0.5 * reasoning["lm_head.weight"])
+    torch.testing.assert_close(
+        head.detach(), 0.5 * instruct["model.embed_tokens.weight"] + 0.5 * reasoning["lm_head.weight"]
+    )

@@ -32,7 +32,7 @@ def workspace(tmp_path_factory, tiny_trio):
             f"""\
             task: toy_task
             dataset_path: json
-            dataset_kwargs: {{data_files: {{test: {tasks / 'toy.jsonl'}}}}}
+            dataset_kwargs: {{data_files: {{test: {tasks / "toy.jsonl"}}}}}
             test_split: test
             output_type: generate_until
             doc_to_text: "{{{{question}}}}="
@@ -122,11 +122,31 @@ MALFORMED = [
     ("low > high", "space.alpha", {"low": 0.9, "high": 0.2}, "space.alpha"),
     ("unknown sampler", "sampler.name", "bayes", "sampler.name"),
     ("unknown merge method", "merge", {"stage1": {"method": "frankenmerge"}}, "merge.stage1.method"),
-    ("unknown method parameter", "merge", {"stage1": {"method": "ties", "params": {"densty": 0.5}}}, "merge.stage1.params.densty"),
-    ("bad method parameter value", "merge", {"stage1": {"method": "ties", "params": {"density": 1.5}}}, "merge.stage1.params.density"),
-    ("searched parameter out of its domain", "*", {"merge": {"stage1": {"method": "dare"}}, "space.params": {"density": {"low": 0.5, "high": 2}}}, "space.params.density.high"),
+    (
+        "unknown method parameter",
+        "merge",
+        {"stage1": {"method": "ties", "params": {"densty": 0.5}}},
+        "merge.stage1.params.densty",
+    ),
+    (
+        "bad method parameter value",
+        "merge",
+        {"stage1": {"method": "ties", "params": {"density": 1.5}}},
+        "merge.stage1.params.density",
+    ),
+    (
+        "searched parameter out of its domain",
+        "*",
+        {"merge": {"stage1": {"method": "dare"}}, "space.params": {"density": {"low": 0.5, "high": 2}}},
+        "space.params.density.high",
+    ),
     ("unknown objective metric", "objectives.1.metric", "probe/length_retension", "objectives.1.metric"),
-    ("objective task not searched", "objectives.0.metric", "lm_eval/gsm8k/exact_match,strict-match", "objectives.0.metric"),
+    (
+        "objective task not searched",
+        "objectives.0.metric",
+        "lm_eval/gsm8k/exact_match,strict-match",
+        "objectives.0.metric",
+    ),
     ("bad direction", "objectives.0.direction", "up", "objectives.0.direction"),
     ("bad constraint", "constraints", ["probe/length_retention > = 0.5"], "constraints.0"),
     ("missing models", "models", _DELETE, "models"),
@@ -135,7 +155,12 @@ MALFORMED = [
     ("fixed point out of range", "space.points", [{"alpha": 0.5, "beta": 0.2}], "space.points.0.beta"),
     ("bad regex", "evals.lm_eval.answer_regex", "([0-9]+", "evals.lm_eval.answer_regex"),
     ("vllm without gpu", "evals.lm_eval.backend", "vllm", "evals.lm_eval.backend"),
-    ("metric the task does not report", "objectives.0.metric", "lm_eval/toy_task/exact_match,nne", "objectives.0.metric"),
+    (
+        "metric the task does not report",
+        "objectives.0.metric",
+        "lm_eval/toy_task/exact_match,nne",
+        "objectives.0.metric",
+    ),
     ("unknown lm-eval task", "evals.lm_eval.search_tasks", ["toy_task", "toy_tsk"], "toy_tsk"),
     ("missing prompts file", "evals.probe.prompts", "nowhere.jsonl", "evals.probe.prompts"),
 ]
@@ -255,10 +280,14 @@ def test_cli_process_exit_codes(workspace, tiny_trio):
     spec["sampler"]["name"] = "bayes"
     path = write(workspace, "proc.yaml", spec)
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "sweep", "validate", str(path)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep", "validate", str(path)], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2
     assert "sampler.name" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "sweep", "--debug", "validate", str(path)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep", "--debug", "validate", str(path)], capture_output=True, text=True, env=env
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "sweep", "frobnicate"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "usage:" in proc.stderr
@@ -267,7 +296,9 @@ def test_cli_process_exit_codes(workspace, tiny_trio):
 def test_a_bad_merge_kernel_setting_is_caught_before_any_worker(workspace, tiny_trio):
     path = write(workspace, "env.yaml", base_spec(tiny_trio))
     env = os.environ | {"PYTHONPATH": str(REPO), "SWEEP_MERGE_KERNEL": "turbo"}
-    proc = subprocess.run([sys.executable, "-m", "sweep", "validate", str(path)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep", "validate", str(path)], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "SWEEP_MERGE_KERNEL must be one of auto, native, compiled, eager, got 'turbo'" in proc.stderr
 

@@ -25,7 +25,10 @@ def test_latest_previous_front_is_enqueued_once(tmp_path):
 
 def test_points_outside_this_space_are_skipped(tmp_path):
     make_study(tmp_path, "old", GOOD)
-    text = SPEC.format(name="new", root=tmp_path) + f"warm_start_from: ['{tmp_path}/old']\nspace: {{beta: {{low: 0.95, high: 1.0}}}}\n"
+    text = (
+        SPEC.format(name="new", root=tmp_path)
+        + f"warm_start_from: ['{tmp_path}/old']\nspace: {{beta: {{low: 0.95, high: 1.0}}}}\n"
+    )
     points = warm_start_points(parse_spec(text))
     assert sorted(p["alpha"] for p in points) == [0.2, 0.8]  # beta 0.9 is outside [0.95, 1]
 

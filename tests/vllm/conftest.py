@@ -21,7 +21,9 @@ import pytest
 from evals.vllm_backend import vllm_build
 from tests.evals.conftest import tiny_tasks  # noqa: F401  (the lm-eval tier's tiny local tasks)
 
-RUN_HINT = "vLLM is not installed here; run this tier with .venv-vllm/bin/python -m pytest tests/vllm (README: 'vLLM on CPU')"
+RUN_HINT = (
+    "vLLM is not installed here; run this tier with .venv-vllm/bin/python -m pytest tests/vllm (README: 'vLLM on CPU')"
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,18 +20,37 @@ ENGINE = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True, "seed
 
 
 def _config(tiny_tasks, backend, **vllm):
-    return LmEvalConfig(tasks=TASKS, include_paths=[str(tiny_tasks)], batch_size=4, answer_regex=ANSWER_REGEX,
-                        backend=backend, vllm=vllm)
+    return LmEvalConfig(
+        tasks=TASKS,
+        include_paths=[str(tiny_tasks)],
+        batch_size=4,
+        answer_regex=ANSWER_REGEX,
+        backend=backend,
+        vllm=vllm,
+    )
 
 
 def _requests(tokenizer):
     from lm_eval.api.instance import Instance
 
-    loglik = [Instance(request_type="loglikelihood", doc={}, arguments=(f"{a}+{b}=", f"<think>{a}+{b}</think>answer: {a + b}"), idx=i)
-              for i, (a, b) in enumerate([(3, 4), (9, 3), (1, 1), (7, 7)])]
-    gen = [Instance(request_type="generate_until", doc={}, idx=i,
-                    arguments=(f"{a}+{b}=", {"until": ["\n"], "max_gen_toks": 30, "do_sample": False, "temperature": 0.0}))
-           for i, (a, b) in enumerate([(3, 4), (2, 9), (8, 8)])]
+    loglik = [
+        Instance(
+            request_type="loglikelihood",
+            doc={},
+            arguments=(f"{a}+{b}=", f"<think>{a}+{b}</think>answer: {a + b}"),
+            idx=i,
+        )
+        for i, (a, b) in enumerate([(3, 4), (9, 3), (1, 1), (7, 7)])
+    ]
+    gen = [
+        Instance(
+            request_type="generate_until",
+            doc={},
+            idx=i,
+            arguments=(f"{a}+{b}=", {"until": ["\n"], "max_gen_toks": 30, "do_sample": False, "temperature": 0.0}),
+        )
+        for i, (a, b) in enumerate([(3, 4), (2, 9), (8, 8)])
+    ]
     return loglik, gen
 
 
@@ -40,7 +59,9 @@ def test_vllm_scores_equal_hf_scores_for_candidates_swapped_into_one_engine(trio
 
     import merge
 
-    sources = merge.SourceCache.load(pretrained=trio["pretrained"], instruct=trio["instruct"], reasoning=trio["reasoning"])
+    sources = merge.SourceCache.load(
+        pretrained=trio["pretrained"], instruct=trio["instruct"], reasoning=trio["reasoning"]
+    )
     model, tokenizer = load(trio["instruct"])
     model.eval()
     hf_runner = LmEvalRunner(_config(tiny_tasks, "hf"))
@@ -54,11 +75,15 @@ def test_vllm_scores_equal_hf_scores_for_candidates_swapped_into_one_engine(trio
         vllm_scores = vllm_runner.evaluate(model, tokenizer)
         assert [(s.name, s.value) for s in vllm_scores] == [(s.name, s.value) for s in hf_scores], (alpha, beta)
         seen_scores.add(tuple(s.value for s in hf_scores))
-        hf_lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, think_end_token=think_end_token(tokenizer, "</think>"))
+        hf_lm = HFLM(
+            pretrained=model, tokenizer=tokenizer, batch_size=4, think_end_token=think_end_token(tokenizer, "</think>")
+        )
         vllm_lm = backend._lm
         hf_ll, vllm_ll = hf_lm.loglikelihood(loglik), vllm_lm.loglikelihood(loglik)
         assert [g for _, g in vllm_ll] == [g for _, g in hf_ll]
-        torch.testing.assert_close(torch.tensor([v for v, _ in vllm_ll]), torch.tensor([v for v, _ in hf_ll]), rtol=0, atol=2e-4)
+        torch.testing.assert_close(
+            torch.tensor([v for v, _ in vllm_ll]), torch.tensor([v for v, _ in hf_ll]), rtol=0, atol=2e-4
+        )
         assert vllm_lm.generate_until(gen) == hf_lm.generate_until(gen), (alpha, beta)
     assert backend.reloads == len(CANDIDATES) and len(seen_scores) >= 2  # the candidates really differ
 

@@ -19,8 +19,19 @@ def digit_share(*, prompts, completions, answers):
 
 
 def config(**changes) -> ProbeConfig:
-    base = dict(prompts="unused.jsonl", steps=4, group_size=4, prompts_per_step=2, max_new_tokens=16, learning_rate=3e-3,
-                seed=0, baseline_samples=2, prompt_pool=8, micro_batch_size=4, logprob_chunk=16)
+    base = dict(
+        prompts="unused.jsonl",
+        steps=4,
+        group_size=4,
+        prompts_per_step=2,
+        max_new_tokens=16,
+        learning_rate=3e-3,
+        seed=0,
+        baseline_samples=2,
+        prompt_pool=8,
+        micro_batch_size=4,
+        logprob_chunk=16,
+    )
     return ProbeConfig(**(base | changes))
 
 
@@ -35,16 +46,29 @@ def _curves(result):
 
 
 def _engine_greedy(engine, tokenizer, text):
-    batch = engine.sample([tokenizer.encode(text)], group_size=1, max_new_tokens=12, temperature=0.0, seed=0,
-                          eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id)
+    batch = engine.sample(
+        [tokenizer.encode(text)],
+        group_size=1,
+        max_new_tokens=12,
+        temperature=0.0,
+        seed=0,
+        eos_ids={tokenizer.eos_token_id},
+        pad_id=tokenizer.pad_token_id,
+    )
     return batch.response_ids[0, : batch.lengths[0]].tolist()
 
 
 def _hf_greedy(model, tokenizer, text):
     ids = tokenizer.encode(text)
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=12,
-                         do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-    return out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return out[0, len(ids) :].tolist()
 
 
 @pytest.mark.parametrize("update", ["full", "lora"])
@@ -58,12 +82,24 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
     model, tokenizer = load(trio["instruct"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pushes = engine.pushes
-    got = run_probe(model, tokenizer, config=cfg.__class__(**(cfg.to_dict() | {"generator": "vllm"})), prompts=PROMPTS,
-                    reward=digit_share, rollouts=engine)
+    got = run_probe(
+        model,
+        tokenizer,
+        config=cfg.__class__(**(cfg.to_dict() | {"generator": "vllm"})),
+        prompts=PROMPTS,
+        reward=digit_share,
+        rollouts=engine,
+    )
     assert engine.pushes - pushes == cfg.steps + 2  # the candidate in, one per update, the candidate back
     want, have = _curves(hf), _curves(got)
     assert have.keys() == want.keys()
-    for key in ("response_length/mean", "response_length/min", "response_length/max", "critic/score/mean", "response_length/normalized"):
+    for key in (
+        "response_length/mean",
+        "response_length/min",
+        "response_length/max",
+        "critic/score/mean",
+        "response_length/normalized",
+    ):
         assert have[key] == want[key], key
     for key in want:
         assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
@@ -99,9 +135,23 @@ def test_sampled_vllm_probe_agrees_with_the_hf_probe_within_the_noise_band(trio,
     results = {}
     for generator in ("hf", "vllm"):
         model, tokenizer = load(trio["instruct"])
-        cfg = config(generator=generator, steps=12, learning_rate=learning_rate, max_new_tokens=24, seed=1, update=update, lora_rank=4)
-        results[generator] = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share,
-                                       rollouts=engine if generator == "vllm" else None).metrics
+        cfg = config(
+            generator=generator,
+            steps=12,
+            learning_rate=learning_rate,
+            max_new_tokens=24,
+            seed=1,
+            update=update,
+            lora_rank=4,
+        )
+        results[generator] = run_probe(
+            model,
+            tokenizer,
+            config=cfg,
+            prompts=PROMPTS,
+            reward=digit_share,
+            rollouts=engine if generator == "vllm" else None,
+        ).metrics
     hf, vllm = results["hf"], results["vllm"]
     assert hf.kl_final > 0.05 and vllm.kl_final > 0.05  # both learned something
     assert hf.noise and vllm.noise and hf.noise.keys() == vllm.noise.keys()

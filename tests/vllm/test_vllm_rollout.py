@@ -13,9 +13,15 @@ MAX_NEW = 24
 def _hf_greedy(model, prompts, *, group_size, eos_id):
     rows = []
     for ids in prompts:
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id)
-        rows += [out[0, len(ids):].tolist()] * group_size
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=MAX_NEW,
+            do_sample=False,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
+        )
+        rows += [out[0, len(ids) :].tolist()] * group_size
     return rows
 
 
@@ -30,14 +36,24 @@ def test_greedy_vllm_rollouts_equal_hf_before_and_after_weight_pushes(trio):
     assert len(prompts[-1]) > 140
     engine = VllmRollouts.build(trio["engine_base"], dtype="float32", max_model_len=256)
     engine.push_weights(model)
-    sources = merge.SourceCache.load(pretrained=trio["pretrained"], instruct=trio["instruct"], reasoning=trio["reasoning"])
+    sources = merge.SourceCache.load(
+        pretrained=trio["pretrained"], instruct=trio["instruct"], reasoning=trio["reasoning"]
+    )
     seen = set()
     for step, (alpha, beta) in enumerate([(1.0, 1.0), (0.0, 1.0), (0.5, 0.5)]):
         if step:
             merge.build_in_place(model, sources, alpha=alpha, beta=beta)
             changed = [n for n, p in model.named_parameters() if p.requires_grad]  # all, named as vLLM wants them
             engine.push_weights(model, names=changed + ["lm_head.weight"])
-        batch = engine.sample(prompts, group_size=2, max_new_tokens=MAX_NEW, temperature=0.0, seed=step, eos_ids={eos}, pad_id=tokenizer.pad_token_id)
+        batch = engine.sample(
+            prompts,
+            group_size=2,
+            max_new_tokens=MAX_NEW,
+            temperature=0.0,
+            seed=step,
+            eos_ids={eos},
+            pad_id=tokenizer.pad_token_id,
+        )
         expected = _hf_greedy(model, prompts, group_size=2, eos_id=eos)
         got = [batch.response_ids[i, : batch.lengths[i]].tolist() for i in range(len(expected))]
         assert got == expected, (alpha, beta)
@@ -55,13 +71,25 @@ def test_sampled_rollouts_are_seeded_and_grouped(trio):
     model, tokenizer = load(trio["pretrained"])
     engine = VllmRollouts.build(trio["pretrained"], dtype="float32", max_model_len=256)
     prompts = [tokenizer.encode("3+4="), tokenizer.encode("6+1=")]
-    kw = dict(group_size=4, max_new_tokens=16, temperature=1.5, eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id)
-    first, again, other = engine.sample(prompts, seed=3, **kw), engine.sample(prompts, seed=3, **kw), engine.sample(prompts, seed=4, **kw)
+    kw = dict(
+        group_size=4,
+        max_new_tokens=16,
+        temperature=1.5,
+        eos_ids={tokenizer.eos_token_id},
+        pad_id=tokenizer.pad_token_id,
+    )
+    first, again, other = (
+        engine.sample(prompts, seed=3, **kw),
+        engine.sample(prompts, seed=3, **kw),
+        engine.sample(prompts, seed=4, **kw),
+    )
     assert torch.equal(first.response_ids, again.response_ids)
     assert not torch.equal(first.response_ids, other.response_ids)
     assert first.response_ids.shape[0] == 8
     assert len({tuple(first.response_ids[i].tolist()) for i in range(4)}) > 1  # a group's samples differ
-    assert (first.prompt_ids[:4] == first.prompt_ids[0]).all() and not torch.equal(first.prompt_ids[0], first.prompt_ids[4])
+    assert (first.prompt_ids[:4] == first.prompt_ids[0]).all() and not torch.equal(
+        first.prompt_ids[0], first.prompt_ids[4]
+    )
 
 
 def test_a_probe_loop_on_vllm_rollouts_keeps_the_engine_in_step_with_the_trained_model(trio):
@@ -79,17 +107,31 @@ def test_a_probe_loop_on_vllm_rollouts_keeps_the_engine_in_step_with_the_trained
     prompts = [tokenizer.encode(t) for t in ("3+4=", "2+5=")]
     before = _hf_greedy(model, prompts, group_size=1, eos_id=eos)
     for step in range(3):
-        batch = engine.sample(prompts, group_size=4, max_new_tokens=16, temperature=1.0, seed=step, eos_ids={eos}, pad_id=pad)
+        batch = engine.sample(
+            prompts, group_size=4, max_new_tokens=16, temperature=1.0, seed=step, eos_ids={eos}, pad_id=pad
+        )
         rewards = -batch.lengths.float()  # prefer short answers: the policy must move
         grouped = rewards.view(2, 4)
         advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
         model.requires_grad_(True)
-        grpo_update(model, reference, optimizer, input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
-                    attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1), response_ids=batch.response_ids,
-                    response_mask=batch.response_mask, advantages=advantages, kl_coef=0.01, micro_batch_size=3, chunk=16)
+        grpo_update(
+            model,
+            reference,
+            optimizer,
+            input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
+            attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
+            response_ids=batch.response_ids,
+            response_mask=batch.response_mask,
+            advantages=advantages,
+            kl_coef=0.01,
+            micro_batch_size=3,
+            chunk=16,
+        )
         model.requires_grad_(False)
         engine.push_weights(model)
-        greedy = engine.sample(prompts, group_size=1, max_new_tokens=MAX_NEW, temperature=0.0, seed=0, eos_ids={eos}, pad_id=pad)
+        greedy = engine.sample(
+            prompts, group_size=1, max_new_tokens=MAX_NEW, temperature=0.0, seed=0, eos_ids={eos}, pad_id=pad
+        )
         expected = _hf_greedy(model, prompts, group_size=1, eos_id=eos)
         assert [greedy.response_ids[i, : greedy.lengths[i]].tolist() for i in range(2)] == expected, step
     assert expected != before  # the updates changed what the model says
