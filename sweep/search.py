@@ -57,6 +57,8 @@ _INFRA_WORDS = (
 )
 # A point lost to infrastructure this many times is not queued again (a point that kills its node).
 MAX_INFRA_REQUEUES = 3
+NO_RESULT = "the trial ended without a result"
+NO_ERROR_TEXT = "the trial's worker ended without a result (see sweep.log)"
 
 
 def is_infrastructure_error(text: str) -> bool:
@@ -251,8 +253,11 @@ class StudySearcher(Searcher):
                 log.error("trial %d raised:\n%s", number, report["traceback"])
         else:
             trial = self.trial_objects.get(trial_id)
-            text = error_text(trial) if trial is not None else "the trial ended without a result"
-            if error and is_infrastructure_error(text):
+            text = error_text(trial) if trial is not None else NO_RESULT
+            # No result, no error reported by the worker and no error text from Tune: nothing
+            # raised in the trial, its worker vanished (a node lost a moment before Ray noticed).
+            # Requeues of such points are bounded by MAX_INFRA_REQUEUES.
+            if is_infrastructure_error(text) or text in (NO_RESULT, NO_ERROR_TEXT):
                 kind = "infrastructure"
                 message = f"infrastructure: the Ray node or worker running this trial was lost ({text})"
             else:
@@ -331,7 +336,7 @@ def error_text(trial) -> str:
         pass
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
-        return "the trial's worker ended without a result (see sweep.log)"
+        return NO_ERROR_TEXT
     # The exception line names the class; keep it and the last line (the detail).
     named = [line for line in lines if "Error" in line.split(":", 1)[0]]
     head = named[0] if named else lines[-1]
