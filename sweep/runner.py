@@ -247,8 +247,9 @@ def _is_orphan_fn(study, me: str, grace_s: float):
         info = cache["leases"].get(driver) if driver else None
         if info is not None:
             return info.expired()
-        # No lease: a trial of a driver from before leases, or one just asked by a driver
-        # that has not tagged it yet. Orphaned once it is older than the grace period.
+        # No lease: a trial of a driver from before leases (orphaned once older than the
+        # grace period), or one whose driver's ask broke off before it was tagged: never
+        # launched, so no failure (StudySearcher.close_unlaunched closes it as not run).
         from datetime import datetime
 
         start = trial.datetime_start
@@ -256,6 +257,8 @@ def _is_orphan_fn(study, me: str, grace_s: float):
             return True
         if start.tzinfo is None:
             start = start.astimezone(UTC)
+        if not driver and any(lease.started <= start.timestamp() for lease in cache["leases"].values()):
+            return False
         return (datetime.now(UTC) - start).total_seconds() > grace_s
 
     return is_orphan
@@ -291,6 +294,7 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
 
     lease = Lease(study).start()
     signalled: list[int] = []
+    searchers: list[Any] = []  # _fit's searcher, once made: which of our trials are in flight
     leftover: list[int] = []
     failed = launch = 0
     recovered: list[int] = []
@@ -347,6 +351,8 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
             trial_fn,
             trial_recipe,
             signalled,
+            searchers,
+            grace_s=lease.ttl_s,
         )
         recovered += searcher.recovered
         grid_exhausted = searcher.grid_exhausted
@@ -361,11 +367,21 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
             else ("orphaned: the run ended with an error before this trial finished", "orphaned")
         )
         try:
+            launched: set[int] | None = None  # None: broke off before Tune started, so all of ours
+            if searchers:
+                # Ours but never launched (an ask broke off mid-outage): not run, not a failure.
+                searchers[0].close_unlaunched(study.get_trials(deepcopy=False), final=True)
+                # Still in Tune's hands; those kept in the spool stay RUNNING for the replay.
+                launched = {number for number, _ in searchers[0].live.values()}
+
+            def mine(trial) -> bool:
+                return trial.user_attrs.get("driver") == lease.driver and (launched is None or trial.number in launched)
+
             leftover = recover_orphans(
                 study,
                 reason=reason,
                 kind=kind,
-                is_orphan=lambda t: t.user_attrs.get("driver") == lease.driver,
+                is_orphan=mine,
                 failure_limit=spec.budget.point_failure_limit,
             )
         except Exception as exc:  # noqa: BLE001 - storage down: the lease expiry recovers them later
@@ -458,7 +474,22 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _fit(spec, study, distributions, driver, recorder, launch, is_orphan, progress, trial_fn, trial_recipe, signalled):
+def _fit(
+    spec,
+    study,
+    distributions,
+    driver,
+    recorder,
+    launch,
+    is_orphan,
+    progress,
+    trial_fn,
+    trial_recipe,
+    signalled,
+    searchers,
+    *,
+    grace_s,
+):
     from ray import tune
 
     from sweep.search import StudySearcher
@@ -495,7 +526,9 @@ def _fit(spec, study, distributions, driver, recorder, launch, is_orphan, progre
         on_record=on_record,
         recipe=trial_recipe,
         trial_objects=trial_objects,
+        grace_s=grace_s,
     )
+    searchers.append(searcher)
     worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage (or its password)
     trainable = tune.with_parameters(_trainable, spec_json=worker_spec.model_dump_json(), trial_fn=trial_fn)
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}

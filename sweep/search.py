@@ -2,8 +2,9 @@
 
 Tune runs the trials; the study decides what to run and holds every outcome.
 
-- `suggest` asks the study for the next point (enqueued fixed points first), tags the
-  trial with this driver's id, and returns None (ask again later) or FINISHED by the
+- `suggest` asks the study for the next point (enqueued fixed points first) through
+  `ask_tagged`, which tags the trial with this driver's id before it is RUNNING (in the
+  same storage write for a new trial), and returns None (ask again later) or FINISHED by the
   budget that all drivers of the study share: complete + running, over all drivers,
   never exceeds `budget.trials`. A proposal equal to a running or finished trial (two
   drivers racing, or a discrete space) is not run: it is closed PRUNED with a note.
@@ -12,6 +13,9 @@ Tune runs the trials; the study decides what to run and holds every outcome.
   lost to infrastructure (its node or actor died) is recorded FAIL with a reason that
   says so, and its params are queued again without counting against this run.
 - Orphans of drivers whose lease expired are recovered while waiting for capacity.
+- A trial that is RUNNING but was never launched (a proposal cut off by a storage error
+  half-way through the ask, so no Tune trial holds it) is closed PRUNED "not run: ...", its
+  fixed point queued again: not a failure, not counted (`close_unlaunched`).
 
 Tune pickles the searcher into its experiment state: `__getstate__` keeps nothing live.
 """
@@ -27,6 +31,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from sweep.lease import ATTR_DRIVER
 from sweep.records import TrialResult
 from sweep.spec import SweepSpec
 from sweep.study import ATTR_ERROR, ATTR_FAILURE_KIND, enqueue_points, same_params
@@ -34,7 +39,10 @@ from sweep.study import ATTR_ERROR, ATTR_FAILURE_KIND, enqueue_points, same_para
 log = logging.getLogger("sweep")
 
 RESULT_KEY = "sweep_result"
-ATTR_DRIVER = "driver"
+# seconds: a RUNNING trial of this driver that no Tune trial holds is closed as never run once
+# it is this old (a driver popping a queued point retags it within milliseconds; see ask_tagged)
+OWN_STRAY_GRACE_S = 5.0
+NOT_LAUNCHED = "not run: its proposal was cut off by a storage error before it was launched"
 
 # Words in a Tune trial error that mean the node, actor or worker process went away (not
 # the trial's own code raising: our trainable catches that and reports it as a result).
@@ -57,8 +65,6 @@ _INFRA_WORDS = (
 )
 # A point lost to infrastructure this many times is not queued again (a point that kills its node).
 MAX_INFRA_REQUEUES = 3
-NO_RESULT = "the trial ended without a result"
-NO_ERROR_TEXT = "the trial's worker ended without a result (see sweep.log)"
 
 
 def is_infrastructure_error(text: str) -> bool:
@@ -87,6 +93,8 @@ class StudySearcher(Searcher):
         recipe: dict | None = None,
         trial_objects: dict | None = None,
         poll_s: float = 1.0,
+        grace_s: float = 60.0,
+        own_stray_grace_s: float = OWN_STRAY_GRACE_S,
     ):
         super().__init__(metric=None, mode=None)
         self.spec = spec
@@ -100,6 +108,9 @@ class StudySearcher(Searcher):
         self.recipe = recipe
         self.trial_objects = trial_objects if trial_objects is not None else {}
         self.poll_s = poll_s
+        self.grace_s = grace_s  # seconds: an untagged RUNNING trial younger than this may be tagged yet
+        self.own_stray_grace_s = own_stray_grace_s
+        self.unsent: set[int] = set()  # trials whose outcome stayed in the spool (storage down)
         self.live: dict[str, tuple[int, dict]] = {}  # Tune trial id -> (study trial number, params)
         self.launched = 0  # counted against launch_cap (infrastructure losses are not)
         self.stopping = False
@@ -139,6 +150,8 @@ class StudySearcher(Searcher):
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False)
+        if self.close_unlaunched(trials):
+            trials = self.study.get_trials(deepcopy=False)
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if complete >= self.spec.budget.trials:
@@ -163,8 +176,7 @@ class StudySearcher(Searcher):
             self._wait()
             return None
         for _ in range(20):
-            trial = self.study.ask(self.distributions)
-            self.study._storage.set_trial_user_attr(trial._trial_id, ATTR_DRIVER, self.driver)
+            trial = ask_tagged(self.study, self.distributions, self.driver)
             params = dict(trial.params)
             duplicate = self._duplicate_of(trial.number, params)
             if duplicate is None:
@@ -188,6 +200,38 @@ class StudySearcher(Searcher):
         self.live[trial_id] = (trial.number, params)
         self.launched += 1
         return dict(params)
+
+    def in_flight(self) -> set[int]:
+        """Numbers of this driver's trials that ran: launched and not yet told, or told but kept in the spool."""
+        return {number for number, _ in self.live.values()} | self.unsent
+
+    def close_unlaunched(self, trials, *, final: bool = False) -> list[int]:
+        """Close RUNNING trials that no driver launched (see `unlaunched`). Returns their numbers.
+
+        `final`: the run is over, so every RUNNING trial of this driver that is not in flight
+        was never launched, however young."""
+        from optuna.trial import TrialState
+
+        from sweep.lease import leases
+
+        untagged = any(t.state == TrialState.RUNNING and ATTR_DRIVER not in t.user_attrs for t in trials)
+        known = leases(self.study) if untagged else {}
+        closed = []
+        for trial in trials:
+            if unlaunched(
+                trial,
+                me=self.driver,
+                in_flight=self.in_flight(),
+                leases=known,
+                own_grace_s=0.0 if final else self.own_stray_grace_s,
+                grace_s=self.grace_s,
+            ) and close_unlaunched(self.study, trial, failure_limit=self.spec.budget.point_failure_limit):
+                closed.append(trial.number)
+        if closed:
+            log.warning(
+                "trial(s) %s were proposed but never launched (storage error mid-ask): closed as not run", closed
+            )
+        return closed
 
     def _wait(self) -> None:
         """Ask the study again only after poll_s (the caller then tells Tune: nothing yet)."""
@@ -253,11 +297,17 @@ class StudySearcher(Searcher):
                 log.error("trial %d raised:\n%s", number, report["traceback"])
         else:
             trial = self.trial_objects.get(trial_id)
-            text = error_text(trial) if trial is not None else NO_RESULT
-            # No result, no error reported by the worker and no error text from Tune: nothing
-            # raised in the trial, its worker vanished (a node lost a moment before Ray noticed).
-            # Requeues of such points are bounded by MAX_INFRA_REQUEUES.
-            if is_infrastructure_error(text) or text in (NO_RESULT, NO_ERROR_TEXT):
+            text = error_text(trial) if trial is not None else None
+            if text is None:
+                # No result, no error reported by the worker and no error text from Tune: nothing
+                # raised in the trial, its worker vanished (a node lost a moment before Ray noticed).
+                # Requeues of such points are bounded by MAX_INFRA_REQUEUES.
+                kind = "infrastructure"
+                message = (
+                    "infrastructure: the Ray node or worker running this trial was lost "
+                    "(it ended without a result or an error; see sweep.log)"
+                )
+            elif is_infrastructure_error(text):
                 kind = "infrastructure"
                 message = f"infrastructure: the Ray node or worker running this trial was lost ({text})"
             else:
@@ -273,6 +323,8 @@ class StudySearcher(Searcher):
             retries=retries,
             recipe=self.recipe,
         )
+        if state is None:
+            self.unsent.add(number)  # it ran: in the spool, never to be closed as not run
         requeued = False
         if kind == "infrastructure":
             self.launched -= 1  # lost to the cluster, not to the trial: this run tries again
@@ -313,6 +365,113 @@ class StudySearcher(Searcher):
         pass
 
 
+def ask_tagged(study, distributions: dict, driver: str):
+    """`study.ask(distributions)` with the trial tagged `driver` (user attr) before it is RUNNING.
+
+    Optuna's ask then a separate tag is two writes: a storage error between them (or a
+    commit whose reply was lost) leaves a RUNNING trial no driver owns. Here:
+    - a queued (WAITING) point is tagged first, then popped (WAITING -> RUNNING, atomic in
+      the storage: of two drivers popping it, one wins), then tagged again, since the loser
+      may have tagged it last;
+    - otherwise the trial is created from a template that carries the tag: one transaction
+      in RDBStorage, one log record in JournalStorage.
+    Then the sampler proposes each parameter, as in `study.ask`. A storage error at any step
+    propagates; what it leaves RUNNING carries this driver's tag and no Tune trial, and
+    `StudySearcher.close_unlaunched` closes it as not run.
+    """
+    from datetime import datetime
+
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import FrozenTrial, TrialState
+
+    storage = study._storage
+    trial_id = None
+    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            storage.set_trial_user_attr(waiting._trial_id, ATTR_DRIVER, driver)
+            if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                continue  # another driver popped it first
+        except UpdateFinishedTrialError:
+            continue
+        trial_id = waiting._trial_id
+        storage.set_trial_user_attr(trial_id, ATTR_DRIVER, driver)
+        break
+    if trial_id is None:
+        template = FrozenTrial(
+            number=0,  # the storage numbers it
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={ATTR_DRIVER: driver},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=0,
+        )
+        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    trial = optuna.Trial(study, trial_id)
+    for name, dist in distributions.items():
+        if not isinstance(dist, optuna.distributions.FloatDistribution):
+            raise TypeError(f"{name}: only float ranges are searched, got {dist!r}")
+        trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial
+
+
+def unlaunched(
+    trial, *, me: str, in_flight: set[int], leases: dict, own_grace_s: float, grace_s: float, now=None
+) -> bool:
+    """Whether a RUNNING trial was proposed but never launched by any driver.
+
+    - tagged `me`, not in flight here, and older than `own_grace_s`: this driver's ask broke
+      off after the trial was written (a driver launches a trial only after its ask returned);
+    - untagged, older than `grace_s`, and started after some driver of the study held a
+      lease: every such driver tags before it launches. (An untagged trial from before
+      leases existed is a real orphan: sweep.runner recovers it as such.)
+    """
+    from datetime import UTC, datetime
+
+    from optuna.trial import TrialState
+
+    if trial.state != TrialState.RUNNING:
+        return False
+    driver = trial.user_attrs.get(ATTR_DRIVER)
+    if driver is not None and driver != me:
+        return False
+    if driver == me and trial.number in in_flight:
+        return False
+    start = trial.datetime_start
+    if start is None:
+        return driver == me
+    if start.tzinfo is None:
+        start = start.astimezone(UTC)
+    age = ((now or datetime.now(UTC)) - start).total_seconds()
+    if driver == me:
+        return age >= own_grace_s
+    return age > grace_s and any(info.started <= start.timestamp() for info in leases.values())
+
+
+def close_unlaunched(study, trial, *, failure_limit: int | None = None) -> bool:
+    """Close a never-launched RUNNING trial PRUNED with a "not run" note (no failure, not
+    counted), and queue its fixed point again. False if it finished meanwhile."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, NOT_LAUNCHED)
+        storage.set_trial_user_attr(trial._trial_id, ATTR_FAILURE_KIND, "skipped")
+        storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
+    except RuntimeError:  # UpdateFinishedTrialError: finished meanwhile, so someone ran it after all
+        return False
+    fixed = trial.system_attrs.get("fixed_params")
+    if fixed:
+        enqueue_points(study, [dict(fixed)], failure_limit=failure_limit)
+    return True
+
+
 def _parse(payload: Any) -> dict:
     import json
 
@@ -324,8 +483,9 @@ def _parse(payload: Any) -> dict:
         return {}
 
 
-def error_text(trial) -> str:
-    """The last line of a Tune trial's error (e.g. 'ActorDiedError: ...')."""
+def error_text(trial) -> str | None:
+    """The last line of a Tune trial's error (e.g. 'ActorDiedError: ...'), or None when Tune
+    holds no error text for it (no error file, no error object, or only blank lines)."""
     text = ""
     try:  # Tune writes the error text locally before telling the searcher; storage may lag
         if trial.error_file and Path(trial.error_file).exists():
@@ -336,7 +496,7 @@ def error_text(trial) -> str:
         pass
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
-        return NO_ERROR_TEXT
+        return None
     # The exception line names the class; keep it and the last line (the detail).
     named = [line for line in lines if "Error" in line.split(":", 1)[0]]
     head = named[0] if named else lines[-1]

@@ -156,11 +156,6 @@ def assert_no_password(outcomes, folders, at_least: int = 8) -> None:
     assert checked >= at_least  # spec.json, trials.parquet/.csv, sweep.log, ... in each folder
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flake (seen once in 4 full runs): an ask that fails half-way through the outage can leave "
-    "an untagged RUNNING trial that a later recovery marks orphaned; see the session 3 note",
-)
 def test_storage_stopped_mid_sweep_loses_no_finished_trial(tmp_path, postgres):
     url = postgres.create_database("outage")
     spec_path = write_spec(tmp_path, tmp_path / "results", name="outage", storage=url, budget=8)
