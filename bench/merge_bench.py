@@ -393,24 +393,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="a tiny trio: checks the script in seconds")
     parser.add_argument("--mergekit", default=None, help="path to mergekit-yaml (default: found on PATH)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="threads for the disk merges, every variant (on a busy 2-core box, 2 made all slower)",
-    )
-    parser.add_argument(
-        "--disk-repeats", type=int, default=2, help="runs of each disk variant, interleaved (best kept)"
-    )
-    parser.add_argument(
-        "--inplace-threads",
-        type=int,
-        default=1,
-        help="torch threads for the in-place build and its copy_ (a sweep worker uses 1)",
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed repeats of the in-place build and copy_ (best kept)"
-    )
+    # Each kind of merge timed (disk-to-disk, in place): its threads, and its runs (best kept).
+    for threads_flag, threads_help, repeats_flag, repeats, repeats_help in (
+        (
+            "--threads",
+            "threads for the disk merges, every variant (on a busy 2-core box, 2 made all slower)",
+            "--disk-repeats",
+            2,
+            "runs of each disk variant, interleaved (best kept)",
+        ),
+        (
+            "--inplace-threads",
+            "torch threads for the in-place build and its copy_ (a sweep worker uses 1)",
+            "--repeats",
+            3,
+            "timed repeats of the in-place build and copy_ (best kept)",
+        ),
+    ):
+        parser.add_argument(threads_flag, type=int, default=1, help=threads_help)
+        parser.add_argument(repeats_flag, type=int, default=repeats, help=repeats_help)
     parser.add_argument(
         "--methods",
         default=None,

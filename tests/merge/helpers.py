@@ -10,6 +10,20 @@ import torch
 from safetensors import safe_open
 
 
+def merge_argv(trio: dict, *extra: str) -> list[str]:
+    """`sweep merge` on a trio ({"pretrained", "instruct", "reasoning"}: folders or demo: names), then `extra`."""
+    return [
+        "merge",
+        "--pretrained",
+        str(trio["pretrained"]),
+        "--instruct",
+        str(trio["instruct"]),
+        "--reasoning",
+        str(trio["reasoning"]),
+        *extra,
+    ]
+
+
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor stored in a checkpoint folder (all safetensors shards)."""
     state = {}

@@ -8,23 +8,12 @@ import pytest
 import torch
 
 from sweep.cli import main
-from tests.merge.helpers import closed_form, load_state
+from tests.merge.helpers import closed_form, load_state, merge_argv
 from tests.tiny import make_tiny_checkpoint
 
 
 def args(trio, out, *extra):
-    return [
-        "merge",
-        "--pretrained",
-        str(trio["pretrained"]),
-        "--instruct",
-        str(trio["instruct"]),
-        "--reasoning",
-        str(trio["reasoning"]),
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return merge_argv(trio, "--out", str(out), *extra)
 
 
 def test_merge_writes_a_checkpoint_and_a_summary(tiny_trio, tmp_path, capsys):

@@ -12,6 +12,7 @@ import yaml
 from merge.mergekit_recipe import STAGE1_NAME, inputs_out_dtype, mergekit_recipe
 from merge.plan import MergePlan
 from sweep.cli import main
+from tests.merge.helpers import merge_argv
 
 SOURCES = {"instruct": "/m/I", "reasoning": "/m/R", "pretrained": "/m/P"}
 
@@ -98,20 +99,7 @@ def test_out_dtype_must_be_resolved():
 
 
 def _merge_args(trio, *extra):
-    return [
-        "merge",
-        "--pretrained",
-        str(trio["pretrained"]),
-        "--instruct",
-        str(trio["instruct"]),
-        "--reasoning",
-        str(trio["reasoning"]),
-        "--alpha",
-        "0.3",
-        "--beta",
-        "0.8",
-        *extra,
-    ]
+    return merge_argv(trio, "--alpha", "0.3", "--beta", "0.8", *extra)
 
 
 def test_print_mergekit_after_a_merge(tiny_trio, tmp_path, capsys):

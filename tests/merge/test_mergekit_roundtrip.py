@@ -57,28 +57,12 @@ def roundtrip(tiny_trio, tmp_path_factory):
     mergekit = require_mergekit()
     root = tmp_path_factory.mktemp("mergekit")
     ours, recipes = {}, {}
-    for case, (m1, p1, m2, p2) in CASES.items():
-        for dtype in DTYPES:
-            key = f"{case}-{dtype}"
-            out = merge_checkpoints(
-                **tiny_trio,
-                alpha=ALPHA,
-                beta=BETA,
-                out=root / "ours" / key,
-                stage1_method=m1,
-                stage1_params=p1,
-                stage2_method=m2,
-                stage2_params=p2,
-                dtype=dtype,
-            )
-            recipes[key] = recipe_for_merged(out)
-            (out / FILE_NAME).write_text(recipes[key])
-            ours[(case, dtype)] = out
-    bf16_trio = make_trio(root / "bf16-trio", dtype=torch.bfloat16)
-    for case, (m1, p1, m2, p2) in BF16_SOURCES.items():
-        key = f"{case}-bfloat16"
+
+    def merge_ours(trio, case: str, key: str, dtype: str | None) -> Path:
+        """Our merge of `case` into ours/<key>, and the recipe `sweep export` writes beside it."""
+        m1, p1, m2, p2 = CASES.get(case) or BF16_SOURCES[case]
         out = merge_checkpoints(
-            **bf16_trio,
+            **trio,
             alpha=ALPHA,
             beta=BETA,
             out=root / "ours" / key,
@@ -86,9 +70,18 @@ def roundtrip(tiny_trio, tmp_path_factory):
             stage1_params=p1,
             stage2_method=m2,
             stage2_params=p2,
+            **({"dtype": dtype} if dtype else {}),  # none: the sources' dtype (auto)
         )
         recipes[key] = recipe_for_merged(out)
-        ours[(case, "bfloat16")] = out
+        return out
+
+    for case in CASES:
+        for dtype in DTYPES:
+            out = ours[(case, dtype)] = merge_ours(tiny_trio, case, f"{case}-{dtype}", dtype)
+            (out / FILE_NAME).write_text(recipes[f"{case}-{dtype}"])
+    bf16_trio = make_trio(root / "bf16-trio", dtype=torch.bfloat16)
+    for case in BF16_SOURCES:
+        ours[(case, "bfloat16")] = merge_ours(bf16_trio, case, f"{case}-bfloat16", None)
     batch = root / "all.yaml"
     batch.write_text(batch_recipes(recipes, STAGE1_NAME))
     started = time.perf_counter()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sweep.cli import main
+from tests.merge.helpers import merge_argv
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +30,17 @@ def no_build(monkeypatch):
     monkeypatch.setattr(sweep.demo.build, "ensure_family", refuse)
 
 
+def demo_merge_argv(*, instruct="demo:instruct", reasoning="demo:reasoning", alpha=0.5, beta=0.5, out="OUT"):
+    """`sweep merge` on demo members by name (`pretrained` is always demo:pretrained)."""
+    trio = {"pretrained": "demo:pretrained", "instruct": instruct, "reasoning": reasoning}
+    return merge_argv(trio, "--alpha", str(alpha), "--beta", str(beta), "--out", str(out))
+
+
 def test_merge_takes_demo_members_by_name(demo_family, tmp_path, capsys):
     from tests.merge.helpers import closed_form, load_state
 
     out = tmp_path / "actor"
-    code = main(
-        [
-            "merge",
-            "--pretrained",
-            "demo:pretrained",
-            "--instruct",
-            "demo:instruct",
-            "--reasoning",
-            "demo:reasoning",
-            "--alpha",
-            "0.3",
-            "--beta",
-            "0.8",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(demo_merge_argv(alpha=0.3, beta=0.8, out=out))
     assert code == 0, capsys.readouterr().err
     assert "alpha=0.3 beta=0.8" in capsys.readouterr().out
     record = json.loads((out / "merge_recipe.json").read_text())
@@ -65,59 +56,11 @@ def test_merge_takes_demo_members_by_name(demo_family, tmp_path, capsys):
     "argv, message",
     [
         (
-            [
-                "merge",
-                "--pretrained",
-                "demo:pretrained",
-                "--instruct",
-                "demo:tasks",
-                "--reasoning",
-                "demo:reasoning",
-                "--alpha",
-                "0.5",
-                "--beta",
-                "0.5",
-                "--out",
-                "OUT",
-            ],
+            demo_merge_argv(instruct="demo:tasks"),
             "--instruct: 'demo:tasks' is not a demo checkpoint; use one of demo:pretrained, demo:instruct, demo:reasoning",
         ),
-        (
-            [
-                "merge",
-                "--pretrained",
-                "demo:pretrained",
-                "--instruct",
-                "demo:instruct",
-                "--reasoning",
-                "demo:reasonin",
-                "--alpha",
-                "0.5",
-                "--beta",
-                "0.5",
-                "--out",
-                "OUT",
-            ],
-            "--reasoning: 'demo:reasonin' is not a demo checkpoint",
-        ),
-        (
-            [
-                "merge",
-                "--pretrained",
-                "demo:pretrained",
-                "--instruct",
-                "demo:instruct",
-                "--reasoning",
-                "demo:reasoning",
-                "--alpha",
-                "1.5",
-                "--beta",
-                "0.5",
-                "--out",
-                "OUT",
-            ],
-            "alpha = 1.5 is outside [0, 1]",
-        ),
+        (demo_merge_argv(reasoning="demo:reasonin"), "--reasoning: 'demo:reasonin' is not a demo checkpoint"),
+        (demo_merge_argv(alpha=1.5), "alpha = 1.5 is outside [0, 1]"),
         (
             ["eval", "--model", "demo:probe_prompts", "--tasks", "x"],
             "--model: 'demo:probe_prompts' is not a demo checkpoint",

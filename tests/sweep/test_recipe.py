@@ -12,6 +12,7 @@ from sweep.cli import main
 from sweep.fingerprint import recipe
 from sweep.spec import parse_spec
 from sweep.study import save_spec_snapshot
+from tests.merge.helpers import merge_argv
 
 SPEC = """
 name: recipe
@@ -57,26 +58,7 @@ def test_export_uses_the_trials_recorded_recipe(tmp_path, tiny_trio):
 
     out, fresh = tmp_path / "exported", tmp_path / "fresh"
     assert main(["export", str(latest.study_dir), "--trial", "0", "--out", str(out), "--quiet"]) == 0
-    assert (
-        main(
-            [
-                "merge",
-                "--pretrained",
-                str(tiny_trio["pretrained"]),
-                "--instruct",
-                str(tiny_trio["instruct"]),
-                "--reasoning",
-                str(tiny_trio["reasoning"]),
-                "--alpha",
-                "0.3",
-                "--beta",
-                "0.8",
-                "--out",
-                str(fresh),
-                "--quiet",
-            ]
-        )
-        == 0
-    )  # linear, as the trial ran
+    # linear, as the trial ran
+    assert main(merge_argv(tiny_trio, "--alpha", "0.3", "--beta", "0.8", "--out", str(fresh), "--quiet")) == 0
     a, b = load_file(out / "model.safetensors"), load_file(fresh / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
