@@ -73,6 +73,18 @@ def start_driver(spec_path: Path, *args: str, env: dict | None = None) -> subpro
     )
 
 
+def run_driver(spec_path: Path) -> subprocess.CompletedProcess:
+    """A driver expected to stop at once (bad input): run to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.sweep.driver", str(spec_path)],
+        cwd=REPO,
+        env=driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=DRIVER_TIMEOUT_S)
@@ -191,14 +203,7 @@ def _complete(url: str, name: str) -> int:
 def test_unreachable_storage_or_missing_driver_is_one_error_and_creates_nothing(tmp_path, postgres):
     closed = f"postgresql://sweep:{pg.PASSWORD}@127.0.0.1:{pg._free_port()}/nothing"
     spec_path = write_spec(tmp_path, tmp_path / "results", name="nowhere", storage=closed, budget=2)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.sweep.driver", str(spec_path)],
-        cwd=REPO,
-        env=driver_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_driver(spec_path)
     assert proc.returncode == 2, proc.stderr
     assert (
         "cannot reach the storage postgresql://sweep:***@127.0.0.1" in proc.stderr
@@ -217,14 +222,7 @@ def test_unreachable_storage_or_missing_driver_is_one_error_and_creates_nothing(
             budget=2,
             storage=postgres.create_database("nodriver").replace("postgresql://", "postgresql+psycopg2://"),
         )
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.sweep.driver", str(spec_path)],
-            cwd=REPO,
-            env=driver_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_driver(spec_path)
         assert proc.returncode == 2 and "the database driver `psycopg2` is not installed" in proc.stderr, proc.stderr
         assert not (tmp_path / "results" / "nodriver").exists()
 
