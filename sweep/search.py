@@ -111,6 +111,7 @@ class StudySearcher(Searcher):
         self.grace_s = grace_s  # seconds: an untagged RUNNING trial younger than this may be tagged yet
         self.own_stray_grace_s = own_stray_grace_s
         self.unsent: set[int] = set()  # trials whose outcome stayed in the spool (storage down)
+        self.popping: set[int] = set()  # ids of queued trials whose pop broke off (see ask_tagged)
         self.live: dict[str, tuple[int, dict]] = {}  # Tune trial id -> (study trial number, params)
         self.launched = 0  # counted against launch_cap (infrastructure losses are not)
         self.stopping = False
@@ -176,7 +177,7 @@ class StudySearcher(Searcher):
             self._wait()
             return None
         for _ in range(20):
-            trial = ask_tagged(self.study, self.distributions, self.driver)
+            trial = ask_tagged(self.study, self.distributions, self.driver, popping=self.popping)
             params = dict(trial.params)
             duplicate = self._duplicate_of(trial.number, params)
             if duplicate is None:
@@ -222,11 +223,14 @@ class StudySearcher(Searcher):
                 trial,
                 me=self.driver,
                 in_flight=self.in_flight(),
+                popping=self.popping,
                 leases=known,
                 own_grace_s=0.0 if final else self.own_stray_grace_s,
                 grace_s=self.grace_s,
             ) and close_unlaunched(self.study, trial, failure_limit=self.spec.budget.point_failure_limit):
                 closed.append(trial.number)
+        running = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
+        self.popping &= running  # a pop that did not happen, or that was closed: nothing to watch
         if closed:
             log.warning(
                 "trial(s) %s were proposed but never launched (storage error mid-ask): closed as not run", closed
@@ -365,18 +369,19 @@ class StudySearcher(Searcher):
         pass
 
 
-def ask_tagged(study, distributions: dict, driver: str):
-    """`study.ask(distributions)` with the trial tagged `driver` (user attr) before it is RUNNING.
+def ask_tagged(study, distributions: dict, driver: str, *, popping: set[int] | None = None):
+    """`study.ask(distributions)` with the trial tagged `driver` (user attr `driver`).
 
     Optuna's ask then a separate tag is two writes: a storage error between them (or a
-    commit whose reply was lost) leaves a RUNNING trial no driver owns. Here:
-    - a queued (WAITING) point is tagged first, then popped (WAITING -> RUNNING, atomic in
-      the storage: of two drivers popping it, one wins), then tagged again, since the loser
-      may have tagged it last;
-    - otherwise the trial is created from a template that carries the tag: one transaction
-      in RDBStorage, one log record in JournalStorage.
+    commit whose reply was lost) leaves a RUNNING trial that no driver owns. Here:
+    - a new trial is created from a template that carries the tag: one transaction in
+      RDBStorage, one log record in JournalStorage;
+    - a queued (WAITING) point is popped (WAITING -> RUNNING, atomic in the storage: of two
+      drivers popping it, one wins), then tagged. Its trial id is added to `popping` before
+      the pop and left there while it is untagged, so that a storage error in between
+      leaves a trial this driver knows to be its own.
     Then the sampler proposes each parameter, as in `study.ask`. A storage error at any step
-    propagates; what it leaves RUNNING carries this driver's tag and no Tune trial, and
+    propagates; what it leaves RUNNING is this driver's and in no Tune trial's hands, and
     `StudySearcher.close_unlaunched` closes it as not run.
     """
     from datetime import datetime
@@ -385,17 +390,21 @@ def ask_tagged(study, distributions: dict, driver: str):
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import FrozenTrial, TrialState
 
+    popping = set() if popping is None else popping
     storage = study._storage
     trial_id = None
     for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        popping.add(waiting._trial_id)
         try:
-            storage.set_trial_user_attr(waiting._trial_id, ATTR_DRIVER, driver)
-            if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                continue  # another driver popped it first
+            popped = storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING)
         except UpdateFinishedTrialError:
+            popped = False
+        if not popped:  # another driver popped it first (or finished it)
+            popping.discard(waiting._trial_id)
             continue
         trial_id = waiting._trial_id
         storage.set_trial_user_attr(trial_id, ATTR_DRIVER, driver)
+        popping.discard(trial_id)
         break
     if trial_id is None:
         template = FrozenTrial(
@@ -422,12 +431,21 @@ def ask_tagged(study, distributions: dict, driver: str):
 
 
 def unlaunched(
-    trial, *, me: str, in_flight: set[int], leases: dict, own_grace_s: float, grace_s: float, now=None
+    trial,
+    *,
+    me: str,
+    in_flight: set[int],
+    popping: set[int],
+    leases: dict,
+    own_grace_s: float,
+    grace_s: float,
+    now=None,
 ) -> bool:
     """Whether a RUNNING trial was proposed but never launched by any driver.
 
-    - tagged `me`, not in flight here, and older than `own_grace_s`: this driver's ask broke
-      off after the trial was written (a driver launches a trial only after its ask returned);
+    - tagged `me` (or untagged, and its trial id in `popping`: this driver's pop of it broke
+      off), not in flight here, and older than `own_grace_s`: this driver's ask broke off
+      after the trial was written (a driver launches a trial only after its ask returned);
     - untagged, older than `grace_s`, and started after some driver of the study held a
       lease: every such driver tags before it launches. (An untagged trial from before
       leases existed is a real orphan: sweep.runner recovers it as such.)
@@ -439,6 +457,8 @@ def unlaunched(
     if trial.state != TrialState.RUNNING:
         return False
     driver = trial.user_attrs.get(ATTR_DRIVER)
+    if driver is None and trial._trial_id in popping:
+        driver = me
     if driver is not None and driver != me:
         return False
     if driver == me and trial.number in in_flight:

@@ -107,15 +107,20 @@ def test_a_trial_created_but_its_reply_lost_is_closed_as_not_run(tmp_path, monke
     assert states(searcher) == [(0, "PRUNED", ME, NOT_LAUNCHED), (1, "RUNNING", ME, None)]
 
 
-def test_a_queued_point_popped_when_the_storage_failed_is_queued_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("call", "after_commit"),
+    [("set_trial_state_values", True), ("set_trial_user_attr", False)],
+    ids=["pop-reply-lost", "tag-after-pop-failed"],
+)
+def test_a_queued_point_popped_when_the_storage_failed_is_queued_again(tmp_path, monkeypatch, call, after_commit):
     searcher = searcher_for(tmp_path)
     fixed = {"alpha": 0.5, "beta": 1.0}
     searcher.study.enqueue_trial(fixed)
-    fail_once(monkeypatch, searcher.study._storage, "set_trial_state_values", after_commit=True)
+    fail_once(monkeypatch, searcher.study._storage, call, after_commit=after_commit)
     assert searcher.suggest("tune-1") is None
-    assert states(searcher) == [(0, "RUNNING", ME, None)]  # tagged before it was popped
+    assert states(searcher) == [(0, "RUNNING", None, None)]  # popped, not tagged: this driver knows its id
     assert ask_again(searcher, "tune-2") == fixed  # the same point, from the queue again
-    assert states(searcher) == [(0, "PRUNED", ME, NOT_LAUNCHED), (1, "RUNNING", ME, None)]
+    assert states(searcher) == [(0, "PRUNED", None, NOT_LAUNCHED), (1, "RUNNING", ME, None)]
     assert searcher.study.trials[1].params == fixed
 
 
