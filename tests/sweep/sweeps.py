@@ -32,7 +32,12 @@ def make_spec(root: Path, *, name: str = "orch", results: Path | None = None, ex
 
 def stand_in_trial(spec, params) -> TrialResult:
     """A trial whose outcome depends only on its params (a trade-off between the two
-    objectives); SWEEP_TEST_TRIAL_S sets how long it takes (seconds)."""
+    objectives); SWEEP_TEST_TRIAL_S sets how long it takes (seconds). While the file named by
+    SWEEP_TEST_GATE exists, a trial waits before it starts (a test holds every driver's first
+    trial until all its drivers are up)."""
+    gate = os.environ.get("SWEEP_TEST_GATE")
+    while gate and os.path.exists(gate):
+        time.sleep(0.1)
     started = time.perf_counter()
     time.sleep(float(os.environ.get("SWEEP_TEST_TRIAL_S", "0.2")))
     alpha, beta = params["alpha"], params["beta"]

@@ -116,8 +116,20 @@ def check_study(url: str, name: str, budget: int) -> list:
 
 
 def run_two_drivers(root: Path, storage: str, *, name: str, budget: int, env: dict | None = None):
+    """Two drivers started at once; every trial waits until both hold a lease on the study
+    (a driver's Ray start-up took 5 to 45 s on a loaded box: without the gate, one driver
+    could finish the whole budget before the other was up)."""
     specs = [write_spec(root, root / f"results-{who}", name=name, storage=storage, budget=budget) for who in "ab"]
-    procs = [start_driver(path, env=env or driver_env(SWEEP_TEST_TRIAL_S="2")) for path in specs]
+    gate = root / "gate"
+    gate.touch()
+    env = (env or driver_env(SWEEP_TEST_TRIAL_S="2")) | {"SWEEP_TEST_GATE": str(gate)}
+    procs = [start_driver(path, env=env) for path in specs]
+    deadline = time.monotonic() + DRIVER_TIMEOUT_S
+    while _leases(env.get("SWEEP_STORAGE") or storage, name) < 2:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
+        assert time.monotonic() < deadline, "the two drivers did not both start in time"
+        time.sleep(0.3)
+    gate.unlink()
     outcomes = [finish(p) for p in procs]
     for code, out, err in outcomes:
         assert code == 0, f"exit {code}\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}"
@@ -188,6 +200,20 @@ def test_storage_stopped_mid_sweep_loses_no_finished_trial(tmp_path, postgres):
     assert not (tmp_path / "results" / "outage" / "spool.jsonl").exists()  # nothing left unsent
     # The password sat in the spec's storage URL: masked in everything printed and written.
     assert_no_password([(code, out, err)], [tmp_path / "results"], at_least=4)
+
+
+def _leases(storage: str, name: str) -> int:
+    """How many drivers hold (or held) a lease on the study; 0 before it exists."""
+    try:
+        backend = (
+            storage
+            if "://" in storage
+            else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+        )
+        attrs = optuna.load_study(study_name=name, storage=backend).user_attrs
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    return sum(key.startswith("sweep_driver:") for key in attrs)
 
 
 def _complete(url: str, name: str) -> int:
