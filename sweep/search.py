@@ -40,7 +40,8 @@ log = logging.getLogger("sweep")
 
 RESULT_KEY = "sweep_result"
 # seconds: a RUNNING trial of this driver that no Tune trial holds is closed as never run once
-# it is this old (a driver popping a queued point retags it within milliseconds; see ask_tagged)
+# it is this old. A queued point whose pop broke off here may have been popped by another
+# driver instead, untagged for the milliseconds until that driver tags it: wait that out.
 OWN_STRAY_GRACE_S = 5.0
 NOT_LAUNCHED = "not run: its proposal was cut off by a storage error before it was launched"
 
