@@ -33,7 +33,7 @@ from sweep.progress import clock as _clock
 from sweep.raysetup import init_ray, worker_env  # noqa: F401
 from sweep.recording import MISSING_CONSTRAINT_VIOLATION, record_trial  # noqa: F401
 from sweep.records import TrialResult
-from sweep.search import RESULT_KEY, grid_points
+from sweep.search import RESULT_KEY, StudySearcher, grid_points
 from sweep.spec import SweepSpec, redact
 from sweep.study import (
     count_states,
@@ -294,7 +294,7 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
 
     lease = Lease(study).start()
     signalled: list[int] = []
-    searchers: list[Any] = []  # _fit's searcher, once made: which of our trials are in flight
+    searcher: StudySearcher | None = None  # once made: which of our trials are in flight
     leftover: list[int] = []
     failed = launch = 0
     recovered: list[int] = []
@@ -339,21 +339,19 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
             + (f", {len(others)} other driver(s) on this study" if others else "")
             + ")"
         )
-        searcher = _fit(
-            spec,
-            study,
-            space_distributions(spec),
-            lease.driver,
-            recorder,
-            launch,
-            is_orphan,
-            progress,
-            trial_fn,
-            trial_recipe,
-            signalled,
-            searchers,
+        searcher = StudySearcher(
+            spec=spec,
+            study=study,
+            distributions=space_distributions(spec),
+            driver=lease.driver,
+            recorder=recorder,
+            launch_cap=launch,
+            is_orphan=is_orphan,
+            on_record=_on_record_fn(study, spec, progress),
+            recipe=trial_recipe,
             grace_s=lease.ttl_s,
         )
+        _fit(spec, searcher, trial_fn, signalled)
         recovered += searcher.recovered
         grid_exhausted = searcher.grid_exhausted
         failed = progress.failed_this_run
@@ -368,11 +366,11 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         )
         try:
             launched: set[int] | None = None  # None: broke off before Tune started, so all of ours
-            if searchers:
+            if searcher is not None:
                 # Ours but never launched (an ask broke off mid-outage): not run, not a failure.
-                searchers[0].close_unlaunched(study.get_trials(deepcopy=False), final=True)
+                searcher.close_unlaunched(study.get_trials(deepcopy=False), final=True)
                 # Still in Tune's hands; those kept in the spool stay RUNNING for the replay.
-                launched = {number for number, _ in searchers[0].live.values()}
+                launched = {number for number, _ in searcher.live.values()}
 
             def mine(trial) -> bool:
                 return trial.user_attrs.get("driver") == lease.driver and (launched is None or trial.number in launched)
@@ -474,33 +472,8 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _fit(
-    spec,
-    study,
-    distributions,
-    driver,
-    recorder,
-    launch,
-    is_orphan,
-    progress,
-    trial_fn,
-    trial_recipe,
-    signalled,
-    searchers,
-    *,
-    grace_s,
-):
-    from ray import tune
-
-    from sweep.search import StudySearcher
-
-    trial_objects: dict[str, Any] = {}
-
-    class TrialRegistry(tune.Callback):
-        """Lets the searcher read a lost trial's error message."""
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            trial_objects[trial.trial_id] = trial
+def _on_record_fn(study, spec: SweepSpec, progress: Progress):
+    """The searcher's on_record: rewrite the trials table, then print the trial's line."""
 
     def on_record(number: int, *, params, state, result, error, requeued) -> None:
         _write_table(study, spec)  # persisted before the next trial is counted
@@ -515,20 +488,19 @@ def _fit(
             requeued=requeued,
         )
 
-    searcher = StudySearcher(
-        spec=spec,
-        study=study,
-        distributions=distributions,
-        driver=driver,
-        recorder=recorder,
-        launch_cap=launch,
-        is_orphan=is_orphan,
-        on_record=on_record,
-        recipe=trial_recipe,
-        trial_objects=trial_objects,
-        grace_s=grace_s,
-    )
-    searchers.append(searcher)
+    return on_record
+
+
+def _fit(spec: SweepSpec, searcher: StudySearcher, trial_fn, signalled: list[int]) -> None:
+    """Run Tune with `searcher` until it says FINISHED (or a signal stops it)."""
+    from ray import tune
+
+    class TrialRegistry(tune.Callback):
+        """Lets the searcher read a lost trial's error message."""
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            searcher.trial_objects[trial.trial_id] = trial
+
     worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage (or its password)
     trainable = tune.with_parameters(_trainable, spec_json=worker_spec.model_dump_json(), trial_fn=trial_fn)
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
@@ -553,4 +525,3 @@ def _fit(
     )
     with _Signals(signalled, searcher):
         tuner.fit()
-    return searcher
