@@ -334,3 +334,18 @@ def test_demo_spec_resolves_to_the_family(demo_family):
     assert spec.evals.probe.prompts == str(demo_family.probe_prompts)
     for path in (spec.models.pretrained, spec.models.instruct, spec.models.reasoning, spec.evals.probe.prompts):
         assert Path(path).exists()
+
+
+def test_stability_tables_put_the_null_control_beside_each_trained_run():
+    """The README's tables (sweep.demo.stability): mean ± sd over seeds, and per seed, trained / null."""
+    from sweep.demo.stability import ProbeRun, markdown_table, per_seed_table
+
+    def run(seed: int, lr: float, retention: float) -> ProbeRun:
+        metrics = {"probe/length_retention": retention, "probe/length_growth": 1.0, "probe/reward_dip": 0.0}
+        return ProbeRun(0.0, 1.0, seed, lr, metrics, baseline_s=1.0, wall_s=2.0)
+
+    runs = [run(0, 3e-4, 0.7), run(0, 1e-12, 1.0), run(1, 3e-4, 0.8), run(1, 1e-12, 0.9)]
+    table = markdown_table(runs).splitlines()
+    assert table[2].startswith("| 0 | 1 | 2 | 0.75 ± 0.05 / 0.95 ± 0.05 |"), table
+    seeds = per_seed_table(runs).splitlines()
+    assert seeds[2:] == ["| 0 | 0.700 / 1.000 |", "| 1 | 0.800 / 0.900 |"], seeds
