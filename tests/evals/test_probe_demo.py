@@ -107,7 +107,7 @@ def test_length_collapse_of_the_reasoning_member_against_its_null_control(demo_f
     (seeds 0-5: by 0.12-0.25). The issue's thresholds (0.2 below the null, and the
     balanced merge, alpha 0.5 / beta 0.75, at least 0.1 above the reasoning member) held
     on 3 of those 6 seeds each (docs/probe.md): the test reports XFAIL with the numbers
-    when they do not hold here, XPASS when they do."""
+    when they do not hold here, and passes when they do."""
     models, tokenizer = members
     retention = {}
     for name, changes in (("reasoning", {}), ("null", {"learning_rate": 1e-12}), ("balanced", {})):
