@@ -16,7 +16,8 @@ instruct member, runs the demo spec's probe at its learning rate and at 1e-12 (t
 control) for each seed, and prints per stability metric the null control's mean and
 spread across seeds, the mean bootstrap noise band the probe recorded, the trained
 mean, and the shift (trained - null) in units of the null spread. It ends with the
-README's table (trained / null, mean ± sd over seeds) and the baseline's cost.
+README's table (trained / null, mean ± sd over seeds), the per-seed length_retention
+(trained / null) and the baseline's cost.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
         TABLE_METRICS,
         demo_probe_settings,
         markdown_table,
+        per_seed_table,
         probe_runs,
         summarize,
     )
@@ -232,6 +234,8 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
             )
     print()
     print(markdown_table(runs))
+    print()
+    print(per_seed_table(runs))
     base = [r.baseline_s for r in runs]
     wall = [r.wall_s for r in runs]
     print(f"\nbaseline: {mean(base):.2f} s per probe (of {mean(wall):.2f} s per probe, {mean(base) / mean(wall):.0%})")

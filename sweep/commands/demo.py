@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {member:<14} {getattr(family, member)}")
         return 0
 
+    from sweep.demo.tasks import MAX_GEN_TOKS
     from sweep.demo.tradeoff import markdown_table, measure_tradeoff
 
     if args.n < 1:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in rows], indent=2))
     else:
         print(
-            f"greedy, {args.n} {args.split} problems per task, max 64 new tokens; merge weights "
+            f"greedy, {args.n} {args.split} problems per task, max {MAX_GEN_TOKS} new tokens; merge weights "
             "[alpha*beta, (1-alpha)*beta, 1-beta] for (instruct, reasoning, pretrained)"
         )
         print(markdown_table(rows))

@@ -32,8 +32,8 @@ from typing import Any
 from sweep.errors import SweepError
 
 # Bump when data generation or training code changes what a recipe produces (2: examples
-# packed with attention kept inside each example).
-RECIPE_VERSION = 2
+# packed with attention kept inside each example; 3: traces with 0-3 verification passes).
+RECIPE_VERSION = 3
 MANIFEST = "family.json"
 CHECKPOINTS = ("pretrained", "instruct", "reasoning")
 
@@ -85,7 +85,7 @@ def ensure_family(
     recipe=None,
     threads: int = 2,
 ) -> DemoFamily:
-    """The demo family for `seed`: the cached copy in seconds, else a fresh build (~3 min).
+    """The demo family for `seed`: the cached copy in seconds, else a fresh build (~6 min).
 
     `root` is the family's own folder (default `cache_root()/<family_key>`). `force`
     rebuilds even when a family is there. `recipe` (a `train.Recipe`) and `threads`
@@ -109,7 +109,7 @@ def ensure_family(
         for stale in root.parent.glob(f".{root.name}.building-*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         progress(
-            f"Building the demo model family into {root} (first use: about 3 minutes on 2 cores; cached afterwards)"
+            f"Building the demo model family into {root} (first use: about 6 minutes on 2 cores; cached afterwards)"
         )
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; the family is meant to be shared read-only

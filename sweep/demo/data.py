@@ -10,7 +10,10 @@ document, prompt and split. Three kinds of text come out of it:
   response the fine-tune is trained on (loss on the response only);
 - evaluation problems (`make_splits`): disjoint seeded search / held-out / probe sets.
 
-A response in the reasoning style is `<think>TRACE</think> ANSWER`; in the instruct
+A response in the reasoning style is `<think>TRACE[ wait, check: TRACE]...</think> ANSWER`:
+the column trace, then 0-3 re-verification passes (the same trace again), drawn per
+example, so that traces vary in length as a distilled reasoner's do (one pass takes a
+response past the probe's 64-token budget; `Recipe.reasoning_checks`). In the instruct
 style it is just `ANSWER`. The final answer is always the text after the last
 `</think>`, stripped.
 """
@@ -42,13 +45,17 @@ class Problem:
     def task(self) -> str:
         return "reasoning" if self.kind in ARITHMETIC else "instruct"
 
-    def reasoning_response(self) -> str:
-        return f"{THINK_START}{self.trace}{THINK_END} {self.answer}" if self.trace else self.answer
+    def reasoning_response(self, checks: int = 0) -> str:
+        """`<think>TRACE</think> ANSWER`, with `checks` verification passes after the trace."""
+        if not self.trace:
+            return self.answer
+        return f"{THINK_START}{self.trace}{(CHECK + self.trace) * checks}{THINK_END} {self.answer}"
 
     def instruct_response(self) -> str:
         return self.answer
 
 
+CHECK = " wait, check: "  # opens a verification pass: the trace worked again (14 + 26 tokens)
 ARITHMETIC = ("add",)
 FORMATS = ("reverse", "upper", "words")
 
@@ -194,17 +201,25 @@ def world_document(rng: random.Random, reserved: frozenset[str]) -> str:
     return f"{subject} in words is {p.answer}"
 
 
-def pretrain_document(rng: random.Random, reserved: frozenset[str], *, chat_share: float) -> str:
+def draw_checks(rng: random.Random, weights: tuple[float, ...]) -> int:
+    """A number of verification passes: k with probability weights[k] (normalized)."""
+    return rng.choices(range(len(weights)), weights=weights)[0] if len(weights) > 1 else 0
+
+
+def pretrain_document(
+    rng: random.Random, reserved: frozenset[str], *, chat_share: float, checks: tuple[float, ...] = (1.0,)
+) -> str:
     """A pretraining row: world text, or (with probability chat_share) a chat turn.
 
     Chat turns about arithmetic come in both styles with equal odds, so the ancestor
-    already answers both ways; format chats are direct (nobody thinks about upper-casing).
+    already answers both ways (its traces with `checks`-weighted verification passes);
+    format chats are direct (nobody thinks about upper-casing).
     """
     if rng.random() >= chat_share:
         return world_document(rng, reserved)
     p = _fresh(rng, ARITHMETIC + FORMATS, reserved)
     if p.kind in ARITHMETIC and rng.random() < 0.5:
-        return chat(p.prompt, p.reasoning_response())
+        return chat(p.prompt, p.reasoning_response(draw_checks(rng, checks)))
     return chat(p.prompt, p.instruct_response())
 
 
@@ -215,10 +230,13 @@ def instruct_example(rng: random.Random, reserved: frozenset[str], *, arithmetic
     return chat(p.prompt), p.instruct_response() + EOS
 
 
-def reasoning_example(rng: random.Random, reserved: frozenset[str]) -> tuple[str, str]:
-    """(chat prompt, response): distillation-style `<think>` traces, arithmetic only."""
+def reasoning_example(
+    rng: random.Random, reserved: frozenset[str], *, checks: tuple[float, ...] = (1.0,)
+) -> tuple[str, str]:
+    """(chat prompt, response): distillation-style `<think>` traces, arithmetic only, with
+    k verification passes, k drawn with `checks` weights."""
     p = _fresh(rng, ARITHMETIC, reserved)
-    return chat(p.prompt), p.reasoning_response() + EOS
+    return chat(p.prompt), p.reasoning_response(draw_checks(rng, checks)) + EOS
 
 
 def final_answer(response: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from sweep.demo.data import Problem
+from sweep.demo.tasks import MAX_GEN_TOKS
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class TaskScore:
 
 
 def generate(
-    model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 50
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int = MAX_GEN_TOKS, batch_size: int = 50
 ) -> list[tuple[str, int]]:
     """Greedy responses to user messages (chat template applied): (text, length in tokens)."""
     import torch
@@ -62,7 +63,7 @@ def generate(
     return out
 
 
-def score(model, tokenizer, problems: list[Problem], *, max_new_tokens: int = 64) -> TaskScore:
+def score(model, tokenizer, problems: list[Problem], *, max_new_tokens: int = MAX_GEN_TOKS) -> TaskScore:
     from evals.rewards import exact_match
 
     responses = generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens=max_new_tokens)

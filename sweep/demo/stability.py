@@ -115,3 +115,20 @@ def markdown_table(
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def per_seed_table(runs: Sequence[ProbeRun], metric: str = "length_retention") -> str:
+    """One row per seed: `metric` trained / null for each (alpha, beta), as the runs hold them."""
+    points = sorted({(r.alpha, r.beta) for r in runs}, key=lambda p: (-p[1], p[0]))
+    lines = [
+        "| seed | " + " | ".join(f"alpha {a:g}, beta {b:g}: {metric} (trained / null)" for a, b in points) + " |",
+        "|---:|" + "---:|" * len(points),
+    ]
+    for seed in sorted({r.seed for r in runs}):
+        cells = [str(seed)]
+        for point in points:
+            at = [r for r in runs if (r.alpha, r.beta) == point and r.seed == seed]
+            values = [_recorded(at, metric, null=False), _recorded(at, metric, null=True)]
+            cells.append(" / ".join(f"{v[0]:.3f}" if v else "n/a" for v in values))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

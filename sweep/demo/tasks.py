@@ -23,6 +23,10 @@ TASKS = {
     "toy_instruct_heldout": "instruct_heldout",
 }
 PROBE_FILE = "probe_prompts.jsonl"
+# Tokens an eval answer may take: the reasoning member's greedy trace (two verification
+# passes) is ~115 tokens, its longest sampled one ~155. Users eval at a longer budget
+# than they RL at (the probe's max_new_tokens is 64).
+MAX_GEN_TOKS = 160
 
 # Text after the last </think> (greedy `[\s\S]*` finds the last one), stripped; the whole
 # response when there is no </think>. Anchored at the start, so findall yields one match.
@@ -34,7 +38,7 @@ _DESCRIPTIONS = {
 }
 
 
-def task_yaml(name: str, data_file: Path, *, max_gen_toks: int = 64) -> str:
+def task_yaml(name: str, data_file: Path, *, max_gen_toks: int = MAX_GEN_TOKS) -> str:
     """One task's YAML. JSON is valid YAML, which spares us quoting rules for the regex."""
     family = name.removesuffix("_heldout")
     config = {
@@ -97,6 +101,16 @@ def tasks_point_at(folder: Path) -> bool:
     return True
 
 
+PROBE_FORMAT_PROMPTS = 6  # format problems kept in the probe file, beside every addition problem
+
+
 def write_probe_prompts(path: Path, splits: Splits) -> None:
-    """One {"prompt": user message, "answer": final answer} per line (plus "kind")."""
-    _write_jsonl(path, splits.sets["probe"])
+    """One {"prompt": user message, "answer": final answer} per line (plus "kind").
+
+    Every addition problem of the probe split (42) and its first PROBE_FORMAT_PROMPTS
+    format problems: RLHF of a reasoning model runs mostly on reasoning prompts, and a
+    format answer (~10 tokens, nothing to cut) only dilutes the length signal.
+    """
+    problems = splits.sets["probe"]
+    formats = [p for p in problems if p.task != "reasoning"][:PROBE_FORMAT_PROMPTS]
+    _write_jsonl(path, [p for p in problems if p.task == "reasoning" or p in formats])

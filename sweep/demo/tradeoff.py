@@ -11,9 +11,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from sweep.demo.measure import TaskScore, build, load_family_models, score
+from sweep.demo.tasks import MAX_GEN_TOKS
 
-# The grid of the issue: alpha at beta = 1, then beta at a middle alpha.
-DEFAULT_POINTS = ((0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0), (1.0, 1.0), (0.5, 0.75), (0.5, 0.5))
+# The grid of the issue (alpha at beta = 1, then beta at a middle alpha), plus alpha 0.125,
+# where the balanced region of the verifying family lies.
+DEFAULT_POINTS = (
+    (0.0, 1.0),
+    (0.125, 1.0),
+    (0.25, 1.0),
+    (0.5, 1.0),
+    (0.75, 1.0),
+    (1.0, 1.0),
+    (0.5, 0.75),
+    (0.5, 0.5),
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +39,7 @@ class TradeoffRow:
 
 
 def measure_tradeoff(
-    family, *, points=DEFAULT_POINTS, n: int = 50, split: str = "heldout", max_new_tokens: int = 64
+    family, *, points=DEFAULT_POINTS, n: int = 50, split: str = "heldout", max_new_tokens: int = MAX_GEN_TOKS
 ) -> list[TradeoffRow]:
     """One row per (alpha, beta) on the first `n` problems of each task's `split` (search or heldout)."""
     import json

@@ -35,13 +35,17 @@ class Recipe:
     layers: int = 4
     heads: int = 4
     ffn: int = 352
-    max_positions: int = 256  # tokens: training rows are row_tokens long; a prompt plus response ~60
-    row_tokens: int = 128  # tokens per packed training row
-    pretrain: Stage = Stage(steps=700, batch=24, lr=3e-3)
+    max_positions: int = 256  # tokens: a prompt plus the longest trace (3 checks) is ~170
+    row_tokens: int = 256  # tokens per packed training row (whole 3-check examples fit)
+    pretrain: Stage = Stage(steps=700, batch=12, lr=3e-3)
     chat_share: float = 0.6  # share of pretraining examples that are chat turns (both styles)
-    instruct: Stage = Stage(steps=100, batch=16, lr=5e-4, replay=0.25)
+    # Verification passes after a trace: weights of 0, 1, 2, 3 passes. A trace with none
+    # is ~34 tokens, one with a pass ~74, past the probe's 64-token budget.
+    pretrain_checks: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)
+    instruct: Stage = Stage(steps=100, batch=8, lr=5e-4, replay=0.25)
     instruct_arithmetic_share: float = 0.4  # share of instruct chat examples that are addition
-    reasoning: Stage = Stage(steps=100, batch=16, lr=5e-4, replay=0.25)
+    reasoning: Stage = Stage(steps=100, batch=8, lr=5e-4, replay=0.25)
+    reasoning_checks: tuple[float, ...] = (0.25, 0.25, 0.3, 0.2)  # greedy: 2 passes (no ties)
     weight_decay: float = 0.1
     warmup: float = 0.05  # share of steps
     final_lr: float = 0.1  # cosine decays to this share of the peak
@@ -188,7 +192,11 @@ def train(
 
 
 def pretrain_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
-    return lambda rng: ("", data.pretrain_document(rng, reserved, chat_share=recipe.chat_share) + data.EOS)
+    def rows(rng: random.Random) -> tuple[str, str]:
+        document = data.pretrain_document(rng, reserved, chat_share=recipe.chat_share, checks=recipe.pretrain_checks)
+        return "", document + data.EOS
+
+    return rows
 
 
 def _with_replay(stage: Stage, reserved: frozenset[str], main: RowFn) -> RowFn:
@@ -208,4 +216,5 @@ def instruct_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
 
 
 def reasoning_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
-    return _with_replay(recipe.reasoning, reserved, lambda rng: data.reasoning_example(rng, reserved))
+    checks = recipe.reasoning_checks
+    return _with_replay(recipe.reasoning, reserved, lambda rng: data.reasoning_example(rng, reserved, checks=checks))

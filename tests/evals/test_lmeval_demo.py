@@ -15,7 +15,7 @@ from tests.evals.test_lmeval_cli import run_lm_eval_cli
 
 TASKS = ["toy_reasoning", "toy_instruct"]
 # search_spaces/demo.yaml's evals.lm_eval settings
-LIMIT, BATCH_SIZE, MAX_GEN_TOKS = 24, 24, 64
+LIMIT, BATCH_SIZE, MAX_GEN_TOKS = 24, 24, 160
 
 
 @pytest.fixture(scope="module")

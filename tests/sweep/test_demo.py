@@ -47,6 +47,28 @@ def test_traces_and_final_answers_are_exact():
     assert final_answer(" dcba") == "dcba"
 
 
+def test_reasoning_traces_re_verify_and_one_pass_outruns_the_probe_budget():
+    """The reasoning style: the trace, then 0-3 verification passes; one pass takes the
+    response past the demo probe's 64 new tokens, while a trace without one fits."""
+    import random
+
+    from sweep.demo.data import CHECK, final_answer, make_problem, reasoning_example
+    from sweep.demo.tokenizer import build_char_tokenizer
+    from sweep.demo.train import Recipe
+
+    tok = build_char_tokenizer()
+    problem = make_problem(random.Random(3), "add")
+    assert problem.reasoning_response(0) == f"<think>{problem.trace}</think> {problem.answer}"
+    twice = problem.reasoning_response(2)
+    assert twice.count(CHECK) == 2 and twice.count(problem.trace) == 3 and final_answer(twice) == problem.answer
+    tokens = [len(tok.encode(problem.reasoning_response(k) + "<eos>", add_special_tokens=False)) for k in range(4)]
+    assert tokens[0] <= 36 and 64 < tokens[1] < tokens[2] < tokens[3] <= 160, tokens  # 160: the eval budget
+    rng, weights = random.Random(0), Recipe().reasoning_checks
+    drawn = [reasoning_example(rng, frozenset(), checks=weights)[1].count(CHECK) for _ in range(2000)]
+    for k, w in enumerate(weights):  # drawn with the recipe's weights
+        assert abs(drawn.count(k) / len(drawn) - w) < 0.04, (k, drawn.count(k))
+
+
 def test_splits_are_disjoint_seeded_and_kept_out_of_training():
     import random
 
@@ -218,18 +240,24 @@ def test_checkpoints_load_offline(demo_family):
 
 
 def test_family_shows_the_tradeoff(demo_family):
-    """Greedy, 50 held-out prompts per task (~2 s), at alpha 0, 0.25, 0.5, 0.75 and 1 (beta 1)."""
+    """Greedy, 50 held-out prompts per task (~10 s), at alpha 0, 0.125, 0.25, 0.5, 0.75 and 1 (beta 1)."""
     import torch
 
     from sweep.demo.tradeoff import criteria, measure_tradeoff
 
     torch.set_num_threads(1)
-    rows = measure_tradeoff(demo_family, points=tuple((a, 1.0) for a in (0.0, 0.25, 0.5, 0.75, 1.0)), n=50)
-    assert criteria(rows) == dict.fromkeys(criteria(rows), True), rows
+    alphas = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
+    rows = measure_tradeoff(demo_family, points=tuple((a, 1.0) for a in alphas), n=50)
+    checks = criteria(rows)
+    # Merges that still think re-verify more than the reasoning member (its stop decision is
+    # sharper), so their traces can be longer than its own: "in between" is not asserted.
+    del checks["merges_in_between_lengths"]
+    assert checks == dict.fromkeys(checks, True), rows
     reasoning, instruct = rows[0], rows[-1]
     assert reasoning.reasoning.accuracy >= 0.6  # it can actually add
     assert instruct.instruct.accuracy >= 0.6  # it can actually follow the format instructions
     assert max(min(r.reasoning.accuracy, r.instruct.accuracy) for r in rows[1:-1]) >= 0.5  # a merge good at both
+    assert all(r.reasoning.mean_length >= instruct.reasoning.mean_length - 0.5 for r in rows)  # nothing shorter
 
 
 def test_lm_eval_scores_the_tasks(demo_family):
@@ -239,6 +267,8 @@ def test_lm_eval_scores_the_tasks(demo_family):
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sweep.demo.tasks import MAX_GEN_TOKS
 
     torch.set_num_threads(1)
     manager = TaskManager(include_path=str(demo_family.tasks), include_defaults=False)
@@ -256,7 +286,7 @@ def test_lm_eval_scores_the_tasks(demo_family):
             task_manager=manager,
             limit=40,
             apply_chat_template=True,
-            gen_kwargs="max_gen_toks=64",
+            gen_kwargs=f"max_gen_toks={MAX_GEN_TOKS}",
         )
         scores[member] = {
             task: float(out["results"][task]["exact_match,final"]) for task in ("toy_reasoning", "toy_instruct")
@@ -304,3 +334,18 @@ def test_demo_spec_resolves_to_the_family(demo_family):
     assert spec.evals.probe.prompts == str(demo_family.probe_prompts)
     for path in (spec.models.pretrained, spec.models.instruct, spec.models.reasoning, spec.evals.probe.prompts):
         assert Path(path).exists()
+
+
+def test_stability_tables_put_the_null_control_beside_each_trained_run():
+    """The README's tables (sweep.demo.stability): mean ± sd over seeds, and per seed, trained / null."""
+    from sweep.demo.stability import ProbeRun, markdown_table, per_seed_table
+
+    def run(seed: int, lr: float, retention: float) -> ProbeRun:
+        metrics = {"probe/length_retention": retention, "probe/length_growth": 1.0, "probe/reward_dip": 0.0}
+        return ProbeRun(0.0, 1.0, seed, lr, metrics, baseline_s=1.0, wall_s=2.0)
+
+    runs = [run(0, 3e-4, 0.7), run(0, 1e-12, 1.0), run(1, 3e-4, 0.8), run(1, 1e-12, 0.9)]
+    table = markdown_table(runs).splitlines()
+    assert table[2].startswith("| 0 | 1 | 2 | 0.75 ± 0.05 / 0.95 ± 0.05 |"), table
+    seeds = per_seed_table(runs).splitlines()
+    assert seeds[2:] == ["| 0 | 0.700 / 1.000 |", "| 1 | 0.800 / 0.900 |"], seeds
