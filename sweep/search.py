@@ -393,6 +393,9 @@ def ask_tagged(study, distributions: dict, driver: str, *, popping: set[int] | N
 
     popping = set() if popping is None else popping
     storage = study._storage
+    local = getattr(study, "_thread_local", None)
+    if local is not None:  # as study.ask does: the sampler then sees every trial told so far
+        local.cached_all_trials = None
     trial_id = None
     for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         popping.add(waiting._trial_id)
