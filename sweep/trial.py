@@ -93,7 +93,9 @@ def worker_state(spec: SweepSpec) -> WorkerState:
         if probe_config.reward.model is not None:  # a reward model loads once per worker, not per trial
             from evals.rewards import build_reward
 
-            reward = build_reward(rule=None, model=probe_config.reward.model, device=device)
+            # in the trial's dtype (the live model's: merge.dtype), as the memory plan counts it
+            dtype = next(model.parameters()).dtype
+            reward = build_reward(rule=None, model=probe_config.reward.model, device=device, dtype=dtype)
 
     state = WorkerState(
         key, sources, model, tokenizer, evaluator, probe_config, prompts, reward, device, time.perf_counter() - start
