@@ -206,6 +206,8 @@ class ProbeSpec(_Section):
     activation_checkpointing: bool = False
     update: Literal["full", "lora"] = "full"  # what the probe trains (lora: reference = adapters off)
     lora_rank: Annotated[int, Field(ge=1)] = 16
+    # generator vllm + update lora: adapters as LoRA requests (requests) or merged weights pushed (merged)
+    vllm_lora: Literal["requests", "merged"] = "requests"
 
 
 class EvalsSpec(_Section):

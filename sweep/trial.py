@@ -8,6 +8,7 @@ trial pays load costs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -78,12 +79,6 @@ def worker_state(spec: SweepSpec) -> WorkerState:
     start = time.perf_counter()
     sources, model, tokenizer, device = load_models(spec)
 
-    evaluator = None
-    if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
-        from evals.lmeval import LmEvalRunner
-
-        evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
-
     probe_config = prompts = reward = None
     if spec.evals.probe is not None:
         from evals.probe import ProbeConfig, load_prompts
@@ -96,6 +91,19 @@ def worker_state(spec: SweepSpec) -> WorkerState:
             # in the trial's dtype (the live model's: merge.dtype), as the memory plan counts it
             dtype = next(model.parameters()).dtype
             reward = build_reward(rule=None, model=probe_config.reward.model, device=device, dtype=dtype)
+
+    evaluator = None
+    if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
+        from evals.lmeval import LmEvalRunner
+
+        config = lm_eval_config(spec, spec.evals.lm_eval.search_tasks)
+        if config.backend == "vllm" and probe_config is not None and probe_config.generator == "vllm":
+            # one engine for eval and probe: built with what the probe needs too (LoRA on
+            # for adapters as LoRA requests); the spec's own engine arguments win
+            from evals.probe.vllm_rollout import probe_engine_args
+
+            config = dataclasses.replace(config, vllm={**probe_engine_args(probe_config), **config.vllm})
+        evaluator = LmEvalRunner(config)
 
     state = WorkerState(
         key, sources, model, tokenizer, evaluator, probe_config, prompts, reward, device, time.perf_counter() - start
@@ -274,7 +282,9 @@ def _rollout_engine(state: WorkerState) -> Any:
             raise EvalError(
                 "evals.probe.generator vllm: the live model has no checkpoint folder to build a vLLM engine on"
             )
-        args = dict(getattr(backend, "engine_args", None) or {})
+        from evals.probe.vllm_rollout import probe_engine_args
+
+        args = {**probe_engine_args(state.probe_config), **(getattr(backend, "engine_args", None) or {})}
         args.setdefault("dtype", str(next(state.model.parameters()).dtype).removeprefix("torch."))
         _ROLLOUTS[state.key] = VllmRollouts.build(folder, **args)
     return _ROLLOUTS[state.key]
