@@ -8,10 +8,10 @@ trial pays load costs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -96,14 +96,7 @@ def worker_state(spec: SweepSpec) -> WorkerState:
     if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
         from evals.lmeval import LmEvalRunner
 
-        config = lm_eval_config(spec, spec.evals.lm_eval.search_tasks)
-        if config.backend == "vllm" and probe_config is not None and probe_config.generator == "vllm":
-            # one engine for eval and probe: built with what the probe needs too (LoRA on
-            # for adapters as LoRA requests); the spec's own engine arguments win
-            from evals.probe.vllm_rollout import probe_engine_args
-
-            config = dataclasses.replace(config, vllm={**probe_engine_args(probe_config), **config.vllm})
-        evaluator = LmEvalRunner(config)
+        evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
 
     state = WorkerState(
         key, sources, model, tokenizer, evaluator, probe_config, prompts, reward, device, time.perf_counter() - start
@@ -253,6 +246,14 @@ def _probe(state: WorkerState, config: ProbeConfig):
     )
 
 
+# The eval's engine is built without LoRA: vLLM 0.32 with LoRA on fails on log-likelihood
+# (prompt_logprobs) requests, which lm-eval's multiple-choice tasks send (the CPU build:
+# "einsum(): subscript b has size 4 for operand 1 which does not broadcast"; vllm issues
+# 29955, 16668). A probe sharing it pushes merged LoRA weights instead of LoRA requests.
+SHARED_ENGINE_LORA_NOTE = (
+    "evals.probe.vllm_lora requests: the probe shares the eval's vLLM engine, which has LoRA off "
+    "(vLLM with LoRA on fails on lm-eval's log-likelihood requests); the adapters go in as merged weights"
+)
 _ROLLOUTS: dict[str, Any] = {}  # state key -> the probe's VllmRollouts (when the eval has no engine to share)
 
 
@@ -272,6 +273,10 @@ def _rollout_engine(state: WorkerState) -> Any:
         if engine is None or engine.llm is not lm.model:
             _ROLLOUTS.clear()
             engine = _ROLLOUTS[state.key] = VllmRollouts(lm.model)
+            config = state.probe_config
+            if config is not None and config.update == "lora" and config.vllm_lora == "requests":
+                if not engine.takes_lora(config.lora_rank):
+                    print(SHARED_ENGINE_LORA_NOTE, file=sys.stderr)
         return engine
     if state.key not in _ROLLOUTS:
         _ROLLOUTS.clear()

@@ -115,14 +115,16 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
     assert _engine_greedy(engine, tokenizer, "2+3=") == _hf_greedy(model, tokenizer, "2+3=")
 
 
-@pytest.mark.parametrize("update", ["full", "lora"])  # lora: adapters as LoRA requests (the default)
+@pytest.mark.parametrize("update", ["full", "lora"])  # lora: adapters as LoRA requests (merged: the next test)
 def test_sampled_vllm_probe_learns(trio, engine, update):
     """temperature 1, a learnable reward, a high learning rate: the reward measured on the
     engine's rollouts rises, so the engine samples from the updated policy (without the
     pushes it would sample the starting model's distribution at every step)."""
     model, tokenizer = load(trio["instruct"])
-    cfg = config(generator="vllm", steps=12, learning_rate=1e-2, update=update, lora_rank=4)
+    cfg = config(generator="vllm", steps=12, learning_rate=1e-2, update=update, lora_rank=4, vllm_lora="requests")
+    adapters = engine.adapters
     result = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share, rollouts=engine)
+    assert engine.adapters - adapters == (cfg.steps if update == "lora" else 0)
     score = result.curves.score_mean
     assert sum(score[-3:]) / 3 > sum(score[:3]) / 3 + 0.2, score
     assert result.metrics.kl_final > 0.1
