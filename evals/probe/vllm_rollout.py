@@ -135,6 +135,9 @@ class VllmRollouts:
         request: written in peft's format to a fresh folder (under /dev/shm where there is
         one) with a new adapter id, so vLLM neither reuses the previous step's adapter nor
         its prefix-cache blocks (both are keyed by the id). The previous adapter is dropped."""
+        from evals.vllm_backend import import_vllm
+
+        import_vllm()  # the CPU build's set-up, before any vllm submodule
         from vllm.lora.request import LoRARequest
 
         start = time.perf_counter()
