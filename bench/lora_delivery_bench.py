@@ -1,6 +1,7 @@
 """LoRA adapters into a vLLM engine: LoRA requests vs merged-weight pushes, per probe step, one run.
 
     .venv-vllm/bin/python bench/lora_delivery_bench.py [--hidden 768] [--layers 12] [--rank 16]
+    python bench/lora_delivery_bench.py --dtype bfloat16 --gpu-memory-utilization 0.3   # on a GPU
 
 Runs in the vLLM venv. A random fp32 Llama (head_dim 64, --vocab) is built in a temp
 folder, with rank --rank LoRA adapters (evals/probe/lora.py) given random values. Two
@@ -38,6 +39,10 @@ def main() -> int:
     parser.add_argument("--rollouts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", help="model and engine dtype (default float32)")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=None, help="per engine, on a GPU (two engines run)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -67,11 +72,15 @@ def main() -> int:
             pad_token_id=tok.pad_token_id,
             bos_token_id=tok.bos_token_id,
         )
-        model = AutoModelForCausalLM.from_config(config).eval()
+        model = AutoModelForCausalLM.from_config(config).to(getattr(torch, args.dtype)).eval()
         model.save_pretrained(path)
         tok.save_pretrained(path)
+        if torch.cuda.is_available():
+            model = model.to("cuda")  # as in a GPU worker: the live model on the device
         params = sum(p.numel() for p in model.parameters())
-        engine_args = dict(dtype="float32", max_model_len=512)
+        engine_args: dict = dict(dtype=args.dtype, max_model_len=512)
+        if args.gpu_memory_utilization is not None:
+            engine_args["gpu_memory_utilization"] = args.gpu_memory_utilization
         t0 = time.perf_counter()
         plain = VllmRollouts.build(path, **engine_args)
         start_plain = time.perf_counter() - t0
@@ -135,8 +144,12 @@ def main() -> int:
         f"{result['rollouts']} rollouts x {args.new_tokens} tokens, median of {args.steps} steps"
     )
     print(f"  engine start: plain {start_plain:.1f} s, LoRA on {start_lora:.1f} s")
-    print(f"  merged:   merge+push {med['merge_push']:.3f} s, sample {med['merged_sample']:.3f} s  = {merged_step:.3f} s")
-    print(f"  requests: set_adapter {med['set_adapter']:.3f} s, sample {med['lora_sample']:.3f} s  = {request_step:.3f} s")
+    print(
+        f"  merged:   merge+push {med['merge_push']:.3f} s, sample {med['merged_sample']:.3f} s  = {merged_step:.3f} s"
+    )
+    print(
+        f"  requests: set_adapter {med['set_adapter']:.3f} s, sample {med['lora_sample']:.3f} s  = {request_step:.3f} s"
+    )
     print(
         f"  requests / merged: step {result['requests_over_merged']:.2f}, sampling alone "
         f"{result['sampling_requests_over_merged']:.2f} (tokens sampled {tokens})"
