@@ -1,12 +1,14 @@
 """The memory plan (sweep/memory_plan.py) against a measured peak: one CPU trial step, one run.
 
-    .venv/bin/python bench/memory_plan_check.py [--root DIR] [--layers 12] [--json]
+    .venv/bin/python bench/memory_plan_check.py [--root DIR] [--layers 12] [--update full|lora] [--json]
 
 Builds (or reuses under --root) a fp32 Llama trio of ~110M parameters (hidden 768,
 12 layers, vocabulary 32k), then in a fresh child process does what a trial holds at
 its peak: the source cache, the live model built in place, HF sampling of the probe's
-rollouts, a reference copy and two micro-batched GRPO updates with Adam
-(evals.probe.logprobs). It prints the plan's host estimate by part, the child's peak
+rollouts, the update's state and two micro-batched GRPO updates with Adam
+(evals.probe.logprobs): for `--update full` a reference copy and Adam on every weight,
+for `--update lora` rank-16 fp32 adapters (evals.probe.lora), the reference being the
+model with its adapters off, and Adam on the adapters. It prints the plan's host estimate by part, the child's peak
 RSS, and their ratio. On a GPU machine, `--device cuda` compares GPU parts with
 torch.cuda.max_memory_allocated instead (bench/gpu_check.py runs that).
 """
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -105,9 +108,16 @@ def child(paths: dict[str, str], settings: dict) -> dict:
         )
     t_gen = time.perf_counter()
     response = out[:, P:]
-    reference = copy.deepcopy(model).requires_grad_(False)
-    model.requires_grad_(True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+    if settings.get("update", "full") == "lora":
+        from evals.probe.lora import LoraAdapters
+
+        adapters = LoraAdapters(model, rank=settings.get("lora_rank", 16))
+        reference: Any = adapters.disabled
+        optimizer = torch.optim.Adam(adapters.parameters, lr=1e-6)
+    else:
+        reference = copy.deepcopy(model).requires_grad_(False)
+        model.requires_grad_(True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
     mask = torch.ones_like(response)
     for _ in range(2):  # the second step holds Adam's moments while activations live
         grpo_update(
@@ -143,6 +153,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="where the trio is built (default: a temp folder)")
     parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--update", choices=["full", "lora"], default="full", help="the probe's update (default full)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,10 +164,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)
         paths = build_trio(root, layers=args.layers)
-        plan = plan_for(paths, SETTINGS)
-        measured = measure(paths, SETTINGS)
+        settings = SETTINGS | {"update": args.update, "lora_rank": 16}
+        plan = plan_for(paths, settings)
+        measured = measure(paths, settings)
         result = {
             "params": plan.shape.params,
+            "update": args.update,
             "planned_host": plan.host_bytes,
             "measured_peak_rss": measured["peak_rss"],
             "ratio": plan.host_bytes / measured["peak_rss"],

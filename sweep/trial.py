@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -78,12 +79,6 @@ def worker_state(spec: SweepSpec) -> WorkerState:
     start = time.perf_counter()
     sources, model, tokenizer, device = load_models(spec)
 
-    evaluator = None
-    if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
-        from evals.lmeval import LmEvalRunner
-
-        evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
-
     probe_config = prompts = reward = None
     if spec.evals.probe is not None:
         from evals.probe import ProbeConfig, load_prompts
@@ -93,7 +88,15 @@ def worker_state(spec: SweepSpec) -> WorkerState:
         if probe_config.reward.model is not None:  # a reward model loads once per worker, not per trial
             from evals.rewards import build_reward
 
-            reward = build_reward(rule=None, model=probe_config.reward.model, device=device)
+            # in the trial's dtype (the live model's: merge.dtype), as the memory plan counts it
+            dtype = next(model.parameters()).dtype
+            reward = build_reward(rule=None, model=probe_config.reward.model, device=device, dtype=dtype)
+
+    evaluator = None
+    if spec.evals.lm_eval is not None and spec.evals.lm_eval.search_tasks:
+        from evals.lmeval import LmEvalRunner
+
+        evaluator = LmEvalRunner(lm_eval_config(spec, spec.evals.lm_eval.search_tasks))
 
     state = WorkerState(
         key, sources, model, tokenizer, evaluator, probe_config, prompts, reward, device, time.perf_counter() - start
@@ -243,6 +246,14 @@ def _probe(state: WorkerState, config: ProbeConfig):
     )
 
 
+# The eval's engine is built without LoRA: vLLM 0.32 with LoRA on fails on log-likelihood
+# (prompt_logprobs) requests, which lm-eval's multiple-choice tasks send (the CPU build:
+# "einsum(): subscript b has size 4 for operand 1 which does not broadcast"; vllm issues
+# 29955, 16668). A probe sharing it pushes merged LoRA weights instead of LoRA requests.
+SHARED_ENGINE_LORA_NOTE = (
+    "evals.probe.vllm_lora requests: the probe shares the eval's vLLM engine, which has LoRA off "
+    "(vLLM with LoRA on fails on lm-eval's log-likelihood requests); the adapters go in as merged weights"
+)
 _ROLLOUTS: dict[str, Any] = {}  # state key -> the probe's VllmRollouts (when the eval has no engine to share)
 
 
@@ -262,6 +273,10 @@ def _rollout_engine(state: WorkerState) -> Any:
         if engine is None or engine.llm is not lm.model:
             _ROLLOUTS.clear()
             engine = _ROLLOUTS[state.key] = VllmRollouts(lm.model)
+            config = state.probe_config
+            if config is not None and config.update == "lora" and config.vllm_lora == "requests":
+                if not engine.takes_lora(config.lora_rank):
+                    print(SHARED_ENGINE_LORA_NOTE, file=sys.stderr)
         return engine
     if state.key not in _ROLLOUTS:
         _ROLLOUTS.clear()
@@ -272,7 +287,9 @@ def _rollout_engine(state: WorkerState) -> Any:
             raise EvalError(
                 "evals.probe.generator vllm: the live model has no checkpoint folder to build a vLLM engine on"
             )
-        args = dict(getattr(backend, "engine_args", None) or {})
+        from evals.probe.vllm_rollout import probe_engine_args
+
+        args = {**probe_engine_args(state.probe_config), **(getattr(backend, "engine_args", None) or {})}
         args.setdefault("dtype", str(next(state.model.parameters()).dtype).removeprefix("torch."))
         _ROLLOUTS[state.key] = VllmRollouts.build(folder, **args)
     return _ROLLOUTS[state.key]

@@ -98,7 +98,7 @@ def run_probe(
                 raise EvalError(
                     f"probe: reward rule {rule!r} needs an answer for every prompt; prompt {missing[0] + 1} has none ({len(missing)} in all)"
                 )
-        reward = build_reward(rule=rule, model=config.reward.model, device=_device_of(model))
+        reward = build_reward(rule=rule, model=config.reward.model, device=_device_of(model), dtype=_dtype_of(model))
     if config.generator == "vllm" and rollouts is None:
         raise EvalError(
             "probe generator vllm: give the vLLM engine (rollouts=VllmRollouts...); `sweep probe --generator vllm` and the trial worker build one"
@@ -186,5 +186,13 @@ def _score_run(run: BackendRun, *, config: ProbeConfig) -> tuple[StabilityMetric
 def _device_of(model: Any) -> str | None:
     try:
         return str(next(model.parameters()).device)
+    except (AttributeError, StopIteration, TypeError):
+        return None
+
+
+def _dtype_of(model: Any) -> Any:
+    """The model's parameter dtype (a reward model loads in it), or None when it has none."""
+    try:
+        return next(model.parameters()).dtype
     except (AttributeError, StopIteration, TypeError):
         return None

@@ -22,6 +22,11 @@ Each step:
 into the live model; the reference is the same model with the adapters off (no copy),
 and the adapters are removed at the end (evals/probe/lora.py).
 
+With `generator: vllm` the engine first takes the candidate's weights; after each update
+it takes the new policy: all weights (`full`), or for `lora` a LoRA request per step
+(`vllm_lora: requests`, where the engine was built with LoRA on) or the merged weights
+(`vllm_lora: merged`, or an engine without LoRA). At the end it holds the candidate again.
+
 Adam runs on fp32 master copies of every parameter that is not fp32 (a bf16 or fp16
 model): the live weights are the masters rounded after each step, so updates smaller
 than a bf16 step accumulate instead of rounding away. A non-finite loss, gradient, KL
@@ -122,12 +127,19 @@ class GRPOBackend(ProbeBackend):
         steps: list[tuple[PromptSamples, ...]] = []
         stopped_early, stop_reason, diverged, baseline_s = False, None, False, 0.0
         step = -1
+        as_requests = False  # LoRA adapters reach the vLLM engine as LoRA requests
         try:
             model.eval()  # no dropout: sampling and the update see the same policy
             if rollouts is not None:  # the engine may hold another candidate (or the eval's): start from this one
+                rollouts.clear_adapter()
                 rollouts.push_weights(model)
             if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
                 adapters = LoraAdapters(model, rank=config.lora_rank)
+                # the engine samples the adapted policy through LoRA requests where it can
+                # (its base weights stay the candidate's), else through merged-weight pushes
+                as_requests = (
+                    rollouts is not None and config.vllm_lora == "requests" and rollouts.takes_lora(config.lora_rank)
+                )
                 reference, trainable = adapters.disabled, adapters.parameters
             else:  # frozen initial candidate, and every weight trains
                 reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -150,7 +162,10 @@ class GRPOBackend(ProbeBackend):
                 advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADVANTAGE_EPS)
                 update = _update(model, reference, optimizer, batch, advantages.view(-1).to(device), config=config)
                 if rollouts is not None:  # the next step samples from the updated policy
-                    rollouts.push_weights(model, weights=adapters.merged_weights() if adapters is not None else None)
+                    if as_requests:
+                        rollouts.set_adapter(adapters)
+                    else:
+                        rollouts.push_weights(model, weights=adapters.merged_weights() if adapters else None)
 
                 lengths = batch.lengths.float()
                 row = {
@@ -209,7 +224,9 @@ class GRPOBackend(ProbeBackend):
                         param.copy_(given)
             saved.restore(model)
             del reference
-            if rollouts is not None:  # the engine holds the given weights again
+            if as_requests:  # the engine's weights never changed: drop the adapter
+                rollouts.clear_adapter()
+            elif rollouts is not None:  # the engine holds the given weights again
                 rollouts.push_weights(model)
         return BackendRun(
             curves=curves,

@@ -3,6 +3,7 @@
     adapters = LoraAdapters(model, rank=16)   # fp32 adapters on every linear layer (not the head)
     with adapters.disabled():                 # the starting model: the KL reference, no copy
         ...
+    adapters.save(folder)                     # peft's adapter format: what a vLLM LoRARequest loads
     adapters.remove()                         # the original modules back, weights untouched
 
 peft (a dependency of lm-eval) does the injection in place (`peft.LoraModel`): each
@@ -16,7 +17,9 @@ round away). B starts at zero, so the adapted model starts as the model.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,6 +90,28 @@ class LoraAdapters:
             seen.add(key)
             weights.append((name.replace(".base_layer.", "."), tensor.detach()))
         return weights
+
+    @torch.no_grad()
+    def save(self, folder: str | Path) -> Path:
+        """Write the adapters in peft's on-disk format (adapter_model.safetensors, fp32, and
+        adapter_config.json with the resolved target modules) to `folder`: what peft's
+        `PeftModel.from_pretrained` and a vLLM `LoRARequest(name, id, folder)` load. The
+        adapter name is dropped from the keys, as `PeftModel.save_pretrained` does."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "base_model.model." + name.replace(".default.", "."): param.detach().float().contiguous().cpu()
+            for name, param in self.model.named_parameters()
+            if "lora_" in name
+        }
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        settings = self.tuner.peft_config["default"].to_dict()
+        settings["target_modules"] = sorted(settings["target_modules"])  # "all-linear", resolved by peft at injection
+        settings["base_model_name_or_path"] = str(getattr(self.model, "name_or_path", "") or "")
+        (folder / "adapter_config.json").write_text(json.dumps(settings, default=str, indent=1))
+        return folder
 
     def remove(self) -> Any:
         """Put every original module back and drop what peft attached to the model."""

@@ -7,6 +7,12 @@
     ... update the model ...
     engine.push_weights(model, names=changed)                      # then prefix cache reset
 
+With `update: lora` the adapters can go in as LoRA requests instead of merged weights
+(`evals.probe.vllm_lora: requests`, an engine built with `lora_engine_args(rank)`):
+
+    engine.set_adapter(adapters)   # peft-format folder + a new LoRARequest id; sample() uses it
+    engine.clear_adapter()         # back to the plain candidate (its weights never left)
+
 vLLM batches every request with continuous batching and paged KV blocks, so finished
 rows free their cache at once, instead of the HF loop's one forward per token over the
 whole padded batch. `RolloutBatch` has the probe's shape: left-padded prompts, responses
@@ -19,6 +25,10 @@ completions of prompt i, as the probe's groups are.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +37,19 @@ from typing import Any
 import torch
 
 from evals.errors import EvalError
+
+# vLLM 0.32's max_lora_rank choices (vllm.config.lora.MaxLoRARanks)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_engine_args(rank: int) -> dict[str, Any]:
+    """vllm.LLM arguments for an engine that takes the probe's rank-`rank` adapters as
+    LoRA requests: LoRA on, the smallest max_lora_rank that holds `rank`, one adapter
+    slot (the probe samples from one policy at a time)."""
+    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fitting:
+        raise EvalError(f"probe lora_rank {rank}: vLLM takes LoRA adapters up to rank {VLLM_LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_lora_rank": fitting[0], "max_loras": 1}
 
 
 @dataclass(frozen=True)
@@ -80,12 +103,64 @@ def make_batch(
     )
 
 
+def probe_engine_args(config: Any) -> dict[str, Any]:
+    """The extra vllm.LLM arguments the probe's `config` (a ProbeConfig) needs: LoRA on for
+    `update: lora` with `vllm_lora: requests`, else none."""
+    if getattr(config, "update", "full") == "lora" and getattr(config, "vllm_lora", "merged") == "requests":
+        return lora_engine_args(int(config.lora_rank))
+    return {}
+
+
 class VllmRollouts:
     """A vLLM engine that samples the probe's rollouts and takes the live model's weights."""
 
     def __init__(self, llm: Any):
         self.llm = llm
         self.pushes = 0  # weight pushes so far
+        self.adapters = 0  # LoRA adapters set so far (set_adapter)
+        self.push_s = 0.0  # seconds in push_weights, all calls
+        self.adapter_s = 0.0  # seconds in set_adapter (writing the adapter; vLLM loads it on the next sample)
+        self._lora: Any = None  # the LoRARequest sample() sends, or None: the plain weights
+        self._lora_dir: Path | None = None
+        self._next_lora_id = 1
+
+    def takes_lora(self, rank: int) -> bool:
+        """Whether this engine was built with LoRA on and can hold a rank-`rank` adapter."""
+        engine = getattr(self.llm, "llm_engine", None)
+        lora_config = getattr(getattr(engine, "vllm_config", None), "lora_config", None)
+        return lora_config is not None and rank <= int(lora_config.max_lora_rank)
+
+    def set_adapter(self, adapters: Any) -> None:
+        """Sample from now on with `adapters` (evals.probe.lora.LoraAdapters) as a LoRA
+        request: written in peft's format to a fresh folder (under /dev/shm where there is
+        one) with a new adapter id, so vLLM neither reuses the previous step's adapter nor
+        its prefix-cache blocks (both are keyed by the id). The previous adapter is dropped."""
+        from evals.vllm_backend import import_vllm
+
+        import_vllm()  # the CPU build's set-up, before any vllm submodule
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        lora_id = self._next_lora_id
+        self._next_lora_id += 1
+        root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        folder = Path(tempfile.mkdtemp(prefix=f"sweep-lora-{lora_id}-", dir=root))
+        adapters.save(folder)
+        self.clear_adapter()
+        self._lora, self._lora_dir = LoRARequest(f"sweep-probe-{lora_id}", lora_id, str(folder)), folder
+        self.adapters += 1
+        self.adapter_s += time.perf_counter() - start
+
+    def clear_adapter(self) -> None:
+        """Sample with the plain weights again; unload the adapter and delete its folder."""
+        if self._lora is not None:
+            engine = getattr(self.llm, "llm_engine", None)
+            if engine is not None and self._lora.lora_int_id in engine.list_loras():
+                engine.remove_lora(self._lora.lora_int_id)
+            self._lora = None
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
+            self._lora_dir = None
 
     @classmethod
     def build(cls, checkpoint: str | Path, **engine_args: Any) -> VllmRollouts:
@@ -112,6 +187,7 @@ class VllmRollouts:
         """
         from evals.vllm_backend import named_weights
 
+        start = time.perf_counter()
         weights = named_weights(model) if weights is None else list(weights)
         if names is not None:
             wanted = set(names)
@@ -119,6 +195,7 @@ class VllmRollouts:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
         self.pushes += 1
+        self.push_s += time.perf_counter() - start
 
     def sample(
         self,
@@ -134,7 +211,8 @@ class VllmRollouts:
         """`group_size` completions of each prompt (token ids), prompt-major rows.
 
         temperature 0 is greedy. Plain softmax sampling (top_p 1, top_k off), stopping at
-        any of eos_ids or after max_new_tokens. `seed` makes a call repeatable.
+        any of eos_ids or after max_new_tokens. `seed` makes a call repeatable. With an
+        adapter set (set_adapter), every request carries its LoRA request.
         """
         from evals.vllm_backend import import_vllm
 
@@ -156,7 +234,8 @@ class VllmRollouts:
         )
         sent = [p for p in prompts for _ in range(group_size)] if greedy else list(prompts)
         requests = [{"prompt_token_ids": list(map(int, p))} for p in sent]
-        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        lora = {"lora_request": self._lora} if self._lora is not None else {}
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False, **lora)
         rows_prompt, rows_response, texts = [], [], []
         for prompt, out in zip(sent, outputs, strict=True):
             for completion in sorted(out.outputs, key=lambda c: c.index):

@@ -112,11 +112,14 @@ def run(args: argparse.Namespace) -> int:
     rollouts = None
     if config.generator == "vllm":  # an engine on the checkpoint; the probe pushes its updates into it
         from evals.errors import EvalError
-        from evals.probe.vllm_rollout import VllmRollouts
+        from evals.probe.vllm_rollout import VllmRollouts, probe_engine_args
 
         try:
             rollouts = VllmRollouts.build(
-                model_dir, tokenizer=str(tokenizer_dir), dtype=str(model.dtype).removeprefix("torch.")
+                model_dir,
+                tokenizer=str(tokenizer_dir),
+                dtype=str(model.dtype).removeprefix("torch."),
+                **probe_engine_args(config),
             )
         except EvalError as exc:
             raise SweepError(f"--generator vllm: {exc}") from None

@@ -94,15 +94,16 @@ def tiny_tasks(tmp_path_factory) -> Path:
     return root
 
 
-def train_think_model(path: Path, *, steps: int = 150, seed: int = 3) -> Path:
-    """Save at `path` a tiny Llama that answers THINK_DOCS[:TRAINED] with a think trace."""
+def train_think_model(path: Path, *, steps: int = 150, seed: int = 3, heads: int = 4) -> Path:
+    """Save at `path` a tiny Llama (hidden 64, `heads` heads) that answers THINK_DOCS[:TRAINED]
+    with a think trace. The vLLM tier passes heads=2: its CPU attention needs head_dim >= 32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.tiny import make_tiny_checkpoint
 
     torch.set_num_threads(1)
-    make_tiny_checkpoint(path, hidden=64, seed=seed)
+    make_tiny_checkpoint(path, hidden=64, heads=heads, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     texts = [f"{a}+{b}=<think>{a}+{b}</think>answer: {a + b}" for a, b in THINK_DOCS[:TRAINED]]

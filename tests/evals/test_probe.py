@@ -417,6 +417,36 @@ def test_lora_on_a_bf16_model_trains_fp32_adapters(tiny_dir):
     assert all(torch.equal(before[k], v) and v.dtype == torch.bfloat16 for k, v in model.state_dict().items())
 
 
+def test_saved_lora_adapters_load_in_peft_and_give_the_adapted_model(tiny_dir, tmp_path):
+    """LoraAdapters.save writes peft's format (what a vLLM LoRARequest loads): peft's own
+    PeftModel.from_pretrained on a fresh base gives the adapted model's logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from evals.probe.lora import LoraAdapters
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    adapters = LoraAdapters(model, rank=4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in adapters.parameters:
+            p.add_(torch.randn_like(p) * 0.2)  # B is zero at the start: make the adapters matter
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with adapters.disabled():
+            plain = model(input_ids=ids).logits
+    folder = adapters.save(tmp_path / "adapter")
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    loaded = PeftModel.from_pretrained(fresh, str(folder)).eval()
+    with torch.no_grad():
+        got = loaded(input_ids=ids).logits
+    assert (adapted - plain).abs().max() > 1e-2
+    torch.testing.assert_close(got, adapted, rtol=0, atol=1e-5)
+
+
 def test_generator_vllm_without_an_engine_is_a_clear_error(tiny_dir):
     model, tokenizer = load(tiny_dir)
     with pytest.raises(EvalError, match="generator vllm: give the vLLM engine"):

@@ -149,15 +149,31 @@ def test_parts_for_a_7b_shape_follow_the_settings():
     )  # 15 GB of weights never fit 10
 
 
+@pytest.fixture(scope="module")
+def plan_check_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("plan-check")  # the ~110M trio, built once for both updates
+
+
 @pytest.mark.slow
-def test_plan_is_within_25_percent_of_the_measured_peak_rss(tmp_path):
+@pytest.mark.parametrize("update", ["full", "lora"])
+def test_plan_is_within_25_percent_of_the_measured_peak_rss(plan_check_root, update):
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "memory_plan_check.py"), "--root", str(tmp_path), "--json"],
+        [
+            sys.executable,
+            str(REPO / "bench" / "memory_plan_check.py"),
+            "--root",
+            str(plan_check_root),
+            "--update",
+            update,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert 100e6 <= result["params"] <= 400e6
+    assert 100e6 <= result["params"] <= 400e6 and result["update"] == update
     assert 0.75 <= result["ratio"] <= 1.25, result
+    if update == "lora":  # the plan counts adapters instead of a reference copy and full Adam state
+        assert "reference" not in result["parts"] and result["parts"]["lora"] > 0

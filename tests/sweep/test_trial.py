@@ -136,3 +136,25 @@ def test_live_model_follows_an_untied_merge(tmp_path, tiny_trio, tiny_spec):
     torch.testing.assert_close(
         head.detach(), 0.5 * instruct["model.embed_tokens.weight"] + 0.5 * reasoning["lm_head.weight"]
     )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_reward_model_loads_in_the_trials_dtype(tmp_path, tiny_spec, dtype):
+    """A bf16 trial holds a bf16 reward model (as the memory plan counts it), not an fp32 one
+    (the reward checkpoint here is saved in fp32), and it still scores in fp32."""
+    from tests.evals.test_rewards import make_reward_model
+
+    reward_dir = make_reward_model(tmp_path / "rm")
+    probe = tiny_spec.evals.probe
+    probe = probe.model_copy(update={"reward": probe.reward.model_copy(update={"model": str(reward_dir)})})
+    spec = tiny_spec.model_copy(
+        update={
+            "merge": tiny_spec.merge.model_copy(update={"dtype": dtype}),
+            "evals": tiny_spec.evals.model_copy(update={"probe": probe, "lm_eval": None}),
+        }
+    )
+    state = worker_state(spec)
+    assert {p.dtype for p in state.reward.model.parameters()} == {getattr(torch, dtype)}
+    assert next(state.model.parameters()).dtype == getattr(torch, dtype)
+    scores = state.reward(prompts=["1+1?"], completions=["2"], answers=[None])
+    assert isinstance(scores[0], float)

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from evals.vllm_backend import vllm_build
-from tests.evals.conftest import tiny_tasks  # noqa: F401  (the lm-eval tier's tiny local tasks)
+from tests.evals.conftest import (
+    tiny_tasks,  # noqa: F401  (the lm-eval tier's tiny local tasks)
+    train_think_model,
+)
 
 RUN_HINT = (
     "vLLM is not installed here; run this tier with .venv-vllm/bin/python -m pytest tests/vllm (README: 'vLLM on CPU')"
@@ -53,45 +56,13 @@ def _vllm_env(tmp_path_factory):
     yield
 
 
-def train_think_model(path: Path, *, seed: int = 3, steps: int = 120) -> Path:
-    """A tiny Llama (hidden 64, 2 heads of 32) that answers tiny_think's first docs with a trace."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tests.evals.conftest import THINK_DOCS, TRAINED
-    from tests.tiny import make_tiny_checkpoint
-
-    torch.set_num_threads(1)
-    make_tiny_checkpoint(path, hidden=64, heads=2, seed=seed)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    texts = [f"{a}+{b}=<think>{a}+{b}</think>answer: {a + b}" for a, b in THINK_DOCS[:TRAINED]]
-    seqs = [tokenizer.encode(t, add_special_tokens=False) + [tokenizer.eos_token_id] for t in texts]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def trio(tmp_path_factory) -> dict[str, Path]:
     """pretrained (trained to answer), two noisy fine-tunes of it, and an untrained engine base."""
     from tests.tiny import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("vllm-trio")
-    pretrained = train_think_model(root / "pretrained")
+    pretrained = train_think_model(root / "pretrained", steps=120, heads=2)  # head_dim 32
     return {
         "pretrained": pretrained,
         "instruct": make_tiny_checkpoint(root / "instruct", seed=1, base=pretrained, noise=0.03),

@@ -47,10 +47,12 @@ metric_list:
 """
 
 
-def _sweep_eval(*args: str) -> dict:
+def _sweep_json(command: str, *args: str) -> dict:
+    """`python -m sweep <command> ... --json` in a subprocess: exit 0, then its one JSON object
+    (vLLM's log lines go to stderr; the probe may print progress before the object)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "sweep", "eval", *args, "--json"],
+        [sys.executable, "-m", "sweep", command, *args, "--json"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -58,7 +60,8 @@ def _sweep_eval(*args: str) -> dict:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)  # only the JSON: vLLM's log lines go to stderr
+    out = done.stdout.strip()
+    return json.loads(out[out.rfind("\n{") + 1 :])  # from the last line that opens an object
 
 
 def test_sweep_eval_vllm_equals_hf_on_unseen_checkpoint_and_tasks(trio, tmp_path):
@@ -111,9 +114,9 @@ def test_sweep_eval_vllm_equals_hf_on_unseen_checkpoint_and_tasks(trio, tmp_path
         "--batch-size",
         "3",
     ]
-    hf = _sweep_eval(*common, "--backend", "hf", "--device", "cpu")
-    vllm = _sweep_eval(
-        *common, "--backend", "vllm", "--vllm-arg", "enforce_eager=true", "--vllm-arg", "max_model_len=256"
+    hf = _sweep_json("eval", *common, "--backend", "hf", "--device", "cpu")
+    vllm = _sweep_json(
+        "eval", *common, "--backend", "vllm", "--vllm-arg", "enforce_eager=true", "--vllm-arg", "max_model_len=256"
     )
     assert set(hf) == {
         "lm_eval/fresh_double/exact_match,final",
@@ -122,20 +125,6 @@ def test_sweep_eval_vllm_equals_hf_on_unseen_checkpoint_and_tasks(trio, tmp_path
     }
     assert vllm == hf
     assert any(v > 0 for v in hf.values())
-
-
-def _sweep_probe(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "sweep", "probe", *args, "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_sweep_probe_generator_vllm_equals_hf_at_temperature_0(trio, tmp_path):
@@ -161,7 +150,7 @@ def test_sweep_probe_generator_vllm_equals_hf_at_temperature_0(trio, tmp_path):
         "--dtype",
         "float32",
     ]
-    hf, vllm = _sweep_probe(*common, "--generator", "hf"), _sweep_probe(*common, "--generator", "vllm")
+    hf, vllm = _sweep_json("probe", *common, "--generator", "hf"), _sweep_json("probe", *common, "--generator", "vllm")
     assert vllm["config"]["generator"] == "vllm" and hf["config"]["generator"] == "hf"
     for key, want in hf["curves"].items():
         if key.startswith("timing/"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evals.probe import ProbeConfig, Prompt, run_probe
-from evals.probe.vllm_rollout import VllmRollouts
+from evals.probe.vllm_rollout import VllmRollouts, lora_engine_args
 from tests.evals.conftest import load
 
 PROMPTS = [Prompt(prompt=f"{a}+{b}=", answer=str(a + b)) for a in range(4) for b in range(4)]
@@ -37,8 +37,10 @@ def config(**changes) -> ProbeConfig:
 
 @pytest.fixture(scope="module")
 def engine(trio):
-    # built on an untrained checkpoint of the same shape: every weight it samples with was pushed
-    return VllmRollouts.build(trio["engine_base"], dtype="float32", max_model_len=256)
+    # built on an untrained checkpoint of the same shape: every weight it samples with was
+    # pushed. LoRA on (rank <= 8), so it serves full updates, merged LoRA pushes and LoRA
+    # requests alike: with no request a LoRA-enabled engine samples the plain weights.
+    return VllmRollouts.build(trio["engine_base"], dtype="float32", max_model_len=256, **lora_engine_args(4))
 
 
 def _curves(result):
@@ -71,17 +73,18 @@ def _hf_greedy(model, tokenizer, text):
     return out[0, len(ids) :].tolist()
 
 
-@pytest.mark.parametrize("update", ["full", "lora"])
-def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update):
+@pytest.mark.parametrize("update, vllm_lora", [("full", "requests"), ("lora", "merged"), ("lora", "requests")])
+def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update, vllm_lora):
     """temperature 0: the same rollouts token for token, so the same lengths and rewards,
     and KL, entropy and grad norm to rounding (the entropies are computed once while the
-    HF loop samples, and by the chunked log-probs after vLLM samples)."""
-    cfg = config(temperature=0.0, update=update, lora_rank=4)
+    HF loop samples, and by the chunked log-probs after vLLM samples). For lora, whether
+    the adapters reach the engine merged into pushed weights or as LoRA requests."""
+    cfg = config(temperature=0.0, update=update, lora_rank=4, vllm_lora=vllm_lora)
     model, tokenizer = load(trio["instruct"])
     hf = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share)
     model, tokenizer = load(trio["instruct"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pushes = engine.pushes
+    pushes, adapters = engine.pushes, engine.adapters
     got = run_probe(
         model,
         tokenizer,
@@ -90,7 +93,11 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
         reward=digit_share,
         rollouts=engine,
     )
-    assert engine.pushes - pushes == cfg.steps + 2  # the candidate in, one per update, the candidate back
+    if update == "lora" and vllm_lora == "requests":  # the candidate in; then one adapter per update
+        assert (engine.pushes - pushes, engine.adapters - adapters) == (1, cfg.steps)
+        assert engine._lora is None and not list(engine.llm.llm_engine.list_loras())  # dropped at the end
+    else:  # the candidate in, one push per update, the candidate back
+        assert (engine.pushes - pushes, engine.adapters - adapters) == (cfg.steps + 2, 0)
     want, have = _curves(hf), _curves(got)
     assert have.keys() == want.keys()
     for key in (
@@ -108,14 +115,16 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
     assert _engine_greedy(engine, tokenizer, "2+3=") == _hf_greedy(model, tokenizer, "2+3=")
 
 
-@pytest.mark.parametrize("update", ["full", "lora"])
+@pytest.mark.parametrize("update", ["full", "lora"])  # lora: adapters as LoRA requests (merged: the next test)
 def test_sampled_vllm_probe_learns(trio, engine, update):
     """temperature 1, a learnable reward, a high learning rate: the reward measured on the
     engine's rollouts rises, so the engine samples from the updated policy (without the
     pushes it would sample the starting model's distribution at every step)."""
     model, tokenizer = load(trio["instruct"])
-    cfg = config(generator="vllm", steps=12, learning_rate=1e-2, update=update, lora_rank=4)
+    cfg = config(generator="vllm", steps=12, learning_rate=1e-2, update=update, lora_rank=4, vllm_lora="requests")
+    adapters = engine.adapters
     result = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share, rollouts=engine)
+    assert engine.adapters - adapters == (cfg.steps if update == "lora" else 0)
     score = result.curves.score_mean
     assert sum(score[-3:]) / 3 > sum(score[:3]) / 3 + 0.2, score
     assert result.metrics.kl_final > 0.1

@@ -1,0 +1,135 @@
+"""The worker's one vLLM engine for eval and probe, in real trials (sweep/trial.py).
+
+Two candidates run through `run_trial` with `evals.lm_eval.backend: vllm` and
+`evals.probe.generator: vllm`: exactly one vllm.LLM is constructed, the probe samples with
+the eval's engine, each candidate's eval scores equal the HF backend's on that candidate,
+and after each probe the engine scores the candidate itself again (its log-likelihoods
+and greedy generations equal HF's on the live model), for full and LoRA updates. The
+shared engine has LoRA off (vLLM 0.32 with LoRA on fails on lm-eval's log-likelihood
+requests), so a LoRA probe pushes merged weights into it, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from evals.lmeval import LmEvalConfig, LmEvalRunner
+from tests.evals.conftest import ANSWER_REGEX
+from tests.vllm.test_vllm_eval import TASKS, _requests
+
+CANDIDATES = [(0.0, 1.0), (0.5, 0.8)]  # (alpha, beta)
+
+
+def _spec(tmp_path, trio, tiny_tasks, update):
+    from sweep.spec import load_spec
+    from tests.evals.test_rewards import make_reward_model
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(3) for b in range(3))
+    )
+    spec = {
+        "name": f"vllm-trial-{update}",
+        "models": {role: str(trio[role]) for role in ("pretrained", "instruct", "reasoning")},
+        "merge": {"dtype": "float32"},
+        "evals": {
+            "lm_eval": {
+                "backend": "vllm",
+                "include_paths": [str(tiny_tasks)],
+                "search_tasks": TASKS,
+                "batch_size": 4,
+                "answer_regex": ANSWER_REGEX,
+                # an untrained checkpoint of the same shape: every weight it scores with was pushed
+                "vllm": {
+                    "model": str(trio["engine_base"]),
+                    "dtype": "float32",
+                    "max_model_len": 256,
+                    "enforce_eager": True,
+                },
+            },
+            "probe": {
+                "prompts": str(prompts),
+                "steps": 3,
+                "group_size": 2,
+                "prompts_per_step": 2,
+                "max_new_tokens": 16,
+                "reward": {"model": str(make_reward_model(tmp_path / "rm"))},  # graded scores: advantages not all 0
+                "learning_rate": 1e-2,  # large: the probe really moves the policy the engine samples
+                "baseline_samples": 0,
+                "generator": "vllm",
+                "update": update,
+                "lora_rank": 4,
+                "vllm_lora": "requests",  # asked for, but the shared engine cannot: merged (the note)
+            },
+        },
+        "objectives": [{"metric": "probe/length_retention", "direction": "maximize"}],
+        "results_dir": str(tmp_path / "results"),
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return load_spec(path)
+
+
+@pytest.mark.parametrize("update", ["full", "lora"])
+def test_one_engine_serves_eval_and_probe_across_trials(trio, tiny_tasks, tmp_path, monkeypatch, capsys, update):
+    from lm_eval.models.huggingface import HFLM
+
+    from evals.answers import think_end_token
+    from evals.vllm_backend import import_vllm
+    from sweep import trial
+    from sweep.trial import SHARED_ENGINE_LORA_NOTE
+
+    vllm = import_vllm()
+    built: list[dict] = []
+    original_init = vllm.LLM.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(kwargs)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(vllm.LLM, "__init__", counting_init)
+    spec = _spec(tmp_path, trio, tiny_tasks, update)
+    hf_runner = LmEvalRunner(
+        LmEvalConfig(tasks=TASKS, include_paths=[str(tiny_tasks)], batch_size=4, answer_regex=ANSWER_REGEX)
+    )
+    seen = set()
+    try:
+        for done, (alpha, beta) in enumerate(CANDIDATES, start=1):
+            result = trial.run_trial(spec, {"alpha": alpha, "beta": beta})
+            state = trial.worker_state(spec)
+            backend = state.evaluator.backend
+            engine = trial._ROLLOUTS[state.key]
+            assert len(built) == 1, built  # one vllm.LLM for the worker: eval and probe
+            assert engine.llm is backend._lm.model  # the probe sampled with the eval's engine
+            assert result.metrics["probe/kl_final"] > 0.01  # the probe moved the policy it sampled from
+            # the candidate in, one push per update (lora: merged weights), the candidate back
+            steps = spec.evals.probe.steps
+            assert (engine.pushes, engine.adapters) == (done * (steps + 2), 0)
+            assert not built[0].get("enable_lora")  # lm-eval passes enable_lora=False
+            if update == "lora" and done == 1:
+                assert SHARED_ENGINE_LORA_NOTE in capsys.readouterr().err
+            # the eval's scores are the candidate's (the HF backend on the live model, built in place)
+            hf_scores = {s.name: s.value for s in hf_runner.evaluate(state.model, state.tokenizer)}
+            assert {k: result.metrics[k] for k in hf_scores} == hf_scores, (alpha, beta)
+            seen.add(tuple(hf_scores.values()))
+            # after the probe the engine holds the candidate again, not a probe policy
+            hf_lm = HFLM(
+                pretrained=state.model,
+                tokenizer=state.tokenizer,
+                batch_size=4,
+                think_end_token=think_end_token(state.tokenizer, "</think>"),
+            )
+            loglik, gen = _requests(state.tokenizer)
+            vllm_ll, hf_ll = backend._lm.loglikelihood(loglik), hf_lm.loglikelihood(loglik)
+            torch.testing.assert_close(
+                torch.tensor([v for v, _ in vllm_ll]), torch.tensor([v for v, _ in hf_ll]), rtol=0, atol=2e-4
+            )
+            assert backend._lm.generate_until(gen) == hf_lm.generate_until(gen), (alpha, beta)
+        assert backend.reloads == len(CANDIDATES) and len(seen) == len(CANDIDATES)  # the candidates differ
+    finally:
+        trial._STATE.clear()
+        trial._ROLLOUTS.clear()
