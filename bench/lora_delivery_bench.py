@@ -47,34 +47,18 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from _llama import random_llama
 
     from evals.probe.lora import LoraAdapters
     from evals.probe.vllm_rollout import VllmRollouts, lora_engine_args
-    from sweep.demo.tokenizer import build_char_tokenizer
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    tok = build_char_tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tmp) / "vc"))
         path = Path(tmp) / "m"
-        config = LlamaConfig(
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            intermediate_size=args.hidden * 8 // 3,
-            num_hidden_layers=args.layers,
-            num_attention_heads=args.hidden // 64,
-            num_key_value_heads=args.hidden // 64,
-            max_position_embeddings=1024,
-            tie_word_embeddings=True,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
+        model, tok = random_llama(
+            path, hidden=args.hidden, layers=args.layers, vocab=args.vocab, tie=True, dtype=args.dtype
         )
-        model = AutoModelForCausalLM.from_config(config).to(getattr(torch, args.dtype)).eval()
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
         if torch.cuda.is_available():
             model = model.to("cuda")  # as in a GPU worker: the live model on the device
         params = sum(p.numel() for p in model.parameters())

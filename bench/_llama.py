@@ -1,0 +1,36 @@
+"""A random Llama of a given shape on the demo's character tokenizer, saved for vLLM: the
+model the rollout benches time (HF loop vs vLLM, LoRA requests vs merged pushes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def random_llama(path: Path, *, hidden: int, layers: int, vocab: int, tie: bool, dtype: str = "float32"):
+    """(model, tokenizer): a seeded random `LlamaForCausalLM` (heads of 64, FFN 8/3 of hidden,
+    1024 positions) in `dtype`, saved with the tokenizer to `path`."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sweep.demo.tokenizer import build_char_tokenizer
+
+    torch.manual_seed(0)
+    tok: Any = build_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=1024,
+        tie_word_embeddings=tie,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype)).eval()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok
