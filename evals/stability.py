@@ -11,7 +11,13 @@ a short probe (step 0 is the candidate itself, before any update):
 
 With `window > 1` every curve is first smoothed with a trailing moving average of that
 many steps (the first steps average over the steps available so far, so the smoothed
-curve has the same length and step indices as the input).
+curve has the same length and step indices as the input). With `full_windows` the
+metrics read only the points whose window is full (steps window-1 onwards; all steps
+averaged when there are fewer): a partial window is the mean of fewer steps, so it is
+the noisiest point, and `min()` picks it. The probe uses this, because its references are
+baselines, not the curve's first point (on the demo's balanced merge the partial
+windows put the no-learning control's retention at 0.71-0.77 on 2 of 6 seeds; full
+windows, 0.86-1.05).
 
 References. By default each metric compares a curve with its own first point. The
 probe passes `baseline_length`, `baseline_reward` and `baseline_entropy` instead: the
@@ -130,6 +136,7 @@ def stability_metrics(
     baseline_reward: float | None = None,
     baseline_entropy: float | None = None,
     planned_steps: int | None = None,
+    full_windows: bool = False,
 ) -> StabilityMetrics:
     """Stability metrics from per-step curves (index 0 = the initial candidate).
 
@@ -142,6 +149,8 @@ def stability_metrics(
     curve's first point). planned_steps: the steps the probe was configured to run
     (default: the curve's length); a dip never recovered scores this many steps, so a
     probe that stopped early never scores better than one that ran to the end.
+    full_windows: read only the smoothed points with a full window (see the module doc);
+    the step indices reported (reward_recovery_step) stay those of the input.
     """
     length_values = _required("length", length, None)
     steps = len(length_values)
@@ -151,8 +160,10 @@ def stability_metrics(
 
     if planned_steps is not None and planned_steps < steps:
         raise ValueError(f"planned_steps ({planned_steps}) is below the {steps} points of the curves")
-    L = moving_average(length_values, window)
-    R = moving_average(reward_values, window)
+    # the first point read: with full_windows, the first step whose window is full
+    start = min(window, steps) - 1 if full_windows else 0
+    L = moving_average(length_values, window)[start:]
+    R = moving_average(reward_values, window)[start:]
     first_length = float(baseline_length) if baseline_length is not None else L[0]
     first_reward = float(baseline_reward) if baseline_reward is not None else R[0]
     retention = min(L) / first_length if first_length > 0 else None
@@ -163,12 +174,12 @@ def stability_metrics(
     recovery = None
     if dip > 0:
         low_step = R.index(reward_min)  # first step at the minimum
-        recovery = next((t for t in range(low_step + 1, steps) if R[t] >= first_reward), None)
+        recovery = next((start + t for t in range(low_step + 1, len(R)) if R[t] >= first_reward), None)
 
     kl_final = moving_average(kl_values, window)[-1] if kl_values is not None else None
     entropy_drop = None
     if entropy_values is not None:
-        H = moving_average(entropy_values, window)
+        H = moving_average(entropy_values, window)[start:]
         entropy_drop = (float(baseline_entropy) if baseline_entropy is not None else H[0]) - min(H)
     return StabilityMetrics(
         length_retention=retention,

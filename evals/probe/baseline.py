@@ -102,6 +102,7 @@ def normalized_metrics(
         baseline_reward=base.pool_score,
         baseline_entropy=base.pool_entropy,
         planned_steps=planned_steps,
+        full_windows=True,
     )
 
 

@@ -173,3 +173,23 @@ def test_diverged_metrics_are_the_finite_worst_case():
     assert m.reward_dip == 2.0 and m.entropy_drop == 1.5
     assert all(v is None or math.isfinite(v) for v in values.values())
     assert StabilityMetrics.from_json(m.to_json()) == m
+
+
+def test_full_windows_read_only_smoothed_points_whose_window_is_full():
+    # a noisy first step (6) is the minimum of the partial-window curve [6, 8, 8.67, 10, 10.33, 9, 9.67]
+    length = [6, 10, 10, 10, 11, 6, 12]
+    reward = [0.5, 0.1, 0.5, 0.2, 0.2, 0.2, 0.8]
+    partial = stability_metrics(length, reward, window=3, baseline_length=10, baseline_reward=0.5)
+    full = stability_metrics(length, reward, window=3, baseline_length=10, baseline_reward=0.5, full_windows=True)
+    assert partial.length_retention == pytest.approx(0.6)
+    assert full.length_retention == pytest.approx(26 / 30)  # min of [8.67, 10, 10.33, 9, 9.67]
+    assert full.length_growth == partial.length_growth == pytest.approx(29 / 30)
+    # smoothed reward from step 2: [0.367, 0.267, 0.3, 0.2, 0.4]; the dip's low is step 5
+    assert full.reward_dip == pytest.approx(0.3)
+    assert full.reward_recovery_step is None and full.reward_steps_to_recover == 7
+    # step indices stay those of the input: smoothed [.., 0.2 (step 5), 0.4, 0.73 (step 7)]
+    m = stability_metrics(length + [10], reward + [1.2], window=3, baseline_reward=0.5, full_windows=True)
+    assert m.reward_recovery_step == 7
+    # fewer steps than the window: one point, the mean of all of them
+    short = stability_metrics([6, 12], [0.5, 0.5], window=3, baseline_length=10, full_windows=True)
+    assert short.length_retention == pytest.approx(0.9) == short.length_growth
