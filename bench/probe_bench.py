@@ -202,7 +202,8 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
     print(
         f"settings: {settings['steps']} steps, {settings['prompts_per_step']} prompts x {settings['group_size']} samples, "
         f"pool {settings['prompt_pool']}, baseline {settings['baseline_samples']} samples/prompt, window {settings['window']}, "
-        f"reward {settings['reward']['rule']}, lr {settings['learning_rate']:g} (null 1e-12), seeds {seeds}"
+        f"temperature {settings['temperature']:g}, reward {settings['reward']['rule']}, lr {settings['learning_rate']:g} "
+        f"(null 1e-12), seeds {seeds}"
     )
     names = {v: k for k, v in NAMED_POINTS.items()}
     runs = probe_runs(

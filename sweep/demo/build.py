@@ -32,8 +32,9 @@ from typing import Any
 from sweep.errors import SweepError
 
 # Bump when data generation or training code changes what a recipe produces (2: examples
-# packed with attention kept inside each example; 3: traces with 0-3 verification passes).
-RECIPE_VERSION = 3
+# packed with attention kept inside each example; 3: traces with 0-3 verification passes;
+# 4: an ancestor that mostly thinks without re-verifying, a reasoner that re-verifies once).
+RECIPE_VERSION = 4
 MANIFEST = "family.json"
 CHECKPOINTS = ("pretrained", "instruct", "reasoning")
 

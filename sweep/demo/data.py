@@ -11,7 +11,7 @@ document, prompt and split. Three kinds of text come out of it:
 - evaluation problems (`make_splits`): disjoint seeded search / held-out / probe sets.
 
 A response in the reasoning style is `<think>TRACE[ wait, check: TRACE]...</think> ANSWER`:
-the column trace, then 0-3 re-verification passes (the same trace again), drawn per
+the column trace, then 0-2 re-verification passes (the same trace again), drawn per
 example, so that traces vary in length as a distilled reasoner's do (one pass takes a
 response past the probe's 64-token budget; `Recipe.reasoning_checks`). In the instruct
 style it is just `ANSWER`. The final answer is always the text after the last

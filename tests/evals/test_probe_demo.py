@@ -11,7 +11,7 @@ from tests.evals.test_probe import load
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
 STEPS = 3
-SIGNAL_SEED = 7  # a probe seed no setting or recipe choice was made on (tuned on 0-2, checked on 3-5)
+SIGNAL_SEED = 7  # a probe seed no setting or recipe choice was made on (chosen on seeds 0-5)
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,10 @@ def demo_results(demo_family) -> dict:
     from sweep.spec import load_spec
 
     settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump()
-    # 16 prompts x 2 samples per step: enough completions for a steady step-0 length; the
-    # same seed draws the same prompts for both models, so their lengths compare pairwise.
-    changes = {"prompts": str(demo_family.probe_prompts), "steps": STEPS, "prompts_per_step": 16, "group_size": 2}
+    # The spec's 8 prompts x 4 samples per step (pairs of samples left whole groups with one
+    # reward at temperature 0.7, so the instruct member never moved in 3 steps); the same
+    # seed draws the same prompts for both models, so their lengths compare pairwise.
+    changes = {"prompts": str(demo_family.probe_prompts), "steps": STEPS}
     config = ProbeConfig.from_dict(settings | changes)
     results = {}
     for member in ("instruct", "reasoning"):
@@ -52,7 +53,8 @@ def test_demo_curves_and_metrics_are_sensible(demo_results):
         assert curves.kl[0] == pytest.approx(0, abs=1e-6) and curves.kl[-1] > 0
         assert all(h > 0 for h in curves.entropy)
         metrics = result.metrics.as_metrics()
-        assert 0 < metrics["probe/length_retention"] <= 1 and not result.stopped_early
+        # against the baseline, not step 0: retention may pass 1, never the last point
+        assert 0 < metrics["probe/length_retention"] <= metrics["probe/length_growth"] and not result.stopped_early
         last = curves.kl[-result.metrics.window :]  # kl_final is the last point of the smoothed curve
         assert metrics["probe/kl_final"] == pytest.approx(sum(last) / len(last))
 
@@ -99,15 +101,14 @@ def test_null_control_reads_stable(demo_family, members, member, seed):
 
 def test_length_collapse_of_the_reasoning_member_against_its_null_control(demo_family, members):
     """Issue 12, point 5, with the demo spec's own probe settings, on seed SIGNAL_SEED (the
-    settings and the recipe were tuned on seeds 0-2 and checked on 3-5; not this one).
-    The reasoning member's traces run past the probe's 64-token budget when they
-    re-verify; a cut trace has no final answer and scores 0, so GRPO shortens them.
+    settings and the recipe were chosen on seeds 0-5; not this one). The reasoning
+    member's traces run past the probe's 64-token budget when they re-verify; a cut
+    trace has no final answer and scores 0, so GRPO shortens them. The balanced merge
+    (alpha 0.5, beta 0.75) mostly thinks without re-verifying: nothing pushes it shorter.
 
-    Asserted: its `length_retention` falls clearly below the same probe at lr 1e-12
-    (seeds 0-5: by 0.12-0.25). The issue's thresholds (0.2 below the null, and the
-    balanced merge, alpha 0.5 / beta 0.75, at least 0.1 above the reasoning member) held
-    on 3 of those 6 seeds each (docs/probe.md): the test reports XFAIL with the numbers
-    when they do not hold here, and passes when they do."""
+    Asserted, as the issue states them: the reasoning member's `length_retention` is at
+    least 0.2 below the same probe at lr 1e-12, and the balanced merge's at least 0.1
+    above the reasoning member's (seeds 0-5: collapse 0.26-0.40, balanced +0.50-+1.57)."""
     models, tokenizer = members
     retention = {}
     for name, changes in (("reasoning", {}), ("null", {"learning_rate": 1e-12}), ("balanced", {})):
@@ -115,14 +116,8 @@ def test_length_collapse_of_the_reasoning_member_against_its_null_control(demo_f
         config = _demo_config(demo_family, seed=SIGNAL_SEED, **changes)  # {}: the spec's learning rate
         retention[name] = run_probe(model, tokenizer, config=config).metrics.length_retention
     assert retention["null"] >= 0.8, retention  # the control reads stable
-    assert retention["reasoning"] <= retention["null"] - 0.1, retention  # the collapse is signal
-    collapse = retention["null"] - retention["reasoning"]
-    kept = retention["balanced"] - retention["reasoning"]
-    if collapse < 0.2 or kept < 0.1:
-        pytest.xfail(
-            f"issue 12 point 5 not met at seed {SIGNAL_SEED}: collapse {collapse:.3f} (>= 0.2), "
-            f"balanced keeps {kept:+.3f} (>= 0.1); {retention}"
-        )
+    assert retention["reasoning"] <= retention["null"] - 0.2, retention  # the collapse, against the control
+    assert retention["balanced"] >= retention["reasoning"] + 0.1, retention  # the balanced merge keeps its length
 
 
 def test_positive_control_a_brevity_reward_collapses_the_length(demo_family, members):
@@ -134,15 +129,20 @@ def test_positive_control_a_brevity_reward_collapses_the_length(demo_family, mem
     assert trained.length_retention < 0.6, trained
 
 
-@pytest.mark.parametrize("learning_rate", [3e-4, 3e-5])  # the demo spec's, and 10x smaller
-def test_bf16_reasoning_member_learns_as_in_fp32(demo_family, learning_rate):
+# the demo spec's rate, and 10x smaller
+@pytest.mark.parametrize("learning_rate, steps", [(3e-4, 6), (3e-5, 16)])
+def test_bf16_reasoning_member_learns_as_in_fp32(demo_family, learning_rate, steps):
     """fp32 master weights: final KL of the bf16-loaded probe within 2x of the fp32 one
-    (plain Adam on bf16 weights: 0.0025 vs 0.0293 at 5e-5, 11x less)."""
+    (plain Adam on bf16 weights: 0.0025 vs 0.0293 at 5e-5, 11x less). Steps per rate,
+    measured on seeds 0-2: the live bf16 weights are the masters rounded, so at 3e-5
+    they lag by a few steps (ratio 0.48-0.76 after 6 steps, 1.02-1.15 after the demo's
+    16); at 3e-4, 6 steps (0.60-1.02), because by step 16 the length has collapsed and
+    each run's KL follows its own sampled trajectory (seed 0: 0.95 vs 0.39)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(demo_family.reasoning)
-    config = _demo_config(demo_family, learning_rate=learning_rate, steps=6, noise_samples=0)
+    config = _demo_config(demo_family, learning_rate=learning_rate, steps=steps, noise_samples=0)
     kl = {}
     for dtype in (torch.float32, torch.bfloat16):
         model = AutoModelForCausalLM.from_pretrained(demo_family.reasoning, dtype=dtype)
