@@ -15,9 +15,9 @@ curve has the same length and step indices as the input). With `full_windows` th
 metrics read only the points whose window is full (steps window-1 onwards; all steps
 averaged when there are fewer): a partial window is the mean of fewer steps, so it is
 the noisiest point, and `min()` picks it. The probe uses this, because its references are
-baselines, not the curve's first point (on the demo's balanced merge the partial
-windows put the no-learning control's retention at 0.71-0.77 on 2 of 6 seeds; full
-windows, 0.86-1.05).
+baselines, not the curve's first point (on a demo balanced merge the partial windows
+put the no-learning control's retention at 0.71-0.77 on 2 of 6 seeds; full windows,
+0.86-1.05; docs/probe.md).
 
 References. By default each metric compares a curve with its own first point. The
 probe passes `baseline_length`, `baseline_reward` and `baseline_entropy` instead: the
