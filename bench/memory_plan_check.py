@@ -34,29 +34,13 @@ SETTINGS = dict(rollouts=8, prompt_tokens=32, new_tokens=128, micro_batch_size=4
 def build_trio(root: Path, *, layers: int, hidden: int = 768, vocab: int = 32000) -> dict[str, Path]:
     """pretrained + two noisy fine-tunes, fp32, tied embeddings (reused when present)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from sweep.demo.tokenizer import build_char_tokenizer
+    from bench._llama import random_llama_model
 
     paths = {role: root / role for role in ("pretrained", "instruct", "reasoning")}
     if all((p / "config.json").is_file() for p in paths.values()):
         return paths
-    torch.manual_seed(0)
-    tokenizer = build_char_tokenizer()
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 64,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    model = AutoModelForCausalLM.from_config(config)
+    model, tokenizer = random_llama_model(hidden=hidden, layers=layers, vocab=vocab, tie=True, max_positions=512)
     for i, path in enumerate(paths.values()):
         if i:
             with torch.no_grad():
