@@ -30,3 +30,11 @@ def test_cluster_example_validates_except_for_its_model_paths():
     _, problems = spec_problems(spec)
     assert problems, "the /ckpt paths do not exist here"
     assert all(p.startswith("models.") for p in problems), problems
+
+
+def test_nightly_spec_scores_and_probes_as_the_demo_spec_does():
+    """The nightly spec runs the demo family with the demo spec's eval and probe settings
+    (demo.yaml's comments say why each: a 5e-4 probe or 64 eval tokens misread this family)."""
+    demo, nightly = (load_spec(SPACES / name, resolve_demo=False) for name in ("demo.yaml", "nightly.yaml"))
+    assert nightly.evals.lm_eval == demo.evals.lm_eval
+    assert nightly.evals.probe == demo.evals.probe
