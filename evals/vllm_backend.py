@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from evals.answers import think_end_token
 from evals.errors import EvalError
@@ -107,6 +108,58 @@ def _vllm_version_visible() -> Iterator[None]:
         metadata.version = original
 
 
+# ---------------------------------------------------------------- one engine per process
+# An in-process vLLM engine (the CPU build's mode here: VLLM_ENABLE_V1_MULTIPROCESSING=0)
+# tears down vLLM's process-wide parallel state when it shuts down, and it shuts down when
+# it is garbage collected (EngineCore.shutdown -> cleanup_dist_env_and_memory). Any other
+# engine alive in the process then fails at its next generate with "pipeline model
+# parallel group is not initialized": measured, one engine collected after a second was
+# built. So a process holds one engine at a time: building one first shuts down every
+# engine built before it, at that moment, and never later, under the new one, by gc.
+_Built = TypeVar("_Built")
+_ENGINES: list[weakref.ref] = []  # engines this process built, oldest first
+_CLOSED: weakref.WeakSet = weakref.WeakSet()  # engines shut down by close_engine
+
+
+def new_engine(build: Callable[[], _Built], *, engine_of: Callable[[_Built], Any] = lambda built: built) -> _Built:
+    """`build()` (a vllm.LLM, or lm-eval's wrapper of one: `engine_of` finds the LLM),
+    after shutting down every engine this process built before."""
+    close_engines()
+    built = build()
+    _ENGINES.append(weakref.ref(engine_of(built)))
+    return built
+
+
+def close_engine(llm: Any) -> None:
+    """Shut `llm` down now (its workers, its KV cache, vLLM's parallel state). Idempotent:
+    the shutdown is vLLM's own finalizer, which runs once and not again at gc."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    finalizer = getattr(core, "_finalizer", None)
+    if finalizer is not None:
+        finalizer()
+    elif core is not None and hasattr(core, "shutdown") and llm not in _CLOSED:
+        core.shutdown()
+    _CLOSED.add(llm)
+
+
+def close_engines() -> None:
+    """Shut down every engine this process built that is still alive."""
+    while _ENGINES:
+        llm = _ENGINES.pop()()
+        if llm is not None:
+            close_engine(llm)
+
+
+def engine_closed(llm: Any) -> bool:
+    return llm in _CLOSED
+
+
+CLOSED_HINT = (
+    "this vLLM engine was shut down because another was built in this process after it "
+    "(one engine per process: a second one's teardown breaks vLLM's process-wide state)"
+)
+
+
 def named_weights(model: Any) -> list[tuple[str, Any]]:
     """(HF name, tensor) for every weight of the live model, in module (layer) order.
 
@@ -160,7 +213,7 @@ def lm_eval_vllm(**kwargs: Any) -> Any:
         with _vllm_version_visible():
             from lm_eval.models.vllm_causallms import VLLM
 
-            return VLLM(**kwargs)
+            return new_engine(lambda: VLLM(**kwargs), engine_of=lambda lm: lm.model)
     except ImportError as exc:
         raise EvalError(f"backend vllm needs the vllm package ({exc}): {INSTALL_HINT}") from None
 
@@ -197,6 +250,8 @@ class VllmBackend(LmBackend):
     def lm_for(self, model: Any, tokenizer: Any) -> Any:
         if self._lm is None:
             self._lm = self._build(model, tokenizer)
+        elif engine_closed(self._lm.model):
+            raise EvalError(CLOSED_HINT)
         reload_weights(self._lm.model, model, reload_from=self.reload_from, tmpfs_dir=self.tmpfs_dir)
         self.reloads += 1
         return self._lm

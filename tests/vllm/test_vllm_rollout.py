@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from evals.probe.vllm_rollout import VllmRollouts
@@ -135,3 +136,27 @@ def test_a_probe_loop_on_vllm_rollouts_keeps_the_engine_in_step_with_the_trained
         expected = _hf_greedy(model, prompts, group_size=1, eos_id=eos)
         assert [greedy.response_ids[i, : greedy.lengths[i]].tolist() for i in range(2)] == expected, step
     assert expected != before  # the updates changed what the model says
+
+
+def test_building_an_engine_shuts_down_the_one_before_so_its_teardown_cannot_break_the_new_one(trio):
+    """An in-process engine's teardown destroys vLLM's process-wide parallel state; collected
+    after a second engine was built, it broke that one ("pipeline model parallel group is
+    not initialized" at its next generate). Building an engine now shuts the earlier one
+    down first: the new one keeps working after the old object is collected, and the old
+    one says why it is closed instead of failing deep inside vLLM."""
+    import gc
+
+    from evals.errors import EvalError
+
+    _, tokenizer = load(trio["pretrained"])
+    kw = dict(group_size=1, max_new_tokens=6, temperature=0.0, seed=0, eos_ids={tokenizer.eos_token_id}, pad_id=0)
+    prompts = [tokenizer.encode("3+4=")]
+    first = VllmRollouts.build(trio["pretrained"], dtype="float32", max_model_len=128)
+    expected = first.sample(prompts, **kw).completions
+    second = VllmRollouts.build(trio["pretrained"], dtype="float32", max_model_len=128)
+    with pytest.raises(EvalError, match="shut down because another was built"):
+        first.sample(prompts, **kw)
+    del first
+    gc.collect()  # the old engine's finalizer already ran: nothing is torn down under the new one
+    assert second.sample(prompts, **kw).completions == expected
+    second.close()
