@@ -201,7 +201,7 @@ class MemoryPlan:
     def table(self) -> str:
         s = self.settings
         head = (
-            f"  memory     per trial, {self.shape.params / 1e9:.2f}B params, {s.rollouts} rollouts x "
+            f"  memory     per trial, {_count(self.shape.params)} params, {s.rollouts} rollouts x "
             f"{s.prompt_tokens}+{s.new_tokens} tokens, micro-batch {s.micro_batch_size or s.rollouts}, update {s.update}"
             + (f" r{s.lora_rank}" if s.update == "lora" else "")
             + f", generator {s.generator}"
@@ -451,3 +451,10 @@ def _numel(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def _count(params: int) -> str:
+    """7.62B, 0.81M, 85.0K: billions from 1e9, millions from 1e5, else thousands."""
+    if params >= 1e9:
+        return f"{params / 1e9:.2f}B"
+    return f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}K"
