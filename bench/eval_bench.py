@@ -74,9 +74,9 @@ def standin_setup(root: Path):
 
 
 def demo_setup():
-    from sweep.demo.build import ensure_family
+    from sweep.demo.build import active_family
 
-    family = ensure_family()
+    family = active_family()
     return Path(family.instruct), str(family.tasks)
 
 

@@ -186,7 +186,7 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
     """Null spread vs training shift per metric, across seeds (see the module doc)."""
     from statistics import mean
 
-    from sweep.demo.build import ensure_family
+    from sweep.demo.build import active_family
     from sweep.demo.stability import (
         NAMED_POINTS,
         TABLE_METRICS,
@@ -197,7 +197,7 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
         summarize,
     )
 
-    family = ensure_family()
+    family = active_family()
     settings = demo_probe_settings(**({"steps": steps} if steps else {}))
     print(
         f"settings: {settings['steps']} steps, {settings['prompts_per_step']} prompts x {settings['group_size']} samples, "
@@ -287,9 +287,9 @@ def main() -> int:
         models = {"random (demo shape)": random_demo_shape(tmp)}
         settings["prompts"] = str(random_prompts(tmp))
     else:
-        from sweep.demo.build import ensure_family
+        from sweep.demo.build import active_family
 
-        family = ensure_family()
+        family = active_family()
         models = {"instruct": Path(family.instruct), "reasoning": Path(family.reasoning)}
         settings["prompts"] = str(family.probe_prompts)
     config = ProbeConfig.from_dict(settings)

@@ -33,11 +33,11 @@ def main() -> int:
 
     import torch
 
-    from sweep.demo.build import ensure_family
+    from sweep.demo.build import active_family
     from sweep.demo.stability import NAMED_POINTS, demo_probe_settings, probe_runs
 
     torch.set_num_threads(1)
-    family = ensure_family()
+    family = active_family()
     print(f"family {family.manifest()['key']} at {family.root}", flush=True)
     base = demo_probe_settings()
     variants = [("full", base["learning_rate"], {})]

@@ -703,7 +703,7 @@ def load_spec(path: str | Path, *, resolve_demo: bool = True) -> SweepSpec:
     """Load a spec file. Relative paths resolve against the file's folder.
 
     With resolve_demo, `demo:<member>` references are replaced by paths into the demo
-    family, which is built on first use (see `python -m sweep demo build`).
+    family (the shipped one, or $SWEEP_DEMO_DIR's; nothing is trained).
     """
     path = Path(path)
     source = str(path)
@@ -759,7 +759,7 @@ def uses_demo(spec: SweepSpec) -> bool:
 
 
 def resolve_demo_refs(spec: SweepSpec) -> SweepSpec:
-    """Replace `demo:<member>` references by real paths, building the demo family if needed."""
+    """Replace `demo:<member>` references by real paths into the demo family."""
     if not uses_demo(spec):
         return spec
 
@@ -785,16 +785,18 @@ def resolve_demo_refs(spec: SweepSpec) -> SweepSpec:
 
 
 def resolve_demo_ref(value: str, *, field: str, members: tuple[str, ...] | None = None) -> str:
-    """`demo:<member>` -> that member's absolute path, building the family on first use
-    (about 3 minutes); any other value comes back unchanged. `field` names the setting or
-    command-line flag in the ConfigError raised for an unknown member; `members` (e.g. the
-    three checkpoints) narrows which members the field accepts, checked before any build."""
+    """`demo:<member>` -> that member's absolute path in the demo family (the shipped one,
+    or the one $SWEEP_DEMO_DIR names; seconds, nothing trained); any other value comes back
+    unchanged. `field` names the setting or command-line flag in the ConfigError raised
+    for an unknown member; `members` (e.g. the three checkpoints) narrows which members
+    the field accepts, checked before the family is opened."""
     if not value.startswith(DEMO_PREFIX):
         return value
     member = value[len(DEMO_PREFIX) :]
     if members is not None and member not in members:
+        kind = "checkpoint" if set(members) <= {"pretrained", "instruct", "reasoning"} else "member for this"
         raise ConfigError(
-            [f"{field}: {value!r} is not a demo checkpoint; use one of {', '.join(DEMO_PREFIX + m for m in members)}"]
+            [f"{field}: {value!r} is not a demo {kind}; use one of {', '.join(DEMO_PREFIX + m for m in members)}"]
         )
     from sweep.demo import resolve_ref
 

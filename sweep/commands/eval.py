@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="DIR",
-        help="folder of task YAML files (repeatable); searched before lm-eval's built-in tasks",
+        help="folder of task YAML files, or demo:tasks (repeatable); searched before lm-eval's built-in tasks",
     )
     parser.add_argument(
         "--limit", type=float, default=None, metavar="N", help="docs per task (whole number) or a fraction < 1"
@@ -85,13 +85,16 @@ def run(args: argparse.Namespace) -> int:
     from sweep.spec import resolve_demo_ref
 
     model_ref = resolve_demo_ref(args.model, field="--model", members=("pretrained", "instruct", "reasoning"))
+    include_paths = [
+        str(Path(resolve_demo_ref(p, field="--include-path", members=("tasks",))).expanduser().resolve())
+        for p in args.include_path
+    ]
     model_dir = Path(model_ref).expanduser().resolve()
     if not (model_dir / "config.json").is_file():
         raise EvalError(f"--model {args.model}: not an HF checkpoint folder (no config.json)")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise EvalError("--tasks: give at least one task name")
-    include_paths = [str(Path(p).expanduser().resolve()) for p in args.include_path]
     problems = [f"--include-path {p}: not a folder" for p in include_paths if not Path(p).is_dir()]
     if args.limit is not None and (args.limit <= 0 or (args.limit >= 1 and args.limit != int(args.limit))):
         problems.append(f"--limit {args.limit:g}: give a whole number of docs or a fraction between 0 and 1")

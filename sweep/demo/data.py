@@ -176,16 +176,18 @@ def _fresh(rng: random.Random, kinds: tuple[str, ...], reserved: frozenset[str])
             return problem
 
 
-def world_document(rng: random.Random, reserved: frozenset[str]) -> str:
-    """Generic toy-world text (no chat turns): facts, expressions, traces, instructions."""
+def world_document(rng: random.Random, reserved: frozenset[str], *, trace_share: float = 0.35) -> str:
+    """Generic toy-world text (no chat turns): facts, expressions, traces, instructions.
+    `trace_share` of them are worked traces; expressions and digit facts take 0.15 and
+    0.10; instruction text the rest."""
     r = rng.random()
-    if r < 0.35:  # worked arithmetic, the skill the reasoning style relies on
+    if r < trace_share:  # worked arithmetic, the skill the reasoning style relies on
         p = _fresh(rng, ARITHMETIC, reserved)
         return f"{p.prompt[:-2]}: {p.trace} so {p.answer}"
-    if r < 0.50:  # plain expressions
+    if r < trace_share + 0.15:  # plain expressions
         p = _fresh(rng, ARITHMETIC, reserved)
         return f"{p.prompt[:-2]}={p.answer}"
-    if r < 0.60:  # digit facts
+    if r < trace_share + 0.25:  # digit facts
         facts = []
         for _ in range(4):
             x, y = rng.randint(0, 9), rng.randint(0, 9)
@@ -207,17 +209,27 @@ def draw_checks(rng: random.Random, weights: tuple[float, ...]) -> int:
 
 
 def pretrain_document(
-    rng: random.Random, reserved: frozenset[str], *, chat_share: float, checks: tuple[float, ...] = (1.0,)
+    rng: random.Random,
+    reserved: frozenset[str],
+    *,
+    chat_share: float,
+    checks: tuple[float, ...] = (1.0,),
+    chat_arithmetic_share: float | None = None,
+    trace_share: float = 0.35,
 ) -> str:
     """A pretraining row: world text, or (with probability chat_share) a chat turn.
 
     Chat turns about arithmetic come in both styles with equal odds, so the ancestor
     already answers both ways (its traces with `checks`-weighted verification passes);
-    format chats are direct (nobody thinks about upper-casing).
+    format chats are direct (nobody thinks about upper-casing). `chat_arithmetic_share`
+    of chat turns are additions (None: one kind in four, as every kind).
     """
     if rng.random() >= chat_share:
-        return world_document(rng, reserved)
-    p = _fresh(rng, ARITHMETIC + FORMATS, reserved)
+        return world_document(rng, reserved, trace_share=trace_share)
+    if chat_arithmetic_share is None:
+        p = _fresh(rng, ARITHMETIC + FORMATS, reserved)
+    else:
+        p = _fresh(rng, ARITHMETIC if rng.random() < chat_arithmetic_share else FORMATS, reserved)
     if p.kind in ARITHMETIC and rng.random() < 0.5:
         return chat(p.prompt, p.reasoning_response(draw_checks(rng, checks)))
     return chat(p.prompt, p.instruct_response())

@@ -4,13 +4,14 @@ Task names: `toy_reasoning` and `toy_instruct` (search splits), `toy_reasoning_h
 and `toy_instruct_heldout` (held-out splits, disjoint problems). Each is
 generate_until, scored by `exact_match` under the filter `final`, which keeps the text
 after the last `</think>` (all of it when there is none), so lm-eval reports
-`exact_match,final`. `data_files` are absolute (lm-eval resolves relative ones against
-the cwd, not the YAML), so the YAMLs are rewritten when the family folder moves.
+`exact_match,final`. The folder is relocatable: each YAML loads its rows through
+`toy_world_data.py`, copied beside it, from `data/<task>.jsonl` (see that module).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from sweep.demo.data import Problem, Splits
@@ -23,6 +24,7 @@ TASKS = {
     "toy_instruct_heldout": "instruct_heldout",
 }
 PROBE_FILE = "probe_prompts.jsonl"
+LOADER = Path(__file__).with_name("toy_world_data.py")  # copied into the tasks folder
 # Tokens an eval answer may take: the reasoning member's greedy trace (two verification
 # passes) is ~115 tokens, its longest sampled one ~155. Users eval at a longer budget
 # than they RL at (the probe's max_new_tokens is 64).
@@ -38,14 +40,15 @@ _DESCRIPTIONS = {
 }
 
 
-def task_yaml(name: str, data_file: Path, *, max_gen_toks: int = MAX_GEN_TOKS) -> str:
-    """One task's YAML. JSON is valid YAML, which spares us quoting rules for the regex."""
+def task_yaml(name: str, *, max_gen_toks: int = MAX_GEN_TOKS) -> str:
+    """One task's YAML, its rows in `data/<name>.jsonl` beside it. JSON is valid YAML (which
+    spares us quoting rules for the regex) except for the `!function` tag, added as text."""
     family = name.removesuffix("_heldout")
     config = {
         "task": name,
         "tag": ["toy_world"],
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "custom_dataset": "LOADER",
+        "dataset_kwargs": {"data_file": f"data/{name}.jsonl"},
         "test_split": "test",
         "output_type": "generate_until",
         "doc_to_text": "{{prompt}}",  # the user message; use apply_chat_template: true
@@ -63,7 +66,8 @@ def task_yaml(name: str, data_file: Path, *, max_gen_toks: int = MAX_GEN_TOKS) -
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1, "description": _DESCRIPTIONS[family]},
     }
-    return f"# {name}: {_DESCRIPTIONS[family]} (written by sweep.demo)\n" + json.dumps(config, indent=2) + "\n"
+    body = json.dumps(config, indent=2).replace('"LOADER"', f"!function {LOADER.stem}.load")
+    return f"# {name}: {_DESCRIPTIONS[family]} (written by sweep.demo)\n" + body + "\n"
 
 
 def _write_jsonl(path: Path, problems: list[Problem]) -> None:
@@ -72,33 +76,13 @@ def _write_jsonl(path: Path, problems: list[Problem]) -> None:
             fh.write(json.dumps({"prompt": p.prompt, "answer": p.answer, "kind": p.kind}) + "\n")
 
 
-def write_tasks(folder: Path, splits: Splits, *, final_folder: Path) -> None:
-    """Write data jsonl files and task YAMLs into `folder`; YAMLs point at `final_folder`,
-    where `folder` will live after the build's atomic rename."""
+def write_tasks(folder: Path, splits: Splits) -> None:
+    """Write the data jsonl files, the task YAMLs and their loader into `folder`."""
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for name, split in TASKS.items():
         _write_jsonl(folder / "data" / f"{name}.jsonl", splits.sets[split])
-    point_tasks_at(folder, final_folder)
-
-
-def point_tasks_at(folder: Path, final_folder: Path) -> None:
-    """(Re)write the YAMLs in `folder` with data_files under `final_folder`/data."""
-    for name in TASKS:
-        (folder / f"{name}.yaml").write_text(task_yaml(name, final_folder / "data" / f"{name}.jsonl"))
-
-
-def tasks_point_at(folder: Path) -> bool:
-    """Whether every YAML in `folder` names data files that exist under this folder."""
-    for name in TASKS:
-        yaml_file = folder / f"{name}.yaml"
-        if not yaml_file.exists():
-            return False
-        text = yaml_file.read_text()
-        config = json.loads(text[text.index("{") :])
-        data_file = Path(config["dataset_kwargs"]["data_files"]["test"])
-        if data_file != folder / "data" / f"{name}.jsonl" or not data_file.exists():
-            return False
-    return True
+        (folder / f"{name}.yaml").write_text(task_yaml(name))
+    shutil.copyfile(LOADER, folder / LOADER.name)
 
 
 PROBE_FORMAT_PROMPTS = 6  # format problems kept in the probe file, beside every addition problem

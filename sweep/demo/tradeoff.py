@@ -37,6 +37,15 @@ class TradeoffRow:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> TradeoffRow:
+        return cls(
+            alpha=data["alpha"],
+            beta=data["beta"],
+            reasoning=TaskScore(**data["reasoning"]),
+            instruct=TaskScore(**data["instruct"]),
+        )
+
 
 def measure_tradeoff(
     family, *, points=DEFAULT_POINTS, n: int = 50, split: str = "heldout", max_new_tokens: int = MAX_GEN_TOKS
@@ -78,22 +87,3 @@ def markdown_table(rows: list[TradeoffRow]) -> str:
             f"| {r.instruct.mean_length:.1f} | {r.instruct.accuracy:.2f} |"
         )
     return "\n".join(lines)
-
-
-def criteria(rows: list[TradeoffRow]) -> dict[str, bool]:
-    """The issue's criteria, from rows that include (0, 1), (1, 1) and in-between alphas at beta 1.
-
-    "In-between lengths" allows 5% of the extremes' gap on either side: a merge whose
-    every response matches the instruct model's may still differ by a token in total.
-    """
-    at = {(r.alpha, r.beta): r for r in rows}
-    reasoning, instruct = at[(0.0, 1.0)], at[(1.0, 1.0)]
-    between = [r for r in rows if r.beta == 1.0 and 0 < r.alpha < 1]
-    lo, hi = sorted((instruct.reasoning.mean_length, reasoning.reasoning.mean_length))
-    slack = 0.05 * (hi - lo)  # tokens
-    return {
-        "length_ratio_at_least_3": reasoning.reasoning.mean_length >= 3 * instruct.reasoning.mean_length,
-        "reasoning_better_on_reasoning": reasoning.reasoning.accuracy > instruct.reasoning.accuracy,
-        "instruct_better_on_instructions": instruct.instruct.accuracy > reasoning.instruct.accuracy,
-        "merges_in_between_lengths": all(lo - slack <= r.reasoning.mean_length <= hi + slack for r in between),
-    }

@@ -19,13 +19,6 @@ LIMIT, BATCH_SIZE, MAX_GEN_TOKS = 24, 24, 160
 
 
 @pytest.fixture(scope="module")
-def demo_family():
-    from sweep.demo.build import ensure_family  # a broken builder fails the suite, never skips it
-
-    return ensure_family()
-
-
-@pytest.fixture(scope="module")
 def demo_cli_results(demo_family, tmp_path_factory) -> dict:
     _, tokenizer = load(demo_family.reasoning)
     think_end = think_end_token(tokenizer, "</think>")

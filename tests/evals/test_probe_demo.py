@@ -15,13 +15,6 @@ SIGNAL_SEED = 7  # a probe seed no setting or recipe choice was made on (chosen 
 
 
 @pytest.fixture(scope="module")
-def demo_family():
-    from sweep.demo.build import ensure_family  # a broken builder fails the suite, never skips it
-
-    return ensure_family()
-
-
-@pytest.fixture(scope="module")
 def demo_results(demo_family) -> dict:
     from sweep.spec import load_spec
 

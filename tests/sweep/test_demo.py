@@ -1,7 +1,8 @@
-"""The demo family: real training, real checkpoints, real lm-eval, on 2 CPU cores.
+"""The demo family: the shipped checkpoints (checksums, gate, lm-eval), and real training
+at a tiny size for the mechanics of a rebuild (determinism, labels, locks, progress).
 
-One full build (session fixture, default cache root, so later test files and runs reuse
-it; ~3 min the first time), plus tiny builds of a few steps for the mechanics.
+The `demo_family` fixture (tests/conftest.py) is the shipped family, checked against its
+checksums; nothing here reads a cache.
 """
 
 from __future__ import annotations
@@ -16,13 +17,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def demo_family():
-    from sweep.demo.build import ensure_family
-
-    return ensure_family()
 
 
 def _tiny_recipe():
@@ -108,22 +102,29 @@ def test_tokenizer_round_trips_and_think_is_one_token(tmp_path):
     assert tok.eos_token == "<eos>" and tok.pad_token == "<pad>"
 
 
-def test_task_yamls_name_the_tasks_and_absolute_data(tmp_path):
-    from sweep.demo.data import make_splits
-    from sweep.demo.tasks import point_tasks_at, tasks_point_at, write_tasks
+def test_task_folder_is_relocatable_and_loads_from_any_working_directory(tmp_path, monkeypatch):
+    """The YAMLs name no absolute path: their loader reads data/ beside it, so a moved
+    (or shipped) tasks folder gives lm-eval the same documents from any cwd."""
+    from lm_eval.tasks import TaskManager
 
-    final = tmp_path / "final" / "tasks"
-    write_tasks(tmp_path / "build", make_splits(seed=0), final_folder=final)
-    names = sorted(p.stem for p in (tmp_path / "build").glob("*.yaml"))
-    assert names == ["toy_instruct", "toy_instruct_heldout", "toy_reasoning", "toy_reasoning_heldout"]
-    text = (tmp_path / "build" / "toy_reasoning.yaml").read_text()
-    config = json.loads(text[text.index("{") :])
-    data_file = Path(config["dataset_kwargs"]["data_files"]["test"])
-    assert data_file.is_absolute() and data_file == final / "data" / "toy_reasoning.jsonl"
-    assert config["filter_list"][0]["name"] == "final" and config["metric_list"][0]["metric"] == "exact_match"
-    assert not tasks_point_at(tmp_path / "build")  # points at the final place, not here
-    point_tasks_at(tmp_path / "build", tmp_path / "build")
-    assert tasks_point_at(tmp_path / "build")
+    from sweep.demo.data import make_splits
+    from sweep.demo.tasks import TASKS, write_tasks
+
+    splits = make_splits(seed=0)
+    write_tasks(tmp_path / "built", splits)
+    assert sorted(p.stem for p in (tmp_path / "built").glob("*.yaml")) == sorted(TASKS)
+    assert str(tmp_path) not in "".join(p.read_text() for p in (tmp_path / "built").glob("*.yaml"))
+    (tmp_path / "built").rename(tmp_path / "moved")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    manager = TaskManager(include_path=str(tmp_path / "moved"), include_defaults=False)
+    tasks = manager.load(["toy_reasoning", "toy_instruct_heldout"])["tasks"]  # {name: Task}
+    docs = {name: list(task.test_docs()) for name, task in tasks.items()}
+    assert [d["prompt"] for d in docs["toy_reasoning"]] == [p.prompt for p in splits.sets["reasoning_search"]]
+    assert [d["answer"] for d in docs["toy_instruct_heldout"]] == [p.answer for p in splits.sets["instruct_heldout"]]
+    task = tasks["toy_reasoning"]
+    assert task.config.filter_list[0]["name"] == "final" and task.config.metric_list[0]["metric"] == "exact_match"
 
 
 def test_final_filter_regex_matches_final_answer():
@@ -143,14 +144,21 @@ def test_final_filter_regex_matches_final_answer():
 # ---------------------------------------------------------------- tiny builds (mechanics)
 
 
-def test_tiny_build_is_bit_deterministic_and_cached(tmp_path):
+def _tiny_build(root: Path, **kwargs):
+    from sweep.demo.build import build_family
+
+    kwargs = {"recipe": _tiny_recipe(), "threads": 1, "gate": False, "progress": lambda m: None} | kwargs
+    return build_family(root=root, **kwargs)
+
+
+def test_tiny_build_is_bit_deterministic_labelled_by_its_weights_and_reused(tmp_path):
     from safetensors.torch import load_file
 
-    from sweep.demo.build import ensure_family
+    from sweep.demo.build import checksum_problems, family_key
 
     messages: list[str] = []
-    a = ensure_family(root=tmp_path / "a", recipe=_tiny_recipe(), threads=1, progress=messages.append)
-    b = ensure_family(root=tmp_path / "b", recipe=_tiny_recipe(), threads=1, progress=lambda m: None)
+    a = _tiny_build(tmp_path / "a", progress=messages.append)
+    b = _tiny_build(tmp_path / "b")
     assert any("Building the demo model family" in m for m in messages)
     for member in ("pretrained", "instruct", "reasoning"):
         wa, wb = (
@@ -161,50 +169,75 @@ def test_tiny_build_is_bit_deterministic_and_cached(tmp_path):
     assert not load_file(a.instruct / "model.safetensors")["model.norm.weight"].equal(
         load_file(a.reasoning / "model.safetensors")["model.norm.weight"]
     )
-    assert (a.tasks / "toy_reasoning.yaml").read_text() != (
-        b.tasks / "toy_reasoning.yaml"
-    ).read_text()  # each its own data path
+    # the label is the recipe's key plus the weights' digest: equal weights, equal labels
+    key = family_key(seed=0, recipe=_tiny_recipe())
+    assert a.label == b.label and a.label.startswith(key + "-w") and len(a.label) == len(key) + 10
+    other = _tiny_build(tmp_path / "c", seed=1)
+    assert other.label.split("-w")[1] != a.label.split("-w")[1]  # other weights, another label
+    assert checksum_problems(a.root) == [] and (a.root / "SHA256SUMS").read_text().count("\n") > 20
 
     start, again = time.monotonic(), []
-    assert ensure_family(root=tmp_path / "a", recipe=_tiny_recipe(), progress=again.append) == a
+    assert _tiny_build(tmp_path / "a", progress=again.append) == a
     assert time.monotonic() - start < 2 and again == []  # reused: nothing built, nothing said
 
 
-def test_moved_family_repoints_its_tasks(tmp_path):
-    from sweep.demo.build import ensure_family
-    from sweep.demo.tasks import tasks_point_at
+def test_a_build_prints_progress_with_an_eta(tmp_path, monkeypatch):
+    """Each progress line carries the build's elapsed time and, once a step is measured, its ETA."""
+    import sweep.demo.train
 
-    ensure_family(root=tmp_path / "a", recipe=_tiny_recipe(), threads=1, progress=lambda m: None)
-    (tmp_path / "a").rename(tmp_path / "moved")
-    family = ensure_family(root=tmp_path / "moved", recipe=_tiny_recipe(), progress=lambda m: None)
-    assert tasks_point_at(family.tasks)
+    monkeypatch.setattr(sweep.demo.train, "PROGRESS_EVERY_S", 0.0)  # a line per step
+    messages: list[str] = []
+    _tiny_build(tmp_path / "a", progress=messages.append)
+    steps = [m for m in messages if ": step " in m]
+    assert len(steps) == sum(
+        s.steps for s in (_tiny_recipe().pretrain, _tiny_recipe().instruct, _tiny_recipe().reasoning)
+    )
+    assert all(" left)" in m and "% of the build" in m for m in steps), steps
+    assert steps[-1].endswith("100% of the build, about 0 s left)"), steps[-1]
+    assert "ETA from the measured step time" in messages[0]
+
+
+def test_a_changed_file_fails_the_checksum_check_naming_it(tmp_path, demo_family):
+    import shutil
+
+    from sweep.demo.build import open_family
+    from sweep.errors import SweepError
+
+    copy = tmp_path / "family"
+    shutil.copytree(demo_family.root, copy)
+    assert open_family(copy).label == demo_family.label  # an intact copy opens
+    weights = copy / "reasoning" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    (copy / "tasks" / "data" / "toy_reasoning.jsonl").unlink()
+    with pytest.raises(SweepError) as raised:
+        open_family(copy)
+    message = str(raised.value)
+    assert "reasoning/model.safetensors: sha256 differs" in message and "toy_reasoning.jsonl: missing" in message
 
 
 def test_other_seed_in_root_is_refused_without_force(tmp_path):
-    from sweep.demo.build import ensure_family
     from sweep.errors import SweepError
 
-    ensure_family(root=tmp_path / "a", recipe=_tiny_recipe(), threads=1, progress=lambda m: None)
+    _tiny_build(tmp_path / "a")
     with pytest.raises(SweepError, match="another seed or recipe"):
-        ensure_family(root=tmp_path / "a", seed=1, recipe=_tiny_recipe(), progress=lambda m: None)
+        _tiny_build(tmp_path / "a", seed=1)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep")
     for force in (False, True):  # a user's folder is never deleted, not even with force
         with pytest.raises(SweepError, match="not a demo family"):
-            ensure_family(root=tmp_path / "notes", recipe=_tiny_recipe(), force=force, progress=lambda m: None)
+            _tiny_build(tmp_path / "notes", force=force)
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
-    family = ensure_family(
-        root=tmp_path / "a", seed=1, recipe=_tiny_recipe(), threads=1, force=True, progress=lambda m: None
-    )
-    assert family.manifest()["seed"] == 1
+    assert _tiny_build(tmp_path / "a", seed=1, force=True).manifest()["seed"] == 1
 
 
 def test_concurrent_builds_share_one(tmp_path):
     """Two processes at once: one builds, the other waits on the lock and reuses it."""
     code = (
-        "import sys; from pathlib import Path; from sweep.demo.build import ensure_family; "
+        "import sys; from pathlib import Path; from sweep.demo.build import build_family; "
         "from sweep.demo.train import Recipe; "
-        f"ensure_family(root=Path({str(tmp_path / 'fam')!r}), recipe=Recipe().scaled(0.005), threads=1)"
+        f"build_family(root=Path({str(tmp_path / 'fam')!r}), recipe=Recipe().scaled(0.005), threads=1, gate=False)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
@@ -218,7 +251,7 @@ def test_concurrent_builds_share_one(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fam.")]  # no temp folders left
 
 
-# ---------------------------------------------------------------- the real family
+# ---------------------------------------------------------------- the shipped family
 
 
 def test_checkpoints_load_offline(demo_family):
@@ -239,25 +272,54 @@ def test_checkpoints_load_offline(demo_family):
     assert len(lines) >= 32 and {"prompt", "answer"} <= set(json.loads(lines[0]))
 
 
-def test_family_shows_the_tradeoff(demo_family):
-    """Greedy, 50 held-out prompts per task (~10 s), at alpha 0, 0.125, 0.25, 0.5, 0.75 and 1 (beta 1)."""
-    import torch
+def test_shipped_family_passes_its_gate_with_the_numbers_it_was_shipped_with(demo_family):
+    """`sweep demo check` on the shipped family: every criterion passes, exit 0, and each
+    accuracy is within 0.1 (5 of 50 problems) of the table recorded when it was built.
+    A statement about the shipped weights: greedy decoding on another CPU may flip a
+    near-tie token, which is what the 0.1 allows; nothing here is trained."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep", "demo", "check", "--json"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    measured = json.loads(proc.stdout)
+    assert measured["label"] == demo_family.label and measured["passed"]
+    assert all(c["passed"] for c in measured["criteria"]) and len(measured["criteria"]) == 7
+    recorded = {(r["alpha"], r["beta"]): r for r in demo_family.manifest()["gate"]["rows"]}
+    for row in measured["rows"]:
+        then = recorded[(row["alpha"], row["beta"])]
+        for task in ("reasoning", "instruct"):
+            assert abs(row[task]["accuracy"] - then[task]["accuracy"]) <= 0.1, (row, then)
+            assert abs(row[task]["mean_length"] - then[task]["mean_length"]) <= 5, (row, then)
 
-    from sweep.demo.tradeoff import criteria, measure_tradeoff
 
-    torch.set_num_threads(1)
-    alphas = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
-    rows = measure_tradeoff(demo_family, points=tuple((a, 1.0) for a in alphas), n=50)
-    checks = criteria(rows)
-    # Merges that still think re-verify more than the reasoning member (its stop decision is
-    # sharper), so their traces can be longer than its own: "in between" is not asserted.
-    del checks["merges_in_between_lengths"]
-    assert checks == dict.fromkeys(checks, True), rows
-    reasoning, instruct = rows[0], rows[-1]
-    assert reasoning.reasoning.accuracy >= 0.6  # it can actually add
-    assert instruct.instruct.accuracy >= 0.6  # it can actually follow the format instructions
-    assert max(min(r.reasoning.accuracy, r.instruct.accuracy) for r in rows[1:-1]) >= 0.5  # a merge good at both
-    assert all(r.reasoning.mean_length >= instruct.reasoning.mean_length - 0.5 for r in rows)  # nothing shorter
+def test_gate_fails_naming_the_numbers():
+    """A family whose reasoner cannot add and whose merges keep no skill misses the gate, and
+    the report says which criteria, with the numbers."""
+    from sweep.demo.gate import GateResult, gate_criteria
+    from sweep.demo.measure import TaskScore
+    from sweep.demo.tradeoff import DEFAULT_POINTS, TradeoffRow
+
+    def row(alpha, beta, reasoning, instruct, length):
+        return TradeoffRow(alpha, beta, TaskScore(reasoning, length, 50), TaskScore(instruct, 10.0, 50))
+
+    good = {(0.0, 1.0): (0.96, 0.42, 73.6), (1.0, 1.0): (0.02, 0.82, 4.7)}
+    rows = [row(a, b, *good.get((a, b), (0.5, 0.6, 30.0))) for a, b in DEFAULT_POINTS]
+    assert GateResult(rows, gate_criteria(rows), 50).passed
+    bad = [
+        row(a, b, *({(0.0, 1.0): (0.06, 0.48, 73.6)}.get((a, b)) or good.get((a, b)) or (0.04, 0.8, 30.0)))
+        for a, b in DEFAULT_POINTS
+    ]
+    result = GateResult(bad, gate_criteria(bad), 50)
+    assert not result.passed
+    assert [c.name for c in result.failed] == ["reasoning member adds", "a merge keeps both skills"]
+    report = result.report()
+    assert "FAIL  reasoning member adds: held-out reasoning accuracy 0.06 (need >= 0.8)" in report
+    assert report.endswith("gate: FAIL (2 of 7 criteria missed)")
 
 
 def test_lm_eval_scores_the_tasks(demo_family):
@@ -295,33 +357,64 @@ def test_lm_eval_scores_the_tasks(demo_family):
     assert scores["instruct"]["toy_instruct"] > scores["reasoning"]["toy_instruct"], scores
 
 
-def test_cli_build_prints_paths_and_reuses_the_cache(demo_family):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "sweep", "demo", "build"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+def _sweep(*argv: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "sweep", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def test_cli_build_shows_the_shipped_family_in_seconds(demo_family):
+    start = time.monotonic()
+    proc = _sweep("demo", "build")
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
+    assert f"demo family {demo_family.label} (shipped with sweep; checksums OK" in proc.stdout
     for member in ("pretrained", "instruct", "reasoning", "tasks", "probe_prompts"):
         assert str(getattr(demo_family, member)) in proc.stdout
     assert "Building" not in proc.stderr
-    assert elapsed < 30  # seconds: python start-up and imports; no training
+    assert elapsed < 30  # seconds: python start-up and a checksum pass over ~10 MB; no training
 
 
-def test_cli_reports_a_foreign_root_without_traceback(tmp_path):
+def test_cli_refuses_rebuild_flags_without_rebuild_and_a_foreign_root(tmp_path):
+    proc = _sweep("demo", "build", "--root", str(tmp_path))
+    assert proc.returncode == 2 and "--root only apply with --rebuild" in proc.stderr, proc.stderr
     (tmp_path / "mine.txt").write_text("x")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "sweep", "demo", "build", "--root", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _sweep("demo", "build", "--rebuild", "--root", str(tmp_path))
     assert proc.returncode == 2
     assert "not a demo family" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "mine.txt").read_text() == "x"
+
+
+def test_sweep_demo_dir_selects_a_rebuilt_family_and_says_so(tmp_path, demo_family):
+    """$SWEEP_DEMO_DIR names a rebuilt family: demo: names resolve into it, stderr says so
+    once with its label; a folder with no family is one clear error (exit 2), nothing trained."""
+    import shutil
+
+    copy = tmp_path / "rebuilt"
+    shutil.copytree(demo_family.root, copy)
+    proc = _sweep(
+        "merge",
+        "--pretrained",
+        "demo:pretrained",
+        "--instruct",
+        "demo:instruct",
+        "--reasoning",
+        "demo:reasoning",
+        "--alpha",
+        "0.5",
+        "--beta",
+        "1",
+        "--print-mergekit",
+        env={"SWEEP_DEMO_DIR": str(copy)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert str(copy / "instruct") in proc.stdout and str(demo_family.root) not in proc.stdout
+    assert proc.stderr.count(f"demo: SWEEP_DEMO_DIR selects the family at {copy} ({demo_family.label};") == 1
+    start = time.monotonic()
+    proc = _sweep("validate", str(REPO / "search_spaces" / "demo.yaml"), env={"SWEEP_DEMO_DIR": str(tmp_path / "none")})
+    assert proc.returncode == 2 and "holds no demo family" in proc.stderr and "--rebuild" in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 60 and "Building" not in proc.stderr
 
 
 def test_demo_spec_resolves_to_the_family(demo_family):
@@ -349,3 +442,14 @@ def test_stability_tables_put_the_null_control_beside_each_trained_run():
     assert table[2].startswith("| 0 | 1 | 2 | 0.75 ± 0.05 / 0.95 ± 0.05 |"), table
     seeds = per_seed_table(runs).splitlines()
     assert seeds[2:] == ["| 0 | 0.700 / 1.000 |", "| 1 | 0.800 / 0.900 |"], seeds
+
+
+def test_validate_on_the_demo_spec_takes_seconds_and_states_the_plan_in_millions(demo_family):
+    """validate resolves demo: names to the shipped family (nothing trained) and its memory
+    plan names a 0.81M-parameter model in millions, not as 0.00B."""
+    start = time.monotonic()
+    proc = _sweep("validate", str(REPO / "search_spaces" / "demo.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - start < 60 and "Building" not in proc.stderr
+    params = demo_family.manifest()["params"]
+    assert f"per trial, {params / 1e6:.2f}M params" in proc.stdout and "0.00B" not in proc.stdout

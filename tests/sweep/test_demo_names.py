@@ -12,13 +12,6 @@ from sweep.cli import main
 from tests.merge.helpers import merge_argv
 
 
-@pytest.fixture(scope="module")
-def demo_family():
-    from sweep.demo.build import ensure_family
-
-    return ensure_family()  # cached after the first build (~3 min)
-
-
 @pytest.fixture
 def no_build(monkeypatch):
     """Any attempt to build or open the demo family fails the test: checks must come first."""
@@ -27,7 +20,7 @@ def no_build(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the demo family was resolved before the input was checked")
 
-    monkeypatch.setattr(sweep.demo.build, "ensure_family", refuse)
+    monkeypatch.setattr(sweep.demo.build, "active_family", refuse)
 
 
 def demo_merge_argv(*, instruct="demo:instruct", reasoning="demo:reasoning", alpha=0.5, beta=0.5, out="OUT"):
@@ -66,6 +59,10 @@ def test_merge_takes_demo_members_by_name(demo_family, tmp_path, capsys):
             "--model: 'demo:probe_prompts' is not a demo checkpoint",
         ),
         (
+            ["eval", "--model", "OUT", "--tasks", "x", "--include-path", "demo:reasoning"],
+            "--include-path: 'demo:reasoning' is not a demo member for this; use one of demo:tasks",
+        ),
+        (
             ["probe", "--model", "demo:instruc", "--prompts", "PROMPTS"],
             "--model: 'demo:instruc' is not a demo checkpoint",
         ),
@@ -90,7 +87,7 @@ def test_eval_and_probe_take_demo_members(demo_family, capsys):
             "--tasks",
             "toy_reasoning",
             "--include-path",
-            str(demo_family.tasks),
+            "demo:tasks",  # as specs spell it
             "--limit",
             "2",
             "--json",

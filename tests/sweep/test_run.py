@@ -65,13 +65,6 @@ def ray_local(demo_family):
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def demo_family():
-    from sweep.demo.build import ensure_family
-
-    return ensure_family()
-
-
 def load_study(spec):
     return optuna.load_study(study_name=spec.name, storage=spec.storage_url)
 
