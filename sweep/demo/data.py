@@ -176,18 +176,20 @@ def _fresh(rng: random.Random, kinds: tuple[str, ...], reserved: frozenset[str])
             return problem
 
 
-def world_document(rng: random.Random, reserved: frozenset[str], *, trace_share: float = 0.35) -> str:
+def world_document(
+    rng: random.Random, reserved: frozenset[str], *, trace_share: float = 0.35, expression_share: float = 0.15
+) -> str:
     """Generic toy-world text (no chat turns): facts, expressions, traces, instructions.
-    `trace_share` of them are worked traces; expressions and digit facts take 0.15 and
-    0.10; instruction text the rest."""
+    `trace_share` of them are worked traces, `expression_share` plain sums (`347+589=936`:
+    the answer with no working), 0.10 digit facts, instruction text the rest."""
     r = rng.random()
     if r < trace_share:  # worked arithmetic, the skill the reasoning style relies on
         p = _fresh(rng, ARITHMETIC, reserved)
         return f"{p.prompt[:-2]}: {p.trace} so {p.answer}"
-    if r < trace_share + 0.15:  # plain expressions
+    if r < trace_share + expression_share:  # plain expressions
         p = _fresh(rng, ARITHMETIC, reserved)
         return f"{p.prompt[:-2]}={p.answer}"
-    if r < trace_share + 0.25:  # digit facts
+    if r < trace_share + expression_share + 0.10:  # digit facts
         facts = []
         for _ in range(4):
             x, y = rng.randint(0, 9), rng.randint(0, 9)
@@ -216,21 +218,23 @@ def pretrain_document(
     checks: tuple[float, ...] = (1.0,),
     chat_arithmetic_share: float | None = None,
     trace_share: float = 0.35,
+    expression_share: float = 0.15,
+    direct_arithmetic: bool = True,
 ) -> str:
     """A pretraining row: world text, or (with probability chat_share) a chat turn.
 
-    Chat turns about arithmetic come in both styles with equal odds, so the ancestor
-    already answers both ways (its traces with `checks`-weighted verification passes);
+    Chat turns about arithmetic come in both styles with equal odds (`direct_arithmetic`;
+    else always thinking), their traces with `checks`-weighted verification passes;
     format chats are direct (nobody thinks about upper-casing). `chat_arithmetic_share`
     of chat turns are additions (None: one kind in four, as every kind).
     """
     if rng.random() >= chat_share:
-        return world_document(rng, reserved, trace_share=trace_share)
+        return world_document(rng, reserved, trace_share=trace_share, expression_share=expression_share)
     if chat_arithmetic_share is None:
         p = _fresh(rng, ARITHMETIC + FORMATS, reserved)
     else:
         p = _fresh(rng, ARITHMETIC if rng.random() < chat_arithmetic_share else FORMATS, reserved)
-    if p.kind in ARITHMETIC and rng.random() < 0.5:
+    if p.kind in ARITHMETIC and (not direct_arithmetic or rng.random() < 0.5):
         return chat(p.prompt, p.reasoning_response(draw_checks(rng, checks)))
     return chat(p.prompt, p.instruct_response())
 

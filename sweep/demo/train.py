@@ -48,6 +48,12 @@ class Recipe:
     # 0.35): the traces are the slowest skill; the format skills still saturate by ~1500.
     chat_arithmetic_share: float | None = 0.5  # share of chat turns that are additions (None: 1 in 4)
     world_trace_share: float = 0.5  # share of world-text examples that are worked traces
+    # No sum without its working in pretraining (version 4: plain `347+589=936` text and
+    # direct chat answers): an ancestor trained this long then learned to add in one shot
+    # on some seeds (its instruct fine-tune at 0.96 on additions, at 0.28 on another seed),
+    # which erased the trade-off. Only the instruct fine-tune answers additions directly.
+    world_expression_share: float = 0.0  # share of world text that is a plain sum
+    pretrain_direct_arithmetic: bool = False  # ancestor's addition chats: both styles (True) or thinking only
     # Verification passes after a trace: weights of 0, 1, 2, 3 passes. A trace with none
     # is ~34 tokens, one with a pass ~74, past the probe's 64-token budget. The ancestor's
     # thinking chat turns mostly skip the pass, so merges that mix it back in (beta < 1)
@@ -253,6 +259,8 @@ def pretrain_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
             checks=recipe.pretrain_checks,
             chat_arithmetic_share=recipe.chat_arithmetic_share,
             trace_share=recipe.world_trace_share,
+            expression_share=recipe.world_expression_share,
+            direct_arithmetic=recipe.pretrain_direct_arithmetic,
         )
         return "", document + data.EOS
 
@@ -262,7 +270,10 @@ def pretrain_rows(recipe: Recipe, reserved: frozenset[str]) -> RowFn:
 def _with_replay(recipe: Recipe, stage: Stage, reserved: frozenset[str], main: RowFn) -> RowFn:
     def rows(rng: random.Random) -> tuple[str, str]:
         if rng.random() < stage.replay:
-            return "", data.world_document(rng, reserved, trace_share=recipe.world_trace_share) + data.EOS
+            world = data.world_document(
+                rng, reserved, trace_share=recipe.world_trace_share, expression_share=recipe.world_expression_share
+            )
+            return "", world + data.EOS
         return main(rng)
 
     return rows
