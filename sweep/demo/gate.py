@@ -8,8 +8,10 @@ Every figure the README quotes about the demo (a reasoner that adds, an instruct
 that follows formats, a length gap RL can collapse, merges that trade one for the
 other, a merge that keeps both) is a criterion here, so a family that cannot show them
 fails loudly instead of quietly making the docs wrong. The thresholds are the issue's
-(reasoning member >= 0.8, instruct member >= 0.7, length ratio >= 3x) plus the merge
-criteria the docs' story needs.
+(reasoning member >= 0.8, instruct member >= 0.7, length ratio >= 3x) plus the member
+and merge criteria the docs' story needs: thinking is what adds (the instruct member,
+answering directly, cannot), the instruct member is no worse at formats, and merges lie
+between the members and trade one skill for the other.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ LENGTH_RATIO = 3.0  # reasoning member's length over the instruct member's, on a
 BETWEEN_SLACK_ACCURACY = 0.1  # a merge may pass a member by this much (5 of 50 problems)
 BETWEEN_SLACK_LENGTH = 0.05  # share of the members' length gap a merge may fall outside it
 BOTH_SKILLS = 0.5  # some merge scores at least this on both tasks
+REASONING_GAP = 0.5  # the reasoner adds this much better than the instruct member (who answers directly)
+FORMAT_TIE = 0.04  # the instruct member follows formats no worse than the reasoner, within 2 of 50
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,23 @@ def gate_criteria(rows: list[TradeoffRow]) -> list[Criterion]:
             f"held-out instruction accuracy {instruct.instruct.accuracy:.2f} (need >= {INSTRUCT_ACCURACY})",
         ),
     ]
+    gap = reasoner.reasoning.accuracy - instruct.reasoning.accuracy
+    criteria.append(
+        Criterion(
+            "thinking is what adds",
+            gap >= REASONING_GAP,
+            f"reasoning member {reasoner.reasoning.accuracy:.2f} vs instruct member {instruct.reasoning.accuracy:.2f} "
+            f"on additions, {gap:+.2f} (need >= +{REASONING_GAP})",
+        )
+    )
+    criteria.append(
+        Criterion(
+            "the instruct member is the format follower",
+            instruct.instruct.accuracy >= reasoner.instruct.accuracy - FORMAT_TIE,
+            f"instruct member {instruct.instruct.accuracy:.2f} vs reasoning member {reasoner.instruct.accuracy:.2f} "
+            f"on format instructions (need no worse than {FORMAT_TIE} below)",
+        )
+    )
     short = max(instruct.reasoning.mean_length, 1e-9)
     ratio = reasoner.reasoning.mean_length / short
     criteria.append(

@@ -288,7 +288,7 @@ def test_shipped_family_passes_its_gate_with_the_numbers_it_was_shipped_with(dem
     assert proc.returncode == 0, proc.stdout + proc.stderr
     measured = json.loads(proc.stdout)
     assert measured["label"] == demo_family.label and measured["passed"]
-    assert all(c["passed"] for c in measured["criteria"]) and len(measured["criteria"]) == 7
+    assert all(c["passed"] for c in measured["criteria"]) and len(measured["criteria"]) == 9
     recorded = {(r["alpha"], r["beta"]): r for r in demo_family.manifest()["gate"]["rows"]}
     for row in measured["rows"]:
         then = recorded[(row["alpha"], row["beta"])]
@@ -316,10 +316,14 @@ def test_gate_fails_naming_the_numbers():
     ]
     result = GateResult(bad, gate_criteria(bad), 50)
     assert not result.passed
-    assert [c.name for c in result.failed] == ["reasoning member adds", "a merge keeps both skills"]
+    assert [c.name for c in result.failed] == [
+        "reasoning member adds",
+        "thinking is what adds",
+        "a merge keeps both skills",
+    ]
     report = result.report()
     assert "FAIL  reasoning member adds: held-out reasoning accuracy 0.06 (need >= 0.8)" in report
-    assert report.endswith("gate: FAIL (2 of 7 criteria missed)")
+    assert report.endswith("gate: FAIL (3 of 9 criteria missed)")
 
 
 def test_lm_eval_scores_the_tasks(demo_family):
