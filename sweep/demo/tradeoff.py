@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from sweep.demo.measure import TaskScore, build, load_family_models, score
 from sweep.demo.tasks import MAX_GEN_TOKS
 
-# The grid of the issue (alpha at beta = 1, then beta at a middle alpha), plus alpha 0.125,
-# where the balanced region of the verifying family lies.
+# Alpha at beta 1 (stage 1 alone), then stage 2 (beta < 1) at alpha 0.25, where the
+# shipped family's balanced actors lie (they think once, without re-verifying), and at 0.5.
 DEFAULT_POINTS = (
     (0.0, 1.0),
     (0.125, 1.0),
@@ -22,6 +22,8 @@ DEFAULT_POINTS = (
     (0.5, 1.0),
     (0.75, 1.0),
     (1.0, 1.0),
+    (0.25, 0.75),
+    (0.25, 0.5),
     (0.5, 0.75),
     (0.5, 0.5),
 )

@@ -67,10 +67,11 @@ def _demo_config(demo_family, **changes) -> ProbeConfig:
 def members(demo_family) -> dict:
     """The live merges the tests probe, built by the merge engine a trial uses."""
     from sweep.demo.measure import build, load_family_models
+    from sweep.demo.stability import NAMED_POINTS
 
     sources, _, tokenizer = load_family_models(demo_family)
     out = {}
-    for name, (alpha, beta) in {"instruct": (1.0, 1.0), "reasoning": (0.0, 1.0), "balanced": (0.5, 0.75)}.items():
+    for name, (alpha, beta) in NAMED_POINTS.items():
         model, _ = load(demo_family.instruct)
         build(model, sources, alpha, beta)
         out[name] = model
