@@ -117,55 +117,91 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
     assert _engine_greedy(engine, tokenizer, "2+3=") == _hf_greedy(model, tokenizer, "2+3=")
 
 
-@pytest.mark.parametrize("update", ["full", "lora"])  # lora: adapters as LoRA requests (merged: the next test)
-def test_sampled_vllm_probe_learns(trio, engine, update):
-    """temperature 1, a learnable reward, a high learning rate: the reward measured on the
-    engine's rollouts rises, so the engine samples from the updated policy (without the
-    pushes it would sample the starting model's distribution at every step)."""
+# lora: adapters as LoRA requests (merged: the next test). LoRA moves the policy through
+# rank-4 adapters, so it needs a higher rate to learn as fast as a full update.
+@pytest.mark.parametrize("update, learning_rate", [("full", 5e-3), ("lora", 2e-2)])
+def test_sampled_vllm_probe_learns(trio, engine, update, learning_rate):
+    """temperature 1, a learnable reward: the reward measured on the engine's rollouts
+    rises, so the engine samples from the updated policy (without the pushes it would
+    sample the starting model's distribution, ~0.07, at every step). 16 steps of 16
+    rollouts; the best 4-step window after the first 4 steps against the first 4,
+    measured on sampling seeds 0-3: full +0.76 to +0.94 (seeds 0-2), LoRA +0.21 to +0.86
+    (its rise comes late on seed 3). Not the last steps: a high rate can rise and then
+    fall apart (LoRA at 4e-2, seed 1: 0.81 at step 7, 0.00 at step 13), and at this
+    test's first settings (12 steps of 8 rollouts, lr 1e-2) full updates diverged on
+    seed 1 and the last-3-against-first-3 rule failed on another machine."""
     model, tokenizer = load(trio["instruct"])
-    cfg = config(generator="vllm", steps=12, learning_rate=1e-2, update=update, lora_rank=4, vllm_lora="requests")
+    cfg = config(
+        generator="vllm",
+        steps=16,
+        prompts_per_step=4,
+        learning_rate=learning_rate,
+        update=update,
+        lora_rank=4,
+        vllm_lora="requests",
+    )
     adapters = engine.adapters
     result = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share, rollouts=engine)
     assert engine.adapters - adapters == (cfg.steps if update == "lora" else 0)
     score = result.curves.score_mean
-    assert sum(score[-3:]) / 3 > sum(score[:3]) / 3 + 0.2, score
+    windows = [sum(score[i : i + 4]) / 4 for i in range(4, len(score) - 3)]
+    assert max(windows) > sum(score[:4]) / 4 + 0.15, score
     assert result.metrics.kl_final > 0.1
 
 
-@pytest.mark.parametrize("update, learning_rate", [("full", 3e-4), ("lora", 9e-4)])
-def test_sampled_vllm_probe_agrees_with_the_hf_probe_within_the_noise_band(trio, update, learning_rate):
-    """temperature 1 at a probe-like learning rate (final KL 0.2-1.5 nats): each stability
-    metric of the vLLM-sampled probe is within the two runs' noise bands (90% bootstrap
-    half-widths, summed) of the HF-sampled one. Measured largest |difference| / bands:
-    0.73 (full), 0.82 (lora) at this seed; 0.95 and 1.05 at seed 0. (At lr 1e-2, KL of
-    several nats, the two trajectories part by more than one run's band: the band is a
-    bootstrap over prompts within a run, not over training trajectories; docs/probe.md.)
-    A fresh engine: a shared one's sampled tokens depend, through float rounding, on what
-    it ran before, and one flipped token sends a trajectory elsewhere."""
-    engine = VllmRollouts.build(trio["engine_base"], dtype="float32", max_model_len=256)
-    results = {}
-    for generator in ("hf", "vllm"):
-        model, tokenizer = load(trio["instruct"])
-        cfg = config(
-            generator=generator,
-            steps=12,
-            learning_rate=learning_rate,
-            max_new_tokens=24,
-            seed=1,
-            update=update,
-            lora_rank=4,
-        )
-        results[generator] = run_probe(
+def _sample_stats(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lengths, sequence log-probs under `model` at temperature 1) of sampled rollouts."""
+    from evals.probe.logprobs import token_logprobs
+
+    with torch.no_grad():
+        logp, _ = token_logprobs(
             model,
-            tokenizer,
-            config=cfg,
-            prompts=PROMPTS,
-            reward=digit_share,
-            rollouts=engine if generator == "vllm" else None,
-        ).metrics
-    hf, vllm = results["hf"], results["vllm"]
-    assert hf.kl_final > 0.05 and vllm.kl_final > 0.05  # both learned something
-    assert hf.noise and vllm.noise and hf.noise.keys() == vllm.noise.keys()
-    for name in hf.noise:
-        a, b = getattr(hf, name), getattr(vllm, name)
-        assert abs(a - b) <= hf.noise[name] + vllm.noise[name], (name, a, b, hf.noise[name], vllm.noise[name])
+            input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
+            attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
+            response_ids=batch.response_ids,
+            response_mask=batch.response_mask,
+        )
+    return batch.lengths.float(), logp.sum(1)
+
+
+def _z(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Welch's z of the difference of two sample means."""
+    se = (a.var() / len(a) + b.var() / len(b)).sqrt()
+    return float((a.mean() - b.mean()).abs() / se.clamp(min=1e-9))
+
+
+def test_sampled_vllm_rollouts_follow_the_hf_samplers_distribution(trio, engine):
+    """At temperature 1, the engine's samples come from the distribution the HF loop
+    samples: 16 prompts x 32 samples each way, mean length and mean sequence log-prob
+    under the model within 4 standard errors (measured on the trios of train seeds 3-6,
+    sampling seeds 0 and 1: |z| at most 0.97 for length, 1.49 for log-prob). The same
+    engine at temperature 0.5 must fail it (log-prob |z| 7.8-12.7 there): a sampler that
+    changed or ignored the temperature would not pass. This replaces comparing one
+    trained probe run of each generator: sampled trajectories part after a few steps,
+    and over 3 seeds x 3 trained tiny models the two generators' metrics differed by up
+    to 3.9 standard errors of the seed mean (final KL 0.0004-1.36 from run to run), so no
+    bound on one run both held on every machine and meant anything."""
+    from evals.probe.grpo import _sample
+
+    model, tokenizer = load(trio["instruct"])
+    model.eval()
+    engine.push_weights(model)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts = [tokenizer.encode(p.prompt) for p in PROMPTS]
+    samples = 32
+    cfg = config(temperature=1.0, max_new_tokens=16)
+    hf = _sample(
+        model,
+        [p for p in prompts for _ in range(samples)],
+        config=cfg,
+        eos_ids={eos},
+        pad_id=pad,
+        generator=torch.Generator().manual_seed(0),
+    )
+    kw = dict(group_size=samples, max_new_tokens=16, seed=0, eos_ids={eos}, pad_id=pad)
+    hf_len, hf_logp = _sample_stats(model, hf)
+    vllm_len, vllm_logp = _sample_stats(model, engine.sample(prompts, temperature=1.0, **kw))
+    assert len(hf_len) == len(vllm_len) == 16 * samples
+    assert _z(hf_len, vllm_len) <= 4 and _z(hf_logp, vllm_logp) <= 4, (_z(hf_len, vllm_len), _z(hf_logp, vllm_logp))
+    colder_len, colder_logp = _sample_stats(model, engine.sample(prompts, temperature=0.5, **kw))
+    assert max(_z(hf_len, colder_len), _z(hf_logp, colder_logp)) > 4  # the check can tell temperatures apart

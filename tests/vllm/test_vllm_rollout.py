@@ -95,7 +95,8 @@ def test_sampled_rollouts_are_seeded_and_grouped(trio):
 
 def test_a_probe_loop_on_vllm_rollouts_keeps_the_engine_in_step_with_the_trained_model(trio):
     """Sample with vLLM, update with the chunked GRPO step, push the changed weights: the
-    engine's greedy tokens then equal the updated HF model's, step after step."""
+    engine's greedy tokens then equal the updated HF model's, step after step. The updates
+    must change the greedy output, or a stale engine would pass unnoticed."""
     from evals.probe.logprobs import grpo_update
 
     model, tokenizer = load(trio["pretrained"])
@@ -111,9 +112,11 @@ def test_a_probe_loop_on_vllm_rollouts_keeps_the_engine_in_step_with_the_trained
         batch = engine.sample(
             prompts, group_size=4, max_new_tokens=16, temperature=1.0, seed=step, eos_ids={eos}, pad_id=pad
         )
-        rewards = -batch.lengths.float()  # prefer short answers: the policy must move
-        grouped = rewards.view(2, 4)
-        advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
+        # Push down whatever the engine sampled. A group-normalized reward can be zero for
+        # every row (a sharp model samples one completion 4 times: no variance, no update),
+        # which on one machine left the greedy output unchanged after 3 steps; this always
+        # moves the policy (tokens changed after 3 steps on trio seeds 3-6: 20-43 of ~30 x 2).
+        advantages = -torch.ones(batch.response_ids.shape[0])
         model.requires_grad_(True)
         grpo_update(
             model,
