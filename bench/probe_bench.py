@@ -1,6 +1,6 @@
 """Probe speed with the demo's default settings (search_spaces/demo.yaml, evals.probe).
 
-    python bench/probe_bench.py              # demo family (built on first use, ~3 min)
+    python bench/probe_bench.py              # the shipped demo family
     python bench/probe_bench.py --random     # a random model of the demo's shape, no build
     python bench/probe_bench.py --trl        # trends against TRL 1.16's GRPOTrainer (needs trl)
     python bench/probe_bench.py --stability [--seeds 0 1 2]   # each metric: null spread vs training shift

@@ -126,12 +126,13 @@ def test_positive_control_a_brevity_reward_collapses_the_length(demo_family, mem
 # the demo spec's rate, and 10x smaller
 @pytest.mark.parametrize("learning_rate, steps", [(3e-4, 6), (3e-5, 16)])
 def test_bf16_reasoning_member_learns_as_in_fp32(demo_family, learning_rate, steps):
-    """fp32 master weights: final KL of the bf16-loaded probe within 2x of the fp32 one
-    (plain Adam on bf16 weights: 0.0025 vs 0.0293 at 5e-5, 11x less). Steps per rate,
-    measured on seeds 0-2: the live bf16 weights are the masters rounded, so at 3e-5
-    they lag by a few steps (ratio 0.48-0.76 after 6 steps, 1.02-1.15 after the demo's
-    16); at 3e-4, 6 steps (0.60-1.02), because by step 16 the length has collapsed and
-    each run's KL follows its own sampled trajectory (seed 0: 0.95 vs 0.39)."""
+    """fp32 master weights: the bf16-loaded probe's final KL within 4x of the fp32 one. The
+    failure this guards against is plain Adam on bf16 weights, whose updates round away:
+    0.0025 vs 0.0293 at 5e-5, 11x less. Within the band, the two runs are two sampled
+    trajectories (the live bf16 weights are the masters rounded), and their KL ratio
+    spreads with the machine's rounding: 0.92-2.04 over probe seeds 0-5 at 3e-4 and 6 steps
+    here, 3.0 on another machine at 3e-5 and 16 steps (bound 2 failed there). 6 steps at
+    3e-4: by step 16 the length has collapsed and each run follows its own trajectory."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -141,4 +142,4 @@ def test_bf16_reasoning_member_learns_as_in_fp32(demo_family, learning_rate, ste
     for dtype in (torch.float32, torch.bfloat16):
         model = AutoModelForCausalLM.from_pretrained(demo_family.reasoning, dtype=dtype)
         kl[dtype] = run_probe(model, tokenizer, config=config).metrics.kl_final
-    assert 0.5 < kl[torch.bfloat16] / kl[torch.float32] < 2.0, kl
+    assert 0.25 < kl[torch.bfloat16] / kl[torch.float32] < 4.0, kl
