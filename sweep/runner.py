@@ -55,7 +55,7 @@ class RunSummary:
     study_dir: Any
     budget: int
     complete: int
-    failed_this_run: int
+    failed_this_run: int  # trials that failed in this run; interrupted ones are not counted
     launched: int
     recovered: list[int]
     elapsed_s: float
@@ -394,7 +394,7 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         spec.study_dir,
         spec.budget.trials,
         counts.get("COMPLETE", 0),
-        failed + (len(leftover) if signalled else 0),
+        failed,  # interrupted trials are not failures: they are in `interrupted`, queued again
         launch,
         recovered,
         time.monotonic() - started,
@@ -407,7 +407,9 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
     if leftover:
         if signalled:
             progress.say(
-                f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again", problem=True
+                f"interrupted: trial(s) {leftover} were in flight; they are recorded as interrupted (not failed) "
+                "and queued again: run the same command to resume",
+                problem=True,
             )
         else:
             progress.say(f"trial(s) {leftover} did not finish; they are marked FAIL and queued again", problem=True)
@@ -415,7 +417,8 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         progress.say(f"the grid is exhausted: all {len(grid_points(spec))} grid points are done")
     progress.say(
         f"done: {summary.complete}/{summary.budget} complete, {summary.failed_this_run} failed this run, "
-        f"Pareto front {len(summary.front)} trial(s) {summary.front}, {_clock(summary.elapsed_s)}. "
+        + (f"{len(summary.interrupted)} interrupted (queued again), " if summary.interrupted else "")
+        + f"Pareto front {len(summary.front)} trial(s) {summary.front}, {_clock(summary.elapsed_s)}. "
         f"Results in {spec.study_dir}",
         problem=short or summary.failed_this_run > 0,
     )
