@@ -497,6 +497,7 @@ def _on_record_fn(study, spec: SweepSpec, progress: Progress):
 def _fit(spec: SweepSpec, searcher: StudySearcher, trial_fn, signalled: list[int]) -> None:
     """Run Tune with `searcher` until it says FINISHED (or a signal stops it)."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     class TrialRegistry(tune.Callback):
         """Lets the searcher read a lost trial's error message."""
@@ -523,7 +524,11 @@ def _fit(spec: SweepSpec, searcher: StudySearcher, trial_fn, signalled: list[int
             failure_config=tune.FailureConfig(
                 max_failures=0
             ),  # retries happen in _trainable; node loss in the searcher
-            callbacks=[TrialRegistry()],
+            # Tune reads each trial's result.json when fit() ends (ExperimentAnalysis) and
+            # warns for every trial without one; TUNE_DISABLE_AUTO_CALLBACK_LOGGERS drops the
+            # CSV and TensorBoard files but keeps this logger (Tune's folder is removed after
+            # a clean run).
+            callbacks=[TrialRegistry(), JsonLoggerCallback()],
         ),
     )
     with _Signals(signalled, searcher):
