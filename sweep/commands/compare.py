@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 HELP = "compare two studies at the same points, with noise bands; exit 1 on a regression beyond the noise"
-REPEATS_FILE = "repeats.parquet"  # sweep nightly's probe repeats, read when present
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,18 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
-def load_repeats(study_dir: Path):
-    import pandas as pd
-
-    path = Path(study_dir) / REPEATS_FILE
-    return pd.read_parquet(path) if path.exists() else None
-
-
 def compare_dirs(before, after, *, tolerance: float) -> dict:
     """The comparison of two study folders as a plain dict (what --json prints)."""
     from sweep.errors import SweepError
     from sweep.pareto import default_reference, summarize
     from sweep.regression import compare_studies, whole_limit
+    from sweep.repeats import load_repeats  # sweep nightly's probe repeats, when the folder has them
     from sweep.study import load_study_dir
 
     spec_a, trials_a = load_study_dir(before)
