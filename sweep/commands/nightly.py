@@ -14,6 +14,7 @@ A notification that fails is reported on stderr and never changes the exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = "nightly: run the date-stamped study, compare with last night at the same points, trend, alert"
@@ -22,7 +23,12 @@ HELP = "nightly: run the date-stamped study, compare with last night at the same
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="a spec whose name holds {date}, e.g. search_spaces/nightly.yaml")
     parser.add_argument("--date", help="the night's date, YYYY-MM-DD (default: today); reruns resume that night")
-    parser.add_argument("--notify", metavar="URL", help="POST a JSON summary (Slack-compatible `text`) to this webhook")
+    parser.add_argument(
+        "--notify",
+        metavar="URL",
+        default=os.environ.get("SWEEP_NOTIFY_URL") or None,
+        help="POST a JSON summary (Slack-compatible `text`) to this webhook (default: $SWEEP_NOTIFY_URL)",
+    )
     parser.add_argument("--results-dir", help="override results_dir (each night is <results-dir>/<name>)")
     parser.add_argument("--trials", type=int, help="override budget.trials for this night")
     parser.add_argument(

@@ -50,6 +50,7 @@ def nightly_spec(root: Path, trio: dict[str, Path], **extra) -> Path:
 def night(spec: Path, date: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     environment = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SWEEP_TEST_TRIAL_S": "0.2"} | env
     environment.pop("RAY_AUTH_MODE", None)
+    environment.pop("SWEEP_NOTIFY_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "tests.sweep.nightly_driver", str(spec), "--date", date, *args],
         cwd=REPO,
