@@ -183,7 +183,8 @@ def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str
             points = _front_points(prev_trials, spec, trials)
             if options.repeats and points:
                 _repeat(spec, points, options)
-            comparison = compare_dirs(previous.study_dir, spec.study_dir, tolerance=options.tolerance)
+            # No fallback: a balanced point not measured tonight is information, never compared with another point.
+            comparison = compare_dirs(previous.study_dir, spec.study_dir, tolerance=options.tolerance, fallback=False)
     else:
         options.information.append("no earlier night of this series: nothing to compare with (the first night)")
     night["comparison"] = comparison

@@ -248,12 +248,14 @@ def compare_studies(
     n_docs: tuple[int | None, int | None] = (None, None),
     repeats: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
     front_points: bool = True,
+    fallback: bool = True,
 ) -> StudyComparison:
     """Study A's balanced point (and, with front_points, the rest of its front) re-measured
     in study B. n_docs: each study's whole-number lm-eval limit; repeats: each study's
     probe repeats (`sweep nightly`), or None. When B has no trial at A's balanced point,
     the two balanced points are compared instead (`fallback`), as `sweep compare` did
-    before: that answer mixes a model change with the sampler's choice, and says so."""
+    before: that answer mixes a model change with the sampler's choice, and says so.
+    With fallback False (the nightly), that point is reported as not measured instead."""
     objectives = as_objectives(objectives)
     if not math.isfinite(tolerance) or tolerance < 0:
         from sweep.errors import SweepError
@@ -266,7 +268,7 @@ def compare_studies(
     as_dict = lambda p: None if p is None else {"number": p.number, "params": p.params, "metrics": p.metrics}  # noqa: E731
     points: list[PointComparison] = []
     notes: list[str] = []
-    fallback = False
+    fell_back = False
     if bal_a is not None:
         rows = front_a.sort_values("number")
         ordered = [r for _, r in rows.iterrows() if int(r["number"]) == bal_a.number]
@@ -276,8 +278,8 @@ def compare_studies(
             params = {k: float(v) for k, v in trial_params(row).items()}
             is_balanced = int(row["number"]) == bal_a.number
             match = find_trial(trials_b, params)
-            if match is None and is_balanced and bal_b is not None:
-                match, fallback = front_b[front_b["number"] == bal_b.number].iloc[0], True
+            if match is None and is_balanced and bal_b is not None and fallback:
+                match, fell_back = front_b[front_b["number"] == bal_b.number].iloc[0], True
                 notes.append(
                     "B has no complete trial at A's balanced point: the two balanced points are compared, "
                     "which mixes a change of the models with the sampler's choice"
@@ -288,7 +290,7 @@ def compare_studies(
         balanced_before=as_dict(bal_a),
         balanced_after=as_dict(bal_b),
         tolerance=float(tolerance),
-        fallback=fallback,
+        fallback=fell_back,
         notes=tuple(notes),
     )
 

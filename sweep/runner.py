@@ -311,11 +311,11 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         is_orphan = _is_orphan_fn(study, lease.driver, grace_s=lease.ttl_s)
         limit = spec.budget.point_failure_limit
         recovered = recover_orphans(study, is_orphan=is_orphan, failure_limit=limit)
-        enqueue_points(study, [dict(p) for p in spec.space.points], failure_limit=limit)
-        if spec.warm_start_from:
+        if spec.warm_start_from:  # first: a nightly compares last night's front with its re-measurement
             from sweep.warmstart import warm_start_points
 
             enqueue_points(study, warm_start_points(spec), failure_limit=limit)
+        enqueue_points(study, [dict(p) for p in spec.space.points], failure_limit=limit)
         if recovered:
             progress.say(
                 f"marked {len(recovered)} trial(s) orphaned by an earlier driver FAIL and queued their params again: {recovered}",

@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
-def compare_dirs(before, after, *, tolerance: float) -> dict:
-    """The comparison of two study folders as a plain dict (what --json prints)."""
+def compare_dirs(before, after, *, tolerance: float, fallback: bool = True) -> dict:
+    """The comparison of two study folders as a plain dict (what --json prints). fallback:
+    see sweep.regression.compare_studies (the nightly passes False)."""
     from sweep.errors import SweepError
     from sweep.pareto import default_reference, summarize
     from sweep.regression import compare_studies, whole_limit
@@ -60,6 +61,7 @@ def compare_dirs(before, after, *, tolerance: float) -> dict:
         tolerance=tolerance,
         n_docs=(whole_limit(spec_a), whole_limit(spec_b)),
         repeats=(load_repeats(Path(before)), load_repeats(Path(after))),
+        fallback=fallback,
     )
     if result.balanced_before is None:
         raise SweepError(f"{before} has no complete feasible trial: nothing to compare against")

@@ -172,3 +172,20 @@ def test_the_same_points_are_compared_and_a_new_balanced_point_is_information(tm
     assert "  front point (alpha 0.900, beta 1.000): trial 1 -> trial 1" in out
     assert "balanced      trial 0 (alpha 0.200, beta 0.900) -> trial 2 (alpha 0.600, beta 0.800)" in out
     assert "no regression beyond tolerance 0.02 and the noise (99%)" in out
+
+
+def test_an_unmeasured_balanced_point_is_compared_with_the_new_one_only_in_compare(tmp_path, capsys):
+    """`sweep compare` falls back to the two balanced points (and says it mixes causes);
+    the nightly (fallback False) reports the point as not measured and flags nothing."""
+    from sweep.regression import compare_studies
+    from sweep.study import load_study_dir
+
+    before = make_lm_study(tmp_path, "a", [(0.2, 0.9, 0.75, 1.0), (0.9, 1.0, 0.5, 1.5)])
+    after = make_lm_study(tmp_path, "b", [(0.6, 0.6, 0.0, 1.0)])  # neither point measured; worse
+    assert main(["compare", str(before), str(after)]) == 1
+    out = capsys.readouterr().out
+    assert "mixes a change of the models with the sampler's choice" in out and "REGRESSION" in out
+    spec, trials_a = load_study_dir(before)
+    _, trials_b = load_study_dir(after)
+    result = compare_studies(trials_a, trials_b, spec.objectives, n_docs=(24, 24), fallback=False)
+    assert [p.number_after for p in result.points] == [None, None] and result.regressions == []
