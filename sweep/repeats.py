@@ -57,7 +57,6 @@ def run_repeats(
 ):
     """Probe each point at seeds seed+1..seed+repeats (those not in repeats.parquet yet) on
     Ray; save and return the whole table. Ray must be initialized."""
-    import pandas as pd
     import ray
 
     from sweep.regression import same_point
@@ -104,13 +103,22 @@ def run_repeats(
                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}",
             )
         rows.append({f"params/{k}": v for k, v in params.items()} | {"seed": seed, "error": error} | metrics)
+        table = _save(spec, done, rows)  # after every repeat: a stopped night keeps what it measured
         shown = ", ".join(f"{k} {v:.3f}" for k, v in params.items())
         say(f"repeat {len(rows)}/{len(todo)}: ({shown}) probe seed {seed}" + (f": FAILED {error}" if error else ""))
     for worker in workers:
         ray.kill(worker)
+    return table
+
+
+def _save(spec: SweepSpec, done, rows: list[dict[str, Any]]):
+    import pandas as pd
+
     kept = done[done["error"].isna()] if len(done) and "error" in done else done
     table = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
-    table.to_parquet(spec.study_dir / REPEATS_FILE, index=False)
+    path = spec.study_dir / REPEATS_FILE
+    table.to_parquet(path.with_suffix(".parquet.tmp"), index=False)
+    path.with_suffix(".parquet.tmp").replace(path)
     return table
 
 
