@@ -56,6 +56,10 @@ def test_two_demo_nights_then_a_degraded_reasoning_checkpoint(tmp_path, demo_fam
         assert "WARNING" not in log, log  # a clean night: no Ray warnings either
     trend = (results / "nightly-trend.md").read_text()
     assert "| 2026-01-01 | 4 |" in trend and "| 2026-01-02 | 4 |" in trend, trend
+    import pandas as pd
+
+    table = pd.read_parquet(results / "nightly-2026-01-02" / "trials.parquet")
+    assert REASONING + "_stderr" in table  # lm-eval's own stderr is recorded beside each score
     second = json.loads((results / "nightly-2026-01-02" / "nightly.json").read_text())
     assert second["comparison"]["points"][0]["number_after"] is not None  # last night's balanced point, re-measured
 
