@@ -113,6 +113,10 @@ def write_trend(results_dir: Path, template: str, spec: SweepSpec) -> Path:
     return html
 
 
+def _ref_text(reference: list[float] | None) -> str:
+    return "none (no complete trial)" if reference is None else "(" + ", ".join(f"{v:.4g}" for v in reference) + ")"
+
+
 def _pm(value: Any, noise: Any) -> str:
     if value is None:
         return "–"
@@ -138,6 +142,7 @@ def render_markdown(rows: list[dict[str, Any]], metrics: list[str], reference, s
     from sweep.report import md_escape
 
     header = ["night", "complete", "hypervolume", "balanced (alpha, beta)", *metrics, "verdict"]
+    reference = _ref_text(reference)
     out = [
         f"# Nightly trend: {md_escape(series)}",
         "",
@@ -161,6 +166,7 @@ def render_html(rows: list[dict[str, Any]], metrics: list[str], reference, serie
     from sweep.report_figures import esc
 
     header = ["night", "complete", "hypervolume", "balanced (alpha, beta)", *metrics, "verdict"]
+    reference = _ref_text(reference)
     table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
     for r in rows:
         cls = ' class="bad"' if r["verdict"] == "regression" else ""
