@@ -24,6 +24,7 @@ from sweep.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300
+pytestmark = pytest.mark.slow  # nights are processes with their own Ray (~25 s each)
 
 
 def nightly_spec(root: Path, trio: dict[str, Path], **extra) -> Path:
