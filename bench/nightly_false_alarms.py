@@ -1,6 +1,6 @@
 """False alarms of `sweep nightly` on unchanged models: nights that differ only in the probe seed.
 
-Runs N nights of the nightly spec on the same checkpoints (night k with evals.probe.seed k,
+Runs N nights of the nightly spec on the same checkpoints (night k with evals.probe.seed 10k,
 dates 2026-02-01 onwards), each through the real command (`python -m sweep nightly`, so
 each night is warm-started from the one before and re-measures its front with probe
 repeats), and counts the comparisons that report a regression: every one is a false
@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SEED_STRIDE = 10  # probe seed of night k; its repeats use the next --repeats seeds
 
 
 def main() -> int:
@@ -47,8 +48,11 @@ def main() -> int:
     for k in range(args.nights):
         date = start + dt.timedelta(days=k)
         spec = dict(base)
-        spec["evals"] = dict(base["evals"]) | {"probe": dict(base["evals"]["probe"]) | {"seed": k}}
-        path = root / f"spec-seed{k}.yaml"
+        # Seeds 10k apart: night k's trials probe at 10k, its repeats at 10k+1..; no two nights share a seed
+        # (a shared seed on the same checkpoint repeats the same trajectory and would hide noise).
+        seed = SEED_STRIDE * k
+        spec["evals"] = dict(base["evals"]) | {"probe": dict(base["evals"]["probe"]) | {"seed": seed}}
+        path = root / f"spec-seed{seed}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         command = [sys.executable, "-m", "sweep", "nightly", str(path), "--date", date.isoformat()]
         command += ["--trials", str(args.trials), "--repeats", str(args.repeats), "--tolerance", str(args.tolerance)]
@@ -58,8 +62,8 @@ def main() -> int:
             command, cwd=REPO, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)}
         )
         seconds = time.perf_counter() - t0
-        rows.append((date, k, done.returncode, seconds))
-        print(f"night {date} probe seed {k}: exit {done.returncode} ({seconds:.0f} s)", flush=True)
+        rows.append((date, seed, done.returncode, seconds))
+        print(f"night {date} probe seed {seed}: exit {done.returncode} ({seconds:.0f} s)", flush=True)
         if done.returncode not in (0, 1):
             print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
             return 2
@@ -71,7 +75,7 @@ def main() -> int:
     boot, old = rejudge(root / "results", [d for d, *_ in rows], args.tolerance)
     print()
     print(f"results: {root / 'results'}")
-    print(f"comparisons: {len(compared)} (same checkpoints, probe seeds 0-{args.nights - 1})")
+    print(f"comparisons: {len(compared)} (same checkpoints, probe seeds 0, 10, ..., {SEED_STRIDE * (args.nights - 1)})")
     print(f"false alarms, sweep nightly (same points, repeats {args.repeats}, 99% bands): {alarms}")
     print(f"false alarms, the same pairs with the probe's bootstrap bands only (no repeats): {boot}")
     print(f"false alarms, the old rule (balanced points, recorded bands, tolerance {args.tolerance}): {old}")

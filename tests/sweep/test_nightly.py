@@ -210,3 +210,22 @@ def test_bad_input_is_one_message_and_exit_2_before_any_work(tmp_path, tiny_trio
     err = capsys.readouterr().err
     assert "a nightly spec's name must hold {date}" in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()  # nothing created
+
+
+def test_a_clean_night_with_quiet_prints_nothing(series):
+    root, *_ = series
+    rerun = night(root / "nightly.yaml", "2026-01-02", "--quiet")
+    assert (rerun.returncode, rerun.stdout, rerun.stderr) == (0, "", ""), rerun.stdout + rerun.stderr
+
+
+def test_a_night_with_failed_trials_is_incomplete_exit_2(tmp_path, tiny_trio):
+    """Trials that raise leave the night short of its budget: exit 2 with the fix, not a verdict of 0."""
+    spec = nightly_spec(
+        tmp_path, tiny_trio, space={"points": [{"alpha": 0.9, "beta": 1.0}, {"alpha": 0.1, "beta": 1.0}]}
+    )
+    done = night(spec, "2026-01-01", SWEEP_TEST_FAIL_ABOVE="0.5")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "nightly nightly-2026-01-01: could not complete" in done.stdout
+    assert "the night is incomplete:" in done.stdout and "run the same command again to resume" in done.stdout
+    record = json.loads((tmp_path / "results" / "nightly-2026-01-01" / "nightly.json").read_text())
+    assert record["verdict"] == "error" and record["exit_code"] == 2 and record["run"]["failed_this_run"] >= 1
