@@ -101,7 +101,7 @@ def _check_storage_folder(spec: SweepSpec, url: str, folder: Path) -> None:
     if folder.resolve() == spec.study_dir.resolve():
         return
     raise SweepError(
-        f"storage {mask_url(url)}: the folder {folder} does not exist. If it is on a shared file system, "
+        f"{mask_url(url)}: the folder {folder} does not exist. If it is on a shared file system, "
         "the share may not be mounted on this machine; otherwise create the folder first (mkdir -p). "
         "Nothing was created"
     )
