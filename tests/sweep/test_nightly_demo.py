@@ -2,7 +2,8 @@
 process with real Ray, real Optuna storage, real lm-eval and real probe steps.
 
 Two nights on the same checkpoints both exit 0 and the trend page shows both; a third
-night with a degraded reasoning checkpoint (the pretrained ancestor in its slot) exits 1,
+night with a degraded reasoning checkpoint (the instruct member in its slot: it answers
+additions directly and scores 0.00 on them; the shipped family's ancestor thinks and adds) exits 1,
 naming the reasoning metric with its numbers and noise. Each night runs 4 trials (the
 spec's three fixed points, then last night's front and the sampler) and 2 probe repeats
 per compared point.
@@ -23,13 +24,6 @@ pytestmark = pytest.mark.slow
 REASONING = "lm_eval/toy_reasoning/exact_match,final"
 
 
-@pytest.fixture(scope="module")
-def demo_family():
-    from sweep.demo.build import ensure_family
-
-    return ensure_family()  # built (or found) here, so the nights below do not race to build it
-
-
 def night(spec: Path, date: str, results: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(REPO)}
     env.pop("RAY_AUTH_MODE", None)
@@ -45,7 +39,7 @@ def test_two_demo_nights_then_a_degraded_reasoning_checkpoint(tmp_path, demo_fam
     degraded = tmp_path / "degraded.yaml"
     text = spec.read_text()
     assert "  reasoning: demo:reasoning\n" in text
-    degraded.write_text(text.replace("  reasoning: demo:reasoning\n", "  reasoning: demo:pretrained\n"))
+    degraded.write_text(text.replace("  reasoning: demo:reasoning\n", "  reasoning: demo:instruct\n"))
     results = tmp_path / "results"
 
     for date in ("2026-01-01", "2026-01-02"):
