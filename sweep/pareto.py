@@ -555,6 +555,7 @@ class ParetoSummary:
     reference: tuple[float, ...] | None
     hypervolume: float | None
     balanced: BalancedPoint | None
+    n_interrupted: int = 0  # FAIL trials a signal stopped (failure_kind interrupted): not in n_failed
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -574,6 +575,7 @@ class ParetoSummary:
             reference=tuple(data["reference"]) if data["reference"] is not None else None,
             hypervolume=data["hypervolume"],
             balanced=BalancedPoint.from_dict(data["balanced"]) if data["balanced"] is not None else None,
+            n_interrupted=data.get("n_interrupted", 0),
         )
 
 
@@ -601,11 +603,14 @@ def summarize(
         ref = default_reference(trials, objectives)
     volume = front_hypervolume(trials, objectives, constraints, reference=ref) if ref is not None else None
     states = trials["state"].astype(str).str.upper() if "state" in trials else pd.Series([COMPLETE] * len(trials))
+    failed = (states == "FAIL").to_numpy()
+    interrupted = failed & ((trials["failure_kind"] == "interrupted").to_numpy() if "failure_kind" in trials else False)
     return ParetoSummary(
         objectives=objectives,
         n_trials=len(trials),
         n_complete=int((states == COMPLETE).sum()),
-        n_failed=int((states == "FAIL").sum()),
+        n_failed=int((failed & ~interrupted).sum()),
+        n_interrupted=int(interrupted.sum()),
         n_feasible=int(eligible_mask(trials, objectives, constraints).sum()),
         front_numbers=tuple(int(n) for n in front["number"]) if "number" in front else (),
         reference=ref,

@@ -13,7 +13,7 @@ import sys
 import time
 
 from sweep.spec import SweepSpec, redact
-from sweep.study import count_states
+from sweep.study import INTERRUPTED, count_states
 
 log = logging.getLogger("sweep")
 
@@ -73,7 +73,9 @@ class Progress:
             front = self.front()
             status = (
                 f"[{counts.get('COMPLETE', 0)}/{self.spec.budget.trials}] trial {number} {shown} -> {outcome}"
-                f" | running {counts.get('RUNNING', 0)}, failed {counts.get('FAIL', 0)}, front {len(front)}{self.best(front)}"
+                f" | running {counts.get('RUNNING', 0)}, failed {counts.get('FAIL', 0)}"
+                + (f", interrupted {counts[INTERRUPTED]} (queued again)" if counts.get(INTERRUPTED) else "")
+                + f", front {len(front)}{self.best(front)}"
             )
         except Exception:  # noqa: BLE001 - the storage may be down: the line still says what ended
             status = f"[?/{self.spec.budget.trials}] trial {number} {shown} -> {outcome} | storage unreachable"

@@ -44,6 +44,18 @@ def resolve_address(spec: SweepSpec, address: str | None) -> str:
     return address or spec.resources.address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def choose_local_auth_mode(spec: SweepSpec, address: str | None) -> None:
+    """Say RAY_AUTH_MODE=token for a local Ray this driver will start, before Ray is imported.
+
+    Ray 2.60 turns token authentication on for a new local cluster and then warns that it
+    did (in every sweep.log), unless RAY_AUTH_MODE is set: setting it to the same secure
+    default keeps the warning away at its source. Ray reads the variable once, when it is
+    imported, so this runs before the runner (which imports Ray) and does nothing once Ray
+    is imported; a mode the user set, or a cluster being joined, is left alone."""
+    if resolve_address(spec, address) == "local" and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 @contextmanager
 def _captured_fds() -> Iterator[Path]:
     """Descriptors 1 and 2 go to a temp file meanwhile (Ray's C++ warnings land there)."""

@@ -187,9 +187,30 @@ def _write_atomic(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- shared facts
 
 
+def _interrupted_mask(trials: pd.DataFrame) -> pd.Series:
+    """FAIL rows that a signal stopped (failure_kind interrupted): queued again, not failures."""
+    if "state" not in trials or "failure_kind" not in trials:
+        return pd.Series(False, index=trials.index)
+    return (trials["state"].astype(str).str.upper() == "FAIL") & (trials["failure_kind"] == "interrupted")
+
+
 def _counts(trials: pd.DataFrame) -> dict[str, int]:
     states = trials["state"].astype(str).str.upper() if "state" in trials else pd.Series(["COMPLETE"] * len(trials))
-    return {s: int((states == s).sum()) for s in ("COMPLETE", "FAIL", "RUNNING", "PRUNED")} | {"total": len(trials)}
+    interrupted = _interrupted_mask(trials)
+    states = states.where(~interrupted, "INTERRUPTED")
+    return {s: int((states == s).sum()) for s in ("COMPLETE", "FAIL", "INTERRUPTED", "RUNNING", "PRUNED")} | {
+        "total": len(trials)
+    }
+
+
+def _trial_counts_text(counts: dict[str, int]) -> str:
+    """'12 (10 complete, 0 failed, 2 interrupted and queued again)': interrupted trials are not failures."""
+    parts = [f"{counts['COMPLETE']} complete", f"{counts['FAIL']} failed"]
+    if counts["INTERRUPTED"]:
+        parts.append(f"{counts['INTERRUPTED']} interrupted and queued again")
+    if counts["RUNNING"] + counts["PRUNED"]:
+        parts += [f"{counts['RUNNING']} running", f"{counts['PRUNED']} pruned"]
+    return f"{counts['total']} ({', '.join(parts)})"
 
 
 def _rule_text(summary: ParetoSummary, escape) -> str:
@@ -333,12 +354,10 @@ def _html_summary(
     trials: pd.DataFrame, objectives: Sequence[Objective], constraints: Sequence[Any], summary: ParetoSummary
 ) -> str:
     counts = _counts(trials)
-    other = counts["RUNNING"] + counts["PRUNED"]
     lines = [
         '<div class="box" id="summary">',
-        f"<p><b>Trials:</b> {counts['total']} ({counts['COMPLETE']} complete, {counts['FAIL']} failed"
-        + (f", {counts['RUNNING']} running, {counts['PRUNED']} pruned" if other else "")
-        + f"); {summary.n_feasible} feasible; {len(summary.front_numbers)} on the Pareto front.</p>",
+        f"<p><b>Trials:</b> {_trial_counts_text(counts)}; {summary.n_feasible} feasible; "
+        f"{len(summary.front_numbers)} on the Pareto front.</p>",
         "<p><b>Objectives:</b> " + "; ".join(f"{esc(o.direction)} {esc(o.metric)}" for o in objectives) + "</p>",
     ]
     if constraints:
@@ -429,11 +448,13 @@ def _html_trials_table(
         + '<th class="text">error</th></tr>'
     )
     rows = []
+    interrupted = _interrupted_mask(trials).to_numpy()
     for pos, (_, row) in enumerate(trials.iterrows()):
         number = int(row["number"])
         cls = "balanced" if number == balanced else "front" if front[pos] else ""
         feasible = row.get("feasible")
-        cells = [f"<td>{number}</td>", f'<td class="text">{esc(row.get("state", ""))}</td>']
+        state = "INTERRUPTED" if interrupted[pos] else row.get("state", "")
+        cells = [f"<td>{number}</td>", f'<td class="text">{esc(state)}</td>']
         cells.append(
             f"<td>{fmt(bool(feasible)) if feasible is not None and not (isinstance(feasible, float) and np.isnan(feasible)) else '–'}</td>"
         )
@@ -474,12 +495,10 @@ def render_markdown(
 ) -> str:
     """A summary and the front as a table, for pasting into a pull request or a chat."""
     counts = _counts(trials)
-    other = counts["RUNNING"] + counts["PRUNED"]
     out = [f"# Sweep report: {md_escape(spec_name)}", ""]
     out.append(
-        f"- **Trials:** {counts['total']} ({counts['COMPLETE']} complete, {counts['FAIL']} failed"
-        + (f", {counts['RUNNING']} running, {counts['PRUNED']} pruned" if other else "")
-        + f"); {summary.n_feasible} feasible; {len(summary.front_numbers)} on the Pareto front"
+        f"- **Trials:** {_trial_counts_text(counts)}; {summary.n_feasible} feasible; "
+        f"{len(summary.front_numbers)} on the Pareto front"
     )
     out.append("- **Objectives:** " + "; ".join(f"{o.direction} {md_escape(o.metric)}" for o in objectives))
     if constraints:
@@ -549,7 +568,11 @@ def render_markdown(
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
 
-    failed = trials[trials["state"].astype(str).str.upper() == "FAIL"] if "state" in trials else trials.iloc[:0]
+    failed = (
+        trials[(trials["state"].astype(str).str.upper() == "FAIL") & ~_interrupted_mask(trials)]
+        if "state" in trials
+        else trials.iloc[:0]
+    )
     if len(failed):
         out.append(f"## Failed trials ({len(failed)})")
         out.append("")

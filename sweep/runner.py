@@ -55,7 +55,7 @@ class RunSummary:
     study_dir: Any
     budget: int
     complete: int
-    failed_this_run: int
+    failed_this_run: int  # trials that failed in this run; interrupted ones are not counted
     launched: int
     recovered: list[int]
     elapsed_s: float
@@ -311,11 +311,11 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         is_orphan = _is_orphan_fn(study, lease.driver, grace_s=lease.ttl_s)
         limit = spec.budget.point_failure_limit
         recovered = recover_orphans(study, is_orphan=is_orphan, failure_limit=limit)
-        enqueue_points(study, [dict(p) for p in spec.space.points], failure_limit=limit)
-        if spec.warm_start_from:
+        if spec.warm_start_from:  # first: a nightly compares last night's front with its re-measurement
             from sweep.warmstart import warm_start_points
 
             enqueue_points(study, warm_start_points(spec), failure_limit=limit)
+        enqueue_points(study, [dict(p) for p in spec.space.points], failure_limit=limit)
         if recovered:
             progress.say(
                 f"marked {len(recovered)} trial(s) orphaned by an earlier driver FAIL and queued their params again: {recovered}",
@@ -394,7 +394,7 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         spec.study_dir,
         spec.budget.trials,
         counts.get("COMPLETE", 0),
-        failed + (len(leftover) if signalled else 0),
+        failed,  # interrupted trials are not failures: they are in `interrupted`, queued again
         launch,
         recovered,
         time.monotonic() - started,
@@ -407,7 +407,9 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
     if leftover:
         if signalled:
             progress.say(
-                f"interrupted: trial(s) {leftover} were in flight; they are marked FAIL and queued again", problem=True
+                f"interrupted: trial(s) {leftover} were in flight; they are recorded as interrupted (not failed) "
+                "and queued again: run the same command to resume",
+                problem=True,
             )
         else:
             progress.say(f"trial(s) {leftover} did not finish; they are marked FAIL and queued again", problem=True)
@@ -415,7 +417,8 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         progress.say(f"the grid is exhausted: all {len(grid_points(spec))} grid points are done")
     progress.say(
         f"done: {summary.complete}/{summary.budget} complete, {summary.failed_this_run} failed this run, "
-        f"Pareto front {len(summary.front)} trial(s) {summary.front}, {_clock(summary.elapsed_s)}. "
+        + (f"{len(summary.interrupted)} interrupted (queued again), " if summary.interrupted else "")
+        + f"Pareto front {len(summary.front)} trial(s) {summary.front}, {_clock(summary.elapsed_s)}. "
         f"Results in {spec.study_dir}",
         problem=short or summary.failed_this_run > 0,
     )
@@ -494,6 +497,7 @@ def _on_record_fn(study, spec: SweepSpec, progress: Progress):
 def _fit(spec: SweepSpec, searcher: StudySearcher, trial_fn, signalled: list[int]) -> None:
     """Run Tune with `searcher` until it says FINISHED (or a signal stops it)."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     class TrialRegistry(tune.Callback):
         """Lets the searcher read a lost trial's error message."""
@@ -520,7 +524,11 @@ def _fit(spec: SweepSpec, searcher: StudySearcher, trial_fn, signalled: list[int
             failure_config=tune.FailureConfig(
                 max_failures=0
             ),  # retries happen in _trainable; node loss in the searcher
-            callbacks=[TrialRegistry()],
+            # Tune reads each trial's result.json when fit() ends (ExperimentAnalysis) and
+            # warns for every trial without one; TUNE_DISABLE_AUTO_CALLBACK_LOGGERS drops the
+            # CSV and TensorBoard files but keeps this logger (Tune's folder is removed after
+            # a clean run).
+            callbacks=[TrialRegistry(), JsonLoggerCallback()],
         ),
     )
     with _Signals(signalled, searcher):

@@ -591,8 +591,12 @@ def expand_name(name: str, today: _dt.date | None = None) -> str:
     return name.replace("{date}", today.isoformat())
 
 
-def parse_spec(text: str, *, source: str = "spec", base_dir: Path | None = None) -> SweepSpec:
-    """Parse and validate spec text. Raises ConfigError with every problem found."""
+def parse_spec(
+    text: str, *, source: str = "spec", base_dir: Path | None = None, today: _dt.date | None = None
+) -> SweepSpec:
+    """Parse and validate spec text. Raises ConfigError with every problem found.
+
+    `today` is the date `{date}` in the name becomes (default: today; `sweep nightly --date`)."""
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -607,7 +611,7 @@ def parse_spec(text: str, *, source: str = "spec", base_dir: Path | None = None)
         raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], source=source)
     lines = _line_map(text)
     if isinstance(data.get("name"), str):
-        data["name"] = expand_name(data["name"])
+        data["name"] = expand_name(data["name"], today)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
@@ -699,8 +703,9 @@ def _resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
     )
 
 
-def load_spec(path: str | Path, *, resolve_demo: bool = True) -> SweepSpec:
-    """Load a spec file. Relative paths resolve against the file's folder.
+def load_spec(path: str | Path, *, resolve_demo: bool = True, today: _dt.date | None = None) -> SweepSpec:
+    """Load a spec file. Relative paths resolve against the file's folder; `{date}` in the
+    name becomes `today` (default: today's date).
 
     With resolve_demo, `demo:<member>` references are replaced by paths into the demo
     family (the shipped one, or $SWEEP_DEMO_DIR's; nothing is trained).
@@ -716,7 +721,7 @@ def load_spec(path: str | Path, *, resolve_demo: bool = True) -> SweepSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read the spec: {exc}"], source=source) from None
     try:
-        spec = parse_spec(text, source=source, base_dir=path.resolve().parent)
+        spec = parse_spec(text, source=source, base_dir=path.resolve().parent, today=today)
     except ConfigError as exc:
         # Report missing model folders in the same round as the schema problems.
         extra = _raw_model_problems(text, path.resolve().parent)

@@ -56,13 +56,12 @@ def check_driver(url: str) -> None:
 def check_storage(spec: SweepSpec) -> None:
     """Raise SweepError (exit 2) when the spec's storage cannot be used; creates nothing."""
     url = spec.storage_url  # raises ConfigError when env:VAR is unset
-    if not is_rdb(url):
-        parent = Path(url).parent
-        if parent.exists() and not parent.is_dir():
-            raise SweepError(f"storage {url}: {parent} is not a folder")
+    file = storage_file(url)
+    if file is not None:
+        _check_storage_folder(spec, url, file.parent)
         return
     if url.startswith("sqlite:"):
-        return
+        return  # sqlite://:memory: and the like
     check_driver(url)
     import sqlalchemy
 
@@ -78,6 +77,34 @@ def check_storage(spec: SweepSpec) -> None:
         ) from None
     finally:
         engine.dispose()
+
+
+def storage_file(url: str) -> Path | None:
+    """The file of a file storage: a journal path, or the database of a `sqlite:///` URL; None for a server."""
+    if not is_rdb(url):
+        return Path(url)
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def _check_storage_folder(spec: SweepSpec, url: str, folder: Path) -> None:
+    """A file storage's folder must exist, except the study folder, which the run creates.
+
+    Creating any other folder would hide an unmounted share: the study would be written to
+    the local disk under the mount point, and the next run (with the share mounted) would
+    start from nothing."""
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise SweepError(f"storage {mask_url(url)}: {folder} is not a folder")
+    if folder.resolve() == spec.study_dir.resolve():
+        return
+    raise SweepError(
+        f"{mask_url(url)}: the folder {folder} does not exist. If it is on a shared file system, "
+        "the share may not be mounted on this machine; otherwise create the folder first (mkdir -p). "
+        "Nothing was created"
+    )
 
 
 def storage_problems(spec: SweepSpec) -> list[str]:

@@ -180,10 +180,23 @@ def datetime_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+INTERRUPTED = "INTERRUPTED"  # count_states' key for FAIL trials a signal stopped (failure_kind interrupted)
+
+
+def is_interrupted(state: str, failure_kind: object) -> bool:
+    """A trial stopped by Ctrl-C or SIGTERM: stored FAIL (Optuna has no other end state that
+    gives the sampler no signal), queued again, and never counted as a failure."""
+    return str(state).upper() == "FAIL" and failure_kind == "interrupted"
+
+
 def count_states(study) -> dict[str, int]:
+    """Trials per state name; FAIL trials that were interrupted count under INTERRUPTED, not FAIL."""
     counts: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        name = trial.state.name
+        if is_interrupted(name, trial.user_attrs.get(ATTR_FAILURE_KIND)):
+            name = INTERRUPTED
+        counts[name] = counts.get(name, 0) + 1
     return counts
 
 

@@ -194,6 +194,9 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
     if evaluator is not None:
         scores = phase("lm_eval", lambda: evaluator.evaluate(state.model, state.tokenizer))
         metrics.update({s.name: clean_metric(s.value) for s in scores})
+        # lm-eval's own stderr beside each score (`<name>_stderr`): the noise `sweep compare`
+        # uses where no whole-number `limit` gives the binomial band (sweep.regression).
+        metrics.update({s.name + "_stderr": clean_metric(s.stderr) for s in scores if s.stderr is not None})
     curves: dict[str, list[float]] = {}
     notes: dict[str, Any] = {}
     if probe_config is not None:

@@ -1,34 +1,45 @@
-"""`python -m sweep compare A B`: how the front moved from study A to study B (nightly checks).
+"""`python -m sweep compare A B`: did the models get worse from study A to study B, beyond noise?
 
-Both studies are summarized with B's objectives, constraints and balanced-point rule, and
-their hypervolumes are measured against one reference point (B's spec reference, else the
-default reference over the union of both tables), so the two numbers compare. Exit code 1
-when any objective of B's balanced point is worse than A's by more than --tolerance
-plus the two points' noise bands (`<metric>_noise`, recorded by the probe: a change
-within the noise is no regression), or when B has no complete feasible trial left;
-0 otherwise; 2 for bad input (including an A with no complete feasible trial).
+Like with like (sweep.regression): A's balanced point and the rest of A's front are
+looked up in B at the same params and compared objective by objective, each change with
+the 99% noise band of the difference (lm-eval: binomial at the spec's `limit`; probe: its
+recorded bands, or the seed spread of `sweep nightly`'s repeats). B's own balanced
+point, when it is another point, is reported as information. Both hypervolumes use one
+reference point (B's spec reference, else the default over both tables).
+
+Exit code 1 when an objective at one of A's points is worse in B by more than
+--tolerance plus the noise, or when B has no complete feasible trial left; 0 otherwise;
+2 for bad input (including an A with no complete feasible trial).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-HELP = "compare two studies: hypervolume change, balanced-point change; exit 1 on a regression"
+HELP = "compare two studies at the same points, with noise bands; exit 1 on a regression beyond the noise"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("before", help="the earlier study folder, e.g. results/nightly-2026-11-24")
     parser.add_argument("after", help="the later study folder, e.g. results/nightly-2026-11-25")
     parser.add_argument(
-        "--tolerance", type=float, default=0.02, help="allowed worsening per objective (absolute; default 0.02)"
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="allowed worsening per objective on top of the noise (absolute, metric units; default 0.02)",
     )
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
-def compare_studies(before, after, *, tolerance: float) -> dict:
+def compare_dirs(before, after, *, tolerance: float, fallback: bool = True) -> dict:
+    """The comparison of two study folders as a plain dict (what --json prints). fallback:
+    see sweep.regression.compare_studies (the nightly passes False)."""
     from sweep.errors import SweepError
-    from sweep.pareto import compare_fronts
+    from sweep.pareto import default_reference, summarize
+    from sweep.regression import compare_studies, whole_limit
+    from sweep.repeats import load_repeats  # sweep nightly's probe repeats, when the folder has them
     from sweep.study import load_study_dir
 
     spec_a, trials_a = load_study_dir(before)
@@ -38,7 +49,9 @@ def compare_studies(before, after, *, tolerance: float) -> dict:
             f"the studies have different objectives ({', '.join(spec_a.objective_names)} vs "
             f"{', '.join(spec_b.objective_names)}): nothing to compare"
         )
-    result = compare_fronts(
+    import pandas as pd
+
+    result = compare_studies(
         trials_a,
         trials_b,
         spec_b.objectives,
@@ -46,70 +59,104 @@ def compare_studies(before, after, *, tolerance: float) -> dict:
         rule=spec_b.report.balanced_rule,
         weights=spec_b.report.weights,
         tolerance=tolerance,
-        reference=spec_b.report.reference,
+        n_docs=(whole_limit(spec_a), whole_limit(spec_b)),
+        repeats=(load_repeats(Path(before)), load_repeats(Path(after))),
+        fallback=fallback,
     )
-    if result.balanced_a is None:
+    if result.balanced_before is None:
         raise SweepError(f"{before} has no complete feasible trial: nothing to compare against")
-    # B without a feasible front counts as a regression in every objective (compare_fronts).
-    point = lambda p: None if p is None else {"number": p.number, "params": p.params}  # noqa: E731
-    changes = []
-    for objective in spec_b.objectives:
-        b = result.balanced_b.metrics.get(objective.metric) if result.balanced_b else None
-        changes.append(
-            {
-                "metric": objective.metric,
-                "direction": objective.direction,
-                "before": result.balanced_a.metrics.get(objective.metric),
-                "after": b,
-                "improvement": result.changes.get(objective.metric),
-                "noise": result.noise.get(objective.metric),
-            }
-        )
-    hv_a, hv_b = result.hypervolume_a, result.hypervolume_b
+    reference = spec_b.report.reference or default_reference(
+        pd.concat([trials_a, trials_b], ignore_index=True), spec_b.objectives
+    )
+    hv = [
+        summarize(t, spec_b.objectives, spec_b.constraints, rule=spec_b.report.balanced_rule, reference=reference)
+        for t in (trials_a, trials_b)
+    ]
+    data = result.to_dict()
+    regressions = data["regressions"]
+    if result.balanced_after is None:  # B lost its feasible front entirely
+        regressions.append({"metric": "(every objective)", "problem": f"{after} has no complete feasible trial"})
+    hv_a, hv_b = hv[0].hypervolume, hv[1].hypervolume
+    balanced = result.points[0] if result.points else None
     return {
         "before": str(before),
         "after": str(after),
-        "reference": list(result.reference) if result.reference is not None else None,
+        "reference": list(reference) if reference is not None else None,
         "hypervolume": {"before": hv_a, "after": hv_b, "change": None if hv_a is None or hv_b is None else hv_b - hv_a},
-        "balanced": {"before": point(result.balanced_a), "after": point(result.balanced_b), "objectives": changes},
+        "balanced": {
+            "before": _point(result.balanced_before),
+            "after": _point(result.balanced_after),
+            "same_point": result.same_balanced_point,
+            "compared_as": None if balanced is None else balanced.number_after,
+            "objectives": [] if balanced is None else data["points"][0]["changes"],
+        },
+        "points": data["points"],
+        "fallback": result.fallback,
+        "notes": list(result.notes),
         "tolerance": tolerance,
-        "regressions": list(result.regressions),
+        "regressions": regressions,
     }
 
 
+def _point(p: dict | None) -> dict | None:
+    return None if p is None else {"number": p["number"], "params": p["params"]}
+
+
 def run(args: argparse.Namespace) -> int:
-    result = compare_studies(args.before, args.after, tolerance=args.tolerance)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(render(result))
+    result = compare_dirs(args.before, args.after, tolerance=args.tolerance)
+    print(json.dumps(result, indent=2) if args.json else render(result))
     return 1 if result["regressions"] else 0
+
+
+def _params(p: dict | None) -> str:
+    if p is None:
+        return "none"
+    return "(" + ", ".join(f"{k} {v:.3f}" for k, v in p.items()) + ")"
+
+
+def render_points(result: dict, indent: str = "  ") -> list[str]:
+    """One block per compared point: each objective's change with its noise, REGRESSION flagged."""
+    lines = []
+    for point in result["points"]:
+        label = "balanced point" if point["balanced"] else "front point"
+        if point["number_after"] is None:
+            lines.append(f"{indent}{label} {_params(point['params'])}: not measured in the later study")
+            continue
+        lines.append(
+            f"{indent}{label} {_params(point['params'])}: trial {point['number_before']} -> trial {point['number_after']}"
+        )
+        for c in point["changes"]:
+            flag = "  REGRESSION" if c["regressed"] else ""
+            lines.append(
+                f"{indent}  {c['direction']} {c['metric']}: {c['before']:.4g} -> {c['after']:.4g} "
+                f"({c['change']:+.4g}; noise ±{c['noise']:.3g}, {c['basis']}){flag}"
+            )
+    return lines
 
 
 def render(result: dict) -> str:
     num = lambda v, spec=".4g": "n/a" if v is None else format(v, spec)  # noqa: E731
-
-    def params(p) -> str:
-        if p is None:
-            return "none"
-        return f"trial {p['number']} (" + ", ".join(f"{k}={v:.3f}" for k, v in p["params"].items()) + ")"
-
     hv, bal = result["hypervolume"], result["balanced"]
+    before, after = bal["before"], bal["after"]
     lines = [
         f"compare {result['before']} -> {result['after']}",
         f"  hypervolume   {num(hv['before'])} -> {num(hv['after'])} ({num(hv['change'], '+.4g')}), reference {result['reference']}",
-        f"  balanced      {params(bal['before'])} -> {params(bal['after'])}",
+        f"  balanced      trial {before['number']} {_params(before['params'])} -> "
+        + ("none" if after is None else f"trial {after['number']} {_params(after['params'])}")
+        + (
+            ""
+            if after is None or bal["same_point"]
+            else "  (another point: the sampler's choice, information, not a regression)"
+        ),
     ]
-    for change in bal["objectives"]:
-        flag = "  REGRESSION" if change["metric"] in result["regressions"] else ""
-        band = f", noise ±{num(change['noise'])}" if change.get("noise") else ""
-        lines.append(
-            f"    {change['direction']} {change['metric']}: {num(change['before'])} -> {num(change['after'])} ({num(change['improvement'], '+.4g')}{band}){flag}"
-        )
+    lines += render_points(result)
+    lines += [f"  note: {n}" for n in result["notes"]]
     if result["regressions"]:
-        lines.append(
-            f"regression beyond tolerance {result['tolerance']:g} and the noise in: {', '.join(result['regressions'])}"
-        )
+        named = [
+            r.get("problem") or f"{r['metric']} at {_params(r['params'])}: {r['change']:+.4g} (noise ±{r['noise']:.3g})"
+            for r in result["regressions"]
+        ]
+        lines.append(f"regression beyond tolerance {result['tolerance']:g} and the noise (99%): " + "; ".join(named))
     else:
-        lines.append(f"no regression beyond tolerance {result['tolerance']:g} and the noise")
+        lines.append(f"no regression beyond tolerance {result['tolerance']:g} and the noise (99%)")
     return "\n".join(lines)

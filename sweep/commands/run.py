@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sweep.checks import spec_problems
     from sweep.errors import ConfigError
-    from sweep.runner import run_sweep
+    from sweep.raysetup import choose_local_auth_mode
     from sweep.spec import load_spec
 
     if args.trials is not None and args.trials < 1:
@@ -38,5 +38,8 @@ def run(args: argparse.Namespace) -> int:
     problems += storage_problems(spec)  # the storage answers, its driver is installed (nothing created)
     if problems:
         raise ConfigError(problems, source=args.spec)
+    choose_local_auth_mode(spec, args.address)  # before the runner imports Ray
+    from sweep.runner import run_sweep
+
     summary = run_sweep(spec, address=args.address, trials=args.trials, quiet=args.quiet)
     return summary.exit_code

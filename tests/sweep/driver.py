@@ -12,12 +12,9 @@ import sys
 
 
 def main() -> int:
-    import ray.cloudpickle
-
     from sweep.errors import SweepError
-    from sweep.runner import run_sweep
+    from sweep.raysetup import choose_local_auth_mode
     from sweep.spec import load_spec
-    from tests.sweep import sweeps
 
     parser = argparse.ArgumentParser()
     parser.add_argument("spec")
@@ -25,10 +22,21 @@ def main() -> int:
     parser.add_argument("--trials", type=int)
     parser.add_argument("--address")
     args = parser.parse_args()
+    try:
+        spec = load_spec(args.spec, resolve_demo=False)
+    except SweepError as exc:
+        print(f"sweep run: error: {exc}", file=sys.stderr)
+        return 2
+    choose_local_auth_mode(spec, args.address)  # as the run command does, before Ray is imported
+    import ray.cloudpickle
+
+    from sweep.runner import run_sweep
+    from tests.sweep import sweeps
+
     ray.cloudpickle.register_pickle_by_value(sweeps)
     try:
         summary = run_sweep(
-            load_spec(args.spec, resolve_demo=False),
+            spec,
             quiet=args.quiet,
             trials=args.trials,
             address=args.address,

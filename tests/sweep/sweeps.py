@@ -59,3 +59,25 @@ def stand_in_trial(spec, params) -> TrialResult:
         timings={"total_s": round(time.perf_counter() - started, 3)},
         worker=worker,
     )
+
+
+def degraded(metrics: dict) -> dict:
+    """SWEEP_TEST_DEGRADE=f scales length_retention by f: a night whose models got worse."""
+    factor = float(os.environ.get("SWEEP_TEST_DEGRADE", "1"))
+    return metrics | {"probe/length_retention": metrics["probe/length_retention"] * factor}
+
+
+def stand_in_nightly_trial(spec, params) -> TrialResult:
+    """stand_in_trial, degraded by SWEEP_TEST_DEGRADE, with a recorded probe band of 0.02."""
+    result = stand_in_trial(spec, params)
+    metrics = degraded(result.metrics) | {"probe/length_retention_noise": 0.02, "probe/reward_dip_noise": 0.02}
+    return TrialResult(params=result.params, metrics=metrics, curves=result.curves, timings=result.timings)
+
+
+def stand_in_probe(spec, params, seed) -> dict:
+    """A repeat of the stand-in's probe at another seed: the same values moved by a
+    seed-dependent 0.01-0.03 (the trajectory's noise), with the recorded band of 0.02."""
+    alpha, beta = params["alpha"], params["beta"]
+    shift = 0.01 * (1 + seed % 3) * (-1) ** seed
+    metrics = {"probe/length_retention": 1.0 - 0.8 * alpha * beta + shift, "probe/reward_dip": (1.0 - alpha) * beta}
+    return degraded(metrics) | {"probe/length_retention_noise": 0.02, "probe/reward_dip_noise": 0.02}

@@ -138,6 +138,7 @@ def run_two_drivers(root: Path, storage: str, *, name: str, budget: int, env: di
 
 
 def test_two_drivers_on_a_fresh_journal_share_the_budget(tmp_path):
+    (tmp_path / "shared").mkdir()  # the share is mounted: a journal's folder must exist
     journal = str(tmp_path / "shared" / "study.journal")
     run_two_drivers(tmp_path, journal, name="shared-journal", budget=6)
     complete = check_study(journal, "shared-journal", 6)

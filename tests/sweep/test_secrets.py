@@ -42,6 +42,7 @@ def test_storage_from_the_environment(workspace, tiny_trio, capsys, monkeypatch,
     code, output = validate(path, capsys)
     assert code == 2 and "storage: env:SWEEP_STORAGE: the environment variable SWEEP_STORAGE is not set" in output
     journal = tmp_path / "shared" / "study.journal"
+    journal.parent.mkdir()  # a journal's folder must exist (an unmounted share is refused)
     monkeypatch.setenv("SWEEP_STORAGE", str(journal))
     code, output = validate(path, capsys)
     assert code == 0, output

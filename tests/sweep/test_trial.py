@@ -65,6 +65,10 @@ def tiny_spec(tmp_path_factory, tiny_trio):
 def test_run_trial_measures_every_metric_and_reuses_the_worker_state(tiny_spec):
     first = run_trial(tiny_spec, {"alpha": 0.3, "beta": 0.8})
     assert 0.0 <= first.metrics["lm_eval/toy_sum/exact_match,none"] <= 1.0
+    # lm-eval's stderr rides along (sweep compare's noise where no whole-number limit is set)
+    score = first.metrics["lm_eval/toy_sum/exact_match,none"]
+    stderr = first.metrics["lm_eval/toy_sum/exact_match,none_stderr"]
+    assert stderr is not None and (stderr > 0) == (0 < score < 1)
     assert first.metrics["probe/length_retention"] > 0
     assert len(first.curves["response_length/mean"]) == 3
     assert {"merge_s", "lm_eval_s", "probe_s", "total_s"} <= set(first.timings) and first.timings["load_s"] > 0
