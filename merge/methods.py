@@ -205,10 +205,10 @@ def slerp(
         raise ValueError(f"slerp merges exactly two tensors, got {len(tensors)}")
     a, b = (t.to(torch.float32) for t in tensors)
     t = float(weights[1])
-    norm_a, norm_b = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
+    norm_a, norm_b = math.sqrt(_dot64(a, a)), math.sqrt(_dot64(b, b))
     if norm_a < 1e-12 or norm_b < 1e-12:
         return linear([a, b], [1.0 - t, t])
-    cos = float(torch.dot(a.flatten(), b.flatten())) / (norm_a * norm_b)  # fp32 dot: ~1e-7 relative
+    cos = _dot64(a, b) / (norm_a * norm_b)
     cos = max(-1.0, min(1.0, cos))
     if abs(cos) > 1.0 - eps:
         return linear([a, b], [1.0 - t, t])
@@ -218,6 +218,28 @@ def slerp(
 
 
 # ---------------------------------------------------------------- helpers
+
+DOT_CHUNK = 1 << 22  # elements per float64 block: 32 MB per operand, whatever the tensor's size
+
+
+def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The dot product of two same-shaped tensors, accumulated in float64 over fresh blocks.
+
+    An fp32 torch.dot on the CPU depends on where the data lie: its vectorized loop handles
+    an unaligned head apart, so the same values at another offset sum in another order
+    (measured: 3 different results over 8 offsets). A tensor read from a safetensors file
+    sits wherever the header put it, a live model's tensor elsewhere, and slerp's angle
+    then differed between the disk merge and the in-place build in the last bits. Each
+    block is copied to a new (aligned) float64 buffer, so the sum depends on the values
+    alone, and in float64 the rounding left is far below fp32's.
+    """
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    total = 0.0
+    for start in range(0, flat_a.numel(), DOT_CHUNK):
+        block_a = flat_a[start : start + DOT_CHUNK].to(torch.float64, copy=True)
+        block_b = flat_b[start : start + DOT_CHUNK].to(torch.float64, copy=True)
+        total += float(torch.dot(block_a, block_b))
+    return total
 
 
 def _require_base(base: torch.Tensor | None, method: str) -> torch.Tensor:

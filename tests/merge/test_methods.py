@@ -190,6 +190,22 @@ def test_slerp_by_hand():
     torch.testing.assert_close(call("slerp", [2 * a, 2 * b], [0.5, 0.5]), torch.tensor([math.sqrt(2), math.sqrt(2)]))
 
 
+def test_slerp_depends_on_the_values_not_on_where_they_lie_in_memory():
+    """The same two tensors at 8 offsets into a buffer (as a tensor read from a safetensors
+    file sits wherever its header put it) merge to the same bits. An fp32 torch.dot gave 2
+    different sums over these offsets, and the disk merge and the in-place build differed."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(83, 64, generator=gen)
+    b = a + 0.03 * torch.randn(83, 64, generator=gen)  # a fine-tune of a: cos ~0.9996, the angle is small
+    results = []
+    for offset in range(8):
+        x = torch.empty(a.numel() + 16)[offset : offset + a.numel()].view_as(a)
+        y = torch.empty(b.numel() + 16)[offset : offset + b.numel()].view_as(b)
+        x.copy_(a), y.copy_(b)
+        results.append(call("slerp", [x, y], [0.3, 0.7], eps=1e-6))  # a real slerp, not the linear fallback
+    assert all(torch.equal(r, results[0]) for r in results)
+
+
 def test_slerp_falls_back_to_linear_when_nearly_colinear():
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])  # cos = 1
     torch.testing.assert_close(call("slerp", [a, b], [0.75, 0.25]), torch.tensor([1.25, 2.5]))
