@@ -8,7 +8,7 @@ alarm. For contrast it re-judges the same pairs of nights with the probe's recor
 bootstrap bands only (no repeats) and with the balanced points alone, the rules
 `sweep compare` had before, and prints all three counts.
 
-    SWEEP_DEMO_DIR=... python bench/nightly_false_alarms.py --nights 11 --trials 4
+    python bench/nightly_false_alarms.py --nights 11 --trials 4   # on the shipped demo family
 
 Measured figures are quoted in docs/report.md ("Nightly comparisons").
 """
