@@ -1,6 +1,6 @@
 """Per-trial lm-eval overhead, excluding the model's own work, with the task dict built once.
 
-    python bench/eval_bench.py            # demo family tasks when sweep.demo.build exists
+    python bench/eval_bench.py            # the shipped demo family's tasks
     python bench/eval_bench.py --standin  # same-shape local tasks on a tiny random model
 
 Prints, from one run (timings on shared cores are noisy; compare the ratios):
@@ -98,10 +98,7 @@ def main() -> None:
         model_dir, tasks_dir = standin_setup(Path(tempfile.mkdtemp(prefix="eval_bench_")))
         source = "stand-in tasks (demo shape), tiny random model"
     else:
-        try:
-            model_dir, tasks_dir = demo_setup()
-        except ImportError:
-            sys.exit("sweep.demo.build is not available yet: run with --standin")
+        model_dir, tasks_dir = demo_setup()
         source = f"demo family: {model_dir}"
     config = LmEvalConfig(
         tasks=["toy_reasoning", "toy_instruct"],

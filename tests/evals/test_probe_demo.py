@@ -40,10 +40,15 @@ def test_reasoning_model_answers_at_length_and_instruct_model_briefly(demo_resul
 
 
 def test_demo_curves_and_metrics_are_sensible(demo_results):
+    assert demo_results["reasoning"].curves.kl[-1] > 0  # its groups' rewards differ: it learns
     for result in demo_results.values():
         curves = result.curves
         assert all(0 <= s <= 1 for s in curves.score_mean)  # exact_match
-        assert curves.kl[0] == pytest.approx(0, abs=1e-6) and curves.kl[-1] > 0
+        assert curves.kl[0] == pytest.approx(0, abs=1e-6)
+        # the policy moves exactly when a step had a gradient: GRPO's advantages are zero in a
+        # group whose rewards are all equal (the instruct member answers additions directly,
+        # scores 0 on all of them, and may draw no format prompt in 3 steps)
+        assert (curves.kl[-1] > 0) == any(g > 0 for g in curves.grad_norm[:-1]), (curves.kl, curves.grad_norm)
         assert all(h > 0 for h in curves.entropy)
         metrics = result.metrics.as_metrics()
         # against the baseline, not step 0: retention may pass 1, never the last point
@@ -98,11 +103,14 @@ def test_length_collapse_of_the_reasoning_member_against_its_null_control(demo_f
     settings and the recipe were chosen on seeds 0-5; not this one). The reasoning
     member's traces run past the probe's 64-token budget when they re-verify; a cut
     trace has no final answer and scores 0, so GRPO shortens them. The balanced merge
-    (alpha 0.5, beta 0.75) mostly thinks without re-verifying: nothing pushes it shorter.
+    (alpha 0.25, beta 0.5) mostly thinks without re-verifying: less is cut.
 
     Asserted, as the issue states them: the reasoning member's `length_retention` is at
     least 0.2 below the same probe at lr 1e-12, and the balanced merge's at least 0.1
-    above the reasoning member's (seeds 0-5: collapse 0.26-0.40, balanced +0.50-+1.57)."""
+    above the reasoning member's. On the shipped family, seeds 0-5: collapse 0.26-0.41,
+    balanced +0.13 to +0.21 (family v4's (0.5, 0.75): +0.50 to +1.57). The second margin is
+    a statement about the shipped family: where the middle merges fall moves with the
+    build (docs/demo-family.md, rebuilds)."""
     models, tokenizer = members
     retention = {}
     for name, changes in (("reasoning", {}), ("null", {"learning_rate": 1e-12}), ("balanced", {})):
@@ -114,13 +122,25 @@ def test_length_collapse_of_the_reasoning_member_against_its_null_control(demo_f
     assert retention["balanced"] >= retention["reasoning"] + 0.1, retention  # the balanced merge keeps its length
 
 
-def test_positive_control_a_brevity_reward_collapses_the_length(demo_family, members):
-    """A reward for short completions (the `concise` rule: format x brevity) drives the
-    balanced merge, which samples both answer styles, to its short style: retention well below 1."""
-    models, tokenizer = members
-    config = _demo_config(demo_family, reward={"rule": "concise", "model": None}, seed=1)
-    trained = run_probe(models["balanced"], tokenizer, config=config).metrics
-    assert trained.length_retention < 0.6, trained
+def test_positive_control_a_brevity_reward_collapses_the_length(demo_family):
+    """A reward for short completions (the `concise` rule: format x brevity) drives a merge
+    that samples both answer styles, (0.5, 0.75) (half its additions thought through, half
+    answered directly; 25.7 tokens greedy), to its short style, against the same probe at
+    lr 1e-12. Measured on the shipped family, seeds 0-2: retention 0.34 / 0.39 / 0.71
+    trained against 0.79 / 0.93 / 1.01 null (gaps 0.30-0.54). The balanced merge (0.25, 0.5)
+    is no control for this: it always thinks, has no short style to fall back to, and
+    moved 0.07-0.15 only."""
+    from sweep.demo.measure import build, load_family_models
+
+    sources, _, tokenizer = load_family_models(demo_family)
+    model, _ = load(demo_family.instruct)
+    build(model, sources, 0.5, 0.75)
+    retention = {}
+    for name, learning_rate in (("trained", None), ("null", 1e-12)):
+        changes = {"learning_rate": learning_rate} if learning_rate else {}
+        config = _demo_config(demo_family, reward={"rule": "concise", "model": None}, seed=1, **changes)
+        retention[name] = run_probe(model, tokenizer, config=config).metrics.length_retention
+    assert retention["trained"] <= retention["null"] - 0.2, retention
 
 
 # the demo spec's rate, and 10x smaller
