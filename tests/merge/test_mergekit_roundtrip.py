@@ -143,15 +143,21 @@ def test_linear_and_ties_are_bit_identical(roundtrip, case, dtype):
     + [("bf16-sources-task_arithmetic", "bfloat16")],
 )
 def test_task_arithmetic_and_slerp_agree_to_rounding(roundtrip, case, dtype):
-    """fp32: within 4 fp32 ulp of the terms (where they cancel, relative to the sources'
-    magnitude, not the small result); bf16: that, or one bf16 ulp of the result."""
+    """fp32: within 4 fp32 ulp of the terms per stage that rounds differently from
+    mergekit's (where they cancel, relative to the sources' magnitude, not the small
+    result); bf16: that, or one bf16 ulp of the result. Linear stages are bit-identical;
+    a slerp or task-arithmetic stage computes its coefficients in another order, and two
+    of them in a row carry the first one's rounding into the second: slerp-slerp's
+    embedding was 1.2x the one-stage bound on an AMD EPYC (AVX2), old and new code alike."""
     ours, theirs = _pair(roundtrip, case, dtype)
+    base_case = case.removeprefix("bf16-sources-")
+    inexact = sum(method in ("slerp", "task_arithmetic") for method in CASES[base_case][::2])
     sources = [load_state(path) for path in roundtrip[3][case].values()]
     differing = 0
     for name in ours:
         reference = ours[name].double()
         scale = torch.stack([reference.abs()] + [s[_stored(name, s)].double().abs() for s in sources]).amax(0)
-        tolerance = 4 * fp32_ulp(scale)
+        tolerance = 4 * max(1, inexact) * fp32_ulp(scale)
         if dtype == "bfloat16":
             tolerance = torch.maximum(tolerance, bf16_ulp(reference))
         gap = (reference - theirs[name].double()).abs()
