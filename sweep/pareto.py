@@ -307,12 +307,23 @@ def hypervolume_history(
 # ---------------------------------------------------------------- balanced point
 
 
-def normalized_utilities(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+def normalized_utilities(values: np.ndarray, directions: Sequence[str], scale: np.ndarray | None = None) -> np.ndarray:
     """Front values (n, d) -> utilities in [0, 1] per objective: 1 = best on the front,
-    0 = worst on the front. An objective equal on every front point is 1 everywhere
-    (it cannot tell the points apart)."""
+    0 = worst among `scale`'s values (the eligible trials the front came from; default:
+    the front itself). An objective equal on every point is 1 everywhere (it cannot tell
+    the points apart).
+
+    Why the trials and not the front alone: on a two-point front every point is worst
+    on some objective, every point's minimum utility is 0, and maximin picks by trial
+    number. The demo sweep on the shipped family met exactly that: its front was (0.44,
+    0.95), which cannot add (0.00), and (0.02, 0.53), which adds (1.00) and keeps 0.81
+    of its length; normalized over the front both scored 0 and the one that cannot add
+    won. Scaled by the 11 eligible trials, the second scores 0.38 and the first 0."""
     losses = to_losses(values, directions)
-    best, worst = losses.min(axis=0), losses.max(axis=0)
+    best = losses.min(axis=0)
+    worst = losses.max(axis=0)
+    if scale is not None and len(scale):
+        worst = np.maximum(worst, to_losses(scale, directions).max(axis=0))
     span = worst - best
     with np.errstate(invalid="ignore", divide="ignore"):
         util = np.where(span > 0, (worst - losses) / np.where(span > 0, span, 1.0), 1.0)
@@ -336,12 +347,16 @@ def register_rule(name: str, doc: str) -> Callable[[RuleFn], RuleFn]:
     return wrap
 
 
-@register_rule("maximin", "maximize the minimum over objectives of the value normalized to [0, 1] over the front")
+@register_rule(
+    "maximin", "maximize the minimum over objectives of the value normalized to [0, 1] (best on the front, worst trial)"
+)
 def _maximin(util: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     return util.min(axis=1)
 
 
-@register_rule("weighted", "maximize the weighted mean of the values normalized to [0, 1] over the front")
+@register_rule(
+    "weighted", "maximize the weighted mean of the values normalized to [0, 1] (best on the front, worst trial)"
+)
 def _weighted(util: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     w = np.ones(util.shape[1]) if weights is None else weights
     return util @ w / w.sum()
@@ -433,10 +448,13 @@ def balanced_point(
     *,
     rule: str = "maximin",
     weights: Mapping[str, float] | Sequence[float] | None = None,
+    trials: pd.DataFrame | None = None,
 ) -> BalancedPoint | None:
     """Choose the balanced point among `front`'s rows (the output of `pareto_front`).
 
-    Values are normalized over the front (see `normalized_utilities`), the rule scores
+    Values are normalized from the best on the front to the worst among `trials` (the
+    eligible trials the front came from; default: the front; see
+    `normalized_utilities`), the rule scores
     every point, the highest score wins; ties go to the higher mean normalized value,
     then to the lower trial number. Returns None for an empty front. Raises SweepError
     for an unknown rule or bad weights (see `check_rule`).
@@ -446,7 +464,8 @@ def balanced_point(
     if len(front) == 0:
         return None
     values = objective_values(front, objectives)
-    util = normalized_utilities(values, [o.direction for o in objectives])
+    scale = objective_values(trials, objectives) if trials is not None and len(trials) else None
+    util = normalized_utilities(values, [o.direction for o in objectives], scale)
     scores = BALANCED_RULES[rule](util, w)
     numbers = front["number"].to_numpy() if "number" in front else np.arange(len(front))
     # lexsort: last key is primary. Round scores so float noise does not break ties.
@@ -615,7 +634,9 @@ def summarize(
         front_numbers=tuple(int(n) for n in front["number"]) if "number" in front else (),
         reference=ref,
         hypervolume=volume,
-        balanced=balanced_point(front, objectives, rule=rule, weights=weights),
+        balanced=balanced_point(
+            front, objectives, rule=rule, weights=weights, trials=trials[eligible_mask(trials, objectives, constraints)]
+        ),
     )
 
 

@@ -46,7 +46,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.pareto import NOISE_SUFFIX, Objective, as_objectives, balanced_point, pareto_front, trial_params
+from sweep.pareto import (
+    NOISE_SUFFIX,
+    Objective,
+    as_objectives,
+    balanced_point,
+    eligible_mask,
+    pareto_front,
+    trial_params,
+)
 
 Z99 = 2.576  # two-sided 99%: a false alarm on 0.5% of unchanged metrics
 Z90 = 1.645  # the probe's recorded bands are 90% half-widths
@@ -263,8 +271,10 @@ def compare_studies(
         raise SweepError(f"tolerance must be >= 0, got {tolerance}")
     front_a = pareto_front(trials_a, objectives, constraints)
     front_b = pareto_front(trials_b, objectives, constraints)
-    bal_a = balanced_point(front_a, objectives, rule=rule, weights=weights)
-    bal_b = balanced_point(front_b, objectives, rule=rule, weights=weights)
+    eligible_a = trials_a[eligible_mask(trials_a, objectives, constraints)]
+    eligible_b = trials_b[eligible_mask(trials_b, objectives, constraints)]
+    bal_a = balanced_point(front_a, objectives, rule=rule, weights=weights, trials=eligible_a)
+    bal_b = balanced_point(front_b, objectives, rule=rule, weights=weights, trials=eligible_b)
     as_dict = lambda p: None if p is None else {"number": p.number, "params": p.params, "metrics": p.metrics}  # noqa: E731
     points: list[PointComparison] = []
     notes: list[str] = []

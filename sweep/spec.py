@@ -264,7 +264,7 @@ class ConstraintSpec(_Section):
 class ReportSpec(_Section):
     """How the balanced point is chosen and the hypervolume measured (see docs/report.md)."""
 
-    # maximin: best worst objective, normalized over the front; knee: farthest from the line
+    # maximin: best worst objective, normalized from the best on the front to the worst eligible trial; knee: farthest from the line
     # (plane) through the front's extremes; weighted: best weighted sum of normalized objectives.
     balanced_rule: Literal["maximin", "knee", "weighted"] = "maximin"
     weights: dict[str, Annotated[float, Field(ge=0)]] | None = None  # by objective metric, for weighted

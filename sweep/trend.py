@@ -33,7 +33,7 @@ def series_name(template: str) -> str:
 def trend_rows(results_dir: Path, template: str, spec: SweepSpec) -> tuple[list[dict[str, Any]], list[float] | None]:
     """(one dict per night, oldest first; the shared reference point)."""
     from sweep.nightly import NIGHT_FILE, find_nights
-    from sweep.pareto import as_objectives, balanced_point, default_reference, pareto_front
+    from sweep.pareto import as_objectives, balanced_point, default_reference, eligible_mask, pareto_front
     from sweep.study import load_study_dir
 
     objectives = as_objectives(spec.objectives)
@@ -78,7 +78,11 @@ def trend_rows(results_dir: Path, template: str, spec: SweepSpec) -> tuple[list[
                 values, sds, directions=[o.direction for o in objectives], reference=reference
             )
         point = balanced_point(
-            front, objectives, rule=night_spec.report.balanced_rule, weights=night_spec.report.weights
+            front,
+            objectives,
+            rule=night_spec.report.balanced_rule,
+            weights=night_spec.report.weights,
+            trials=trials[eligible_mask(trials, objectives, night_spec.constraints)],
         )
         if point is not None:
             brow = front[front["number"] == point.number].iloc[0]

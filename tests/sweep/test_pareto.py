@@ -251,6 +251,26 @@ def test_balanced_rules_on_a_hand_computed_3d_front():
     assert knee.number == 4 and knee.score == pytest.approx(0.24 / math.sqrt(2.04))
 
 
+def test_a_two_point_front_is_scaled_by_the_trials_not_by_itself():
+    """The demo sweep's front on the shipped family: one point that cannot add but keeps
+    its length, one that adds and keeps most of it. Normalized over the front alone both
+    score 0 under maximin and the trial number decides; scaled by every eligible trial,
+    the one that adds scores (0.807 - 0.656) / (1.054 - 0.656) = 0.38 and wins."""
+    rows = [
+        {A: 0.0, B: 0.993},  # 0: the instruct member
+        {A: 1.0, B: 0.656},  # 1: the reasoning member
+        {A: 0.0, B: 1.054},  # 2: front, cannot add
+        {A: 1.0, B: 0.807},  # 3: front, adds
+    ]
+    trials = table(rows)
+    front = pareto_front(trials, MAX2)
+    assert list(front["number"]) == [2, 3]
+    assert balanced_point(front, MAX2).number == 2  # front-only scaling: a tie, the lower number
+    point = balanced_point(front, MAX2, trials=trials)
+    assert point.number == 3 and point.score == pytest.approx((0.807 - 0.656) / (1.054 - 0.656))
+    assert summarize(trials, MAX2).balanced.number == 3  # what report and run print
+
+
 def test_balanced_point_ties_go_to_the_lower_trial_number():
     front = pareto_front(table([{A: 0.5, B: 0.5}, {A: 0.5, B: 0.5}]), MAX2)
     assert balanced_point(front, MAX2).number == 0
