@@ -102,6 +102,15 @@ def test_tokenizer_round_trips_and_think_is_one_token(tmp_path):
     assert tok.eos_token == "<eos>" and tok.pad_token == "<pad>"
 
 
+def test_shipped_task_loader_is_the_one_builds_copy(demo_family):
+    """A family's tasks folder carries its own copy of the loader (lm-eval resolves
+    `!function` beside the YAML); the shipped copy must be the source's, else an edit to
+    sweep/demo/toy_world_data.py would reach rebuilds and not the shipped family."""
+    from sweep.demo.tasks import LOADER
+
+    assert (demo_family.tasks / LOADER.name).read_bytes() == LOADER.read_bytes()
+
+
 def test_task_folder_is_relocatable_and_loads_from_any_working_directory(tmp_path, monkeypatch):
     """The YAMLs name no absolute path: their loader reads data/ beside it, so a moved
     (or shipped) tasks folder gives lm-eval the same documents from any cwd."""
