@@ -60,6 +60,7 @@ def run_probe(
     prompts: Sequence[Prompt] | None = None,
     reward: Reward | None = None,
     rollouts: Any = None,
+    on_trained: Any = None,
 ) -> ProbeResult:
     """Run `config.steps` RL steps from `model` and measure its stability.
 
@@ -69,6 +70,8 @@ def run_probe(
     the one config.reward names (a rule, or a reward model loaded here). rollouts: the
     vLLM engine (evals.probe.vllm_rollout.VllmRollouts) that samples when
     config.generator is vllm; it holds the model's starting weights again at the end.
+    on_trained: `on_trained(model)` is called with the trained policy after the last step,
+    before the weights are restored (built-in backend; e.g. to evaluate a long run).
 
     What happens to `model` (built-in backend): it is trained in place (update: full,
     next to a frozen copy used for the KL; update: lora, fp32 adapters injected into it,
@@ -103,7 +106,9 @@ def run_probe(
         raise EvalError(
             "probe generator vllm: give the vLLM engine (rollouts=VllmRollouts...); `sweep probe --generator vllm` and the trial worker build one"
         )
-    extra = {"rollouts": rollouts} if rollouts is not None else {}
+    extra: dict[str, Any] = {"rollouts": rollouts} if rollouts is not None else {}
+    if on_trained is not None:
+        extra["on_trained"] = on_trained
     run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward, **extra)
     metrics, curves = score_run(run, config=config, with_curves=True)
     wall_s = time.perf_counter() - start

@@ -47,7 +47,7 @@ import copy
 import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -83,7 +83,12 @@ class GRPOBackend(ProbeBackend):
         prompts: Sequence[Prompt],
         reward: Reward,
         rollouts: Any = None,
+        on_trained: Callable[[Any], None] | None = None,
     ) -> BackendRun:
+        """`on_trained(model)`, when given, is called once with the trained policy after the
+        last step (not after a divergence), before the starting weights are restored: the
+        hook that lets a caller evaluate what a long RL run made (bench/probe_validity.py,
+        `sweep calibrate`). Under LoRA the adapters are still on the model then."""
         if config.generator == "vllm" and rollouts is None:
             raise EvalError(
                 "probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))"
@@ -208,6 +213,8 @@ class GRPOBackend(ProbeBackend):
                             f"steps (stopped after step {step} of {config.steps})"
                         )
                         break
+            if on_trained is not None:
+                on_trained(model)
         except _Diverged as exc:
             diverged, stopped_early = True, True
             where = "while measuring the baseline" if step < 0 else f"at step {step} of {config.steps}"

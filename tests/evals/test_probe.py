@@ -131,6 +131,45 @@ def test_model_comes_back_as_it_was_given(tiny_dir):
     assert logits.shape[-1] == len(tokenizer) and torch.isfinite(logits).all()
 
 
+def test_a_probe_of_n_steps_is_the_first_n_steps_of_a_longer_run(tiny_dir):
+    """What bench/probe_validity.py and `sweep calibrate` rest on: the prompt order and the
+    sampler's stream do not depend on `steps`, so the probe is the long run's prefix."""
+    from evals.probe.baseline import normalized_metrics
+    from evals.probe.records import PromptSamples
+
+    model, tokenizer = load(tiny_dir)
+    cfg = config(baseline_samples=2, prompt_pool=4, prompts_per_step=2, group_size=2, noise_samples=0, window=2)
+    short = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share)
+    backend = get_backend("builtin")
+    long = backend.run(
+        model, tokenizer, config=dataclasses.replace(cfg, steps=12), prompts=PROMPTS, reward=digit_share
+    )
+    assert long.curves.steps == 12 and short.curves.steps == 6
+    assert long.curves.score_mean[:6] == short.curves.score_mean
+    assert long.curves.response_length_mean[:6] == short.curves.response_length_mean
+    prefix = normalized_metrics(long.baseline, long.steps[:6], kl=long.curves.kl[:6], window=2, planned_steps=6)
+    assert prefix.length_retention == short.metrics.length_retention
+    assert prefix.reward_dip == short.metrics.reward_dip
+    assert all(isinstance(p, PromptSamples) for step in long.steps for p in step)
+
+
+def test_on_trained_sees_the_trained_policy_and_the_model_still_comes_back(tiny_dir):
+    import torch
+
+    model, tokenizer = load(tiny_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def on_trained(trained):
+        assert trained is model
+        seen.append(sum((v - before[k]).abs().sum().item() for k, v in trained.state_dict().items()))
+
+    cfg = config(steps=3, learning_rate=1e-2)
+    run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share, on_trained=on_trained)
+    assert len(seen) == 1 and seen[0] > 0  # called once, on weights that moved
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # then restored
+
+
 def test_rule_reward_from_config_and_prompts_file(tiny_dir, prompts_file):
     model, tokenizer = load(tiny_dir)
     cfg = config(prompts=str(prompts_file), steps=2, reward={"rule": "format", "model": None})
