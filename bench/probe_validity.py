@@ -1,0 +1,376 @@
+"""Does the short probe predict the long RL run? Ground truth on the shipped demo family.
+
+    python bench/probe_validity.py run   [--seeds 0 1 2] [--long-steps 128] [--workers 2] [--out DIR]
+    python bench/probe_validity.py table [--out DIR] [--probe-steps 4 8 16 32] [--json]
+
+`run` trains, for each candidate (alpha, beta) and seed, one long RL run with the demo
+spec's probe settings (search_spaces/demo.yaml, evals.probe) and `--long-steps` steps,
+and, for `--null-points`, the same run at a learning rate of 1e-12 (the null control:
+same sampling, same prompts, weights that cannot move). After the last step it scores
+the trained policy greedily on the held-out problems of both tasks (the lm-eval tasks'
+`exact_match,final`, as the gate measures them). Each run is one JSON file in --out
+(per-prompt samples of every step, the KL curve, the held-out scores), so a run that
+was interrupted resumes where it stopped and `table` can be recomputed at will.
+
+A probe of N steps is exactly the first N steps of the long run with the same seed (the
+prompt order and the sampler's random stream do not depend on the number of steps;
+`run` checks this on its first job against `run_probe` itself). So `table` reads the
+probe's metrics at each N from the long runs' prefixes, and compares the probe of seed s
+with the long runs of the *other* seeds: the probe never sees the run it predicts.
+
+The long run's outcomes (normalized curves, per-prompt against the starting model's
+baseline, trailing window of the spec):
+- final length: mean normalized length over the last eighth of the run / baseline;
+- minimum length: min of the smoothed normalized length / baseline;
+- final reward: mean normalized reward over the last eighth - baseline (reward units);
+- dip: baseline - min of the smoothed reward (>= 0) and whether (and when) the smoothed
+  reward is back at the baseline afterwards;
+- held-out accuracy and greedy length after the run.
+
+The table prints, per probe length, Spearman's rank correlation between each probe
+metric and the long-run outcome it stands for (per probe seed), and how often the
+spec's constraint (probe/length_retention >= 0.5) agrees with "the long run kept at least
+half its length".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from statistics import mean, pstdev
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The demo square (alpha x beta in {0, 0.25, 0.5} x {1, 0.75, 0.5}) and the instruct member:
+# both members at beta 1, the stage-1 line, and the stage-2 merges the gate measures.
+POINTS = [(a, b) for b in (1.0, 0.75, 0.5) for a in (0.0, 0.25, 0.5)] + [(1.0, 1.0)]
+NULL_POINTS = [(0.0, 1.0), (0.25, 0.5), (1.0, 1.0)]
+NULL_LR = 1e-12
+CONSTRAINT = 0.5  # the demo spec's probe/length_retention >= 0.5
+
+
+def _name(alpha: float, beta: float, seed: int, null: bool) -> str:
+    return f"a{alpha:g}-b{beta:g}-s{seed}" + ("-null" if null else "") + ".json"
+
+
+def _jobs(points, seeds, null_points) -> list[tuple[float, float, int, bool]]:
+    jobs = [(a, b, s, False) for s in seeds for a, b in points]
+    jobs += [(a, b, s, True) for s in seeds for a, b in null_points]
+    return jobs
+
+
+def _held_out(family, n: int):
+    from sweep.demo.data import Problem
+
+    def problems(task: str):
+        lines = (family.tasks / "data" / f"toy_{task}_heldout.jsonl").read_text().splitlines()[:n]
+        return [Problem(kind=d["kind"], prompt=d["prompt"], answer=d["answer"]) for d in map(json.loads, lines)]
+
+    return problems("reasoning"), problems("instruct")
+
+
+def _worker(jobs, out: str, long_steps: int, n_eval: int, check_prefix: bool) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from evals.probe import ProbeConfig, load_prompts, run_probe
+    from evals.probe.backends import get_backend
+    from evals.rewards import build_reward
+    from sweep.demo.build import active_family
+    from sweep.demo.measure import build, load_family_models, score
+    from sweep.demo.stability import demo_probe_settings
+
+    family = active_family()
+    settings = demo_probe_settings(prompts=str(family.probe_prompts), noise_samples=0)
+    prompts = load_prompts(settings["prompts"])
+    reasoning, instruct = _held_out(family, n_eval)
+    sources, model, tokenizer = load_family_models(family)
+    reward = build_reward(rule=settings["reward"]["rule"], model=None)
+    backend = get_backend("builtin")
+    for alpha, beta, seed, null in jobs:
+        path = Path(out) / _name(alpha, beta, seed, null)
+        if path.exists():
+            continue
+        build(model, sources, alpha, beta)
+        lr = NULL_LR if null else settings["learning_rate"]
+        config = ProbeConfig.from_dict(settings | {"steps": long_steps, "seed": seed, "learning_rate": lr})
+        after: dict = {}
+
+        def on_trained(trained, after=after):
+            with torch.no_grad():
+                for task, problems in (("reasoning", reasoning), ("instruct", instruct)):
+                    s = score(trained, tokenizer, problems)
+                    after[task] = {"accuracy": s.accuracy, "length": s.mean_length}
+
+        t0 = time.perf_counter()
+        run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward, on_trained=on_trained)
+        wall_s = time.perf_counter() - t0
+        record = {
+            "alpha": alpha,
+            "beta": beta,
+            "seed": seed,
+            "null": null,
+            "learning_rate": lr,
+            "steps": long_steps,
+            "settings": config.to_dict(),
+            "wall_s": wall_s,
+            "diverged": run.diverged,
+            "stopped_early": run.stopped_early,
+            "kl": list(run.curves.kl),
+            "raw_length": list(run.curves.response_length_mean),
+            "raw_score": list(run.curves.score_mean),
+            "baseline": [p.to_dict() for p in run.baseline],
+            "samples": [[p.to_dict() for p in step] for step in run.steps],
+            "after": after,
+        }
+        if check_prefix and not null:  # the probe of N steps is the long run's prefix
+            from evals.probe.baseline import normalized_metrics
+
+            probe = run_probe(
+                model, tokenizer, config=ProbeConfig.from_dict(settings | {"seed": seed}), prompts=prompts
+            )
+            n = probe.metrics.steps
+            prefix = normalized_metrics(
+                run.baseline, run.steps[:n], kl=run.curves.kl[:n], window=config.window, planned_steps=n
+            )
+            record["prefix_check"] = {
+                "probe": probe.metrics.length_retention,
+                "prefix": prefix.length_retention,
+                "equal": probe.metrics.length_retention == prefix.length_retention,
+            }
+            check_prefix = False
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+        print(
+            f"{path.name}: {wall_s:.0f} s, held-out reasoning {after.get('reasoning', {}).get('accuracy')}"
+            + (f", prefix check {record['prefix_check']}" if "prefix_check" in record else ""),
+            flush=True,
+        )
+
+
+def run(args) -> None:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    points = [tuple(map(float, p.split(","))) for p in args.points] if args.points else POINTS
+    null_points = [tuple(map(float, p.split(","))) for p in args.null_points] if args.null_points else NULL_POINTS
+    jobs = [j for j in _jobs(points, args.seeds, null_points) if not (out / _name(*j)).exists()]
+    print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
+    shares = [jobs[i :: args.workers] for i in range(args.workers)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(share, str(out), args.long_steps, args.n_eval, i == 0))
+        for i, share in enumerate(shares)
+        if share
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise SystemExit(f"a worker failed (exit codes {failed})")
+
+
+# --- the table -------------------------------------------------------------------------
+
+
+def _samples(record):
+    from evals.probe import PromptSamples
+
+    baseline = [PromptSamples.from_dict(p) for p in record["baseline"]]
+    steps = [tuple(PromptSamples.from_dict(p) for p in step) for step in record["samples"]]
+    return baseline, steps
+
+
+def long_outcome(record, window: int) -> dict:
+    """The long run's outcomes (sweep.calibrate.long_outcome) and its held-out scores."""
+    from sweep.calibrate import long_outcome as outcome
+
+    baseline, steps = _samples(record)
+    after = record["after"]
+    return outcome(baseline, steps, window=window) | {
+        "heldout_reasoning": after.get("reasoning", {}).get("accuracy"),
+        "heldout_instruct": after.get("instruct", {}).get("accuracy"),
+        "heldout_length": after.get("reasoning", {}).get("length"),
+    }
+
+
+def probe_metrics(record, steps: int, window: int) -> dict:
+    """The probe's metrics at `steps` steps: the long run's prefix, scored as run_probe scores it."""
+    from evals.probe.baseline import Baseline, normalized_metrics
+
+    baseline, samples = _samples(record)
+    m = normalized_metrics(baseline, samples[:steps], kl=record["kl"][:steps], window=window, planned_steps=steps)
+    return {
+        "length_retention": m.length_retention,
+        "length_growth": m.length_growth,
+        "reward_dip": m.reward_dip,
+        "reward_final": m.reward_final - Baseline(baseline).pool_score,
+    }
+
+
+def load(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("a*-b*-s*.json"))]
+
+
+# probe metric -> (long-run outcome it stands for, sign: +1 when a higher metric means a higher outcome)
+PAIRS = {
+    "length_retention": ("final_length", +1),
+    "length_growth": ("final_length", +1),
+    "reward_dip": ("dip", +1),
+    "reward_final": ("final_reward", +1),
+}
+
+
+def table(args) -> dict:
+    from sweep.calibrate import spearman
+
+    out = Path(args.out).resolve()
+    records = load(out)
+    trained = [r for r in records if not r["null"]]
+    nulls = [r for r in records if r["null"]]
+    if not trained:
+        raise SystemExit(f"no runs in {out}; run `python bench/probe_validity.py run` first")
+    window = trained[0]["settings"]["window"]
+    points = sorted({(r["alpha"], r["beta"]) for r in trained}, key=lambda p: (-p[1], p[0]))
+    seeds = sorted({r["seed"] for r in trained})
+    outcomes = {(r["alpha"], r["beta"], r["seed"]): long_outcome(r, window) for r in trained}
+    null_outcomes = {(r["alpha"], r["beta"], r["seed"]): long_outcome(r, window) for r in nulls}
+    by_key = {(r["alpha"], r["beta"], r["seed"]): r for r in trained}
+    long_steps = trained[0]["steps"]
+    lines = [f"## Long runs ({long_steps} steps, seeds {seeds}): outcome mean ± sd over seeds\n"]
+    header = "| alpha | beta | final length | min length | final reward | dip | recovered | held-out add acc | held-out fmt acc | held-out length |"
+    lines += [header, "|" + "---:|" * (header.count("|") - 1)]
+
+    def ms(values):
+        values = [v for v in values if v is not None]
+        return f"{mean(values):.2f} ± {pstdev(values):.2f}" if values else "n/a"
+
+    for a, b in points:
+        o = [outcomes[(a, b, s)] for s in seeds if (a, b, s) in outcomes]
+        recovered = sum(1 for x in o if x["dip"] > 0 and x["recovery_step"] is not None)
+        lines.append(
+            f"| {a:g} | {b:g} | {ms([x['final_length'] for x in o])} | {ms([x['min_length'] for x in o])} "
+            f"| {ms([x['final_reward'] for x in o])} | {ms([x['dip'] for x in o])} | {recovered}/{len(o)} "
+            f"| {ms([x['heldout_reasoning'] for x in o])} | {ms([x['heldout_instruct'] for x in o])} "
+            f"| {ms([x['heldout_length'] for x in o])} |"
+        )
+    if null_outcomes:
+        lines += ["", "Null controls (learning rate 1e-12), same outcomes:", "", header, lines[2]]
+        for a, b in sorted({(k[0], k[1]) for k in null_outcomes}, key=lambda p: (-p[1], p[0])):
+            o = [v for k, v in null_outcomes.items() if (k[0], k[1]) == (a, b)]
+            lines.append(
+                f"| {a:g} | {b:g} | {ms([x['final_length'] for x in o])} | {ms([x['min_length'] for x in o])} "
+                f"| {ms([x['final_reward'] for x in o])} | {ms([x['dip'] for x in o])} | - "
+                f"| {ms([x['heldout_reasoning'] for x in o])} | {ms([x['heldout_instruct'] for x in o])} "
+                f"| {ms([x['heldout_length'] for x in o])} |"
+            )
+
+    # predictive power: probe of seed s (prefix) against the long runs of the other seeds
+    summary: dict = {"long_steps": long_steps, "seeds": seeds, "points": points, "by_steps": {}}
+    lines += ["", "## Predictive power: probe at N steps (seed s) against the long runs of the other seeds", ""]
+    lines += [
+        "| probe steps | metric | long-run outcome | Spearman per probe seed | min | feasibility agreement per seed |",
+        "|---:|---|---|---|---:|---|",
+    ]
+    for n in args.probe_steps:
+        per_metric = {}
+        for metric, (outcome, _sign) in PAIRS.items():
+            rhos, agreements = [], []
+            for s in seeds:
+                others = [t for t in seeds if t != s] or [s]
+                xs, ys, agree = [], [], []
+                for a, b in points:
+                    if (a, b, s) not in by_key:
+                        continue
+                    p = probe_metrics(by_key[(a, b, s)], n, window)[metric]
+                    truth = [outcomes[(a, b, t)][outcome] for t in others if (a, b, t) in outcomes]
+                    if p is None or not truth:
+                        continue
+                    xs.append(p)
+                    ys.append(mean(truth))
+                    if metric == "length_retention":
+                        agree.append((p >= CONSTRAINT) == (mean(truth) >= CONSTRAINT))
+                rhos.append(spearman(xs, ys))
+                if agree:
+                    agreements.append(sum(agree) / len(agree))
+            per_metric[metric] = {"spearman": rhos, "agreement": agreements}
+            agreement = " ".join(f"{x:.0%}" for x in agreements) if agreements else "-"
+            lines.append(
+                f"| {n} | {metric} | {outcome} | {' '.join(f'{r:.2f}' for r in rhos)} | {min(rhos):.2f} | {agreement} |"
+            )
+        summary["by_steps"][n] = per_metric
+
+    # the ceiling: how well one long run ranks the candidates as the other seeds' runs do
+    lines += ["", "## The ground truth's own noise: long run of seed s against the long runs of the other seeds", ""]
+    lines += ["| long-run outcome | Spearman per seed | min |", "|---|---|---:|"]
+    summary["ceiling"] = {}
+    for outcome in ("final_length", "min_length", "final_reward", "dip"):
+        rhos = []
+        for s in seeds:
+            others = [t for t in seeds if t != s]
+            keys = [(a, b) for a, b in points if (a, b, s) in outcomes and others]
+            xs = [outcomes[(a, b, s)][outcome] for a, b in keys]
+            ys = [mean(outcomes[(a, b, t)][outcome] for t in others if (a, b, t) in outcomes) for a, b in keys]
+            rhos.append(spearman(xs, ys))
+        summary["ceiling"][outcome] = rhos
+        lines.append(f"| {outcome} | {' '.join(f'{r:.2f}' for r in rhos)} | {min(rhos):.2f} |")
+
+    # the same run: does a probe's prefix rank the candidates as the run it starts ends?
+    lines += ["", "## Same seed: the probe (the run's first N steps) against the end of that run", ""]
+    lines += ["| probe steps | metric | long-run outcome | Spearman per seed | min |", "|---:|---|---|---|---:|"]
+    summary["same_seed"] = {}
+    for n in args.probe_steps:
+        for metric, (outcome, _sign) in PAIRS.items():
+            rhos = []
+            for s in seeds:
+                keys = [(a, b) for a, b in points if (a, b, s) in by_key]
+                xs = [probe_metrics(by_key[(a, b, s)], n, window)[metric] for a, b in keys]
+                ys = [outcomes[(a, b, s)][outcome] for a, b in keys]
+                pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+                rhos.append(spearman([x for x, _ in pairs], [y for _, y in pairs]))
+            summary["same_seed"][f"{n}/{metric}"] = rhos
+            lines.append(f"| {n} | {metric} | {outcome} | {' '.join(f'{r:.2f}' for r in rhos)} | {min(rhos):.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.json:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--points", nargs="*", help="alpha,beta pairs (default: the 3x3 square and instruct)")
+    r.add_argument("--null-points", nargs="*", help="alpha,beta pairs that also get a null run")
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--long-steps", type=int, default=128)
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--n-eval", type=int, default=50)
+    r.add_argument("--out", default=str(ROOT / "results" / "probe-validity"))
+    t = sub.add_parser("table")
+    t.add_argument("--out", default=str(ROOT / "results" / "probe-validity"))
+    t.add_argument("--probe-steps", nargs="+", type=int, default=[4, 8, 16, 32])
+    t.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.command == "run":
+        t0 = time.perf_counter()
+        run(args)
+        print(f"done in {time.perf_counter() - t0:.0f} s")
+    else:
+        table(args)
+
+
+if __name__ == "__main__":
+    main()
