@@ -15,7 +15,7 @@ from sweep.errors import SweepError
 _USER_ERRORS = [("merge.errors", "MergeError"), ("evals.errors", "EvalError")]
 
 # Order in `--help`; commands not listed here follow alphabetically.
-_ORDER = ["run", "validate", "report", "export", "compare", "nightly", "merge", "eval", "probe", "demo"]
+_ORDER = ["run", "validate", "report", "export", "calibrate", "compare", "nightly", "merge", "eval", "probe", "demo"]
 
 
 def _command_modules() -> dict[str, str]:

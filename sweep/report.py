@@ -62,6 +62,7 @@ def write_report(
     heldout: pd.DataFrame | None = None,
     reference: Sequence[float] | None = None,
     summary: ParetoSummary | None = None,
+    calibration: Any = None,
 ) -> tuple[Path, Path]:
     """Write report.html and report.md into `study_dir` (created if missing); return their paths.
 
@@ -75,6 +76,8 @@ def write_report(
     reference:   hypervolume reference point in metric units; default `pareto.default_reference`
     summary:     the study's `pareto.summarize` result when the caller already has it (with
                  the same trials and options), so it is computed once
+    calibration: the study's `sweep calibrate` result (sweep.calibrate.load_calibration), shown
+                 as its own section
 
     Raises SweepError (before writing anything) for a table without `number`, an unknown
     rule, bad weights or reference, or a `heldout` table without `number`.
@@ -104,6 +107,7 @@ def write_report(
         eligible=eligible,
         history=history,
         heldout=heldout,
+        calibration=calibration,
     )
     md_text = render_markdown(
         trials,
@@ -113,6 +117,7 @@ def write_report(
         summary=summary,
         front=front,
         heldout=heldout,
+        calibration=calibration,
     )
     html_path, md_path = study_dir / HTML_NAME, study_dir / MARKDOWN_NAME
     _write_atomic(html_path, html_text)
@@ -157,6 +162,8 @@ def report_options(spec: Any) -> dict[str, Any]:
 def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = None) -> tuple[Path, Path]:
     """`sweep report` in one call: read the study's trials table, write both reports with
     the spec's objectives, constraints and report options. Returns (report.html, report.md)."""
+    from sweep.calibrate import load_calibration
+
     trials = load_trials(study_dir)
     return write_report(
         Path(study_dir),
@@ -165,6 +172,7 @@ def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = N
         constraints=spec.constraints,
         spec_name=spec.name,
         heldout=heldout,
+        calibration=load_calibration(Path(study_dir)),
         **report_options(spec),
     )
 
@@ -260,6 +268,7 @@ def render_html(
     eligible: np.ndarray,
     history: pd.DataFrame | None,
     heldout: pd.DataFrame | None,
+    calibration: Any = None,
 ) -> str:
     """The whole report.html as a string (plotly.js inlined once, in <head>)."""
     from plotly.offline import get_plotlyjs
@@ -277,6 +286,10 @@ def render_html(
             '<p class="muted">Search scores steered the search; held-out scores come from the report tasks, never seen by it.</p>'
         )
         parts.append(_html_heldout(trials, objectives, heldout, front, balanced_number))
+    if calibration is not None:
+        from sweep.calibrate import html
+
+        parts.append(html(calibration, esc))
 
     figures: list[tuple[str, str, Any]] = []  # (section title, div id, figure or None)
     if len(trials):
@@ -492,6 +505,7 @@ def render_markdown(
     summary: ParetoSummary,
     front: np.ndarray,
     heldout: pd.DataFrame | None,
+    calibration: Any = None,
 ) -> str:
     """A summary and the front as a table, for pasting into a pull request or a chat."""
     counts = _counts(trials)
@@ -567,6 +581,11 @@ def render_markdown(
             )
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+
+    if calibration is not None:
+        from sweep.calibrate import markdown
+
+        out += [*markdown(calibration, md_escape), ""]
 
     failed = (
         trials[(trials["state"].astype(str).str.upper() == "FAIL") & ~_interrupted_mask(trials)]

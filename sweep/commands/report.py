@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from sweep.calibrate import load_calibration
     from sweep.pareto import summarize
     from sweep.report import report_options, write_report
     from sweep.rescore import load_heldout, rescore_front, save_heldout
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         spec_name=spec.name,
         heldout=heldout,
         summary=summary,
+        calibration=load_calibration(study_dir),
         **options,
     )
     print(f"wrote {html} ({html.stat().st_size / 1e6:.1f} MB) and {md}")

@@ -196,6 +196,43 @@ def test_report_rescore_runs_heldout_tasks_on_the_front(demo_study, capsys):
     assert "## Held-out scores" in md and "held-out: lm\\_eval/toy\\_reasoning\\_heldout" in md  # markdown-escaped
 
 
+def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study, capsys):
+    import json
+
+    spec_path, _, _ = demo_study
+    spec = load_spec(spec_path)
+    # bad input: one message, exit 2, before any model loads
+    assert main(["calibrate", str(spec.study_dir), "--trials", "999"]) == 2
+    assert "trial 999: no such trial" in capsys.readouterr().err
+    assert main(["calibrate", str(spec_path), "--long-steps", "2"]) == 2
+    assert "shorter than the probe's 3 steps" in capsys.readouterr().err
+    assert not (spec.study_dir / "calibration.json").exists()
+
+    code = main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"])
+    out, err = capsys.readouterr()
+    record = json.loads((spec.study_dir / "calibration.json").read_text())
+    assert code == (0 if record["trusted"] else 1)
+    assert ("ok: " if record["trusted"] else "warning: ") + record["verdict"] in err
+    assert record["long_steps"] == 12 and record["probe_steps"] == 3 and record["seeds"] == [1]  # probe seed 0 + 1
+    table = pd.read_parquet(spec.study_dir / "trials.parquet")
+    assert len(record["candidates"]) == 4 and len({c["number"] for c in record["candidates"]}) == 4
+    for c in record["candidates"]:
+        row = table[table["number"] == c["number"]].iloc[0]
+        assert c["probe"]["length_retention"] == pytest.approx(row["probe/length_retention"])  # the study's own value
+        (run,) = c["long"]
+        assert run["steps"] == 12 and run["seed"] == 1 and run["final_length"] > 0 and run["dip"] >= 0
+    from sweep.calibrate import spearman
+
+    probe = [c["probe"]["length_retention"] for c in record["candidates"]]
+    final = [c["long"][0]["final_length"] for c in record["candidates"]]
+    assert record["spearman"]["length_retention"] == pytest.approx(spearman(probe, final), nan_ok=True)
+    assert "## Calibration: the probe (3 steps) against 12-step runs" in out
+    assert main(["report", str(spec.study_dir)]) == 0
+    md = (spec.study_dir / "report.md").read_text()
+    assert "## Calibration: the probe (3 steps) against 12-step runs" in md and "**Verdict:**" in md
+    assert 'id="calibration"' in (spec.study_dir / "report.html").read_text()
+
+
 def flaky_trial(spec, params):
     """The real trial, except that it raises for large alpha."""
     from sweep.trial import run_trial

@@ -1,0 +1,78 @@
+"""Calibration arithmetic: rank correlation, long-run outcomes and the verdict, on known inputs.
+
+The end-to-end `sweep calibrate` on a real demo study is in tests/sweep/test_run.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from evals.probe.records import PromptSamples
+from sweep.calibrate import Candidate, long_outcome, spearman, summarize_calibration
+from sweep.spec import SweepSpec
+
+
+def test_spearman_matches_known_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their average rank: scipy.stats.spearmanr([1, 2, 2, 3], [1, 3, 2, 4]) = 0.9487
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))  # a constant side ranks nothing
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1])
+
+
+def _step(length: float, score: float, prompts=("a", "b")) -> tuple[PromptSamples, ...]:
+    return tuple(PromptSamples(p, (length, length), (score, score), (0.5, 0.5)) for p in prompts)
+
+
+def test_long_outcome_reads_a_dip_its_recovery_and_the_final_length():
+    baseline = list(_step(40.0, 0.5))
+    # reward 0.5 -> 0.1 (steps 2-4) -> back to 0.6; length 40 -> 20 and stays
+    scores = [0.5, 0.5, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    lengths = [40.0, 40.0] + [20.0] * 14
+    out = long_outcome(baseline, [_step(n, r) for n, r in zip(lengths, scores, strict=True)], window=1)
+    assert out["final_length"] == pytest.approx(0.5) and out["min_length"] == pytest.approx(0.5)
+    assert out["dip"] == pytest.approx(0.4) and out["recovery_step"] == 5
+    assert out["final_reward"] == pytest.approx(0.1) and out["steps"] == 16
+    flat = long_outcome(baseline, [_step(40.0, 0.5)] * 8, window=3)
+    assert flat["dip"] == 0 and flat["recovery_step"] is None and flat["final_length"] == pytest.approx(1.0)
+
+
+def _spec(constraint: str = "probe/length_retention >= 0.5") -> SweepSpec:
+    return SweepSpec.model_validate(
+        {
+            "name": "t",
+            "models": {"pretrained": "/p", "instruct": "/i", "reasoning": "/r"},
+            "objectives": [{"metric": "probe/length_retention", "direction": "maximize"}],
+            "constraints": [constraint],
+            "results_dir": "/tmp",
+        }
+    )
+
+
+def _candidate(number: int, probe: float, final: float) -> Candidate:
+    return Candidate(
+        number,
+        {"alpha": 0.1 * number, "beta": 1.0},
+        "test",
+        {"length_retention": probe},
+        probe >= 0.5,
+        long=[{"final_length": final, "dip": 0.0}],
+    )
+
+
+def test_verdict_trusts_a_probe_that_ranks_as_the_long_runs_and_warns_otherwise():
+    spec = _spec()
+    good = [_candidate(i, p, f) for i, (p, f) in enumerate([(0.3, 0.2), (0.6, 0.7), (0.8, 0.9), (1.0, 1.1)])]
+    result = summarize_calibration(spec, good, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert result.trusted and result.spearman["length_retention"] == pytest.approx(1.0)
+    assert result.agreement["probe/length_retention >= 0.5"] == 1.0
+    assert "ranks your candidates as 128-step runs do (Spearman length_retention 1.00" in result.verdict
+    bad = [_candidate(i, p, f) for i, (p, f) in enumerate([(0.3, 1.1), (0.6, 0.9), (0.8, 0.2), (1.0, 0.7)])]
+    result = summarize_calibration(spec, bad, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert not result.trusted and result.verdict.startswith("do not trust the front's stability axis")
+    assert "feasibility agrees on only 50%" in result.verdict
+    few = summarize_calibration(spec, good[:3], long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert not few.trusted and "too few candidates (3)" in few.verdict
