@@ -141,9 +141,7 @@ def test_a_probe_of_n_steps_is_the_first_n_steps_of_a_longer_run(tiny_dir):
     cfg = config(baseline_samples=2, prompt_pool=4, prompts_per_step=2, group_size=2, noise_samples=0, window=2)
     short = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share)
     backend = get_backend("builtin")
-    long = backend.run(
-        model, tokenizer, config=dataclasses.replace(cfg, steps=12), prompts=PROMPTS, reward=digit_share
-    )
+    long = backend.run(model, tokenizer, config=dataclasses.replace(cfg, steps=12), prompts=PROMPTS, reward=digit_share)
     assert long.curves.steps == 12 and short.curves.steps == 6
     assert long.curves.score_mean[:6] == short.curves.score_mean
     assert long.curves.response_length_mean[:6] == short.curves.response_length_mean
