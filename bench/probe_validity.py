@@ -162,7 +162,9 @@ def run(args) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     points = [tuple(map(float, p.split(","))) for p in args.points] if args.points else POINTS
-    null_points = [tuple(map(float, p.split(","))) for p in args.null_points] if args.null_points else NULL_POINTS
+    null_points = (
+        [tuple(map(float, p.split(","))) for p in args.null_points] if args.null_points is not None else NULL_POINTS
+    )
     jobs = [j for j in _jobs(points, args.seeds, null_points) if not (out / _name(*j)).exists()]
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
     shares = [jobs[i :: args.workers] for i in range(args.workers)]
@@ -353,7 +355,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
     r.add_argument("--points", nargs="*", help="alpha,beta pairs (default: the 3x3 square and instruct)")
-    r.add_argument("--null-points", nargs="*", help="alpha,beta pairs that also get a null run")
+    r.add_argument(
+        "--null-points", nargs="*", help="alpha,beta pairs that also get a null run (none: --null-points with no value)"
+    )
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--long-steps", type=int, default=128)
     r.add_argument("--workers", type=int, default=2)
