@@ -231,7 +231,7 @@ def calibrate(
     from evals.probe.backends import get_backend
     from evals.rewards import build_reward
     from sweep.fingerprint import trial_spec
-    from sweep.pareto import trial_params
+    from sweep.table import trial_params
     from sweep.trial import build_candidate, load_models
 
     config = ProbeConfig.from_dict(spec.evals.probe.model_dump())

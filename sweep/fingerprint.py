@@ -26,7 +26,6 @@ from sweep.errors import SweepError
 from sweep.spec import MODEL_ROLES, SweepSpec
 
 STUDY_ATTR_FINGERPRINT = "sweep_fingerprint"
-ATTR_RECIPE = "recipe"
 
 # bytes of a safetensors header read: the length prefix says how long it is; 100 MB is
 # far above any real header (a 70B model's is a few MB)

@@ -29,7 +29,6 @@ from typing import Any
 log = logging.getLogger("sweep")
 
 LEASE_PREFIX = "sweep_driver:"
-ATTR_DRIVER = "driver"
 # seconds: a driver silent this long is dead (6 missed heartbeats)
 DEFAULT_TTL_S = float(os.environ.get("SWEEP_LEASE_TTL_S", "60"))
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweep import table
 from sweep.errors import ConfigError, SweepError
 from sweep.spec import SweepSpec
 
@@ -85,7 +86,7 @@ def find_nights(results_dir: Path, template: str) -> list[Night]:
 
 def previous_night(nights: list[Night], date: dt.date) -> Night | None:
     """The latest earlier night whose study has a trials table and a spec snapshot."""
-    earlier = [n for n in nights if n.date < date and (n.study_dir / "trials.parquet").exists()]
+    earlier = [n for n in nights if n.date < date and table.exists(n.study_dir)]
     earlier = [n for n in earlier if (n.study_dir / "spec.json").exists()]
     return earlier[-1] if earlier else None
 
@@ -211,8 +212,9 @@ def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str
 
 def _front_points(prev_trials, spec: SweepSpec, trials) -> list[dict[str, float]]:
     """Last night's front points (in tonight's space) that tonight's study measured."""
-    from sweep.pareto import pareto_front, trial_params
+    from sweep.pareto import pareto_front
     from sweep.regression import find_trial
+    from sweep.table import trial_params
 
     front = pareto_front(prev_trials, spec.objectives, spec.constraints)
     points = [{k: float(v) for k, v in trial_params(row).items()} for _, row in front.iterrows()]

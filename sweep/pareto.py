@@ -49,12 +49,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from evals.metric_names import NOISE_SUFFIX
 from sweep.errors import SweepError
+from sweep.table import trial_metrics, trial_params
 
 Direction = Literal["maximize", "minimize"]
 
 COMPLETE = "COMPLETE"
-PARAM_PREFIX = "params/"
 
 
 @dataclass(frozen=True)
@@ -482,62 +483,6 @@ def balanced_point(
 
 
 # ---------------------------------------------------------------- row helpers
-
-# A metric column `probe/x_noise` is the half-width of probe/x's noise band (evals.metric_names).
-NOISE_SUFFIX = "_noise"
-
-NON_METRIC_COLUMNS = frozenset(
-    {
-        "number",
-        "state",
-        "error",
-        "feasible",
-        "constraint_violation",
-        "duration_s",
-        "worker",
-        "ray_trial_id",
-        "started_at",
-        "finished_at",
-        "curves",
-    }
-)
-
-
-# Column prefixes that are not metrics: searched params and per-phase timings (seconds).
-NON_METRIC_PREFIXES = (PARAM_PREFIX, "timing/")
-
-
-def metric_columns(columns: Iterable[str]) -> list[str]:
-    """The metric columns of a trials table: everything not a param, timing or bookkeeping column."""
-    return [c for c in columns if not str(c).startswith(NON_METRIC_PREFIXES) and c not in NON_METRIC_COLUMNS]
-
-
-def param_columns(columns: Iterable[str]) -> list[str]:
-    """`params/*` columns, alpha and beta first."""
-    cols = [c for c in columns if str(c).startswith(PARAM_PREFIX)]
-    first = [c for c in (PARAM_PREFIX + "alpha", PARAM_PREFIX + "beta") if c in cols]
-    return first + sorted(c for c in cols if c not in first)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def trial_params(row: pd.Series) -> dict[str, Any]:
-    return {c[len(PARAM_PREFIX) :]: _plain(row[c]) for c in param_columns(row.index)}
-
-
-def trial_metrics(row: pd.Series, columns: Iterable[str] | None = None) -> dict[str, float | None]:
-    cols = metric_columns(columns if columns is not None else row.index)
-    out: dict[str, float | None] = {}
-    for c in cols:
-        v = pd.to_numeric(pd.Series([row[c]]), errors="coerce").iloc[0]
-        out[c] = float(v) if pd.notna(v) else None
-    return out
 
 
 def curves_of(row: pd.Series) -> dict[str, list[float]]:

@@ -16,9 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sweep.records import TrialResult
-from sweep.spec import SweepSpec
-from sweep.study import (
+from sweep.records import (
     ATTR_CURVES,
     ATTR_ERROR,
     ATTR_FAILURE_KIND,
@@ -26,12 +24,14 @@ from sweep.study import (
     ATTR_METRICS,
     ATTR_NOTES,
     ATTR_RAY_TRIAL_ID,
+    ATTR_RECIPE,
     ATTR_RETRIES,
     ATTR_TIMINGS,
     ATTR_WORKER,
-    datetime_now_iso,
-    space_distributions,
+    TrialResult,
 )
+from sweep.spec import SweepSpec
+from sweep.study import datetime_now_iso, space_distributions
 
 log = logging.getLogger("sweep")
 
@@ -110,7 +110,7 @@ def record_trial(
     frozen = storage.get_trial(trial_id)
     attrs: dict[str, Any] = {ATTR_RAY_TRIAL_ID: ray_trial_id, ATTR_FINISHED: datetime_now_iso()}
     if recipe is not None:
-        attrs["recipe"] = recipe
+        attrs[ATTR_RECIPE] = recipe
     if retries:
         attrs[ATTR_RETRIES] = list(retries)
     constraints: dict[str, float] = {}

@@ -7,6 +7,20 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Optuna user-attribute keys of a trial's record (what the table and recovery read back).
+ATTR_METRICS = "metrics"
+ATTR_CURVES = "curves"
+ATTR_TIMINGS = "timings"
+ATTR_WORKER = "worker"
+ATTR_NOTES = "notes"
+ATTR_ERROR = "error"
+ATTR_RAY_TRIAL_ID = "ray_trial_id"
+ATTR_FINISHED = "finished_at"
+ATTR_FAILURE_KIND = "failure_kind"  # error | infrastructure | orphaned | interrupted | skipped
+ATTR_RETRIES = "retries"  # errors of the attempts retried before this outcome (budget.max_failures)
+ATTR_DRIVER = "driver"  # the driver that launched the trial (sweep.lease)
+ATTR_RECIPE = "recipe"  # the models and merge the trial ran with (sweep.fingerprint)
+
 
 @dataclass(frozen=True)
 class TrialResult:

@@ -46,15 +46,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evals.metric_names import NOISE_SUFFIX
 from sweep.pareto import (
-    NOISE_SUFFIX,
     Objective,
     as_objectives,
     balanced_point,
     eligible_mask,
     pareto_front,
-    trial_params,
 )
+from sweep.table import trial_params
 
 Z99 = 2.576  # two-sided 99%: a false alarm on 0.5% of unchanged metrics
 Z90 = 1.645  # the probe's recorded bands are 90% half-widths

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweep import table
 from sweep.errors import SweepError
 from sweep.pareto import (
     RULE_DOCS,
@@ -28,9 +29,7 @@ from sweep.pareto import (
     as_objectives,
     eligible_mask,
     hypervolume_history,
-    metric_columns,
     objective_values,
-    param_columns,
     pareto_mask,
     summarize,
 )
@@ -125,23 +124,6 @@ def write_report(
     return html_path, md_path
 
 
-TRIALS_FILE = "trials.parquet"
-
-
-def load_trials(study_dir: Path) -> pd.DataFrame:
-    """Read `<study_dir>/trials.parquet`. Raises SweepError naming the path when it is missing."""
-    path = Path(study_dir) / TRIALS_FILE
-    if not path.is_file():
-        hint = " (it is a file; give the study's results folder)" if Path(study_dir).is_file() else ""
-        raise SweepError(
-            f"no trials table at {path}{hint}: run `python -m sweep run SPEC` first, or give results/<study name>"
-        )
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
-        raise SweepError(f"cannot read {path}: {exc}") from None
-
-
 def report_options(spec: Any) -> dict[str, Any]:
     """balanced_rule, weights and reference for `write_report` from the spec's `report`
     section (`balanced_rule`, `weights` by metric, `reference` one value per objective);
@@ -164,7 +146,7 @@ def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = N
     the spec's objectives, constraints and report options. Returns (report.html, report.md)."""
     from sweep.calibrate import load_calibration
 
-    trials = load_trials(study_dir)
+    trials = table.read(study_dir)
     return write_report(
         Path(study_dir),
         trials=trials,
@@ -240,7 +222,9 @@ def _missing_objectives(trials: pd.DataFrame, objectives: Sequence[Objective]) -
 def _ordered_metrics(trials: pd.DataFrame, objectives: Sequence[Objective]) -> list[str]:
     """Objective columns first (in objective order), then every other numeric metric column."""
     names = [o.metric for o in objectives if o.metric in trials]
-    others = [c for c in metric_columns(trials.columns) if c not in names and pd.api.types.is_numeric_dtype(trials[c])]
+    others = [
+        c for c in table.metric_columns(trials.columns) if c not in names and pd.api.types.is_numeric_dtype(trials[c])
+    ]
     return names + others
 
 
@@ -450,7 +434,7 @@ def _html_trials_table(
 ) -> str:
     if not len(trials):
         return '<p class="muted">No trials yet.</p>'
-    params = param_columns(trials.columns)
+    params = table.param_columns(trials.columns)
     metrics = _ordered_metrics(trials, objectives)
     extra = [c for c in ("constraint_violation", "duration_s", "worker") if c in trials]
     head = (
@@ -534,7 +518,7 @@ def render_markdown(
     out.append(f"## Pareto front ({len(summary.front_numbers)} trials)")
     out.append("")
     if summary.front_numbers:
-        param_cols = param_columns(trials.columns)
+        param_cols = table.param_columns(trials.columns)
         cols = [o.metric for o in objectives]
         header = (
             ["trial"]

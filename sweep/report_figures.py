@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.pareto import Objective, curves_of, metric_columns, objective_values, param_columns
+from evals.metric_names import NOISE_SUFFIX
+from sweep.pareto import Objective, curves_of, objective_values
+from sweep.table import metric_columns, param_columns
 
 LENGTH_CURVE = "response_length/mean"  # tokens per response, per probe step (verl's name)
 REWARD_CURVE = "critic/score/mean"  # raw reward per probe step, before the KL penalty
 # Per-prompt normalized curves (evals/probe/baseline.py) and their per-step noise band,
 # drawn instead of the raw ones when a trial recorded them.
 NORMALIZED_CURVES = {LENGTH_CURVE: "response_length/normalized", REWARD_CURVE: "critic/score/normalized"}
-NOISE_SUFFIX = "_noise"  # a metric column `probe/x_noise` is the noise band of `probe/x`
 
 
 def noise_values(trials: pd.DataFrame, objective: Objective) -> np.ndarray | None:

@@ -22,7 +22,8 @@ def rescore_front(spec: SweepSpec, trials, *, say: Callable[[str], None] = print
     """DataFrame with `number` and one column per held-out metric, for every front point."""
     import pandas as pd
 
-    from sweep.pareto import pareto_front, trial_params
+    from sweep.pareto import pareto_front
+    from sweep.table import trial_params
     from sweep.trial import build_candidate, lm_eval_config, load_models
 
     lm = spec.evals.lm_eval

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+from sweep import table
 from sweep.errors import SweepError
 
 # Kept importable from here (tests and older callers).
@@ -42,7 +43,6 @@ from sweep.study import (
     recover_orphans,
     save_spec_snapshot,
     study_lock,
-    write_table,
 )
 
 log = logging.getLogger("sweep")
@@ -432,7 +432,7 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
 
 def _write_table(study, spec: SweepSpec) -> None:
     try:
-        write_table(study, spec)
+        table.write(study, spec)
     except Exception as exc:  # noqa: BLE001 - storage down: the next write catches up
         log.warning(
             "could not write the trials table now: %s",

@@ -31,10 +31,9 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from sweep.lease import ATTR_DRIVER
-from sweep.records import TrialResult
+from sweep.records import ATTR_DRIVER, ATTR_ERROR, ATTR_FAILURE_KIND, TrialResult
 from sweep.spec import SweepSpec
-from sweep.study import ATTR_ERROR, ATTR_FAILURE_KIND, enqueue_points, same_params
+from sweep.study import enqueue_points, same_params
 
 log = logging.getLogger("sweep")
 

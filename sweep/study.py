@@ -5,7 +5,8 @@
 - `recover_orphans(study)` marks trials left RUNNING by a dead driver FAIL (with a reason)
   and enqueues their params again, so nothing is lost and nothing is counted twice.
 - `enqueue_points(study, points)` enqueues fixed points not already in the study.
-- `trials_table(study, spec)` is one row per trial: params, every metric, state, timings.
+- `load_study_dir(folder)` reads a study folder back: its spec snapshot and trials table
+  (sweep.table owns the table).
 """
 
 from __future__ import annotations
@@ -20,23 +21,14 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep import table
 from sweep.errors import SweepError
-from sweep.spec import SweepSpec, redact
+from sweep.records import ATTR_ERROR, ATTR_FAILURE_KIND
+from sweep.spec import SweepSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-# Optuna user-attribute keys written for every trial.
-ATTR_METRICS = "metrics"
-ATTR_CURVES = "curves"
-ATTR_TIMINGS = "timings"
-ATTR_WORKER = "worker"
-ATTR_NOTES = "notes"
-ATTR_ERROR = "error"
-ATTR_RAY_TRIAL_ID = "ray_trial_id"
-ATTR_FINISHED = "finished_at"
-ATTR_FAILURE_KIND = "failure_kind"  # error | infrastructure | orphaned | interrupted | skipped
-ATTR_RETRIES = "retries"  # errors of the attempts retried before this outcome (budget.max_failures)
 STUDY_ATTR_OBJECTIVES = "sweep_objectives"
 
 _PARAM_TOLERANCE = 1e-9
@@ -255,99 +247,14 @@ def save_spec_snapshot(spec: SweepSpec) -> Path:
 
 def load_study_dir(study_dir: str | Path) -> tuple[SweepSpec, pd.DataFrame]:
     """(spec, trials table) of a finished or running study folder. Raises SweepError when absent."""
-    import pandas as pd
-
     study_dir = Path(study_dir)
-    snapshot, table = study_dir / SPEC_SNAPSHOT, study_dir / "trials.parquet"
+    snapshot, trials = study_dir / SPEC_SNAPSHOT, table.path(study_dir)
     if not study_dir.is_dir():
         raise SweepError(f"{study_dir}: no such study folder (expected <results_dir>/<name> of a `sweep run`)")
-    for file in (snapshot, table):
+    for file in (snapshot, trials):
         if not file.exists():
             raise SweepError(f"{study_dir}: {file.name} is missing; is this the folder of a `sweep run`?")
     data = json.loads(snapshot.read_text())
     spec = SweepSpec.model_validate(data["spec"])
     spec = spec.model_copy(update={"spec_path": data.get("spec_path")})
-    return spec, pd.read_parquet(table)
-
-
-# ---------------------------------------------------------------- the trials table
-
-
-TABLE_COLUMNS = (
-    "number",
-    "state",
-    "error",
-    "failure_kind",
-    "params/alpha",
-    "params/beta",
-    "constraint_violation",
-    "feasible",
-    "duration_s",
-    "worker",
-    "ray_trial_id",
-    "driver",
-    "retries",
-    "started_at",
-    "finished_at",
-    "recipe",
-    "curves",
-)
-
-
-def trials_table(study, spec: SweepSpec):
-    """One row per trial: number, state, params/<name>, every metric, feasibility, timings, curves."""
-    import pandas as pd
-
-    secrets = spec.secrets()
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state.name == "WAITING" or trial.user_attrs.get(ATTR_FAILURE_KIND) == "skipped":
-            continue
-        attrs = trial.user_attrs
-        metrics = attrs.get(ATTR_METRICS, {})
-        error = attrs.get(ATTR_ERROR)
-        row: dict[str, Any] = {
-            "number": trial.number,
-            "state": trial.state.name,
-            "error": redact(error, secrets) if error else error,
-            "failure_kind": attrs.get(ATTR_FAILURE_KIND),
-        }
-        row.update({f"params/{k}": v for k, v in trial.params.items()})
-        row.update({k: (float("nan") if v is None else float(v)) for k, v in metrics.items()})
-        checked = [c.violation_in(metrics) for c in spec.constraints]
-        violations = [v for v in checked if v is not None]
-        missing = len(violations) < len(checked)
-        row["constraint_violation"] = max(violations) if violations else (float("nan") if missing else 0.0)
-        row["feasible"] = trial.state.name == "COMPLETE" and not missing and all(v <= 0 for v in violations)
-        timings = attrs.get(ATTR_TIMINGS, {})
-        row["duration_s"] = timings.get("total_s", trial.duration.total_seconds() if trial.duration else float("nan"))
-        row.update({f"timing/{k}": v for k, v in timings.items() if k != "total_s"})
-        worker = attrs.get(ATTR_WORKER, {})
-        row["worker"] = f"{worker.get('host', '')}:{worker.get('pid', '')}" if worker else None
-        row["ray_trial_id"] = attrs.get(ATTR_RAY_TRIAL_ID)
-        row["driver"] = attrs.get("driver")
-        row["retries"] = len(attrs.get(ATTR_RETRIES, []))
-        row["recipe"] = json.dumps(attrs["recipe"]) if "recipe" in attrs else None
-        row["started_at"] = trial.datetime_start.isoformat() if trial.datetime_start else None
-        row["finished_at"] = trial.datetime_complete.isoformat() if trial.datetime_complete else None
-        row["curves"] = json.dumps(attrs.get(ATTR_CURVES, {}))
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    # Columns every table has, even before any result (objectives included).
-    for name in [*TABLE_COLUMNS, *spec.objective_names]:
-        if name not in table.columns:
-            table[name] = pd.Series(dtype="float64" if "/" in name or name.endswith("_s") else "object")
-    return table.sort_values("number").reset_index(drop=True)
-
-
-def write_table(study, spec: SweepSpec) -> Path:
-    """Write <study_dir>/trials.parquet and trials.csv atomically; returns the parquet path."""
-    table = trials_table(study, spec)
-    study_dir = spec.study_dir
-    study_dir.mkdir(parents=True, exist_ok=True)
-    parquet, csv = study_dir / "trials.parquet", study_dir / "trials.csv"
-    table.to_parquet(parquet.with_suffix(".parquet.tmp"), index=False)
-    os.replace(parquet.with_suffix(".parquet.tmp"), parquet)
-    table.drop(columns=["curves"]).to_csv(csv.with_suffix(".csv.tmp"), index=False)
-    os.replace(csv.with_suffix(".csv.tmp"), csv)
-    return parquet
+    return spec, table.read(study_dir)

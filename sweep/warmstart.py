@@ -11,6 +11,7 @@ import glob
 import logging
 from pathlib import Path
 
+from sweep import table
 from sweep.spec import SweepSpec
 
 log = logging.getLogger("sweep")
@@ -21,7 +22,7 @@ def previous_studies(spec: SweepSpec) -> list[Path]:
     found: list[Path] = []
     for pattern in spec.warm_start_from:
         candidates = sorted(Path(p).resolve() for p in glob.glob(pattern))
-        candidates = [c for c in candidates if c != own and (c / "trials.parquet").exists()]
+        candidates = [c for c in candidates if c != own and table.exists(c)]
         if candidates:
             found.append(candidates[-1])  # the latest by name: date-stamped names sort by date
         else:
@@ -31,20 +32,19 @@ def previous_studies(spec: SweepSpec) -> list[Path]:
 
 def warm_start_points(spec: SweepSpec) -> list[dict[str, float]]:
     """Params of the previous studies' Pareto fronts that lie inside this spec's space."""
-    import pandas as pd
-
     from sweep.pareto import pareto_front
 
     ranges = {"alpha": spec.space.alpha, "beta": spec.space.beta} | dict(spec.space.params)
     points: list[dict[str, float]] = []
     for folder in previous_studies(spec):
-        trials = pd.read_parquet(folder / "trials.parquet")
+        trials = table.read(folder)
         if not set(spec.objective_names) <= set(trials.columns):
             log.warning("warm start: %s lacks this spec's objectives; skipped", folder)
             continue
         front = pareto_front(trials, spec.objectives, spec.constraints)
         for _, row in front.iterrows():
-            point = {name: float(row[f"params/{name}"]) for name in ranges if f"params/{name}" in row}
+            prefix = table.PARAM_PREFIX
+            point = {name: float(row[prefix + name]) for name in ranges if prefix + name in row}
             if len(point) == len(ranges) and all(ranges[k].contains(v) for k, v in point.items()):
                 points.append(point)
         log.info("warm start: %d point(s) from the front of %s", len(points), folder)

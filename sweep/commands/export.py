@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[int, dict, dict]:
     """(trial number, params, metrics) of the chosen trial. Raises SweepError when there is none."""
     from sweep.errors import SweepError
-    from sweep.pareto import summarize, trial_metrics, trial_params
+    from sweep.pareto import summarize
+    from sweep.table import trial_metrics, trial_params
 
     if balanced:
         summary = summarize(

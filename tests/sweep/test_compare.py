@@ -11,7 +11,8 @@ from sweep.cli import main
 from sweep.records import TrialResult
 from sweep.runner import record_trial
 from sweep.spec import parse_spec
-from sweep.study import open_study, save_spec_snapshot, write_table
+from sweep.study import open_study, save_spec_snapshot
+from sweep.table import write as write_table
 
 SPEC = """
 name: {name}

@@ -22,8 +22,10 @@ def make_study(root, trio, *, stage1: dict, name: str):
     """A finished study folder: spec snapshot, SQLite study with three COMPLETE trials, trials table."""
     import optuna
 
+    from sweep.records import ATTR_METRICS
     from sweep.spec import parse_spec
-    from sweep.study import ATTR_METRICS, open_study, save_spec_snapshot, write_table
+    from sweep.study import open_study, save_spec_snapshot
+    from sweep.table import write as write_table
 
     spec = parse_spec(
         yaml.safe_dump(

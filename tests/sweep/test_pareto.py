@@ -315,7 +315,8 @@ def test_front_of_the_runners_parquet_table_equals_best_trials(tmp_path):
     from sweep.records import TrialResult
     from sweep.runner import record_trial
     from sweep.spec import parse_spec
-    from sweep.study import open_study, write_table
+    from sweep.study import open_study
+    from sweep.table import write as write_table
 
     text = f"""
 name: pareto-check

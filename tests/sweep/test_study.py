@@ -12,7 +12,9 @@ from sweep.errors import SweepError
 from sweep.records import TrialResult
 from sweep.runner import record_trial
 from sweep.spec import parse_spec
-from sweep.study import enqueue_points, open_study, recover_orphans, study_lock, trials_table, write_table
+from sweep.study import enqueue_points, open_study, recover_orphans, study_lock
+from sweep.table import build as trials_table
+from sweep.table import write as write_table
 
 SPEC = """
 name: unit
