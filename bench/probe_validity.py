@@ -1,7 +1,7 @@
 """Does the short probe predict the long RL run? Ground truth on the shipped demo family.
 
     python bench/probe_validity.py run   [--seeds 0 1 2] [--long-steps 128] [--workers 2] [--out DIR]
-    python bench/probe_validity.py table [--out DIR] [--probe-steps 4 8 16 32] [--json]
+    python bench/probe_validity.py table [--out DIR] [--probe-steps 4 8 16 32] [--repeats R] [--json]
 
 `run` trains, for each candidate (alpha, beta) and seed, one long RL run with the demo
 spec's probe settings (search_spaces/demo.yaml, evals.probe) and `--long-steps` steps,
@@ -313,6 +313,36 @@ def table(args) -> dict:
             )
         summary["by_steps"][n] = per_metric
 
+    # several probe seeds per candidate (as budget.repeats would run them): the mean of the
+    # probe over a group of R seeds against the mean long run of the seeds outside the group
+    if args.repeats > 1 and len(seeds) >= 2 * args.repeats:
+        r = args.repeats
+        groups = [seeds[i : i + r] for i in range(0, len(seeds) - r + 1, r)]
+        lines += ["", f"## The probe averaged over {r} seeds against the long runs of the other seeds", ""]
+        lines += [
+            "| probe steps | metric | long-run outcome | Spearman per seed group | min |",
+            "|---:|---|---|---|---:|",
+        ]
+        summary["repeats"] = {"r": r, "groups": groups, "by_steps": {}}
+        for n in args.probe_steps:
+            for metric, (outcome, _sign) in PAIRS.items():
+                rhos = []
+                for group in groups:
+                    others = [t for t in seeds if t not in group]
+                    xs, ys = [], []
+                    for a, b in points:
+                        probes = [
+                            probe_metrics(by_key[(a, b, s)], n, window)[metric] for s in group if (a, b, s) in by_key
+                        ]
+                        truth = [outcomes[(a, b, t)][outcome] for t in others if (a, b, t) in outcomes]
+                        probes = [p for p in probes if p is not None]
+                        if probes and truth:
+                            xs.append(mean(probes))
+                            ys.append(mean(truth))
+                    rhos.append(spearman(xs, ys))
+                summary["repeats"]["by_steps"][f"{n}/{metric}"] = rhos
+                lines.append(f"| {n} | {metric} | {outcome} | {' '.join(f'{x:.2f}' for x in rhos)} | {min(rhos):.2f} |")
+
     # the ceiling: how well one long run ranks the candidates as the other seeds' runs do
     lines += ["", "## The ground truth's own noise: long run of seed s against the long runs of the other seeds", ""]
     lines += ["| long-run outcome | Spearman per seed | min |", "|---|---|---:|"]
@@ -366,6 +396,7 @@ def main() -> None:
     t = sub.add_parser("table")
     t.add_argument("--out", default=str(ROOT / "results" / "probe-validity"))
     t.add_argument("--probe-steps", nargs="+", type=int, default=[4, 8, 16, 32])
+    t.add_argument("--repeats", type=int, default=1, help="also average the probe over groups of this many seeds")
     t.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.command == "run":
