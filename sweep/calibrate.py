@@ -162,7 +162,7 @@ def choose_trials(
     spec: Any, trials: Any, *, numbers: Sequence[int] | None = None, limit: int = 6
 ) -> list[tuple[int, str]]:
     """(trial number, why) of the candidates to calibrate on. Raises SweepError on bad input."""
-    from sweep.pareto import pareto_front, summarize
+    from sweep.pareto import summarize_spec
 
     complete = trials[trials["state"] == "COMPLETE"]
     if numbers:
@@ -176,20 +176,13 @@ def choose_trials(
     if complete.empty:
         raise SweepError("the study has no complete trial: nothing to calibrate on (run the sweep first)")
     picks: dict[int, str] = {}
-    front = pareto_front(trials, spec.objectives, spec.constraints)
+    summary = summarize_spec(trials, spec)
+    front = trials[trials["number"].isin(summary.front_numbers)]
     for objective in spec.objectives:
         if not front.empty and objective.metric in front:
             values = front[objective.metric].astype(float)
             best = values.idxmax() if objective.direction == "maximize" else values.idxmin()
             picks.setdefault(int(front.loc[best, "number"]), f"front: best {objective.metric}")
-    summary = summarize(
-        trials,
-        spec.objectives,
-        spec.constraints,
-        rule=spec.report.balanced_rule,
-        weights=spec.report.weights,
-        reference=spec.report.reference,
-    )
     if summary.balanced is not None:
         picks.setdefault(summary.balanced.number, "balanced")
     steering = steering_metrics(spec)
@@ -231,7 +224,7 @@ def calibrate(
     from evals.probe.backends import get_backend
     from evals.rewards import build_reward
     from sweep.fingerprint import trial_spec
-    from sweep.table import trial_params
+    from sweep.table import finite_number, trial_params
     from sweep.trial import build_candidate, load_models
 
     config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
@@ -252,7 +245,7 @@ def calibrate(
         row = trials[trials["number"] == number].iloc[0]
         params = {k: float(v) for k, v in trial_params(row).items()}
         build_candidate(trial_spec(spec, trials, number), params, model=model, sources=sources)
-        probe = {m: _value(row.get(f"probe/{m}")) for m in steering}
+        probe = {m: finite_number(row.get(f"probe/{m}")) for m in steering}
         feasible = bool(row["feasible"]) if "feasible" in row and row["feasible"] is not None else None
         candidate = Candidate(number=number, params=params, why=why, probe=probe, feasible=feasible)
         t0 = time.perf_counter()
@@ -388,14 +381,6 @@ def html(calibration: Calibration, escape: Callable[[Any], str]) -> str:
         f'<p class="muted">{escape(lines[3].removeprefix("- "))}</p>'
         f'<div class="scroll"><table id="calibration"><tr>{head}</tr>{body}</table></div>'
     )
-
-
-def _value(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _fmt(value: float | None) -> str:

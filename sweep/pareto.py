@@ -543,6 +543,18 @@ class ParetoSummary:
         )
 
 
+def summarize_spec(trials: pd.DataFrame, spec: Any) -> ParetoSummary:
+    """`summarize` with a spec's objectives, constraints and report section (rule, weights, reference)."""
+    return summarize(
+        trials,
+        spec.objectives,
+        spec.constraints,
+        rule=spec.report.balanced_rule,
+        weights=spec.report.weights,
+        reference=spec.report.reference,
+    )
+
+
 def summarize(
     trials: pd.DataFrame,
     objectives: Sequence[Any],

@@ -54,7 +54,7 @@ from sweep.pareto import (
     eligible_mask,
     pareto_front,
 )
-from sweep.table import trial_params
+from sweep.table import finite_number, trial_params
 
 Z99 = 2.576  # two-sided 99%: a false alarm on 0.5% of unchanged metrics
 Z90 = 1.645  # the probe's recorded bands are 90% half-widths
@@ -184,29 +184,21 @@ def measured(
     metric: str, row: pd.Series, repeats: pd.DataFrame | None = None, *, n_docs: int | None = None
 ) -> Measured | None:
     """The metric at a trial's row, plus the repeats' values at its params. None when the row has no value."""
-    value = _number(row.get(metric))
+    value = finite_number(row.get(metric))
     if value is None:
         return None
     values, bands = [value], []
-    band = _number(row.get(metric + NOISE_SUFFIX))
+    band = finite_number(row.get(metric + NOISE_SUFFIX))
     if band is not None:
         bands.append(band)
     if repeats is not None and len(repeats) and metric in repeats:
         params = trial_params(row)
         for _, rep in repeats.iterrows():
-            if same_point(trial_params(rep), params) and (v := _number(rep.get(metric))) is not None:
+            if same_point(trial_params(rep), params) and (v := finite_number(rep.get(metric))) is not None:
                 values.append(v)
-                if (w := _number(rep.get(metric + NOISE_SUFFIX))) is not None:
+                if (w := finite_number(rep.get(metric + NOISE_SUFFIX))) is not None:
                     bands.append(w)
-    return Measured(tuple(values), tuple(bands), _number(row.get(metric + STDERR_SUFFIX)), n_docs)
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    return Measured(tuple(values), tuple(bands), finite_number(row.get(metric + STDERR_SUFFIX)), n_docs)
 
 
 def find_trial(trials: pd.DataFrame, params: Mapping[str, float]) -> pd.Series | None:
@@ -353,6 +345,6 @@ def value_sd(metric: str, value: float, row: Mapping[str, Any], n_docs: int | No
         if base in BINOMIAL_METRICS and n_docs:
             p = min(max(value, 0.0), 1.0)
             return math.sqrt(max(p * (1 - p), 1 / (4 * n_docs)) / n_docs)  # floor: half a document's worth
-        return _number(row.get(metric + STDERR_SUFFIX)) or 0.0
-    band = _number(row.get(metric + NOISE_SUFFIX))
+        return finite_number(row.get(metric + STDERR_SUFFIX)) or 0.0
+    band = finite_number(row.get(metric + NOISE_SUFFIX))
     return band / Z90 if band is not None else 0.0

@@ -86,6 +86,15 @@ def plain(value: Any) -> Any:
     return value
 
 
+def finite_number(value: Any) -> float | None:
+    """A cell as a finite float; None when missing, NaN, infinite or not a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def trial_params(row: pd.Series) -> dict[str, Any]:
     """A row's params, without the `params/` prefix."""
     return {c[len(PARAM_PREFIX) :]: plain(row[c]) for c in param_columns(row.index)}

@@ -42,18 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[int, dict, dict]:
     """(trial number, params, metrics) of the chosen trial. Raises SweepError when there is none."""
     from sweep.errors import SweepError
-    from sweep.pareto import summarize
+    from sweep.pareto import summarize_spec
     from sweep.table import trial_metrics, trial_params
 
     if balanced:
-        summary = summarize(
-            trials,
-            spec.objectives,
-            spec.constraints,
-            rule=spec.report.balanced_rule,
-            weights=spec.report.weights,
-            reference=spec.report.reference,
-        )
+        summary = summarize_spec(trials, spec)
         if summary.balanced is None:
             raise SweepError("the study has no complete feasible trial: no balanced point to export")
         return summary.balanced.number, summary.balanced.params, summary.balanced.metrics

@@ -18,8 +18,10 @@ from sweep.cli import main
 from tests.merge.helpers import load_state
 
 
-def make_study(root, trio, *, stage1: dict, name: str):
-    """A finished study folder: spec snapshot, SQLite study with three COMPLETE trials, trials table."""
+def make_study(root, trio, *, stage1: dict, name: str, metrics: dict | None = None, attrs=None):
+    """A finished study folder: spec snapshot, SQLite study with three COMPLETE trials, trials table.
+
+    metrics: more metrics for every trial; attrs(spec): more user attributes for every trial."""
     import optuna
 
     from sweep.records import ATTR_METRICS
@@ -48,7 +50,9 @@ def make_study(root, trio, *, stage1: dict, name: str):
     for alpha, beta, value in ((0.3, 0.8, 0.9), (0.7, 0.6, 0.5), (0.1, 1.0, 0.2)):
         study.enqueue_trial({"alpha": alpha, "beta": beta})
         trial = study.ask(space)
-        trial.set_user_attr(ATTR_METRICS, {"probe/length_retention": value})
+        trial.set_user_attr(ATTR_METRICS, {"probe/length_retention": value} | (metrics or {}))
+        for key, attr in (attrs(spec) if attrs else {}).items():
+            trial.set_user_attr(key, attr)
         study.tell(trial, [value])
     save_spec_snapshot(spec)
     write_table(study, spec)

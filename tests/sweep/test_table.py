@@ -7,51 +7,34 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from sweep import table
 from sweep.cli import main
+from tests.sweep.test_export_mergekit import make_study
 
-METRICS = {"probe/length_retention": 0.9, "lm_eval/toy/exact_match,final": 0.5, "probe/length_retention_noise": 0.05}
+METRICS = {"lm_eval/toy/exact_match,final": 0.5, "probe/length_retention_noise": 0.05}  # beside length_retention
+METRIC_NAMES = sorted(["probe/length_retention", *METRICS])
+
+
+def bookkeeping(spec) -> dict:
+    """Every kind of bookkeeping attribute a run records on a trial."""
+    from sweep.fingerprint import recipe
+    from sweep.records import ATTR_DRIVER, ATTR_RECIPE, ATTR_RETRIES, ATTR_TIMINGS
+
+    return {
+        ATTR_DRIVER: "host:1:abc",
+        ATTR_RETRIES: ["worker died"],
+        ATTR_RECIPE: recipe(spec),  # what the trial ran with, as a run records it
+        ATTR_TIMINGS: {"merge_s": 0.1, "total_s": 1.0},
+    }
 
 
 def study_with_bookkeeping(root, trio):
-    """A real SQLite study whose one trial carries every kind of bookkeeping attribute."""
+    """A real SQLite study whose trials carry every kind of bookkeeping attribute."""
     import optuna
 
-    from sweep.fingerprint import recipe
-    from sweep.records import ATTR_DRIVER, ATTR_METRICS, ATTR_RECIPE, ATTR_RETRIES, ATTR_TIMINGS
-    from sweep.spec import parse_spec
-    from sweep.study import open_study, save_spec_snapshot
-
-    spec = parse_spec(
-        yaml.safe_dump(
-            {
-                "name": "book",
-                "models": {role: str(path) for role, path in trio.items()},
-                "space": {"alpha": {"low": 0, "high": 1}, "beta": {"low": 0.5, "high": 1}},
-                "evals": {"probe": {"prompts": str(root / "prompts.jsonl")}},
-                "objectives": [{"metric": "probe/length_retention", "direction": "maximize"}],
-                "results_dir": str(root / "results"),
-            }
-        )
-    )
-    study = open_study(spec)
-    space = {
-        "alpha": optuna.distributions.FloatDistribution(0, 1),
-        "beta": optuna.distributions.FloatDistribution(0.5, 1),
-    }
-    study.enqueue_trial({"alpha": 0.3, "beta": 0.8})
-    trial = study.ask(space)
-    trial.set_user_attr(ATTR_METRICS, METRICS)
-    trial.set_user_attr(ATTR_DRIVER, "host:1:abc")
-    trial.set_user_attr(ATTR_RETRIES, ["worker died"])
-    trial.set_user_attr(ATTR_RECIPE, recipe(spec))  # what the trial ran with, as a run records it
-    trial.set_user_attr(ATTR_TIMINGS, {"merge_s": 0.1, "total_s": 1.0})
-    study.tell(trial, [METRICS["probe/length_retention"]])
-    save_spec_snapshot(spec)
-    table.write(study, spec)
-    return spec, study
+    spec = make_study(root, trio, stage1={"method": "linear"}, name="book", metrics=METRICS, attrs=bookkeeping)
+    return spec, optuna.load_study(study_name=spec.name, storage=spec.storage_url)
 
 
 def test_bookkeeping_columns_are_in_the_table_and_nowhere_a_metric_is_listed(tiny_trio, tmp_path, capsys):
@@ -59,7 +42,7 @@ def test_bookkeeping_columns_are_in_the_table_and_nowhere_a_metric_is_listed(tin
     trials = table.read(spec.study_dir)
     assert {"driver", "retries", "failure_kind", "recipe", "timing/merge_s"} <= set(trials.columns)
     assert trials.loc[0, "retries"] == 1 and trials.loc[0, "driver"] == "host:1:abc"
-    assert sorted(table.metric_columns(trials.columns)) == sorted(METRICS)
+    assert sorted(table.metric_columns(trials.columns)) == METRIC_NAMES
     # the report's balanced point lists metrics only
     assert main(["report", str(spec.study_dir)]) == 0
     md = (spec.study_dir / "report.md").read_text()
@@ -68,7 +51,7 @@ def test_bookkeeping_columns_are_in_the_table_and_nowhere_a_metric_is_listed(tin
     out = tmp_path / "card"
     assert main(["export", str(spec.study_dir), "--balanced", "--recipe-only", "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / "sweep_export.json").read_text())
-    assert sorted(record["metrics"]) == sorted(METRICS)
+    assert sorted(record["metrics"]) == METRIC_NAMES
     card = (out / "README.md").read_text()
     assert "`retries`" not in card and "`driver`" not in card and "`probe/length_retention`" in card
 
@@ -79,7 +62,7 @@ def test_a_new_column_reaches_the_table_and_stays_out_of_the_metrics(tiny_trio, 
     built = table.build(study, spec)
     assert "queue" in built.columns and "queue" in table.read(spec.study_dir).columns
     assert "queue" not in table.metric_columns(built.columns)
-    assert sorted(table.metric_columns(built.columns)) == sorted(METRICS)
+    assert sorted(table.metric_columns(built.columns)) == METRIC_NAMES
 
 
 def test_reading_a_missing_or_damaged_table_names_the_file(tmp_path):
