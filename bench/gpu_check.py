@@ -83,7 +83,7 @@ def check_update(results: dict) -> None:
 
     from bench.probe_memory_bench import SHAPE, old_update
     from evals.probe.logprobs import grpo_update
-    from sweep.memory_plan import MemoryPlan, ModelShape, TrialSettings, plan_parts
+    from sweep.run.memory_plan import MemoryPlan, ModelShape, TrialSettings, plan_parts
 
     R, P, N = 16, 64, 512
     out = {}

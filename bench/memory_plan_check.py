@@ -1,4 +1,4 @@
-"""The memory plan (sweep/memory_plan.py) against a measured peak: one CPU trial step, one run.
+"""The memory plan (sweep/run/memory_plan.py) against a measured peak: one CPU trial step, one run.
 
     .venv/bin/python bench/memory_plan_check.py [--root DIR] [--layers 12] [--update full|lora] [--json]
 
@@ -53,7 +53,7 @@ def build_trio(root: Path, *, layers: int, hidden: int = 768, vocab: int = 32000
 
 def plan_for(paths: dict[str, Path], settings: dict):
     from merge.checkpoint import inspect_checkpoint
-    from sweep.memory_plan import MemoryPlan, ModelShape, TrialSettings, plan_parts
+    from sweep.run.memory_plan import MemoryPlan, ModelShape, TrialSettings, plan_parts
 
     shape = ModelShape.from_info(inspect_checkpoint(paths["pretrained"]))
     s = TrialSettings(device="cpu", dtype_bytes=4, **settings)

@@ -85,9 +85,9 @@ def main() -> int:
 
 def rejudge(results: Path, dates: list[dt.date], tolerance: float) -> tuple[int, int]:
     """(alarms with bootstrap bands only, alarms of compare's old balanced-point rule) over the same pairs."""
-    from sweep.pareto import compare_fronts
-    from sweep.regression import compare_studies, whole_limit
-    from sweep.study import load_study_dir
+    from sweep.report.pareto import compare_fronts
+    from sweep.report.regression import compare_studies, whole_limit
+    from sweep.study.durable import load_study_dir
 
     boot = old = 0
     for before, after in zip(dates, dates[1:], strict=False):

@@ -195,8 +195,8 @@ def _samples(record):
 
 
 def long_outcome(record, window: int) -> dict:
-    """The long run's outcomes (sweep.calibrate.long_outcome) and its held-out scores."""
-    from sweep.calibrate import long_outcome as outcome
+    """The long run's outcomes (sweep.run.calibrate.long_outcome) and its held-out scores."""
+    from sweep.run.calibrate import long_outcome as outcome
 
     baseline, steps = _samples(record)
     after = record["after"]
@@ -235,7 +235,7 @@ PAIRS = {
 
 
 def table(args) -> dict:
-    from sweep.calibrate import spearman
+    from sweep.run.calibrate import spearman
 
     out = Path(args.out).resolve()
     records = load(out)

@@ -80,7 +80,7 @@ def run_probe(
     error), its own modules (adapters removed), each submodule's train/eval mode and each
     parameter's requires_grad restored, gradients None, no optimizer state kept, no
     hooks added. Peak memory, update: full, is about two copies of the model, fp32
-    masters and Adam's two moments; the memory plan (sweep/memory_plan.py) has the parts.
+    masters and Adam's two moments; the memory plan (sweep/run/memory_plan.py) has the parts.
     Nothing is written to disk.
 
     Bad input (unreadable prompts, a rule that needs answers on prompts without one, an

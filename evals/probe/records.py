@@ -158,7 +158,7 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if str(path).startswith("demo:"):
         raise EvalError(
-            f"prompts {path}: demo references are resolved by sweep (load the spec with sweep.spec.load_spec)"
+            f"prompts {path}: demo references are resolved by sweep (load the spec with sweep.config.spec.load_spec)"
         )
     if not path.is_file():
         raise EvalError(f"prompts file {path}: not found")

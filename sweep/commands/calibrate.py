@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from sweep.calibrate import calibrate, choose_trials, markdown, save_calibration
     from sweep.errors import SweepError
-    from sweep.study import load_study_dir
+    from sweep.run.calibrate import calibrate, choose_trials, markdown, save_calibration
+    from sweep.study.durable import load_study_dir
 
     study_dir = _study_dir(args.study)
     spec, trials = load_study_dir(study_dir)
@@ -79,7 +79,7 @@ def _study_dir(value: str) -> Path:
     """A study folder as given, or the study folder of a spec file."""
     path = Path(value)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        from sweep.spec import load_spec
+        from sweep.config.spec import load_spec
 
         return load_spec(path).study_dir
     return path

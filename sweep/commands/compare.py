@@ -1,6 +1,6 @@
 """`python -m sweep compare A B`: did the models get worse from study A to study B, beyond noise?
 
-Like with like (sweep.regression): A's balanced point and the rest of A's front are
+Like with like (sweep.report.regression): A's balanced point and the rest of A's front are
 looked up in B at the same params and compared objective by objective, each change with
 the 99% noise band of the difference (lm-eval: binomial at the spec's `limit`; probe: its
 recorded bands, or the seed spread of `sweep nightly`'s repeats). B's own balanced
@@ -35,12 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def compare_dirs(before, after, *, tolerance: float, fallback: bool = True) -> dict:
     """The comparison of two study folders as a plain dict (what --json prints). fallback:
-    see sweep.regression.compare_studies (the nightly passes False)."""
+    see sweep.report.regression.compare_studies (the nightly passes False)."""
     from sweep.errors import SweepError
-    from sweep.pareto import default_reference, summarize
-    from sweep.regression import compare_studies, whole_limit
-    from sweep.repeats import load_repeats  # sweep nightly's probe repeats, when the folder has them
-    from sweep.study import load_study_dir
+    from sweep.report.pareto import default_reference, summarize
+    from sweep.report.regression import compare_studies, whole_limit
+    from sweep.run.repeats import load_repeats  # sweep nightly's probe repeats, when the folder has them
+    from sweep.study.durable import load_study_dir
 
     spec_a, trials_a = load_study_dir(before)
     spec_b, trials_b = load_study_dir(after)

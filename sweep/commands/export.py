@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[int, dict, dict]:
     """(trial number, params, metrics) of the chosen trial. Raises SweepError when there is none."""
     from sweep.errors import SweepError
-    from sweep.pareto import summarize_spec
-    from sweep.table import trial_metrics, trial_params
+    from sweep.report.pareto import summarize_spec
+    from sweep.study.table import trial_metrics, trial_params
 
     if balanced:
         summary = summarize_spec(trials, spec)
@@ -68,9 +68,9 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sweep.fingerprint import trial_spec
-    from sweep.study import load_study_dir, spec_hash
-    from sweep.trial import split_params
+    from sweep.run.trial import split_params
+    from sweep.study.durable import load_study_dir, spec_hash
+    from sweep.study.fingerprint import trial_spec
 
     spec, trials = load_study_dir(args.study)
     number, params, metrics = choose_trial(spec, trials, balanced=args.balanced, number=args.trial)
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _merge(spec, settings: dict, args: argparse.Namespace):
     import merge
-    from sweep.progressbar import MergeProgressBar
+    from sweep.run.progressbar import MergeProgressBar
 
     bar = MergeProgressBar(enabled=not args.quiet)
     try:

@@ -110,7 +110,7 @@ def parse_params(items: list[str], flag: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from merge.disk import merge_checkpoints, merge_io_bytes
     from sweep.errors import SweepError
-    from sweep.progressbar import MergeProgressBar
+    from sweep.run.progressbar import MergeProgressBar
 
     stage1_params = parse_params(args.stage1_param, "--stage1-param")
     stage2_params = parse_params(args.stage2_param, "--stage2-param")
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 def resolve_sources(args: argparse.Namespace, recipe: dict) -> dict[str, str]:
     """The three source folders, with `demo:<member>` names resolved (and args.tokenizer_source
     too). The recipe is checked first, so a bad ratio fails before a first-use demo build."""
-    from sweep.spec import DEMO_PREFIX, resolve_demo_ref
+    from sweep.config.spec import DEMO_PREFIX, resolve_demo_ref
 
     values = {role: getattr(args, role) for role in ROLES}
     if any(str(v).startswith(DEMO_PREFIX) for v in [*values.values(), args.tokenizer_source]):

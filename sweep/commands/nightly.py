@@ -3,7 +3,7 @@
 Runs the night's date-stamped study warm-started from the previous night, writes its
 report, re-measures last night's front (probe repeats at other seeds), compares it with
 the previous night at the same points, updates the trend page, and posts a summary to
-a webhook (sweep.nightly has the steps).
+a webhook (sweep.nightly.night has the steps).
 
 Exit codes: 0 no regression; 1 a regression beyond tolerance and the noise (each named
 with its numbers); 2 bad input (before any work) or an incomplete night (trials failed,
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, *, trial_fn=None, probe_fn=None) -> int:
     import datetime as dt
 
     from sweep.errors import SweepError
-    from sweep.nightly import NightOptions, load_night_spec, parse_date, render, run_night
+    from sweep.nightly.night import NightOptions, load_night_spec, parse_date, render, run_night
 
     try:
         date = parse_date(args.date) if args.date else dt.date.today()
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, *, trial_fn=None, probe_fn=None) -> int:
     )
     try:
         spec, template = load_night_spec(args.spec, options)
-        from sweep.raysetup import choose_local_auth_mode
+        from sweep.run.raysetup import choose_local_auth_mode
 
         choose_local_auth_mode(spec, args.address)  # before the runner imports Ray
         night = run_night(spec, template, options)
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, *, trial_fn=None, probe_fn=None) -> int:
 
 
 def _notify(night: dict, url: str, *, quiet: bool) -> None:
-    from sweep.nightly import notify
+    from sweep.nightly.night import notify
 
     delivered, detail = notify(night, url)
     if not delivered:
@@ -105,8 +105,8 @@ def _notify(night: dict, url: str, *, quiet: bool) -> None:
 def _notify_error(args: argparse.Namespace, message: str, date) -> None:
     from pathlib import Path
 
-    from sweep.nightly import error_night
-    from sweep.notify import url_problem
+    from sweep.nightly.night import error_night
+    from sweep.nightly.notify import url_problem
 
     if url_problem(args.notify) is None:  # a bad URL is itself the error being reported
         _notify(error_night(Path(args.spec).stem, date, message), args.notify, quiet=True)

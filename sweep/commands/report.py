@@ -20,11 +20,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from sweep.calibrate import load_calibration
-    from sweep.pareto import summarize
-    from sweep.report import report_options, write_report
-    from sweep.rescore import load_heldout, rescore_front, save_heldout
-    from sweep.study import load_study_dir
+    from sweep.report.document import report_options, write_report
+    from sweep.report.pareto import summarize
+    from sweep.run.calibrate import load_calibration
+    from sweep.run.rescore import load_heldout, rescore_front, save_heldout
+    from sweep.study.durable import load_study_dir
 
     study_dir = Path(args.study)
     spec, trials = load_study_dir(study_dir)

@@ -22,24 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sweep.checks import spec_problems
+    from sweep.config.checks import spec_problems
+    from sweep.config.spec import load_spec
     from sweep.errors import ConfigError
-    from sweep.raysetup import choose_local_auth_mode
-    from sweep.spec import load_spec
+    from sweep.run.raysetup import choose_local_auth_mode
 
     if args.trials is not None and args.trials < 1:
         raise ConfigError(["--trials: must be at least 1"])
     spec = load_spec(args.spec)
     if args.results_dir:
         spec = spec.model_copy(update={"results_dir": str(Path(args.results_dir).resolve())})
-    from sweep.storage import storage_problems
+    from sweep.study.storage import storage_problems
 
     _, problems = spec_problems(spec)  # everything `sweep validate` checks, before any worker starts
     problems += storage_problems(spec)  # the storage answers, its driver is installed (nothing created)
     if problems:
         raise ConfigError(problems, source=args.spec)
     choose_local_auth_mode(spec, args.address)  # before the runner imports Ray
-    from sweep.runner import run_sweep
+    from sweep.run.runner import run_sweep
 
     summary = run_sweep(spec, address=args.address, trials=args.trials, quiet=args.quiet)
     return summary.exit_code

@@ -12,11 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.checks import spec_problems, unvalidated_file_problems
+    from sweep.config.checks import spec_problems, unvalidated_file_problems
+    from sweep.config.spec import load_spec
     from sweep.errors import ConfigError
-    from sweep.memory_plan import plan_trial
-    from sweep.spec import load_spec
-    from sweep.storage import storage_problems
+    from sweep.run.memory_plan import plan_trial
+    from sweep.study.storage import storage_problems
 
     try:
         spec = load_spec(args.spec)

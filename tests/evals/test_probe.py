@@ -232,7 +232,7 @@ def test_bad_config_is_a_user_error(changes, message):
 
 
 def test_config_fields_are_exactly_the_spec_keys():
-    from sweep.spec import ProbeSpec, parse_spec
+    from sweep.config.spec import ProbeSpec, parse_spec
 
     assert {f.name for f in dataclasses.fields(ProbeConfig)} == set(ProbeSpec.model_fields)
     spec = parse_spec(

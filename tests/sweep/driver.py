@@ -12,9 +12,9 @@ import sys
 
 
 def main() -> int:
+    from sweep.config.spec import load_spec
     from sweep.errors import SweepError
-    from sweep.raysetup import choose_local_auth_mode
-    from sweep.spec import load_spec
+    from sweep.run.raysetup import choose_local_auth_mode
 
     parser = argparse.ArgumentParser()
     parser.add_argument("spec")
@@ -30,7 +30,7 @@ def main() -> int:
     choose_local_auth_mode(spec, args.address)  # as the run command does, before Ray is imported
     import ray.cloudpickle
 
-    from sweep.runner import run_sweep
+    from sweep.run.runner import run_sweep
     from tests.sweep import sweeps
 
     ray.cloudpickle.register_pickle_by_value(sweeps)

@@ -9,8 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from sweep.records import TrialResult
-from sweep.spec import parse_spec
+from sweep.config.spec import parse_spec
+from sweep.study.records import TrialResult
 
 SPEC = """
 name: {name}

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from evals.probe.records import PromptSamples
-from sweep.calibrate import Candidate, long_outcome, spearman, summarize_calibration
-from sweep.spec import SweepSpec
+from sweep.config.spec import SweepSpec
+from sweep.run.calibrate import Candidate, long_outcome, spearman, summarize_calibration
 
 
 def test_spearman_matches_known_values():

@@ -8,11 +8,11 @@ import optuna
 import pytest
 
 from sweep.cli import main
-from sweep.records import TrialResult
-from sweep.runner import record_trial
-from sweep.spec import parse_spec
-from sweep.study import open_study, save_spec_snapshot
-from sweep.table import write as write_table
+from sweep.config.spec import parse_spec
+from sweep.run.runner import record_trial
+from sweep.study.durable import open_study, save_spec_snapshot
+from sweep.study.records import TrialResult
+from sweep.study.table import write as write_table
 
 SPEC = """
 name: {name}
@@ -178,8 +178,8 @@ def test_the_same_points_are_compared_and_a_new_balanced_point_is_information(tm
 def test_an_unmeasured_balanced_point_is_compared_with_the_new_one_only_in_compare(tmp_path, capsys):
     """`sweep compare` falls back to the two balanced points (and says it mixes causes);
     the nightly (fallback False) reports the point as not measured and flags nothing."""
-    from sweep.regression import compare_studies
-    from sweep.study import load_study_dir
+    from sweep.report.regression import compare_studies
+    from sweep.study.durable import load_study_dir
 
     before = make_lm_study(tmp_path, "a", [(0.2, 0.9, 0.75, 1.0), (0.9, 1.0, 0.5, 1.5)])
     after = make_lm_study(tmp_path, "b", [(0.6, 0.6, 0.0, 1.0)])  # neither point measured; worse

@@ -10,8 +10,8 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from sweep.runner import record_trial
-from sweep.study import enqueue_points, open_study
+from sweep.run.runner import record_trial
+from sweep.study.durable import enqueue_points, open_study
 from tests.sweep.test_study import DISTS, make_spec, result
 
 optuna_dashboard = pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (dev extra)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sweep.cli import main
-from sweep.memory_plan import GB, MemoryPlan, ModelShape, TrialSettings, find_fixes, plan_parts
+from sweep.run.memory_plan import GB, MemoryPlan, ModelShape, TrialSettings, find_fixes, plan_parts
 
 REPO = Path(__file__).resolve().parents[2]
 SPACES = REPO / "search_spaces"

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sweep.config.spec import ConstraintSpec
 from sweep.errors import SweepError
-from sweep.pareto import (
+from sweep.report.pareto import (
     BalancedPoint,
     ParetoSummary,
     balanced_point,
@@ -21,7 +22,6 @@ from sweep.pareto import (
     reference_point,
     summarize,
 )
-from sweep.spec import ConstraintSpec
 
 A, B, C = "lm_eval/toy/exact_match,final", "probe/length_retention", "probe/reward_dip"
 MAX2 = [(A, "maximize"), (B, "maximize")]
@@ -312,11 +312,11 @@ def test_front_of_the_runners_parquet_table_equals_best_trials(tmp_path):
     written to trials.parquet, read back; the front must be Optuna's best_trials."""
     import optuna
 
-    from sweep.records import TrialResult
-    from sweep.runner import record_trial
-    from sweep.spec import parse_spec
-    from sweep.study import open_study
-    from sweep.table import write as write_table
+    from sweep.config.spec import parse_spec
+    from sweep.run.runner import record_trial
+    from sweep.study.durable import open_study
+    from sweep.study.records import TrialResult
+    from sweep.study.table import write as write_table
 
     text = f"""
 name: pareto-check
@@ -364,7 +364,7 @@ results_dir: {tmp_path}
 
 
 def test_compare_flags_a_planted_regression_and_shares_one_reference():
-    from sweep.pareto import compare_fronts
+    from sweep.report.pareto import compare_fronts
 
     objectives = [(A, "maximize"), (C, "minimize")]
     before = table([{A: 0.8, C: 0.4}, {A: 0.6, C: 0.2}, {A: 0.4, C: 0.1}, {A: 0.3, C: 0.5}])

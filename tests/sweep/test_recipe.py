@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from sweep.cli import main
-from sweep.fingerprint import recipe
-from sweep.spec import parse_spec
-from sweep.study import save_spec_snapshot
+from sweep.config.spec import parse_spec
+from sweep.study.durable import save_spec_snapshot
+from sweep.study.fingerprint import recipe
 from tests.merge.helpers import merge_argv
 
 SPEC = """
@@ -71,7 +71,7 @@ def test_report_rescore_scores_the_recipe_each_trial_recorded(tmp_path, tiny_tri
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evals.lmeval import LmEvalRunner
-    from sweep.trial import lm_eval_config
+    from sweep.run.trial import lm_eval_config
 
     # A held-out task whose score moves with every weight: the answers' perplexity.
     (tmp_path / "toy.jsonl").write_text("".join(json.dumps({"q": f"{i}+1", "a": str(i + 1)}) + "\n" for i in range(6)))

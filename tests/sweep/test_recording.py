@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from sweep.recording import Recorder
-from sweep.spool import Spool
-from sweep.study import open_study, recover_orphans
+from sweep.study.durable import open_study, recover_orphans
+from sweep.study.recording import Recorder
+from sweep.study.spool import Spool
 from tests.sweep.test_study import DISTS, make_spec, result
 
 

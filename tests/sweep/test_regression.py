@@ -1,4 +1,4 @@
-"""The noise model of sweep.regression on hand-built measurements with known answers."""
+"""The noise model of sweep.report.regression on hand-built measurements with known answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from sweep.pareto import Objective
-from sweep.regression import Measured, difference_noise, hypervolume_noise, metric_change, t995, value_sd
+from sweep.report.pareto import Objective
+from sweep.report.regression import Measured, difference_noise, hypervolume_noise, metric_change, t995, value_sd
 
 TOY = "lm_eval/toy/exact_match,final"
 

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sweep.config.spec import ConstraintSpec
 from sweep.errors import SweepError
-from sweep.pareto import summarize
-from sweep.report import md_escape, write_report
-from sweep.report_figures import curve_traces
-from sweep.spec import ConstraintSpec
+from sweep.report.document import md_escape, write_report
+from sweep.report.figures import curve_traces
+from sweep.report.pareto import summarize
 
 REASON, INSTRUCT, RETENTION = (
     "lm_eval/toy_reasoning/exact_match,final",
@@ -438,7 +438,7 @@ def test_three_objective_report_renders_a_pair_grid(browser, tmp_path):
 
 
 def test_report_study_reads_the_table_and_the_spec(tmp_path):
-    from sweep.spec import parse_spec
+    from sweep.config.spec import parse_spec
 
     text = f"""
 name: from-disk
@@ -453,7 +453,7 @@ constraints: ["{RETENTION} >= 0.5"]
 results_dir: {tmp_path}
 """
     spec = parse_spec(text, base_dir=tmp_path)
-    from sweep.report import report_study
+    from sweep.report.document import report_study
 
     with pytest.raises(SweepError, match=r"no trials table at .*trials.parquet: run `python -m sweep run SPEC` first"):
         report_study(spec.study_dir, spec=spec)
@@ -470,8 +470,8 @@ results_dir: {tmp_path}
 def test_report_options_come_from_the_spec_report_section(tmp_path):
     from types import SimpleNamespace
 
-    from sweep.report import report_options
-    from sweep.spec import parse_spec
+    from sweep.config.spec import parse_spec
+    from sweep.report.document import report_options
 
     objectives = [
         SimpleNamespace(metric=REASON, direction="maximize"),
@@ -510,8 +510,8 @@ report: {{balanced_rule: weighted, weights: {{"{REASON}": 2, "{INSTRUCT}": 1}}, 
 def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
     """A trial that recorded `probe/length_retention_noise` and the normalized curves with
     their per-step noise gets error bars of exactly those widths."""
-    from sweep.pareto import Objective
-    from sweep.report_figures import curve_figure, pareto_figure
+    from sweep.report.figures import curve_figure, pareto_figure
+    from sweep.report.pareto import Objective
 
     trials = trials_table()
     trials["probe/length_retention_noise"] = [0.05 * (k + 1) for k in range(len(trials))]
@@ -538,21 +538,21 @@ def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
 
 def test_sweep_report_summarizes_the_study_once(tmp_path, monkeypatch, capsys):
     """`sweep report` prints the balanced point and writes the report from one summary."""
-    import sweep.pareto
-    import sweep.report
+    import sweep.report.document
+    import sweep.report.pareto
     from sweep.cli import main
     from tests.sweep.test_compare import GOOD, make_study
 
     study = make_study(tmp_path, "once", GOOD)
     calls = []
-    real = sweep.pareto.summarize
+    real = sweep.report.pareto.summarize
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep.pareto, "summarize", counting)
-    monkeypatch.setattr(sweep.report, "summarize", counting)
+    monkeypatch.setattr(sweep.report.pareto, "summarize", counting)
+    monkeypatch.setattr(sweep.report.document, "summarize", counting)
     assert main(["report", str(study)]) == 0
     assert "balanced point" in capsys.readouterr().out
     assert len(calls) == 1

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from sweep.cli import main
-from sweep.spec import load_spec
+from sweep.config.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_demo_sweep_8_trials_two_at_a_time(demo_study, capsys):
 
 
 def test_report_front_equals_optuna_best_trials(demo_study, capsys):
-    from sweep.pareto import pareto_front
+    from sweep.report.pareto import pareto_front
 
     spec_path, _, _ = demo_study
     spec = load_spec(spec_path)
@@ -221,7 +221,7 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
         assert c["probe"]["length_retention"] == pytest.approx(row["probe/length_retention"])  # the study's own value
         (run,) = c["long"]
         assert run["steps"] == 12 and run["seed"] == 1 and run["final_length"] > 0 and run["dip"] >= 0
-    from sweep.calibrate import spearman
+    from sweep.run.calibrate import spearman
 
     probe = [c["probe"]["length_retention"] for c in record["candidates"]]
     final = [c["long"][0]["final_length"] for c in record["candidates"]]
@@ -235,7 +235,7 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
 
 def flaky_trial(spec, params):
     """The real trial, except that it raises for large alpha."""
-    from sweep.trial import run_trial
+    from sweep.run.trial import run_trial
 
     if params["alpha"] > 0.7:
         raise RuntimeError(f"planted failure at alpha={params['alpha']:.3f}")
@@ -245,7 +245,7 @@ def flaky_trial(spec, params):
 def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local, capfd):
     import ray.cloudpickle
 
-    from sweep.runner import run_sweep
+    from sweep.run.runner import run_sweep
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     spec_dict = demo_spec_dict(tmp_path / "results", trials=5)
@@ -278,7 +278,7 @@ def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local
 
 def test_constraint_violations_reach_the_sampler(tmp_path, ray_local, capfd):
     """An infeasible trial is COMPLETE with its constraint value recorded (Optuna 5 set_constraint)."""
-    from sweep.runner import run_sweep
+    from sweep.run.runner import run_sweep
 
     spec_dict = demo_spec_dict(tmp_path / "results", trials=2)
     spec_dict["constraints"] = ["probe/length_retention >= 2.0"]  # impossible: every trial violates it

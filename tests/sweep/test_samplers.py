@@ -8,7 +8,7 @@ import sys
 import optuna
 import pytest
 
-from sweep.runner import run_sweep
+from sweep.run.runner import run_sweep
 from tests.sweep import sweeps
 
 pytestmark = pytest.mark.slow
@@ -138,7 +138,7 @@ _ATTEMPTS: dict[float, int] = {}
 
 
 def flaky_once_then_timeout(spec, params):
-    from sweep.trial import TrialTimeout
+    from sweep.run.trial import TrialTimeout
 
     if params["alpha"] == pytest.approx(0.2):
         raise TrialTimeout("trial passed its timeout of 1 s during probe")

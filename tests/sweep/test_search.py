@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from sweep.lease import Lease
-from sweep.recording import Recorder
-from sweep.runner import _is_orphan_fn
-from sweep.search import NOT_LAUNCHED, RESULT_KEY, StudySearcher, error_text
-from sweep.spool import Spool
-from sweep.study import open_study, space_distributions
+from sweep.run.runner import _is_orphan_fn
+from sweep.run.search import NOT_LAUNCHED, RESULT_KEY, StudySearcher, error_text
+from sweep.study.durable import open_study, space_distributions
+from sweep.study.lease import Lease
+from sweep.study.recording import Recorder
+from sweep.study.spool import Spool
 from tests.sweep.test_study import make_spec, result
 
 ME = "driver-under-test"

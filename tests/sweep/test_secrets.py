@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import socket
 
-from sweep.spec import load_spec, mask_url, redact, url_secrets
-from sweep.study import save_spec_snapshot
+from sweep.config.spec import load_spec, mask_url, redact, url_secrets
+from sweep.study.durable import save_spec_snapshot
 from tests.sweep.test_validate import base_spec, validate, workspace, write  # noqa: F401 - fixture
 
 SECRET = "Sup3r-s3cret%21x"

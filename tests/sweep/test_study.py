@@ -8,13 +8,13 @@ import optuna
 import pandas as pd
 import pytest
 
+from sweep.config.spec import parse_spec
 from sweep.errors import SweepError
-from sweep.records import TrialResult
-from sweep.runner import record_trial
-from sweep.spec import parse_spec
-from sweep.study import enqueue_points, open_study, recover_orphans, study_lock
-from sweep.table import build as trials_table
-from sweep.table import write as write_table
+from sweep.run.runner import record_trial
+from sweep.study.durable import enqueue_points, open_study, recover_orphans, study_lock
+from sweep.study.records import TrialResult
+from sweep.study.table import build as trials_table
+from sweep.study.table import write as write_table
 
 SPEC = """
 name: unit

@@ -1,4 +1,4 @@
-"""The trials table's schema lives in sweep.table alone: its bookkeeping columns reach the
+"""The trials table's schema lives in sweep.study.table alone: its bookkeeping columns reach the
 table and stay out of the metrics everywhere metrics are listed (the report, the balanced
 point, the model card), and a new column needs no other module to learn of it."""
 
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from sweep import table
 from sweep.cli import main
+from sweep.study import table
 from tests.sweep.test_export_mergekit import make_study
 
 METRICS = {"lm_eval/toy/exact_match,final": 0.5, "probe/length_retention_noise": 0.05}  # beside length_retention
@@ -18,8 +18,8 @@ METRIC_NAMES = sorted(["probe/length_retention", *METRICS])
 
 def bookkeeping(spec) -> dict:
     """Every kind of bookkeeping attribute a run records on a trial."""
-    from sweep.fingerprint import recipe
-    from sweep.records import ATTR_DRIVER, ATTR_RECIPE, ATTR_RETRIES, ATTR_TIMINGS
+    from sweep.study.fingerprint import recipe
+    from sweep.study.records import ATTR_DRIVER, ATTR_RECIPE, ATTR_RETRIES, ATTR_TIMINGS
 
     return {
         ATTR_DRIVER: "host:1:abc",

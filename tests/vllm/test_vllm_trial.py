@@ -1,4 +1,4 @@
-"""The worker's one vLLM engine for eval and probe, in real trials (sweep/trial.py).
+"""The worker's one vLLM engine for eval and probe, in real trials (sweep/run/trial.py).
 
 Two candidates run through `run_trial` with `evals.lm_eval.backend: vllm` and
 `evals.probe.generator: vllm`: exactly one vllm.LLM is constructed, the probe samples with
@@ -25,7 +25,7 @@ CANDIDATES = [(0.0, 1.0), (0.5, 0.8)]  # (alpha, beta)
 
 
 def _spec(tmp_path, trio, tiny_tasks, update):
-    from sweep.spec import load_spec
+    from sweep.config.spec import load_spec
     from tests.evals.test_rewards import make_reward_model
 
     prompts = tmp_path / "prompts.jsonl"
@@ -80,8 +80,8 @@ def test_one_engine_serves_eval_and_probe_across_trials(trio, tiny_tasks, tmp_pa
 
     from evals.answers import think_end_token
     from evals.vllm_backend import import_vllm
-    from sweep import trial
-    from sweep.trial import SHARED_ENGINE_LORA_NOTE
+    from sweep.run import trial
+    from sweep.run.trial import SHARED_ENGINE_LORA_NOTE
 
     vllm = import_vllm()
     built: list[dict] = []

@@ -47,14 +47,14 @@ import numpy as np
 import pandas as pd
 
 from evals.metric_names import NOISE_SUFFIX
-from sweep.pareto import (
+from sweep.report.pareto import (
     Objective,
     as_objectives,
     balanced_point,
     eligible_mask,
     pareto_front,
 )
-from sweep.table import finite_number, trial_params
+from sweep.study.table import finite_number, trial_params
 
 Z99 = 2.576  # two-sided 99%: a false alarm on 0.5% of unchanged metrics
 Z90 = 1.645  # the probe's recorded bands are 90% half-widths
@@ -65,7 +65,7 @@ BINOMIAL_METRICS = frozenset({"exact_match", "acc", "acc_norm", "pass@1", "pass_
 _T995 = {1: 63.657, 2: 9.925, 3: 5.841, 4: 4.604, 5: 4.032, 6: 3.707, 7: 3.499, 8: 3.355, 9: 3.250, 10: 3.169}
 _T995 |= {11: 3.106, 12: 3.055, 13: 3.012, 14: 2.977, 15: 2.947, 16: 2.921, 17: 2.898, 18: 2.878, 19: 2.861}
 _T995 |= {20: 2.845, 22: 2.819, 24: 2.797, 26: 2.779, 28: 2.763, 30: 2.750, 40: 2.704, 60: 2.660, 120: 2.617}
-PARAM_ATOL = 1e-9  # params equal within this are the same point (as sweep.study.same_params)
+PARAM_ATOL = 1e-9  # params equal within this are the same point (as sweep.study.durable.same_params)
 
 
 def t995(df: int) -> float:
@@ -323,7 +323,7 @@ def hypervolume_noise(
 ) -> float:
     """99% half-width of the hypervolume of `values` (n, d) when each value is uncertain
     with standard deviation `sds` (n, d): Gaussian draws, a fixed seed (repeatable)."""
-    from sweep.pareto import hypervolume
+    from sweep.report.pareto import hypervolume
 
     values, sds = np.asarray(values, dtype=float), np.nan_to_num(np.asarray(sds, dtype=float))
     if values.size == 0 or not np.any(sds > 0):

@@ -199,7 +199,7 @@ class ProbeSpec(_Section):
     prompt_pool: Annotated[int, Field(ge=1)] | None = 16
     noise_samples: Annotated[int, Field(ge=0)] = 200
     # Scale settings (docs/scale.md): the probe's update (evals/probe/logprobs.py, lora.py)
-    # and the memory plan (sweep/memory_plan.py) read them. generator: who samples the rollouts.
+    # and the memory plan (sweep/run/memory_plan.py) read them. generator: who samples the rollouts.
     generator: Literal["hf", "vllm"] = "hf"
     micro_batch_size: Annotated[int, Field(ge=1)] | None = None  # rollouts per forward/backward; None: all
     logprob_chunk: Annotated[int, Field(ge=1)] | None = 1024  # tokens per log-prob chunk; None: full [B, T, V]
@@ -280,7 +280,7 @@ class ResourcesSpec(_Section):
     address: str | None = None  # Ray cluster address; None: $RAY_ADDRESS or a local Ray
     torch_threads: Annotated[int, Field(ge=1)] = 1  # per worker: contended threads are ~50x slower
     # GB of one trial's GPU: with it set, `sweep validate` refuses a spec whose memory plan
-    # (sweep/memory_plan.py) does not fit, and names the settings that would.
+    # (sweep/run/memory_plan.py) does not fit, and names the settings that would.
     gpu_memory_gb: Annotated[float, Field(gt=0)] | None = None
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from evals.metric_names import NOISE_SUFFIX
-from sweep.pareto import Objective, curves_of, objective_values
-from sweep.table import metric_columns, param_columns
+from sweep.report.pareto import Objective, curves_of, objective_values
+from sweep.study.table import metric_columns, param_columns
 
 LENGTH_CURVE = "response_length/mean"  # tokens per response, per probe step (verl's name)
 REWARD_CURVE = "critic/score/mean"  # raw reward per probe step, before the KL penalty

@@ -12,8 +12,8 @@ import math
 import sys
 import time
 
-from sweep.spec import SweepSpec, redact
-from sweep.study import INTERRUPTED, count_states
+from sweep.config.spec import SweepSpec, redact
+from sweep.study.durable import INTERRUPTED, count_states
 
 log = logging.getLogger("sweep")
 

@@ -18,8 +18,8 @@ ATTR_RAY_TRIAL_ID = "ray_trial_id"
 ATTR_FINISHED = "finished_at"
 ATTR_FAILURE_KIND = "failure_kind"  # error | infrastructure | orphaned | interrupted | skipped
 ATTR_RETRIES = "retries"  # errors of the attempts retried before this outcome (budget.max_failures)
-ATTR_DRIVER = "driver"  # the driver that launched the trial (sweep.lease)
-ATTR_RECIPE = "recipe"  # the models and merge the trial ran with (sweep.fingerprint)
+ATTR_DRIVER = "driver"  # the driver that launched the trial (sweep.study.lease)
+ATTR_RECIPE = "recipe"  # the models and merge the trial ran with (sweep.study.fingerprint)
 
 
 @dataclass(frozen=True)

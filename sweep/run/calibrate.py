@@ -162,7 +162,7 @@ def choose_trials(
     spec: Any, trials: Any, *, numbers: Sequence[int] | None = None, limit: int = 6
 ) -> list[tuple[int, str]]:
     """(trial number, why) of the candidates to calibrate on. Raises SweepError on bad input."""
-    from sweep.pareto import summarize_spec
+    from sweep.report.pareto import summarize_spec
 
     complete = trials[trials["state"] == "COMPLETE"]
     if numbers:
@@ -223,9 +223,9 @@ def calibrate(
     from evals.probe import ProbeConfig, load_prompts
     from evals.probe.backends import get_backend
     from evals.rewards import build_reward
-    from sweep.fingerprint import trial_spec
-    from sweep.table import finite_number, trial_params
-    from sweep.trial import build_candidate, load_models
+    from sweep.run.trial import build_candidate, load_models
+    from sweep.study.fingerprint import trial_spec
+    from sweep.study.table import finite_number, trial_params
 
     config = ProbeConfig.from_dict(spec.evals.probe.model_dump())
     long_steps = long_steps or 8 * config.steps

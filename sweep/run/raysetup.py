@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sweep.config.spec import SweepSpec
 from sweep.errors import SweepError
-from sweep.spec import SweepSpec
 
 log = logging.getLogger("sweep")
 

@@ -6,7 +6,7 @@ objectives, each with its 99% noise band, and the night's verdict. All hypervolu
 one reference point (the spec's `report.reference`, else the default rule over every
 night's complete trials), so they compare; a new night can move that default, and with
 it every night's value: set `report.reference` to pin it. The hypervolume's band comes
-from each front point's noise (Gaussian draws, sweep.regression.hypervolume_noise); an
+from each front point's noise (Gaussian draws, sweep.report.regression.hypervolume_noise); an
 objective's band is one measurement's (lm-eval: binomial at `limit`; probe: the
 recorded band scaled to 99%).
 """
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.regression import Z99, hypervolume_noise, value_sd, whole_limit
-from sweep.spec import SweepSpec
+from sweep.config.spec import SweepSpec
+from sweep.report.regression import Z99, hypervolume_noise, value_sd, whole_limit
 
 
 def series_name(template: str) -> str:
@@ -32,9 +32,9 @@ def series_name(template: str) -> str:
 
 def trend_rows(results_dir: Path, template: str, spec: SweepSpec) -> tuple[list[dict[str, Any]], list[float] | None]:
     """(one dict per night, oldest first; the shared reference point)."""
-    from sweep.nightly import NIGHT_FILE, find_nights
-    from sweep.pareto import as_objectives, balanced_point, default_reference, eligible_mask, pareto_front
-    from sweep.study import load_study_dir
+    from sweep.nightly.night import NIGHT_FILE, find_nights
+    from sweep.report.pareto import as_objectives, balanced_point, default_reference, eligible_mask, pareto_front
+    from sweep.study.durable import load_study_dir
 
     objectives = as_objectives(spec.objectives)
     loaded: list[tuple[Any, SweepSpec | None, pd.DataFrame | None]] = []
@@ -64,7 +64,7 @@ def trend_rows(results_dir: Path, template: str, spec: SweepSpec) -> tuple[list[
         complete = int((trials["state"].astype(str).str.upper() == "COMPLETE").sum()) if "state" in trials else 0
         row["complete"] = complete
         if reference is not None and len(front):
-            from sweep.pareto import front_hypervolume, objective_values
+            from sweep.report.pareto import front_hypervolume, objective_values
 
             values = objective_values(front, objectives)
             sds = np.array(
@@ -143,7 +143,7 @@ def _cells(row: dict[str, Any], metrics: list[str]) -> list[str]:
 
 
 def render_markdown(rows: list[dict[str, Any]], metrics: list[str], reference, series: str) -> str:
-    from sweep.report import md_escape
+    from sweep.report.document import md_escape
 
     header = ["night", "complete", "hypervolume", "balanced (alpha, beta)", *metrics, "verdict"]
     reference = _ref_text(reference)
@@ -167,7 +167,7 @@ def render_html(rows: list[dict[str, Any]], metrics: list[str], reference, serie
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from sweep.report_figures import esc
+    from sweep.report.figures import esc
 
     header = ["night", "complete", "hypervolume", "balanced (alpha, beta)", *metrics, "verdict"]
     reference = _ref_text(reference)

@@ -6,7 +6,7 @@
   and enqueues their params again, so nothing is lost and nothing is counted twice.
 - `enqueue_points(study, points)` enqueues fixed points not already in the study.
 - `load_study_dir(folder)` reads a study folder back: its spec snapshot and trials table
-  (sweep.table owns the table).
+  (sweep.study.table owns the table).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep import table
+from sweep.config.spec import SweepSpec
 from sweep.errors import SweepError
-from sweep.records import ATTR_ERROR, ATTR_FAILURE_KIND
-from sweep.spec import SweepSpec
+from sweep.study import table
+from sweep.study.records import ATTR_ERROR, ATTR_FAILURE_KIND
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -35,8 +35,8 @@ _PARAM_TOLERANCE = 1e-9
 
 
 def make_storage(url: str):
-    """An Optuna storage object for `url` (see sweep.storage.connect)."""
-    from sweep.storage import connect
+    """An Optuna storage object for `url` (see sweep.study.storage.connect)."""
+    from sweep.study.storage import connect
 
     return connect(url)
 
@@ -113,7 +113,7 @@ def recover_orphans(
     """Mark RUNNING trials FAIL with `reason` and enqueue their params again. Returns their numbers.
 
     `is_orphan(frozen_trial) -> bool` picks which RUNNING trials are orphans (default: all of
-    them; sweep.runner passes one that accepts only trials whose driver's lease expired).
+    them; sweep.run.runner passes one that accepts only trials whose driver's lease expired).
     """
     from optuna.trial import TrialState
 
@@ -235,7 +235,7 @@ def save_spec_snapshot(spec: SweepSpec) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = spec.model_dump(mode="json")
     if data.get("storage"):
-        from sweep.spec import mask_url
+        from sweep.config.spec import mask_url
 
         data["storage"] = mask_url(data["storage"])  # never a password on disk
     payload = {"spec": data, "spec_path": spec.spec_path, "sha256": spec_hash(spec)}

@@ -1,7 +1,7 @@
 """The study report: `report.html` (self-contained, interactive) and `report.md` (for a PR).
 
 `write_report` is the one entry point; `sweep report` (and later `--rescore`) is thin
-wiring around it. The maths comes from sweep.pareto, the plots from sweep.report_figures.
+wiring around it. The maths comes from sweep.report.pareto, the plots from sweep.report.figures.
 
 report.html embeds plotly.js inline (about 4.8 MB) so it opens with no network.
 Every user-provided string (study, metric, param names, error messages) is escaped:
@@ -20,9 +20,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep import table
 from sweep.errors import SweepError
-from sweep.pareto import (
+from sweep.report.figures import (
+    LENGTH_CURVE,
+    REWARD_CURVE,
+    curve_figure,
+    esc,
+    fmt,
+    hypervolume_figure,
+    objective_map_figure,
+    pareto_figure,
+)
+from sweep.report.pareto import (
     RULE_DOCS,
     Objective,
     ParetoSummary,
@@ -33,16 +42,7 @@ from sweep.pareto import (
     pareto_mask,
     summarize,
 )
-from sweep.report_figures import (
-    LENGTH_CURVE,
-    REWARD_CURVE,
-    curve_figure,
-    esc,
-    fmt,
-    hypervolume_figure,
-    objective_map_figure,
-    pareto_figure,
-)
+from sweep.study import table
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
@@ -69,13 +69,13 @@ def write_report(
     objectives:  (metric, direction) pairs, `ObjectiveSpec`s or `pareto.Objective`s
     constraints: objects with `.metric`, `.op`, `.value`, `.violation(value)` (shown, and
                  used for feasibility only where the table has no `feasible` value)
-    balanced_rule, weights: see `sweep.pareto.balanced_point`
+    balanced_rule, weights: see `sweep.report.pareto.balanced_point`
     heldout:     optional held-out scores of some trials: a `number` column plus one
                  column per held-out metric, shown beside the search scores
     reference:   hypervolume reference point in metric units; default `pareto.default_reference`
     summary:     the study's `pareto.summarize` result when the caller already has it (with
                  the same trials and options), so it is computed once
-    calibration: the study's `sweep calibrate` result (sweep.calibrate.load_calibration), shown
+    calibration: the study's `sweep calibrate` result (sweep.run.calibrate.load_calibration), shown
                  as its own section
 
     Raises SweepError (before writing anything) for a table without `number`, an unknown
@@ -144,7 +144,7 @@ def report_options(spec: Any) -> dict[str, Any]:
 def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = None) -> tuple[Path, Path]:
     """`sweep report` in one call: read the study's trials table, write both reports with
     the spec's objectives, constraints and report options. Returns (report.html, report.md)."""
-    from sweep.calibrate import load_calibration
+    from sweep.run.calibrate import load_calibration
 
     trials = table.read(study_dir)
     return write_report(
@@ -271,7 +271,7 @@ def render_html(
         )
         parts.append(_html_heldout(trials, objectives, heldout, front, balanced_number))
     if calibration is not None:
-        from sweep.calibrate import html
+        from sweep.run.calibrate import html
 
         parts.append(html(calibration, esc))
 
@@ -567,7 +567,7 @@ def render_markdown(
         out.append("")
 
     if calibration is not None:
-        from sweep.calibrate import markdown
+        from sweep.run.calibrate import markdown
 
         out += [*markdown(calibration, md_escape), ""]
 

@@ -61,7 +61,7 @@ def post_json(
 
 
 def payload(night: dict[str, Any]) -> dict[str, Any]:
-    """The webhook body for a night record (see sweep.nightly): `text` plus the facts."""
+    """The webhook body for a night record (see sweep.nightly.night): `text` plus the facts."""
     verdict = night["verdict"]
     head = {
         "ok": f"sweep nightly {night['study']}: no regression",

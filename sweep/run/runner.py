@@ -1,14 +1,14 @@
 """`sweep run`: Optuna proposes, Ray Tune workers merge, evaluate and probe, the study records.
 
 Wiring only. The parts:
-- sweep.storage: reaching the storage (one clear error before anything is created);
-- sweep.raysetup: reaching Ray (token errors explained), the workers' environment, --quiet;
-- sweep.study, sweep.fingerprint: the durable study, refusing one run under other settings;
-- sweep.lease: this driver's heartbeat in the study, so several drivers can share it;
-- sweep.search.StudySearcher: Tune's public Searcher over Optuna ask/tell;
-- sweep.recording: spool, then tell the study, retrying while it is unreachable;
-- sweep.progress: one line per finished trial, and sweep.log;
-- `_trainable` (here): runs `sweep.trial.run_trial` on a worker and reports one result.
+- sweep.study.storage: reaching the storage (one clear error before anything is created);
+- sweep.run.raysetup: reaching Ray (token errors explained), the workers' environment, --quiet;
+- sweep.study.durable, sweep.study.fingerprint: the durable study, refusing one run under other settings;
+- sweep.study.lease: this driver's heartbeat in the study, so several drivers can share it;
+- sweep.run.search.StudySearcher: Tune's public Searcher over Optuna ask/tell;
+- sweep.study.recording: spool, then tell the study, retrying while it is unreachable;
+- sweep.run.progress: one line per finished trial, and sweep.log;
+- `_trainable` (here): runs `sweep.run.trial.run_trial` on a worker and reports one result.
 """
 
 from __future__ import annotations
@@ -25,18 +25,16 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
-from sweep import table
+from sweep.config.spec import SweepSpec, redact
 from sweep.errors import SweepError
 
 # Kept importable from here (tests and older callers).
-from sweep.progress import Progress
-from sweep.progress import clock as _clock
-from sweep.raysetup import init_ray, worker_env  # noqa: F401
-from sweep.recording import MISSING_CONSTRAINT_VIOLATION, record_trial  # noqa: F401
-from sweep.records import TrialResult
-from sweep.search import RESULT_KEY, StudySearcher, grid_points
-from sweep.spec import SweepSpec, redact
-from sweep.study import (
+from sweep.run.progress import Progress
+from sweep.run.progress import clock as _clock
+from sweep.run.raysetup import init_ray, worker_env  # noqa: F401
+from sweep.run.search import RESULT_KEY, StudySearcher, grid_points
+from sweep.study import table
+from sweep.study.durable import (
     count_states,
     enqueue_points,
     open_study,
@@ -44,6 +42,8 @@ from sweep.study import (
     save_spec_snapshot,
     study_lock,
 )
+from sweep.study.recording import MISSING_CONSTRAINT_VIOLATION, record_trial  # noqa: F401
+from sweep.study.records import TrialResult
 
 log = logging.getLogger("sweep")
 
@@ -121,7 +121,7 @@ def _grid_sampler(spec: SweepSpec, seed: int):
 
 def _deterministic_errors() -> tuple[type[BaseException], ...]:
     """Errors a retry cannot fix: a timeout, bad input. Not retried under max_failures."""
-    from sweep.trial import TrialTimeout
+    from sweep.run.trial import TrialTimeout
 
     types: list[type[BaseException]] = [TrialTimeout, SweepError]
     for modname, clsname in (("merge.errors", "MergeError"), ("evals.errors", "EvalError")):
@@ -142,7 +142,7 @@ def _trainable(config: dict, spec_json: str, trial_fn: TrialFn | None = None) ->
 
     from ray import tune
 
-    from sweep.trial import run_trial
+    from sweep.run.trial import run_trial
 
     spec = SweepSpec.model_validate_json(spec_json)
     params = {k: float(v) for k, v in config.items()}
@@ -187,14 +187,14 @@ def run_sweep(
     Storage and Ray are reached first: when either cannot be, SweepError (exit 2) and
     nothing is created (no results folder, no study).
     """
-    from sweep.raysetup import move_console_log, quiet_console
-    from sweep.storage import check_storage
+    from sweep.run.raysetup import move_console_log, quiet_console
+    from sweep.study.storage import check_storage
 
     if trials is not None:
         spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"trials": trials})})
     started = time.monotonic()
     check_storage(spec)
-    from sweep.fingerprint import precheck_existing_study
+    from sweep.study.fingerprint import precheck_existing_study
 
     precheck_existing_study(spec)  # a changed spec is refused before Ray starts
     try:
@@ -213,7 +213,7 @@ def run_sweep(
 
 
 def _run_with_ray(spec: SweepSpec, *, address, quiet, trial_fn, stream, err, started) -> RunSummary:
-    from sweep.progress import setup_logging, teardown_logging
+    from sweep.run.progress import setup_logging, teardown_logging
 
     started_ray, ray_chatter = init_ray(spec, address)  # SweepError (exit 2) before anything is created
     handler = None
@@ -234,7 +234,7 @@ def _run_with_ray(spec: SweepSpec, *, address, quiet, trial_fn, stream, err, sta
 
 def _is_orphan_fn(study, me: str, grace_s: float):
     """is_orphan(trial): a RUNNING trial whose driver's lease expired (never one of `me`'s)."""
-    from sweep.lease import leases
+    from sweep.study.lease import leases
 
     cache: dict[str, Any] = {"at": -1.0, "leases": {}}
 
@@ -269,12 +269,12 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
 
-    from sweep.fingerprint import check_fingerprint, recipe
-    from sweep.lease import Lease, live_drivers
-    from sweep.recording import Recorder
-    from sweep.spool import Spool
-    from sweep.storage import connect
-    from sweep.study import space_distributions
+    from sweep.study.durable import space_distributions
+    from sweep.study.fingerprint import check_fingerprint, recipe
+    from sweep.study.lease import Lease, live_drivers
+    from sweep.study.recording import Recorder
+    from sweep.study.spool import Spool
+    from sweep.study.storage import connect
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     secrets = spec.secrets()
@@ -312,7 +312,7 @@ def _run_locked(spec: SweepSpec, *, quiet, trial_fn, stream, err, started) -> Ru
         limit = spec.budget.point_failure_limit
         recovered = recover_orphans(study, is_orphan=is_orphan, failure_limit=limit)
         if spec.warm_start_from:  # first: a nightly compares last night's front with its re-measurement
-            from sweep.warmstart import warm_start_points
+            from sweep.run.warmstart import warm_start_points
 
             enqueue_points(study, warm_start_points(spec), failure_limit=limit)
         enqueue_points(study, [dict(p) for p in spec.space.points], failure_limit=limit)

@@ -7,7 +7,7 @@ tagged with the driver's id (trial user attribute `driver`).
 
 A lease is expired when its heartbeat is older than its ttl, when its driver ended
 (clean exit), or, on the same host, as soon as its pid is gone (a kill -9 is seen at
-once by the next run on that machine). Orphan recovery (sweep.study.recover_orphans)
+once by the next run on that machine). Orphan recovery (sweep.study.durable.recover_orphans)
 touches only RUNNING trials whose driver's lease expired: a live driver's work is
 never marked FAIL.
 

@@ -10,8 +10,8 @@ A nightly spec's name holds `{date}` (`nightly-{date}`): each night is its own s
 3. the study is run (topped up: a night that already ran is resumed, not repeated) and
    its report written;
 4. each of last night's front points is probed `repeats` more times with other seeds
-   (sweep.repeats), so its probe metrics carry the seed-to-seed noise;
-5. the comparison with the previous night (sweep.regression) and the night record go to
+   (sweep.run.repeats), so its probe metrics carry the seed-to-seed noise;
+5. the comparison with the previous night (sweep.report.regression) and the night record go to
    `<study>/nightly.json`; the trend over all nights to `<results_dir>/<series>-trend.*`.
 
 Exit codes: 0 no regression, 1 regression (each named with its numbers and noise),
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep import table
+from sweep.config.spec import SweepSpec
 from sweep.errors import ConfigError, SweepError
-from sweep.spec import SweepSpec
+from sweep.study import table
 
 NIGHT_FILE = "nightly.json"
 DATE_TOKEN = "{date}"
@@ -101,17 +101,17 @@ class NightOptions:
     quiet: bool = False
     address: str | None = None
     notify: str | None = None
-    trial_fn: Callable | None = None  # tests: a stand-in trial (sweep.runner.run_sweep)
-    probe_fn: Callable | None = None  # tests: a stand-in probe (sweep.repeats)
+    trial_fn: Callable | None = None  # tests: a stand-in trial (sweep.run.runner.run_sweep)
+    probe_fn: Callable | None = None  # tests: a stand-in probe (sweep.run.repeats)
     say: Callable[[str], None] = print
     information: list[str] = field(default_factory=list)
 
 
 def load_night_spec(spec_path: str | Path, options: NightOptions) -> tuple[SweepSpec, str]:
     """The night's spec, checked as `sweep run` checks it; raises ConfigError (exit 2)."""
-    from sweep.checks import spec_problems
-    from sweep.spec import load_spec
-    from sweep.storage import storage_problems
+    from sweep.config.checks import spec_problems
+    from sweep.config.spec import load_spec
+    from sweep.study.storage import storage_problems
 
     problems = []
     if options.trials is not None and options.trials < 1:
@@ -121,7 +121,7 @@ def load_night_spec(spec_path: str | Path, options: NightOptions) -> tuple[Sweep
     if options.tolerance < 0:
         problems.append("--tolerance: must be >= 0")
     if options.notify:
-        from sweep.notify import url_problem
+        from sweep.nightly.notify import url_problem
 
         problems += [p for p in [url_problem(options.notify)] if p]
     if problems:
@@ -140,10 +140,10 @@ def load_night_spec(spec_path: str | Path, options: NightOptions) -> tuple[Sweep
 def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str, Any]:
     """Everything after the checks; returns the night record (also in <study>/nightly.json)."""
     from sweep.commands.compare import compare_dirs
-    from sweep.report import report_study
-    from sweep.runner import run_sweep
-    from sweep.study import load_study_dir
-    from sweep.trend import write_trend
+    from sweep.report.document import report_study
+    from sweep.report.trend import write_trend
+    from sweep.run.runner import run_sweep
+    from sweep.study.durable import load_study_dir
 
     results_dir = Path(spec.results_dir)
     previous = previous_night(find_nights(results_dir, template), options.date)
@@ -212,9 +212,9 @@ def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str
 
 def _front_points(prev_trials, spec: SweepSpec, trials) -> list[dict[str, float]]:
     """Last night's front points (in tonight's space) that tonight's study measured."""
-    from sweep.pareto import pareto_front
-    from sweep.regression import find_trial
-    from sweep.table import trial_params
+    from sweep.report.pareto import pareto_front
+    from sweep.report.regression import find_trial
+    from sweep.study.table import trial_params
 
     front = pareto_front(prev_trials, spec.objectives, spec.constraints)
     points = [{k: float(v) for k, v in trial_params(row).items()} for _, row in front.iterrows()]
@@ -222,8 +222,8 @@ def _front_points(prev_trials, spec: SweepSpec, trials) -> list[dict[str, float]
 
 
 def _repeat(spec: SweepSpec, points: list[dict[str, float]], options: NightOptions) -> None:
-    from sweep.raysetup import init_ray, quiet_console
-    from sweep.repeats import run_repeats
+    from sweep.run.raysetup import init_ray, quiet_console
+    from sweep.run.repeats import run_repeats
 
     with quiet_console(options.quiet) as (out, _err):
         started, _ = init_ray(spec, options.address)
@@ -240,7 +240,7 @@ def _repeat(spec: SweepSpec, points: list[dict[str, float]], options: NightOptio
                 import ray
 
                 ray.shutdown()
-    from sweep.raysetup import move_console_log
+    from sweep.run.raysetup import move_console_log
 
     move_console_log(spec.study_dir / "sweep.log")
 
@@ -305,7 +305,7 @@ def render(night: dict[str, Any]) -> str:
 
 def notify(night: dict[str, Any], url: str) -> tuple[bool, str]:
     """POST the night's summary; record the outcome in nightly.json (never raises)."""
-    from sweep.notify import payload, post_json
+    from sweep.nightly.notify import payload, post_json
 
     delivered, detail = post_json(url, payload(night))
     night["notified"] = {"url": url, "delivered": delivered, "detail": detail}

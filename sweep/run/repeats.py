@@ -1,7 +1,7 @@
 """Probe repeats: last night's front points probed again tonight, with other probe seeds.
 
 A probe's recorded band is a bootstrap over one run's prompts and samples; the training
-trajectory itself varies with the seed by more (sweep.regression). `sweep nightly`
+trajectory itself varies with the seed by more (sweep.report.regression). `sweep nightly`
 therefore probes each compared point `repeats` more times, at seeds seed+1..seed+repeats
 of the spec's probe seed, on Ray workers with the trial's resources (`budget.concurrent`
 at a time). The merge and the lm-eval scores are not repeated: lm-eval is deterministic
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sweep.spec import SweepSpec
+from sweep.config.spec import SweepSpec
 
 REPEATS_FILE = "repeats.parquet"
 ProbeFn = Callable[[SweepSpec, dict[str, float], int], dict[str, float | None]]
@@ -28,8 +28,8 @@ ProbeFn = Callable[[SweepSpec, dict[str, float], int], dict[str, float | None]]
 def probe_at(spec: SweepSpec, params: dict[str, float], seed: int) -> dict[str, float | None]:
     """The candidate at `params` built on this worker, probed once at `seed`: probe/* metrics."""
     from evals.probe import run_probe
-    from sweep.records import clean_metric
-    from sweep.trial import build_candidate, worker_state
+    from sweep.run.trial import build_candidate, worker_state
+    from sweep.study.records import clean_metric
 
     state = worker_state(spec)  # cached per worker, keyed on the spec (not on the seed)
     if state.probe_config is None:
@@ -59,7 +59,7 @@ def run_repeats(
     Ray; save and return the whole table. Ray must be initialized."""
     import ray
 
-    from sweep.regression import same_point
+    from sweep.report.regression import same_point
 
     if spec.evals.probe is None or repeats < 1 or not points:
         return load_repeats(spec.study_dir)

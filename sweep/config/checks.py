@@ -10,7 +10,7 @@ import yaml
 
 from merge.checkpoint import CheckpointInfo, compatibility_problems, inspect_checkpoint
 from merge.errors import MergeError
-from sweep.spec import MODEL_ROLES, SweepSpec
+from sweep.config.spec import MODEL_ROLES, SweepSpec
 
 
 def inspect_models(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
@@ -113,7 +113,7 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
     """
     from pydantic import ValidationError
 
-    from sweep.spec import DEMO_PREFIX, LmEvalSpec, MergeSpec, ModelsSpec, ProbeSpec, _resolve
+    from sweep.config.spec import DEMO_PREFIX, LmEvalSpec, MergeSpec, ModelsSpec, ProbeSpec, _resolve
 
     path = Path(path)
     base_dir = path.resolve().parent

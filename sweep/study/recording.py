@@ -1,6 +1,6 @@
 """Telling the study how a trial ended, without ever losing a finished result.
 
-`Recorder.record(...)` writes the outcome to the spool (sweep.spool) first, then tells
+`Recorder.record(...)` writes the outcome to the spool (sweep.study.spool) first, then tells
 the study, retrying with backoff while the storage is unreachable. `Recorder.replay()`
 tells the study whatever an earlier run spooled but could not send.
 
@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sweep.records import (
+from sweep.config.spec import SweepSpec
+from sweep.study.durable import datetime_now_iso, space_distributions
+from sweep.study.records import (
     ATTR_CURVES,
     ATTR_ERROR,
     ATTR_FAILURE_KIND,
@@ -30,8 +32,6 @@ from sweep.records import (
     ATTR_WORKER,
     TrialResult,
 )
-from sweep.spec import SweepSpec
-from sweep.study import datetime_now_iso, space_distributions
 
 log = logging.getLogger("sweep")
 
@@ -178,7 +178,7 @@ def record_trial(
 def _has_complete(study, params: dict) -> bool:
     from optuna.trial import TrialState
 
-    from sweep.study import same_params
+    from sweep.study.durable import same_params
 
     return any(same_params(t.params, params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sweep.config.spec import SweepSpec
 from sweep.errors import SweepError
-from sweep.records import TrialResult, clean_metric
-from sweep.spec import SweepSpec
+from sweep.study.records import TrialResult, clean_metric
 
 if TYPE_CHECKING:
     from evals.probe import ProbeConfig
@@ -195,7 +195,7 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         scores = phase("lm_eval", lambda: evaluator.evaluate(state.model, state.tokenizer))
         metrics.update({s.name: clean_metric(s.value) for s in scores})
         # lm-eval's own stderr beside each score (`<name>_stderr`): the noise `sweep compare`
-        # uses where no whole-number `limit` gives the binomial band (sweep.regression).
+        # uses where no whole-number `limit` gives the binomial band (sweep.report.regression).
         metrics.update({s.name + "_stderr": clean_metric(s.stderr) for s in scores if s.stderr is not None})
     curves: dict[str, list[float]] = {}
     notes: dict[str, Any] = {}

@@ -115,7 +115,8 @@ def build(study: Any, spec: Any) -> pd.DataFrame:
     """One row per trial: number, state, params/<name>, every metric, feasibility, timings, curves."""
     import pandas as pd
 
-    from sweep.records import (
+    from sweep.config.spec import redact
+    from sweep.study.records import (
         ATTR_CURVES,
         ATTR_DRIVER,
         ATTR_ERROR,
@@ -127,7 +128,6 @@ def build(study: Any, spec: Any) -> pd.DataFrame:
         ATTR_TIMINGS,
         ATTR_WORKER,
     )
-    from sweep.spec import redact
 
     secrets = spec.secrets()
     rows = []

@@ -31,9 +31,9 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from sweep.records import ATTR_DRIVER, ATTR_ERROR, ATTR_FAILURE_KIND, TrialResult
-from sweep.spec import SweepSpec
-from sweep.study import enqueue_points, same_params
+from sweep.config.spec import SweepSpec
+from sweep.study.durable import enqueue_points, same_params
+from sweep.study.records import ATTR_DRIVER, ATTR_ERROR, ATTR_FAILURE_KIND, TrialResult
 
 log = logging.getLogger("sweep")
 
@@ -136,7 +136,7 @@ class StudySearcher(Searcher):
         try:
             return self._suggest(trial_id)
         except Exception as exc:  # noqa: BLE001 - storage down: ask again shortly, never crash the run
-            from sweep.recording import storage_errors
+            from sweep.study.recording import storage_errors
 
             if not isinstance(exc, storage_errors()):
                 raise
@@ -168,7 +168,7 @@ class StudySearcher(Searcher):
             # trials of dead drivers; otherwise wait: one of them may fail.
             orphans = [t for t in running if self.is_orphan(t)]
             if orphans:
-                from sweep.study import recover_orphans
+                from sweep.study.durable import recover_orphans
 
                 self.recovered += recover_orphans(
                     self.study, is_orphan=self.is_orphan, failure_limit=self.spec.budget.point_failure_limit
@@ -213,7 +213,7 @@ class StudySearcher(Searcher):
         was never launched, however young."""
         from optuna.trial import TrialState
 
-        from sweep.lease import leases
+        from sweep.study.lease import leases
 
         untagged = any(t.state == TrialState.RUNNING and ATTR_DRIVER not in t.user_attrs for t in trials)
         known = leases(self.study) if untagged else {}
@@ -266,7 +266,7 @@ class StudySearcher(Searcher):
                 and (other.state == TrialState.COMPLETE or other.number < number)
             ):
                 return other.number
-        from sweep.study import error_failures
+        from sweep.study.durable import error_failures
 
         if error_failures(self.study, params) >= self.spec.budget.point_failure_limit:
             return -1
@@ -451,7 +451,7 @@ def unlaunched(
       after the trial was written (a driver launches a trial only after its ask returned);
     - untagged, older than `grace_s`, and started after some driver of the study held a
       lease: every such driver tags before it launches. (An untagged trial from before
-      leases existed is a real orphan: sweep.runner recovers it as such.)
+      leases existed is a real orphan: sweep.run.runner recovers it as such.)
     """
     from datetime import UTC, datetime
 

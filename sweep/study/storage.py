@@ -16,8 +16,8 @@ import random
 import time
 from pathlib import Path
 
+from sweep.config.spec import SweepSpec, mask_url, redact, url_secrets
 from sweep.errors import SweepError
-from sweep.spec import SweepSpec, mask_url, redact, url_secrets
 
 # dialect -> (DB-API module, what to install)
 _DRIVERS = {

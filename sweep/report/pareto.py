@@ -51,7 +51,7 @@ import pandas as pd
 
 from evals.metric_names import NOISE_SUFFIX
 from sweep.errors import SweepError
-from sweep.table import trial_metrics, trial_params
+from sweep.study.table import trial_metrics, trial_params
 
 Direction = Literal["maximize", "minimize"]
 

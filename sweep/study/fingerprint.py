@@ -22,8 +22,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from sweep.config.spec import MODEL_ROLES, SweepSpec
 from sweep.errors import SweepError
-from sweep.spec import MODEL_ROLES, SweepSpec
 
 STUDY_ATTR_FINGERPRINT = "sweep_fingerprint"
 
@@ -148,7 +148,7 @@ def spec_with_recipe(spec: SweepSpec, trial_recipe: dict[str, Any] | str | None)
         trial_recipe = json.loads(trial_recipe) if trial_recipe.strip() else None
     if not trial_recipe:
         return spec
-    from sweep.spec import MergeSpec, ModelsSpec
+    from sweep.config.spec import MergeSpec, ModelsSpec
 
     return spec.model_copy(
         update={
@@ -171,7 +171,7 @@ def precheck_existing_study(spec: SweepSpec) -> None:
     Creates nothing: a study, database file or journal that is not there is not made."""
     import optuna
 
-    from sweep.storage import connect, is_rdb
+    from sweep.study.storage import connect, is_rdb
 
     url = spec.storage_url
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
@@ -192,7 +192,7 @@ def precheck_existing_study(spec: SweepSpec) -> None:
         study = optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:  # no such study yet
         return
-    from sweep.study import check_objectives
+    from sweep.study.durable import check_objectives
 
     check_objectives(study, spec)
     check_fingerprint(study, spec, spec.storage_display, record=False)

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sweep.config.spec import SweepSpec
 from sweep.errors import SweepError
-from sweep.spec import SweepSpec
 
 HELDOUT_FILE = "heldout.parquet"
 
@@ -22,9 +22,9 @@ def rescore_front(spec: SweepSpec, trials, *, say: Callable[[str], None] = print
     """DataFrame with `number` and one column per held-out metric, for every front point."""
     import pandas as pd
 
-    from sweep.pareto import pareto_front
-    from sweep.table import trial_params
-    from sweep.trial import build_candidate, lm_eval_config, load_models
+    from sweep.report.pareto import pareto_front
+    from sweep.run.trial import build_candidate, lm_eval_config, load_models
+    from sweep.study.table import trial_params
 
     lm = spec.evals.lm_eval
     if lm is None or not lm.report_tasks:
@@ -33,7 +33,7 @@ def rescore_front(spec: SweepSpec, trials, *, say: Callable[[str], None] = print
     if front.empty:
         raise SweepError("the study has no complete feasible trial: nothing to re-score")
     from evals.lmeval import LmEvalRunner
-    from sweep.fingerprint import trial_spec
+    from sweep.study.fingerprint import trial_spec
 
     started = time.perf_counter()
     # The models and merge the front's trials ran with (recorded per trial), not the latest spec's.

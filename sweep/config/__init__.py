@@ -1,0 +1,1 @@
+"""The spec: its schema, cross-field rules, loading and the checks against the files it names."""

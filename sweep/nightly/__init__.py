@@ -1,0 +1,1 @@
+"""One night of `sweep nightly`: run, report, compare with last night, trend, notify."""

@@ -1,0 +1,1 @@
+"""Reading a study: the Pareto front, balanced rules, the report's markdown, HTML and figures, study comparison."""
