@@ -1,4 +1,5 @@
-class EvalError(Exception):
-    """A user-fixable problem in evaluation input (unknown task, bad prompts file)."""
+from core.errors import UserError
 
-    exit_code = 2
+
+class EvalError(UserError):
+    """A user-fixable problem in evaluation input (unknown task, bad prompts file)."""

@@ -8,11 +8,7 @@ import pkgutil
 import sys
 
 import sweep.commands
-from sweep.errors import SweepError
-
-# Error types from the libraries that mean "the user gave bad input", not "bug".
-# Named as (module, class) so that importing the CLI stays cheap.
-_USER_ERRORS = [("merge.errors", "MergeError"), ("evals.errors", "EvalError")]
+from core.errors import UserError
 
 # Order in `--help`; commands not listed here follow alphabetically.
 _ORDER = ["run", "validate", "report", "export", "calibrate", "compare", "nightly", "merge", "eval", "probe", "demo"]
@@ -41,16 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [SweepError]
-    for modname, clsname in _USER_ERRORS:
-        try:
-            types.append(getattr(importlib.import_module(modname), clsname))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sweep: interrupted", file=sys.stderr)
         return 130
-    except _user_error_types() as exc:
+    except UserError as exc:
         if args.debug:
             raise
         print(f"sweep {args.command}: error: {exc}", file=sys.stderr)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from core.errors import UserError
 
-class SweepError(Exception):
+
+class SweepError(UserError):
     """A problem the user can fix (bad input, missing file). Printed without a traceback."""
-
-    exit_code = 2
 
 
 class ConfigError(SweepError):
@@ -21,4 +21,4 @@ class ConfigError(SweepError):
         head = f"{source}: " if source else ""
         noun = "problem" if len(problems) == 1 else "problems"
         lines = [f"{head}{len(problems)} {noun}:"] + [f"  - {p}" for p in problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines), problems=problems)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+from core.errors import UserError
 from sweep.config.spec import SweepSpec, redact
 from sweep.errors import SweepError
 
@@ -123,15 +124,7 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     """Errors a retry cannot fix: a timeout, bad input. Not retried under max_failures."""
     from sweep.run.trial import TrialTimeout
 
-    types: list[type[BaseException]] = [TrialTimeout, SweepError]
-    for modname, clsname in (("merge.errors", "MergeError"), ("evals.errors", "EvalError")):
-        try:
-            import importlib
-
-            types.append(getattr(importlib.import_module(modname), clsname))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
+    return (TrialTimeout, UserError)
 
 
 def _trainable(config: dict, spec_json: str, trial_fn: TrialFn | None = None) -> None:
