@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/probe_memory_bench.py [--rollouts 8] [--new-tokens 512] [--micro-batch 1] [--lora-rank 16]
 
-old:  the probe's update before issue 13 (copied below in its effect): full logits for
+old:  the plain update the chunked one is measured against (`old_update` below): full logits for
       the response positions, an fp32 log-softmax over [B, T, V] kept for backward,
       policy and reference, no micro-batches; fp32 master weights (MasterAdam) and a
       deep-copied reference, as the probe had them.
@@ -45,7 +45,7 @@ SHAPE = dict(
 def old_update(
     model, reference, optimizer, input_ids, mask, response_ids, response_mask, advantages, kl_coef, temperature=1.0
 ):
-    """evals/probe/grpo.py `_update` before issue 13 wired logprobs.py in (the plain [B, T, V] path)."""
+    """The plain update, without evals/probe/logprobs.py: one fp32 log-softmax over [B, T, V]."""
     import torch
 
     positions = (mask.cumsum(1) - 1).clamp(min=0)

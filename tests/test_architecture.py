@@ -1,0 +1,124 @@
+"""The layout rules of docs/architecture.md, checked on the source: module size, which way
+imports run (function-level imports included), no import circles, Optuna's private
+attributes in one module."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "merge", "evals", "sweep")
+MAX_LINES = 450
+# A package may import only the packages listed for it.
+ALLOWED = {
+    "core": set(),
+    "merge": {"core"},
+    "evals": {"core"},
+    "sweep": {"core", "merge", "evals"},
+}
+OPTUNA_PRIVATE = re.compile(r"\._storage\b|\._study_id\b|\._trial_id\b|\._thread_local\b|\._cached_frozen_trial\b")
+OPTUNA_MODULE = "sweep/study/optuna_compat.py"
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            if "family" in rel.parts:  # the shipped demo family is data
+                continue
+            parts = list(rel.with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Our modules that `name` imports anywhere in its file (top level or inside functions)."""
+    is_package = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def test_no_module_is_over_450_lines():
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in _modules().values()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_imports_run_one_way_between_packages():
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        for target in targets
+        if target.split(".")[0] != module.split(".")[0] and target.split(".")[0] not in ALLOWED[module.split(".")[0]]
+    )
+    assert wrong == []
+
+
+def test_no_import_circles():
+    """Package __init__ files that only re-export (lazily) are left out: importing a name
+    from a package is not a dependency on every module in it."""
+    graph = {m: {t for t in ts if not _is_reexport_package(t)} for m, ts in _graph().items()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _is_reexport_package(name: str) -> bool:
+    path = _modules()[name]
+    return path.name == "__init__.py"
+
+
+def test_optuna_private_attributes_live_in_one_module():
+    hits = sorted(
+        f"{path.relative_to(ROOT)}:{i}"
+        for path in _modules().values()
+        if str(path.relative_to(ROOT)) != OPTUNA_MODULE
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if OPTUNA_PRIVATE.search(line)
+    )
+    assert hits == [], f"Optuna's private attributes outside {OPTUNA_MODULE}: {hits}"
