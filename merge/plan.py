@@ -114,7 +114,9 @@ class MergePlan:
             dtype=config.dtype,
             vocab=config.vocab,
             tokenizer_source=tokenizer_source,
-            **{role: models[role] for role in ROLES if role in models},
+            pretrained=models.get("pretrained"),
+            instruct=models.get("instruct"),
+            reasoning=models.get("reasoning"),
         )
 
     def problems(self) -> list[str]:
