@@ -6,6 +6,8 @@
         build_in_place(model, sources, alpha=alpha, beta=beta)   # no second model, no disk
         evaluate(model)
 
+(A sweep trial passes its `MergePlan` instead: `build_in_place(model, sources, plan)`.)
+
 The cache holds the three models' tensors once, on the device or (merge.source_device:
 cpu) in host memory, pinned when CUDA is there; each build overwrites the live model's
 parameters with the candidate's weights. Host-held sources are streamed to the model's
