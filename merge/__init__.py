@@ -8,6 +8,11 @@ nothing of Ray, Optuna or lm-eval; usable on its own.
     sources = merge.SourceCache.load(pretrained=P, instruct=I, reasoning=R, device="cuda")
     merge.build_in_place(model, sources, alpha=0.5, beta=0.9)
 
+One `MergePlan` carries a candidate's merge (models, ratios, methods, dtype, vocabulary
+policy, tokenizer source) to either: `merge_checkpoints(plan, out=OUT)`,
+`build_in_place(model, sources, plan)`. Merge methods are registered in `METHODS`
+(`@merge.METHODS.register("name", needs_base=...)`), the only list of their names.
+
 `import merge` is cheap: torch and the submodules load on first use of a name below.
 """
 
@@ -30,8 +35,7 @@ _EXPORTS = {
     "inspect_checkpoint": "merge.checkpoint",
     "compatibility_problems": "merge.checkpoint",
     "CheckpointInfo": "merge.checkpoint",
-    "REGISTRY": "merge.methods",
-    "register": "merge.methods",
+    "METHODS": "merge.plugins",
     "get_method": "merge.methods",
     "method_param_names": "merge.methods",
     "set_kernel": "merge.kernels",
@@ -51,8 +55,7 @@ __all__ = [
     "inspect_checkpoint",
     "compatibility_problems",
     "CheckpointInfo",
-    "REGISTRY",
-    "register",
+    "METHODS",
     "get_method",
     "method_param_names",
     "set_kernel",
@@ -63,8 +66,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from merge.disk import MergeRecord, merge_checkpoints
     from merge.inplace import SourceCache, build_in_place
     from merge.kernels import set_kernel
-    from merge.methods import REGISTRY, get_method, method_param_names, register
+    from merge.methods import get_method, method_param_names
     from merge.plan import ROLES, MergePlan, Stage
+    from merge.plugins import METHODS
 
 
 def __getattr__(name: str):

@@ -143,7 +143,7 @@ def _pickle_tensors(path: Path) -> dict[str, TensorInfo]:
     """
     import torch  # heavy, and needed only for pickle checkpoints
 
-    from merge.io import TAGS
+    from merge.dtypes import TAGS
 
     index_file = path / PICKLE_NAMES[1]
     if index_file.exists():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +51,33 @@ Progress = Callable[[int, int], None]  # (bytes read + written so far, total)
 
 @dataclass(frozen=True)
 class MergeRecord:
-    """What was merged, how: written as merge_recipe.json next to the merged weights."""
+    """What was merged, how: written as merge_recipe.json next to the merged weights.
+
+    `plan` is the merge as run: its models are the sources' absolute paths and its dtype
+    the one written ("auto" when the inputs' dtype was kept)."""
 
     plan: MergePlan
-    sources: dict[str, str] = field(default_factory=dict)  # role -> absolute path
-    dtype: str = "auto"
-    vocab: str = "strict"
-    tokenizer_source: str = "instruct"
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return dict(self.plan.models)
+
+    @property
+    def dtype(self) -> str:
+        return self.plan.dtype
+
+    @property
+    def vocab(self) -> str:
+        return self.plan.vocab
+
+    @property
+    def tokenizer_source(self) -> str:
+        return self.plan.tokenizer_source
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "plan": self.plan.to_dict(),
-            "sources": dict(self.sources),
+            "sources": self.sources,
             "dtype": self.dtype,
             "vocab": self.vocab,
             "tokenizer_source": self.tokenizer_source,
@@ -70,39 +85,37 @@ class MergeRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MergeRecord:
+        plan = MergePlan.from_dict(data["plan"])
         return cls(
-            plan=MergePlan.from_dict(data["plan"]),
-            sources=dict(data["sources"]),
-            dtype=data["dtype"],
-            vocab=data["vocab"],
-            tokenizer_source=data["tokenizer_source"],
+            replace(
+                plan,
+                models=dict(data["sources"]),
+                dtype=data["dtype"],
+                vocab=data["vocab"],
+                tokenizer_source=data["tokenizer_source"],
+            )
         )
 
 
 def merge_checkpoints(
+    plan: MergePlan | None = None,
     *,
-    pretrained: str | Path,
-    instruct: str | Path,
-    reasoning: str | Path,
-    alpha: float,
-    beta: float,
     out: str | Path,
-    stage1_method: str = "linear",
-    stage1_params: dict[str, Any] | None = None,
-    stage2_method: str = "linear",
-    stage2_params: dict[str, Any] | None = None,
-    dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    tokenizer_source: str | Path = "instruct",
-    vocab: str = "strict",
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     force: bool = False,
-    allow_extrapolation: bool = False,
     allow_pickle: bool = False,
     threads: int | None = None,
     progress: Progress | None = None,
+    **recipe: Any,
 ) -> Path:
-    """Merge three HF checkpoints into `out` and return it (a folder `from_pretrained` loads).
+    """Merge three HF checkpoints as `plan` says into `out` and return it (a folder
+    `from_pretrained` loads).
+
+    `plan` (a MergePlan with its models) says what to merge; without one, `recipe` holds
+    `MergePlan.create`'s keywords: pretrained=, instruct=, reasoning= (folders), alpha=,
+    beta=, stage1_method=, stage1_params=, stage2_method=, stage2_params=, dtype=,
+    vocab=, tokenizer_source=, allow_extrapolation=.
 
     Every check runs before any weight is read, and all problems found are raised as one
     MergeError: the recipe (ratios in [0, 1] unless allow_extrapolation, methods and
@@ -114,33 +127,23 @@ def merge_checkpoints(
     generation config come from it, and config.json too when it has one (else from
     instruct). threads: torch threads for the arithmetic (None: leave as set).
     """
+    if plan is not None and recipe:
+        raise TypeError(f"merge_checkpoints: give a plan or the recipe's keywords, not both ({', '.join(recipe)})")
     problems: list[str] = []
-    plan = _collect(
-        problems,
-        lambda: MergePlan.create(
-            alpha=alpha,
-            beta=beta,
-            stage1_method=stage1_method,
-            stage1_params=stage1_params,
-            stage2_method=stage2_method,
-            stage2_params=stage2_params,
-            allow_extrapolation=allow_extrapolation,
-        ),
-    )
-    out_dtype = _collect(problems, lambda: parse_dtype(dtype))
+    draft = plan if plan is not None else MergePlan.create(**recipe, check=False)  # checked below, with the rest
+    checked = _collect(problems, draft.checked)
+    out_dtype = _collect(problems, lambda: parse_dtype(draft.dtype))
     target = _collect(problems, lambda: parse_device(device))
     _collect(problems, check_mode)
     shard_bytes = _collect(problems, lambda: parse_size(max_shard_size))
     out = Path(out).expanduser().absolute()
-    inputs = {"pretrained": pretrained, "instruct": instruct, "reasoning": reasoning}
+    inputs = {role: draft.models.get(role) for role in ("pretrained", "instruct", "reasoning")}
+    problems += [f"no {role} checkpoint given" for role, path in inputs.items() if path is None]
     problems += _out_problems(out, inputs, force=force)
-    token_dir = _tokenizer_dir(tokenizer_source, inputs, problems)
-    infos = _collect(
-        problems,
-        lambda: load_infos(
-            pretrained=pretrained, instruct=instruct, reasoning=reasoning, vocab=vocab, allow_pickle=allow_pickle
-        ),
-    )
+    token_dir = _tokenizer_dir(draft.tokenizer_source, inputs, problems)
+    infos: Any = None
+    if all(inputs.values()):
+        infos = _collect(problems, lambda: load_infos(**inputs, vocab=draft.vocab, allow_pickle=allow_pickle))
     if problems:
         raise MergeError.collected("cannot merge", problems)
 
@@ -150,9 +153,9 @@ def merge_checkpoints(
     try:
         readers = {role: CheckpointReader(infos[role]) for role in ROLES}
         try:
-            layout = plan_layout(infos, vocab=vocab, order=readers["pretrained"].location)
+            layout = plan_layout(infos, vocab=draft.vocab, order=readers["pretrained"].location)
             _prepare_out(out, force=force)
-            _write_weights(out, layout, readers, plan, out_dtype, target, shard_bytes, progress)
+            _write_weights(out, layout, readers, checked, out_dtype, target, shard_bytes, progress)
         finally:
             for reader in readers.values():
                 reader.close()
@@ -160,14 +163,12 @@ def merge_checkpoints(
         torch.set_num_threads(old_threads)
     _write_config(out, infos, token_dir, layout, out_dtype)
     copy_side_files(token_dir, out)
-    record = MergeRecord(
-        plan=plan,
-        sources={role: str(Path(infos[role].path).absolute()) for role in ROLES},
+    ran = replace(
+        checked,
+        models={role: str(Path(infos[role].path).absolute()) for role in ROLES},
         dtype=_dtype_name(out_dtype) or "auto",
-        vocab=vocab,
-        tokenizer_source=str(tokenizer_source),
     )
-    (out / RECORD_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    (out / RECORD_NAME).write_text(json.dumps(MergeRecord(ran).to_dict(), indent=2) + "\n")
     return out
 
 

@@ -6,6 +6,8 @@
         build_in_place(model, sources, alpha=alpha, beta=beta)   # no second model, no disk
         evaluate(model)
 
+(A sweep trial passes its `MergePlan` instead: `build_in_place(model, sources, plan)`.)
+
 The cache holds the three models' tensors once, on the device or (merge.source_device:
 cpu) in host memory, pinned when CUDA is there; each build overwrites the live model's
 parameters with the candidate's weights. Host-held sources are streamed to the model's
@@ -114,19 +116,13 @@ class SourceCache:
         return sum(seen.values())
 
 
-def build_in_place(
-    model: torch.nn.Module,
-    sources: SourceCache,
-    *,
-    alpha: float,
-    beta: float,
-    stage1_method: str = "linear",
-    stage1_params: dict[str, Any] | None = None,
-    stage2_method: str = "linear",
-    stage2_params: dict[str, Any] | None = None,
-    allow_extrapolation: bool = False,
-) -> None:
-    """Overwrite `model`'s parameters with the BAI candidate for (alpha, beta).
+def build_in_place(model: torch.nn.Module, sources: SourceCache, plan: MergePlan | None = None, **recipe: Any) -> None:
+    """Overwrite `model`'s parameters with the candidate `plan` describes.
+
+    Without a plan, `recipe` holds `MergePlan.create`'s keywords (alpha=, beta=,
+    stage1_method=, stage1_params=, stage2_method=, stage2_params=, allow_extrapolation=).
+    The plan's models, dtype and vocabulary policy are the cache's business here
+    (`SourceCache.load`).
 
     The model must have the sources' tensor names and shapes, on the cache's device or,
     for a cache in CPU memory, on any device: the sources are then copied over one
@@ -138,15 +134,10 @@ def build_in_place(
     which raises MergeError. Raises MergeError before writing anything on a bad recipe
     or a model that does not match.
     """
-    plan = MergePlan.create(
-        alpha=alpha,
-        beta=beta,
-        stage1_method=stage1_method,
-        stage1_params=stage1_params,
-        stage2_method=stage2_method,
-        stage2_params=stage2_params,
-        allow_extrapolation=allow_extrapolation,
-    )
+    if plan is not None and recipe:
+        raise TypeError(f"build_in_place: give a plan or the recipe's keywords, not both ({', '.join(recipe)})")
+    if plan is None:
+        plan = MergePlan.create(**recipe)
     targets = _bind(model, sources)
     weights = plan.fused_weights
     with torch.no_grad():

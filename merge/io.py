@@ -26,24 +26,8 @@ from pathlib import Path
 import torch
 
 from merge.checkpoint import INDEX_NAME, SINGLE_NAME, CheckpointInfo
+from merge.dtypes import TAGS, torch_dtype
 from merge.errors import MergeError
-
-# safetensors dtype tag <-> torch dtype.
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-TAGS: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
 # Files copied from the tokenizer source next to the merged weights.
 SIDE_FILE_PATTERNS = (
@@ -61,13 +45,6 @@ SIDE_FILE_PATTERNS = (
 # Alignment of the data section of the files we write (bytes): 64 keeps every tensor's
 # start cache-line aligned when the tensors before it have sizes that are multiples of 64.
 HEADER_ALIGN = 64
-
-
-def torch_dtype(tag: str) -> torch.dtype:
-    try:
-        return DTYPES[tag]
-    except KeyError:
-        raise MergeError(f"unsupported tensor dtype {tag!r} in a safetensors file") from None
 
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -126,7 +126,7 @@ def fit_rows(tensors: list[torch.Tensor], rows: int | None) -> list[torch.Tensor
 
 def output_dtype(plan: TensorPlan, requested: torch.dtype | None) -> torch.dtype:
     """The requested dtype; else the sources' common dtype (float32 when they differ)."""
-    from merge.io import torch_dtype
+    from merge.dtypes import torch_dtype
 
     dtypes = {torch_dtype(tag) for tag in plan.source_dtypes}
     if len(dtypes) == 1:
@@ -139,6 +139,6 @@ def output_dtype(plan: TensorPlan, requested: torch.dtype | None) -> torch.dtype
 
 def is_merged(plan: TensorPlan) -> bool:
     """False for non-float tensors (e.g. integer buffers), which are copied from instruct."""
-    from merge.io import torch_dtype
+    from merge.dtypes import torch_dtype
 
     return all(torch_dtype(tag).is_floating_point for tag in plan.source_dtypes)

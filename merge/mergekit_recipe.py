@@ -19,17 +19,23 @@ measured against mergekit 0.1.5 on tiny trios (tests/merge/test_mergekit_roundtr
 
 Where mergekit has no exact equivalent (DARE's random masks, a slerp `eps` other than
 mergekit's fixed 5e-4, a vocabulary policy) the recipe says so in a comment and gives the
-closest one. Pure text in, text out: no torch, no file access.
+closest one. A method's mapping is a `StageWriter` in `WRITERS`, or a plug-in's own, given
+as `mergekit=` when it registers (`@METHODS.register("name", mergekit=writer)`); a method
+with neither cannot be exported: MergeError names it. Pure text in, text out: no file access.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from merge.plan import MergePlan
+from merge.errors import MergeError
+from merge.plan import ROLES, MergePlan
+from merge.plugins import METHODS
 
 MERGEKIT_VERSION = "0.1.5"  # the version the mapping was measured against
 STAGE1_NAME = "bai-stage1"  # mergekit-multi's name for the float32 stage-1 result
@@ -39,27 +45,32 @@ SLERP_EPS = 5e-4  # mergekit's slerp: dot_threshold 0.9995 = 1 - eps, not config
 # safetensors dtype tag -> mergekit dtype name
 TAG_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
+# One stage as a mergekit document body: (models, weights, base, params, stage, notes) -> the
+# merge_method, base_model, models and parameters keys. `models` are the stage's inputs
+# (paths, or STAGE1_NAME), `weights` their weights, `base` the pretrained path (the
+# task-vector base), `stage` "stage 1"/"stage 2" for notes; append what mergekit does
+# differently to `notes`.
+StageWriter = Callable[[list[str], list[float], str, dict[str, Any], str, list[str]], dict[str, Any]]
 
-def mergekit_recipe(
-    plan: MergePlan,
-    *,
-    sources: dict[str, str],
-    out_dtype: str,
-    vocab: str = "strict",
-    tokenizer_source: str = "instruct",
-) -> str:
-    """mergekit YAML text reproducing `plan` over `sources` (role -> path) into `out_dtype`.
+
+def mergekit_recipe(plan: MergePlan, *, out_dtype: str) -> str:
+    """mergekit YAML text reproducing `plan` (its models, vocabulary policy and tokenizer
+    source included) into `out_dtype`.
 
     One document for `mergekit-yaml` when both stages are linear, else two for
     `mergekit-multi` (stage 1 named `bai-stage1`, kept in float32). The leading comments
-    say how to run it and how exact the match is. Raises ValueError for an out_dtype that
-    is not float32, bfloat16 or float16 (resolve "auto" first: `inputs_out_dtype`).
+    say how to run it and how exact the match is. Raises MergeError naming a method that
+    has no mergekit mapping, ValueError for an out_dtype that is not float32, bfloat16 or
+    float16 (resolve "auto" first: `inputs_out_dtype`) or a plan without its models.
     """
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {', '.join(OUT_DTYPES)} (resolve 'auto' first), got {out_dtype!r}")
-    missing = [r for r in ("instruct", "reasoning", "pretrained") if r not in sources]
+    sources = plan.models
+    missing = [r for r in ROLES if r not in sources]
     if missing:
-        raise ValueError(f"sources lacks {', '.join(missing)}")
+        raise ValueError(f"the plan's models lack {', '.join(missing)}")
+    if problems := mergekit_problems(plan):
+        raise MergeError.collected("cannot write the mergekit recipe", problems)
     notes: list[str] = []
     if plan.fused_weights is not None:
         documents = [_linear_doc(plan, sources, out_dtype)]
@@ -67,21 +78,16 @@ def mergekit_recipe(
     else:
         documents = [_stage1_doc(plan, sources, notes), _stage2_doc(plan, sources, out_dtype, notes)]
         run = f"mergekit-multi mergekit.yaml --intermediate-dir TMP --out-path OUT  (stage 1 lands in TMP/{STAGE1_NAME}, float32)"
-    if vocab != "strict":
+    if plan.vocab != "strict":
         notes.append(
-            f"vocabulary policy {vocab!r}: no exact mergekit equivalent (mergekit refuses different "
+            f"vocabulary policy {plan.vocab!r}: no exact mergekit equivalent (mergekit refuses different "
             "vocabulary sizes unless told `tokenizer_source: base` or `union`, which rebuild the "
             "embedding rows its own way); the recipe assumes equal sizes"
         )
-    # mergekit copies the tokenizer from its base model, else from the first model listed
-    donor = (
-        "pretrained"
-        if plan.fused_weights is None and plan.stage1.method in ("task_arithmetic", "ties", "dare")
-        else "instruct"
-    )
-    if tokenizer_source != donor:
+    donor = _tokenizer_donor(documents[0], sources)
+    if plan.tokenizer_source != donor:
         notes.append(
-            f"tokenizer and config: ours come from {tokenizer_source}, mergekit's from {donor}; copy them over mergekit's output"
+            f"tokenizer and config: ours come from {plan.tokenizer_source}, mergekit's from {donor}; copy them over mergekit's output"
         )
     header = [
         f"# mergekit {MERGEKIT_VERSION} recipe for this Balanced Actor Initialization merge (written by sweep)",
@@ -93,6 +99,30 @@ def mergekit_recipe(
     header += [f"# note: {line}" for note in notes for line in _wrap(note)]
     body = "---\n".join(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False) for doc in documents)
     return "\n".join(header) + "\n" + body
+
+
+def mergekit_problems(plan: MergePlan) -> list[str]:
+    """One line per stage whose method mergekit cannot express (empty: the recipe can be written)."""
+    if plan.fused_weights is not None:
+        return []
+    return [
+        f"{stage}: merge method {method!r} has no mergekit equivalent, so no mergekit recipe can be written for it"
+        for stage, method in (("stage 1", plan.stage1.method), ("stage 2", plan.stage2.method))
+        if writer_for(method) is None
+    ]
+
+
+def writer_for(method: str) -> StageWriter | None:
+    """The mergekit mapping of a method: a plug-in's own (`mergekit=` metadata), else the
+    built-in one, else None."""
+    own = METHODS.meta(method).get("mergekit") if method in METHODS else None
+    return own or WRITERS.get(method)
+
+
+def _tokenizer_donor(first: dict[str, Any], sources: dict[str, str]) -> str:
+    """The role whose tokenizer mergekit copies: its base model's, else its first model's."""
+    path = first.get("base_model") or first["models"][0]["model"]
+    return next((role for role in ROLES if sources[role] == path), "instruct")
 
 
 def match_statement(plan: MergePlan, out_dtype: str) -> str:
@@ -146,90 +176,102 @@ def _linear_doc(plan: MergePlan, sources: dict[str, str], out_dtype: str) -> dic
 
 
 def _stage1_doc(plan: MergePlan, sources: dict[str, str], notes: list[str]) -> dict[str, Any]:
-    method, params, alpha = plan.stage1.method, plan.stage1.params, plan.alpha
-    instruct, reasoning, pretrained = sources["instruct"], sources["reasoning"], sources["pretrained"]
-    doc: dict[str, Any] = {"name": STAGE1_NAME}
-    if method == "linear":
-        doc |= {
-            "merge_method": "linear",
-            "models": [_model(instruct, weight=alpha), _model(reasoning, weight=1.0 - alpha)],
-            "parameters": {"normalize": False},
-        }
-    elif method == "task_arithmetic":
-        doc |= {
-            "merge_method": "task_arithmetic",
-            "base_model": pretrained,
-            "models": [_model(instruct, weight=alpha), _model(reasoning, weight=1.0 - alpha)],
-            "parameters": {"normalize": False},
-        }
-    elif method == "ties":
-        density = params["density"]
-        doc |= {
-            "merge_method": "ties",
-            "base_model": pretrained,
-            "models": [
-                _model(instruct, weight=alpha, density=density),
-                _model(reasoning, weight=1.0 - alpha, density=density),
-            ],
-            "parameters": {"normalize": True},
-        }
-        notes.append(
-            "TIES trim: mergekit keeps int(density * numel) entries per tensor, we keep round(density * numel): "
-            "the same where density * numel is whole; entries tied at the cut may be chosen differently"
-        )
-    elif method == "dare":
-        density = params["density"]
-        variant = params.get("variant", "linear")
-        doc |= {
-            "merge_method": "dare_ties" if variant == "ties" else "dare_linear",
-            "base_model": pretrained,
-            "models": [
-                _model(instruct, weight=alpha, density=density),
-                _model(reasoning, weight=1.0 - alpha, density=density),
-            ],
-            "parameters": {"normalize": True, "rescale": False, "lambda": 1.0 / density}
-            if variant == "ties"
-            else {"rescale": False, "lambda": 1.0 / density},
-        }
-        notes.append(
-            f"DARE has no exact mergekit equivalent: our masks come from torch.Generator seeded per tensor (seed {params.get('seed', 0)}), "
-            "mergekit draws its own; this is the closest recipe (same keep rate, same 1/density rescale, same combination), "
-            "so the two agree in distribution, not entry by entry"
-        )
-    elif method == "slerp":
-        doc |= {
-            "merge_method": "slerp",
-            "base_model": instruct,
-            "models": [_model(instruct), _model(reasoning)],
-            "parameters": {"t": 1.0 - alpha},
-        }
-        _slerp_eps_note(params, "stage 1", notes)
-    else:
-        raise ValueError(f"no mergekit mapping for stage-1 method {method!r}")
-    doc |= {"dtype": "float32", "out_dtype": "float32"}
-    return doc
+    writer = writer_for(plan.stage1.method)
+    assert writer is not None  # mergekit_problems ran first
+    models = [sources["instruct"], sources["reasoning"]]
+    weights = [plan.alpha, 1.0 - plan.alpha]
+    doc = {"name": STAGE1_NAME} | writer(models, weights, sources["pretrained"], plan.stage1.params, "stage 1", notes)
+    return doc | {"dtype": "float32", "out_dtype": "float32"}
 
 
 def _stage2_doc(plan: MergePlan, sources: dict[str, str], out_dtype: str, notes: list[str]) -> dict[str, Any]:
-    method, beta, pretrained = plan.stage2.method, plan.beta, sources["pretrained"]
-    if method == "linear":
-        doc: dict[str, Any] = {
-            "merge_method": "linear",
-            "models": [_model(STAGE1_NAME, weight=beta), _model(pretrained, weight=1.0 - beta)],
-            "parameters": {"normalize": False},
-        }
-    elif method == "slerp":
-        doc = {
-            "merge_method": "slerp",
-            "base_model": STAGE1_NAME,
-            "models": [_model(STAGE1_NAME), _model(pretrained)],
-            "parameters": {"t": 1.0 - beta},
-        }
-        _slerp_eps_note(plan.stage2.params, "stage 2", notes)
-    else:
-        raise ValueError(f"no mergekit mapping for stage-2 method {method!r}")
-    doc |= {"dtype": "float32", "out_dtype": out_dtype}
-    return doc
+    writer = writer_for(plan.stage2.method)
+    assert writer is not None  # mergekit_problems ran first
+    models = [STAGE1_NAME, sources["pretrained"]]
+    weights = [plan.beta, 1.0 - plan.beta]
+    doc = writer(models, weights, sources["pretrained"], plan.stage2.params, "stage 2", notes)
+    return doc | {"dtype": "float32", "out_dtype": out_dtype}
+
+
+# ---------------------------------------------------------------- each method's mapping
+
+
+def _weighted(models: list[str], weights: list[float], **parameters: Any) -> list[dict[str, Any]]:
+    return [_model(m, weight=w, **parameters) for m, w in zip(models, weights, strict=True)]
+
+
+def _linear(
+    models: list[str], weights: list[float], base: str, params: dict[str, Any], stage: str, notes: list[str]
+) -> dict[str, Any]:
+    return {"merge_method": "linear", "models": _weighted(models, weights), "parameters": {"normalize": False}}
+
+
+def _task_arithmetic(
+    models: list[str], weights: list[float], base: str, params: dict[str, Any], stage: str, notes: list[str]
+) -> dict[str, Any]:
+    return {
+        "merge_method": "task_arithmetic",
+        "base_model": base,
+        "models": _weighted(models, weights),
+        "parameters": {"normalize": False},
+    }
+
+
+def _ties(
+    models: list[str], weights: list[float], base: str, params: dict[str, Any], stage: str, notes: list[str]
+) -> dict[str, Any]:
+    notes.append(
+        "TIES trim: mergekit keeps int(density * numel) entries per tensor, we keep round(density * numel): "
+        "the same where density * numel is whole; entries tied at the cut may be chosen differently"
+    )
+    return {
+        "merge_method": "ties",
+        "base_model": base,
+        "models": _weighted(models, weights, density=params["density"]),
+        "parameters": {"normalize": True},
+    }
+
+
+def _dare(
+    models: list[str], weights: list[float], base: str, params: dict[str, Any], stage: str, notes: list[str]
+) -> dict[str, Any]:
+    density = params["density"]
+    variant = params.get("variant", "linear")
+    notes.append(
+        f"DARE has no exact mergekit equivalent: our masks come from torch.Generator seeded per tensor (seed {params.get('seed', 0)}), "
+        "mergekit draws its own; this is the closest recipe (same keep rate, same 1/density rescale, same combination), "
+        "so the two agree in distribution, not entry by entry"
+    )
+    return {
+        "merge_method": "dare_ties" if variant == "ties" else "dare_linear",
+        "base_model": base,
+        "models": _weighted(models, weights, density=density),
+        "parameters": {"normalize": True, "rescale": False, "lambda": 1.0 / density}
+        if variant == "ties"
+        else {"rescale": False, "lambda": 1.0 / density},
+    }
+
+
+def _slerp(
+    models: list[str], weights: list[float], base: str, params: dict[str, Any], stage: str, notes: list[str]
+) -> dict[str, Any]:
+    _slerp_eps_note(params, stage, notes)
+    # mergekit's t runs from its base model (t = 0) to the other; ours weights [1 - t, t]
+    return {
+        "merge_method": "slerp",
+        "base_model": models[0],
+        "models": [_model(m) for m in models],
+        "parameters": {"t": weights[1]},
+    }
+
+
+WRITERS: dict[str, StageWriter] = {
+    "linear": _linear,
+    "task_arithmetic": _task_arithmetic,
+    "ties": _ties,
+    "dare": _dare,
+    "slerp": _slerp,
+}
 
 
 def _slerp_eps_note(params: dict[str, Any], stage: str, notes: list[str]) -> None:
@@ -261,26 +303,17 @@ def _wrap(text: str, width: int = 92) -> list[str]:
 # ---------------------------------------------------------------- from files
 
 
-def recipe_for_sources(
-    plan: MergePlan,
-    *,
-    infos: dict[str, Any],
-    dtype: str | None,
-    vocab: str = "strict",
-    tokenizer_source: str = "instruct",
-) -> str:
+def recipe_for_sources(plan: MergePlan, *, infos: dict[str, Any]) -> str:
     """`mergekit_recipe` for sources already inspected (`merge.checkpoint.CheckpointInfo`
-    by role, headers only): `dtype` None or "auto" becomes the inputs' dtype, as our merge
-    does."""
+    by role, headers only): their absolute paths stand for the plan's models, and dtype
+    "auto" becomes the inputs' dtype, as our merge does."""
     out_dtype = (
-        dtype
-        if dtype not in (None, "auto")
+        plan.dtype
+        if plan.dtype != "auto"
         else inputs_out_dtype([t.dtype for info in infos.values() for t in info.tensors.values()])
     )
     sources = {role: str(Path(info.path).absolute()) for role, info in infos.items()}
-    return mergekit_recipe(
-        plan, sources=sources, out_dtype=str(out_dtype), vocab=vocab, tokenizer_source=tokenizer_source
-    )
+    return mergekit_recipe(replace(plan, models=sources), out_dtype=out_dtype)
 
 
 def recipe_for_merged(folder: Any) -> str:
@@ -296,10 +329,4 @@ def recipe_for_merged(folder: Any) -> str:
     out_dtype = record.dtype
     if out_dtype == "auto":
         out_dtype = inputs_out_dtype([t.dtype for t in inspect_checkpoint(folder).tensors.values()])
-    return mergekit_recipe(
-        record.plan,
-        sources=record.sources,
-        out_dtype=out_dtype,
-        vocab=record.vocab,
-        tokenizer_source=record.tokenizer_source,
-    )
+    return mergekit_recipe(record.plan, out_dtype=out_dtype)

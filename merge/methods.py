@@ -4,9 +4,13 @@ A method takes the per-model tensors of one parameter and their weights, plus an
 optional `base` tensor (the shared ancestor, for task-vector methods), and returns the
 merged tensor in float32. Its keyword-only parameters after `base` are its parameter
 schema: `method_param_names("ties") == ["density"]`; their defaults are the defaults.
+Each registers itself in `merge.plugins.METHODS`, the only list of method names:
 
-    @register("linear")
+    @METHODS.register("linear")
     def linear(tensors, weights, *, base=None): ...
+
+Metadata: `needs_base=True` (the method merges task vectors against `base`; such a
+method cannot run in stage 2, which has no base), `two_models=True` (exactly two inputs).
 
 Every method is pure: same inputs, same output (DARE draws its masks from a CPU
 generator seeded by its `seed` argument, so CPU and GPU builds agree).
@@ -21,41 +25,35 @@ from typing import Any
 
 import torch
 
-MergeFn = Callable[..., torch.Tensor]
-REGISTRY: dict[str, MergeFn] = {}
-
-# Methods that need the shared ancestor as `base` (task vectors are theta_i - base).
-NEEDS_BASE: set[str] = set()
-# Methods defined for exactly two models (stage 2 merges two: the stage-1 result and pretrained).
-TWO_MODELS: set[str] = set()
-# Methods allowed in stage 2 (stage-1 result, pretrained).
-STAGE2_METHODS = ("linear", "slerp")
+from merge.plugins import METHODS, MergeFn
 
 
-def register(name: str, *, needs_base: bool = False, two_models: bool = False) -> Callable[[MergeFn], MergeFn]:
-    def wrap(fn: MergeFn) -> MergeFn:
-        REGISTRY[name] = fn
-        if needs_base:
-            NEEDS_BASE.add(name)
-        if two_models:
-            TWO_MODELS.add(name)
-        return fn
+def needs_base(name: str) -> bool:
+    """True when the method merges task vectors against the shared ancestor (`base`)."""
+    return bool(METHODS.meta(name).get("needs_base", False))
 
-    return wrap
+
+def two_models(name: str) -> bool:
+    """True when the method merges exactly two inputs."""
+    return bool(METHODS.meta(name).get("two_models", False))
+
+
+def stage2_methods() -> list[str]:
+    """The methods stage 2 can run: it merges two models (stage-1 result, pretrained) and
+    has no shared ancestor to pass as `base`, so every registered method that needs none."""
+    return [name for name in METHODS.names() if not needs_base(name)]
 
 
 def get_method(name: str) -> MergeFn:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown merge method {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    """The registered method; KeyError ("unknown merge method 'x'; known: ...") if none."""
+    return METHODS.get(name)
 
 
 def method_param_names(name: str) -> list[str]:
-    """The method's own parameters (keyword-only, after `base`)."""
-    if name not in REGISTRY:
+    """The method's own parameters (keyword-only, after `base`); [] for an unknown name."""
+    if name not in METHODS:
         return []
-    params = inspect.signature(REGISTRY[name]).parameters.values()
+    params = inspect.signature(METHODS.get(name)).parameters.values()
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "base"]
 
 
@@ -103,8 +101,8 @@ PARAM_CHECKS: dict[str, Callable[[Any], str | None]] = {
 
 def param_problems(name: str, params: dict[str, Any] | None) -> list[str]:
     """Every problem with a method name and its parameters, as readable lines (empty: fine)."""
-    if name not in REGISTRY:
-        return [f"unknown merge method {name!r}; known: {', '.join(sorted(REGISTRY))}"]
+    if (unknown := METHODS.problem(name)) is not None:
+        return [unknown]
     known = method_param_names(name)
     problems = []
     for key, value in (params or {}).items():
@@ -120,7 +118,7 @@ def param_problems(name: str, params: dict[str, Any] | None) -> list[str]:
 # ---------------------------------------------------------------- methods
 
 
-@register("linear")
+@METHODS.register("linear")
 def linear(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted sum, accumulated in float32. Weights are used as given (no normalization)."""
     out = tensors[0].to(torch.float32) * weights[0]
@@ -129,7 +127,7 @@ def linear(tensors: list[torch.Tensor], weights: list[float], *, base: torch.Ten
     return out
 
 
-@register("task_arithmetic", needs_base=True)
+@METHODS.register("task_arithmetic", needs_base=True)
 def task_arithmetic(
     tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -141,7 +139,7 @@ def task_arithmetic(
     return out
 
 
-@register("ties", needs_base=True)
+@METHODS.register("ties", needs_base=True)
 def ties(
     tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, density: float = 0.5
 ) -> torch.Tensor:
@@ -159,7 +157,7 @@ def ties(
     return base32 + _disjoint_mean(deltas, weights)
 
 
-@register("dare", needs_base=True)
+@METHODS.register("dare", needs_base=True)
 def dare(
     tensors: list[torch.Tensor],
     weights: list[float],
@@ -191,7 +189,7 @@ def dare(
     return out
 
 
-@register("slerp", two_models=True)
+@METHODS.register("slerp", two_models=True)
 def slerp(
     tensors: list[torch.Tensor], weights: list[float], *, base: torch.Tensor | None = None, eps: float = 5e-4
 ) -> torch.Tensor:

@@ -68,28 +68,18 @@ def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[i
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sweep.run.trial import split_params
     from sweep.study.durable import load_study_dir, spec_hash
     from sweep.study.fingerprint import trial_spec
 
     spec, trials = load_study_dir(args.study)
     number, params, metrics = choose_trial(spec, trials, balanced=args.balanced, number=args.trial)
     spec = trial_spec(spec, trials, number)  # the models and merge this trial ran with (its recorded recipe)
-    alpha, beta, method_params = split_params(spec, params)
-    settings = dict(
-        alpha=alpha,
-        beta=beta,
-        stage1_method=spec.merge.stage1.method,
-        stage1_params=method_params,
-        stage2_method=spec.merge.stage2.method,
-        stage2_params=dict(spec.merge.stage2.params),
-    )
     started = time.perf_counter()
     if args.recipe_only:
         out = Path(args.out).expanduser().absolute()
-        recipe = _recipe_only(spec, settings, out, dtype=args.dtype or spec.merge.dtype, force=args.force)
+        recipe = _recipe_only(spec, params, out, dtype=args.dtype, force=args.force)
     else:
-        out = _merge(spec, settings, args)
+        out = _merge(spec, params, args)
         from merge.mergekit_recipe import recipe_for_merged
 
         recipe = recipe_for_merged(out)
@@ -118,36 +108,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge(spec, settings: dict, args: argparse.Namespace):
+def _plan(spec, params: dict, dtype: str | None):
+    """The trial's merge plan (`sweep.run.trial.merge_plan`), written in `dtype` when given."""
+    from dataclasses import replace
+
+    from sweep.run.trial import merge_plan
+
+    plan = merge_plan(spec, params)
+    return replace(plan, dtype=dtype) if dtype else plan
+
+
+def _merge(spec, params: dict, args: argparse.Namespace):
     import merge
+    from merge.mergekit_recipe import mergekit_problems
     from sweep.run.progressbar import MergeProgressBar
 
+    plan = _plan(spec, params, args.dtype)
+    if problems := mergekit_problems(plan):  # before the weights: the export writes the recipe too
+        raise merge.MergeError.collected("cannot write the mergekit recipe", problems)
     bar = MergeProgressBar(enabled=not args.quiet)
     try:
-        return merge.merge_checkpoints(
-            pretrained=spec.models.pretrained,
-            instruct=spec.models.instruct,
-            reasoning=spec.models.reasoning,
-            out=args.out,
-            **settings,
-            dtype=args.dtype or spec.merge.dtype,
-            device=args.device,
-            tokenizer_source=spec.models.tokenizer,
-            vocab=spec.merge.vocab,
-            force=args.force,
-            progress=bar.update,
-        )
+        return merge.merge_checkpoints(plan, out=args.out, device=args.device, force=args.force, progress=bar.update)
     finally:
         bar.close()
 
 
-def _recipe_only(spec, settings: dict, out, *, dtype: str, force: bool) -> str:
+def _recipe_only(spec, params: dict, out, *, dtype: str | None, force: bool) -> str:
     """The mergekit recipe from the study's settings and the sources' headers; `out` made
     ready (absent or empty, unless force). Raises MergeError / SweepError on bad input."""
     from merge.errors import MergeError
     from merge.layout import load_infos
-    from merge.mergekit_recipe import recipe_for_sources
-    from merge.plan import MergePlan
+    from merge.mergekit_recipe import mergekit_problems, recipe_for_sources
     from sweep.errors import SweepError
 
     if out.exists() and not out.is_dir():
@@ -159,23 +150,17 @@ def _recipe_only(spec, settings: dict, out, *, dtype: str, force: bool) -> str:
     problems: list[str] = []
     plan = infos = None
     try:
-        plan = MergePlan.create(**settings)
+        plan = _plan(spec, params, dtype)
+        problems += mergekit_problems(plan)
     except MergeError as exc:
         problems += exc.problems
     try:
-        infos = load_infos(
-            pretrained=spec.models.pretrained,
-            instruct=spec.models.instruct,
-            reasoning=spec.models.reasoning,
-            vocab=spec.merge.vocab,
-        )
+        infos = load_infos(**spec.models.paths(), vocab=spec.merge.vocab)
     except MergeError as exc:
         problems += exc.problems
     if problems or plan is None or infos is None:
         raise MergeError.collected("cannot write the mergekit recipe", problems)
-    recipe = recipe_for_sources(
-        plan, infos=infos, dtype=dtype, vocab=spec.merge.vocab, tokenizer_source=spec.models.tokenizer
-    )
+    recipe = recipe_for_sources(plan, infos=infos)
     out.mkdir(parents=True, exist_ok=True)
     if force:
         from merge.io import weight_files

@@ -118,32 +118,19 @@ def run(args: argparse.Namespace) -> int:
         raise SweepError(
             "--out DIR is required (or --print-mergekit alone, to print the mergekit recipe without merging)"
         )
-    recipe: dict[str, Any] = dict(
-        alpha=args.alpha,
-        beta=args.beta,
-        stage1_method=args.method_stage1,
-        stage1_params=stage1_params,
-        stage2_method=args.method_stage2,
-        stage2_params=stage2_params,
-        allow_extrapolation=args.allow_extrapolation,
-    )
-    sources = resolve_sources(args, recipe)
+    # the plan's keywords; merge_checkpoints checks them with everything else, all at once
+    recipe = _recipe(args, stage1_params, stage2_params)
+    recipe |= resolve_sources(args, recipe) | {"tokenizer_source": args.tokenizer_source}
     if args.out is None:
-        print(_recipe_without_merge(args, recipe, sources), end="")
+        print(_recipe_without_merge(args, recipe), end="")
         return 0
     bar = MergeProgressBar(enabled=not args.quiet)
     started = time.perf_counter()
     try:
         out = merge_checkpoints(
-            pretrained=sources["pretrained"],
-            instruct=sources["instruct"],
-            reasoning=sources["reasoning"],
             **recipe,
             out=args.out,
-            dtype=args.dtype,
             device=args.device,
-            tokenizer_source=args.tokenizer_source,
-            vocab=args.vocab,
             max_shard_size=args.max_shard_size,
             force=args.force,
             allow_pickle=args.allow_pickle,
@@ -165,6 +152,22 @@ def run(args: argparse.Namespace) -> int:
 
         print(recipe_for_merged(out), end="")
     return 0
+
+
+def _recipe(args: argparse.Namespace, stage1_params: dict, stage2_params: dict) -> dict[str, Any]:
+    """`MergePlan.create`'s keywords from the command line, the source folders aside."""
+    return dict(
+        alpha=args.alpha,
+        beta=args.beta,
+        stage1_method=args.method_stage1,
+        stage1_params=stage1_params,
+        stage2_method=args.method_stage2,
+        stage2_params=stage2_params,
+        dtype=args.dtype,
+        vocab=args.vocab,
+        tokenizer_source=args.tokenizer_source,
+        allow_extrapolation=args.allow_extrapolation,
+    )
 
 
 def resolve_sources(args: argparse.Namespace, recipe: dict) -> dict[str, str]:
@@ -189,18 +192,19 @@ def resolve_sources(args: argparse.Namespace, recipe: dict) -> dict[str, str]:
     return resolved
 
 
-def _recipe_without_merge(args: argparse.Namespace, recipe: dict, sources: dict[str, str]) -> str:
+def _recipe_without_merge(args: argparse.Namespace, recipe: dict) -> str:
     """--print-mergekit without --out: check the recipe and the sources' headers, merge nothing."""
     from merge.errors import MergeError
     from merge.io import parse_dtype
     from merge.layout import load_infos
-    from merge.mergekit_recipe import recipe_for_sources
+    from merge.mergekit_recipe import mergekit_problems, recipe_for_sources
     from merge.plan import MergePlan
 
     problems: list[str] = []
     plan = infos = None
     try:
         plan = MergePlan.create(**recipe)
+        problems += mergekit_problems(plan)
     except MergeError as exc:
         problems += exc.problems
     try:
@@ -208,11 +212,9 @@ def _recipe_without_merge(args: argparse.Namespace, recipe: dict, sources: dict[
     except MergeError as exc:
         problems += exc.problems
     try:
-        infos = load_infos(**sources, vocab=args.vocab, allow_pickle=args.allow_pickle)
+        infos = load_infos(**{role: recipe[role] for role in ROLES}, vocab=args.vocab, allow_pickle=args.allow_pickle)
     except MergeError as exc:
         problems += exc.problems
     if problems or plan is None or infos is None:
         raise MergeError.collected("cannot write the mergekit recipe", problems)
-    return recipe_for_sources(
-        plan, infos=infos, dtype=args.dtype, vocab=args.vocab, tokenizer_source=str(args.tokenizer_source)
-    )
+    return recipe_for_sources(plan, infos=infos)

@@ -24,6 +24,7 @@ from sweep.study.records import TrialResult, clean_metric
 
 if TYPE_CHECKING:
     from evals.probe import ProbeConfig
+    from merge.plan import MergePlan
 
 
 class TrialTimeout(SweepError):
@@ -145,28 +146,27 @@ def lm_eval_config(spec: SweepSpec, tasks: list[str]):
     return LmEvalConfig(tasks=list(tasks), **settings)
 
 
-def split_params(spec: SweepSpec, params: dict[str, float]) -> tuple[float, float, dict[str, Any]]:
-    """(alpha, beta, stage-1 method parameters: fixed ones from the spec, searched ones on top)."""
-    method_params = dict(spec.merge.stage1.params)
-    method_params.update({k: v for k, v in params.items() if k not in ("alpha", "beta")})
-    return float(params["alpha"]), float(params["beta"]), method_params
+def merge_plan(spec: SweepSpec, params: dict[str, float]) -> MergePlan:
+    """The candidate's `merge.MergePlan`: the spec's models and merge section, the trial's
+    alpha and beta, and its searched stage-1 parameters over the section's own."""
+    from merge.plan import MergePlan
+
+    searched = {k: v for k, v in params.items() if k not in ("alpha", "beta")}
+    return MergePlan.from_config(
+        spec.merge,
+        models=spec.models.paths(),
+        tokenizer_source=spec.models.tokenizer,
+        alpha=params["alpha"],
+        beta=params["beta"],
+        params=searched,
+    )
 
 
 def build_candidate(spec: SweepSpec, params: dict[str, float], *, model, sources) -> None:
     """Overwrite `model`'s weights with the candidate at `params` (no disk, no second model)."""
     import merge
 
-    alpha, beta, method_params = split_params(spec, params)
-    merge.build_in_place(
-        model,
-        sources,
-        alpha=alpha,
-        beta=beta,
-        stage1_method=spec.merge.stage1.method,
-        stage1_params=method_params,
-        stage2_method=spec.merge.stage2.method,
-        stage2_params=dict(spec.merge.stage2.params),
-    )
+    merge.build_in_place(model, sources, merge_plan(spec, params))
 
 
 def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:

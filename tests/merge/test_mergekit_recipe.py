@@ -19,9 +19,16 @@ SOURCES = {"instruct": "/m/I", "reasoning": "/m/R", "pretrained": "/m/P"}
 
 def recipe(stage1="linear", p1=None, stage2="linear", p2=None, *, alpha=0.3, beta=0.8, out_dtype="bfloat16", **kwargs):
     plan = MergePlan.create(
-        alpha=alpha, beta=beta, stage1_method=stage1, stage1_params=p1, stage2_method=stage2, stage2_params=p2
+        alpha=alpha,
+        beta=beta,
+        stage1_method=stage1,
+        stage1_params=p1,
+        stage2_method=stage2,
+        stage2_params=p2,
+        **SOURCES,
+        **kwargs,
     )
-    text = mergekit_recipe(plan, sources=SOURCES, out_dtype=out_dtype, **kwargs)
+    text = mergekit_recipe(plan, out_dtype=out_dtype)
     return text, list(yaml.safe_load_all(text))
 
 

@@ -1,78 +1,24 @@
-"""Merge methods: one contract suite over every registered method, then hand-computed examples."""
+"""Merge methods: the parameter schema, then hand-computed examples (the contract every
+registered method keeps is in test_method_contract.py)."""
 
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from merge.methods import (
-    NEEDS_BASE,
-    PARAM_CHECKS,
-    REGISTRY,
-    TWO_MODELS,
     get_method,
     method_defaults,
     method_param_names,
+    needs_base,
     param_problems,
 )
 
 
 def call(name, tensors, weights, base=None, **params):
-    kwargs = {"base": base} if name in NEEDS_BASE else {}
+    kwargs = {"base": base} if needs_base(name) else {}
     return get_method(name)(tensors, weights, **kwargs, **(method_defaults(name) | params))
-
-
-def two_or_three(name):
-    return 2 if name in TWO_MODELS else 3
-
-
-# ---------------------------------------------------------------- contract, every method
-
-
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_identity_when_every_input_is_the_same(name):
-    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
-    n = two_or_three(name)
-    out = call(name, [x.clone() for _ in range(n)], [1.0 / n] * n, base=x.clone())
-    torch.testing.assert_close(out, x, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_weights_summing_to_one_keep_a_constant_tensor_constant(name):
-    c = torch.full((4, 6), 0.375)
-    weights = [0.3, 0.7] if two_or_three(name) == 2 else [0.2, 0.5, 0.3]
-    out = call(name, [c.clone() for _ in weights], weights, base=c.clone())
-    torch.testing.assert_close(out, c, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_returns_float32_of_the_input_shape_from_bf16_inputs(name):
-    g = torch.Generator().manual_seed(1)
-    tensors = [torch.randn(3, 8, generator=g).to(torch.bfloat16) for _ in range(two_or_three(name))]
-    base = torch.randn(3, 8, generator=g).to(torch.bfloat16)
-    out = call(name, tensors, [1.0 / len(tensors)] * len(tensors), base=base)
-    assert out.dtype == torch.float32 and out.shape == (3, 8)
-
-
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-@pytest.mark.parametrize("kind", ["zeros", "large"])
-def test_no_nan_on_zero_or_large_tensors(name, kind):
-    n = two_or_three(name)
-    if kind == "zeros":
-        tensors, base = [torch.zeros(16) for _ in range(n)], torch.zeros(16)
-    else:
-        g = torch.Generator().manual_seed(2)
-        tensors, base = [torch.randn(16, generator=g) * 1e30 for _ in range(n)], torch.randn(16, generator=g) * 1e30
-    out = call(name, tensors, [1.0 / n] * n, base=base)
-    assert torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_defaults_are_valid_and_every_parameter_is_checked(name):
-    assert param_problems(name, method_defaults(name)) == []
-    assert all(p in PARAM_CHECKS for p in method_param_names(name))
 
 
 def test_parameter_names_are_the_schema_the_spec_validates():
