@@ -89,7 +89,7 @@ def child(variant: str, args: dict) -> dict:
     from evals.probe.records import ProbeConfig
     from evals.probe.sampling import Batch as _Batch
     from evals.probe.update import MasterAdam
-    from evals.probe.update import grpo_update as _update
+    from evals.probe.update import grpo_step as _update
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)

@@ -71,7 +71,7 @@ from evals.probe.sampling import (
     sample_hf,
     sample_vllm,
 )
-from evals.probe.update import MasterAdam, group_advantages, grpo_update
+from evals.probe.update import MasterAdam, group_advantages, grpo_step
 from evals.rewards import Reward, with_opened_think
 from evals.stability import length_collapsed
 
@@ -305,7 +305,7 @@ def _step(job: _Job, policy: _Policy, step: int) -> tuple[dict[str, float], tupl
     scores_t = job.score(group, batch)
     advantages = group_advantages(scores_t, config.group_size).to(job.device)
     assert policy.optimizer is not None  # set up before the first step
-    update = grpo_update(job.model, policy.reference, policy.optimizer, batch, advantages, config=config)
+    update = grpo_step(job.model, policy.reference, policy.optimizer, batch, advantages, config=config)
     if job.rollouts is not None:  # the next step samples from the updated policy
         if policy.as_requests:
             job.rollouts.set_adapter(policy.adapters)

@@ -1,7 +1,7 @@
 """The probe's GRPO update: group-normalized advantages and one clipped Adam step.
 
     advantages = group_advantages(scores, group_size)
-    stats = grpo_update(model, reference, optimizer, batch, advantages, config=config)
+    stats = grpo_step(model, reference, optimizer, batch, advantages, config=config)
 
 The loss is the token-mean of -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
 k3 = exp(ref - logp) - (ref - logp) - 1 against the starting model, accumulated over
@@ -74,7 +74,7 @@ class MasterAdam:
         self.targets = []
 
 
-def grpo_update(
+def grpo_step(
     model, reference, optimizer: MasterAdam, batch: Batch, advantages: torch.Tensor, *, config: ProbeConfig
 ) -> dict[str, float]:
     """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
