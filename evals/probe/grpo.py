@@ -40,7 +40,8 @@ update in evals/probe/update.py. `GRPOBackend.run` is set-up (`_set_up`), the st
 Point t of the curves is measured on the completions sampled at step t, so point 0 is
 the starting model (its KL is 0). Sampling draws from a torch.Generator seeded with
 `config.seed`, and dropout is off (eval mode), so on CPU the same seed gives the same
-curves (timings aside).
+curves (timings aside) for `update: full`; under LoRA, peft draws the adapters' starting
+values from torch's global RNG, which `config.seed` does not set.
 """
 
 from __future__ import annotations
@@ -310,8 +311,7 @@ def _step(job: _Job, policy: _Policy, step: int) -> tuple[dict[str, float], tupl
         if policy.as_requests:
             job.rollouts.set_adapter(policy.adapters)
         else:
-            merged = policy.adapters.merged_weights() if policy.adapters else None
-            job.rollouts.push_weights(job.model, weights=merged)
+            job.rollouts.push_weights(job.model, weights=policy.adapters.merged_weights() if policy.adapters else None)
     lengths = batch.lengths.float()
     row = {
         "response_length/mean": lengths.mean().item(),
