@@ -36,7 +36,7 @@ def main() -> int:
     import torch
     from _llama import random_llama
 
-    from evals.probe.grpo import _sample
+    from evals.probe.sampling import sample_hf as _sample
     from evals.probe.vllm_rollout import VllmRollouts
 
     torch.set_num_threads(args.threads)

@@ -23,15 +23,14 @@ import contextlib
 import difflib
 import functools
 import os
-import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from evals.answers import check_answer_regex, prepend_answer_regex, think_end_token
+from evals.answers import check_answer_regex, prepend_answer_regex
 from evals.errors import EvalError
+from evals.lm_backends import LmBackend, make_backend
 from evals.scores import EvalScore, scores_from_results
 
 # The lm_eval CLI's default seeds (lm_eval.config: DEFAULT_SEED = 0, 1234, 1234, 1234);
@@ -255,57 +254,6 @@ def _scores_builtin_test_split(name: str, include_paths: list[str], builtin_root
     if entry.yaml_path is None or builtin_root not in Path(entry.yaml_path).resolve().parents:
         return False
     return bool(cfg.get("test_split"))
-
-
-# ---------------------------------------------------------------- backends (plug-ins)
-
-
-class LmBackend(ABC):
-    """Gives lm-eval an LM that scores a live model's current weights."""
-
-    @abstractmethod
-    def lm_for(self, model: Any, tokenizer: Any) -> Any:
-        """An lm-eval `LM` for this model; reused while the same objects come back."""
-
-
-class HfBackend(LmBackend):
-    """lm-eval's HFLM wrapped around the live model (nothing written to disk).
-
-    One HFLM per (model, tokenizer) object pair: when the same model object comes back
-    with new weights in place, the same HFLM scores them (it keeps a reference to the
-    model, not a copy of its weights).
-    """
-
-    def __init__(self, config: LmEvalConfig):
-        self.config = config
-        self._key: tuple[weakref.ref, weakref.ref] | None = None
-        self._lm: Any = None
-        self.builds = 0  # HFLM objects built so far (one per model object)
-
-    def lm_for(self, model: Any, tokenizer: Any) -> Any:
-        if self._key is not None and self._key[0]() is model and self._key[1]() is tokenizer:
-            return self._lm
-        from lm_eval.models.huggingface import HFLM
-
-        self._lm = HFLM(
-            pretrained=model,
-            tokenizer=tokenizer,
-            batch_size=self.config.batch_size,
-            think_end_token=think_end_token(tokenizer, self.config.think_end, backend="hf"),
-        )
-        self._key = (weakref.ref(model), weakref.ref(tokenizer))
-        self.builds += 1
-        return self._lm
-
-
-def make_backend(config: LmEvalConfig) -> LmBackend:
-    if config.backend == "hf":
-        return HfBackend(config)
-    if config.backend == "vllm":
-        from evals.vllm_backend import VllmBackend
-
-        return VllmBackend(config)
-    raise EvalError(f"unknown lm-eval backend '{config.backend}'; use hf or vllm")
 
 
 # ---------------------------------------------------------------- the runner

@@ -1,6 +1,6 @@
 """The evals' registries: the only lists of lm-eval backends, probe backends and reward rules.
 
-- LM_BACKENDS: name -> an `evals.lmeval.LmBackend` class, built from an LmEvalConfig.
+- LM_BACKENDS: name -> an `evals.lm_backends.LmBackend` class, built from an LmEvalConfig.
 - PROBE_BACKENDS: name -> a zero-argument factory of an `evals.probe.backends.ProbeBackend`.
 - REWARD_RULES: name -> a rule function (prompts=, completions=, answers=) -> rewards;
   metadata `needs_answer` (every prompt then needs an expected answer).
@@ -15,7 +15,7 @@ from typing import Any
 from core.registry import Registry
 
 LM_BACKENDS: Registry[Any] = Registry(
-    "lm-eval backend", builtins={"hf": "evals.lmeval:HfBackend", "vllm": "evals.vllm_backend:VllmBackend"}
+    "lm-eval backend", builtins={"hf": "evals.lm_backends:HfBackend", "vllm": "evals.vllm_backend:VllmBackend"}
 )
 PROBE_BACKENDS: Registry[Any] = Registry("probe backend", builtins={"builtin": "evals.probe.grpo:GRPOBackend"})
 REWARD_RULES: Registry[Any] = Registry(

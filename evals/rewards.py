@@ -7,7 +7,8 @@ A reward is any callable
 returning one raw score per completion (prompts are the user messages, completions the
 decoded responses without eos/padding, answers the expected final answers).
 
-Rules are small registered functions (`@register_rule("name")`); the built-in ones are
+Rules are small functions registered in `evals.plugins.REWARD_RULES`
+(`@register_rule("name", needs_answer=...)`); the built-in ones are
 length-independent: a long correct answer scores the same as a short one.
 
 - `exact_match`: 1.0 when the completion's final answer equals the expected answer
@@ -38,7 +39,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.registry import UnknownName
 from evals.errors import EvalError
+from evals.plugins import REWARD_RULES
 
 THINK_START = "<think>"
 THINK_END = "</think>"
@@ -51,21 +54,20 @@ class Reward(Protocol):
 
 
 RuleFn = Callable[..., list[float]]
-RULES: dict[str, RuleFn] = {}
-# Rules that compare against the expected answer: every prompt then needs one.
-NEEDS_ANSWER: set[str] = set()
+# `evals/probe/records.py` checks a config's rule name against this (the same registry).
+RULES = REWARD_RULES
 
 
 def register_rule(name: str, *, needs_answer: bool = False) -> Callable[[RuleFn], RuleFn]:
-    """Register a rule reward under `name` (the value of `reward.rule` in a spec)."""
+    """Register a rule reward under `name` (the value of `reward.rule` in a spec) in
+    `evals.plugins.REWARD_RULES`. `needs_answer`: the rule compares against the expected
+    answer, so every prompt then needs one (run_probe checks before any step)."""
+    return REWARD_RULES.register(name, needs_answer=needs_answer)
 
-    def wrap(fn: RuleFn) -> RuleFn:
-        RULES[name] = fn
-        if needs_answer:
-            NEEDS_ANSWER.add(name)
-        return fn
 
-    return wrap
+def rule_needs_answer(rule: str) -> bool:
+    """Whether the registered rule `rule` compares against expected answers."""
+    return bool(REWARD_RULES.meta(rule).get("needs_answer", False))
 
 
 def with_opened_think(completion: str, *, think_start: str = THINK_START) -> str:
@@ -122,10 +124,11 @@ def concise(*, prompts: Sequence[str], completions: Sequence[str], answers: Sequ
 
 
 def get_rule(name: str) -> RuleFn:
+    """The rule registered as `name`; EvalError (listing the registered rules) if none is."""
     try:
-        return RULES[name]
-    except KeyError:
-        raise EvalError(f"unknown reward rule {name!r}; known: {', '.join(sorted(RULES))}") from None
+        return REWARD_RULES.get(name)
+    except UnknownName as exc:
+        raise EvalError(str(exc)) from None
 
 
 class RewardModelScorer:

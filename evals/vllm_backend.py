@@ -34,11 +34,14 @@ import os
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from evals.answers import think_end_token
 from evals.errors import EvalError
-from evals.lmeval import LmBackend, LmEvalConfig
+from evals.lm_backends import LmBackend
+
+if TYPE_CHECKING:
+    from evals.lmeval import LmEvalConfig
 
 RELOAD_MODES = ("iterator", "tmpfs")
 _SWEEP_KEYS = ("model", "tokenizer", "reload_from", "tmpfs_dir")
@@ -246,6 +249,17 @@ class VllmBackend(LmBackend):
         self._lm_factory = lm_factory or lm_eval_vllm
         self._lm: Any = None
         self.reloads = 0  # candidates loaded into the engine so far
+
+    @property
+    def engine(self) -> Any:
+        """The `vllm.LLM` lm-eval's wrapper holds (None until the first `lm_for`)."""
+        return None if self._lm is None else self._lm.model
+
+    def engine_for(self, model: Any, tokenizer: Any) -> Any:
+        """The engine, built now (with this model's weights loaded) if no evaluation built it."""
+        if self._lm is None:
+            self.lm_for(model, tokenizer)
+        return self.engine
 
     def lm_for(self, model: Any, tokenizer: Any) -> Any:
         if self._lm is None:

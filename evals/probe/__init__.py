@@ -16,7 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 from evals.errors import EvalError
-from evals.probe.backends import ProbeBackend, backend_names, get_backend, register_backend
+from evals.plugins import REWARD_RULES
+from evals.probe.backends import ProbeBackend, get_backend, register_backend
 from evals.probe.baseline import bootstrap_noise, normalized_metrics
 from evals.probe.records import (
     CURVE_KEYS,
@@ -29,7 +30,7 @@ from evals.probe.records import (
     RewardConfig,
     load_prompts,
 )
-from evals.rewards import NEEDS_ANSWER, Reward, build_reward
+from evals.rewards import Reward, build_reward, rule_needs_answer
 from evals.stability import StabilityMetrics, diverged_metrics, stability_metrics
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "PromptSamples",
     "RewardConfig",
     "StabilityMetrics",
-    "backend_names",
     "get_backend",
     "load_prompts",
     "register_backend",
@@ -95,7 +95,7 @@ def run_probe(
     backend = get_backend(config.backend)
     if reward is None:
         rule = config.reward.rule if config.reward.model is None else None
-        if rule in NEEDS_ANSWER:
+        if rule is not None and rule in REWARD_RULES and rule_needs_answer(rule):
             missing = [i for i, p in enumerate(prompts) if p.answer is None]
             if missing:
                 raise EvalError(

@@ -3,20 +3,22 @@
 A backend turns (model, tokenizer, config, prompts, reward) into per-step curves. The
 built-in one ("builtin", evals/probe/grpo.py) runs GRPO in this process on the model
 it is given. A cluster backend (e.g. launching verl or TRL on a merged checkpoint and
-parsing their logs) subclasses ProbeBackend, registers under a name, and is chosen
-with `evals.probe.backend: <name>`; it may ignore `model` and read a checkpoint path
+parsing their logs) subclasses ProbeBackend, registers under a name in
+`evals.plugins.PROBE_BACKENDS` (`register_backend`), and is chosen with
+`evals.probe.backend: <name>`; it may ignore `model` and read a checkpoint path
 from its own settings. run_probe computes the stability metrics from the curves the
 same way for every backend.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core.registry import UnknownName
 from evals.errors import EvalError
+from evals.plugins import PROBE_BACKENDS
 from evals.probe.records import BackendRun, ProbeConfig, Prompt
 from evals.rewards import Reward
 
@@ -51,26 +53,19 @@ class ProbeBackend(ABC):
     ) -> BackendRun: ...
 
 
-# name -> "module:Class" (imported on first use, so torch loads only when a probe runs)
-# or a ProbeBackend subclass registered at run time.
-_BACKENDS: dict[str, str | Callable[[], ProbeBackend]] = {"builtin": "evals.probe.grpo:GRPOBackend"}
-
-
-def register_backend(name: str, backend: str | Callable[[], ProbeBackend]) -> None:
-    """Register a backend class (or "module:Class" path) under `name`."""
-    _BACKENDS[name] = backend
-
-
-def backend_names() -> list[str]:
-    return sorted(_BACKENDS)
+def register_backend(name: str, backend: str | Callable[[], ProbeBackend], *, replace: bool = False) -> None:
+    """Register a backend class (or "module:Class" path) under `name` in
+    `evals.plugins.PROBE_BACKENDS`; `evals.probe.backend: <name>` then chooses it. A taken
+    name is a ValueError unless `replace`. `@PROBE_BACKENDS.register(name)` on the class
+    does the same."""
+    PROBE_BACKENDS.add(name, backend, replace=replace)
 
 
 def get_backend(name: str) -> ProbeBackend:
+    """A new instance of the backend registered as `name`; EvalError (listing the
+    registered names) for a name no one registered."""
     try:
-        entry = _BACKENDS[name]
-    except KeyError:
-        raise EvalError(f"unknown probe backend {name!r}; known: {', '.join(backend_names())}") from None
-    if isinstance(entry, str):
-        module_name, class_name = entry.split(":")
-        entry = getattr(importlib.import_module(module_name), class_name)
-    return entry()
+        factory = PROBE_BACKENDS.get(name)
+    except UnknownName as exc:
+        raise EvalError(str(exc)) from None
+    return factory()

@@ -32,22 +32,25 @@ model): the live weights are the masters rounded after each step, so updates sma
 than a bf16 step accumulate instead of rounding away. A non-finite loss, gradient, KL
 or logit ends the probe as "diverged" (an outcome, not an error).
 
-The three parts (`_sample`, `_score`, `_update`) are separate functions so that other
-rollout engines and log-prob kernels can replace them one at a time.
+The parts live apart so that other rollout engines and log-prob kernels can replace
+them one at a time: sampling in evals/probe/sampling.py, scoring (`_score`) here, the
+update in evals/probe/update.py. `GRPOBackend.run` is set-up (`_set_up`), the steps
+(`_train`, one `_step` each) and tear-down (`_tear_down`, which always runs).
 
 Point t of the curves is measured on the completions sampled at step t, so point 0 is
 the starting model (its KL is 0). Sampling draws from a torch.Generator seeded with
 `config.seed`, and dropout is off (eval mode), so on CPU the same seed gives the same
-curves (timings aside).
+curves (timings aside) for `update: full`; under LoRA, peft draws the adapters' starting
+values from torch's global RNG, which `config.seed` does not set.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-import math
+import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -55,18 +58,23 @@ import torch
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend
 from evals.probe.baseline import Baseline
-from evals.probe.logprobs import accumulate_grpo_gradients, logits_postprocess_problem
+from evals.probe.logprobs import logits_postprocess_problem
 from evals.probe.lora import LoraAdapters
 from evals.probe.records import BackendRun, ProbeConfig, ProbeCurves, Prompt, PromptSamples
-from evals.rewards import THINK_START, Reward, with_opened_think
+from evals.probe.sampling import (
+    Batch,
+    Diverged,
+    encode_prompt,
+    eos_token_ids,
+    opens_think,
+    prompt_order,
+    prompt_pool,
+    sample_hf,
+    sample_vllm,
+)
+from evals.probe.update import MasterAdam, group_advantages, grpo_step
+from evals.rewards import Reward, with_opened_think
 from evals.stability import length_collapsed
-
-MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
-ADVANTAGE_EPS = 1e-4  # keeps a group with identical rewards at advantage 0, not NaN
-
-
-class _Diverged(Exception):
-    """The policy's loss, gradient, KL or logits went non-finite."""
 
 
 class GRPOBackend(ProbeBackend):
@@ -95,198 +103,270 @@ class GRPOBackend(ProbeBackend):
             )
         if config.generator == "hf":
             rollouts = None  # generator: hf samples with the HF loop whatever engine is given
-        eos_ids = _eos_ids(model, tokenizer)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
-        encoded = [_encode_prompt(tokenizer, p.prompt) for p in prompts]
-        if any(len(ids) == 0 for ids in encoded):
-            raise EvalError("probe prompts: a prompt encodes to no tokens")
-        think_open = [_opens_think(tokenizer, ids) for ids in encoded]
-        params = list(model.parameters())
-        device = params[0].device
-        generator = torch.Generator(device=device).manual_seed(config.seed)
-        order_generator = torch.Generator().manual_seed(config.seed)  # prompt pool and order, on CPU
-        pool = _prompt_pool(len(prompts), config.prompt_pool, order_generator)
-        order = _prompt_order(pool, config.steps * config.prompts_per_step, order_generator)
-        calls = iter(range(1 << 62))  # vLLM rollouts: one call number per sampling step
-
-        def sample(ids):
-            if rollouts is not None:
-                return _sample_vllm(
-                    rollouts, model, encoded, ids, config=config, eos_ids=eos_ids, pad_id=pad_id, call=next(calls)
-                )
-            return _sample(
-                model, [encoded[i] for i in ids], config=config, eos_ids=eos_ids, pad_id=pad_id, generator=generator
-            )
-
-        score = lambda ids, batch: _score(reward, tokenizer, prompts, ids, batch, think_open)  # noqa: E731
-
+        job = _Job.prepare(model, tokenizer, config=config, prompts=prompts, reward=reward, rollouts=rollouts)
         problem = logits_postprocess_problem(model)
         if problem:
             raise EvalError(f"probe: {problem}")
         saved = _ModuleState.capture(model)
-        adapters: LoraAdapters | None = None
-        reference: Any = None
-        optimizer = None
-        curves = ProbeCurves()
-        baseline: list[PromptSamples] = []
-        steps: list[tuple[PromptSamples, ...]] = []
-        stopped_early, stop_reason, diverged, baseline_s = False, None, False, 0.0
-        step = -1
-        as_requests = False  # LoRA adapters reach the vLLM engine as LoRA requests
+        policy = _Policy()
+        progress = _Progress()
         try:
-            model.eval()  # no dropout: sampling and the update see the same policy
-            if rollouts is not None:  # the engine may hold another candidate (or the eval's): start from this one
-                rollouts.clear_adapter()
-                rollouts.push_weights(model)
-            if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
-                adapters = LoraAdapters(model, rank=config.lora_rank)
-                # the engine samples the adapted policy through LoRA requests where it can
-                # (its base weights stay the candidate's), else through merged-weight pushes
-                as_requests = (
-                    rollouts is not None and config.vllm_lora == "requests" and rollouts.takes_lora(config.lora_rank)
-                )
-                reference, trainable = adapters.disabled, adapters.parameters
-            else:  # frozen initial candidate, and every weight trains
-                reference = copy.deepcopy(model).eval().requires_grad_(False)
-                model.requires_grad_(True)
-                trainable = params
-            optimizer = MasterAdam(trainable, lr=config.learning_rate)
-            if config.baseline_samples:
-                t0 = time.perf_counter()
-                baseline = _measure_baseline(pool, config=config, sample=sample, score=score)
-                baseline_s = time.perf_counter() - t0
-            base = Baseline(baseline) if baseline else None
-            for step in range(config.steps):
-                start = time.perf_counter()
-                chosen = order[step * config.prompts_per_step : (step + 1) * config.prompts_per_step]
-                group = [i for i in chosen for _ in range(config.group_size)]
-                batch = sample(group)
-                gen_s = time.perf_counter() - start
-                scores_t = score(group, batch)
-                grouped = scores_t.view(len(chosen), config.group_size)
-                advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADVANTAGE_EPS)
-                update = _update(model, reference, optimizer, batch, advantages.view(-1).to(device), config=config)
-                if rollouts is not None:  # the next step samples from the updated policy
-                    if as_requests:
-                        rollouts.set_adapter(adapters)
-                    else:
-                        rollouts.push_weights(model, weights=adapters.merged_weights() if adapters else None)
-
-                lengths = batch.lengths.float()
-                row = {
-                    "response_length/mean": lengths.mean().item(),
-                    "response_length/min": lengths.min().item(),
-                    "response_length/max": lengths.max().item(),
-                    "response_length/clip_ratio": batch.truncated.float().mean().item(),
-                    "critic/score/mean": scores_t.mean().item(),
-                    "critic/score/std": scores_t.std(unbiased=False).item(),
-                    "actor/kl": update["kl"],
-                    "actor/entropy": update["entropy"],
-                    "actor/grad_norm": update["grad_norm"],
-                    "timing/gen_s": gen_s,
-                    "timing/step_s": time.perf_counter() - start,
-                }
-                drawn = _per_prompt(chosen, config.group_size, batch, scores_t)
-                steps.append(drawn)
-                if base is not None:
-                    length, score_n, entropy = base.normalize(drawn)
-                    row |= {
-                        "response_length/normalized": length,
-                        "critic/score/normalized": score_n,
-                        "actor/entropy/normalized": entropy,
-                    }
-                curves = curves.append(row)
-                watched = curves.response_length_normalized if base is not None else curves.response_length_mean
-                reference_length = base.pool_length if base is not None else None
-                if config.collapse_threshold is not None and length_collapsed(
-                    watched,
-                    threshold=config.collapse_threshold,
-                    patience=config.collapse_patience,
-                    reference=reference_length,
-                ):
-                    stopped_early = step + 1 < config.steps
-                    if stopped_early:
-                        initial = reference_length if reference_length is not None else watched[0]
-                        stop_reason = (
-                            f"sequence-length collapse: mean response length below {config.collapse_threshold:g} x "
-                            f"the initial {initial:.1f} tokens for {config.collapse_patience} "
-                            f"steps (stopped after step {step} of {config.steps})"
-                        )
-                        break
+            _set_up(job, policy)
+            _train(job, policy, progress)
             if on_trained is not None:
                 on_trained(model)
-        except _Diverged as exc:
-            diverged, stopped_early = True, True
-            where = "while measuring the baseline" if step < 0 else f"at step {step} of {config.steps}"
-            stop_reason = f"diverged {where}: {exc}"
+        except Diverged as exc:
+            progress.diverged, progress.stopped_early = True, True
+            where = (
+                "while measuring the baseline" if progress.step < 0 else f"at step {progress.step} of {config.steps}"
+            )
+            progress.stop_reason = f"diverged {where}: {exc}"
         finally:
-            if optimizer is not None:
-                optimizer.clear()
-            model.zero_grad(set_to_none=True)
-            if adapters is not None:  # the base weights never trained: drop the adapters
-                adapters.remove()
-            elif isinstance(reference, torch.nn.Module):
-                with torch.no_grad():  # the caller gets back the weights it gave
-                    for param, given in zip(model.parameters(), reference.parameters(), strict=True):
-                        param.copy_(given)
-            saved.restore(model)
-            del reference
-            if as_requests:  # the engine's weights never changed: drop the adapter
-                rollouts.clear_adapter()
-            elif rollouts is not None:  # the engine holds the given weights again
-                rollouts.push_weights(model)
+            _tear_down(job, policy, saved)
+        return progress.result()
+
+
+@dataclass
+class _Job:
+    """What a run works from: its inputs, the encoded prompts, and the seeded streams (the
+    sampler's, and the prompt pool and order, drawn on CPU whatever `steps` is)."""
+
+    model: Any
+    tokenizer: Any
+    config: ProbeConfig
+    prompts: Sequence[Prompt]
+    reward: Reward
+    rollouts: Any  # the vLLM engine that samples, or None: the HF loop
+    encoded: list[list[int]]
+    think_open: list[bool]  # per prompt: its chat template opened <think>
+    eos_ids: set[int]
+    pad_id: int
+    device: torch.device
+    generator: torch.Generator
+    pool: list[int]
+    order: list[int]  # prompt indices for every step, back to back
+    calls: Iterator[int]  # vLLM rollouts: one call number per sampling call
+
+    @classmethod
+    def prepare(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        config: ProbeConfig,
+        prompts: Sequence[Prompt],
+        reward: Reward,
+        rollouts: Any,
+    ) -> _Job:
+        """Raises EvalError for prompts that encode to nothing or a tokenizer without eos."""
+        eos_ids = eos_token_ids(model, tokenizer)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+        encoded = [encode_prompt(tokenizer, p.prompt) for p in prompts]
+        if any(len(ids) == 0 for ids in encoded):
+            raise EvalError("probe prompts: a prompt encodes to no tokens")
+        device = next(model.parameters()).device
+        order_generator = torch.Generator().manual_seed(config.seed)  # prompt pool and order, on CPU
+        pool = prompt_pool(len(prompts), config.prompt_pool, order_generator)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            config=config,
+            prompts=prompts,
+            reward=reward,
+            rollouts=rollouts,
+            encoded=encoded,
+            think_open=[opens_think(tokenizer, ids) for ids in encoded],
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            device=device,
+            generator=torch.Generator(device=device).manual_seed(config.seed),
+            pool=pool,
+            order=prompt_order(pool, config.steps * config.prompts_per_step, order_generator),
+            calls=itertools.count(),
+        )
+
+    def sample(self, ids: Sequence[int]) -> Batch:
+        """One completion per entry of `ids` (prompt indices), by the engine or the HF loop."""
+        if self.rollouts is not None:
+            return sample_vllm(
+                self.rollouts,
+                self.model,
+                self.encoded,
+                ids,
+                config=self.config,
+                eos_ids=self.eos_ids,
+                pad_id=self.pad_id,
+                call=next(self.calls),
+            )
+        return sample_hf(
+            self.model,
+            [self.encoded[i] for i in ids],
+            config=self.config,
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            generator=self.generator,
+        )
+
+    def score(self, ids: Sequence[int], batch: Batch) -> torch.Tensor:
+        return _score(self.reward, self.tokenizer, self.prompts, ids, batch, self.think_open)
+
+
+@dataclass
+class _Policy:
+    """What set-up puts on the model and tear-down takes off."""
+
+    reference: Any = None  # the frozen starting model (full), or the adapters-off context (LoRA)
+    adapters: LoraAdapters | None = None
+    optimizer: MasterAdam | None = None
+    as_requests: bool = False  # LoRA adapters reach the vLLM engine as LoRA requests
+
+
+@dataclass
+class _Progress:
+    """What the run measured so far, and how it ended."""
+
+    curves: ProbeCurves = field(default_factory=ProbeCurves)
+    baseline: list[PromptSamples] = field(default_factory=list)
+    steps: list[tuple[PromptSamples, ...]] = field(default_factory=list)
+    baseline_s: float = 0.0
+    step: int = -1  # the step under way; -1 while measuring the baseline
+    stopped_early: bool = False
+    stop_reason: str | None = None
+    diverged: bool = False
+
+    def result(self) -> BackendRun:
         return BackendRun(
-            curves=curves,
-            stopped_early=stopped_early,
-            stop_reason=stop_reason,
-            diverged=diverged,
-            baseline=tuple(baseline),
-            steps=tuple(steps),
-            baseline_s=baseline_s,
+            curves=self.curves,
+            stopped_early=self.stopped_early,
+            stop_reason=self.stop_reason,
+            diverged=self.diverged,
+            baseline=tuple(self.baseline),
+            steps=tuple(self.steps),
+            baseline_s=self.baseline_s,
         )
 
 
-class MasterAdam:
-    """Adam with fp32 master weights for every parameter that is not fp32.
+def _set_up(job: _Job, policy: _Policy) -> None:
+    """Eval mode, the engine on the starting weights, the reference and the optimizer.
+    Fills `policy` as it goes, so that tear-down undoes whatever was done."""
+    model, rollouts, config = job.model, job.rollouts, job.config
+    model.eval()  # no dropout: sampling and the update see the same policy
+    if rollouts is not None:  # the engine may hold another candidate (or the eval's): start from this one
+        rollouts.clear_adapter()
+        rollouts.push_weights(model)
+    if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
+        policy.adapters = LoraAdapters(model, rank=config.lora_rank)
+        # the engine samples the adapted policy through LoRA requests where it can
+        # (its base weights stay the candidate's), else through merged-weight pushes
+        policy.as_requests = (
+            rollouts is not None and config.vllm_lora == "requests" and rollouts.takes_lora(config.lora_rank)
+        )
+        policy.reference, trainable = policy.adapters.disabled, policy.adapters.parameters
+    else:  # frozen initial candidate, and every weight trains
+        policy.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        model.requires_grad_(True)
+        trainable = list(model.parameters())
+    policy.optimizer = MasterAdam(trainable, lr=config.learning_rate)
 
-    fp32 parameters are updated directly (as plain torch.optim.Adam would). For a bf16 or
-    fp16 parameter an fp32 copy holds the exact weight: its gradient is the live
-    gradient in fp32, Adam and the clip run on the copies, and the live weight is set to
-    the copy rounded to its dtype. Extra memory: 4 bytes per low-precision parameter,
-    beside Adam's 8. `clear()` drops the copies and every moment.
-    """
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], *, lr: float):
-        self.params = list(params)
-        self.masters = [None if p.dtype == torch.float32 else p.detach().float().clone() for p in self.params]
-        self.targets = [p if m is None else m for p, m in zip(self.params, self.masters, strict=True)]
-        self.adam = torch.optim.Adam(self.targets, lr=lr)
+def _train(job: _Job, policy: _Policy, progress: _Progress) -> None:
+    """The baseline (when asked for), then the steps until `steps` or a length collapse."""
+    config = job.config
+    if config.baseline_samples:
+        t0 = time.perf_counter()
+        progress.baseline = _measure_baseline(job.pool, config=config, sample=job.sample, score=job.score)
+        progress.baseline_s = time.perf_counter() - t0
+    base = Baseline(progress.baseline) if progress.baseline else None
+    for step in range(config.steps):
+        progress.step = step
+        row, drawn = _step(job, policy, step)
+        progress.steps.append(drawn)
+        if base is not None:
+            length, score_n, entropy = base.normalize(drawn)
+            row |= {
+                "response_length/normalized": length,
+                "critic/score/normalized": score_n,
+                "actor/entropy/normalized": entropy,
+            }
+        progress.curves = progress.curves.append(row)
+        stop_reason = _collapse_reason(progress.curves, base, config=config, step=step)
+        if stop_reason is not None:
+            progress.stopped_early, progress.stop_reason = True, stop_reason
+            break
 
-    def zero_grad(self) -> None:
-        for tensor in (*self.params, *(m for m in self.masters if m is not None)):
-            tensor.grad = None
 
-    def step(self, max_norm: float) -> float:
-        """Clip the gradient norm to `max_norm` and take one step; returns the norm before
-        clipping. Takes no step when the norm is non-finite (the caller decides what then)."""
-        for param, master in zip(self.params, self.masters, strict=True):
-            if master is not None:
-                master.grad = None if param.grad is None else param.grad.detach().float()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.targets, max_norm).item()
-        if not math.isfinite(grad_norm):
-            return grad_norm
-        self.adam.step()
-        with torch.no_grad():
-            for param, master in zip(self.params, self.masters, strict=True):
-                if master is not None:
-                    param.copy_(master)
-        return grad_norm
+def _step(job: _Job, policy: _Policy, step: int) -> tuple[dict[str, float], tuple[PromptSamples, ...]]:
+    """Sample, score and update once; the step's curve row and its per-prompt samples."""
+    config = job.config
+    start = time.perf_counter()
+    chosen = job.order[step * config.prompts_per_step : (step + 1) * config.prompts_per_step]
+    group = [i for i in chosen for _ in range(config.group_size)]
+    batch = job.sample(group)
+    gen_s = time.perf_counter() - start
+    scores_t = job.score(group, batch)
+    advantages = group_advantages(scores_t, config.group_size).to(job.device)
+    assert policy.optimizer is not None  # set up before the first step
+    update = grpo_step(job.model, policy.reference, policy.optimizer, batch, advantages, config=config)
+    if job.rollouts is not None:  # the next step samples from the updated policy
+        if policy.as_requests:
+            job.rollouts.set_adapter(policy.adapters)
+        else:
+            job.rollouts.push_weights(job.model, weights=policy.adapters.merged_weights() if policy.adapters else None)
+    lengths = batch.lengths.float()
+    row = {
+        "response_length/mean": lengths.mean().item(),
+        "response_length/min": lengths.min().item(),
+        "response_length/max": lengths.max().item(),
+        "response_length/clip_ratio": batch.truncated.float().mean().item(),
+        "critic/score/mean": scores_t.mean().item(),
+        "critic/score/std": scores_t.std(unbiased=False).item(),
+        "actor/kl": update["kl"],
+        "actor/entropy": update["entropy"],
+        "actor/grad_norm": update["grad_norm"],
+        "timing/gen_s": gen_s,
+        "timing/step_s": time.perf_counter() - start,
+    }
+    return row, _per_prompt(chosen, config.group_size, batch, scores_t)
 
-    def clear(self) -> None:
-        self.adam.state.clear()
-        self.zero_grad()
-        self.masters = [None] * len(self.params)
-        self.targets = []
+
+def _collapse_reason(curves: ProbeCurves, base: Baseline | None, *, config: ProbeConfig, step: int) -> str | None:
+    """Why the probe stops after `step`: a sequence-length collapse before the last step
+    (evals.stability.length_collapsed on the normalized length with a baseline, else the
+    raw mean length); None to go on."""
+    if config.collapse_threshold is None or step + 1 >= config.steps:
+        return None
+    watched = curves.response_length_normalized if base is not None else curves.response_length_mean
+    reference_length = base.pool_length if base is not None else None
+    if not length_collapsed(
+        watched, threshold=config.collapse_threshold, patience=config.collapse_patience, reference=reference_length
+    ):
+        return None
+    initial = reference_length if reference_length is not None else watched[0]
+    return (
+        f"sequence-length collapse: mean response length below {config.collapse_threshold:g} x "
+        f"the initial {initial:.1f} tokens for {config.collapse_patience} "
+        f"steps (stopped after step {step} of {config.steps})"
+    )
+
+
+def _tear_down(job: _Job, policy: _Policy, saved: _ModuleState) -> None:
+    """Give the model (and the engine) back as they came, whatever set-up got done."""
+    model, rollouts = job.model, job.rollouts
+    if policy.optimizer is not None:
+        policy.optimizer.clear()
+    model.zero_grad(set_to_none=True)
+    if policy.adapters is not None:  # the base weights never trained: drop the adapters
+        policy.adapters.remove()
+    elif isinstance(policy.reference, torch.nn.Module):
+        with torch.no_grad():  # the caller gets back the weights it gave
+            for param, given in zip(model.parameters(), policy.reference.parameters(), strict=True):
+                param.copy_(given)
+    saved.restore(model)
+    policy.reference = None  # frees the frozen copy before the engine takes the weights
+    if policy.as_requests:  # the engine's weights never changed: drop the adapter
+        rollouts.clear_adapter()
+    elif rollouts is not None:  # the engine holds the given weights again
+        rollouts.push_weights(model)
 
 
 def _measure_baseline(pool: Sequence[int], *, config: ProbeConfig, sample, score) -> list[PromptSamples]:
@@ -319,7 +399,7 @@ def _measure_baseline(pool: Sequence[int], *, config: ProbeConfig, sample, score
 
 
 def _per_prompt(
-    chosen: Sequence[int], group_size: int, batch: _Batch, scores: torch.Tensor
+    chosen: Sequence[int], group_size: int, batch: Batch, scores: torch.Tensor
 ) -> tuple[PromptSamples, ...]:
     lengths = batch.lengths.float().view(len(chosen), group_size).tolist()
     entropies = batch.entropy.view(len(chosen), group_size).tolist()
@@ -334,7 +414,7 @@ def _score(
     tokenizer: Any,
     prompts: Sequence[Prompt],
     ids: Sequence[int],
-    batch: _Batch,
+    batch: Batch,
     think_open: Sequence[bool],
 ) -> torch.Tensor:
     """Raw rewards of a batch (fp32, on CPU). A completion whose chat template opened
@@ -368,247 +448,3 @@ class _ModuleState:
             module.training = training
         for param, flag in zip(model.parameters(), self.requires_grad, strict=True):
             param.requires_grad_(flag)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, (list, tuple)):
-            ids.update(int(i) for i in source)
-    if not ids:
-        raise EvalError("probe: the tokenizer has no eos token, so completions could never end")
-    return ids
-
-
-def _encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of the prompt, in the tokenizer's chat template when it has one."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
-
-
-def _opens_think(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:
-    """Whether the rendered prompt ends inside an opened `<think>` (as DeepSeek-R1-Distill's
-    chat template does), so completions start mid-thought without the tag."""
-    text = tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
-    return text.rstrip().endswith(THINK_START)
-
-
-def _prompt_pool(n_prompts: int, size: int | None, generator: torch.Generator) -> list[int]:
-    """The prompts the probe uses: a seeded choice of `size` of them (all when None or more)."""
-    if size is None or size >= n_prompts:
-        return list(range(n_prompts))
-    return sorted(torch.randperm(n_prompts, generator=generator)[:size].tolist())
-
-
-def _prompt_order(pool: Sequence[int], needed: int, generator: torch.Generator) -> list[int]:
-    """Prompt indices for the whole probe: seeded shuffles of the pool, back to back."""
-    order: list[int] = []
-    while len(order) < needed:
-        order += [pool[j] for j in torch.randperm(len(pool), generator=generator).tolist()]
-    return order[:needed]
-
-
-class _Batch:
-    def __init__(self, prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated, entropy):
-        self.prompt_ids = prompt_ids  # [B, P] left-padded
-        self.prompt_mask = prompt_mask  # [B, P]
-        self.response_ids = response_ids  # [B, T] padded after eos
-        self.response_mask = response_mask  # [B, T] 1 up to and including eos
-        self.completions = completions  # token ids per completion, eos and padding cut
-        self.lengths = lengths  # [B] response tokens, eos included
-        self.truncated = truncated  # [B] reached max_new_tokens without eos
-        self.entropy = entropy  # [B] mean entropy of the sampling distribution per response token, nats
-
-
-def _cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    # transformers 5.24 renamed past_key_values to cache; accept both.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
-
-
-@torch.no_grad()
-def _sample(
-    model, prompts: list[list[int]], *, config: ProbeConfig, eos_ids: set[int], pad_id: int, generator
-) -> _Batch:
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        prompt_ids[row, width - len(ids) :] = torch.tensor(ids)
-        prompt_mask[row, width - len(ids) :] = 1
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    eos = torch.tensor(sorted(eos_ids), device=device)
-
-    cache = DynamicCache(config=model.config)  # the config sets up sliding-window layers where a model has them
-    cache_kw = _cache_kwargs(model, cache)
-    mask = prompt_mask
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **cache_kw
-    ).logits[:, -1]
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    tokens: list[torch.Tensor] = []
-    alive: list[torch.Tensor] = []
-    entropy_sum = torch.zeros(len(prompts), device=device)
-    temperature = policy_temperature(config)
-    for t in range(config.max_new_tokens):
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        if not bool(torch.isfinite(logp).all()):
-            raise _Diverged("non-finite logits while sampling")
-        probs = logp.exp()
-        entropy_sum += torch.where(finished, 0.0, -(probs * logp).sum(-1))
-        if config.temperature == 0:  # greedy
-            token = logits.argmax(-1)
-        else:
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        alive.append(~finished)
-        tokens.append(token)
-        finished = finished | torch.isin(token, eos)
-        if bool(finished.all()) or t + 1 == config.max_new_tokens:
-            break
-        mask = torch.cat([mask, torch.ones_like(token)[:, None]], dim=1)
-        positions = mask.sum(1, keepdim=True) - 1
-        logits = model(
-            input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **cache_kw
-        ).logits[:, -1]
-
-    response_ids = torch.stack(tokens, 1)
-    response_mask = torch.stack(alive, 1).long()
-    lengths = response_mask.sum(1)
-    truncated = ~finished
-    completions = []
-    for row in range(len(prompts)):
-        ids = response_ids[row, : lengths[row]].tolist()
-        if ids and ids[-1] in eos_ids:
-            ids = ids[:-1]
-        completions.append(ids)
-    entropy = (entropy_sum / lengths.clamp(min=1)).cpu()
-    return _Batch(prompt_ids, prompt_mask, response_ids, response_mask, completions, lengths, truncated, entropy)
-
-
-def policy_temperature(config: ProbeConfig) -> float:
-    """The temperature of the policy's log-probs and entropy: the sampling temperature,
-    or 1 for greedy rollouts (temperature 0, a deterministic check of the generators)."""
-    return config.temperature if config.temperature > 0 else 1.0
-
-
-def _sample_vllm(
-    rollouts,
-    model,
-    encoded: Sequence[list[int]],
-    ids: Sequence[int],
-    *,
-    config: ProbeConfig,
-    eos_ids: set[int],
-    pad_id: int,
-    call: int,
-) -> _Batch:
-    """The rows `ids` (runs of one prompt: its group, or its baseline samples) sampled by
-    the vLLM engine, one request with n = the run's length per prompt; entropies from the
-    live model (chunked, no grad), as the HF loop measures them while sampling."""
-    from evals.probe.logprobs import micro_batches, token_logprobs
-    from evals.probe.vllm_rollout import make_batch
-
-    runs: list[tuple[int, int]] = []
-    for i in ids:
-        if runs and runs[-1][0] == i:
-            runs[-1] = (i, runs[-1][1] + 1)
-        else:
-            runs.append((i, 1))
-    sampled: dict[int, list[list[int]]] = {}
-    for size in sorted({n for _, n in runs}):  # one call per run length (in the probe all runs are equal)
-        chosen = [i for i, n in runs if n == size]
-        got = rollouts.sample(
-            [encoded[i] for i in chosen],
-            group_size=size,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            seed=config.seed * 1_000_003 + call,
-            eos_ids=eos_ids,
-            pad_id=pad_id,
-        )
-        for j, i in enumerate(chosen):
-            for k in range(size):
-                row = j * size + k
-                sampled.setdefault(i, []).append(got.response_ids[row, : int(got.lengths[row])].tolist())
-    responses = [sampled[i].pop(0) for i in ids]  # back into the order of `ids`
-    got = make_batch(
-        [encoded[i] for i in ids],
-        responses,
-        [""] * len(ids),
-        eos_ids=eos_ids,
-        pad_id=pad_id,
-        max_new_tokens=config.max_new_tokens,
-    )
-    device = next(model.parameters()).device
-    prompt_ids, prompt_mask = got.prompt_ids.to(device), got.prompt_mask.to(device)
-    response_ids, response_mask = got.response_ids.to(device), got.response_mask.to(device)
-    input_ids, mask = torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask, response_mask], 1)
-    entropy = torch.zeros(len(ids))
-    with torch.no_grad():
-        for rows in micro_batches(len(ids), config.micro_batch_size):
-            _, ent = token_logprobs(
-                model,
-                input_ids=input_ids[rows],
-                attention_mask=mask[rows],
-                response_ids=response_ids[rows],
-                response_mask=response_mask[rows],
-                temperature=policy_temperature(config),
-                chunk=config.logprob_chunk,
-            )
-            entropy[rows] = (ent.sum(1) / response_mask[rows].sum(1).clamp(min=1)).float().cpu()
-    if not bool(torch.isfinite(entropy).all()):
-        raise _Diverged("non-finite logits while sampling")
-    return _Batch(
-        prompt_ids,
-        prompt_mask,
-        response_ids,
-        response_mask,
-        got.completions,
-        got.lengths.to(device),
-        got.truncated.to(device),
-        entropy,
-    )
-
-
-def _update(
-    model, reference, optimizer: MasterAdam, batch: _Batch, advantages: torch.Tensor, *, config: ProbeConfig
-) -> dict[str, float]:
-    """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
-    rollouts with gradient accumulation, log-probs and entropy in chunks of
-    `logprob_chunk` tokens (never [B, T, V] in fp32), optional activation checkpointing.
-    `reference` is the frozen copy (full) or a context factory under which `model` is the
-    reference (LoRA: adapters off). Returns the KL, entropy (at the sampling temperature)
-    and grad norm. Raises _Diverged (before any weight changes) on a non-finite loss, KL
-    or gradient."""
-    optimizer.zero_grad()
-    stats = accumulate_grpo_gradients(
-        model,
-        reference,
-        input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
-        attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
-        response_ids=batch.response_ids,
-        response_mask=batch.response_mask,
-        advantages=advantages,
-        kl_coef=config.kl_coef,
-        temperature=policy_temperature(config),
-        micro_batch_size=config.micro_batch_size,
-        chunk=config.logprob_chunk,
-        checkpoint_activations=config.activation_checkpointing,
-    )
-    if not math.isfinite(stats["loss"]) or not math.isfinite(stats["kl"]):
-        raise _Diverged(f"non-finite {'loss' if not math.isfinite(stats['loss']) else 'KL'}")
-    grad_norm = optimizer.step(MAX_GRAD_NORM)
-    if not math.isfinite(grad_norm):
-        raise _Diverged("non-finite gradient")
-    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm}

@@ -268,14 +268,13 @@ def _rollout_engine(state: WorkerState) -> Any:
     from evals.probe.vllm_rollout import VllmRollouts
 
     backend = getattr(state.evaluator, "backend", None)
-    lm = getattr(backend, "_lm", None)
-    if lm is None and backend is not None and hasattr(backend, "lm_for"):
-        lm = backend.lm_for(state.model, state.tokenizer)  # the eval's engine, built now (it ran no task yet)
-    if lm is not None and hasattr(lm, "model"):
+    # the eval's engine (built now if the eval ran no task yet); None where its backend has none (hf)
+    shared = backend.engine_for(state.model, state.tokenizer) if backend is not None else None
+    if shared is not None:
         engine = _ROLLOUTS.get(state.key)
-        if engine is None or engine.llm is not lm.model:
+        if engine is None or engine.llm is not shared:
             _ROLLOUTS.clear()
-            engine = _ROLLOUTS[state.key] = VllmRollouts(lm.model)
+            engine = _ROLLOUTS[state.key] = VllmRollouts(shared)
             config = state.probe_config
             if config is not None and config.update == "lora" and config.vllm_lora == "requests":
                 if not engine.takes_lora(config.lora_rank):

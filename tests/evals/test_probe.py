@@ -190,7 +190,7 @@ def test_reward_model_from_config(tiny_dir, tmp_path):
 
 
 def test_prompts_get_the_chat_template(tiny_dir):
-    from evals.probe.grpo import _encode_prompt
+    from evals.probe.sampling import encode_prompt as _encode_prompt
 
     _, tokenizer = load(tiny_dir)
     assert tokenizer.decode(_encode_prompt(tokenizer, "2+3")) == "Q: 2+3\nA: "

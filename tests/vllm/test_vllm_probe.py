@@ -181,7 +181,7 @@ def test_sampled_vllm_rollouts_follow_the_hf_samplers_distribution(trio, engine)
     and over 3 seeds x 3 trained tiny models the two generators' metrics differed by up
     to 3.9 standard errors of the seed mean (final KL 0.0004-1.36 from run to run), so no
     bound on one run both held on every machine and meant anything."""
-    from evals.probe.grpo import _sample
+    from evals.probe.sampling import sample_hf as _sample
 
     model, tokenizer = load(trio["instruct"])
     model.eval()

@@ -1,0 +1,107 @@
+"""The probe's GRPO update: group-normalized advantages and one clipped Adam step.
+
+    advantages = group_advantages(scores, group_size)
+    stats = grpo_step(model, reference, optimizer, batch, advantages, config=config)
+
+The loss is the token-mean of -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
+k3 = exp(ref - logp) - (ref - logp) - 1 against the starting model, accumulated over
+micro-batches in evals/probe/logprobs.py; the gradient norm is clipped to 1.0 and
+`MasterAdam` steps on fp32 master copies of low-precision weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from evals.probe.logprobs import accumulate_grpo_gradients
+from evals.probe.records import ProbeConfig
+from evals.probe.sampling import Batch, Diverged, policy_temperature
+
+MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
+ADVANTAGE_EPS = 1e-4  # keeps a group with identical rewards at advantage 0, not NaN
+
+
+def group_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(r - group mean) / (group std + ADVANTAGE_EPS) per row of `scores` (prompt-major
+    groups of `group_size` completions), flat like `scores`."""
+    grouped = scores.view(-1, group_size)
+    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADVANTAGE_EPS)).view(-1)
+
+
+class MasterAdam:
+    """Adam with fp32 master weights for every parameter that is not fp32.
+
+    fp32 parameters are updated directly (as plain torch.optim.Adam would). For a bf16 or
+    fp16 parameter an fp32 copy holds the exact weight: its gradient is the live
+    gradient in fp32, Adam and the clip run on the copies, and the live weight is set to
+    the copy rounded to its dtype. Extra memory: 4 bytes per low-precision parameter,
+    beside Adam's 8. `clear()` drops the copies and every moment.
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], *, lr: float):
+        self.params = list(params)
+        self.masters = [None if p.dtype == torch.float32 else p.detach().float().clone() for p in self.params]
+        self.targets = [p if m is None else m for p, m in zip(self.params, self.masters, strict=True)]
+        self.adam = torch.optim.Adam(self.targets, lr=lr)
+
+    def zero_grad(self) -> None:
+        for tensor in (*self.params, *(m for m in self.masters if m is not None)):
+            tensor.grad = None
+
+    def step(self, max_norm: float) -> float:
+        """Clip the gradient norm to `max_norm` and take one step; returns the norm before
+        clipping. Takes no step when the norm is non-finite (the caller decides what then)."""
+        for param, master in zip(self.params, self.masters, strict=True):
+            if master is not None:
+                master.grad = None if param.grad is None else param.grad.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.targets, max_norm).item()
+        if not math.isfinite(grad_norm):
+            return grad_norm
+        self.adam.step()
+        with torch.no_grad():
+            for param, master in zip(self.params, self.masters, strict=True):
+                if master is not None:
+                    param.copy_(master)
+        return grad_norm
+
+    def clear(self) -> None:
+        self.adam.state.clear()
+        self.zero_grad()
+        self.masters = [None] * len(self.params)
+        self.targets = []
+
+
+def grpo_step(
+    model, reference, optimizer: MasterAdam, batch: Batch, advantages: torch.Tensor, *, config: ProbeConfig
+) -> dict[str, float]:
+    """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
+    rollouts with gradient accumulation, log-probs and entropy in chunks of
+    `logprob_chunk` tokens (never [B, T, V] in fp32), optional activation checkpointing.
+    `reference` is the frozen copy (full) or a context factory under which `model` is the
+    reference (LoRA: adapters off). Returns the KL, entropy (at the sampling temperature)
+    and grad norm. Raises Diverged (before any weight changes) on a non-finite loss, KL
+    or gradient."""
+    optimizer.zero_grad()
+    stats = accumulate_grpo_gradients(
+        model,
+        reference,
+        input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
+        attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
+        response_ids=batch.response_ids,
+        response_mask=batch.response_mask,
+        advantages=advantages,
+        kl_coef=config.kl_coef,
+        temperature=policy_temperature(config),
+        micro_batch_size=config.micro_batch_size,
+        chunk=config.logprob_chunk,
+        checkpoint_activations=config.activation_checkpointing,
+    )
+    if not math.isfinite(stats["loss"]) or not math.isfinite(stats["kl"]):
+        raise Diverged(f"non-finite {'loss' if not math.isfinite(stats['loss']) else 'KL'}")
+    grad_norm = optimizer.step(MAX_GRAD_NORM)
+    if not math.isfinite(grad_norm):
+        raise Diverged("non-finite gradient")
+    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm}
