@@ -212,7 +212,7 @@ def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str
 
 def _front_points(prev_trials, spec: SweepSpec, trials) -> list[dict[str, float]]:
     """Last night's front points (in tonight's space) that tonight's study measured."""
-    from sweep.report.pareto import pareto_front
+    from sweep.report.front import pareto_front
     from sweep.report.regression import find_trial
     from sweep.study.table import trial_params
 

@@ -162,7 +162,7 @@ def choose_trials(
     spec: Any, trials: Any, *, numbers: Sequence[int] | None = None, limit: int = 6
 ) -> list[tuple[int, str]]:
     """(trial number, why) of the candidates to calibrate on. Raises SweepError on bad input."""
-    from sweep.report.pareto import summarize_spec
+    from sweep.report.summary import summarize_spec
 
     complete = trials[trials["state"] == "COMPLETE"]
     if numbers:

@@ -248,7 +248,7 @@ def _recover(run: _Run) -> int:
     run.recorder.study = run.progress.study = study
     run.is_orphan = is_orphan_fn(study, run.lease.driver, grace_s=run.lease.ttl_s)
     limit = spec.budget.point_failure_limit
-    run.recovered = recover_orphans(study, is_orphan=run.is_orphan, failure_limit=limit, storage=run.storage)
+    run.recovered = recover_orphans(study, is_orphan=run.is_orphan, failure_limit=limit)
     if spec.warm_start_from:  # first: a nightly compares last night's front with its re-measurement
         from sweep.run.warmstart import warm_start_points
 
@@ -281,7 +281,6 @@ def _launch(run: _Run, complete: int, trial_fn: TrialFn | None) -> None:
     run.searcher = StudySearcher(
         spec=spec,
         study=run.study,
-        storage=run.storage,
         distributions=space_distributions(spec),
         driver=run.lease.driver,
         recorder=run.recorder,
@@ -325,7 +324,6 @@ def _close_unfinished(run: _Run) -> None:
             kind=kind,
             is_orphan=mine,
             failure_limit=spec.budget.point_failure_limit,
-            storage=run.storage,
         )
     except Exception as exc:  # noqa: BLE001 - storage down: the lease expiry recovers them later
         log.warning("could not mark this run's unfinished trials: %s", redact(str(exc), spec.secrets()))

@@ -7,7 +7,9 @@ through Optuna's public API (`study.get_trials`, `study.tell`, `optuna.Trial`, t
 `optuna.storages.BaseStorage` methods). An Optuna upgrade that moves these attributes
 breaks this module only.
 
-Writes take the storage explicitly; `storage_of(study)` is for callers that hold only a study.
+Writes take the storage explicitly: the study's own storage object, `storage_of(study)`. That
+is not always the object given to `optuna.create_study`: Optuna wraps an RDBStorage in a
+caching layer, and a trial written around that layer is unknown to it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 
 def storage_of(study) -> Any:
-    """The `optuna.storages.BaseStorage` a study reads and writes."""
+    """The `optuna.storages.BaseStorage` a study reads and writes (for an RDBStorage, Optuna's
+    cache around it): the one to write the study's trials through."""
     return study._storage
 
 
