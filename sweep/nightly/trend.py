@@ -32,7 +32,7 @@ def series_name(template: str) -> str:
 
 def trend_rows(results_dir: Path, template: str, spec: SweepSpec) -> tuple[list[dict[str, Any]], list[float] | None]:
     """(one dict per night, oldest first; the shared reference point)."""
-    from sweep.nightly.night import NIGHT_FILE, find_nights
+    from sweep.nightly.series import NIGHT_FILE, find_nights
     from sweep.report.balanced import balanced_point
     from sweep.report.front import as_objectives, default_reference, eligible_mask, pareto_front
     from sweep.study.durable import load_study_dir
