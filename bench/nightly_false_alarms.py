@@ -85,7 +85,7 @@ def main() -> int:
 
 def rejudge(results: Path, dates: list[dt.date], tolerance: float) -> tuple[int, int]:
     """(alarms with bootstrap bands only, alarms of compare's old balanced-point rule) over the same pairs."""
-    from sweep.report.pareto import compare_fronts
+    from sweep.report.compare import compare_fronts
     from sweep.report.regression import compare_studies, whole_limit
     from sweep.study.durable import load_study_dir
 

@@ -37,8 +37,9 @@ def compare_dirs(before, after, *, tolerance: float, fallback: bool = True) -> d
     """The comparison of two study folders as a plain dict (what --json prints). fallback:
     see sweep.report.regression.compare_studies (the nightly passes False)."""
     from sweep.errors import SweepError
-    from sweep.report.pareto import default_reference, summarize
+    from sweep.report.front import default_reference
     from sweep.report.regression import compare_studies, whole_limit
+    from sweep.report.summary import summarize
     from sweep.run.repeats import load_repeats  # sweep nightly's probe repeats, when the folder has them
     from sweep.study.durable import load_study_dir
 

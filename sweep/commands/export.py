@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def choose_trial(spec, trials, *, balanced: bool, number: int | None) -> tuple[int, dict, dict]:
     """(trial number, params, metrics) of the chosen trial. Raises SweepError when there is none."""
     from sweep.errors import SweepError
-    from sweep.report.pareto import summarize_spec
+    from sweep.report.summary import summarize_spec
     from sweep.study.table import trial_metrics, trial_params
 
     if balanced:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +30,7 @@ from typing import Any
 
 from sweep.config.spec import SweepSpec
 from sweep.errors import ConfigError, SweepError
-from sweep.study import table
-
-NIGHT_FILE = "nightly.json"
-DATE_TOKEN = "{date}"
-
-
-@dataclass(frozen=True)
-class Night:
-    date: dt.date
-    study_dir: Path
+from sweep.nightly.series import DATE_TOKEN, NIGHT_FILE, find_nights, previous_night
 
 
 def parse_date(text: str) -> dt.date:
@@ -66,29 +56,6 @@ def name_template(spec_path: str | Path) -> str:
             source=str(spec_path),
         )
     return name
-
-
-def find_nights(results_dir: Path, template: str) -> list[Night]:
-    """Every study folder of this series, oldest first."""
-    head, tail = template.split(DATE_TOKEN, 1)
-    pattern = re.compile(re.escape(head) + r"(\d{4}-\d{2}-\d{2})" + re.escape(tail) + "$")
-    nights = []
-    if results_dir.is_dir():
-        for folder in results_dir.iterdir():
-            match = pattern.match(folder.name)
-            if match and folder.is_dir():
-                try:
-                    nights.append(Night(dt.date.fromisoformat(match.group(1)), folder))
-                except ValueError:
-                    continue
-    return sorted(nights, key=lambda n: n.date)
-
-
-def previous_night(nights: list[Night], date: dt.date) -> Night | None:
-    """The latest earlier night whose study has a trials table and a spec snapshot."""
-    earlier = [n for n in nights if n.date < date and table.exists(n.study_dir)]
-    earlier = [n for n in earlier if (n.study_dir / "spec.json").exists()]
-    return earlier[-1] if earlier else None
 
 
 @dataclass
@@ -140,8 +107,8 @@ def load_night_spec(spec_path: str | Path, options: NightOptions) -> tuple[Sweep
 def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str, Any]:
     """Everything after the checks; returns the night record (also in <study>/nightly.json)."""
     from sweep.commands.compare import compare_dirs
+    from sweep.nightly.trend import write_trend
     from sweep.report.document import report_study
-    from sweep.report.trend import write_trend
     from sweep.run.runner import run_sweep
     from sweep.study.durable import load_study_dir
 
@@ -212,7 +179,7 @@ def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str
 
 def _front_points(prev_trials, spec: SweepSpec, trials) -> list[dict[str, float]]:
     """Last night's front points (in tonight's space) that tonight's study measured."""
-    from sweep.report.pareto import pareto_front
+    from sweep.report.front import pareto_front
     from sweep.report.regression import find_trial
     from sweep.study.table import trial_params
 

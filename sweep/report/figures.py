@@ -10,15 +10,16 @@ to the literal text.
 from __future__ import annotations
 
 import html
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from evals.metric_names import NOISE_SUFFIX
-from sweep.report.pareto import Objective, curves_of, objective_values
+from sweep.report.front import Objective, objective_values
 from sweep.study.table import metric_columns, param_columns
 
 LENGTH_CURVE = "response_length/mean"  # tokens per response, per probe step (verl's name)
@@ -35,6 +36,20 @@ def noise_values(trials: pd.DataFrame, objective: Objective) -> np.ndarray | Non
     if column not in trials:
         return None
     return pd.to_numeric(trials[column], errors="coerce").to_numpy(dtype=float)
+
+
+def curves_of(row: pd.Series) -> dict[str, list[float]]:
+    """The row's `curves` JSON as {name: [per-step values]}; {} when missing or unreadable."""
+    raw = row.get("curves") if hasattr(row, "get") else None
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return {}
+    if isinstance(raw, Mapping):
+        return {str(k): list(v) for k, v in raw.items()}
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return {str(k): list(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 FRONT_COLOUR = "#d62728"

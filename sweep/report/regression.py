@@ -47,13 +47,8 @@ import numpy as np
 import pandas as pd
 
 from evals.metric_names import NOISE_SUFFIX
-from sweep.report.pareto import (
-    Objective,
-    as_objectives,
-    balanced_point,
-    eligible_mask,
-    pareto_front,
-)
+from sweep.report.balanced import balanced_point
+from sweep.report.front import Objective, as_objectives, eligible_mask, pareto_front
 from sweep.study.table import finite_number, trial_params
 
 Z99 = 2.576  # two-sided 99%: a false alarm on 0.5% of unchanged metrics
@@ -323,7 +318,7 @@ def hypervolume_noise(
 ) -> float:
     """99% half-width of the hypervolume of `values` (n, d) when each value is uncertain
     with standard deviation `sds` (n, d): Gaussian draws, a fixed seed (repeatable)."""
-    from sweep.report.pareto import hypervolume
+    from sweep.report.front import hypervolume
 
     values, sds = np.asarray(values, dtype=float), np.nan_to_num(np.asarray(sds, dtype=float))
     if values.size == 0 or not np.any(sds > 0):

@@ -162,7 +162,7 @@ def choose_trials(
     spec: Any, trials: Any, *, numbers: Sequence[int] | None = None, limit: int = 6
 ) -> list[tuple[int, str]]:
     """(trial number, why) of the candidates to calibrate on. Raises SweepError on bad input."""
-    from sweep.report.pareto import summarize_spec
+    from sweep.report.summary import summarize_spec
 
     complete = trials[trials["state"] == "COMPLETE"]
     if numbers:
@@ -343,42 +343,55 @@ def load_calibration(study_dir: Path) -> Calibration | None:
     return Calibration.from_json(json.loads(path.read_text())) if path.exists() else None
 
 
-def markdown(calibration: Calibration, escape: Callable[[Any], str] = str) -> list[str]:
-    """The report's calibration section, as markdown lines."""
+def _section(calibration: Calibration) -> tuple[str, str, list[str], list[list[str]]]:
+    """The report's calibration section as plain text: (title, facts line, table header, rows).
+    The markdown and HTML renderings escape what they need from these."""
     c = calibration
     metrics = list(c.spearman)
-    out = [
-        f"## Calibration: the probe ({c.probe_steps} steps) against {c.long_steps}-step runs",
-        "",
-        f"- **Verdict:** {escape(c.verdict)}",
-        f"- {len(c.candidates)} candidates, long-run seeds {', '.join(map(str, c.seeds))}, {c.wall_s:.0f} s "
-        "(`sweep calibrate`; docs/probe.md)",
-        "",
-        "| trial | chosen as | "
-        + " | ".join(f"probe/{escape(m)}" for m in metrics)
-        + " | final length | min length | final reward | dip | feasible (probe) |",
-        "|---:|---|" + "---:|" * len(metrics) + "---:|---:|---:|---:|---|",
-    ]
+    title = f"Calibration: the probe ({c.probe_steps} steps) against {c.long_steps}-step runs"
+    facts = (
+        f"{len(c.candidates)} candidates, long-run seeds {', '.join(map(str, c.seeds))}, {c.wall_s:.0f} s "
+        "(`sweep calibrate`; docs/probe.md)"
+    )
+    header = ["trial", "chosen as", *(f"probe/{m}" for m in metrics)]
+    header += ["final length", "min length", "final reward", "dip", "feasible (probe)"]
+    rows = []
     for cand in c.candidates:
-        cells = [str(cand.number), escape(cand.why)] + [_fmt(cand.probe.get(m)) for m in metrics]
+        cells = [str(cand.number), cand.why] + [_fmt(cand.probe.get(m)) for m in metrics]
         cells += [_fmt(cand.outcome(k)) for k in ("final_length", "min_length", "final_reward", "dip")]
         cells.append({True: "yes", False: "no", None: "-"}[cand.feasible])
-        out.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    return title, facts, header, rows
+
+
+def markdown(calibration: Calibration, escape: Callable[[Any], str] = str) -> list[str]:
+    """The report's calibration section, as markdown lines (user strings through `escape`)."""
+    title, facts, header, rows = _section(calibration)
+    n_metrics = len(header) - 7
+    out = [
+        f"## {title}",
+        "",
+        f"- **Verdict:** {escape(calibration.verdict)}",
+        f"- {facts}",
+        "",
+        "| " + " | ".join(header[:2] + [escape(h) for h in header[2 : 2 + n_metrics]] + header[2 + n_metrics :]) + " |",
+        "|---:|---|" + "---:|" * n_metrics + "---:|---:|---:|---:|---|",
+    ]
+    for cells in rows:
+        out.append("| " + " | ".join([cells[0], escape(cells[1]), *cells[2:]]) + " |")
     return out
 
 
 def html(calibration: Calibration, escape: Callable[[Any], str]) -> str:
-    """The report's calibration section, as HTML (the markdown table's rows)."""
-    lines = markdown(calibration, str)
-    rows = [line for line in lines if line.startswith("|") and not line.startswith("|---")]
-    cells = [[c.strip() for c in row.strip("|").split(" | ")] for row in rows]
-    head = "".join(f"<th>{escape(c)}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    """The report's calibration section, as HTML (every string through `escape`)."""
+    title, facts, header, rows = _section(calibration)
+    head = "".join(f"<th>{escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     status = "ok" if calibration.trusted else "warning"
     return (
-        f"<h2>{escape(lines[0].removeprefix('## '))}</h2>"
+        f"<h2>{escape(title)}</h2>"
         f'<p class="{status}"><b>Verdict:</b> {escape(calibration.verdict)}</p>'
-        f'<p class="muted">{escape(lines[3].removeprefix("- "))}</p>'
+        f'<p class="muted">{escape(facts)}</p>'
         f'<div class="scroll"><table id="calibration"><tr>{head}</tr>{body}</table></div>'
     )
 

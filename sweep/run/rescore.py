@@ -22,7 +22,7 @@ def rescore_front(spec: SweepSpec, trials, *, say: Callable[[str], None] = print
     """DataFrame with `number` and one column per held-out metric, for every front point."""
     import pandas as pd
 
-    from sweep.report.pareto import pareto_front
+    from sweep.report.front import pareto_front
     from sweep.run.trial import build_candidate, lm_eval_config, load_models
     from sweep.study.table import trial_params
 

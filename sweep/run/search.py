@@ -22,7 +22,6 @@ Tune pickles the searcher into its experiment state: `__getstate__` keeps nothin
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +31,9 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from sweep.config.spec import SweepSpec
+from sweep.run.asking import ask_tagged, close_unlaunched, unlaunched
+from sweep.run.samplers import grid_points, needs_grid
+from sweep.study import optuna_compat
 from sweep.study.durable import enqueue_points, same_params
 from sweep.study.records import ATTR_DRIVER, ATTR_ERROR, ATTR_FAILURE_KIND, TrialResult
 
@@ -42,7 +44,6 @@ RESULT_KEY = "sweep_result"
 # it is this old. A queued point whose pop broke off here may have been popped by another
 # driver instead, untagged for the milliseconds until that driver tags it: wait that out.
 OWN_STRAY_GRACE_S = 5.0
-NOT_LAUNCHED = "not run: its proposal was cut off by a storage error before it was launched"
 
 # Words in a Tune trial error that mean the node, actor or worker process went away (not
 # the trial's own code raising: our trainable catches that and reports it as a result).
@@ -71,13 +72,6 @@ def is_infrastructure_error(text: str) -> bool:
     return "OutOfMemoryError" not in text and any(word in text for word in _INFRA_WORDS)
 
 
-def grid_points(spec: SweepSpec) -> list[dict[str, float]]:
-    space = {"alpha": spec.space.alpha.grid(), "beta": spec.space.beta.grid()}
-    space.update({k: r.grid() for k, r in spec.space.params.items()})
-    names = list(space)
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(space[n] for n in names))]
-
-
 class StudySearcher(Searcher):
     def __init__(
         self,
@@ -95,10 +89,12 @@ class StudySearcher(Searcher):
         poll_s: float = 1.0,
         grace_s: float = 60.0,
         own_stray_grace_s: float = OWN_STRAY_GRACE_S,
+        storage=None,
     ):
         super().__init__(metric=None, mode=None)
         self.spec = spec
         self.study = study
+        self.storage = storage if storage is not None else optuna_compat.storage_of(study)
         self.distributions = distributions
         self.driver = driver
         self.recorder = recorder
@@ -111,14 +107,14 @@ class StudySearcher(Searcher):
         self.grace_s = grace_s  # seconds: an untagged RUNNING trial younger than this may be tagged yet
         self.own_stray_grace_s = own_stray_grace_s
         self.unsent: set[int] = set()  # trials whose outcome stayed in the spool (storage down)
-        self.popping: set[int] = set()  # ids of queued trials whose pop broke off (see ask_tagged)
+        self.popping: set[int] = set()  # numbers of queued trials whose pop broke off (see ask_tagged)
         self.live: dict[str, tuple[int, dict]] = {}  # Tune trial id -> (study trial number, params)
         self.launched = 0  # counted against launch_cap (infrastructure losses are not)
         self.stopping = False
         self.grid_exhausted = False
         self.recovered: list[int] = []
         self._next_poll = 0.0
-        self._grid = grid_points(spec) if spec.sampler.name == "grid" else None
+        self._grid = grid_points(spec) if needs_grid(spec) else None
 
     # ------------------------------------------------------------ Tune's interface
 
@@ -171,13 +167,16 @@ class StudySearcher(Searcher):
                 from sweep.study.durable import recover_orphans
 
                 self.recovered += recover_orphans(
-                    self.study, is_orphan=self.is_orphan, failure_limit=self.spec.budget.point_failure_limit
+                    self.study,
+                    is_orphan=self.is_orphan,
+                    failure_limit=self.spec.budget.point_failure_limit,
+                    storage=self.storage,
                 )
                 return None
             self._wait()
             return None
         for _ in range(20):
-            trial = ask_tagged(self.study, self.distributions, self.driver, popping=self.popping)
+            trial = ask_tagged(self.study, self.distributions, self.driver, popping=self.popping, storage=self.storage)
             params = dict(trial.params)
             duplicate = self._duplicate_of(trial.number, params)
             if duplicate is None:
@@ -227,9 +226,11 @@ class StudySearcher(Searcher):
                 leases=known,
                 own_grace_s=0.0 if final else self.own_stray_grace_s,
                 grace_s=self.grace_s,
-            ) and close_unlaunched(self.study, trial, failure_limit=self.spec.budget.point_failure_limit):
+            ) and close_unlaunched(
+                self.study, trial, failure_limit=self.spec.budget.point_failure_limit, storage=self.storage
+            ):
                 closed.append(trial.number)
-        running = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
+        running = {t.number for t in trials if t.state == TrialState.RUNNING}
         self.popping &= running  # a pop that did not happen, or that was closed: nothing to watch
         if closed:
             log.warning(
@@ -277,8 +278,8 @@ class StudySearcher(Searcher):
 
         if note.endswith("trial -1"):
             note = f"not run: these params already failed {self.spec.budget.point_failure_limit} times"
-        self.study._storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, note)
-        self.study._storage.set_trial_user_attr(trial._trial_id, ATTR_FAILURE_KIND, "skipped")
+        trial.set_user_attr(ATTR_ERROR, note)
+        trial.set_user_attr(ATTR_FAILURE_KIND, "skipped")
         self.study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d %s", trial.number, note)
 
@@ -367,132 +368,6 @@ class StudySearcher(Searcher):
 
     def restore_from_dir(self, checkpoint_dir: str) -> None:
         pass
-
-
-def ask_tagged(study, distributions: dict, driver: str, *, popping: set[int] | None = None):
-    """`study.ask(distributions)` with the trial tagged `driver` (user attr `driver`).
-
-    Optuna's ask then a separate tag is two writes: a storage error between them (or a
-    commit whose reply was lost) leaves a RUNNING trial that no driver owns. Here:
-    - a new trial is created from a template that carries the tag: one transaction in
-      RDBStorage, one log record in JournalStorage;
-    - a queued (WAITING) point is popped (WAITING -> RUNNING, atomic in the storage: of two
-      drivers popping it, one wins), then tagged. Its trial id is added to `popping` before
-      the pop and left there while it is untagged, so that a storage error in between
-      leaves a trial this driver knows to be its own.
-    Then the sampler proposes each parameter, as in `study.ask`. A storage error at any step
-    propagates; what it leaves RUNNING is this driver's and in no Tune trial's hands, and
-    `StudySearcher.close_unlaunched` closes it as not run.
-    """
-    from datetime import datetime
-
-    import optuna
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import FrozenTrial, TrialState
-
-    popping = set() if popping is None else popping
-    storage = study._storage
-    local = getattr(study, "_thread_local", None)
-    if local is not None:  # as study.ask does: the sampler then sees every trial told so far
-        local.cached_all_trials = None
-    trial_id = None
-    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        popping.add(waiting._trial_id)
-        try:
-            popped = storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING)
-        except UpdateFinishedTrialError:
-            popped = False
-        if not popped:  # another driver popped it first (or finished it)
-            popping.discard(waiting._trial_id)
-            continue
-        trial_id = waiting._trial_id
-        storage.set_trial_user_attr(trial_id, ATTR_DRIVER, driver)
-        popping.discard(trial_id)
-        break
-    if trial_id is None:
-        template = FrozenTrial(
-            number=0,  # the storage numbers it
-            state=TrialState.RUNNING,
-            value=None,
-            values=None,
-            datetime_start=datetime.now(),
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs={ATTR_DRIVER: driver},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=0,
-        )
-        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
-    trial = optuna.Trial(study, trial_id)
-    for name, dist in distributions.items():
-        if not isinstance(dist, optuna.distributions.FloatDistribution):
-            raise TypeError(f"{name}: only float ranges are searched, got {dist!r}")
-        trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    return trial
-
-
-def unlaunched(
-    trial,
-    *,
-    me: str,
-    in_flight: set[int],
-    popping: set[int],
-    leases: dict,
-    own_grace_s: float,
-    grace_s: float,
-    now=None,
-) -> bool:
-    """Whether a RUNNING trial was proposed but never launched by any driver.
-
-    - tagged `me` (or untagged, and its trial id in `popping`: this driver's pop of it broke
-      off), not in flight here, and older than `own_grace_s`: this driver's ask broke off
-      after the trial was written (a driver launches a trial only after its ask returned);
-    - untagged, older than `grace_s`, and started after some driver of the study held a
-      lease: every such driver tags before it launches. (An untagged trial from before
-      leases existed is a real orphan: sweep.run.runner recovers it as such.)
-    """
-    from datetime import UTC, datetime
-
-    from optuna.trial import TrialState
-
-    if trial.state != TrialState.RUNNING:
-        return False
-    driver = trial.user_attrs.get(ATTR_DRIVER)
-    if driver is None and trial._trial_id in popping:
-        driver = me
-    if driver is not None and driver != me:
-        return False
-    if driver == me and trial.number in in_flight:
-        return False
-    start = trial.datetime_start
-    if start is None:
-        return driver == me
-    if start.tzinfo is None:
-        start = start.astimezone(UTC)
-    age = ((now or datetime.now(UTC)) - start).total_seconds()
-    if driver == me:
-        return age >= own_grace_s
-    return age > grace_s and any(info.started <= start.timestamp() for info in leases.values())
-
-
-def close_unlaunched(study, trial, *, failure_limit: int | None = None) -> bool:
-    """Close a never-launched RUNNING trial PRUNED with a "not run" note (no failure, not
-    counted), and queue its fixed point again. False if it finished meanwhile."""
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, NOT_LAUNCHED)
-        storage.set_trial_user_attr(trial._trial_id, ATTR_FAILURE_KIND, "skipped")
-        storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
-    except RuntimeError:  # UpdateFinishedTrialError: finished meanwhile, so someone ran it after all
-        return False
-    fixed = trial.system_attrs.get("fixed_params")
-    if fixed:
-        enqueue_points(study, [dict(fixed)], failure_limit=failure_limit)
-    return True
 
 
 def _parse(payload: Any) -> dict:

@@ -32,7 +32,7 @@ def previous_studies(spec: SweepSpec) -> list[Path]:
 
 def warm_start_points(spec: SweepSpec) -> list[dict[str, float]]:
     """Params of the previous studies' Pareto fronts that lie inside this spec's space."""
-    from sweep.report.pareto import pareto_front
+    from sweep.report.front import pareto_front
 
     ranges = {"alpha": spec.space.alpha, "beta": spec.space.beta} | dict(spec.space.params)
     points: list[dict[str, float]] = []

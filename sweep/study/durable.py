@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.config.spec import SweepSpec
 from sweep.errors import SweepError
-from sweep.study import table
+from sweep.study import optuna_compat, table
 from sweep.study.records import ATTR_ERROR, ATTR_FAILURE_KIND
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,25 +109,24 @@ def recover_orphans(
     kind: str = "orphaned",
     is_orphan=None,
     failure_limit: int | None = None,
+    storage=None,
 ) -> list[int]:
     """Mark RUNNING trials FAIL with `reason` and enqueue their params again. Returns their numbers.
 
     `is_orphan(frozen_trial) -> bool` picks which RUNNING trials are orphans (default: all of
     them; sweep.run.runner passes one that accepts only trials whose driver's lease expired).
+    `storage`: the study's storage (default: read from the study).
     """
     from optuna.trial import TrialState
 
-    storage = study._storage
+    storage = storage if storage is not None else optuna_compat.storage_of(study)
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_orphan is not None and not is_orphan(trial):
             continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, reason)
-            storage.set_trial_user_attr(trial._trial_id, ATTR_FAILURE_KIND, kind)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except RuntimeError:  # finished meanwhile (its driver told it after all): not an orphan
-            continue
+        attrs = {ATTR_ERROR: reason, ATTR_FAILURE_KIND: kind}
+        if not optuna_compat.close_trial(storage, trial, TrialState.FAIL, attrs):
+            continue  # finished meanwhile (its driver told it after all): not an orphan
         recovered.append(trial.number)
         if trial.params:
             enqueue_points(study, [trial.params], failure_limit=failure_limit)

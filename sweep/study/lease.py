@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger("sweep")
@@ -79,6 +80,34 @@ def leases(study) -> dict[str, LeaseInfo]:
 
 def live_drivers(study, *, now: float | None = None) -> dict[str, LeaseInfo]:
     return {d: info for d, info in leases(study).items() if not info.expired(now)}
+
+
+def is_orphan_fn(study, me: str, grace_s: float):
+    """is_orphan(trial): a RUNNING trial whose driver's lease expired (never one of `me`'s)."""
+    cache: dict[str, Any] = {"at": -1.0, "leases": {}}
+
+    def is_orphan(trial) -> bool:
+        if time.monotonic() - cache["at"] > 1.0:
+            cache["leases"], cache["at"] = leases(study), time.monotonic()
+        driver = trial.user_attrs.get("driver")
+        if driver == me:
+            return False
+        info = cache["leases"].get(driver) if driver else None
+        if info is not None:
+            return info.expired()
+        # No lease: a trial of a driver from before leases (orphaned once older than the
+        # grace period), or one whose driver's ask broke off before it was tagged: never
+        # launched, so no failure (StudySearcher.close_unlaunched closes it as not run).
+        start = trial.datetime_start
+        if start is None:
+            return True
+        if start.tzinfo is None:
+            start = start.astimezone(UTC)
+        if not driver and any(lease.started <= start.timestamp() for lease in cache["leases"].values()):
+            return False
+        return (datetime.now(UTC) - start).total_seconds() > grace_s
+
+    return is_orphan
 
 
 class Lease:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sweep.config.spec import SweepSpec
+from sweep.study import optuna_compat
 from sweep.study.durable import datetime_now_iso, space_distributions
 from sweep.study.records import (
     ATTR_CURVES,
@@ -104,9 +105,9 @@ def record_trial(
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage
+    storage = optuna_compat.storage_of(study)
     number = trial if isinstance(trial, int) else trial.number
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    trial_id = optuna_compat.trial_id_by_number(storage, study, number)
     frozen = storage.get_trial(trial_id)
     attrs: dict[str, Any] = {ATTR_RAY_TRIAL_ID: ray_trial_id, ATTR_FINISHED: datetime_now_iso()}
     if recipe is not None:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from sweep.cli import main
-from sweep.report.pareto import summarize
+from sweep.report.summary import summarize
 from sweep.study.durable import load_study_dir
 from tests.sweep.test_drivers import DRIVER_TIMEOUT_S, _running, driver_env, finish, start_driver, write_spec
 from tests.sweep.test_validate import base_spec, validate, workspace, write  # noqa: F401 - fixture

@@ -11,17 +11,9 @@ import pytest
 
 from sweep.config.spec import ConstraintSpec
 from sweep.errors import SweepError
-from sweep.report.pareto import (
-    BalancedPoint,
-    ParetoSummary,
-    balanced_point,
-    hypervolume,
-    hypervolume_history,
-    pareto_front,
-    pareto_mask,
-    reference_point,
-    summarize,
-)
+from sweep.report.balanced import BalancedPoint, balanced_point
+from sweep.report.front import hypervolume, hypervolume_history, pareto_front, pareto_mask, reference_point
+from sweep.report.summary import ParetoSummary, summarize
 
 A, B, C = "lm_eval/toy/exact_match,final", "probe/length_retention", "probe/reward_dip"
 MAX2 = [(A, "maximize"), (B, "maximize")]
@@ -364,7 +356,7 @@ results_dir: {tmp_path}
 
 
 def test_compare_flags_a_planted_regression_and_shares_one_reference():
-    from sweep.report.pareto import compare_fronts
+    from sweep.report.compare import compare_fronts
 
     objectives = [(A, "maximize"), (C, "minimize")]
     before = table([{A: 0.8, C: 0.4}, {A: 0.6, C: 0.2}, {A: 0.4, C: 0.1}, {A: 0.3, C: 0.5}])

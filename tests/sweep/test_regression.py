@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sweep.report.pareto import Objective
+from sweep.report.front import Objective
 from sweep.report.regression import Measured, difference_noise, hypervolume_noise, metric_change, t995, value_sd
 
 TOY = "lm_eval/toy/exact_match,final"

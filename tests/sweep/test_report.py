@@ -20,9 +20,10 @@ import pytest
 
 from sweep.config.spec import ConstraintSpec
 from sweep.errors import SweepError
-from sweep.report.document import md_escape, write_report
+from sweep.report.document import write_report
 from sweep.report.figures import curve_traces
-from sweep.report.pareto import summarize
+from sweep.report.markdown_report import md_escape
+from sweep.report.summary import summarize
 
 REASON, INSTRUCT, RETENTION = (
     "lm_eval/toy_reasoning/exact_match,final",
@@ -511,7 +512,7 @@ def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
     """A trial that recorded `probe/length_retention_noise` and the normalized curves with
     their per-step noise gets error bars of exactly those widths."""
     from sweep.report.figures import curve_figure, pareto_figure
-    from sweep.report.pareto import Objective
+    from sweep.report.front import Objective
 
     trials = trials_table()
     trials["probe/length_retention_noise"] = [0.05 * (k + 1) for k in range(len(trials))]
@@ -539,19 +540,19 @@ def test_noise_bands_become_error_bars_on_the_front_and_the_probe_curves():
 def test_sweep_report_summarizes_the_study_once(tmp_path, monkeypatch, capsys):
     """`sweep report` prints the balanced point and writes the report from one summary."""
     import sweep.report.document
-    import sweep.report.pareto
+    import sweep.report.summary
     from sweep.cli import main
     from tests.sweep.test_compare import GOOD, make_study
 
     study = make_study(tmp_path, "once", GOOD)
     calls = []
-    real = sweep.report.pareto.summarize
+    real = sweep.report.summary.summarize
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep.report.pareto, "summarize", counting)
+    monkeypatch.setattr(sweep.report.summary, "summarize", counting)
     monkeypatch.setattr(sweep.report.document, "summarize", counting)
     assert main(["report", str(study)]) == 0
     assert "balanced point" in capsys.readouterr().out

@@ -118,7 +118,7 @@ def test_demo_sweep_8_trials_two_at_a_time(demo_study, capsys):
 
 
 def test_report_front_equals_optuna_best_trials(demo_study, capsys):
-    from sweep.report.pareto import pareto_front
+    from sweep.report.front import pareto_front
 
     spec_path, _, _ = demo_study
     spec = load_spec(spec_path)

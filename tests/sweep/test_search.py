@@ -16,10 +16,11 @@ import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from sweep.run.runner import _is_orphan_fn
-from sweep.run.search import NOT_LAUNCHED, RESULT_KEY, StudySearcher, error_text
+from sweep.run.asking import NOT_LAUNCHED
+from sweep.run.search import RESULT_KEY, StudySearcher, error_text
 from sweep.study.durable import open_study, space_distributions
 from sweep.study.lease import Lease
+from sweep.study.lease import is_orphan_fn as _is_orphan_fn
 from sweep.study.recording import Recorder
 from sweep.study.spool import Spool
 from tests.sweep.test_study import make_spec, result

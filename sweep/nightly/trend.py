@@ -32,8 +32,9 @@ def series_name(template: str) -> str:
 
 def trend_rows(results_dir: Path, template: str, spec: SweepSpec) -> tuple[list[dict[str, Any]], list[float] | None]:
     """(one dict per night, oldest first; the shared reference point)."""
-    from sweep.nightly.night import NIGHT_FILE, find_nights
-    from sweep.report.pareto import as_objectives, balanced_point, default_reference, eligible_mask, pareto_front
+    from sweep.nightly.series import NIGHT_FILE, find_nights
+    from sweep.report.balanced import balanced_point
+    from sweep.report.front import as_objectives, default_reference, eligible_mask, pareto_front
     from sweep.study.durable import load_study_dir
 
     objectives = as_objectives(spec.objectives)
@@ -64,7 +65,7 @@ def trend_rows(results_dir: Path, template: str, spec: SweepSpec) -> tuple[list[
         complete = int((trials["state"].astype(str).str.upper() == "COMPLETE").sum()) if "state" in trials else 0
         row["complete"] = complete
         if reference is not None and len(front):
-            from sweep.report.pareto import front_hypervolume, objective_values
+            from sweep.report.front import front_hypervolume, objective_values
 
             values = objective_values(front, objectives)
             sds = np.array(
@@ -143,7 +144,7 @@ def _cells(row: dict[str, Any], metrics: list[str]) -> list[str]:
 
 
 def render_markdown(rows: list[dict[str, Any]], metrics: list[str], reference, series: str) -> str:
-    from sweep.report.document import md_escape
+    from sweep.report.markdown_report import md_escape
 
     header = ["night", "complete", "hypervolume", "balanced (alpha, beta)", *metrics, "verdict"]
     reference = _ref_text(reference)
