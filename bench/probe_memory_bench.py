@@ -85,9 +85,9 @@ def child(variant: str, args: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from evals.probe.config import ProbeConfig
     from evals.probe.grpo import MasterAdam, _Batch, _update
     from evals.probe.lora import LoraAdapters
-    from evals.probe.records import ProbeConfig
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)

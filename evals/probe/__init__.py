@@ -18,15 +18,14 @@ from typing import Any
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend, backend_names, get_backend, register_backend
 from evals.probe.baseline import bootstrap_noise, normalized_metrics
+from evals.probe.config import ProbeConfig, RewardConfig
 from evals.probe.records import (
     CURVE_KEYS,
     BackendRun,
-    ProbeConfig,
     ProbeCurves,
     ProbeResult,
     Prompt,
     PromptSamples,
-    RewardConfig,
     load_prompts,
 )
 from evals.rewards import NEEDS_ANSWER, Reward, build_reward

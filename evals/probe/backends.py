@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from evals.errors import EvalError
-from evals.probe.records import BackendRun, ProbeConfig, Prompt
+from evals.probe.config import ProbeConfig
+from evals.probe.records import BackendRun, Prompt
 from evals.rewards import Reward
 
 

@@ -55,9 +55,10 @@ import torch
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend
 from evals.probe.baseline import Baseline
+from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import accumulate_grpo_gradients, logits_postprocess_problem
 from evals.probe.lora import LoraAdapters
-from evals.probe.records import BackendRun, ProbeConfig, ProbeCurves, Prompt, PromptSamples
+from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples
 from evals.rewards import THINK_START, Reward, with_opened_think
 from evals.stability import length_collapsed
 

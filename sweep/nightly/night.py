@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.errors import ConfigError, SweepError
 from sweep.study import table
 
@@ -109,8 +109,8 @@ class NightOptions:
 
 def load_night_spec(spec_path: str | Path, options: NightOptions) -> tuple[SweepSpec, str]:
     """The night's spec, checked as `sweep run` checks it; raises ConfigError (exit 2)."""
+    from sweep.config import load_spec
     from sweep.config.checks import spec_problems
-    from sweep.config.spec import load_spec
     from sweep.study.storage import storage_problems
 
     problems = []

@@ -26,7 +26,7 @@ from datetime import UTC
 from typing import Any
 
 from core.errors import UserError
-from sweep.config.spec import SweepSpec, redact
+from sweep.config import SweepSpec, redact
 from sweep.errors import SweepError
 
 # Kept importable from here (tests and older callers).

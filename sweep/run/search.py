@@ -31,7 +31,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.study.durable import enqueue_points, same_params
 from sweep.study.records import ATTR_DRIVER, ATTR_ERROR, ATTR_FAILURE_KIND, TrialResult
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.errors import SweepError
 from sweep.study.records import TrialResult, clean_metric
 
