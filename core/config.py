@@ -5,8 +5,8 @@ evals.lmeval_config) on this base, and sweep.config's SweepSpec embeds them: one
 definition per section, so a typo fails at load with the field's path.
 
 `registered(registry, name)` checks a plug-in name against its registry inside a field
-validator; `problems_of(exc, model)` turns a ValidationError into plain lines for a
-library's own error when a section is built outside a spec.
+validator; `problems_of(exc, model)` turns a ValidationError into plain lines, which
+`RaisesUserError` raises as a library's own error when a section is built outside a spec.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic._internal._model_construction import ModelMetaclass  # BaseModel's metaclass (no public name)
 from pydantic_core import PydanticCustomError
 
+from core.errors import UserError
 from core.registry import Registry
 
 UNKNOWN_NAME = "unknown_name"  # the pydantic error type of `registered`
@@ -25,6 +27,24 @@ UNKNOWN_NAME = "unknown_name"  # the pydantic error type of `registered`
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+@typing.dataclass_transform(kw_only_default=True, field_specifiers=(Field,))
+class RaisesUserError(ModelMetaclass):
+    """Metaclass of a section that a library also builds on its own (`ProbeConfig(...)`):
+    calling the class turns pydantic's ValidationError into the class's `user_error`
+    (e.g. EvalError) headed `what` and listing `problems_of`. A spec embedding the section
+    validates it without this call, so the spec still reports each problem with its path
+    and line."""
+
+    def __call__(cls, *args: Any, **data: Any) -> Any:
+        try:
+            return super().__call__(*args, **data)
+        except ValidationError as exc:
+            error: type[UserError] = getattr(cls, "user_error", UserError)
+            raise error.collected(
+                getattr(cls, "what", cls.__name__), problems_of(exc, typing.cast(type[BaseModel], cls))
+            ) from None
 
 
 def registered(registry: Registry[Any], name: Any) -> Any:

@@ -9,11 +9,11 @@ Nothing here imports lm-eval or torch.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from core.config import Section, problems_of, registered
+from core.config import RaisesUserError, Section, registered
 from evals.errors import EvalError
 from evals.plugins import LM_BACKENDS
 
@@ -64,22 +64,13 @@ class LmEvalSettings(Section):
         return value
 
 
-class _RaisesEvalError(type(Section)):  # type: ignore[misc]
-    """Calling the class turns pydantic's ValidationError into EvalError (see
-    evals.probe.config); validation inside a spec is unaffected."""
-
-    def __call__(cls, *args: Any, **data: Any) -> Any:
-        try:
-            return super().__call__(*args, **data)
-        except ValidationError as exc:
-            raise EvalError.collected("lm-eval config", problems_of(exc, cls)) from None
-
-
-class LmEvalConfig(LmEvalSettings, metaclass=_RaisesEvalError):
+class LmEvalConfig(LmEvalSettings, metaclass=RaisesUserError):
     """What to evaluate and how: lm-eval task or group names (the spec's search_tasks or
     report_tasks) plus the settings. Built outside a spec, a bad field raises EvalError."""
 
     model_config = ConfigDict(frozen=True)
+    user_error: ClassVar[type[EvalError]] = EvalError  # what calling the class raises
+    what: ClassVar[str] = "lm-eval config"
 
     tasks: list[str]
 

@@ -11,30 +11,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from core.config import Section, problems_of, registered
+from core.config import RaisesUserError, Section, registered
 from evals.errors import EvalError
 from evals.plugins import PROBE_BACKENDS, REWARD_RULES
 
 
-class _RaisesEvalError(type(Section)):  # type: ignore[misc]
-    """Calling the class (`ProbeConfig(...)`, `from_dict`) turns pydantic's ValidationError
-    into EvalError; a spec embedding the section validates it without this call, so the
-    spec still reports each problem with its path and line."""
-
-    def __call__(cls, *args: Any, **data: Any) -> Any:
-        try:
-            return super().__call__(*args, **data)
-        except ValidationError as exc:
-            raise EvalError.collected(cls._what, problems_of(exc, cls)) from None
-
-
-class _Config(Section, metaclass=_RaisesEvalError):
+class _Config(Section, metaclass=RaisesUserError):
     """A frozen section that round-trips through JSON (`to_dict` / `from_dict`)."""
 
     model_config = ConfigDict(frozen=True)
-    _what: ClassVar[str] = "probe config"
+    user_error: ClassVar[type[EvalError]] = EvalError  # what calling the class raises
+    what: ClassVar[str] = "probe config"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Any:
@@ -49,7 +38,7 @@ class RewardConfig(_Config):
     """A rule reward (`rule`, from evals.plugins.REWARD_RULES) or a local reward-model
     checkpoint (`model`, an AutoModelForSequenceClassification folder, which wins)."""
 
-    _what: ClassVar[str] = "probe reward"
+    what: ClassVar[str] = "probe reward"
 
     rule: str | None = "exact_match"
     model: str | None = None
