@@ -37,7 +37,7 @@ BUDGET_S = 60.0  # issue 6: the demo probe on 2 cores
 
 
 def demo_probe_settings() -> dict:
-    from sweep.config.spec import load_spec
+    from sweep.config import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml", resolve_demo=False)
     return spec.evals.probe.model_dump()

@@ -85,8 +85,8 @@ def child(variant: str, args: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from evals.probe.config import ProbeConfig
     from evals.probe.lora import LoraAdapters
-    from evals.probe.records import ProbeConfig
     from evals.probe.sampling import Batch as _Batch
     from evals.probe.update import MasterAdam
     from evals.probe.update import grpo_step as _update

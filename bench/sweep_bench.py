@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from sweep.config.spec import parse_spec  # noqa: E402
+from sweep.config import parse_spec  # noqa: E402
 from sweep.run.runner import run_sweep  # noqa: E402
 from sweep.study.records import TrialResult  # noqa: E402
 

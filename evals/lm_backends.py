@@ -25,7 +25,7 @@ from evals.errors import EvalError
 from evals.plugins import LM_BACKENDS
 
 if TYPE_CHECKING:
-    from evals.lmeval import LmEvalConfig
+    from evals.lmeval_config import LmEvalConfig
 
 
 class LmBackend(ABC):

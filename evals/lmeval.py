@@ -24,13 +24,13 @@ import difflib
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from evals.answers import check_answer_regex, prepend_answer_regex
 from evals.errors import EvalError
 from evals.lm_backends import LmBackend, make_backend
+from evals.lmeval_config import LmEvalConfig
 from evals.scores import EvalScore, scores_from_results
 
 # The lm_eval CLI's default seeds (lm_eval.config: DEFAULT_SEED = 0, 1234, 1234, 1234);
@@ -41,53 +41,6 @@ FEWSHOT_SEED = 1234
 # and acc use a closed form and ignore this). lm-eval's default 100000 costs seconds.
 BOOTSTRAP_ITERS = 1000
 LM_EVAL_PREFIX = "lm_eval/"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LmEvalConfig:
-    """What to evaluate and how. Field names match the spec's `evals.lm_eval` section.
-
-    tasks: lm-eval task or group names (the spec's search_tasks or report_tasks).
-    include_paths: local folders of task YAML files, searched before lm-eval's own tasks.
-    limit: docs per task (>= 1, whole) or a fraction of each task's docs (< 1); None: all.
-    batch_size: requests per forward/generate batch.
-    num_fewshot: few-shot examples per prompt; None keeps each task's own setting (0 if
-      unset). A task whose YAML says num_fewshot: 0 keeps 0, as in lm-eval.
-    apply_chat_template: wrap prompts in the tokenizer's chat template (few-shot examples
-      become turns, as the lm_eval CLI does).
-    max_gen_toks: tokens generated per answer in generate_until tasks; None: the task's.
-    think_end: text after the last think_end is the answer (None: no cutting).
-    answer_regex: extract the answer (first group) before the task's own filters.
-    allow_test_split: accepted for the spec; the sweep checks it (see test_split_problems).
-    vllm: extra vLLM engine arguments (backend vllm; see evals.vllm_backend).
-    """
-
-    tasks: list[str]
-    backend: Literal["hf", "vllm"] = "hf"
-    include_paths: list[str] = field(default_factory=list)
-    limit: float | None = None
-    batch_size: int = 8
-    num_fewshot: int | None = None
-    apply_chat_template: bool = False
-    max_gen_toks: int | None = None
-    think_end: str | None = "</think>"
-    answer_regex: str | None = None
-    allow_test_split: bool = False
-    vllm: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LmEvalConfig:
-        return cls(**data)
-
-    @property
-    def lm_eval_limit(self) -> int | float | None:
-        """The limit as lm-eval takes it: a whole number of docs, or a fraction below 1."""
-        if self.limit is None or self.limit < 1:
-            return self.limit
-        return int(self.limit)
 
 
 # ---------------------------------------------------------------- task lookup (cheap)

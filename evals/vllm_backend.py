@@ -41,7 +41,7 @@ from evals.errors import EvalError
 from evals.lm_backends import LmBackend
 
 if TYPE_CHECKING:
-    from evals.lmeval import LmEvalConfig
+    from evals.lmeval_config import LmEvalConfig
 
 RELOAD_MODES = ("iterator", "tmpfs")
 _SWEEP_KEYS = ("model", "tokenizer", "reload_from", "tmpfs_dir")

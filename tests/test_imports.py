@@ -13,7 +13,7 @@ HEAVY = ("ray", "lm_eval", "vllm")
     [
         "import sweep, merge, evals",
         "import sweep.cli; sweep.cli.build_parser()",
-        "import sweep.config.spec, sweep.config.checks",
+        "import sweep.config.loading, sweep.config.checks",
     ],
 )
 def test_light_imports(statement):

@@ -19,15 +19,14 @@ from evals.errors import EvalError
 from evals.plugins import REWARD_RULES
 from evals.probe.backends import ProbeBackend, get_backend, register_backend
 from evals.probe.baseline import bootstrap_noise, normalized_metrics
+from evals.probe.config import ProbeConfig, RewardConfig
 from evals.probe.records import (
     CURVE_KEYS,
     BackendRun,
-    ProbeConfig,
     ProbeCurves,
     ProbeResult,
     Prompt,
     PromptSamples,
-    RewardConfig,
     load_prompts,
 )
 from evals.rewards import Reward, build_reward, rule_needs_answer

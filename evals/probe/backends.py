@@ -19,7 +19,8 @@ from typing import Any
 from core.registry import UnknownName
 from evals.errors import EvalError
 from evals.plugins import PROBE_BACKENDS
-from evals.probe.records import BackendRun, ProbeConfig, Prompt
+from evals.probe.config import ProbeConfig
+from evals.probe.records import BackendRun, Prompt
 from evals.rewards import Reward
 
 

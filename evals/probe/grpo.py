@@ -58,9 +58,10 @@ import torch
 from evals.errors import EvalError
 from evals.probe.backends import ProbeBackend
 from evals.probe.baseline import Baseline
+from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import logits_postprocess_problem
 from evals.probe.lora import LoraAdapters
-from evals.probe.records import BackendRun, ProbeConfig, ProbeCurves, Prompt, PromptSamples
+from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples
 from evals.probe.sampling import (
     Batch,
     Diverged,

@@ -1,4 +1,5 @@
-"""Typed records of the probe: its config, prompts, per-step curves and result.
+"""Typed records of the probe: its prompts, per-step curves and result (the config is
+evals.probe.config).
 
 All are frozen dataclasses that round-trip losslessly through JSON (`to_dict` /
 `from_dict`). Nothing here imports torch.
@@ -8,143 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from evals.errors import EvalError
 from evals.stability import StabilityMetrics
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """Rule reward (`rule`) or a local reward-model checkpoint (`model`, which wins)."""
-
-    rule: str | None = "exact_match"
-    model: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.model is None and self.rule is None:
-            raise EvalError("probe reward: give a reward rule or a reward model path")
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> RewardConfig:
-        if data is None:
-            return cls()
-        _no_unknown_keys("probe reward", data, cls)
-        model = data.get("model")
-        return cls(rule=None if model is not None else data.get("rule", "exact_match"), model=model)
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """The probe's settings; fields are exactly the spec's `evals.probe` keys."""
-
-    prompts: str  # jsonl path: {"prompt": user message, "answer": expected final answer} per line
-    backend: str = "builtin"
-    steps: int = 16  # RL steps; curves have one point per step, step 0 = the candidate itself
-    group_size: int = 4  # completions sampled per prompt (the GRPO group)
-    prompts_per_step: int = 4
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    kl_coef: float = 0.05  # weight of the k3 KL to the frozen initial candidate
-    learning_rate: float = 1e-4  # Adam
-    max_new_tokens: int = 64  # a completion reaching this without eos counts as truncated
-    temperature: float = 1.0  # 0: greedy rollouts (a deterministic check; log-probs then at temperature 1)
-    seed: int = 0
-    window: int = 1  # trailing moving average before the stability metrics
-    collapse_threshold: float | None = None  # early stop: length < threshold * length[0] ...
-    collapse_patience: int = 3  # ... for this many consecutive steps
-    # Per-prompt baselines: before the first update, each prompt of the pool is sampled this
-    # many times from the starting model; the stability metrics then read per-prompt ratios
-    # and differences to it (docs/probe.md). 0: no baseline, metrics from the raw curves.
-    baseline_samples: int = 4
-    prompt_pool: int | None = 16  # distinct prompts the probe cycles through (None: all of them)
-    noise_samples: int = 200  # bootstrap replicates for each metric's noise band (0: none)
-    # Scale settings (docs/scale.md, the memory plan reads them too).
-    generator: str = "hf"  # who samples the rollouts: hf (the built-in loop) | vllm
-    micro_batch_size: int | None = None  # rollouts per forward/backward, gradients accumulated; None: all
-    logprob_chunk: int | None = 1024  # response tokens per log-prob/entropy block; None: one block
-    activation_checkpointing: bool = False  # recompute each decoder layer in backward
-    update: str = "full"  # full: every weight (fp32 masters) | lora: fp32 adapters, reference = adapters off
-    lora_rank: int = 16
-    # generator vllm with update lora: how the adapters reach the engine after each update.
-    # merged: W + BA pushed as weights; requests: a LoRA request per step (adapter folder,
-    # new id; the engine is built with LoRA on). On CPU merged measured 1.9-3.8x cheaper
-    # per step (docs/probe.md, "Full or LoRA, and how adapters reach vLLM").
-    vllm_lora: str = "merged"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.reward, dict):  # ProbeConfig(reward={"rule": ...}) as in the spec
-            object.__setattr__(self, "reward", RewardConfig.from_dict(self.reward))
-        problems = []
-        for name, low in (
-            ("steps", 2),
-            ("group_size", 2),
-            ("prompts_per_step", 1),
-            ("max_new_tokens", 1),
-            ("window", 1),
-            ("collapse_patience", 1),
-            ("baseline_samples", 0),
-            ("noise_samples", 0),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                problems.append(f"{name} must be a whole number >= {low}, got {value!r}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not self.temperature >= 0:
-            problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature!r}")
-        if not self.kl_coef >= 0:
-            problems.append(f"kl_coef must be >= 0, got {self.kl_coef!r}")
-        if self.prompt_pool is not None and (
-            not isinstance(self.prompt_pool, int) or isinstance(self.prompt_pool, bool) or self.prompt_pool < 1
-        ):
-            problems.append(f"prompt_pool must be a whole number >= 1 or null (all prompts), got {self.prompt_pool!r}")
-        for name in ("micro_batch_size", "logprob_chunk"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                problems.append(f"{name} must be a whole number >= 1 or null, got {value!r}")
-        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 1:
-            problems.append(f"lora_rank must be a whole number >= 1, got {self.lora_rank!r}")
-        if self.generator not in ("hf", "vllm"):
-            problems.append(f"generator must be hf or vllm, got {self.generator!r}")
-        if self.update not in ("full", "lora"):
-            problems.append(f"update must be full or lora, got {self.update!r}")
-        if self.vllm_lora not in ("requests", "merged"):
-            problems.append(f"vllm_lora must be requests or merged, got {self.vllm_lora!r}")
-        if not isinstance(self.activation_checkpointing, bool):
-            problems.append(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
-        if self.baseline_samples == 1:
-            problems.append(
-                "baseline_samples must be 0 (no baseline) or >= 2 (a baseline of one sample is as noisy as a step)"
-            )
-        if self.collapse_threshold is not None and not 0 < self.collapse_threshold < 1:
-            problems.append(f"collapse_threshold must be between 0 and 1, got {self.collapse_threshold!r}")
-        from evals.rewards import RULES  # light; rules registered by users count too
-
-        if self.reward.model is None and self.reward.rule not in RULES:
-            problems.append(f"reward.rule {self.reward.rule!r} is not one of {', '.join(sorted(RULES))}")
-        if problems:
-            raise EvalError("probe config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProbeConfig:
-        """From `spec.evals.probe.model_dump()` or `to_dict()`. EvalError on unknown keys."""
-        _no_unknown_keys("probe config", data, cls)
-        if "prompts" not in data:
-            raise EvalError("probe config: 'prompts' (a jsonl file) is required")
-        values = dict(data)
-        values["reward"] = RewardConfig.from_dict(data.get("reward"))
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _no_unknown_keys(what: str, data: dict, cls: type) -> None:
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
-    if unknown:
-        raise EvalError(f"{what}: unknown keys {', '.join(unknown)}; known: {', '.join(f.name for f in fields(cls))}")
 
 
 @dataclass(frozen=True)
@@ -158,7 +28,7 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if str(path).startswith("demo:"):
         raise EvalError(
-            f"prompts {path}: demo references are resolved by sweep (load the spec with sweep.config.spec.load_spec)"
+            f"prompts {path}: demo references are resolved by sweep (load the spec with sweep.config.load_spec)"
         )
     if not path.is_file():
         raise EvalError(f"prompts file {path}: not found")

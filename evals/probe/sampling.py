@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from evals.errors import EvalError
-from evals.probe.records import ProbeConfig
+from evals.probe.config import ProbeConfig
 from evals.rewards import THINK_START
 
 

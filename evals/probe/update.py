@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import accumulate_grpo_gradients
-from evals.probe.records import ProbeConfig
 from evals.probe.sampling import Batch, Diverged, policy_temperature
 
 MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip

@@ -79,7 +79,7 @@ def _study_dir(value: str) -> Path:
     """A study folder as given, or the study folder of a spec file."""
     path = Path(value)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        from sweep.config.spec import load_spec
+        from sweep.config import load_spec
 
         return load_spec(path).study_dir
     return path

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from evals.errors import EvalError
     from evals.lmeval import LmEvalConfig, LmEvalRunner, task_problems
-    from sweep.config.spec import resolve_demo_ref
+    from sweep.config import resolve_demo_ref
 
     model_ref = resolve_demo_ref(args.model, field="--model", members=("pretrained", "instruct", "reasoning"))
     include_paths = [

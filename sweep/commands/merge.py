@@ -173,7 +173,7 @@ def _recipe(args: argparse.Namespace, stage1_params: dict, stage2_params: dict) 
 def resolve_sources(args: argparse.Namespace, recipe: dict) -> dict[str, str]:
     """The three source folders, with `demo:<member>` names resolved (and args.tokenizer_source
     too). The recipe is checked first, so a bad ratio fails before a first-use demo build."""
-    from sweep.config.spec import DEMO_PREFIX, resolve_demo_ref
+    from sweep.config import DEMO_PREFIX, resolve_demo_ref
 
     values = {role: getattr(args, role) for role in ROLES}
     if any(str(v).startswith(DEMO_PREFIX) for v in [*values.values(), args.tokenizer_source]):

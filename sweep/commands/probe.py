@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings: dict = {}
     if args.spec:
-        from sweep.config.spec import load_spec
+        from sweep.config import load_spec
 
         spec = load_spec(args.spec)
         if spec.evals.probe is None:
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resolve_demo(value: str, flag: str, members: tuple[str, ...] | None = None) -> str:
-    from sweep.config.spec import resolve_demo_ref
+    from sweep.config import resolve_demo_ref
 
     return resolve_demo_ref(value, field=flag, members=members)
 

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sweep.config import load_spec
     from sweep.config.checks import spec_problems
-    from sweep.config.spec import load_spec
     from sweep.errors import ConfigError
     from sweep.run.raysetup import choose_local_auth_mode
 

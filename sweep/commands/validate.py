@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweep.config import load_spec
     from sweep.config.checks import spec_problems, unvalidated_file_problems
-    from sweep.config.spec import load_spec
     from sweep.errors import ConfigError
     from sweep.run.memory_plan import plan_trial
     from sweep.study.storage import storage_problems

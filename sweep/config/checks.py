@@ -8,9 +8,12 @@ from typing import Any
 
 import yaml
 
+from evals.probe.config import ProbeConfig
 from merge.checkpoint import CheckpointInfo, compatibility_problems, inspect_checkpoint
+from merge.config import MergeConfig
 from merge.errors import MergeError
-from sweep.config.spec import MODEL_ROLES, SweepSpec
+from sweep.config.paths import DEMO_PREFIX, resolve_path
+from sweep.config.schema import MODEL_ROLES, LmEvalSpec, ModelsSpec, SweepSpec
 
 
 def inspect_models(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
@@ -113,8 +116,6 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
     """
     from pydantic import ValidationError
 
-    from sweep.config.spec import DEMO_PREFIX, LmEvalSpec, MergeSpec, ModelsSpec, ProbeSpec, _resolve
-
     path = Path(path)
     base_dir = path.resolve().parent
     try:
@@ -131,12 +132,12 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
             return None
 
     def resolved(value: str) -> str | None:
-        return None if value.startswith(DEMO_PREFIX) else _resolve(value, base_dir)
+        return None if value.startswith(DEMO_PREFIX) else resolve_path(value, base_dir)
 
     problems: list[str] = []
     models = section(ModelsSpec, raw.get("models"))
     if models is not None:
-        merge_section = section(MergeSpec, raw.get("merge", {}))
+        merge_section = section(MergeConfig, raw.get("merge", {}))
         vocab = merge_section.vocab if merge_section is not None else "pad"  # pad: no vocab verdict
         infos: dict[str, CheckpointInfo] = {}
         for role in MODEL_ROLES:
@@ -170,7 +171,7 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
             local = [p for p in includes if p is not None]
             for field in ("search_tasks", "report_tasks"):
                 problems += [f"evals.lm_eval.{field}: {p}" for p in task_problems(getattr(lm, field), local)]
-    probe = section(ProbeSpec, evals.get("probe"))
+    probe = section(ProbeConfig, evals.get("probe"))
     if probe is not None:
         prompts = resolved(probe.prompts)
         if prompts is not None and not Path(prompts).is_file():

@@ -29,7 +29,7 @@ TABLE_METRICS = ("length_retention", "length_growth", "reward_dip", "entropy_dro
 
 def demo_probe_settings(**changes: Any) -> dict:
     """The demo spec's `evals.probe` section (prompts left as `demo:probe_prompts`), with changes."""
-    from sweep.config.spec import load_spec
+    from sweep.config import load_spec
 
     probe = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe
     if probe is None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.errors import ConfigError, SweepError
 from sweep.nightly.series import DATE_TOKEN, NIGHT_FILE, find_nights, previous_night
 
@@ -76,8 +76,8 @@ class NightOptions:
 
 def load_night_spec(spec_path: str | Path, options: NightOptions) -> tuple[SweepSpec, str]:
     """The night's spec, checked as `sweep run` checks it; raises ConfigError (exit 2)."""
+    from sweep.config import load_spec
     from sweep.config.checks import spec_problems
-    from sweep.config.spec import load_spec
     from sweep.study.storage import storage_problems
 
     problems = []

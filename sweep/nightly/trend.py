@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.report.regression import Z99, hypervolume_noise, value_sd, whole_limit
 
 

@@ -218,7 +218,6 @@ def calibrate(
             "no objective or constraint of the study uses a probe metric that calibrate can check "
             f"(probe/{', probe/'.join(OUTCOMES)})"
         )
-    from dataclasses import replace
 
     from evals.probe import ProbeConfig, load_prompts
     from evals.probe.backends import get_backend
@@ -250,7 +249,9 @@ def calibrate(
         candidate = Candidate(number=number, params=params, why=why, probe=probe, feasible=feasible)
         t0 = time.perf_counter()
         for seed in seeds:
-            long_config = replace(config, steps=long_steps, seed=seed, collapse_threshold=None, noise_samples=0)
+            long_config = config.model_copy(
+                update={"steps": long_steps, "seed": seed, "collapse_threshold": None, "noise_samples": 0}
+            )
             run = backend.run(model, tokenizer, config=long_config, prompts=prompts, reward=reward)
             if run.diverged:
                 outcome = {"final_length": 0.0, "min_length": 0.0, "final_reward": None, "dip": None}

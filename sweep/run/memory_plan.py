@@ -29,7 +29,14 @@ The estimate is checked against measured peaks in tests/sweep/test_memory_plan.p
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from evals.probe.config import ProbeConfig
+from merge.config import MergeConfig
+from sweep.run.model_shape import ModelShape
+
+if TYPE_CHECKING:
+    from sweep.config.schema import SweepSpec
 
 GIB = 1024**3
 GB = 1e9
@@ -47,107 +54,41 @@ DEFAULT_PROMPT_TOKENS = 256
 # residuals (~10 x hidden), gate, up, silu(gate), product (4 x intermediate).
 ACT_HIDDEN_FACTOR = 10
 ACT_INTERMEDIATE_FACTOR = 4
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
 NAMED_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What the plan needs of a checkpoint, read from config.json and the safetensors header."""
-
-    params: int  # distinct parameters (a tied head counted once)
-    stored_bytes: int  # bytes per parameter as stored (dominant dtype)
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-
-    @classmethod
-    def from_info(cls, info: Any) -> ModelShape:
-        cfg = info.config.get("text_config", info.config)
-        params = sum(_numel(t.shape) for t in info.tensors.values())
-        by_dtype: dict[str, int] = {}
-        for t in info.tensors.values():
-            by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + _numel(t.shape)
-        dominant = max(by_dtype, key=by_dtype.__getitem__) if by_dtype else "F32"
-        hidden = int(cfg.get("hidden_size", 0))
-        heads = int(cfg.get("num_attention_heads", 1))
-        return cls(
-            params=params,
-            stored_bytes=DTYPE_BYTES.get(dominant, 4),
-            layers=int(cfg.get("num_hidden_layers", 0)),
-            hidden=hidden,
-            intermediate=int(cfg.get("intermediate_size", 4 * hidden)),
-            heads=heads,
-            kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // max(heads, 1)),
-            vocab=int(cfg.get("vocab_size", 0)),
-        )
-
-    @classmethod
-    def llama(
-        cls,
-        *,
-        layers: int,
-        hidden: int,
-        intermediate: int,
-        heads: int,
-        kv_heads: int,
-        vocab: int,
-        tie: bool = False,
-        stored_bytes: int = 2,
-    ) -> ModelShape:
-        """A Llama/Qwen2-layout shape from its config numbers (for docs and what-ifs)."""
-        head_dim = hidden // heads
-        attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
-        mlp = 3 * hidden * intermediate
-        params = layers * (attn + mlp + 2 * hidden) + vocab * hidden * (1 if tie else 2) + hidden
-        return cls(
-            params=params,
-            stored_bytes=stored_bytes,
-            layers=layers,
-            hidden=hidden,
-            intermediate=intermediate,
-            heads=heads,
-            kv_heads=kv_heads,
-            head_dim=head_dim,
-            vocab=vocab,
-        )
-
-    @property
-    def lora_params_per_rank(self) -> int:
-        """LoRA parameters per unit of rank over every linear of every layer: r * (in + out)."""
-        q = self.heads * self.head_dim
-        kv = self.kv_heads * self.head_dim
-        h, i = self.hidden, self.intermediate
-        per_layer = (h + q) + (h + kv) * 2 + (q + h) + (h + i) * 2 + (i + h)
-        return self.layers * per_layer
-
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+_PROBE = ProbeConfig.model_fields
+# Settings that are the probe's own keys, under the same names (settings_from_spec copies them).
+PROBE_KEYS = (
+    "micro_batch_size",
+    "logprob_chunk",
+    "activation_checkpointing",
+    "update",
+    "lora_rank",
+    "vllm_lora",
+    "generator",
+)
 
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """The spec settings the plan reads, with their defaults; `fixes` edit copies of this."""
+    """The spec settings the plan reads; `fixes` edit copies of this. Defaults are the
+    sections' own (evals.probe.config.ProbeConfig, merge.config.MergeConfig)."""
 
     device: str = "cpu"  # where the trial computes: cuda or cpu
     dtype_bytes: int = 2  # live model / cache dtype
-    source_device: str = "same"  # cpu | same
-    rollouts: int = 16  # completions per probe step (group_size x prompts_per_step)
+    source_device: str = MergeConfig.model_fields["source_device"].default  # cpu | same
+    # completions per probe step (group_size x prompts_per_step)
+    rollouts: int = _PROBE["group_size"].default * _PROBE["prompts_per_step"].default
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
-    new_tokens: int = 64
-    micro_batch_size: int | None = None  # None: all rollouts in one forward/backward
-    logprob_chunk: int | None = 1024  # tokens per log-prob chunk; None: full [B, T, V] fp32 (old path)
-    activation_checkpointing: bool = False
-    update: str = "full"  # full | lora
-    lora_rank: int = 16
-    vllm_lora: str = "merged"  # merged | requests: a LoRA request's adapter also lives in the engine
-    generator: str = "hf"  # hf | vllm
+    new_tokens: int = _PROBE["max_new_tokens"].default
+    micro_batch_size: int | None = _PROBE["micro_batch_size"].default  # None: all rollouts at once
+    logprob_chunk: int | None = _PROBE["logprob_chunk"].default  # None: full [B, T, V] fp32
+    activation_checkpointing: bool = _PROBE["activation_checkpointing"].default
+    update: str = _PROBE["update"].default  # full | lora
+    lora_rank: int = _PROBE["lora_rank"].default
+    vllm_lora: str = _PROBE["vllm_lora"].default  # merged | requests: the adapter also lives in the engine
+    generator: str = _PROBE["generator"].default  # hf | vllm
     probe: bool = True
     vllm: bool = False  # an engine lives in the worker (lm_eval backend vllm or generator vllm)
     vllm_utilization: float | None = None
@@ -342,7 +283,7 @@ def _vllm_part(shape: ModelShape, s: TrialSettings, put) -> Part:
     return Part("vllm", 0, int(weights + 1 * GIB), "weights + VLLM_CPU_KVCACHE_SPACE=1 GiB")
 
 
-def settings_from_spec(spec: Any, shape: ModelShape, *, reward_params: int = 0) -> TrialSettings:
+def settings_from_spec(spec: SweepSpec, shape: ModelShape, *, reward_params: int = 0) -> TrialSettings:
     """TrialSettings for a SweepSpec (its merge, evals and resources sections)."""
     res = spec.resources
     on_gpu = res.gpus_per_trial > 0 and spec.merge.device != "cpu"
@@ -350,32 +291,23 @@ def settings_from_spec(spec: Any, shape: ModelShape, *, reward_params: int = 0) 
     probe = spec.evals.probe
     lm = spec.evals.lm_eval
     vllm_args = dict(lm.vllm) if lm is not None else {}
-    generator = getattr(probe, "generator", "hf") if probe is not None else "hf"
+    generator = probe.generator if probe is not None else "hf"
     uses_vllm = (lm is not None and lm.backend == "vllm") or generator == "vllm"
     kwargs: dict[str, Any] = {}
     if probe is not None:
-        kwargs.update(
-            rollouts=probe.group_size * probe.prompts_per_step,
-            new_tokens=probe.max_new_tokens,
-            micro_batch_size=getattr(probe, "micro_batch_size", None),
-            logprob_chunk=getattr(probe, "logprob_chunk", 1024),
-            activation_checkpointing=getattr(probe, "activation_checkpointing", False),
-            update=getattr(probe, "update", "full"),
-            lora_rank=getattr(probe, "lora_rank", 16),
-            vllm_lora=getattr(probe, "vllm_lora", "merged"),
-            generator=generator,
-        )
+        kwargs = {key: getattr(probe, key) for key in PROBE_KEYS}
+        kwargs.update(rollouts=probe.group_size * probe.prompts_per_step, new_tokens=probe.max_new_tokens)
     util = vllm_args.get("gpu_memory_utilization")
     return TrialSettings(
         device="cuda" if on_gpu else "cpu",
         dtype_bytes=dtype_bytes,
-        source_device=getattr(spec.merge, "source_device", "same"),
+        source_device=spec.merge.source_device,
         probe=probe is not None,
         vllm=uses_vllm,
         vllm_utilization=float(util) if util is not None else (0.9 if uses_vllm and on_gpu else None),
         vllm_max_model_len=int(vllm_args.get("max_model_len", 4096)),
         vllm_max_num_seqs=int(vllm_args.get("max_num_seqs", 256)),
-        gpu_memory_gb=getattr(res, "gpu_memory_gb", None),
+        gpu_memory_gb=res.gpu_memory_gb,
         reward_params=reward_params,
         reward_name="evals.probe.reward.model" if reward_params else "",
         **kwargs,
@@ -444,13 +376,6 @@ def plan_trial(spec: Any, infos: dict[str, Any], *, prompt_tokens: int | None = 
     if not plan.fits:
         plan = replace(plan, fixes=find_fixes(shape, settings))
     return plan
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _count(params: int) -> str:

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 
-from sweep.config.spec import SweepSpec, redact
+from sweep.config import SweepSpec, redact
 from sweep.study.durable import INTERRUPTED, count_states
 
 log = logging.getLogger("sweep")

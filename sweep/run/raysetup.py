@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.errors import SweepError
 
 log = logging.getLogger("sweep")

@@ -13,13 +13,12 @@ metrics with their bands, or `error`. A rerun of the night runs only the missing
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 
 REPEATS_FILE = "repeats.parquet"
 ProbeFn = Callable[[SweepSpec, dict[str, float], int], dict[str, float | None]]
@@ -35,7 +34,7 @@ def probe_at(spec: SweepSpec, params: dict[str, float], seed: int) -> dict[str, 
     if state.probe_config is None:
         return {}
     build_candidate(spec, params, model=state.model, sources=state.sources)
-    config = dataclasses.replace(state.probe_config, seed=seed)
+    config = state.probe_config.model_copy(update={"seed": seed})
     result = run_probe(state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward)
     return {k: clean_metric(v) for k, v in result.metrics.as_metrics().items()}
 

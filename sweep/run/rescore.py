@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.errors import SweepError
 
 HELDOUT_FILE = "heldout.parquet"

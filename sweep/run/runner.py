@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.registry import UnknownName
-from sweep.config.spec import SweepSpec, redact
+from sweep.config import SweepSpec, redact
 from sweep.errors import SweepError
 from sweep.plugins import SAMPLERS
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sweep.plugins import SAMPLERS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sweep.config.spec import SweepSpec
+    from sweep.config import SweepSpec
 
 
 @SAMPLERS.register("tpe")

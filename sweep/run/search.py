@@ -30,7 +30,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.run.asking import ask_tagged, close_unlaunched, unlaunched
 from sweep.run.samplers import grid_points, needs_grid
 from sweep.study import optuna_compat

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.errors import SweepError
 from sweep.study.records import TrialResult, clean_metric
 
@@ -138,7 +138,7 @@ def load_models(spec: SweepSpec):
 
 
 def lm_eval_config(spec: SweepSpec, tasks: list[str]):
-    from evals.lmeval import LmEvalConfig
+    from evals.lmeval_config import LmEvalConfig
 
     if spec.evals.lm_eval is None:
         raise SweepError("lm_eval_config: the spec has no evals.lm_eval section")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import UserError
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.run.search import RESULT_KEY, StudySearcher
 from sweep.study.records import TrialResult
 

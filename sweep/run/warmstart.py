@@ -11,7 +11,7 @@ import glob
 import logging
 from pathlib import Path
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.study import table
 
 log = logging.getLogger("sweep")

@@ -21,7 +21,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.errors import SweepError
 from sweep.study import optuna_compat, table
 from sweep.study.records import ATTR_ERROR, ATTR_FAILURE_KIND
@@ -234,7 +234,7 @@ def save_spec_snapshot(spec: SweepSpec) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = spec.model_dump(mode="json")
     if data.get("storage"):
-        from sweep.config.spec import mask_url
+        from sweep.config import mask_url
 
         data["storage"] = mask_url(data["storage"])  # never a password on disk
     payload = {"spec": data, "spec_path": spec.spec_path, "sha256": spec_hash(spec)}

@@ -22,7 +22,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from sweep.config.spec import MODEL_ROLES, SweepSpec
+from merge.config import MergeConfig
+from sweep.config.schema import MODEL_ROLES, ModelsSpec, SweepSpec
 from sweep.errors import SweepError
 
 STUDY_ATTR_FINGERPRINT = "sweep_fingerprint"
@@ -148,12 +149,10 @@ def spec_with_recipe(spec: SweepSpec, trial_recipe: dict[str, Any] | str | None)
         trial_recipe = json.loads(trial_recipe) if trial_recipe.strip() else None
     if not trial_recipe:
         return spec
-    from sweep.config.spec import MergeSpec, ModelsSpec
-
     return spec.model_copy(
         update={
             "models": ModelsSpec.model_validate(trial_recipe["models"]),
-            "merge": MergeSpec.model_validate(trial_recipe["merge"]),
+            "merge": MergeConfig.model_validate(trial_recipe["merge"]),
         }
     )
 

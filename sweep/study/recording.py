@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.study import optuna_compat
 from sweep.study.durable import datetime_now_iso, space_distributions
 from sweep.study.records import (

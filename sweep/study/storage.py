@@ -16,7 +16,7 @@ import random
 import time
 from pathlib import Path
 
-from sweep.config.spec import SweepSpec, mask_url, redact, url_secrets
+from sweep.config import SweepSpec, mask_url, redact, url_secrets
 from sweep.errors import SweepError
 
 # dialect -> (DB-API module, what to install)

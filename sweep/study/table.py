@@ -115,7 +115,7 @@ def build(study: Any, spec: Any) -> pd.DataFrame:
     """One row per trial: number, state, params/<name>, every metric, feasibility, timings, curves."""
     import pandas as pd
 
-    from sweep.config.spec import redact
+    from sweep.config import redact
     from sweep.study.records import (
         ATTR_CURVES,
         ATTR_DRIVER,

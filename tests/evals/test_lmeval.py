@@ -146,7 +146,7 @@ def test_think_end_is_passed_by_id_when_decoding_would_drop_it():
 
 
 def test_config_is_built_from_the_spec_section_as_the_sweep_does():
-    from sweep.config.spec import LmEvalSpec
+    from sweep.config.schema import LmEvalSpec
 
     spec = LmEvalSpec(search_tasks=["a"], report_tasks=["b"], include_paths=["/t"], limit=24, answer_regex="x(\\d)")
     dumped = spec.model_dump()

@@ -16,7 +16,7 @@ SIGNAL_SEED = 7  # a probe seed no setting or recipe choice was made on (chosen 
 
 @pytest.fixture(scope="module")
 def demo_results(demo_family) -> dict:
-    from sweep.config.spec import load_spec
+    from sweep.config import load_spec
 
     settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump()
     # The spec's 8 prompts x 4 samples per step (pairs of samples left whole groups with one
@@ -62,7 +62,7 @@ def test_demo_curves_and_metrics_are_sensible(demo_results):
 
 
 def _demo_config(demo_family, **changes) -> ProbeConfig:
-    from sweep.config.spec import load_spec
+    from sweep.config import load_spec
 
     settings = load_spec(DEMO_SPEC, resolve_demo=False).evals.probe.model_dump()
     return ProbeConfig.from_dict(settings | {"prompts": str(demo_family.probe_prompts)} | changes)

@@ -12,7 +12,7 @@ import sys
 
 
 def main() -> int:
-    from sweep.config.spec import load_spec
+    from sweep.config import load_spec
     from sweep.errors import SweepError
     from sweep.run.raysetup import choose_local_auth_mode
 

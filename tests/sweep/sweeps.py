@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from sweep.config.spec import parse_spec
+from sweep.config import parse_spec
 from sweep.study.records import TrialResult
 
 SPEC = """

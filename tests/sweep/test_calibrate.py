@@ -9,7 +9,7 @@ import math
 import pytest
 
 from evals.probe.records import PromptSamples
-from sweep.config.spec import SweepSpec
+from sweep.config import SweepSpec
 from sweep.run.calibrate import Candidate, long_outcome, spearman, summarize_calibration
 
 

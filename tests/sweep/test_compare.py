@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from sweep.cli import main
-from sweep.config.spec import parse_spec
+from sweep.config import parse_spec
 from sweep.run.runner import record_trial
 from sweep.study.durable import open_study, save_spec_snapshot
 from sweep.study.records import TrialResult

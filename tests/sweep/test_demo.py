@@ -435,7 +435,7 @@ def test_sweep_demo_dir_selects_a_rebuilt_family_and_says_so(tmp_path, demo_fami
 
 
 def test_demo_spec_resolves_to_the_family(demo_family):
-    from sweep.config.spec import load_spec
+    from sweep.config import load_spec
 
     spec = load_spec(REPO / "search_spaces" / "demo.yaml")
     assert spec.models.pretrained == str(demo_family.pretrained)

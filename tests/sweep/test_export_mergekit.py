@@ -24,7 +24,7 @@ def make_study(root, trio, *, stage1: dict, name: str, metrics: dict | None = No
     metrics: more metrics for every trial; attrs(spec): more user attributes for every trial."""
     import optuna
 
-    from sweep.config.spec import parse_spec
+    from sweep.config import parse_spec
     from sweep.study.durable import open_study, save_spec_snapshot
     from sweep.study.records import ATTR_METRICS
     from sweep.study.table import write as write_table

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.config.spec import ConstraintSpec
+from sweep.config import ConstraintSpec
 from sweep.errors import SweepError
 from sweep.report.balanced import BalancedPoint, balanced_point
 from sweep.report.front import hypervolume, hypervolume_history, pareto_front, pareto_mask, reference_point
@@ -304,7 +304,7 @@ def test_front_of_the_runners_parquet_table_equals_best_trials(tmp_path):
     written to trials.parquet, read back; the front must be Optuna's best_trials."""
     import optuna
 
-    from sweep.config.spec import parse_spec
+    from sweep.config import parse_spec
     from sweep.run.runner import record_trial
     from sweep.study.durable import open_study
     from sweep.study.records import TrialResult

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from sweep.cli import main
-from sweep.config.spec import parse_spec
+from sweep.config import parse_spec
 from sweep.study.durable import save_spec_snapshot
 from sweep.study.fingerprint import recipe
 from tests.merge.helpers import merge_argv

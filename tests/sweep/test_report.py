@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.config.spec import ConstraintSpec
+from sweep.config import ConstraintSpec
 from sweep.errors import SweepError
 from sweep.report.document import write_report
 from sweep.report.figures import curve_traces
@@ -439,7 +439,7 @@ def test_three_objective_report_renders_a_pair_grid(browser, tmp_path):
 
 
 def test_report_study_reads_the_table_and_the_spec(tmp_path):
-    from sweep.config.spec import parse_spec
+    from sweep.config import parse_spec
 
     text = f"""
 name: from-disk
@@ -471,7 +471,7 @@ results_dir: {tmp_path}
 def test_report_options_come_from_the_spec_report_section(tmp_path):
     from types import SimpleNamespace
 
-    from sweep.config.spec import parse_spec
+    from sweep.config import parse_spec
     from sweep.report.document import report_options
 
     objectives = [

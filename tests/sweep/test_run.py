@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from sweep.cli import main
-from sweep.config.spec import load_spec
+from sweep.config import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

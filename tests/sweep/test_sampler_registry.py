@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweep.config.spec import SweepSpec, parse_spec
+from sweep.config import SweepSpec, parse_spec
 from sweep.plugins import SAMPLERS
 from sweep.run.runner import make_sampler
 from sweep.run.samplers import grid_points

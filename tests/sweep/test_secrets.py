@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 
-from sweep.config.spec import load_spec, mask_url, redact, url_secrets
+from sweep.config import load_spec, mask_url, redact, url_secrets
 from sweep.study.durable import save_spec_snapshot
 from tests.sweep.test_validate import base_spec, validate, workspace, write  # noqa: F401 - fixture
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sweep.config import load_spec
 from sweep.config.checks import spec_problems
-from sweep.config.spec import load_spec
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 SPECS = sorted(SPACES.glob("*.yaml"))

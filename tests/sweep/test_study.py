@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from sweep.config.spec import parse_spec
+from sweep.config import parse_spec
 from sweep.errors import SweepError
 from sweep.run.runner import record_trial
 from sweep.study.durable import enqueue_points, open_study, recover_orphans, study_lock

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sweep.config.spec import load_spec
+from sweep.config import load_spec
 from sweep.run.trial import TrialTimeout, build_candidate, load_models, run_trial, worker_state
 from tests.tiny import make_tiny_checkpoint
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sweep.cli import main
-from sweep.config.spec import load_spec, parse_spec
+from sweep.config import load_spec, parse_spec
 from sweep.errors import ConfigError
 from tests.tiny import edit_config, make_tiny_checkpoint
 
@@ -306,7 +306,7 @@ def test_a_bad_merge_kernel_setting_is_caught_before_any_worker(workspace, tiny_
 def test_name_date_placeholder():
     from datetime import date
 
-    from sweep.config.spec import expand_name
+    from sweep.config import expand_name
 
     assert expand_name("nightly-{date}", date(2026, 11, 25)) == "nightly-2026-11-25"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sweep.config.spec import parse_spec
+from sweep.config import parse_spec
 from sweep.run.warmstart import previous_studies, warm_start_points
 from sweep.study.durable import enqueue_points, open_study
 from tests.sweep.test_compare import GOOD, SPEC, make_study

@@ -25,7 +25,7 @@ CANDIDATES = [(0.0, 1.0), (0.5, 0.8)]  # (alpha, beta)
 
 
 def _spec(tmp_path, trio, tiny_tasks, update):
-    from sweep.config.spec import load_spec
+    from sweep.config import load_spec
     from tests.evals.test_rewards import make_reward_model
 
     prompts = tmp_path / "prompts.jsonl"
