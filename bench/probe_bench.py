@@ -187,7 +187,7 @@ def stability_table(seeds: list[int], steps: int | None) -> None:
     from statistics import mean
 
     from sweep.demo.build import active_family
-    from sweep.demo.stability import (
+    from sweep.run.demo_stability import (
         NAMED_POINTS,
         TABLE_METRICS,
         demo_probe_settings,

@@ -6,10 +6,10 @@ old:  the plain update the chunked one is measured against (`old_update` below):
       the response positions, an fp32 log-softmax over [B, T, V] kept for backward,
       policy and reference, no micro-batches; fp32 master weights (MasterAdam) and a
       deep-copied reference, as the probe had them.
-full: evals/probe/grpo.py `_update` as the probe runs it now with update: full
+full: evals/probe/update.py `grpo_step` as the probe runs it with update: full
       (micro-batches with gradient accumulation, log-probs in --chunk-token blocks,
       activation checkpointing; MasterAdam, deep-copied reference).
-lora: the same `_update` with update: lora (fp32 adapters of --lora-rank on every
+lora: the same `grpo_step` with update: lora (fp32 adapters of --lora-rank on every
       linear layer via evals/probe/lora.py; the reference is the model with its
       adapters off, no copy).
 Each runs two steps on the same batch (responses of exactly --new-tokens tokens: the

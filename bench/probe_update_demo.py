@@ -34,7 +34,7 @@ def main() -> int:
     import torch
 
     from sweep.demo.build import active_family
-    from sweep.demo.stability import NAMED_POINTS, demo_probe_settings, probe_runs
+    from sweep.run.demo_stability import NAMED_POINTS, demo_probe_settings, probe_runs
 
     torch.set_num_threads(1)
     family = active_family()

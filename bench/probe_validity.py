@@ -87,7 +87,7 @@ def _worker(jobs, out: str, long_steps: int, n_eval: int, check_prefix: bool) ->
     from evals.rewards import build_reward
     from sweep.demo.build import active_family
     from sweep.demo.measure import build, load_family_models, score
-    from sweep.demo.stability import demo_probe_settings
+    from sweep.run.demo_stability import demo_probe_settings
 
     family = active_family()
     settings = demo_probe_settings(prompts=str(family.probe_prompts), noise_samples=0)
@@ -235,7 +235,7 @@ PAIRS = {
 
 
 def table(args) -> dict:
-    from sweep.run.calibrate import spearman
+    from sweep.report.calibration import spearman
 
     out = Path(args.out).resolve()
     records = load(out)

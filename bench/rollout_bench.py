@@ -1,4 +1,4 @@
-"""Probe rollouts: the HF per-token loop (evals/probe/grpo.py `_sample`) vs vLLM, one run.
+"""Probe rollouts: the HF per-token loop (evals/probe/sampling.py `sample_hf`) vs vLLM, one run.
 
     .venv-vllm/bin/python bench/rollout_bench.py [--hidden 512] [--layers 8] [--rollouts 16] [--new-tokens 256]
 

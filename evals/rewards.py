@@ -54,8 +54,6 @@ class Reward(Protocol):
 
 
 RuleFn = Callable[..., list[float]]
-# `evals/probe/records.py` checks a config's rule name against this (the same registry).
-RULES = REWARD_RULES
 
 
 def register_rule(name: str, *, needs_answer: bool = False) -> Callable[[RuleFn], RuleFn]:

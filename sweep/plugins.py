@@ -2,8 +2,10 @@
 
 - SAMPLERS: name -> a factory `(spec, *, seed) -> optuna.samplers.BaseSampler`; metadata
   `needs_grid` (every range needs a `step`, the proposals are the grid's points).
-- BALANCED_RULES: name -> a rule choosing the balanced point on the front; metadata `doc`
-  (one line, shown in docs and the report).
+- BALANCED_RULES: name -> a rule `(util, weights) -> score per front point` (util: the
+  front's objective values normalized to [0, 1], higher better; the highest score is the
+  balanced point); metadata `doc` (one line, shown in the report) and `uses_weights`
+  (the rule reads `report.weights`).
 
 Built-in entries are named lazily, so listing names (as validating a spec does) imports
 neither Optuna nor pandas.

@@ -18,6 +18,18 @@ ALLOWED = {
     "evals": {"core"},
     "sweep": {"core", "merge", "evals"},
 }
+# Inside sweep/, each package imports only the ones before it (docs/architecture.md).
+SWEEP_LAYERS = [
+    {"sweep", "sweep.errors", "sweep.plugins"},
+    {"sweep.demo"},
+    {"sweep.config"},
+    {"sweep.study"},
+    {"sweep.report"},
+    {"sweep.run"},
+    {"sweep.nightly"},
+    {"sweep.commands"},
+    {"sweep.cli", "sweep.__main__"},
+]
 OPTUNA_PRIVATE = re.compile(r"\._storage\b|\._study_id\b|\._trial_id\b|\._thread_local\b|\._cached_frozen_trial\b")
 OPTUNA_MODULE = "sweep/study/optuna_compat.py"
 
@@ -50,7 +62,8 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
                 anchor = name.split(".") if is_package else name.split(".")[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            # `from pkg import module` depends on that module; `from pkg import name`, on pkg
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         for target in targets:
             while target and target not in modules:
                 target = target.rpartition(".")[0]
@@ -83,10 +96,25 @@ def test_imports_run_one_way_between_packages():
     assert wrong == []
 
 
+def _sweep_layer(module: str) -> int:
+    parts = module.split(".")
+    name = ".".join(parts[:2])
+    return next(i for i, layer in enumerate(SWEEP_LAYERS) if name in layer)
+
+
+def test_sweep_packages_import_only_the_layers_below():
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        if module.startswith("sweep")
+        for target in targets
+        if target.startswith("sweep") and _sweep_layer(target) > _sweep_layer(module)
+    )
+    assert wrong == []
+
+
 def test_no_import_circles():
-    """Package __init__ files that only re-export (lazily) are left out: importing a name
-    from a package is not a dependency on every module in it."""
-    graph = {m: {t for t in ts if not _is_reexport_package(t)} for m, ts in _graph().items()}
+    graph = _graph()
     cycles: list[list[str]] = []
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -106,11 +134,6 @@ def test_no_import_circles():
         if node not in state:
             visit(node)
     assert cycles == [], "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
-
-
-def _is_reexport_package(name: str) -> bool:
-    path = _modules()[name]
-    return path.name == "__init__.py"
 
 
 def test_optuna_private_attributes_live_in_one_module():

@@ -39,9 +39,8 @@ update in evals/probe/update.py. `GRPOBackend.run` is set-up (`_set_up`), the st
 
 Point t of the curves is measured on the completions sampled at step t, so point 0 is
 the starting model (its KL is 0). Sampling draws from a torch.Generator seeded with
-`config.seed`, and dropout is off (eval mode), so on CPU the same seed gives the same
-curves (timings aside) for `update: full`; under LoRA, peft draws the adapters' starting
-values from torch's global RNG, which `config.seed` does not set.
+`config.seed` (LoRA's starting adapters too), and dropout is off (eval mode), so on
+CPU the same seed gives the same curves (timings aside) in any process.
 """
 
 from __future__ import annotations
@@ -256,7 +255,7 @@ def _set_up(job: _Job, policy: _Policy) -> None:
         rollouts.clear_adapter()
         rollouts.push_weights(model)
     if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
-        policy.adapters = LoraAdapters(model, rank=config.lora_rank)
+        policy.adapters = LoraAdapters(model, rank=config.lora_rank, seed=config.seed)
         # the engine samples the adapted policy through LoRA requests where it can
         # (its base weights stay the candidate's), else through merged-weight pushes
         policy.as_requests = (

@@ -30,7 +30,10 @@ LORA_ALPHA_PER_RANK = 2  # lora_alpha = 2 x rank: scaling 2, the common choice (
 
 
 class LoraAdapters:
-    def __init__(self, model: torch.nn.Module, *, rank: int):
+    def __init__(self, model: torch.nn.Module, *, rank: int, seed: int | None = None):
+        """Adapters of `rank` on every linear layer of `model`. peft draws A's starting values
+        from torch's global RNG: with `seed` they are drawn under that seed (the global RNG
+        is left as it was), so the same seed gives the same adapters in any process."""
         try:
             from peft import LoraConfig, LoraModel
         except ImportError:  # pragma: no cover - peft ships with lm-eval
@@ -40,7 +43,11 @@ class LoraAdapters:
         config = LoraConfig(
             r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, lora_dropout=0.0, target_modules="all-linear", bias="none"
         )
-        self.tuner = LoraModel(model, config, "default")
+        cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.tuner = LoraModel(model, config, "default")
         self.parameters: list[torch.nn.Parameter] = []
         for name, param in model.named_parameters():
             if "lora_" in name:

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from sweep.errors import SweepError
-    from sweep.run.calibrate import calibrate, choose_trials, markdown, save_calibration
+    from sweep.report.calibration import markdown, save_calibration
+    from sweep.run.calibrate import calibrate, choose_trials
     from sweep.study.durable import load_study_dir
 
     study_dir = _study_dir(args.study)

@@ -20,9 +20,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from sweep.report.calibration import load_calibration
     from sweep.report.document import report_options, write_report
     from sweep.report.summary import summarize
-    from sweep.run.calibrate import load_calibration
     from sweep.run.rescore import load_heldout, rescore_front, save_heldout
     from sweep.study.durable import load_study_dir
 

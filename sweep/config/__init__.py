@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sweep.config.loading import expand_name, load_spec, parse_spec
     from sweep.config.paths import DEMO_PREFIX, resolve_demo_ref
-    from sweep.config.plugins import import_plugins
+    from sweep.config.plugins import import_plugins, spec_from_json
     from sweep.config.schema import MODEL_ROLES, ConstraintSpec, SweepSpec
     from sweep.config.secrets import mask_url, redact, url_secrets
 
@@ -29,6 +29,7 @@ _HOMES = {
     "DEMO_PREFIX": "paths",
     "resolve_demo_ref": "paths",
     "import_plugins": "plugins",
+    "spec_from_json": "plugins",
     "MODEL_ROLES": "schema",
     "ConstraintSpec": "schema",
     "SweepSpec": "schema",
@@ -48,6 +49,7 @@ __all__ = [
     "parse_spec",
     "redact",
     "resolve_demo_ref",
+    "spec_from_json",
     "url_secrets",
 ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 
 from sweep.config.schema import SweepSpec
+from sweep.plugins import BALANCED_RULES, SAMPLERS
 
 
 def _metric_problem(metric: str, spec: SweepSpec) -> str | None:
@@ -86,18 +87,25 @@ def cross_field_problems(spec: SweepSpec) -> list[tuple[tuple, str]]:
             if key not in point:
                 problems.append((("space", "points", i), f"a fixed point needs '{key}'"))
 
-    if spec.sampler.name == "grid":
+    if spec.sampler.name in SAMPLERS and SAMPLERS.meta(spec.sampler.name).get("needs_grid"):
         for key in ("alpha", "beta"):
             if getattr(spec.space, key).step is None:
-                problems.append((("space", key, "step"), "the grid sampler needs a step for alpha and beta"))
+                problems.append(
+                    (("space", key, "step"), f"the {spec.sampler.name} sampler needs a step for alpha and beta")
+                )
         for key, rng in spec.space.params.items():
             if rng.step is None:
-                problems.append((("space", "params", key, "step"), "the grid sampler needs a step for every range"))
+                problems.append(
+                    (("space", "params", key, "step"), f"the {spec.sampler.name} sampler needs a step for every range")
+                )
 
     report = spec.report
     if report.weights is not None:
-        if report.balanced_rule != "weighted":
-            problems.append((("report", "weights"), "weights are used by balanced_rule: weighted only"))
+        rule = report.balanced_rule
+        if rule in BALANCED_RULES and not BALANCED_RULES.meta(rule).get("uses_weights"):
+            users = [name for name in BALANCED_RULES.names() if BALANCED_RULES.meta(name).get("uses_weights")]
+            shown = " or ".join(f"balanced_rule: {name}" for name in users) or "no registered rule"
+            problems.append((("report", "weights"), f"weights are used by {shown} only"))
         for key in report.weights:
             if key not in spec.objective_names:
                 problems.append((("report", "weights", key), f"not an objective{suggest(key, spec.objective_names)}"))

@@ -106,8 +106,8 @@ def load_night_spec(spec_path: str | Path, options: NightOptions) -> tuple[Sweep
 
 def run_night(spec: SweepSpec, template: str, options: NightOptions) -> dict[str, Any]:
     """Everything after the checks; returns the night record (also in <study>/nightly.json)."""
-    from sweep.commands.compare import compare_dirs
     from sweep.nightly.trend import write_trend
+    from sweep.report.compare import compare_dirs
     from sweep.report.document import report_study
     from sweep.run.runner import run_sweep
     from sweep.study.durable import load_study_dir
@@ -250,7 +250,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def render(night: dict[str, Any]) -> str:
     """What the nightly prints: the verdict first, then what it rests on."""
-    from sweep.commands.compare import render_points
+    from sweep.report.compare import render_points
 
     head = {"ok": "no regression", "regression": "REGRESSION", "error": "could not complete"}[night["verdict"]]
     lines = [f"nightly {night['study']}: {head}"]

@@ -56,7 +56,7 @@ def write_report(
     reference:   hypervolume reference point in metric units; default `sweep.report.front.default_reference`
     summary:     the study's `sweep.report.summary.summarize` result when the caller already has it (with
                  the same trials and options), so it is computed once
-    calibration: the study's `sweep calibrate` result (sweep.run.calibrate.load_calibration), shown
+    calibration: the study's `sweep calibrate` result (sweep.report.calibration.load_calibration), shown
                  as its own section
 
     Raises SweepError (before writing anything) for a table without `number`, an unknown
@@ -125,7 +125,7 @@ def report_options(spec: Any) -> dict[str, Any]:
 def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = None) -> tuple[Path, Path]:
     """`sweep report` in one call: read the study's trials table, write both reports with
     the spec's objectives, constraints and report options. Returns (report.html, report.md)."""
-    from sweep.run.calibrate import load_calibration
+    from sweep.report.calibration import load_calibration
 
     trials = table.read(study_dir)
     return write_report(

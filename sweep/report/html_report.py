@@ -75,7 +75,7 @@ def render_html(
         )
         parts.append(_html_heldout(trials, objectives, heldout, front, balanced_number))
     if calibration is not None:
-        from sweep.run.calibrate import html
+        from sweep.report.calibration import html
 
         parts.append(html(calibration, esc))
 

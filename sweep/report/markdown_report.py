@@ -116,7 +116,7 @@ def render_markdown(
         out.append("")
 
     if calibration is not None:
-        from sweep.run.calibrate import markdown
+        from sweep.report.calibration import markdown
 
         out += [*markdown(calibration, md_escape), ""]
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from sweep.config import SweepSpec
+from sweep.config import SweepSpec, spec_from_json
+from sweep.study.repeats_table import load_repeats, write_repeats
 
-REPEATS_FILE = "repeats.parquet"
 ProbeFn = Callable[[SweepSpec, dict[str, float], int], dict[str, float | None]]
 
 
@@ -37,13 +36,6 @@ def probe_at(spec: SweepSpec, params: dict[str, float], seed: int) -> dict[str, 
     config = state.probe_config.model_copy(update={"seed": seed})
     result = run_probe(state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward)
     return {k: clean_metric(v) for k, v in result.metrics.as_metrics().items()}
-
-
-def load_repeats(study_dir: Path):
-    import pandas as pd
-
-    path = Path(study_dir) / REPEATS_FILE
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
 def run_repeats(
@@ -115,9 +107,7 @@ def _save(spec: SweepSpec, done, rows: list[dict[str, Any]]):
 
     kept = done[done["error"].isna()] if len(done) and "error" in done else done
     table = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
-    path = spec.study_dir / REPEATS_FILE
-    table.to_parquet(path.with_suffix(".parquet.tmp"), index=False)
-    path.with_suffix(".parquet.tmp").replace(path)
+    write_repeats(spec.study_dir, table)
     return table
 
 
@@ -129,7 +119,7 @@ class _RepeatWorker:
     """One Ray actor per concurrent slot: loads the models once, then probes point after point."""
 
     def __init__(self, spec_json: str, probe_fn: ProbeFn | None):
-        self.spec = SweepSpec.model_validate_json(spec_json)
+        self.spec = spec_from_json(spec_json)  # imports the spec's plugins: on this worker first
         self.probe_fn = probe_fn or probe_at
 
     def probe(self, params: dict[str, float], seed: int) -> dict[str, float | None]:

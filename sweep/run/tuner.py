@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import UserError
-from sweep.config import SweepSpec
+from sweep.config import SweepSpec, spec_from_json
 from sweep.run.search import RESULT_KEY, StudySearcher
 from sweep.study.records import TrialResult
 
@@ -44,7 +44,7 @@ def _trainable(config: dict, spec_json: str, trial_fn: TrialFn | None = None) ->
 
     from sweep.run.trial import run_trial
 
-    spec = SweepSpec.model_validate_json(spec_json)
+    spec = spec_from_json(spec_json)  # imports the spec's plugins: on this worker first
     params = {k: float(v) for k, v in config.items()}
     retries: list[str] = []
     report: dict[str, Any] = {}

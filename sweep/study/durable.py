@@ -21,7 +21,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.config import SweepSpec
+from sweep.config import SweepSpec, spec_from_json
 from sweep.errors import SweepError
 from sweep.study import optuna_compat, table
 from sweep.study.records import ATTR_ERROR, ATTR_FAILURE_KIND
@@ -254,6 +254,6 @@ def load_study_dir(study_dir: str | Path) -> tuple[SweepSpec, pd.DataFrame]:
         if not file.exists():
             raise SweepError(f"{study_dir}: {file.name} is missing; is this the folder of a `sweep run`?")
     data = json.loads(snapshot.read_text())
-    spec = SweepSpec.model_validate(data["spec"])
+    spec = spec_from_json(data["spec"])
     spec = spec.model_copy(update={"spec_path": data.get("spec_path")})
     return spec, table.read(study_dir)

@@ -432,6 +432,27 @@ def test_lora_update_learns_and_gives_the_model_back(tiny_dir):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_lora_probe_with_one_seed_is_the_same_whatever_torch_global_seed(tiny_dir):
+    """peft draws the adapters' starting values from torch's global RNG; the probe draws
+    them under its own seed, so two LoRA probes with one seed agree (as they would in two
+    processes, whose global seeds differ)."""
+    import torch
+
+    model, tokenizer = load(tiny_dir)
+    curves = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        result = run_probe(
+            model,
+            tokenizer,
+            config=config(steps=3, update="lora", lora_rank=4, learning_rate=1e-2),
+            prompts=PROMPTS,
+            reward=digit_share,
+        )
+        curves.append(without_timing(result.curves))
+    assert curves[0] == curves[1]
+
+
 def test_lora_on_a_bf16_model_trains_fp32_adapters(tiny_dir):
     """bf16 base, fp32 adapters: it learns (KL > 0) and the bf16 weights come back as they were."""
     import torch

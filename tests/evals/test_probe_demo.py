@@ -72,7 +72,7 @@ def _demo_config(demo_family, **changes) -> ProbeConfig:
 def members(demo_family) -> dict:
     """The live merges the tests probe, built by the merge engine a trial uses."""
     from sweep.demo.measure import build, load_family_models
-    from sweep.demo.stability import NAMED_POINTS
+    from sweep.run.demo_stability import NAMED_POINTS
 
     sources, _, tokenizer = load_family_models(demo_family)
     out = {}

@@ -10,7 +10,8 @@ import pytest
 
 from evals.probe.records import PromptSamples
 from sweep.config import SweepSpec
-from sweep.run.calibrate import Candidate, long_outcome, spearman, summarize_calibration
+from sweep.report.calibration import Candidate, spearman, summarize_calibration
+from sweep.run.calibrate import long_outcome
 
 
 def test_spearman_matches_known_values():

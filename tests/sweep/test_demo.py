@@ -447,8 +447,8 @@ def test_demo_spec_resolves_to_the_family(demo_family):
 
 
 def test_stability_tables_put_the_null_control_beside_each_trained_run():
-    """The README's tables (sweep.demo.stability): mean ± sd over seeds, and per seed, trained / null."""
-    from sweep.demo.stability import ProbeRun, markdown_table, per_seed_table
+    """The README's tables (sweep.run.demo_stability): mean ± sd over seeds, and per seed, trained / null."""
+    from sweep.run.demo_stability import ProbeRun, markdown_table, per_seed_table
 
     def run(seed: int, lr: float, retention: float) -> ProbeRun:
         metrics = {"probe/length_retention": retention, "probe/length_growth": 1.0, "probe/reward_dip": 0.0}

@@ -221,7 +221,7 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
         assert c["probe"]["length_retention"] == pytest.approx(row["probe/length_retention"])  # the study's own value
         (run,) = c["long"]
         assert run["steps"] == 12 and run["seed"] == 1 and run["final_length"] > 0 and run["dip"] >= 0
-    from sweep.run.calibrate import spearman
+    from sweep.report.calibration import spearman
 
     probe = [c["probe"]["length_retention"] for c in record["candidates"]]
     final = [c["long"][0]["final_length"] for c in record["candidates"]]
