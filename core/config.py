@@ -81,7 +81,9 @@ def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             problems.append(f"{path} {value!r}: {err['msg']}")
         elif kind == "value_error":
             message = str(ctx["error"]) if "error" in ctx else err["msg"]
-            problems.append(f"{path}: {message}" if path else message)
+            # a message that opens with the value reads on from the field: "answer_regex '(' is not ..."
+            joint = " " if message.startswith(repr(value)) else ": "
+            problems.append(f"{path}{joint}{message}" if path else message)
         else:
             problems.append(f"{path}: {err['msg']}, got {value!r}" if path else err["msg"])
     for parent, keys in unknown.items():

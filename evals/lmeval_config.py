@@ -60,7 +60,7 @@ class LmEvalSettings(Section):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+                raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
         return value
 
 
