@@ -125,13 +125,13 @@ class Registry(Generic[T]):
         return [(name, self.get(name)) for name in self.names()]
 
     def _same(self, name: str, obj: T | str) -> bool:
-        # a module imported twice (lazily, then by its decorator) re-registers the same thing
-        lazy = self._lazy.get(name)
-        if lazy is not None:
-            return isinstance(obj, str) and obj == lazy or not isinstance(obj, str) and _qualname(obj) == lazy
-        return self._loaded.get(name) is obj or (
-            not isinstance(obj, str) and _qualname(obj) == _qualname(self._loaded.get(name))
-        )
+        # the same thing registered again: a lazy built-in's module registering it by its
+        # decorator on first import, or a module imported twice
+        target = obj if isinstance(obj, str) else _qualname(obj)
+        if name in self._lazy:
+            return target == self._lazy[name]
+        loaded = self._loaded[name]
+        return loaded is obj or (not isinstance(obj, str) and target == _qualname(loaded))
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
