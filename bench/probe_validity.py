@@ -22,7 +22,9 @@ The long run's outcomes (normalized curves, per-prompt against the starting mode
 baseline, trailing window of the spec):
 - final length: mean normalized length over the last eighth of the run / baseline;
 - minimum length: min of the smoothed normalized length / baseline;
-- final reward: mean normalized reward over the last eighth - baseline (reward units);
+- final reward: mean normalized reward over the last eighth - baseline (reward units):
+  what the run added (probe/reward_gain stands for it);
+- final score: mean normalized reward over the last eighth (probe/reward_final's outcome);
 - dip: baseline - min of the smoothed reward (>= 0) and whether (and when) the smoothed
   reward is back at the baseline afterwards;
 - held-out accuracy and greedy length after the run.
@@ -209,7 +211,7 @@ def long_outcome(record, window: int) -> dict:
 
 def probe_metrics(record, steps: int, window: int) -> dict:
     """The probe's metrics at `steps` steps: the long run's prefix, scored as run_probe scores it."""
-    from evals.probe.baseline import Baseline, normalized_metrics
+    from evals.probe.baseline import normalized_metrics
 
     baseline, samples = _samples(record)
     m = normalized_metrics(baseline, samples[:steps], kl=record["kl"][:steps], window=window, planned_steps=steps)
@@ -217,7 +219,8 @@ def probe_metrics(record, steps: int, window: int) -> dict:
         "length_retention": m.length_retention,
         "length_growth": m.length_growth,
         "reward_dip": m.reward_dip,
-        "reward_final": m.reward_final - Baseline(baseline).pool_score,
+        "reward_final": m.reward_final,
+        "reward_gain": m.reward_gain,
     }
 
 
@@ -230,7 +233,8 @@ PAIRS = {
     "length_retention": ("final_length", +1),
     "length_growth": ("final_length", +1),
     "reward_dip": ("dip", +1),
-    "reward_final": ("final_reward", +1),
+    "reward_final": ("final_score", +1),
+    "reward_gain": ("final_reward", +1),
 }
 
 
@@ -343,11 +347,27 @@ def table(args) -> dict:
                 summary["repeats"]["by_steps"][f"{n}/{metric}"] = rhos
                 lines.append(f"| {n} | {metric} | {outcome} | {' '.join(f'{x:.2f}' for x in rhos)} | {min(rhos):.2f} |")
 
+    # the probe's own noise: each candidate's probe metrics across seeds, trained and null
+    steer = args.probe_steps[len(args.probe_steps) // 2] if 16 not in args.probe_steps else 16
+    names = list(PAIRS)
+    lines += ["", f"## The probe at {steer} steps per candidate: mean ± sd over seeds (null: learning rate 1e-12)", ""]
+    lines += ["| alpha | beta | runs | " + " | ".join(names) + " |", "|---:|---:|---|" + "---:|" * len(names)]
+    null_by_point: dict = {}
+    for r in nulls:
+        null_by_point.setdefault((r["alpha"], r["beta"]), []).append(r)
+    for a, b in points:
+        groups = [("trained", [by_key[(a, b, s)] for s in seeds if (a, b, s) in by_key])]
+        groups += [("null", null_by_point[(a, b)])] if (a, b) in null_by_point else []
+        for kind, runs in groups:
+            ms_ = [probe_metrics(r, steer, window) for r in runs]
+            cells = " | ".join(ms([m[n] for m in ms_]) for n in names)
+            lines.append(f"| {a:g} | {b:g} | {kind} ({len(runs)}) | {cells} |")
+
     # the ceiling: how well one long run ranks the candidates as the other seeds' runs do
     lines += ["", "## The ground truth's own noise: long run of seed s against the long runs of the other seeds", ""]
     lines += ["| long-run outcome | Spearman per seed | min |", "|---|---|---:|"]
     summary["ceiling"] = {}
-    for outcome in ("final_length", "min_length", "final_reward", "dip"):
+    for outcome in ("final_length", "min_length", "final_reward", "final_score", "dip"):
         rhos = []
         for s in seeds:
             others = [t for t in seeds if t != s]

@@ -8,6 +8,7 @@ PROBE_METRICS = (
     "reward_recovery_step",  # first step after the minimum with reward >= reward[0]; absent if none
     "reward_steps_to_recover",  # always defined: 0 with no dip, the recovery step, or the step count if none
     "reward_final",  # reward[-1]
+    "reward_gain",  # reward[-1] - reward[0]: what the probe's RL added; predicts a long run's final reward
     "kl_final",  # KL to the initial candidate at the last step
     "entropy_drop",  # entropy[0] - min(entropy)
     "stopped_early",  # 1.0 when the probe stopped early (collapse or divergence), else 0.0

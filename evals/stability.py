@@ -61,6 +61,10 @@ class StabilityMetrics:
     diverged: bool = False  # loss, gradient or KL went non-finite: the values are the worst case
     # metric name -> half-width of its noise band (same units as the metric); see docs/probe.md
     noise: dict[str, float] | None = None
+    # R[-1] - R[0] (R[0]: the baseline's reward when there is one): what the run added to the
+    # reward. Ranks candidates as 128-step runs end (docs/probe.md). None only in records
+    # written before it existed.
+    reward_gain: float | None = None
 
     def as_metrics(self) -> dict[str, float | None]:
         """`probe/<name>` -> value for every name in PROBE_METRICS (floats; None if undefined),
@@ -188,6 +192,7 @@ def stability_metrics(
         reward_recovery_step=recovery,
         reward_steps_to_recover=0 if dip == 0 else (recovery if recovery is not None else (planned_steps or steps)),
         reward_final=R[-1],
+        reward_gain=R[-1] - first_reward,
         kl_final=kl_final,
         entropy_drop=entropy_drop,
         steps=steps,
@@ -207,8 +212,9 @@ def diverged_metrics(
 
     length_retention and length_growth 0 (every length constraint violated), reward_dip
     the larger of `reward_scale` (the reward's range, e.g. 1 for exact_match) and the dip
-    already seen, no recovery (reward_steps_to_recover = planned_steps), kl_final
-    DIVERGED_KL, entropy_drop the whole starting entropy, stopped_early and diverged True.
+    already seen, no recovery (reward_steps_to_recover = planned_steps), reward_final and
+    reward_gain lowered by that dip, kl_final DIVERGED_KL, entropy_drop the whole starting
+    entropy, stopped_early and diverged True.
     `seen`: metrics of the steps that completed, when there were any.
     """
     dip = max(float(reward_scale), seen.reward_dip if seen is not None else 0.0)
@@ -220,6 +226,7 @@ def diverged_metrics(
         reward_recovery_step=None,
         reward_steps_to_recover=planned_steps,
         reward_final=reward_final - dip if seen is not None else -dip,
+        reward_gain=(seen.reward_gain or 0.0) - dip if seen is not None else -dip,
         kl_final=DIVERGED_KL,
         entropy_drop=float(baseline_entropy)
         if baseline_entropy is not None

@@ -35,6 +35,7 @@ NOISE_METRICS = (
     "length_growth",
     "reward_dip",
     "reward_final",
+    "reward_gain",
     "reward_steps_to_recover",
     "entropy_drop",
 )

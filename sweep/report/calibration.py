@@ -34,7 +34,8 @@ OUTCOMES = {
     "length_retention": "final_length",
     "length_growth": "final_length",
     "reward_dip": "dip",
-    "reward_final": "final_reward",
+    "reward_final": "final_score",
+    "reward_gain": "final_reward",
 }
 
 
@@ -115,6 +116,13 @@ def steering_metrics(spec: Any) -> list[str]:
     return out
 
 
+def ranking_metrics(spec: Any) -> list[str]:
+    """The steering metrics an objective uses: the front ranks by them, so their Spearman counts.
+    A metric used only in a constraint is judged by its verdict (agreement), not by its order."""
+    objectives = {o.metric.removeprefix("probe/") for o in spec.objectives if o.metric.startswith("probe/")}
+    return [m for m in steering_metrics(spec) if m in objectives]
+
+
 def probe_constraints(spec: Any) -> list[Any]:
     return [c for c in spec.constraints if c.metric.startswith("probe/") and c.metric[6:] in OUTCOMES]
 
@@ -124,7 +132,7 @@ def summarize_calibration(
 ) -> Calibration:
     """Rank agreement and feasibility agreement, and the verdict."""
     rhos: dict[str, float] = {}
-    for metric in steering_metrics(spec):
+    for metric in ranking_metrics(spec):
         pairs: list[tuple[float, float]] = []
         for c in candidates:
             probe, long = c.probe.get(metric), c.outcome(OUTCOMES[metric])
@@ -151,9 +159,12 @@ def summarize_calibration(
         verdict = f"too few candidates ({n}) to judge the ranking: calibrate at least {MIN_CANDIDATES} (--trials)"
     elif not weak and not disagree:
         trusted = True
-        verdict = f"the probe ranks your candidates as {runs} do (Spearman {shown} over {n} candidates)"
-        if agreement:
-            verdict += "; feasibility agrees on " + ", ".join(f"{v:.0%} ({k})" for k, v in agreement.items())
+        agrees = "feasibility agrees on " + ", ".join(f"{v:.0%} ({k})" for k, v in agreement.items())
+        if rhos:
+            verdict = f"the probe ranks your candidates as {runs} do (Spearman {shown} over {n} candidates)"
+            verdict += f"; {agrees}" if agreement else ""
+        else:
+            verdict = f"the probe's verdicts agree with {runs} ({agrees}, over {n} candidates)"
     else:
         trusted = False
         parts = [f"Spearman {fmt_value(r)} for probe/{m}" for m, r in weak.items()]

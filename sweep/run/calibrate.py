@@ -13,12 +13,16 @@ The long run's outcomes come from its curves, normalized per prompt against the
 starting model's baseline (evals.probe.baseline), with the probe's trailing window:
 - final_length: mean normalized length over the last eighth of the run / baseline;
 - min_length: min of the smoothed normalized length / baseline;
-- final_reward: mean normalized reward over the last eighth - baseline (reward units);
+- final_reward: mean normalized reward over the last eighth - baseline (reward units):
+  what the run added, the outcome probe/reward_gain stands for;
+- final_score: mean normalized reward over the last eighth (probe/reward_final's outcome);
 - dip: baseline reward - min of the smoothed reward (>= 0), and recovery_step: the
   first step after the minimum where the smoothed reward is back at the baseline.
 
 Each steering probe metric stands for one outcome (OUTCOMES): retention and growth for
-the final length, the dip for the long run's dip, the final reward for the final reward.
+the final length, the dip for the long run's dip, the gain for the reward the run added,
+the final reward for the final score. A metric an objective uses is judged by its rank
+agreement (Spearman); one used only in a constraint by its verdicts' agreement.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def long_outcome(baseline: Sequence[Any], steps: Sequence[Sequence[Any]], *, win
         "final_length": mean(length[-tail:]) / base.pool_length if base.pool_length > 0 else None,
         "min_length": min(smooth_length) / base.pool_length if base.pool_length > 0 else None,
         "final_reward": mean(score[-tail:]) - base.pool_score,
+        "final_score": mean(score[-tail:]),
         "dip": dip,
         "recovery_step": recovery,
         "steps": len(length),

@@ -20,7 +20,7 @@ def test_flat_curves_keep_everything():
     assert m.reward_dip == 0.0
     assert m.reward_recovery_step is None  # no dip, so nothing to recover from
     assert m.reward_steps_to_recover == 0
-    assert m.reward_final == 0.5
+    assert m.reward_final == 0.5 and m.reward_gain == 0.0
     assert m.kl_final is None and m.entropy_drop is None
     assert m.steps == 4 and m.window == 1
 
@@ -45,6 +45,18 @@ def test_hockey_stick_with_recovery():
     assert m.reward_recovery_step == 5  # first step after the minimum (step 2) back at 0.6
     assert m.reward_steps_to_recover == 5
     assert m.reward_final == pytest.approx(0.7)
+    assert m.reward_gain == pytest.approx(0.1)  # the dip does not count: only where the run ended
+
+
+def test_reward_gain_reads_against_the_baseline_and_the_smoothed_end():
+    # three-step window, full windows only: the last smoothed point is (0.5 + 0.6 + 0.7) / 3
+    m = stability_metrics([10] * 6, [0.2, 0.2, 0.3, 0.5, 0.6, 0.7], window=3, full_windows=True, baseline_reward=0.25)
+    assert m.reward_final == pytest.approx(0.6)
+    assert m.reward_gain == pytest.approx(0.35)
+    assert m.as_metrics()["probe/reward_gain"] == pytest.approx(0.35)
+    # a record written before the metric existed reads back with it undefined, not as an error
+    old = {k: v for k, v in m.to_dict().items() if k != "reward_gain"}
+    assert StabilityMetrics.from_dict(old).as_metrics()["probe/reward_gain"] is None
 
 
 def test_hockey_stick_without_recovery():
@@ -171,6 +183,7 @@ def test_diverged_metrics_are_the_finite_worst_case():
     assert values["probe/diverged"] == 1.0 and values["probe/stopped_early"] == 1.0
     assert (m.length_retention, m.length_growth, m.reward_steps_to_recover, m.kl_final) == (0.0, 0.0, 8, DIVERGED_KL)
     assert m.reward_dip == 2.0 and m.entropy_drop == 1.5
+    assert m.reward_gain == pytest.approx(-0.3 - 2.0)  # the gain seen (-0.3), lowered by the worst-case dip
     assert all(v is None or math.isfinite(v) for v in values.values())
     assert StabilityMetrics.from_json(m.to_json()) == m
 

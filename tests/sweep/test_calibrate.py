@@ -37,6 +37,7 @@ def test_long_outcome_reads_a_dip_its_recovery_and_the_final_length():
     assert out["final_length"] == pytest.approx(0.5) and out["min_length"] == pytest.approx(0.5)
     assert out["dip"] == pytest.approx(0.4) and out["recovery_step"] == 5
     assert out["final_reward"] == pytest.approx(0.1) and out["steps"] == 16
+    assert out["final_score"] == pytest.approx(0.6)  # where the reward ended, not what the run added
     flat = long_outcome(baseline, [_step(40.0, 0.5)] * 8, window=3)
     assert flat["dip"] == 0 and flat["recovery_step"] is None and flat["final_length"] == pytest.approx(1.0)
 
@@ -77,3 +78,40 @@ def test_verdict_trusts_a_probe_that_ranks_as_the_long_runs_and_warns_otherwise(
     assert "feasibility agrees on only 50%" in result.verdict
     few = summarize_calibration(spec, good[:3], long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
     assert not few.trusted and "too few candidates (3)" in few.verdict
+
+
+def test_a_constraint_only_metric_is_judged_by_its_verdicts_and_an_objective_by_its_order():
+    # the demo's shape: the front ranks by reward_gain, length_retention only gates feasibility
+    spec = SweepSpec.model_validate(
+        {
+            "name": "t",
+            "models": {"pretrained": "/p", "instruct": "/i", "reasoning": "/r"},
+            "objectives": [{"metric": "probe/reward_gain", "direction": "maximize"}],
+            "constraints": ["probe/length_retention >= 0.5"],
+            "results_dir": "/tmp",
+        }
+    )
+    # retention's order disagrees with the final lengths (all kept half), the gain's agrees
+    rows = [(0.9, 0.6, 0.1, 0.05), (0.8, 0.9, 0.2, 0.15), (0.7, 1.2, 0.4, 0.3), (0.6, 2.0, 0.6, 0.5)]
+    candidates = [
+        Candidate(
+            i,
+            {"alpha": 0.1 * i, "beta": 1.0},
+            "test",
+            {"length_retention": ret, "reward_gain": gain},
+            True,
+            long=[{"final_length": final, "final_reward": added, "dip": 0.0}],
+        )
+        for i, (ret, final, gain, added) in enumerate(rows)
+    ]
+    result = summarize_calibration(spec, candidates, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert list(result.spearman) == ["reward_gain"] and result.spearman["reward_gain"] == pytest.approx(1.0)
+    assert result.agreement == {"probe/length_retention >= 0.5": 1.0}
+    assert result.trusted, result.verdict
+    assert "Spearman reward_gain 1.00 over 4 candidates" in result.verdict
+    # the same with retention as an objective: its reversed order is what a user must hear about
+    ranked = spec.model_copy(
+        update={"objectives": spec.objectives + [type(spec.objectives[0])(metric="probe/length_retention", direction="maximize")]}
+    )
+    result = summarize_calibration(ranked, candidates, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert not result.trusted and "Spearman -1.00 for probe/length_retention" in result.verdict
