@@ -1,6 +1,6 @@
 """Does the short probe predict the long RL run? Ground truth on the shipped demo family.
 
-    python bench/probe_validity.py run   [--seeds 0 1 2] [--long-steps 128] [--workers 2] [--out DIR]
+    python bench/probe_validity.py run   [--seeds 0 1 2] [--long-steps 128] [--workers 2] [--out DIR] [--set KEY=VALUE ...]
     python bench/probe_validity.py table [--out DIR] [--probe-steps 4 8 16 32] [--repeats R] [--json]
 
 `run` trains, for each candidate (alpha, beta) and seed, one long RL run with the demo
@@ -58,6 +58,7 @@ POINTS = [(a, b) for b in (1.0, 0.75, 0.5) for a in (0.0, 0.25, 0.5)] + [(1.0, 1
 NULL_POINTS = [(0.0, 1.0), (0.25, 0.5), (1.0, 1.0)]
 NULL_LR = 1e-12
 CONSTRAINT = 0.5  # the demo spec's probe/length_retention >= 0.5
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8)  # the verdict's agreement is also tabulated at these
 
 
 def _name(alpha: float, beta: float, seed: int, null: bool) -> str:
@@ -80,7 +81,7 @@ def _held_out(family, n: int):
     return problems("reasoning"), problems("instruct")
 
 
-def _worker(jobs, out: str, long_steps: int, n_eval: int, check_prefix: bool) -> None:
+def _worker(jobs, out: str, long_steps: int, n_eval: int, check_prefix: bool, overrides: dict) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -92,7 +93,7 @@ def _worker(jobs, out: str, long_steps: int, n_eval: int, check_prefix: bool) ->
     from sweep.run.demo_stability import demo_probe_settings
 
     family = active_family()
-    settings = demo_probe_settings(prompts=str(family.probe_prompts), noise_samples=0)
+    settings = demo_probe_settings(prompts=str(family.probe_prompts), noise_samples=0) | overrides
     prompts = load_prompts(settings["prompts"])
     reasoning, instruct = _held_out(family, n_eval)
     sources, model, tokenizer = load_family_models(family)
@@ -160,6 +161,24 @@ def _worker(jobs, out: str, long_steps: int, n_eval: int, check_prefix: bool) ->
         )
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """--set key=value (YAML values) over the demo spec's probe settings; a bad key stops here."""
+    import yaml
+
+    from evals.probe import ProbeConfig
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in ProbeConfig.model_fields:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY a probe setting (evals.probe)")
+        try:
+            out[key] = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:  # not a number: YAML (true, null, a string); YAML reads 5e-4 as a string
+            out[key] = yaml.safe_load(value)
+    return out
+
+
 def run(args) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -167,12 +186,13 @@ def run(args) -> None:
     null_points = (
         [tuple(map(float, p.split(","))) for p in args.null_points] if args.null_points is not None else NULL_POINTS
     )
+    overrides = _overrides(args.set)
     jobs = [j for j in _jobs(points, args.seeds, null_points) if not (out / _name(*j)).exists()]
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
     shares = [jobs[i :: args.workers] for i in range(args.workers)]
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(share, str(out), args.long_steps, args.n_eval, i == 0))
+        ctx.Process(target=_worker, args=(share, str(out), args.long_steps, args.n_eval, i == 0, overrides))
         for i, share in enumerate(shares)
         if share
     ]
@@ -317,6 +337,22 @@ def table(args) -> dict:
             )
         summary["by_steps"][n] = per_metric
 
+    # the RL-free control: does the starting reward alone (0 steps: a low start leaves more to
+    # gain) rank the long runs' gains? If it did, the probe's steps would add nothing.
+    from evals.probe.baseline import Baseline
+
+    rhos = []
+    for s in seeds:
+        others = [t for t in seeds if t != s] or [s]
+        keys = [(a, b) for a, b in points if (a, b, s) in by_key]
+        xs = [-Baseline(_samples(by_key[(a, b, s)])[0]).pool_score for a, b in keys]
+        ys = [mean(outcomes[(a, b, t)]["final_reward"] for t in others if (a, b, t) in outcomes) for a, b in keys]
+        rhos.append(spearman(xs, ys))
+    summary["control_baseline"] = rhos
+    lines.append(
+        f"| 0 | -(baseline reward) (control) | final_reward | {' '.join(f'{r:.2f}' for r in rhos)} | {min(rhos):.2f} | - |"
+    )
+
     # several probe seeds per candidate (as budget.repeats would run them): the mean of the
     # probe over a group of R seeds against the mean long run of the seeds outside the group
     if args.repeats > 1 and len(seeds) >= 2 * args.repeats:
@@ -346,6 +382,29 @@ def table(args) -> dict:
                     rhos.append(spearman(xs, ys))
                 summary["repeats"]["by_steps"][f"{n}/{metric}"] = rhos
                 lines.append(f"| {n} | {metric} | {outcome} | {' '.join(f'{x:.2f}' for x in rhos)} | {min(rhos):.2f} |")
+
+    # the verdict at other thresholds: on this family no long run keeps less than half its
+    # length, so 0.5 mostly agrees on "feasible"; stricter gates split the candidates
+    lines += ["", "## Feasibility at other thresholds: probe/length_retention >= x against final length >= x", ""]
+    lines += ["| probe steps | x | long runs below x | agreement per probe seed | min |", "|---:|---:|---:|---|---:|"]
+    summary["thresholds"] = {}
+    for n in args.probe_steps:
+        for x in THRESHOLDS:
+            below = sum(1 for k in outcomes if outcomes[k]["final_length"] < x)
+            rates = []
+            for s in seeds:
+                others = [t for t in seeds if t != s] or [s]
+                agree = []
+                for a, b in points:
+                    truth = [outcomes[(a, b, t)]["final_length"] for t in others if (a, b, t) in outcomes]
+                    p = probe_metrics(by_key[(a, b, s)], n, window)["length_retention"] if (a, b, s) in by_key else None
+                    if p is not None and truth:
+                        agree.append((p >= x) == (mean(truth) >= x))
+                rates.append(sum(agree) / len(agree))
+            summary["thresholds"][f"{n}/{x}"] = rates
+            lines.append(
+                f"| {n} | {x:g} | {below}/{len(outcomes)} | {' '.join(f'{r:.0%}' for r in rates)} | {min(rates):.0%} |"
+            )
 
     # the probe's own noise: each candidate's probe metrics across seeds, trained and null
     steer = args.probe_steps[len(args.probe_steps) // 2] if 16 not in args.probe_steps else 16
@@ -413,6 +472,13 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--n-eval", type=int, default=50)
     r.add_argument("--out", default=str(ROOT / "results" / "probe-validity"))
+    r.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a probe setting of the demo spec, e.g. learning_rate=5e-4 (use its own --out)",
+    )
     t = sub.add_parser("table")
     t.add_argument("--out", default=str(ROOT / "results" / "probe-validity"))
     t.add_argument("--probe-steps", nargs="+", type=int, default=[4, 8, 16, 32])

@@ -218,14 +218,21 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     assert len(record["candidates"]) == 4 and len({c["number"] for c in record["candidates"]}) == 4
     for c in record["candidates"]:
         row = table[table["number"] == c["number"]].iloc[0]
-        assert c["probe"]["length_retention"] == pytest.approx(row["probe/length_retention"])  # the study's own value
+        for metric in ("reward_gain", "length_retention"):  # the study's own values
+            assert c["probe"][metric] == pytest.approx(row[f"probe/{metric}"])
         (run,) = c["long"]
         assert run["steps"] == 12 and run["seed"] == 1 and run["final_length"] > 0 and run["dip"] >= 0
     from sweep.report.calibration import spearman
 
-    probe = [c["probe"]["length_retention"] for c in record["candidates"]]
-    final = [c["long"][0]["final_length"] for c in record["candidates"]]
-    assert record["spearman"]["length_retention"] == pytest.approx(spearman(probe, final), nan_ok=True)
+    # the objective is judged by its order, the constraint by its verdicts
+    probe = [c["probe"]["reward_gain"] for c in record["candidates"]]
+    added = [c["long"][0]["final_reward"] for c in record["candidates"]]
+    assert list(record["spearman"]) == ["reward_gain"]
+    assert record["spearman"]["reward_gain"] == pytest.approx(spearman(probe, added), nan_ok=True)
+    kept = [
+        (c["probe"]["length_retention"] >= 0.5) == (c["long"][0]["final_length"] >= 0.5) for c in record["candidates"]
+    ]
+    assert record["agreement"] == {"probe/length_retention >= 0.5": pytest.approx(sum(kept) / len(kept))}
     assert "## Calibration: the probe (3 steps) against 12-step runs" in out
     assert main(["report", str(spec.study_dir)]) == 0
     md = (spec.study_dir / "report.md").read_text()
