@@ -27,13 +27,16 @@ agreement (Spearman); one used only in a constraint by its verdicts' agreement.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from statistics import mean
 from typing import Any
 
+from evals.metric_names import NOISE_SUFFIX
 from sweep.errors import SweepError
 from sweep.report.calibration import (
+    MIN_CANDIDATES,
     OUTCOMES,
     Calibration,
     Candidate,
@@ -74,6 +77,50 @@ def long_outcome(baseline: Sequence[Any], steps: Sequence[Sequence[Any]], *, win
     }
 
 
+SPREAD = (0.5, 0.25, 0.75, 0.125, 0.375, 0.625, 0.875)  # where, between lowest and highest, to pick
+
+
+def _spread(picks: dict[int, str], complete: Any, metric: str, limit: int) -> None:
+    """Add to `picks` the trials that span `metric`: its lowest and highest, then the trial
+    nearest each value evenly between, skipping one within the noise band (probe/<name>_noise,
+    when recorded) of a trial already picked: candidates the probe cannot tell apart add
+    noise to the rank correlation, not information. Such trials only fill up to
+    MIN_CANDIDATES, nearest the spread values first."""
+    if metric not in complete:
+        return
+    values = complete[metric].astype(float)
+    noise_column = f"{metric}{NOISE_SUFFIX}"
+    noise = complete[noise_column].astype(float).fillna(0.0) if noise_column in complete else values * 0.0
+    rows = [(int(n), v, w) for n, v, w in zip(complete["number"], values, noise, strict=True) if math.isfinite(v)]
+    if not rows:
+        return
+    by_number = {n: (v, w) for n, v, w in rows}
+    rows.sort(key=lambda r: r[1])
+    low, high = rows[0][1], rows[-1][1]
+
+    def distinct(n: int) -> bool:
+        v, w = by_number[n]
+        return all(abs(v - by_number[p][0]) > max(w, by_number[p][1]) for p in picks if p in by_number)
+
+    picks.setdefault(rows[0][0], f"lowest {metric}")
+    picks.setdefault(rows[-1][0], f"highest {metric}")
+    fillers: list[tuple[float, int]] = []
+    for q in SPREAD:
+        if len(picks) >= limit:
+            return
+        target = low + q * (high - low)
+        nearest = sorted((abs(v - target), n) for n, v, _ in rows if n not in picks)
+        chosen = next((n for _, n in nearest if distinct(n)), None)
+        if chosen is not None:
+            picks[chosen] = f"spread on {metric}"
+        elif nearest:
+            fillers.append(nearest[0])
+    for _, n in sorted(fillers):
+        if len(picks) >= min(limit, MIN_CANDIDATES):
+            break
+        picks.setdefault(n, f"spread on {metric} (within the noise of a trial already picked)")
+
+
 def choose_trials(
     spec: Any, trials: Any, *, numbers: Sequence[int] | None = None, limit: int = 6
 ) -> list[tuple[int, str]]:
@@ -102,17 +149,8 @@ def choose_trials(
     if summary.balanced is not None:
         picks.setdefault(summary.balanced.number, "balanced")
     steering = steering_metrics(spec)
-    if steering:  # span the steering metric: its lowest and highest, then evenly between
-        metric = f"probe/{steering[0]}"
-        ranked = complete.assign(_v=complete[metric].astype(float)).dropna(subset=["_v"]).sort_values("_v")
-        order = [int(n) for n in ranked["number"]]
-        if order:
-            picks.setdefault(order[0], f"lowest {metric}")
-            picks.setdefault(order[-1], f"highest {metric}")
-            for q in (0.5, 0.25, 0.75, 0.125, 0.375, 0.625, 0.875):
-                if len(picks) >= limit:
-                    break
-                picks.setdefault(order[round(q * (len(order) - 1))], f"spread on {metric}")
+    if steering:
+        _spread(picks, complete, f"probe/{steering[0]}", limit)
     return list(picks.items())[:limit] if len(picks) > limit else list(picks.items())
 
 
@@ -170,7 +208,8 @@ def calibrate(
             )
             run = backend.run(model, tokenizer, config=long_config, prompts=prompts, reward=reward)
             if run.diverged:
-                outcome = {"final_length": 0.0, "min_length": 0.0, "final_reward": None, "dip": None}
+                outcome = {"final_length": 0.0, "min_length": 0.0, "final_reward": None, "final_score": None}
+                outcome |= {"dip": None}
                 outcome |= {"recovery_step": None, "steps": run.curves.steps, "diverged": True}
             else:
                 outcome = long_outcome(run.baseline, run.steps, window=config.window)
@@ -178,10 +217,11 @@ def calibrate(
         candidate.wall_s = time.perf_counter() - t0
         candidates.append(candidate)
         shown = ", ".join(f"{m} {fmt_value(v)}" for m, v in probe.items())
+        outcomes = dict.fromkeys(OUTCOMES[m] for m in steering)  # what each steering metric stands for
+        ended = ", ".join(f"{o.replace('_', ' ')} {fmt_value(candidate.outcome(o))}" for o in outcomes)
         say(
             f"calibrated {i}/{len(chosen)}: trial {number} ({why}): probe {shown}; {long_steps}-step run: "
-            f"final length {fmt_value(candidate.outcome('final_length'))}, dip {fmt_value(candidate.outcome('dip'))} "
-            f"({time.perf_counter() - started:.0f} s)"
+            f"{ended} ({time.perf_counter() - started:.0f} s)"
         )
     wall_s = time.perf_counter() - started
     return summarize_calibration(

@@ -111,7 +111,49 @@ def test_a_constraint_only_metric_is_judged_by_its_verdicts_and_an_objective_by_
     assert "Spearman reward_gain 1.00 over 4 candidates" in result.verdict
     # the same with retention as an objective: its reversed order is what a user must hear about
     ranked = spec.model_copy(
-        update={"objectives": spec.objectives + [type(spec.objectives[0])(metric="probe/length_retention", direction="maximize")]}
+        update={
+            "objectives": spec.objectives
+            + [type(spec.objectives[0])(metric="probe/length_retention", direction="maximize")]
+        }
     )
     result = summarize_calibration(ranked, candidates, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
     assert not result.trusted and "Spearman -1.00 for probe/length_retention" in result.verdict
+
+
+def _table(values: list[float], noise: list[float]):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "number": list(range(len(values))),
+            "state": ["COMPLETE"] * len(values),
+            "params/alpha": [0.1 * i for i in range(len(values))],
+            "params/beta": [1.0] * len(values),
+            "probe/reward_gain": values,
+            "probe/reward_gain_noise": noise,
+        }
+    )
+
+
+def test_calibrate_spreads_its_candidates_over_values_the_probe_can_tell_apart():
+    from sweep.run.calibrate import choose_trials
+
+    spec = SweepSpec.model_validate(
+        {
+            "name": "t",
+            "models": {"pretrained": "/p", "instruct": "/i", "reasoning": "/r"},
+            "objectives": [{"metric": "probe/reward_gain", "direction": "maximize"}],
+            "results_dir": "/tmp",
+        }
+    )
+    # the demo sweep's shape: one strong trial, one middling, ten that cannot learn (all ~0 within noise)
+    values = [0.63, 0.0, 0.0, 0.0, -0.01, 0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 0.26]
+    noise = [0.12, 0.0, 0.0, 0.0, 0.021, 0.016, 0.0, 0.0, 0.0, 0.0, 0.0, 0.10]
+    chosen = choose_trials(spec, _table(values, noise))
+    numbers = [n for n, _ in chosen]
+    assert numbers[:3] == [0, 4, 11], chosen  # the best, the lowest, the middling one (rank spreading missed it)
+    # three levels only: one more, marked as within the noise, to reach the 4 a correlation needs
+    assert len(chosen) == 4 and "within the noise" in chosen[3][1] and values[numbers[3]] in (0.0, 0.01)
+    # values the probe can tell apart fill up to the limit, spread over the range
+    spread = choose_trials(spec, _table([0.1 * i for i in range(12)], [0.01] * 12), limit=6)
+    assert sorted(n for n, _ in spread) == [0, 1, 3, 5, 8, 11] and all("noise" not in why for _, why in spread)
