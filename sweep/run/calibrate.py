@@ -104,21 +104,23 @@ def _spread(picks: dict[int, str], complete: Any, metric: str, limit: int) -> No
 
     picks.setdefault(rows[0][0], f"lowest {metric}")
     picks.setdefault(rows[-1][0], f"highest {metric}")
-    fillers: list[tuple[float, int]] = []
+
+    def nearest(q: float) -> list[int]:
+        target = low + q * (high - low)
+        return [n for _, n in sorted((abs(v - target), n) for n, v, _ in rows if n not in picks)]
+
     for q in SPREAD:
         if len(picks) >= limit:
             return
-        target = low + q * (high - low)
-        nearest = sorted((abs(v - target), n) for n, v, _ in rows if n not in picks)
-        chosen = next((n for _, n in nearest if distinct(n)), None)
+        chosen = next((n for n in nearest(q) if distinct(n)), None)
         if chosen is not None:
             picks[chosen] = f"spread on {metric}"
-        elif nearest:
-            fillers.append(nearest[0])
-    for _, n in sorted(fillers):
-        if len(picks) >= min(limit, MIN_CANDIDATES):
-            break
-        picks.setdefault(n, f"spread on {metric} (within the noise of a trial already picked)")
+    # too few the probe can tell apart: fill up to MIN_CANDIDATES, nearest the spread values
+    while len(picks) < min(limit, MIN_CANDIDATES, len(rows)):
+        for q in SPREAD:
+            if len(picks) >= min(limit, MIN_CANDIDATES) or not (left := nearest(q)):
+                break
+            picks[left[0]] = f"spread on {metric} (within the noise of a trial already picked)"
 
 
 def choose_trials(

@@ -154,6 +154,10 @@ def test_calibrate_spreads_its_candidates_over_values_the_probe_can_tell_apart()
     assert numbers[:3] == [0, 4, 11], chosen  # the best, the lowest, the middling one (rank spreading missed it)
     # three levels only: one more, marked as within the noise, to reach the 4 a correlation needs
     assert len(chosen) == 4 and "within the noise" in chosen[3][1] and values[numbers[3]] in (0.0, 0.01)
+    # only two levels the probe can tell apart (the best is also the highest): still 4 distinct trials
+    flat = choose_trials(spec, _table([0.5] + [0.0] * 7, [0.1] + [0.02] * 7), limit=4)
+    assert len({n for n, _ in flat}) == 4 and sum("within the noise" in why for _, why in flat) == 2, flat
+    assert len(choose_trials(spec, _table([0.5, 0.0, 0.0], [0.1, 0.02, 0.02]), limit=4)) == 3  # all there is
     # values the probe can tell apart fill up to the limit, spread over the range
     spread = choose_trials(spec, _table([0.1 * i for i in range(12)], [0.01] * 12), limit=6)
     assert sorted(n for n, _ in spread) == [0, 1, 3, 5, 8, 11] and all("noise" not in why for _, why in spread)
