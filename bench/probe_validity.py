@@ -273,6 +273,15 @@ def table(args) -> dict:
     outcomes = {(r["alpha"], r["beta"], r["seed"]): long_outcome(r, window) for r in trained}
     null_outcomes = {(r["alpha"], r["beta"], r["seed"]): long_outcome(r, window) for r in nulls}
     by_key = {(r["alpha"], r["beta"], r["seed"]): r for r in trained}
+    scored: dict = {}
+
+    def probe_at(record, n: int) -> dict:
+        """probe_metrics of one run's first n steps, computed once: every table below reads them."""
+        key = (record["alpha"], record["beta"], record["seed"], record["null"], n)
+        if key not in scored:
+            scored[key] = probe_metrics(record, n, window)
+        return scored[key]
+
     long_steps = trained[0]["steps"]
     lines = [f"## Long runs ({long_steps} steps, seeds {seeds}): outcome mean ± sd over seeds\n"]
     header = "| alpha | beta | final length | min length | final reward | dip | recovered | held-out add acc | held-out fmt acc | held-out length |"
@@ -319,7 +328,7 @@ def table(args) -> dict:
                 for a, b in points:
                     if (a, b, s) not in by_key:
                         continue
-                    p = probe_metrics(by_key[(a, b, s)], n, window)[metric]
+                    p = probe_at(by_key[(a, b, s)], n)[metric]
                     truth = [outcomes[(a, b, t)][outcome] for t in others if (a, b, t) in outcomes]
                     if p is None or not truth:
                         continue
@@ -371,9 +380,7 @@ def table(args) -> dict:
                     others = [t for t in seeds if t not in group]
                     xs, ys = [], []
                     for a, b in points:
-                        probes = [
-                            probe_metrics(by_key[(a, b, s)], n, window)[metric] for s in group if (a, b, s) in by_key
-                        ]
+                        probes = [probe_at(by_key[(a, b, s)], n)[metric] for s in group if (a, b, s) in by_key]
                         truth = [outcomes[(a, b, t)][outcome] for t in others if (a, b, t) in outcomes]
                         probes = [p for p in probes if p is not None]
                         if probes and truth:
@@ -397,7 +404,7 @@ def table(args) -> dict:
                 agree = []
                 for a, b in points:
                     truth = [outcomes[(a, b, t)]["final_length"] for t in others if (a, b, t) in outcomes]
-                    p = probe_metrics(by_key[(a, b, s)], n, window)["length_retention"] if (a, b, s) in by_key else None
+                    p = probe_at(by_key[(a, b, s)], n)["length_retention"] if (a, b, s) in by_key else None
                     if p is not None and truth:
                         agree.append((p >= x) == (mean(truth) >= x))
                 rates.append(sum(agree) / len(agree))
@@ -418,7 +425,7 @@ def table(args) -> dict:
         groups = [("trained", [by_key[(a, b, s)] for s in seeds if (a, b, s) in by_key])]
         groups += [("null", null_by_point[(a, b)])] if (a, b) in null_by_point else []
         for kind, runs in groups:
-            ms_ = [probe_metrics(r, steer, window) for r in runs]
+            ms_ = [probe_at(r, steer) for r in runs]
             cells = " | ".join(ms([m[n] for m in ms_]) for n in names)
             lines.append(f"| {a:g} | {b:g} | {kind} ({len(runs)}) | {cells} |")
 
@@ -446,7 +453,7 @@ def table(args) -> dict:
             rhos = []
             for s in seeds:
                 keys = [(a, b) for a, b in points if (a, b, s) in by_key]
-                xs = [probe_metrics(by_key[(a, b, s)], n, window)[metric] for a, b in keys]
+                xs = [probe_at(by_key[(a, b, s)], n)[metric] for a, b in keys]
                 ys = [outcomes[(a, b, s)][outcome] for a, b in keys]
                 pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
                 rhos.append(spearman([x for x, _ in pairs], [y for _, y in pairs]))
