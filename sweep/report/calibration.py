@@ -157,6 +157,9 @@ def summarize_calibration(
     if n < MIN_CANDIDATES:
         trusted = False
         verdict = f"too few candidates ({n}) to judge the ranking: calibrate at least {MIN_CANDIDATES} (--trials)"
+    elif not rhos and not agreement:
+        trusted = False
+        verdict = "nothing to compare: no candidate has both a recorded probe value and a long-run outcome"
     elif not weak and not disagree:
         trusted = True
         agrees = "feasibility agrees on " + ", ".join(f"{v:.0%} ({k})" for k, v in agreement.items())

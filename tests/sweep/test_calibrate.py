@@ -118,6 +118,11 @@ def test_a_constraint_only_metric_is_judged_by_its_verdicts_and_an_objective_by_
     )
     result = summarize_calibration(ranked, candidates, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
     assert not result.trusted and "Spearman -1.00 for probe/length_retention" in result.verdict
+    # a constraint-only spec whose candidates recorded no probe value: nothing was compared, nothing trusted
+    gated = spec.model_copy(update={"objectives": [type(spec.objectives[0])(metric="x", direction="maximize")]})
+    blind = [Candidate(c.number, c.params, c.why, {"length_retention": None}, None, long=c.long) for c in candidates]
+    result = summarize_calibration(gated, blind, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert not result.trusted and result.verdict.startswith("nothing to compare"), result.verdict
 
 
 def _table(values: list[float], noise: list[float]):
