@@ -210,9 +210,8 @@ def calibrate(
             )
             run = backend.run(model, tokenizer, config=long_config, prompts=prompts, reward=reward)
             if run.diverged:
-                outcome = {"final_length": 0.0, "min_length": 0.0, "final_reward": None, "final_score": None}
-                outcome |= {"dip": None}
-                outcome |= {"recovery_step": None, "steps": run.curves.steps, "diverged": True}
+                outcome = dict.fromkeys(("final_reward", "final_score", "dip", "recovery_step"))
+                outcome |= {"final_length": 0.0, "min_length": 0.0, "steps": run.curves.steps, "diverged": True}
             else:
                 outcome = long_outcome(run.baseline, run.steps, window=config.window)
             candidate.long.append(outcome | {"seed": seed})
