@@ -208,7 +208,8 @@ def _section(calibration: Calibration) -> tuple[str, str, list[str], list[list[s
     """The report's calibration section as plain text: (title, facts line, table header, rows).
     The markdown and HTML renderings escape what they need from these."""
     c = calibration
-    metrics = list(c.spearman)
+    # every probe metric that steers: the ranked ones (spearman) and those only a constraint uses
+    metrics = list(dict.fromkeys([*c.spearman, *(m for cand in c.candidates for m in cand.probe)]))
     title = f"Calibration: the probe ({c.probe_steps} steps) against {c.long_steps}-step runs"
     facts = (
         f"{len(c.candidates)} candidates, long-run seeds {', '.join(map(str, c.seeds))}, {c.wall_s:.0f} s "

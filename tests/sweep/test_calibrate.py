@@ -109,6 +109,13 @@ def test_a_constraint_only_metric_is_judged_by_its_verdicts_and_an_objective_by_
     assert result.agreement == {"probe/length_retention >= 0.5": 1.0}
     assert result.trusted, result.verdict
     assert "Spearman reward_gain 1.00 over 4 candidates" in result.verdict
+    # the report's table shows what gates feasibility beside what ranks, each candidate's value
+    from sweep.report.calibration import markdown
+
+    lines = markdown(result)
+    header = next(line for line in lines if line.startswith("| trial"))
+    assert "probe/reward_gain" in header and "probe/length_retention" in header, header
+    assert any(line.startswith("| 3 | test | 0.60 | 0.60 |") for line in lines), lines
     # the same with retention as an objective: its reversed order is what a user must hear about
     ranked = spec.model_copy(
         update={
