@@ -1,0 +1,238 @@
+"""An experiment: the probe's RL with a PPO critic in place of GRPO's group advantages.
+
+    python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--out DIR]
+    python bench/probe_critic.py shapes DIR [DIR ...]
+
+Why: the reward hockey stick was reported on PPO runs. A critic-free on-policy probe
+follows the gradient of the expected reward, so its reward cannot fall to first order;
+a critic that has not yet learned the candidate's outputs can push the policy where the
+reward did not ask (docs/probe.md, "Why no hockey stick"). This script asks whether that
+gives the hockey stick on the demo family. It is not a probe backend: it runs the
+built-in backend (bench/probe_validity.py's worker, the demo spec's probe settings) with
+its step replaced, so sampling, scoring, the reference, the KL term and Adam are the
+probe's own; only the advantages differ:
+
+- a critic: a copy of the candidate with a linear value head (seeded, PyTorch's default
+  init, as TRL's value head) on its last hidden state, trained by Adam (`--critic-lr`)
+  on the squared error to the returns, one step per probe step;
+- GAE with gamma 1 and `--lam` over each response's tokens, the reward on its last
+  token, advantages whitened over the batch's tokens (verl's and TRL's default);
+- `--critic-warmup N`: the first N steps train the critic only (the policy is not
+  updated), as PPO recipes do to avoid exactly this instability.
+
+Each run is one JSON file in probe_validity.py's format, so `probe_validity.py table`
+reads them too; `shapes` prints each run's reward shape (start, peak, lowest after the
+peak, final, dip under the start, held-out addition accuracy after the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import probe_validity as pv
+
+DEFAULT_OUT = pv.ROOT / "results" / "probe-critic"
+
+
+def _install(critic_lr: float, lam: float, warmup: int, seed: int) -> None:
+    """Replace the built-in backend's step (evals.probe.grpo._step) with the PPO one."""
+    import torch
+
+    import evals.probe.grpo as grpo
+    from evals.probe.logprobs import _decoder, token_logprobs
+    from evals.probe.sampling import policy_temperature
+    from evals.probe.update import MAX_GRAD_NORM
+
+    critics: dict[int, tuple] = {}  # id(job) -> (critic model, value head, optimizer)
+
+    def values(critic, head, input_ids, attention_mask, R):
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        out = _decoder(critic)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+        )
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return head(hidden[:, -(R + 1) : -1]).squeeze(-1).float()  # V(state before response token t)
+
+    def step(job, policy, index):
+        config = job.config
+        start = time.perf_counter()
+        if id(job) not in critics:  # step 0: the model is still the candidate
+            critic = copy.deepcopy(job.model).eval().requires_grad_(True)
+            torch.manual_seed(seed)
+            head = torch.nn.Linear(critic.config.hidden_size, 1)
+            params = [*critic.parameters(), *head.parameters()]
+            critics[id(job)] = (critic, head, torch.optim.Adam(params, lr=critic_lr))
+        critic, head, critic_opt = critics[id(job)]
+        chosen = job.order[index * config.prompts_per_step : (index + 1) * config.prompts_per_step]
+        group = [i for i in chosen for _ in range(config.group_size)]
+        batch = job.sample(group)
+        gen_s = time.perf_counter() - start
+        scores = job.score(group, batch)
+        input_ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+        attention_mask = torch.cat([batch.prompt_mask, batch.response_mask], 1)
+        mask = batch.response_mask.float()
+        rows, R = mask.shape
+        with torch.no_grad():
+            v = values(critic, head, input_ids, attention_mask, R) * mask
+        last = (mask.sum(1) - 1).long()
+        rewards = torch.zeros_like(mask)
+        rewards[torch.arange(rows), last] = scores
+        advantages, running = torch.zeros_like(mask), torch.zeros(rows)
+        for t in reversed(range(R)):  # GAE, gamma 1; the state after the last token is terminal
+            next_v = v[:, t + 1] if t + 1 < R else torch.zeros(rows)
+            running = (rewards[:, t] + next_v - v[:, t] + lam * running) * mask[:, t]
+            advantages[:, t] = running
+        returns = advantages + v
+        n = mask.sum()
+        mean = (advantages * mask).sum() / n
+        std = (((advantages - mean) ** 2 * mask).sum() / n).sqrt()
+        whitened = (advantages - mean) / (std + 1e-8) * mask
+
+        kw = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_ids": batch.response_ids,
+            "response_mask": batch.response_mask,
+            "temperature": policy_temperature(config),
+            "chunk": config.logprob_chunk,
+        }
+        with torch.no_grad():
+            ref_logp, _ = token_logprobs(policy.reference, **kw)
+        policy.optimizer.zero_grad()
+        logp, entropy = token_logprobs(job.model, **kw)
+        log_ratio = ref_logp - logp
+        k3 = torch.exp(log_ratio) - log_ratio - 1
+        loss = ((-whitened * torch.exp(logp - logp.detach()) + config.kl_coef * k3) * mask).sum() / n
+        grad_norm = 0.0
+        if index >= warmup:
+            loss.backward()
+            grad_norm = policy.optimizer.step(MAX_GRAD_NORM)
+
+        critic_opt.zero_grad()
+        value_loss = ((values(critic, head, input_ids, attention_mask, R) - returns) ** 2 * mask).sum() / n
+        value_loss.backward()
+        torch.nn.utils.clip_grad_norm_([*critic.parameters(), *head.parameters()], MAX_GRAD_NORM)
+        critic_opt.step()
+
+        lengths = batch.lengths.float()
+        row = {
+            "response_length/mean": lengths.mean().item(),
+            "response_length/min": lengths.min().item(),
+            "response_length/max": lengths.max().item(),
+            "response_length/clip_ratio": batch.truncated.float().mean().item(),
+            "critic/score/mean": scores.mean().item(),
+            "critic/score/std": scores.std(unbiased=False).item(),
+            "actor/kl": float((k3.detach() * mask).sum() / n),
+            "actor/entropy": float((entropy * mask).sum() / n),
+            "actor/grad_norm": grad_norm,
+            "timing/gen_s": gen_s,
+            "timing/step_s": time.perf_counter() - start,
+        }
+        if index % 8 == 0:
+            print(f"  step {index}: reward {scores.mean():.2f}, value loss {value_loss.item():.3f}", flush=True)
+        return row, grpo._per_prompt(chosen, config.group_size, batch, scores)
+
+    if not callable(getattr(grpo, "_step", None)):
+        raise SystemExit("evals.probe.grpo has no _step to replace: this experiment needs updating")
+    grpo._step = step
+
+
+def _worker(jobs, out: str, steps: int, critic_lr: float, lam: float, warmup: int) -> None:
+    for job in jobs:
+        _install(critic_lr, lam, warmup, seed=job[2])
+        pv._worker([job], out, steps, 50, False, {})
+        path = Path(out) / pv._name(*job)  # say in the record what made it
+        record = json.loads(path.read_text())
+        record["critic"] = {"critic_lr": critic_lr, "lam": lam, "critic_warmup": warmup}
+        path.write_text(json.dumps(record))
+
+
+def run(args) -> None:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    points = [tuple(map(float, p.split(","))) for p in args.points]
+    jobs = [(a, b, s, False) for s in args.seeds for a, b in points if not (out / pv._name(a, b, s, False)).exists()]
+    print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(jobs[i :: args.workers], str(out), args.steps, args.critic_lr, args.lam, args.critic_warmup),
+        )
+        for i in range(args.workers)
+        if jobs[i :: args.workers]
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        raise SystemExit(f"a worker failed (exit codes {[p.exitcode for p in procs]})")
+
+
+def shape(record: dict, window: int = 3) -> dict:
+    """The reward's shape in one run: smoothed, per-prompt normalized (as the probe reads it)."""
+    from evals.probe.baseline import Baseline, normalized_curves
+    from evals.stability import moving_average
+
+    baseline, steps = pv._samples(record)
+    _, score, _ = normalized_curves(baseline, steps)
+    smooth = moving_average(score, window)[window - 1 :]
+    start = Baseline(baseline).pool_score
+    peak = max(range(len(smooth)), key=smooth.__getitem__)
+    low = min(range(peak, len(smooth)), key=smooth.__getitem__)
+    tail = max(1, len(score) // 8)
+    return {
+        "start": start,
+        "peak": smooth[peak],
+        "peak_step": peak + window - 1,
+        "low_after_peak": smooth[low],
+        "low_step": low + window - 1,
+        "final": sum(score[-tail:]) / tail,
+        "dip": max(0.0, start - min(smooth)),
+        "heldout_reasoning": record["after"].get("reasoning", {}).get("accuracy"),
+    }
+
+
+def shapes(args) -> None:
+    for folder in args.dirs:
+        for path in sorted(Path(folder).glob("a*-b*-s*.json")):
+            s = shape(json.loads(path.read_text()))
+            print(
+                f"{Path(folder).name} {path.stem}: start {s['start']:.2f}, peak {s['peak']:.2f} (step {s['peak_step']}),"
+                f" lowest after it {s['low_after_peak']:.2f} (step {s['low_step']}), final {s['final']:.2f},"
+                f" dip under the start {s['dip']:.2f}, held-out addition {s['heldout_reasoning']}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--points", nargs="+", default=["0,1", "0.25,0.5"], help="alpha,beta pairs")
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--steps", type=int, default=64)
+    r.add_argument("--critic-lr", type=float, default=1e-3)
+    r.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
+    r.add_argument("--critic-warmup", type=int, default=0, help="steps that train the critic only")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--out", default=str(DEFAULT_OUT))
+    s = sub.add_parser("shapes")
+    s.add_argument("dirs", nargs="+")
+    args = parser.parse_args()
+    if args.command == "run":
+        t0 = time.perf_counter()
+        run(args)
+        print(f"done in {time.perf_counter() - t0:.0f} s")
+    else:
+        shapes(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
