@@ -40,7 +40,7 @@ import probe_validity as pv
 DEFAULT_OUT = pv.ROOT / "results" / "probe-critic"
 
 
-def _install(critic_lr: float, lam: float, warmup: int, seed: int) -> None:
+def _install(critic_lr: float, lam: float, warmup: int, seed: int, init: str = "random") -> None:
     """Replace the built-in backend's step (evals.probe.grpo._step) with the PPO one."""
     import torch
 
@@ -66,6 +66,9 @@ def _install(critic_lr: float, lam: float, warmup: int, seed: int) -> None:
             critic = copy.deepcopy(job.model).eval().requires_grad_(True)
             torch.manual_seed(seed)
             head = torch.nn.Linear(critic.config.hidden_size, 1)
+            if init == "zero":  # V = 0 everywhere at first: GAE credits only the last ~1/(1-lam) tokens
+                torch.nn.init.zeros_(head.weight)
+                torch.nn.init.zeros_(head.bias)
             params = [*critic.parameters(), *head.parameters()]
             critics[id(job)] = (critic, head, torch.optim.Adam(params, lr=critic_lr))
         critic, head, critic_opt = critics[id(job)]
@@ -143,13 +146,13 @@ def _install(critic_lr: float, lam: float, warmup: int, seed: int) -> None:
     grpo._step = step
 
 
-def _worker(jobs, out: str, steps: int, critic_lr: float, lam: float, warmup: int) -> None:
+def _worker(jobs, out: str, steps: int, critic_lr: float, lam: float, warmup: int, init: str) -> None:
     for job in jobs:
-        _install(critic_lr, lam, warmup, seed=job[2])
+        _install(critic_lr, lam, warmup, seed=job[2], init=init)
         pv._worker([job], out, steps, 50, False, {})
         path = Path(out) / pv._name(*job)  # say in the record what made it
         record = json.loads(path.read_text())
-        record["critic"] = {"critic_lr": critic_lr, "lam": lam, "critic_warmup": warmup}
+        record["critic"] = {"critic_lr": critic_lr, "lam": lam, "critic_warmup": warmup, "init": init}
         path.write_text(json.dumps(record))
 
 
@@ -163,7 +166,15 @@ def run(args) -> None:
     procs = [
         ctx.Process(
             target=_worker,
-            args=(jobs[i :: args.workers], str(out), args.steps, args.critic_lr, args.lam, args.critic_warmup),
+            args=(
+                jobs[i :: args.workers],
+                str(out),
+                args.steps,
+                args.critic_lr,
+                args.lam,
+                args.critic_warmup,
+                args.critic_init,
+            ),
         )
         for i in range(args.workers)
         if jobs[i :: args.workers]
@@ -221,6 +232,7 @@ def main() -> None:
     r.add_argument("--critic-lr", type=float, default=1e-3)
     r.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     r.add_argument("--critic-warmup", type=int, default=0, help="steps that train the critic only")
+    r.add_argument("--critic-init", choices=["random", "zero"], default="random", help="the value head's start")
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--out", default=str(DEFAULT_OUT))
     s = sub.add_parser("shapes")
