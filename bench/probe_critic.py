@@ -1,6 +1,6 @@
 """An experiment: the probe's RL with a PPO critic in place of GRPO's group advantages.
 
-    python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--out DIR]
+    python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero] [--out DIR]
     python bench/probe_critic.py shapes DIR [DIR ...]
 
 Why: the reward hockey stick was reported on PPO runs. A critic-free on-policy probe
@@ -18,7 +18,9 @@ probe's own; only the advantages differ:
 - GAE with gamma 1 and `--lam` over each response's tokens, the reward on its last
   token, advantages whitened over the batch's tokens (verl's and TRL's default);
 - `--critic-warmup N`: the first N steps train the critic only (the policy is not
-  updated), as PPO recipes do to avoid exactly this instability.
+  updated), as PPO recipes do to avoid exactly this instability;
+- `--critic-init zero`: the value head starts at 0 (V = 0 everywhere), instead of
+  PyTorch's default init (values of the order of the rewards, different per token).
 
 Each run is one JSON file in probe_validity.py's format, so `probe_validity.py table`
 reads them too; `shapes` prints each run's reward shape (start, peak, lowest after the
