@@ -2,6 +2,7 @@
 
     python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero] [--out DIR]
     python bench/probe_critic.py shapes DIR [DIR ...]
+    python bench/probe_critic.py reward-model [--steps 300] [--out FILE]   # then run --critic-init FILE
 
 Why: the reward hockey stick was reported on PPO runs. A critic-free on-policy probe
 follows the gradient of the expected reward, so its reward cannot fall to first order;
@@ -20,7 +21,11 @@ probe's own; only the advantages differ:
 - `--critic-warmup N`: the first N steps train the critic only (the policy is not
   updated), as PPO recipes do to avoid exactly this instability;
 - `--critic-init zero`: the value head starts at 0 (V = 0 everywhere), instead of
-  PyTorch's default init (values of the order of the rewards, different per token).
+  PyTorch's default init (values of the order of the rewards, different per token);
+  `--critic-init FILE`: trunk and head start from a reward model that `reward-model`
+  trained (the instruct member with a head on the last token, on instruct-style answers
+  labelled right or wrong, as PPO recipes start their critic from the reward model; it
+  never sees a `<think>` block, so its values on a reasoner's thinking are extrapolated).
 
 Each run is one JSON file in probe_validity.py's format, so `probe_validity.py table`
 reads them too; `shapes` prints each run's reward shape (start, peak, lowest after the
@@ -71,6 +76,10 @@ def _install(critic_lr: float, lam: float, warmup: int, seed: int, init: str = "
             if init == "zero":  # V = 0 everywhere at first: GAE credits only the last ~1/(1-lam) tokens
                 torch.nn.init.zeros_(head.weight)
                 torch.nn.init.zeros_(head.bias)
+            elif init != "random":  # a reward model's file (`reward-model`): trunk and head start from it
+                saved = torch.load(init, weights_only=True)
+                critic.load_state_dict(saved["model"])
+                head.load_state_dict(saved["head"])
             params = [*critic.parameters(), *head.parameters()]
             critics[id(job)] = (critic, head, torch.optim.Adam(params, lr=critic_lr))
         critic, head, critic_opt = critics[id(job)]
@@ -189,6 +198,79 @@ def run(args) -> None:
         raise SystemExit(f"a worker failed (exit codes {[p.exitcode for p in procs]})")
 
 
+def _rm_example(rng, tokenizer) -> tuple[list[int], float]:
+    """One instruct-style response, right (1.0) or wrong (0.0), as token ids ending in eos."""
+    from evals.probe.sampling import encode_prompt
+    from sweep.demo import data
+
+    problem = data.make_problem(rng, rng.choice(("add",) + data.FORMATS))
+    right = rng.random() < 0.5
+    answer = problem.answer
+    if not right:
+        if problem.kind == "add":
+            answer = str(int(answer) + rng.choice((-100, -10, -1, 1, 10, 100)))
+        else:  # one character changed
+            i = rng.randrange(len(answer))
+            answer = (
+                answer[:i] + rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != answer[i]]) + answer[i + 1 :]
+            )
+    ids = encode_prompt(tokenizer, problem.prompt) + tokenizer.encode(answer, add_special_tokens=False)
+    return ids + [tokenizer.eos_token_id], float(right)
+
+
+def reward_model(args) -> None:
+    """A reward model as PPO recipes start their critic from: the instruct member with a linear
+    head on the last token, trained on instruct-style answers labelled right (1) or wrong (0),
+    additions and format instructions half and half. It never sees a `<think>` block, as a
+    reward model trained on instruct-style preferences would not."""
+    import random
+
+    import torch
+
+    torch.set_num_threads(1)
+    from sweep.demo.build import active_family
+    from sweep.demo.measure import build, load_family_models
+
+    sources, model, tokenizer = load_family_models(active_family())
+    build(model, sources, 1.0, 1.0)  # the instruct member
+    model.train().requires_grad_(True)
+    torch.manual_seed(args.seed)
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-4)
+    rng = random.Random(args.seed)
+    from evals.probe.logprobs import _decoder
+
+    def scores(batch):
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([x + [tokenizer.eos_token_id] * (width - len(x)) for x, _ in batch])
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
+        out = _decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        last = mask.sum(1) - 1
+        return head(hidden[torch.arange(len(batch)), last]).squeeze(-1)
+
+    for step in range(args.steps):
+        batch = [_rm_example(rng, tokenizer) for _ in range(16)]
+        labels = torch.tensor([y for _, y in batch])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(scores(batch), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"  step {step}: loss {loss.item():.3f}", flush=True)
+    model.eval()
+    with torch.no_grad():
+        test_rng = random.Random(args.seed + 1)
+        held = [_rm_example(test_rng, tokenizer) for _ in range(200)]
+        guess = scores(held) > 0
+        acc = sum(bool(g) == (y > 0.5) for g, (_, y) in zip(guess, held, strict=True)) / len(held)
+    print(f"reward model: held-out accuracy {acc:.2f} on 200 fresh answers")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "head": head.state_dict()}, out)
+    print(f"wrote {out}")
+
+
 def shape(record: dict, window: int = 3) -> dict:
     """The reward's shape in one run: smoothed, per-prompt normalized (as the probe reads it)."""
     from evals.probe.baseline import Baseline, normalized_curves
@@ -234,18 +316,27 @@ def main() -> None:
     r.add_argument("--critic-lr", type=float, default=1e-3)
     r.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     r.add_argument("--critic-warmup", type=int, default=0, help="steps that train the critic only")
-    r.add_argument("--critic-init", choices=["random", "zero"], default="random", help="the value head's start")
+    r.add_argument(
+        "--critic-init", default="random", help="random | zero | a file from `reward-model`: where the critic starts"
+    )
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--out", default=str(DEFAULT_OUT))
     s = sub.add_parser("shapes")
     s.add_argument("dirs", nargs="+")
+    m = sub.add_parser("reward-model")
+    m.add_argument("--out", default=str(DEFAULT_OUT / "reward-model.pt"))
+    m.add_argument("--steps", type=int, default=300)
+    m.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    t0 = time.perf_counter()
     if args.command == "run":
-        t0 = time.perf_counter()
         run(args)
-        print(f"done in {time.perf_counter() - t0:.0f} s")
+    elif args.command == "reward-model":
+        reward_model(args)
     else:
         shapes(args)
+        return
+    print(f"done in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
