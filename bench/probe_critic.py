@@ -17,7 +17,8 @@ probe's own; only the advantages differ:
   init, as TRL's value head) on its last hidden state, trained by Adam (`--critic-lr`)
   on the squared error to the returns, one step per probe step;
 - GAE with gamma 1 and `--lam` over each response's tokens, the reward on its last
-  token, advantages whitened over the batch's tokens (verl's and TRL's default);
+  token, advantages whitened over the batch's tokens (verl's and TRL's default;
+  `--no-whiten`: raw);
 - `--critic-warmup N`: the first N steps train the critic only (the policy is not
   updated), as PPO recipes do to avoid exactly this instability;
 - `--critic-init zero`: the value head starts at 0 (V = 0 everywhere), instead of
@@ -47,8 +48,10 @@ import probe_validity as pv
 DEFAULT_OUT = pv.ROOT / "results" / "probe-critic"
 
 
-def _install(critic_lr: float, lam: float, warmup: int, seed: int, init: str = "random") -> None:
-    """Replace the built-in backend's step (evals.probe.grpo._step) with the PPO one."""
+def _install(options: dict, seed: int) -> None:
+    """Replace the built-in backend's step (evals.probe.grpo._step) with the PPO one.
+    `options`: critic_lr, lam, critic_warmup, init, whiten (the `run` flags)."""
+    critic_lr, lam, warmup, init = options["critic_lr"], options["lam"], options["critic_warmup"], options["init"]
     import torch
 
     import evals.probe.grpo as grpo
@@ -106,7 +109,7 @@ def _install(critic_lr: float, lam: float, warmup: int, seed: int, init: str = "
         n = mask.sum()
         mean = (advantages * mask).sum() / n
         std = (((advantages - mean) ** 2 * mask).sum() / n).sqrt()
-        whitened = (advantages - mean) / (std + 1e-8) * mask
+        whitened = (advantages - mean) / (std + 1e-8) * mask if options["whiten"] else advantages
 
         kw = {
             "input_ids": input_ids,
@@ -157,13 +160,13 @@ def _install(critic_lr: float, lam: float, warmup: int, seed: int, init: str = "
     grpo._step = step
 
 
-def _worker(jobs, out: str, steps: int, critic_lr: float, lam: float, warmup: int, init: str) -> None:
+def _worker(jobs, out: str, steps: int, options: dict) -> None:
     for job in jobs:
-        _install(critic_lr, lam, warmup, seed=job[2], init=init)
+        _install(options, seed=job[2])
         pv._worker([job], out, steps, 50, False, {})
         path = Path(out) / pv._name(*job)  # say in the record what made it
         record = json.loads(path.read_text())
-        record["critic"] = {"critic_lr": critic_lr, "lam": lam, "critic_warmup": warmup, "init": init}
+        record["critic"] = options
         path.write_text(json.dumps(record))
 
 
@@ -173,20 +176,16 @@ def run(args) -> None:
     points = [tuple(map(float, p.split(","))) for p in args.points]
     jobs = [(a, b, s, False) for s in args.seeds for a, b in points if not (out / pv._name(a, b, s, False)).exists()]
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
+    options = {
+        "critic_lr": args.critic_lr,
+        "lam": args.lam,
+        "critic_warmup": args.critic_warmup,
+        "init": args.critic_init,
+        "whiten": not args.no_whiten,
+    }
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(
-            target=_worker,
-            args=(
-                jobs[i :: args.workers],
-                str(out),
-                args.steps,
-                args.critic_lr,
-                args.lam,
-                args.critic_warmup,
-                args.critic_init,
-            ),
-        )
+        ctx.Process(target=_worker, args=(jobs[i :: args.workers], str(out), args.steps, options))
         for i in range(args.workers)
         if jobs[i :: args.workers]
     ]
@@ -316,6 +315,7 @@ def main() -> None:
     r.add_argument("--critic-lr", type=float, default=1e-3)
     r.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     r.add_argument("--critic-warmup", type=int, default=0, help="steps that train the critic only")
+    r.add_argument("--no-whiten", action="store_true", help="raw GAE advantages, not whitened over the batch")
     r.add_argument(
         "--critic-init", default="random", help="random | zero | a file from `reward-model`: where the critic starts"
     )
