@@ -56,6 +56,7 @@ def _install(options: dict, seed: int) -> None:
 
     import evals.probe.grpo as grpo
     from evals.probe.logprobs import _decoder, token_logprobs
+    from evals.probe.records import curve_row
     from evals.probe.sampling import policy_temperature
     from evals.probe.update import MAX_GRAD_NORM
 
@@ -137,20 +138,15 @@ def _install(options: dict, seed: int) -> None:
         torch.nn.utils.clip_grad_norm_([*critic.parameters(), *head.parameters()], MAX_GRAD_NORM)
         critic_opt.step()
 
-        lengths = batch.lengths.float()
-        row = {
-            "response_length/mean": lengths.mean().item(),
-            "response_length/min": lengths.min().item(),
-            "response_length/max": lengths.max().item(),
-            "response_length/clip_ratio": batch.truncated.float().mean().item(),
-            "critic/score/mean": scores.mean().item(),
-            "critic/score/std": scores.std(unbiased=False).item(),
-            "actor/kl": float((k3.detach() * mask).sum() / n),
-            "actor/entropy": float((entropy * mask).sum() / n),
-            "actor/grad_norm": grad_norm,
-            "timing/gen_s": gen_s,
-            "timing/step_s": time.perf_counter() - start,
-        }
+        row = curve_row(
+            batch,
+            scores,
+            kl=float((k3.detach() * mask).sum() / n),
+            entropy=float((entropy * mask).sum() / n),
+            grad_norm=grad_norm,
+            gen_s=gen_s,
+            step_s=time.perf_counter() - start,
+        )
         if index % 8 == 0:
             print(f"  step {index}: reward {scores.mean():.2f}, value loss {value_loss.item():.3f}", flush=True)
         return row, grpo._per_prompt(chosen, config.group_size, batch, scores)

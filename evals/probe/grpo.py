@@ -60,7 +60,7 @@ from evals.probe.baseline import Baseline
 from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import logits_postprocess_problem
 from evals.probe.lora import LoraAdapters
-from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples
+from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples, curve_row
 from evals.probe.sampling import (
     Batch,
     Diverged,
@@ -312,20 +312,7 @@ def _step(job: _Job, policy: _Policy, step: int) -> tuple[dict[str, float], tupl
             job.rollouts.set_adapter(policy.adapters)
         else:
             job.rollouts.push_weights(job.model, weights=policy.adapters.merged_weights() if policy.adapters else None)
-    lengths = batch.lengths.float()
-    row = {
-        "response_length/mean": lengths.mean().item(),
-        "response_length/min": lengths.min().item(),
-        "response_length/max": lengths.max().item(),
-        "response_length/clip_ratio": batch.truncated.float().mean().item(),
-        "critic/score/mean": scores_t.mean().item(),
-        "critic/score/std": scores_t.std(unbiased=False).item(),
-        "actor/kl": update["kl"],
-        "actor/entropy": update["entropy"],
-        "actor/grad_norm": update["grad_norm"],
-        "timing/gen_s": gen_s,
-        "timing/step_s": time.perf_counter() - start,
-    }
+    row = curve_row(batch, scores_t, **update, gen_s=gen_s, step_s=time.perf_counter() - start)
     return row, _per_prompt(chosen, config.group_size, batch, scores_t)
 
 

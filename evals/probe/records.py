@@ -83,6 +83,27 @@ OPTIONAL_CURVES = (
 )
 
 
+def curve_row(
+    batch: Any, scores: Any, *, kl: float, entropy: float, grad_norm: float, gen_s: float, step_s: float
+) -> dict[str, float]:
+    """One step's point of every raw curve (keys as ProbeCurves.append reads them), from the
+    step's rollouts (evals.probe.sampling.Batch), their raw scores and the update's figures."""
+    lengths = batch.lengths.float()
+    return {
+        "response_length/mean": lengths.mean().item(),
+        "response_length/min": lengths.min().item(),
+        "response_length/max": lengths.max().item(),
+        "response_length/clip_ratio": batch.truncated.float().mean().item(),
+        "critic/score/mean": scores.mean().item(),
+        "critic/score/std": scores.std(unbiased=False).item(),
+        "actor/kl": kl,
+        "actor/entropy": entropy,
+        "actor/grad_norm": grad_norm,
+        "timing/gen_s": gen_s,
+        "timing/step_s": step_s,
+    }
+
+
 @dataclass(frozen=True)
 class ProbeCurves:
     """Per-step curves; point t is measured on the completions sampled at step t
