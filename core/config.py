@@ -16,13 +16,20 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic._internal._model_construction import ModelMetaclass  # BaseModel's metaclass (no public name)
 from pydantic_core import PydanticCustomError
 
 from core.errors import UserError
 from core.registry import Registry
 
 UNKNOWN_NAME = "unknown_name"  # the pydantic error type of `registered`
+
+# BaseModel's metaclass. pydantic gives it no public name (it lives in
+# pydantic._internal, which may move between releases): at run time type() reaches it,
+# and only the type checker reads the private path.
+if typing.TYPE_CHECKING:
+    from pydantic._internal._model_construction import ModelMetaclass
+else:
+    ModelMetaclass = type(BaseModel)
 
 
 class Section(BaseModel):
