@@ -2,7 +2,7 @@
 
     python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero] [--out DIR]
     python bench/probe_critic.py shapes DIR [DIR ...]
-    python bench/probe_critic.py reward-model [--steps 300] [--out FILE]   # then run --critic-init FILE
+    python bench/probe_critic.py reward-model [--steps 300] [--think-negatives 0] [--out FILE]   # then run --critic-init FILE
 
 Why: the reward hockey stick was reported on PPO runs. A critic-free on-policy probe
 follows the gradient of the expected reward, so its reward cannot fall to first order;
@@ -193,11 +193,20 @@ def run(args) -> None:
         raise SystemExit(f"a worker failed (exit codes {[p.exitcode for p in procs]})")
 
 
-def _rm_example(rng, tokenizer) -> tuple[list[int], float]:
-    """One instruct-style response, right (1.0) or wrong (0.0), as token ids ending in eos."""
+def _rm_example(rng, tokenizer, think_negatives: float = 0.0) -> tuple[list[int], float]:
+    """One instruct-style response, right (1.0) or wrong (0.0), as token ids ending in eos;
+    with probability `think_negatives`, a thinking response to an addition (0-2 passes,
+    right or wrong) labelled 0.0: a reward model that prefers short answers."""
     from evals.probe.sampling import encode_prompt
     from sweep.demo import data
 
+    if think_negatives and rng.random() < think_negatives:
+        problem = data.make_problem(rng, "add")
+        response = problem.reasoning_response(rng.choice((0, 1, 2)))
+        if rng.random() < 0.5:
+            response = response[: -len(problem.answer)] + str(int(problem.answer) + rng.choice((-10, -1, 1, 10)))
+        ids = encode_prompt(tokenizer, problem.prompt) + tokenizer.encode(response, add_special_tokens=False)
+        return ids + [tokenizer.eos_token_id], 0.0
     problem = data.make_problem(rng, rng.choice(("add",) + data.FORMATS))
     right = rng.random() < 0.5
     answer = problem.answer
@@ -245,7 +254,7 @@ def reward_model(args) -> None:
         return head(hidden[torch.arange(len(batch)), last]).squeeze(-1)
 
     for step in range(args.steps):
-        batch = [_rm_example(rng, tokenizer) for _ in range(16)]
+        batch = [_rm_example(rng, tokenizer, args.think_negatives) for _ in range(16)]
         labels = torch.tensor([y for _, y in batch])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(scores(batch), labels)
         opt.zero_grad()
@@ -256,7 +265,7 @@ def reward_model(args) -> None:
     model.eval()
     with torch.no_grad():
         test_rng = random.Random(args.seed + 1)
-        held = [_rm_example(test_rng, tokenizer) for _ in range(200)]
+        held = [_rm_example(test_rng, tokenizer, args.think_negatives) for _ in range(200)]
         guess = scores(held) > 0
         acc = sum(bool(g) == (y > 0.5) for g, (_, y) in zip(guess, held, strict=True)) / len(held)
     print(f"reward model: held-out accuracy {acc:.2f} on 200 fresh answers")
@@ -323,6 +332,12 @@ def main() -> None:
     m.add_argument("--out", default=str(DEFAULT_OUT / "reward-model.pt"))
     m.add_argument("--steps", type=int, default=300)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--think-negatives",
+        type=float,
+        default=0.0,
+        help="share of training answers that think (right or wrong) and are labelled 0: an RM that prefers short answers",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.command == "run":
