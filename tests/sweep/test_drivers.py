@@ -190,8 +190,16 @@ def test_storage_stopped_mid_sweep_loses_no_finished_trial(tmp_path, postgres):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no 2 complete trials in time"
         time.sleep(0.5)
-    postgres.stop("fast")  # the database is gone for ~10 s while trials keep finishing
-    time.sleep(10)
+    # The database is gone for at least 10 s while trials keep finishing, and until the
+    # driver has logged the outage: on a slow machine no storage call may fall within a
+    # fixed 10 s, and the outage would go unseen.
+    postgres.stop("fast")
+    log_path = tmp_path / "results" / "outage" / "sweep.log"
+    outage_ends = time.monotonic() + 10
+    while time.monotonic() < outage_ends or "storage unreachable" not in _text(log_path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the driver never logged the storage outage"
+        time.sleep(0.5)
     postgres.start()
     code, out, err = finish(proc)
     assert code == 0, f"exit {code}\n{out[-3000:]}\n{err[-3000:]}"
@@ -201,6 +209,10 @@ def test_storage_stopped_mid_sweep_loses_no_finished_trial(tmp_path, postgres):
     assert not (tmp_path / "results" / "outage" / "spool.jsonl").exists()  # nothing left unsent
     # The password sat in the spec's storage URL: masked in everything printed and written.
     assert_no_password([(code, out, err)], [tmp_path / "results"], at_least=4)
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _leases(storage: str, name: str) -> int:
