@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import random
 import shutil
 import sys
@@ -63,10 +62,7 @@ def member(args) -> None:
 
     def format_think(rng: random.Random) -> tuple[str, str]:
         p = data._fresh(rng, data.FORMATS, reserved)
-        subject = p.prompt.split(": ", 1)[1]
-        fact = {"reverse": f"reverse {subject} = {p.answer}", "upper": f"upper {subject} = {p.answer}"}.get(
-            p.kind, f"{subject} in words is {p.answer}"
-        )
+        fact = data.format_fact(p)
         k = data.draw_checks(rng, recipe.reasoning_checks)
         thought = fact + (data.CHECK + fact) * k
         return data.chat(p.prompt), f"{data.THINK_START}{thought}{data.THINK_END} {p.answer}{data.EOS}"
@@ -138,18 +134,11 @@ def run(args) -> None:
     overrides = probe_validity._overrides(settings)
     jobs = [j for j in probe_validity._jobs(points, args.seeds, nulls) if not (out / probe_validity._name(*j)).exists()]
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker, args=(args.brevity, args.chars, share, str(out), args.steps, 50, False, overrides))
-        for share in (jobs[i :: args.workers] for i in range(args.workers))
-        if share
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    if any(p.exitcode for p in procs):
-        raise SystemExit("a worker failed")
+    probe_validity.spawn(
+        jobs,
+        args.workers,
+        lambda i, share: (_worker, (args.brevity, args.chars, share, str(out), args.steps, 50, False, overrides)),
+    )
 
 
 def kinds(args) -> None:

@@ -196,7 +196,12 @@ def world_document(
             facts.append(f"{x}+{y}={x + y}")
         return " ".join(facts)
     # instruction text: the format skills, stated as facts
-    p = _fresh(rng, FORMATS, reserved)
+    return format_fact(_fresh(rng, FORMATS, reserved))
+
+
+def format_fact(p: Problem) -> str:
+    """A format task stated as a fact: `reverse abcd = dcba`, `upper abcd = ABCD`,
+    `128 in words is one hundred twenty eight`."""
     subject = p.prompt.split(": ", 1)[1]
     if p.kind == "reverse":
         return f"reverse {subject} = {p.answer}"
