@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -179,18 +178,7 @@ def run(args) -> None:
         "init": args.critic_init,
         "whiten": not args.no_whiten,
     }
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker, args=(jobs[i :: args.workers], str(out), args.steps, options))
-        for i in range(args.workers)
-        if jobs[i :: args.workers]
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    if any(p.exitcode for p in procs):
-        raise SystemExit(f"a worker failed (exit codes {[p.exitcode for p in procs]})")
+    pv.spawn(jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.steps, options)))
 
 
 def _rm_example(rng, tokenizer, think_negatives: float = 0.0) -> tuple[list[int], float]:

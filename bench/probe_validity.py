@@ -189,13 +189,22 @@ def run(args) -> None:
     overrides = _overrides(args.set)
     jobs = [j for j in _jobs(points, args.seeds, null_points) if not (out / _name(*j)).exists()]
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
-    shares = [jobs[i :: args.workers] for i in range(args.workers)]
+    spawn(
+        jobs,
+        args.workers,
+        lambda i, share: (_worker, (share, str(out), args.long_steps, args.n_eval, i == 0, overrides)),
+    )
+
+
+def spawn(jobs: list, workers: int, process) -> None:
+    """Deal `jobs` round-robin to `workers` spawned processes and wait for them all;
+    `process(i, share)` gives worker i's (target, args). Exits when a worker failed."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker, args=(share, str(out), args.long_steps, args.n_eval, i == 0, overrides))
-        for i, share in enumerate(shares)
-        if share
-    ]
+    procs = []
+    for i in range(workers):
+        if share := jobs[i::workers]:
+            target, target_args = process(i, share)
+            procs.append(ctx.Process(target=target, args=target_args))
     for p in procs:
         p.start()
     for p in procs:
