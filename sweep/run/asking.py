@@ -12,8 +12,8 @@ The storage writes go through sweep.study.optuna_compat.
 from __future__ import annotations
 
 from sweep.study import optuna_compat
-from sweep.study.durable import enqueue_points
-from sweep.study.records import ATTR_DRIVER, ATTR_ERROR, ATTR_FAILURE_KIND
+from sweep.study.durable import close_not_run
+from sweep.study.records import ATTR_DRIVER
 
 NOT_LAUNCHED = "not run: its proposal was cut off by a storage error before it was launched"
 
@@ -98,15 +98,4 @@ def unlaunched(
 def close_unlaunched(study, trial, *, failure_limit: int | None = None, storage=None) -> bool:
     """Close a never-launched RUNNING trial PRUNED with a "not run" note (no failure, not
     counted), and queue its fixed point again. False if it finished meanwhile."""
-    from optuna.trial import TrialState
-
-    storage = storage if storage is not None else optuna_compat.storage_of(study)
-    closed = optuna_compat.close_trial(
-        storage, trial, TrialState.PRUNED, {ATTR_ERROR: NOT_LAUNCHED, ATTR_FAILURE_KIND: "skipped"}
-    )
-    if not closed:  # finished meanwhile, so someone ran it after all
-        return False
-    fixed = trial.system_attrs.get("fixed_params")
-    if fixed:
-        enqueue_points(study, [dict(fixed)], failure_limit=failure_limit)
-    return True
+    return close_not_run(study, trial, NOT_LAUNCHED, failure_limit=failure_limit, storage=storage)

@@ -45,6 +45,7 @@ from sweep.study.durable import (
     open_study,
     recover_orphans,
     save_spec_snapshot,
+    space_distributions,
     study_lock,
 )
 from sweep.study.recording import MISSING_CONSTRAINT_VIOLATION, record_trial  # noqa: F401
@@ -248,7 +249,9 @@ def _recover(run: _Run) -> int:
     run.recorder.study = run.progress.study = study
     run.is_orphan = is_orphan_fn(study, run.lease.driver, grace_s=run.lease.ttl_s)
     limit = spec.budget.point_failure_limit
-    run.recovered = recover_orphans(study, is_orphan=run.is_orphan, failure_limit=limit)
+    run.recovered = recover_orphans(
+        study, is_orphan=run.is_orphan, failure_limit=limit, space=space_distributions(spec)
+    )
     if spec.warm_start_from:  # first: a nightly compares last night's front with its re-measurement
         from sweep.run.warmstart import warm_start_points
 
@@ -268,8 +271,6 @@ def _recover(run: _Run) -> int:
 def _launch(run: _Run, complete: int, trial_fn: TrialFn | None) -> None:
     """Run Tune with a StudySearcher until it has launched `run.launch` trials (or the
     budget, the grid or a signal ends the run)."""
-    from sweep.study.durable import space_distributions
-
     spec, progress = run.spec, run.progress
     progress.launched = run.launch
     progress.say(
@@ -324,6 +325,7 @@ def _close_unfinished(run: _Run) -> None:
             kind=kind,
             is_orphan=mine,
             failure_limit=spec.budget.point_failure_limit,
+            space=space_distributions(spec),
         )
     except Exception as exc:  # noqa: BLE001 - storage down: the lease expiry recovers them later
         log.warning("could not mark this run's unfinished trials: %s", redact(str(exc), spec.secrets()))

@@ -171,6 +171,7 @@ class StudySearcher(Searcher):
                     is_orphan=self.is_orphan,
                     failure_limit=self.spec.budget.point_failure_limit,
                     storage=self.storage,
+                    space=self.distributions,
                 )
                 return None
             self._wait()

@@ -3,7 +3,8 @@
 - `open_study(spec)` creates or loads it from the spec's storage, refusing a study whose
   directions or objectives differ from the spec.
 - `recover_orphans(study)` marks trials left RUNNING by a dead driver FAIL (with a reason)
-  and enqueues their params again, so nothing is lost and nothing is counted twice.
+  and enqueues their params again, so nothing is lost and nothing is counted twice; one
+  its driver never launched (stopped mid-ask) is closed as not run (`close_not_run`).
 - `enqueue_points(study, points)` enqueues fixed points not already in the study.
 - `load_study_dir(folder)` reads a study folder back: its spec snapshot and trials table
   (sweep.study.table owns the table).
@@ -15,7 +16,7 @@ import fcntl
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
@@ -110,12 +111,16 @@ def recover_orphans(
     is_orphan=None,
     failure_limit: int | None = None,
     storage=None,
+    space: Iterable[str] = (),
 ) -> list[int]:
     """Mark RUNNING trials FAIL with `reason` and enqueue their params again. Returns their numbers.
 
     `is_orphan(frozen_trial) -> bool` picks which RUNNING trials are orphans (default: all of
     them; sweep.run.runner passes one that accepts only trials whose driver's lease expired).
-    `storage`: the study's storage (default: read from the study).
+    `space`: the searched parameter names. A trial missing one of them was never launched
+    (a driver launches only once its ask has proposed every parameter; it stopped mid-ask):
+    it is closed as not run (`close_not_run`), not failed, and its partial params are not
+    queued. `storage`: the study's storage (default: read from the study).
     """
     from optuna.trial import TrialState
 
@@ -124,6 +129,9 @@ def recover_orphans(
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_orphan is not None and not is_orphan(trial):
             continue
+        if any(name not in trial.params for name in space):
+            close_not_run(study, trial, STOPPED_MID_ASK, failure_limit=failure_limit, storage=storage)
+            continue
         attrs = {ATTR_ERROR: reason, ATTR_FAILURE_KIND: kind}
         if not optuna_compat.close_trial(storage, trial, TrialState.FAIL, attrs):
             continue  # finished meanwhile (its driver told it after all): not an orphan
@@ -131,6 +139,26 @@ def recover_orphans(
         if trial.params:
             enqueue_points(study, [trial.params], failure_limit=failure_limit)
     return recovered
+
+
+STOPPED_MID_ASK = "not run: its driver stopped while proposing it, before it was launched"
+
+
+def close_not_run(study, trial, note: str, *, failure_limit: int | None = None, storage=None) -> bool:
+    """Close a never-launched RUNNING trial PRUNED with `note` (kind skipped: no failure, not
+    counted), and queue its fixed point again. False if it finished meanwhile."""
+    from optuna.trial import TrialState
+
+    storage = storage if storage is not None else optuna_compat.storage_of(study)
+    closed = optuna_compat.close_trial(
+        storage, trial, TrialState.PRUNED, {ATTR_ERROR: note, ATTR_FAILURE_KIND: "skipped"}
+    )
+    if not closed:  # finished meanwhile, so someone ran it after all
+        return False
+    fixed = trial.system_attrs.get("fixed_params")
+    if fixed:
+        enqueue_points(study, [dict(fixed)], failure_limit=failure_limit)
+    return True
 
 
 def error_failures(study, params: dict[str, Any]) -> int:

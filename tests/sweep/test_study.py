@@ -58,6 +58,27 @@ def test_orphans_become_fail_with_reason_and_are_requeued(tmp_path):
     assert recover_orphans(study) == []  # idempotent
 
 
+def test_an_orphan_its_driver_never_finished_proposing_is_closed_as_not_run(tmp_path):
+    # A driver killed between creating a trial and proposing its last parameter leaves a
+    # RUNNING trial with part of its params: it was never launched, so it is no failure, and
+    # its partial params are no point to rerun; a queued fixed point it had popped is queued again.
+    study = open_study(make_spec(tmp_path))
+    partial = study.ask()
+    partial.suggest_float("alpha", 0, 1)
+    study.enqueue_trial({"alpha": 0.25, "beta": 0.5})
+    popped = study.ask()  # the fixed point, popped; no parameter proposed yet
+    launched = study.ask(DISTS)
+    assert recover_orphans(study, space=DISTS) == [launched.number]
+    trials = study.get_trials(deepcopy=False)
+    for number in (partial.number, popped.number):
+        assert trials[number].state.name == "PRUNED"
+        assert trials[number].user_attrs["failure_kind"] == "skipped"
+        assert "before it was launched" in trials[number].user_attrs["error"]
+    assert trials[launched.number].state.name == "FAIL"
+    waiting = [t.system_attrs["fixed_params"] for t in trials if t.state.name == "WAITING"]
+    assert waiting == [{"alpha": 0.25, "beta": 0.5}, dict(launched.params)]
+
+
 def test_enqueue_skips_points_already_complete_or_waiting(tmp_path):
     spec = make_spec(tmp_path)
     study = open_study(spec)
