@@ -54,8 +54,30 @@ def summary(spec, infos) -> str:
     ]
     if spec.constraints:
         lines.append("  constraints " + "; ".join(str(c) for c in spec.constraints))
+    lines += _probe_lines(spec)
     lines.append(f"  storage    {spec.storage_display}")  # the password masked
     return "\n".join(lines)
+
+
+def _probe_lines(spec) -> list[str]:
+    """The probe's size, and a note when it generates fewer tokens than the evals: a budget
+    below the answers' length presses them shorter (docs/probe.md, "Signal against noise"),
+    a pressure the long RL run has only if its own budget is as short."""
+    probe, lm_eval = spec.evals.probe, spec.evals.lm_eval
+    if probe is None:
+        return []
+    lines = [
+        f"  probe      {probe.steps} steps x {probe.prompts_per_step} prompts x {probe.group_size} samples, "
+        f"at most {probe.max_new_tokens} new tokens"
+    ]
+    evals_budget = lm_eval.max_gen_toks if lm_eval is not None else None
+    if evals_budget is not None and probe.max_new_tokens < evals_budget:
+        lines.append(
+            f"  note       the probe generates at most {probe.max_new_tokens} tokens, the evals {evals_budget}: "
+            "the probe measures length collapse under that budget; set evals.probe.max_new_tokens "
+            "to your RL run's budget unless the shorter one is meant"
+        )
+    return lines
 
 
 def _numel(shape) -> int:

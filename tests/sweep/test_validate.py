@@ -83,6 +83,17 @@ def test_valid_spec_exits_zero_with_summary(workspace, tiny_trio, capsys):
     assert "spec OK: tiny" in output
     assert "LlamaForCausalLM" in output
     assert f"sqlite:///{workspace / 'results' / 'tiny' / 'study.db'}" in output
+    assert "probe      4 steps x 4 prompts x 4 samples, at most 64 new tokens" in output
+    assert "  note       " not in output  # the evals set no budget of their own
+
+
+def test_a_probe_budget_below_the_evals_one_is_noted(workspace, tiny_trio, capsys):
+    spec = base_spec(tiny_trio)
+    spec["evals"]["lm_eval"]["max_gen_toks"] = 512
+    code, output = validate(write(workspace, "short.yaml", spec), capsys)
+    assert code == 0, output
+    assert "note       the probe generates at most 64 tokens, the evals 512" in output
+    assert "set evals.probe.max_new_tokens to your RL run's budget" in output
 
 
 def test_relative_paths_resolve_against_the_spec_folder(workspace, tiny_trio, monkeypatch, tmp_path):
