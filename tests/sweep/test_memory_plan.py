@@ -163,10 +163,14 @@ def plan_checks(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
         command = [sys.executable, str(REPO / "bench" / "memory_plan_check.py"), "--root", str(root)]
         with out.open("w") as stdout, err.open("w") as stderr:
             procs[update] = subprocess.Popen([*command, "--update", update, "--json"], stdout=stdout, stderr=stderr)
-    return {
-        update: (proc.wait(timeout=1200), logs[update][0].read_text(), logs[update][1].read_text())
-        for update, proc in procs.items()
-    }
+    try:
+        codes = {update: proc.wait(timeout=1200) for update, proc in procs.items()}
+    finally:  # one child past its timeout: stop both, so none outlives the test session
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {update: (codes[update], out.read_text(), err.read_text()) for update, (out, err) in logs.items()}
 
 
 @pytest.mark.slow
