@@ -1,8 +1,8 @@
 """An experiment: the probe's RL with a PPO critic in place of GRPO's group advantages.
 
-    python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero] [--out DIR]
+    python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero|FILE] [--set KEY=VALUE ...] [--out DIR]
     python bench/probe_critic.py shapes DIR [DIR ...]
-    python bench/probe_critic.py reward-model [--steps 300] [--think-negatives 0] [--out FILE]   # then run --critic-init FILE
+    python bench/probe_critic.py reward-model [--steps 300] [--think-negatives 0] [--think-label 0] [--out FILE]   # then run --critic-init FILE
 
 Why: the reward hockey stick was reported on PPO runs. A critic-free on-policy probe
 follows the gradient of the expected reward, so its reward cannot fall to first order;
@@ -155,10 +155,10 @@ def _install(options: dict, seed: int) -> None:
     grpo._step = step
 
 
-def _worker(jobs, out: str, steps: int, options: dict) -> None:
+def _worker(jobs, out: str, steps: int, options: dict, overrides: dict) -> None:
     for job in jobs:
         _install(options, seed=job[2])
-        pv._worker([job], out, steps, 50, False, {})
+        pv._worker([job], out, steps, 50, False, overrides)
         path = Path(out) / pv._name(*job)  # say in the record what made it
         record = json.loads(path.read_text())
         record["critic"] = options
@@ -178,13 +178,15 @@ def run(args) -> None:
         "init": args.critic_init,
         "whiten": not args.no_whiten,
     }
-    pv.spawn(jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.steps, options)))
+    overrides = pv._overrides(args.set)
+    pv.spawn(jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.steps, options, overrides)))
 
 
-def _rm_example(rng, tokenizer, think_negatives: float = 0.0) -> tuple[list[int], float]:
+def _rm_example(rng, tokenizer, think_negatives: float = 0.0, think_label: float = 0.0) -> tuple[list[int], float]:
     """One instruct-style response, right (1.0) or wrong (0.0), as token ids ending in eos;
     with probability `think_negatives`, a thinking response to an addition (0-2 passes,
-    right or wrong) labelled 0.0: a reward model that prefers short answers."""
+    right or wrong) labelled `think_label`: 0.0, a reward model that prefers short answers;
+    1.0, one that likes any thinking, so a critic started from it overvalues a reasoner's states."""
     from evals.probe.sampling import encode_prompt
     from sweep.demo import data
 
@@ -194,7 +196,7 @@ def _rm_example(rng, tokenizer, think_negatives: float = 0.0) -> tuple[list[int]
         if rng.random() < 0.5:
             response = response[: -len(problem.answer)] + str(int(problem.answer) + rng.choice((-10, -1, 1, 10)))
         ids = encode_prompt(tokenizer, problem.prompt) + tokenizer.encode(response, add_special_tokens=False)
-        return ids + [tokenizer.eos_token_id], 0.0
+        return ids + [tokenizer.eos_token_id], think_label
     problem = data.make_problem(rng, rng.choice(("add",) + data.FORMATS))
     right = rng.random() < 0.5
     answer = problem.answer
@@ -242,7 +244,7 @@ def reward_model(args) -> None:
         return head(hidden[torch.arange(len(batch)), last]).squeeze(-1)
 
     for step in range(args.steps):
-        batch = [_rm_example(rng, tokenizer, args.think_negatives) for _ in range(16)]
+        batch = [_rm_example(rng, tokenizer, args.think_negatives, args.think_label) for _ in range(16)]
         labels = torch.tensor([y for _, y in batch])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(scores(batch), labels)
         opt.zero_grad()
@@ -253,7 +255,7 @@ def reward_model(args) -> None:
     model.eval()
     with torch.no_grad():
         test_rng = random.Random(args.seed + 1)
-        held = [_rm_example(test_rng, tokenizer, args.think_negatives) for _ in range(200)]
+        held = [_rm_example(test_rng, tokenizer, args.think_negatives, args.think_label) for _ in range(200)]
         guess = scores(held) > 0
         acc = sum(bool(g) == (y > 0.5) for g, (_, y) in zip(guess, held, strict=True)) / len(held)
     print(f"reward model: held-out accuracy {acc:.2f} on 200 fresh answers")
@@ -314,6 +316,7 @@ def main() -> None:
     )
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--out", default=str(DEFAULT_OUT))
+    r.add_argument("--set", nargs="*", default=[], help="KEY=VALUE probe settings over the demo spec's")
     s = sub.add_parser("shapes")
     s.add_argument("dirs", nargs="+")
     m = sub.add_parser("reward-model")
@@ -324,7 +327,13 @@ def main() -> None:
         "--think-negatives",
         type=float,
         default=0.0,
-        help="share of training answers that think (right or wrong) and are labelled 0: an RM that prefers short answers",
+        help="share of training answers that think (right or wrong) and are labelled --think-label",
+    )
+    m.add_argument(
+        "--think-label",
+        type=float,
+        default=0.0,
+        help="the label of those thinking answers: 0 (an RM that prefers short answers) or 1 (one that likes thinking)",
     )
     args = parser.parse_args()
     t0 = time.perf_counter()
