@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from sweep.config.checks import spec_problems, unvalidated_file_problems
     from sweep.errors import ConfigError
     from sweep.run.memory_plan import plan_trial
+    from sweep.run.work_plan import work_plan
     from sweep.study.storage import storage_problems
 
     try:
@@ -34,18 +35,23 @@ def run(args: argparse.Namespace) -> int:
     if not plan.fits:
         raise ConfigError([plan.refusal()], source=args.spec)
     print(summary(spec, infos))
+    work = work_plan(spec, plan.settings, plan.shape.params).line()
+    if work:
+        print(work)
     print(plan.table())
     return 0
 
 
 def summary(spec, infos) -> str:
+    from sweep.run.memory_plan import param_count
+
     ref = infos["pretrained"]
     n_params = sum(_numel(t.shape) for t in ref.tensors.values())
     dtypes = ",".join(sorted({t.dtype for t in ref.tensors.values()}))
     s = spec.space
     lines = [
         f"spec OK: {spec.name}",
-        f"  models     {ref.architecture}, {n_params / 1e6:.2f}M params, {dtypes}, vocab {ref.vocab_size}",
+        f"  models     {ref.architecture}, {param_count(n_params)} params, {dtypes}, vocab {ref.vocab_size}",
         f"  merge      stage1 {spec.merge.stage1.method}, stage2 {spec.merge.stage2.method}, dtype {spec.merge.dtype}",
         f"  space      alpha [{s.alpha.low}, {s.alpha.high}], beta [{s.beta.low}, {s.beta.high}]"
         + (f", {len(s.points)} fixed points" if s.points else ""),

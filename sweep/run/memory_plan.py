@@ -142,7 +142,7 @@ class MemoryPlan:
     def table(self) -> str:
         s = self.settings
         head = (
-            f"  memory     per trial, {_count(self.shape.params)} params, {s.rollouts} rollouts x "
+            f"  memory     per trial, {param_count(self.shape.params)} params, {s.rollouts} rollouts x "
             f"{s.prompt_tokens}+{s.new_tokens} tokens, micro-batch {s.micro_batch_size or s.rollouts}, update {s.update}"
             + (f" r{s.lora_rank}" if s.update == "lora" else "")
             + f", generator {s.generator}"
@@ -378,7 +378,7 @@ def plan_trial(spec: Any, infos: dict[str, Any], *, prompt_tokens: int | None = 
     return plan
 
 
-def _count(params: int) -> str:
+def param_count(params: int) -> str:
     """7.62B, 0.81M, 85.0K: billions from 1e9, millions from 1e5, else thousands."""
     if params >= 1e9:
         return f"{params / 1e9:.2f}B"

@@ -183,3 +183,20 @@ def test_plan_is_within_25_percent_of_the_measured_peak_rss(plan_checks, update)
     assert 0.75 <= result["ratio"] <= 1.25, result
     if update == "lora":  # the plan counts adapters instead of a reference copy and full Adam state
         assert "reference" not in result["parts"] and result["parts"]["lora"] > 0
+
+
+def test_validate_prints_the_work_of_a_7b_trial(qwen7b_trio, tmp_path, capsys):
+    """The work line's numbers from the spec's own settings: 24 steps x 16 prompts x 8
+    samples x 2048 tokens sampled; prompts as the memory plan assumes them (256 tokens)."""
+    code = main(["validate", str(_cluster_spec(tmp_path, qwen7b_trio))])
+    out = capsys.readouterr().out
+    assert code == 0
+    work = next(line for line in out.splitlines() if line.startswith("  work "))
+    params = ModelShape.llama(**QWEN25_7B, tie=False).params
+    sampled, trained = 24 * 128 * 2048, 24 * 128 * (256 + 2048)
+    assert f"probe {sampled / 1e6:.2f}M tokens sampled (24 steps x 128 x 2048)" in work, work
+    assert f"{trained / 1e6:.2f}M trained" in work
+    # LoRA with checkpointing: forward 2 + activation-only backward 2 + reference 2 + recompute 2
+    assert f"update ~{trained * params * 8 / 1e15:.1f} PFLOP, lora, checkpointed" in work
+    assert "evals 819,200 tokens (1 task x 200 docs x 4096)" in work
+    assert f"sampling ~{2 * params * (sampled + 819_200) / 1e15:.1f} PFLOP" in work

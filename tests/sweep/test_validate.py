@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from merge.checkpoint import inspect_checkpoint
 from sweep.cli import main
 from sweep.config import load_spec, parse_spec
 from sweep.errors import ConfigError
+from sweep.run.memory_plan import ModelShape
 from tests.tiny import edit_config, make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,6 +88,15 @@ def test_valid_spec_exits_zero_with_summary(workspace, tiny_trio, capsys):
     assert f"sqlite:///{workspace / 'results' / 'tiny' / 'study.db'}" in output
     assert "probe      4 steps x 4 prompts x 4 samples, at most 64 new tokens" in output
     assert "  note       " not in output  # the evals set no budget of their own
+    # 4 steps x 16 completions x 64 tokens; a full update (2 + 4 + 2 per parameter and token)
+    # on 256-token prompts as the memory plan assumes; the evals bound nothing without max_gen_toks
+    work = next(line for line in output.splitlines() if line.startswith("  work "))
+    params = ModelShape.from_info(inspect_checkpoint(tiny_trio["pretrained"])).params
+    assert "probe 4,096 tokens sampled (4 steps x 16 x 64), 20,480 trained (update ~" in work, work
+    assert ", full)" in work and "checkpointed" not in work
+    flops = float(re.search(r"update ~([0-9.]+) GFLOP", work)[1])
+    assert flops == pytest.approx(20_480 * params * 8 / 1e9, rel=0.01)
+    assert "evals not bounded by the spec (set evals.lm_eval.limit and max_gen_toks to bound it)" in work
 
 
 def test_a_probe_budget_below_the_evals_one_is_noted(workspace, tiny_trio, capsys):
@@ -94,6 +106,7 @@ def test_a_probe_budget_below_the_evals_one_is_noted(workspace, tiny_trio, capsy
     assert code == 0, output
     assert "note       the probe generates at most 64 tokens, the evals 512" in output
     assert "set evals.probe.max_new_tokens to your RL run's budget" in output
+    assert "evals 2,048 tokens (1 task x 4 docs x 512)" in output  # the limit and the budget bound it now
 
 
 def test_relative_paths_resolve_against_the_spec_folder(workspace, tiny_trio, monkeypatch, tmp_path):
