@@ -1,0 +1,122 @@
+"""An experiment: the long RL run with its KL term against another member than the candidate.
+
+    python bench/probe_reference.py run --out DIR [--reference instruct] [--points 0,1 0.25,0.5]
+        [--null-points] [--seeds 0] [--long-steps 64] [--set kl_coef=0.2 ...]
+    python bench/probe_reference.py curves DIR [--every 8]
+
+Why: under gradient flow the expected reward cannot end below its start when the KL
+term's reference is the starting model (docs/probe.md, "Why no hockey stick"): KL is 0
+there. Some RLHF pipelines keep the reference they were built with, the SFT (instruct)
+model, whatever the actor starts from. Then KL is not 0 at the start, the bound loosens
+to E[reward](t) >= E[reward](0) - kl_coef x (KL(0) - KL(t)), and a reasoning-heavy
+actor, far from the instruct reference, is pulled toward it first: its reward may fall
+before the reward's own gradient wins, and fall less for a merge nearer the reference.
+
+This runs bench/probe_validity.py's long runs with the built-in backend's reference
+replaced, for the KL term only, by a frozen copy of `--reference` (a family member: the
+linear merge at alpha 1, beta 1 is the instruct member; `pretrained` is beta 0). The
+starting weights are still restored from the backend's own copy at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from statistics import mean
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import probe_validity  # noqa: E402
+
+MEMBERS = {"instruct": (1.0, 1.0), "reasoning": (0.0, 1.0), "pretrained": (0.0, 0.0)}
+
+
+def _install(member: str) -> None:
+    """Swap the KL reference after the backend's set-up and back before its tear-down."""
+    import copy
+
+    import evals.probe.grpo as grpo
+    from sweep.demo.build import active_family
+    from sweep.demo.measure import build, load_family_models
+
+    sources, model, _ = load_family_models(active_family())
+    build(model, sources, *MEMBERS[member])
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    own: dict[int, object] = {}
+    set_up, tear_down = grpo._set_up, grpo._tear_down
+
+    def patched_set_up(job, policy):
+        set_up(job, policy)
+        if job.config.update != "full":
+            raise SystemExit("this experiment swaps a full update's reference; use update: full")
+        own[id(policy)] = policy.reference
+        policy.reference = frozen
+
+    def patched_tear_down(job, policy, saved):
+        if id(policy) in own:
+            policy.reference = own.pop(id(policy))  # the starting weights, for the restore
+        tear_down(job, policy, saved)
+
+    grpo._set_up, grpo._tear_down = patched_set_up, patched_tear_down
+
+
+def _worker(member: str, *args) -> None:
+    _install(member)
+    probe_validity._worker(*args)
+
+
+def run(args) -> None:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    points = [tuple(map(float, p.split(","))) for p in args.points]
+    nulls = [tuple(map(float, p.split(","))) for p in args.null_points]
+    overrides = probe_validity._overrides(args.set)
+    jobs = [j for j in probe_validity._jobs(points, args.seeds, nulls) if not (out / probe_validity._name(*j)).exists()]
+    print(f"{len(jobs)} runs to do in {out} on {args.workers} workers, KL against {args.reference}", flush=True)
+    probe_validity.spawn(
+        jobs,
+        args.workers,
+        lambda i, share: (_worker, (args.reference, share, str(out), args.long_steps, 50, False, overrides)),
+    )
+
+
+def curves(args) -> None:
+    for path in sorted(Path(args.dir).glob("a*-b*-s*.json")):
+        record = json.loads(path.read_text())
+        scores = [[x for p in step for x in p["scores"]] for step in record["samples"]]
+        base = mean(x for p in record["baseline"] for x in p["scores"])
+
+        def every(values: list[float], n: int = args.every) -> str:
+            return " ".join(f"{mean(values[i : i + n]):.2f}" for i in range(0, len(values), n))
+
+        print(f"{path.stem}: start reward {base:.2f}")
+        print(f"  reward {every([mean(s) for s in scores])}")
+        print(f"  length {every(record['raw_length'])}")
+        print(f"  kl     {every(record['kl'])}")
+        print(f"  held-out after: {json.dumps(record.get('after', {}))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--out", required=True)
+    r.add_argument("--reference", choices=sorted(MEMBERS), default="instruct")
+    r.add_argument("--points", nargs="+", default=["0,1", "0.25,0.5"])
+    r.add_argument("--null-points", nargs="*", default=[])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0])
+    r.add_argument("--long-steps", type=int, default=64)
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--set", nargs="*", default=[], help="KEY=VALUE probe settings over the demo spec's")
+    c = sub.add_parser("curves")
+    c.add_argument("dir")
+    c.add_argument("--every", type=int, default=8)
+    args = parser.parse_args()
+    {"run": run, "curves": curves}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
