@@ -166,10 +166,7 @@ def _worker(jobs, out: str, steps: int, options: dict, overrides: dict) -> None:
 
 
 def run(args) -> None:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    points = [tuple(map(float, p.split(","))) for p in args.points]
-    jobs = [(a, b, s, False) for s in args.seeds for a, b in points if not (out / pv._name(a, b, s, False)).exists()]
+    out, jobs = pv.pending(args.out, pv.parse_points(args.points), args.seeds, [])
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
     options = {
         "critic_lr": args.critic_lr,

@@ -60,12 +60,9 @@ def _worker(*args) -> None:
 
 
 def run(args) -> None:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    points = [tuple(map(float, p.split(","))) for p in args.points]
-    nulls = [tuple(map(float, p.split(","))) for p in args.null_points]
     overrides = probe_validity._overrides([f"reward={{rule: {RULE}, model: null}}", *args.set])
-    jobs = [j for j in probe_validity._jobs(points, args.seeds, nulls) if not (out / probe_validity._name(*j)).exists()]
+    points, nulls = probe_validity.parse_points(args.points), probe_validity.parse_points(args.null_points)
+    out, jobs = probe_validity.pending(args.out, points, args.seeds, nulls)
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
     probe_validity.spawn(
         jobs,
@@ -81,8 +78,8 @@ def curves(args) -> None:
         scores = [[s for p in step for s in p["scores"]] for step in steps]
         base = [s for p in record["baseline"] for s in p["scores"]]
 
-        def means(values: list[float], every: int = args.every) -> str:
-            return " ".join(f"{mean(values[i : i + every]):.2f}" for i in range(0, len(values), every))
+        def means(values: list[float]) -> str:
+            return probe_validity.window_means(values, args.every)
 
         reward = [mean(s) for s in scores]
         exact = [mean(float(v == 1.0) for v in s) for s in scores]

@@ -69,12 +69,9 @@ def _worker(member: str, *args) -> None:
 
 
 def run(args) -> None:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    points = [tuple(map(float, p.split(","))) for p in args.points]
-    nulls = [tuple(map(float, p.split(","))) for p in args.null_points]
     overrides = probe_validity._overrides(args.set)
-    jobs = [j for j in probe_validity._jobs(points, args.seeds, nulls) if not (out / probe_validity._name(*j)).exists()]
+    points, nulls = probe_validity.parse_points(args.points), probe_validity.parse_points(args.null_points)
+    out, jobs = probe_validity.pending(args.out, points, args.seeds, nulls)
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers, KL against {args.reference}", flush=True)
     probe_validity.spawn(
         jobs,
@@ -89,8 +86,8 @@ def curves(args) -> None:
         scores = [[x for p in step for x in p["scores"]] for step in record["samples"]]
         base = mean(x for p in record["baseline"] for x in p["scores"])
 
-        def every(values: list[float], n: int = args.every) -> str:
-            return " ".join(f"{mean(values[i : i + n]):.2f}" for i in range(0, len(values), n))
+        def every(values: list[float]) -> str:
+            return probe_validity.window_means(values, args.every)
 
         print(f"{path.stem}: start reward {base:.2f}")
         print(f"  reward {every([mean(s) for s in scores])}")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
 from pathlib import Path
 from statistics import mean
@@ -45,19 +44,13 @@ def terse(trace: str) -> str:
 
 
 def member(args) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    probe_think_all.retrain_reasoning(
+        args.out, args.threads, lambda recipe, reserved: _examples(args, recipe, reserved)
+    )
 
-    from sweep.demo import data, train
-    from sweep.demo.build import shipped_family, write_checksums
 
-    torch.set_num_threads(args.threads)
-    out = Path(args.out).resolve()
-    if out.exists():
-        raise SystemExit(f"{out} exists: give a new folder")
-    shutil.copytree(shipped_family().root, out)
-    recipe = train.Recipe()
-    reserved = data.make_splits(seed=0).reserved  # the shipped family is seed 0
+def _examples(args, recipe, reserved):
+    from sweep.demo import data
 
     def example(rng: random.Random) -> tuple[str, str]:
         p = data._fresh(rng, data.ARITHMETIC, reserved)
@@ -68,22 +61,7 @@ def member(args) -> None:
         thought = trace + ("," if args.style == "stream" else data.CHECK).join([""] + [trace] * k)
         return data.chat(p.prompt), f"{data.THINK_START}{thought}{data.THINK_END} {p.answer}{data.EOS}"
 
-    tokenizer = AutoTokenizer.from_pretrained(out / "pretrained")
-    model = AutoModelForCausalLM.from_pretrained(out / "pretrained")
-    rows = train._with_replay(recipe, recipe.reasoning, reserved, example)
-    train.train(
-        model,
-        tokenizer,
-        recipe=recipe,
-        stage=recipe.reasoning,
-        rows=rows,
-        seed="reasoning-0",
-        progress=print,
-        label="reasoning",
-    )
-    model.save_pretrained(out / "reasoning")
-    write_checksums(out)
-    print(f"done: SWEEP_DEMO_DIR={out} (its family.json still describes the shipped family)")
+    return example
 
 
 def curves(args) -> None:

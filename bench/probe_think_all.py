@@ -45,36 +45,27 @@ import probe_validity  # noqa: E402
 RULE = "exact_match+brevity"
 
 
-def member(args) -> None:
+def retrain_reasoning(out_dir: str, threads: int, examples) -> None:
+    """Copy the shipped family into `out_dir` (a new folder) and retrain its reasoning member
+    from the shipped ancestor with the recipe's reasoning stage, on the rows that
+    `examples(recipe, reserved)` draws (a function of a `random.Random`, returning
+    (chat prompt, response)). Checksums are rewritten; point SWEEP_DEMO_DIR at the folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sweep.demo import data, train
     from sweep.demo.build import shipped_family, write_checksums
 
-    torch.set_num_threads(args.threads)
-    out = Path(args.out).resolve()
+    torch.set_num_threads(threads)
+    out = Path(out_dir).resolve()
     if out.exists():
         raise SystemExit(f"{out} exists: give a new folder")
     shutil.copytree(shipped_family().root, out)
     recipe = train.Recipe()
     reserved = data.make_splits(seed=0).reserved  # the shipped family is seed 0
-
-    def format_think(rng: random.Random) -> tuple[str, str]:
-        p = data._fresh(rng, data.FORMATS, reserved)
-        fact = data.format_fact(p)
-        k = data.draw_checks(rng, recipe.reasoning_checks)
-        thought = fact + (data.CHECK + fact) * k
-        return data.chat(p.prompt), f"{data.THINK_START}{thought}{data.THINK_END} {p.answer}{data.EOS}"
-
-    def example(rng: random.Random) -> tuple[str, str]:
-        if rng.random() < args.format_share:
-            return format_think(rng)
-        return data.reasoning_example(rng, reserved, checks=recipe.reasoning_checks)
-
     tokenizer = AutoTokenizer.from_pretrained(out / "pretrained")
     model = AutoModelForCausalLM.from_pretrained(out / "pretrained")
-    rows = train._with_replay(recipe, recipe.reasoning, reserved, example)
+    rows = train._with_replay(recipe, recipe.reasoning, reserved, examples(recipe, reserved))
     train.train(
         model,
         tokenizer,
@@ -88,6 +79,28 @@ def member(args) -> None:
     model.save_pretrained(out / "reasoning")
     write_checksums(out)
     print(f"done: SWEEP_DEMO_DIR={out} (its family.json still describes the shipped family)")
+
+
+def member(args) -> None:
+    retrain_reasoning(args.out, args.threads, lambda recipe, reserved: _think_all_examples(args, recipe, reserved))
+
+
+def _think_all_examples(args, recipe, reserved):
+    from sweep.demo import data
+
+    def format_think(rng: random.Random) -> tuple[str, str]:
+        p = data._fresh(rng, data.FORMATS, reserved)
+        fact = data.format_fact(p)
+        k = data.draw_checks(rng, recipe.reasoning_checks)
+        thought = fact + (data.CHECK + fact) * k
+        return data.chat(p.prompt), f"{data.THINK_START}{thought}{data.THINK_END} {p.answer}{data.EOS}"
+
+    def example(rng: random.Random) -> tuple[str, str]:
+        if rng.random() < args.format_share:
+            return format_think(rng)
+        return data.reasoning_example(rng, reserved, checks=recipe.reasoning_checks)
+
+    return example
 
 
 def prompts(args) -> None:
@@ -124,15 +137,12 @@ def _worker(brevity: float, chars: int, *args) -> None:
 
 
 def run(args) -> None:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    points = [tuple(map(float, p.split(","))) for p in args.points]
-    nulls = [tuple(map(float, p.split(","))) for p in args.null_points]
     settings = [f"max_new_tokens={args.max_new_tokens}", f"reward={{rule: {RULE}}}"]
     if args.prompts:
         settings.append(f"prompts={Path(args.prompts).resolve()}")
     overrides = probe_validity._overrides(settings)
-    jobs = [j for j in probe_validity._jobs(points, args.seeds, nulls) if not (out / probe_validity._name(*j)).exists()]
+    points, nulls = probe_validity.parse_points(args.points), probe_validity.parse_points(args.null_points)
+    out, jobs = probe_validity.pending(args.out, points, args.seeds, nulls)
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
     probe_validity.spawn(
         jobs,

@@ -179,15 +179,29 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def parse_points(values: list[str]) -> list[tuple[float, ...]]:
+    """`["0,1", "0.25,0.5"]` -> `[(0.0, 1.0), (0.25, 0.5)]`: the --points flags."""
+    return [tuple(map(float, p.split(","))) for p in values]
+
+
+def pending(out: str, points, seeds, null_points) -> tuple[Path, list[tuple[float, float, int, bool]]]:
+    """The output folder (made if missing) and the jobs whose record is not in it yet, so an
+    interrupted run resumes where it stopped."""
+    folder = Path(out).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, [j for j in _jobs(points, seeds, null_points) if not (folder / _name(*j)).exists()]
+
+
+def window_means(values: list[float], n: int) -> str:
+    """Means of consecutive windows of `n` values, two decimals, space-separated."""
+    return " ".join(f"{mean(values[i : i + n]):.2f}" for i in range(0, len(values), n))
+
+
 def run(args) -> None:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    points = [tuple(map(float, p.split(","))) for p in args.points] if args.points else POINTS
-    null_points = (
-        [tuple(map(float, p.split(","))) for p in args.null_points] if args.null_points is not None else NULL_POINTS
-    )
+    points = parse_points(args.points) if args.points else POINTS
+    null_points = parse_points(args.null_points) if args.null_points is not None else NULL_POINTS
     overrides = _overrides(args.set)
-    jobs = [j for j in _jobs(points, args.seeds, null_points) if not (out / _name(*j)).exists()]
+    out, jobs = pending(args.out, points, args.seeds, null_points)
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
     spawn(
         jobs,
