@@ -198,7 +198,7 @@ def window_means(values: list[float], n: int) -> str:
 
 
 def run(args) -> None:
-    points = parse_points(args.points) if args.points else POINTS
+    points = parse_points(args.points) if args.points is not None else POINTS
     null_points = parse_points(args.null_points) if args.null_points is not None else NULL_POINTS
     overrides = _overrides(args.set)
     out, jobs = pending(args.out, points, args.seeds, null_points)
@@ -493,7 +493,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--points", nargs="*", help="alpha,beta pairs (default: the 3x3 square and instruct)")
+    r.add_argument(
+        "--points", nargs="*", help="alpha,beta pairs (default: the 3x3 square and instruct; none: only the null runs)"
+    )
     r.add_argument(
         "--null-points", nargs="*", help="alpha,beta pairs that also get a null run (none: --null-points with no value)"
     )
