@@ -10,7 +10,8 @@ normalize the gradient, and they start at 0. This script runs bench/probe_validi
 worker (the demo spec's probe settings, the built-in backend) with two patches:
 
 - every Adam step is logged: the gradient norm before clipping, the norm and the largest
-  entry of the update (DIR/adam-<run>.json, one row per update taken);
+  entry of the update (DIR/updates-<run>.json, one row per update taken; the name keeps
+  it out of `probe_validity.py table`'s `a*-b*-s*.json`);
 - `--skip-flat`: a step whose advantages are all 0 (no group with reward variance) takes
   no update. The KL and entropy are still measured, so the curves are complete.
 
@@ -70,7 +71,7 @@ def _worker(jobs, out: str, long_steps: int, overrides: dict, skip_flat: bool) -
     for job in jobs:
         log.clear()
         pv._worker([job], out, long_steps, 50, False, overrides)
-        (Path(out) / f"adam-{pv._name(*job)}").write_text(json.dumps(log))
+        (Path(out) / f"updates-{pv._name(*job)}").write_text(json.dumps(log))
 
 
 def run(args) -> None:
@@ -83,8 +84,8 @@ def run(args) -> None:
 
 
 def steps(args) -> None:
-    for path in sorted(p for p in Path(args.dir).glob("a*.json") if not p.name.startswith("adam-")):
-        record, log = json.loads(path.read_text()), json.loads((path.parent / f"adam-{path.name}").read_text())
+    for path in sorted(Path(args.dir).glob("a*-b*-s*.json")):
+        record, log = json.loads(path.read_text()), json.loads((path.parent / f"updates-{path.name}").read_text())
         varied = [sum(len(set(group["scores"])) > 1 for group in step) for step in record["samples"]]
         print(
             f"{path.stem}: {len(log)} updates in {len(varied)} steps; held-out addition {record['after']['reasoning']['accuracy']}"
