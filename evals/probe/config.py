@@ -74,6 +74,10 @@ class ProbeConfig(_Config):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     kl_coef: Annotated[float, Field(ge=0)] = 0.05  # weight of the k3 KL to the frozen initial candidate
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4  # Adam
+    # A step whose batch has no group with reward variance (every advantage 0) takes no
+    # update: Adam would take a full-size step on the KL term alone, and over a long run
+    # from a candidate that is mostly right those steps wear it down (docs/probe.md).
+    skip_flat_batches: bool = True
     max_new_tokens: Annotated[int, Field(ge=1)] = 64  # a completion reaching this without eos is truncated
     # 0: greedy rollouts (a deterministic check; log-probs then at temperature 1)
     temperature: Annotated[float, Field(ge=0)] = 1.0

@@ -307,7 +307,7 @@ def _step(job: _Job, policy: _Policy, step: int) -> tuple[dict[str, float], tupl
     advantages = group_advantages(scores_t, config.group_size).to(job.device)
     assert policy.optimizer is not None  # set up before the first step
     update = grpo_step(job.model, policy.reference, policy.optimizer, batch, advantages, config=config)
-    if job.rollouts is not None:  # the next step samples from the updated policy
+    if job.rollouts is not None and update["updated"]:  # the next step samples from the updated policy
         if policy.as_requests:
             job.rollouts.set_adapter(policy.adapters)
         else:

@@ -59,7 +59,10 @@ CURVE_KEYS = {
     "critic/score/std": "score_std",
     "actor/kl": "kl",  # k3 estimate of KL(policy || initial), mean per response token
     "actor/entropy": "entropy",  # nats per response token, at the sampling temperature
-    "actor/grad_norm": "grad_norm",  # before clipping
+    "actor/grad_norm": "grad_norm",  # before clipping (0: no update, see actor/updated)
+    # 1: the step updated the policy; 0: a flat batch (no group's reward varied) skipped
+    # under skip_flat_batches. Empty in records from backends that do not report it.
+    "actor/updated": "updated",
     "timing/step_s": "step_s",  # seconds: sampling, reward, update (and the weight push, generator: vllm)
     "timing/gen_s": "gen_s",  # seconds of the step spent sampling
     # Per-prompt normalized curves (empty without a baseline): the mean over the step's
@@ -75,6 +78,7 @@ CURVE_KEYS = {
 }
 # Curves a backend may leave empty (no baseline measured, no noise band).
 OPTIONAL_CURVES = (
+    "actor/updated",
     "response_length/normalized",
     "critic/score/normalized",
     "actor/entropy/normalized",
@@ -84,7 +88,15 @@ OPTIONAL_CURVES = (
 
 
 def curve_row(
-    batch: Any, scores: Any, *, kl: float, entropy: float, grad_norm: float, gen_s: float, step_s: float
+    batch: Any,
+    scores: Any,
+    *,
+    kl: float,
+    entropy: float,
+    grad_norm: float,
+    gen_s: float,
+    step_s: float,
+    updated: float = 1.0,
 ) -> dict[str, float]:
     """One step's point of every raw curve (keys as ProbeCurves.append reads them), from the
     step's rollouts (evals.probe.sampling.Batch), their raw scores and the update's figures."""
@@ -99,6 +111,7 @@ def curve_row(
         "actor/kl": kl,
         "actor/entropy": entropy,
         "actor/grad_norm": grad_norm,
+        "actor/updated": updated,
         "timing/gen_s": gen_s,
         "timing/step_s": step_s,
     }
@@ -118,6 +131,7 @@ class ProbeCurves:
     kl: tuple[float, ...] = ()
     entropy: tuple[float, ...] = ()
     grad_norm: tuple[float, ...] = ()
+    updated: tuple[float, ...] = ()
     step_s: tuple[float, ...] = ()
     gen_s: tuple[float, ...] = ()
     response_length_normalized: tuple[float, ...] = ()

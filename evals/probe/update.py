@@ -7,10 +7,18 @@ The loss is the token-mean of -A * exp(logp - logp.detach()) + kl_coef * k3(ref,
 k3 = exp(ref - logp) - (ref - logp) - 1 against the starting model, accumulated over
 micro-batches in evals/probe/logprobs.py; the gradient norm is clipped to 1.0 and
 `MasterAdam` steps on fp32 master copies of low-precision weights.
+
+A flat batch (no group's reward varies, so every advantage is 0) takes no update when
+`skip_flat_batches` is on (the default): its gradient is the KL term's alone, yet Adam,
+which normalizes by its moments, would take a full-size step on it. Over a long run
+from a candidate whose groups are mostly all right those steps wear the candidate down
+(docs/probe.md, "Flat batches"). The KL and entropy are still measured, without a
+backward pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -22,6 +30,13 @@ from evals.probe.sampling import Batch, Diverged, policy_temperature
 
 MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
 ADVANTAGE_EPS = 1e-4  # keeps a group with identical rewards at advantage 0, not NaN
+# |advantage| at or below this is 0: a group with two distinct rewards has |A| >= ~0.43
+FLAT_ADVANTAGE = 1e-6
+
+
+def is_flat(advantages: torch.Tensor) -> bool:
+    """True when no advantage differs from 0: no group of the batch has reward variance."""
+    return not bool((advantages.abs() > FLAT_ADVANTAGE).any())
 
 
 def group_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -81,27 +96,32 @@ def grpo_step(
     rollouts with gradient accumulation, log-probs and entropy in chunks of
     `logprob_chunk` tokens (never [B, T, V] in fp32), optional activation checkpointing.
     `reference` is the frozen copy (full) or a context factory under which `model` is the
-    reference (LoRA: adapters off). Returns the KL, entropy (at the sampling temperature)
-    and grad norm. Raises Diverged (before any weight changes) on a non-finite loss, KL
-    or gradient."""
+    reference (LoRA: adapters off). Returns the KL, entropy (at the sampling temperature),
+    grad norm and `updated`: 0.0 for a flat batch under `config.skip_flat_batches` (no
+    backward, no step, grad norm 0), else 1.0. Raises Diverged (before any weight
+    changes) on a non-finite loss, KL or gradient."""
+    skip = config.skip_flat_batches and is_flat(advantages)
     optimizer.zero_grad()
-    stats = accumulate_grpo_gradients(
-        model,
-        reference,
-        input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
-        attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
-        response_ids=batch.response_ids,
-        response_mask=batch.response_mask,
-        advantages=advantages,
-        kl_coef=config.kl_coef,
-        temperature=policy_temperature(config),
-        micro_batch_size=config.micro_batch_size,
-        chunk=config.logprob_chunk,
-        checkpoint_activations=config.activation_checkpointing,
-    )
+    with torch.no_grad() if skip else contextlib.nullcontext():
+        stats = accumulate_grpo_gradients(
+            model,
+            reference,
+            input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
+            attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
+            response_ids=batch.response_ids,
+            response_mask=batch.response_mask,
+            advantages=advantages,
+            kl_coef=config.kl_coef,
+            temperature=policy_temperature(config),
+            micro_batch_size=config.micro_batch_size,
+            chunk=config.logprob_chunk,
+            checkpoint_activations=config.activation_checkpointing,
+        )
     if not math.isfinite(stats["loss"]) or not math.isfinite(stats["kl"]):
         raise Diverged(f"non-finite {'loss' if not math.isfinite(stats['loss']) else 'KL'}")
+    if skip:
+        return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": 0.0, "updated": 0.0}
     grad_norm = optimizer.step(MAX_GRAD_NORM)
     if not math.isfinite(grad_norm):
         raise Diverged("non-finite gradient")
-    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm}
+    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm, "updated": 1.0}

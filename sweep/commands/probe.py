@@ -175,4 +175,9 @@ def metrics_text(result) -> str:
     if result.stopped_early:
         lines.append(f"stopped early: {result.stop_reason}")
     lines.append(f"{result.curves.steps} steps, {result.step_s_mean:.3f} s/step, {result.wall_s:.1f} s in all")
+    skipped = sum(u == 0 for u in result.curves.updated)
+    if skipped:
+        lines.append(
+            f"{skipped} of {result.curves.steps} steps took no update: no group's reward varied (skip_flat_batches)"
+        )
     return "\n".join(lines)

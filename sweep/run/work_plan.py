@@ -7,7 +7,8 @@ bandwidth (tokens/s of your engine at the probe's batch), the update by compute
 (FLOP/s at your utilization); docs/scale.md has the figures for the 7B spec.
 
 Upper bounds: every completion runs to its token budget (`max_new_tokens`, the evals'
-`max_gen_toks`), every probe step runs (an early stop only shortens it), and prompts are
+`max_gen_toks`), every probe step runs and updates (an early stop only shortens it; a
+flat batch skipped under `skip_flat_batches` has no backward), and prompts are
 as long as the memory plan assumes. FLOPs per token are the usual 2 per parameter for a
 forward pass and 4 for a backward one (a LoRA update's backward still takes the
 activations' gradients through the frozen weights, 2, and skips theirs, ~0); attention's

@@ -28,6 +28,11 @@ from sweep.errors import SweepError
 
 STUDY_ATTR_FINGERPRINT = "sweep_fingerprint"
 
+# Fields added after studies were recorded, with the value that reproduces the behaviour
+# from before they existed. A fingerprint leaves such a field out at that value, so a
+# study recorded earlier goes on under a spec that sets it; any other value is a change.
+ADDED_FIELDS: dict[str, Any] = {"evals.probe.skip_flat_batches": False}
+
 # bytes of a safetensors header read: the length prefix says how long it is; 100 MB is
 # far above any real header (a 70B model's is a few MB)
 _MAX_HEADER = 100_000_000
@@ -88,7 +93,11 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
         probe["prompts"] = _file_digest(prompts) if prompts.is_file() else f"missing:{prompts}"
         evals["probe"] = probe
     _flatten({"merge": merge, "evals": evals}, "", data)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in data.items()
+        if not (k in ADDED_FIELDS and _same(v, ADDED_FIELDS[k]))
+    }
 
 
 def fingerprint_hash(values: dict[str, Any]) -> str:
@@ -101,7 +110,8 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in sorted(set(old) | set(new)):
         if key in old and key in new and _same(old[key], new[key]):
             continue
-        lines.append(f"{key}: {_show(old.get(key, '(absent)'))} -> {_show(new.get(key, '(absent)'))}")
+        absent = ADDED_FIELDS.get(key, "(absent)")
+        lines.append(f"{key}: {_show(old.get(key, absent))} -> {_show(new.get(key, absent))}")
     return lines
 
 

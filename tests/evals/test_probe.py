@@ -169,6 +169,64 @@ def test_on_trained_sees_the_trained_policy_and_the_model_still_comes_back(tiny_
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # then restored
 
 
+def informative_once():
+    """digit_share on the first call (one informative batch), then 1.0 for everything: the
+    batches after the first have no reward variance."""
+    calls = []
+
+    def reward(*, prompts, completions, answers):
+        calls.append(1)
+        return (
+            digit_share(prompts=prompts, completions=completions, answers=answers)
+            if len(calls) == 1
+            else [1.0] * len(completions)
+        )
+
+    return reward
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_flat_batch_takes_no_update_unless_told_to(tiny_dir, skip):
+    """After one informative step every batch is flat (all advantages 0). Skipped, the
+    policy stays where that step left it (KL flat, no further drift); stepped, Adam keeps
+    moving it on the KL term and its momentum (docs/probe.md, "Flat batches")."""
+    import torch
+
+    model, tokenizer = load(tiny_dir)
+    cfg = config(steps=6, learning_rate=1e-2, baseline_samples=0, skip_flat_batches=skip)
+    moved = []
+
+    def record(snapshot):
+        def on_trained(trained):
+            snapshot.append({k: v.clone() for k, v in trained.state_dict().items()})
+
+        return on_trained
+
+    result = run_probe(
+        model, tokenizer, config=cfg, prompts=PROMPTS, reward=informative_once(), on_trained=record(moved)
+    )
+    one = []  # the same probe stopped after its one informative step
+    run_probe(
+        model,
+        tokenizer,
+        config=cfg.model_copy(update={"steps": 1}),
+        prompts=PROMPTS,
+        reward=informative_once(),
+        on_trained=record(one),
+    )
+    unchanged = all(torch.equal(one[0][k], v) for k, v in moved[0].items())
+    curves = result.curves
+    assert curves.score_std[1:] == (0.0,) * 5  # the batches after the first are flat
+    assert curves.grad_norm[0] > 0
+    if skip:
+        assert curves.updated == (1.0, 0.0, 0.0, 0.0, 0.0, 0.0) and curves.grad_norm[1:] == (0.0,) * 5
+        assert unchanged  # 5 skipped steps changed nothing
+    else:
+        assert curves.updated == (1.0,) * 6 and all(g > 0 for g in curves.grad_norm)
+        assert not unchanged
+    assert curves.kl[0] == pytest.approx(0, abs=1e-6) and curves.kl[-1] > 0  # measured on every step either way
+
+
 def test_rule_reward_from_config_and_prompts_file(tiny_dir, prompts_file):
     model, tokenizer = load(tiny_dir)
     cfg = config(prompts=str(prompts_file), steps=2, reward={"rule": "format", "model": None})

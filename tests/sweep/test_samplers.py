@@ -171,3 +171,29 @@ def test_a_changed_probe_learning_rate_is_refused_naming_the_field(tmp_path, ray
     table = pd.read_parquet(spec.study_dir / "trials.parquet")
     recipes = [json.loads(r) for r in table["recipe"]]
     assert all(r["merge"]["stage1"]["method"] == "linear" and r["models"]["instruct"].endswith("/m/i") for r in recipes)
+
+
+def test_a_study_from_before_skip_flat_batches_goes_on_only_with_the_old_behaviour(tmp_path):
+    """A study recorded before `skip_flat_batches` existed ran every flat batch's update.
+    A spec that sets it false matches that study; the new default (true) is a change,
+    refused with the old value shown as the behaviour it had."""
+    import optuna
+
+    from sweep.errors import SweepError
+    from sweep.study.fingerprint import STUDY_ATTR_FINGERPRINT, check_fingerprint, fingerprint
+
+    spec = sweeps.make_spec(tmp_path, name="older")
+
+    def with_skip(value: bool):
+        probe = spec.evals.probe.model_copy(update={"skip_flat_batches": value})
+        return spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
+
+    older = {k: v for k, v in fingerprint(with_skip(True)).items() if k != "evals.probe.skip_flat_batches"}
+    assert fingerprint(with_skip(False)) == older  # the old behaviour leaves no trace
+    study = optuna.create_study(directions=["maximize"])
+    study.set_user_attr(STUDY_ATTR_FINGERPRINT, older)
+    check_fingerprint(study, with_skip(False), "memory")
+    with pytest.raises(SweepError) as info:
+        check_fingerprint(study, with_skip(True), "memory")
+    assert "evals.probe.skip_flat_batches: false -> true" in str(info.value)
+    assert study.user_attrs[STUDY_ATTR_FINGERPRINT] == older  # nothing rewritten

@@ -80,8 +80,10 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
     """temperature 0: the same rollouts token for token, so the same lengths and rewards,
     and KL, entropy and grad norm to rounding (the entropies are computed once while the
     HF loop samples, and by the chunked log-probs after vLLM samples). For lora, whether
-    the adapters reach the engine merged into pushed weights or as LoRA requests."""
-    cfg = config(temperature=0.0, update=update, lora_rank=4, vllm_lora=vllm_lora)
+    the adapters reach the engine merged into pushed weights or as LoRA requests. Greedy
+    groups are flat (advantages 0), so the flat-batch skip is off: every step updates and
+    pushes (on the KL term), which is what this compares."""
+    cfg = config(temperature=0.0, update=update, lora_rank=4, vllm_lora=vllm_lora, skip_flat_batches=False)
     model, tokenizer = load(trio["instruct"])
     hf = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share)
     model, tokenizer = load(trio["instruct"])
@@ -114,6 +116,18 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
         assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the engine holds the candidate's weights again
+    assert _engine_greedy(engine, tokenizer, "2+3=") == _hf_greedy(model, tokenizer, "2+3=")
+
+
+def test_a_flat_batch_pushes_nothing_to_the_engine(trio, engine):
+    """Greedy groups have no reward variance: under the default skip_flat_batches no step
+    updates, so nothing is pushed but the candidate in and back, and the policy never moves."""
+    cfg = config(temperature=0.0, generator="vllm")
+    model, tokenizer = load(trio["instruct"])
+    pushes = engine.pushes
+    got = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share, rollouts=engine)
+    assert got.curves.updated == (0.0,) * cfg.steps and got.curves.kl == (0.0,) * cfg.steps
+    assert engine.pushes - pushes == 2
     assert _engine_greedy(engine, tokenizer, "2+3=") == _hf_greedy(model, tokenizer, "2+3=")
 
 
