@@ -76,6 +76,7 @@ class Candidate:
     feasible: bool | None  # the study's feasibility verdict
     long: list[dict[str, Any]] = field(default_factory=list)  # one outcome per long-run seed
     wall_s: float = 0.0
+    noise: dict[str, float | None] = field(default_factory=dict)  # probe/<name>_noise, the band's half-width
 
     def outcome(self, name: str) -> float | None:
         values = [run[name] for run in self.long if run.get(name) is not None]
@@ -94,6 +95,9 @@ class Calibration:
     trusted: bool
     verdict: str
     wall_s: float
+    # probe metric -> groups of trials whose probe values lie within each other's noise band:
+    # the probe does not order them, so they enter the Spearman tied
+    ties: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +107,26 @@ class Calibration:
         data = dict(data)
         data["candidates"] = [Candidate(**c) for c in data["candidates"]]
         return cls(**data)
+
+
+def tie_within_noise(values: Sequence[float], noise: Sequence[float | None]) -> tuple[list[float], list[list[int]]]:
+    """`values` with each run of neighbours (in sorted order) whose gap is within the larger
+    of their noise half-widths set to the run's mean, and the runs (indices) of 2 or more.
+    A probe value says nothing about the order of candidates inside its own noise band, so
+    their long runs' order must not count for or against it."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    groups: list[list[int]] = []
+    for i in order:
+        last = groups[-1][-1] if groups else None
+        if last is not None and values[i] - values[last] <= max(noise[i] or 0.0, noise[last] or 0.0):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    tied = list(values)
+    for group in groups:
+        for i in group:
+            tied[i] = mean(values[j] for j in group)
+    return tied, [sorted(g) for g in groups if len(g) > 1]
 
 
 def steering_metrics(spec: Any) -> list[str]:
@@ -132,13 +156,17 @@ def summarize_calibration(
 ) -> Calibration:
     """Rank agreement and feasibility agreement, and the verdict."""
     rhos: dict[str, float] = {}
+    ties: dict[str, list[list[int]]] = {}
     for metric in ranking_metrics(spec):
-        pairs: list[tuple[float, float]] = []
+        rows: list[tuple[int, float, float | None, float]] = []  # trial, probe value, its noise, outcome
         for c in candidates:
             probe, long = c.probe.get(metric), c.outcome(OUTCOMES[metric])
             if probe is not None and long is not None:
-                pairs.append((probe, long))
-        rhos[metric] = spearman([p for p, _ in pairs], [o for _, o in pairs]) if pairs else float("nan")
+                rows.append((c.number, probe, c.noise.get(metric), long))
+        values, groups = tie_within_noise([r[1] for r in rows], [r[2] for r in rows])
+        rhos[metric] = spearman(values, [r[3] for r in rows]) if rows else float("nan")
+        if groups:
+            ties[metric] = [[rows[i][0] for i in g] for g in groups]
     agreement: dict[str, float] = {}
     for constraint in probe_constraints(spec):
         metric = constraint.metric.removeprefix("probe/")
@@ -165,12 +193,13 @@ def summarize_calibration(
         agrees = "feasibility agrees on " + ", ".join(f"{v:.0%} ({k})" for k, v in agreement.items())
         if rhos:
             verdict = f"the probe ranks your candidates as {runs} do (Spearman {shown} over {n} candidates)"
+            verdict += _ties_text(ties)
             verdict += f"; {agrees}" if agreement else ""
         else:
             verdict = f"the probe's verdicts agree with {runs} ({agrees}, over {n} candidates)"
     else:
         trusted = False
-        parts = [f"Spearman {fmt_value(r)} for probe/{m}" for m, r in weak.items()]
+        parts = [f"Spearman {fmt_value(r)} for probe/{m}{_ties_text(ties, only=m)}" for m, r in weak.items()]
         parts += [f"feasibility agrees on only {v:.0%} for {k}" for k, v in disagree.items()]
         verdict = (
             f"do not trust the front's stability axis: the probe does not rank your candidates as {runs} do "
@@ -188,7 +217,17 @@ def summarize_calibration(
         trusted=trusted,
         verdict=verdict,
         wall_s=wall_s,
+        ties=ties,
     )
+
+
+def _ties_text(ties: dict[str, list[list[int]]], only: str | None = None) -> str:
+    """' (trials 4 and 5 tied: ...)' for the noise ties of every ranked metric (or `only` one)."""
+    groups = [g for metric, gs in ties.items() if only in (None, metric) for g in gs]
+    if not groups:
+        return ""
+    shown = "; ".join(f"trials {', '.join(map(str, g[:-1]))} and {g[-1]}" for g in groups)
+    return f" ({shown} tied: within the probe's noise band, the probe does not order them)"
 
 
 def save_calibration(study_dir: Path, calibration: Calibration) -> Path:

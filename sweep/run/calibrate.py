@@ -201,8 +201,9 @@ def calibrate(
         params = {k: float(v) for k, v in trial_params(row).items()}
         build_candidate(trial_spec(spec, trials, number), params, model=model, sources=sources)
         probe = {m: finite_number(row.get(f"probe/{m}")) for m in steering}
+        noise = {m: finite_number(row.get(f"probe/{m}{NOISE_SUFFIX}")) for m in steering}
         feasible = bool(row["feasible"]) if "feasible" in row and row["feasible"] is not None else None
-        candidate = Candidate(number=number, params=params, why=why, probe=probe, feasible=feasible)
+        candidate = Candidate(number=number, params=params, why=why, probe=probe, feasible=feasible, noise=noise)
         t0 = time.perf_counter()
         for seed in seeds:
             long_config = config.model_copy(

@@ -80,6 +80,60 @@ def test_verdict_trusts_a_probe_that_ranks_as_the_long_runs_and_warns_otherwise(
     assert not few.trusted and "too few candidates (3)" in few.verdict
 
 
+def test_candidates_within_the_probes_noise_enter_the_rank_correlation_tied():
+    """The demo's calibration: two trials that cannot learn (probe -0.01 and 0.01, each
+    inside the other's noise band) end their long runs at 0.00 and -0.00. Their order is
+    luck; counted, it read 1.00 one way and 0.80 the other. Tied, it reads the same both
+    ways, and the verdict names the tie."""
+    spec = _spec()
+    rows = [(0.63, 0.12, 0.56), (-0.01, 0.02, 0.001), (0.28, 0.11, 0.33), (0.01, 0.016, -0.001)]
+
+    def candidates(flip: bool, noise: bool):
+        out = []
+        for i, (probe, band, final) in enumerate(rows):
+            final = -final if flip and abs(final) < 0.01 else final
+            c = _candidate(i, probe, final)
+            out.append(
+                Candidate(
+                    c.number,
+                    c.params,
+                    c.why,
+                    c.probe,
+                    c.feasible,
+                    long=c.long,
+                    noise={"length_retention": band} if noise else {},
+                )
+            )
+        return out
+
+    def rho(flip: bool, noise: bool):
+        return summarize_calibration(
+            spec, candidates(flip, noise), long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0
+        )
+
+    assert rho(False, False).spearman["length_retention"] == pytest.approx(0.8)  # noise counted as order
+    assert rho(True, False).spearman["length_retention"] == pytest.approx(1.0)
+    tied, flipped = rho(False, True), rho(True, True)
+    assert tied.spearman == flipped.spearman and tied.spearman["length_retention"] == pytest.approx(0.9487, abs=1e-4)
+    assert tied.ties == {"length_retention": [[1, 3]]}
+    assert "(trials 1 and 3 tied: within the probe's noise band" in tied.verdict
+    # a band that does not reach the neighbour ties nothing
+    narrow = [
+        Candidate(c.number, c.params, c.why, c.probe, c.feasible, long=c.long, noise={"length_retention": 0.001})
+        for c in candidates(False, False)
+    ]
+    result = summarize_calibration(spec, narrow, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert result.ties == {} and result.spearman["length_retention"] == pytest.approx(0.8)
+    # a calibration.json written before ties existed still loads
+    from sweep.report.calibration import Calibration
+
+    old = tied.to_json()
+    del old["ties"]
+    for c in old["candidates"]:
+        del c["noise"]
+    assert Calibration.from_json(old).ties == {}
+
+
 def test_a_constraint_only_metric_is_judged_by_its_verdicts_and_an_objective_by_its_order():
     # the demo's shape: the front ranks by reward_gain, length_retention only gates feasibility
     spec = SweepSpec.model_validate(

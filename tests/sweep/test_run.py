@@ -218,17 +218,24 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     assert len(record["candidates"]) == 4 and len({c["number"] for c in record["candidates"]}) == 4
     for c in record["candidates"]:
         row = table[table["number"] == c["number"]].iloc[0]
-        for metric in ("reward_gain", "length_retention"):  # the study's own values
+        for metric in ("reward_gain", "length_retention"):  # the study's own values and noise bands
             assert c["probe"][metric] == pytest.approx(row[f"probe/{metric}"])
+            assert c["noise"][metric] == pytest.approx(row[f"probe/{metric}_noise"])
         (run,) = c["long"]
         assert run["steps"] == 12 and run["seed"] == 1 and run["final_length"] > 0 and run["dip"] >= 0
-    from sweep.report.calibration import spearman
+    from sweep.report.calibration import spearman, tie_within_noise
 
-    # the objective is judged by its order, the constraint by its verdicts
-    probe = [c["probe"]["reward_gain"] for c in record["candidates"]]
+    # the objective is judged by its order (trials within each other's noise band tied), the constraint by its verdicts
+    probe, ties = tie_within_noise(
+        [c["probe"]["reward_gain"] for c in record["candidates"]],
+        [c["noise"]["reward_gain"] for c in record["candidates"]],
+    )
     added = [c["long"][0]["final_reward"] for c in record["candidates"]]
     assert list(record["spearman"]) == ["reward_gain"]
     assert record["spearman"]["reward_gain"] == pytest.approx(spearman(probe, added), nan_ok=True)
+    assert record["ties"] == (
+        {"reward_gain": [[record["candidates"][i]["number"] for i in t] for t in ties]} if ties else {}
+    )
     kept = [
         (c["probe"]["length_retention"] >= 0.5) == (c["long"][0]["final_length"] >= 0.5) for c in record["candidates"]
     ]
