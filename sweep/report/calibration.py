@@ -192,8 +192,9 @@ def summarize_calibration(
         trusted = True
         agrees = "feasibility agrees on " + ", ".join(f"{v:.0%} ({k})" for k, v in agreement.items())
         if rhos:
-            verdict = f"the probe ranks your candidates as {runs} do (Spearman {shown} over {n} candidates)"
-            verdict += _ties_text(ties)
+            verdict = (
+                f"the probe ranks your candidates as {runs} do (Spearman {shown} over {n} candidates{_ties_text(ties)})"
+            )
             verdict += f"; {agrees}" if agreement else ""
         else:
             verdict = f"the probe's verdicts agree with {runs} ({agrees}, over {n} candidates)"
@@ -222,12 +223,12 @@ def summarize_calibration(
 
 
 def _ties_text(ties: dict[str, list[list[int]]], only: str | None = None) -> str:
-    """' (trials 4 and 5 tied: ...)' for the noise ties of every ranked metric (or `only` one)."""
+    """'; trials 4 and 5 tied: ...' for the noise ties of every ranked metric (or `only` one)."""
     groups = [g for metric, gs in ties.items() if only in (None, metric) for g in gs]
     if not groups:
         return ""
     shown = "; ".join(f"trials {', '.join(map(str, g[:-1]))} and {g[-1]}" for g in groups)
-    return f" ({shown} tied: within the probe's noise band, the probe does not order them)"
+    return f"; {shown} tied: within the probe's noise band, the probe does not order them"
 
 
 def save_calibration(study_dir: Path, calibration: Calibration) -> Path:

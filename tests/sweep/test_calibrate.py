@@ -116,7 +116,10 @@ def test_candidates_within_the_probes_noise_enter_the_rank_correlation_tied():
     tied, flipped = rho(False, True), rho(True, True)
     assert tied.spearman == flipped.spearman and tied.spearman["length_retention"] == pytest.approx(0.9487, abs=1e-4)
     assert tied.ties == {"length_retention": [[1, 3]]}
-    assert "(trials 1 and 3 tied: within the probe's noise band" in tied.verdict
+    assert (
+        "(Spearman length_retention 0.95 over 4 candidates; trials 1 and 3 tied: within the probe's noise band"
+        in tied.verdict
+    )
     # a band that does not reach the neighbour ties nothing
     narrow = [
         Candidate(c.number, c.params, c.why, c.probe, c.feasible, long=c.long, noise={"length_retention": 0.001})
