@@ -30,7 +30,8 @@ from evals.probe.sampling import Batch, Diverged, policy_temperature
 
 MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
 ADVANTAGE_EPS = 1e-4  # keeps a group with identical rewards at advantage 0, not NaN
-# |advantage| at or below this is 0: a group with two distinct rewards has |A| >= ~0.43
+# |advantage| at or below this counts as 0. A group of identical rewards gives exactly 0; rewards
+# that differ at all (0/1: |A| >= 0.5; by float32's 1e-7: ~1e-3) give more, so only no variance is flat
 FLAT_ADVANTAGE = 1e-6
 
 
