@@ -97,6 +97,7 @@ def test_one_engine_serves_eval_and_probe_across_trials(trio, tiny_tasks, tmp_pa
         LmEvalConfig(tasks=TASKS, include_paths=[str(tiny_tasks)], batch_size=4, answer_regex=ANSWER_REGEX)
     )
     seen = set()
+    pushed = 0  # what the engine must have been sent so far
     try:
         for done, (alpha, beta) in enumerate(CANDIDATES, start=1):
             result = trial.run_trial(spec, {"alpha": alpha, "beta": beta})
@@ -106,9 +107,12 @@ def test_one_engine_serves_eval_and_probe_across_trials(trio, tiny_tasks, tmp_pa
             assert len(built) == 1, built  # one vllm.LLM for the worker: eval and probe
             assert engine.llm is backend._lm.model  # the probe sampled with the eval's engine
             assert result.metrics["probe/kl_final"] > 0.01  # the probe moved the policy it sampled from
-            # the candidate in, one push per update (lora: merged weights), the candidate back
-            steps = spec.evals.probe.steps
-            assert (engine.pushes, engine.adapters) == (done * (steps + 2), 0)
+            # the candidate in, one push per update (lora: merged weights; none for a flat batch,
+            # skip_flat_batches), the candidate back
+            updates = result.curves["actor/updated"]
+            assert len(updates) == spec.evals.probe.steps and sum(updates) >= 1
+            pushed += 2 + int(sum(updates))
+            assert (engine.pushes, engine.adapters) == (pushed, 0)
             assert not built[0].get("enable_lora")  # lm-eval passes enable_lora=False
             if update == "lora" and done == 1:
                 assert SHARED_ENGINE_LORA_NOTE in capsys.readouterr().err
