@@ -65,6 +65,9 @@ class StabilityMetrics:
     # reward. Ranks candidates as 128-step runs end (docs/probe.md). None only in records
     # written before it existed.
     reward_gain: float | None = None
+    # Share of the steps that updated the policy (the rest: flat batches skipped). None from
+    # backends without an `actor/updated` curve, and in records written before it existed.
+    update_share: float | None = None
 
     def as_metrics(self) -> dict[str, float | None]:
         """`probe/<name>` -> value for every name in PROBE_METRICS (floats; None if undefined),

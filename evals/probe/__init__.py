@@ -136,6 +136,8 @@ def score_run(run: BackendRun, *, config: ProbeConfig, with_curves: bool = False
     with `with_curves` (metrics, the run's curves plus the per-step noise curves).
     """
     metrics, curves = _score_run(run, config=config)
+    if curves.updated:
+        metrics = replace(metrics, update_share=sum(curves.updated) / len(curves.updated))
     return (metrics, curves) if with_curves else metrics
 
 

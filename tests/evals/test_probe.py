@@ -221,9 +221,10 @@ def test_a_flat_batch_takes_no_update_unless_told_to(tiny_dir, skip):
     if skip:
         assert curves.updated == (1.0, 0.0, 0.0, 0.0, 0.0, 0.0) and curves.grad_norm[1:] == (0.0,) * 5
         assert unchanged  # 5 skipped steps changed nothing
+        assert result.metrics.as_metrics()["probe/update_share"] == pytest.approx(1 / 6)  # the probe saw little
     else:
         assert curves.updated == (1.0,) * 6 and all(g > 0 for g in curves.grad_norm)
-        assert not unchanged
+        assert not unchanged and result.metrics.update_share == 1.0
     assert curves.kl[0] == pytest.approx(0, abs=1e-6) and curves.kl[-1] > 0  # measured on every step either way
 
 
