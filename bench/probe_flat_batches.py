@@ -7,13 +7,13 @@ Why: a candidate whose reward starts near its ceiling gives GRPO groups that are
 right, whose advantages are all 0. A batch of such groups has a gradient that is the
 KL term's alone, or one group's, yet Adam's step does not shrink with it: its moments
 normalize the gradient, and they start at 0. This script runs bench/probe_validity.py's
-worker (the demo spec's probe settings, the built-in backend) with two patches:
-
-- every Adam step is logged: the gradient norm before clipping, the norm and the largest
-  entry of the update (DIR/updates-<run>.json, one row per update taken; the name keeps
-  it out of `probe_validity.py table`'s `a*-b*-s*.json`);
-- `--skip-flat`: a step whose advantages are all 0 (no group with reward variance) takes
-  no update. The KL and entropy are still measured, so the curves are complete.
+worker (the demo spec's probe settings, the built-in backend) with every Adam step
+logged: the gradient norm before clipping, the norm and the largest entry of the update
+(DIR/updates-<run>.json, one row per update taken; the name keeps it out of
+`probe_validity.py table`'s `a*-b*-s*.json`). Without `--skip-flat` it runs with
+`skip_flat_batches: false` (every flat batch takes its Adam step, as the probe did before
+the setting existed); with it, `skip_flat_batches: true`, the probe's default (no update
+on a step whose advantages are all 0; the KL and entropy are still measured).
 
 Each run is one JSON file in probe_validity.py's format, so `probe_validity.py table`
 and `probe_critic.py shapes` read them too. docs/probe.md ("Why no hockey stick") has
@@ -32,10 +32,7 @@ import probe_validity as pv
 DEFAULT_OUT = pv.ROOT / "results" / "probe-flat-batches"
 
 
-def _worker(jobs, out: str, long_steps: int, overrides: dict, skip_flat: bool) -> None:
-    import torch
-
-    import evals.probe.grpo as grpo
+def _worker(jobs, out: str, long_steps: int, overrides: dict) -> None:
     import evals.probe.update as update
 
     log: list[dict] = []
@@ -55,19 +52,6 @@ def _worker(jobs, out: str, long_steps: int, overrides: dict, skip_flat: bool) -
         return grad_norm
 
     update.MasterAdam.step = logged_step
-    if skip_flat:
-        grpo_step = grpo.grpo_step
-
-        def skipping_step(model, reference, optimizer, batch, advantages, *, config):
-            if float(torch.as_tensor(advantages).abs().max()) > 0:
-                return grpo_step(model, reference, optimizer, batch, advantages, config=config)
-            optimizer.step = lambda max_norm: 0.0  # the loss and KL as usual, no update
-            try:
-                return grpo_step(model, reference, optimizer, batch, advantages, config=config)
-            finally:
-                del optimizer.step
-
-        grpo.grpo_step = skipping_step
     for job in jobs:
         log.clear()
         pv._worker([job], out, long_steps, 50, False, overrides)
@@ -77,10 +61,8 @@ def _worker(jobs, out: str, long_steps: int, overrides: dict, skip_flat: bool) -
 def run(args) -> None:
     out, jobs = pv.pending(args.out, pv.parse_points(args.points), args.seeds, [])
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
-    overrides = pv._overrides(args.set)
-    pv.spawn(
-        jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.long_steps, overrides, args.skip_flat))
-    )
+    overrides = pv._overrides(args.set) | {"skip_flat_batches": args.skip_flat}
+    pv.spawn(jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.long_steps, overrides)))
 
 
 def steps(args) -> None:
@@ -109,7 +91,11 @@ def main() -> None:
     r.add_argument("--points", nargs="+", default=["0,1", "0.25,0.5"], help="alpha,beta pairs")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--long-steps", type=int, default=128)
-    r.add_argument("--skip-flat", action="store_true", help="no update on a step whose advantages are all 0")
+    r.add_argument(
+        "--skip-flat",
+        action="store_true",
+        help="skip_flat_batches: true (no update on a step whose advantages are all 0); default: false",
+    )
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--out", default=str(DEFAULT_OUT))
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="probe settings over the demo spec's")
