@@ -17,7 +17,7 @@ from typing import Any
 
 from evals.errors import EvalError
 from evals.plugins import REWARD_RULES
-from evals.probe.backends import ProbeBackend, get_backend, register_backend
+from evals.probe.backends import ProbeBackend, check_reference_support, get_backend, register_backend
 from evals.probe.baseline import bootstrap_noise, normalized_metrics
 from evals.probe.config import ProbeConfig, RewardConfig
 from evals.probe.records import (
@@ -74,9 +74,10 @@ def run_probe(
 
     What happens to `model` (built-in backend): it is trained in place (update: full,
     next to a frozen copy used for the KL; update: lora, fp32 adapters injected into it,
-    with the adapters-off model as the reference) and handed back as it came: the same
-    weights (copied back from the frozen copy, or never touched under LoRA, even on
-    error), its own modules (adapters removed), each submodule's train/eval mode and each
+    with the adapters-off model as the reference; with config.reference, that model is
+    the KL's reference, loaded once per process, and a full update keeps the starting
+    weights in host memory) and handed back as it came: the same weights (copied back,
+    or never touched under LoRA, even on error), its own modules (adapters removed), each submodule's train/eval mode and each
     parameter's requires_grad restored, gradients None, no optimizer state kept, no
     hooks added. Peak memory, update: full, is about two copies of the model, fp32
     masters and Adam's two moments; the memory plan (sweep/run/memory_plan.py) has the parts.
@@ -92,6 +93,7 @@ def run_probe(
     if not prompts:
         raise EvalError("probe: no prompts")
     backend = get_backend(config.backend)
+    check_reference_support(backend, config)
     if reward is None:
         rule = config.reward.rule if config.reward.model is None else None
         if rule is not None and rule in REWARD_RULES and rule_needs_answer(rule):

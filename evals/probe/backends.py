@@ -40,6 +40,9 @@ class ProbeBackend(ABC):
     """
 
     name: str = ""
+    # whether `run` honours config.reference (a KL reference other than the candidate);
+    # run_probe and `sweep calibrate` refuse the setting for a backend that does not
+    supports_reference: bool = False
 
     @abstractmethod
     def run(
@@ -70,3 +73,12 @@ def get_backend(name: str) -> ProbeBackend:
     except UnknownName as exc:
         raise EvalError(str(exc)) from None
     return factory()
+
+
+def check_reference_support(backend: ProbeBackend, config: ProbeConfig) -> None:
+    """EvalError when config.reference is set and `backend` would ignore it."""
+    if config.reference is not None and not backend.supports_reference:
+        raise EvalError(
+            f"evals.probe.reference: probe backend {config.backend!r} does not take a KL reference other "
+            "than the candidate; remove the setting or use backend: builtin"
+        )

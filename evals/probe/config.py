@@ -72,7 +72,12 @@ class ProbeConfig(_Config):
     # jsonl file: {"prompt": user message, "answer": expected final answer} per line (or demo:probe_prompts)
     prompts: str
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    kl_coef: Annotated[float, Field(ge=0)] = 0.05  # weight of the k3 KL to the frozen initial candidate
+    kl_coef: Annotated[float, Field(ge=0)] = 0.05  # weight of the k3 KL to the reference
+    # The KL term's reference. None: the candidate itself, frozen at the start (KL 0 there).
+    # A checkpoint folder (in a spec also demo:<member>): a fixed model, as RL pipelines use
+    # that keep their SFT model as the reference whatever the actor starts from. It must
+    # share the candidate's vocabulary; loaded once per process, in the trial's dtype.
+    reference: str | None = None
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4  # Adam
     # A step whose batch has no group with reward variance (every advantage 0) takes no
     # update: Adam would take a full-size step on the KL term alone, and over a long run

@@ -61,6 +61,7 @@ from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import logits_postprocess_problem
 from evals.probe.lora import LoraAdapters
 from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples, curve_row
+from evals.probe.reference import load_reference
 from evals.probe.sampling import (
     Batch,
     Diverged,
@@ -81,6 +82,7 @@ class GRPOBackend(ProbeBackend):
     """Trains `model` in place and restores its weights, modes and flags at the end."""
 
     name = "builtin"
+    supports_reference = True
 
     def run(
         self,
@@ -215,7 +217,10 @@ class _Job:
 class _Policy:
     """What set-up puts on the model and tear-down takes off."""
 
-    reference: Any = None  # the frozen starting model (full), or the adapters-off context (LoRA)
+    reference: Any = (
+        None  # the frozen starting model (full), the adapters-off context (LoRA), or config.reference's model
+    )
+    start: list[torch.Tensor] | None = None  # full update with config.reference: the starting weights, in host memory
     adapters: LoraAdapters | None = None
     optimizer: MasterAdam | None = None
     as_requests: bool = False  # LoRA adapters reach the vLLM engine as LoRA requests
@@ -251,6 +256,7 @@ def _set_up(job: _Job, policy: _Policy) -> None:
     Fills `policy` as it goes, so that tear-down undoes whatever was done."""
     model, rollouts, config = job.model, job.rollouts, job.config
     model.eval()  # no dropout: sampling and the update see the same policy
+    fixed = load_reference(config.reference, like=model) if config.reference is not None else None
     if rollouts is not None:  # the engine may hold another candidate (or the eval's): start from this one
         rollouts.clear_adapter()
         rollouts.push_weights(model)
@@ -261,9 +267,14 @@ def _set_up(job: _Job, policy: _Policy) -> None:
         policy.as_requests = (
             rollouts is not None and config.vllm_lora == "requests" and rollouts.takes_lora(config.lora_rank)
         )
-        policy.reference, trainable = policy.adapters.disabled, policy.adapters.parameters
-    else:  # frozen initial candidate, and every weight trains
-        policy.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        policy.reference = fixed if fixed is not None else policy.adapters.disabled
+        trainable = policy.adapters.parameters
+    else:  # every weight trains; the reference is the frozen initial candidate, or config.reference's
+        if fixed is None:
+            policy.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        else:  # the starting weights wait in host memory for the restore
+            policy.start = [p.detach().to("cpu", copy=True) for p in model.parameters()]
+            policy.reference = fixed
         model.requires_grad_(True)
         trainable = list(model.parameters())
     policy.optimizer = MasterAdam(trainable, lr=config.learning_rate)
@@ -344,12 +355,13 @@ def _tear_down(job: _Job, policy: _Policy, saved: _ModuleState) -> None:
     model.zero_grad(set_to_none=True)
     if policy.adapters is not None:  # the base weights never trained: drop the adapters
         policy.adapters.remove()
-    elif isinstance(policy.reference, torch.nn.Module):
+    elif policy.start is not None or isinstance(policy.reference, torch.nn.Module):
+        given = policy.start if policy.start is not None else policy.reference.parameters()
         with torch.no_grad():  # the caller gets back the weights it gave
-            for param, given in zip(model.parameters(), policy.reference.parameters(), strict=True):
-                param.copy_(given)
+            for param, value in zip(model.parameters(), given, strict=True):
+                param.copy_(value)
     saved.restore(model)
-    policy.reference = None  # frees the frozen copy before the engine takes the weights
+    policy.reference = policy.start = None  # frees the frozen copy before the engine takes the weights
     if policy.as_requests:  # the engine's weights never changed: drop the adapter
         rollouts.clear_adapter()
     elif rollouts is not None:  # the engine holds the given weights again

@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--reward-model", help="local AutoModelForSequenceClassification folder used as the reward")
     parser.add_argument(
+        "--reference",
+        help="the KL term's reference: a checkpoint folder or demo:<member> (default: the spec's, else the "
+        "model itself; `candidate` sets the model itself over the spec's)",
+    )
+    parser.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],
         default="auto",
@@ -82,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         settings["reward"] = {"rule": None, "model": str(Path(args.reward_model).resolve())}
     elif args.reward_rule:
         settings["reward"] = {"rule": args.reward_rule, "model": None}
+    if args.reference == "candidate":
+        settings["reference"] = None
+    elif args.reference:
+        settings["reference"] = str(Path(_resolve_demo(args.reference, "--reference", CHECKPOINT_MEMBERS)).resolve())
+    if settings.get("reference") is not None and not (Path(settings["reference"]) / "config.json").is_file():
+        raise SweepError(f"--reference {settings['reference']}: no such checkpoint folder (config.json missing)")
     config = ProbeConfig.from_dict(settings)
     prompts = load_prompts(config.prompts)  # bad input fails before the model loads
 

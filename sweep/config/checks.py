@@ -57,7 +57,33 @@ def file_problems(spec: SweepSpec) -> list[str]:
             problems.append(f"evals.probe.prompts: {probe.prompts} is not a file")
         if probe.reward.model and not Path(probe.reward.model).is_dir():
             problems.append(f"evals.probe.reward.model: {probe.reward.model} is not a checkpoint folder")
+        if probe.reference is not None:
+            problems += reference_problems(probe.reference, spec.models)
     return problems
+
+
+def reference_problems(reference: str, models: ModelsSpec) -> list[str]:
+    """evals.probe.reference: a checkpoint folder whose vocabulary is one of the models'
+    (headers and config only)."""
+    if not Path(reference).is_dir():
+        return [f"evals.probe.reference: {reference} is not a checkpoint folder"]
+    try:
+        info = inspect_checkpoint(reference)
+    except MergeError as exc:
+        return [f"evals.probe.reference: {exc}"]
+    sizes: set[int | None] = set()
+    for role in MODEL_ROLES:
+        try:
+            sizes.add(inspect_checkpoint(getattr(models, role)).vocab_size)
+        except MergeError:
+            return []  # reported under models.<role>
+    if info.vocab_size not in sizes:
+        return [
+            f"evals.probe.reference: {reference} has a vocabulary of {info.vocab_size} tokens, the models "
+            f"{' / '.join(str(n) for n in sorted(sizes, key=str))}; the KL term compares the reference and the "
+            "candidate token by token, so they must share a tokenizer"
+        ]
+    return []
 
 
 def lm_eval_problems(spec: SweepSpec) -> list[str]:
@@ -179,6 +205,9 @@ def unvalidated_file_problems(path: str | Path) -> list[str]:
         reward = resolved(probe.reward.model) if probe.reward.model else None
         if reward is not None and not Path(reward).is_dir():
             problems.append(f"evals.probe.reward.model: {reward} is not a checkpoint folder")
+        reference = resolved(probe.reference) if probe.reference else None
+        if reference is not None and not Path(reference).is_dir():
+            problems.append(f"evals.probe.reference: {reference} is not a checkpoint folder")
     return problems + environment_problems()
 
 

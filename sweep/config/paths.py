@@ -43,6 +43,8 @@ def resolve_paths(spec: SweepSpec, base_dir: Path) -> SweepSpec:
         )
     if evals.probe is not None:
         probe = evals.probe.model_copy(update={"prompts": resolve_path(evals.probe.prompts, base_dir)})
+        if probe.reference is not None:
+            probe = probe.model_copy(update={"reference": resolve_path(probe.reference, base_dir)})
         if probe.reward.model:
             probe = probe.model_copy(
                 update={"reward": probe.reward.model_copy(update={"model": resolve_path(probe.reward.model, base_dir)})}
@@ -92,6 +94,7 @@ def uses_demo(spec: SweepSpec) -> bool:
         values += spec.evals.lm_eval.include_paths
     if spec.evals.probe:
         values.append(spec.evals.probe.prompts)
+        values += [spec.evals.probe.reference] if spec.evals.probe.reference is not None else []
     return any(v.startswith(DEMO_PREFIX) for v in values)
 
 
@@ -113,11 +116,12 @@ def resolve_demo_refs(spec: SweepSpec) -> SweepSpec:
         paths = [fix(p, f"evals.lm_eval.include_paths.{i}") for i, p in enumerate(evals.lm_eval.include_paths)]
         evals = evals.model_copy(update={"lm_eval": evals.lm_eval.model_copy(update={"include_paths": paths})})
     if evals.probe is not None:
-        evals = evals.model_copy(
-            update={
-                "probe": evals.probe.model_copy(update={"prompts": fix(evals.probe.prompts, "evals.probe.prompts")})
-            }
-        )
+        update = {"prompts": fix(evals.probe.prompts, "evals.probe.prompts")}
+        if evals.probe.reference is not None:
+            update["reference"] = resolve_demo_ref(
+                evals.probe.reference, field="evals.probe.reference", members=MODEL_ROLES
+            )
+        evals = evals.model_copy(update={"probe": evals.probe.model_copy(update=update)})
     return spec.model_copy(update={"models": models, "evals": evals})
 
 

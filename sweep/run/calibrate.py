@@ -176,7 +176,7 @@ def calibrate(
         )
 
     from evals.probe import ProbeConfig, load_prompts
-    from evals.probe.backends import get_backend
+    from evals.probe.backends import check_reference_support, get_backend
     from evals.rewards import build_reward
     from sweep.run.trial import build_candidate, load_models
     from sweep.study.fingerprint import trial_spec
@@ -187,6 +187,8 @@ def calibrate(
     if long_steps < config.steps:
         raise SweepError(f"--long-steps {long_steps} is shorter than the probe's {config.steps} steps")
     seeds = list(seeds) if seeds else [config.seed + 1]  # not the probe's seed: the long run is another run
+    backend = get_backend(config.backend)
+    check_reference_support(backend, config)  # before any model loads
     started = time.perf_counter()
     first = trial_spec(spec, trials, chosen[0][0])
     sources, model, tokenizer, device = load_models(first)
@@ -194,7 +196,6 @@ def calibrate(
     dtype = next(model.parameters()).dtype
     rule = config.reward.rule if config.reward.model is None else None
     reward = build_reward(rule=rule, model=config.reward.model, device=device, dtype=dtype)
-    backend = get_backend(config.backend)
     candidates = []
     for i, (number, why) in enumerate(chosen, 1):
         row = trials[trials["number"] == number].iloc[0]

@@ -10,7 +10,9 @@ Nothing here reads a weight. A trial holds, at its peak (the probe's update step
                 device; cpu -> host memory, pinned when the trial has a GPU)
   live model    the candidate being evaluated and probed, in the merge dtype
   reference     the probe's frozen copy for the KL term (0 with update: lora, where
-                the reference is the live model with its adapters off)
+                the reference is the live model with its adapters off), or the model
+                evals.probe.reference names (full: the starting weights then wait in
+                host memory, "start copy")
   master        fp32 master weights of a full update of a bf16/fp16 model
   gradients     fp32, one per trainable parameter
   optimizer     Adam's two fp32 moments per trainable parameter
@@ -97,6 +99,7 @@ class TrialSettings:
     gpu_memory_gb: float | None = None
     reward_params: int = 0
     reward_name: str = ""
+    reference_params: int = 0  # evals.probe.reference's parameters; 0: the reference is the candidate
 
 
 @dataclass(frozen=True)
@@ -218,14 +221,21 @@ def plan_parts(shape: ModelShape, s: TrialSettings) -> list[Part]:
 def _probe_parts(shape: ModelShape, s: TrialSettings, put) -> list[Part]:
     P, b = shape.params, s.dtype_bytes
     parts = []
+    R = s.reference_params
+    if R:  # a fixed model for the KL term (full: the starting weights wait in host memory)
+        parts.append(put("reference", R * b, "evals.probe.reference, frozen, for the KL term"))
+        if s.update == "full":
+            parts.append(Part("start copy", 0, P * b, "the starting weights, for the restore"))
     if s.update == "full":
-        parts.append(put("reference", P * b, "frozen copy for the KL term"))
+        if not R:
+            parts.append(put("reference", P * b, "frozen copy for the KL term"))
         if b < 4:
             parts.append(put("master", P * 4, "fp32 master weights"))
         trainable = P
     else:
         trainable = shape.lora_params_per_rank * s.lora_rank
-        parts.append(put("lora", trainable * 4, f"fp32 adapters, rank {s.lora_rank}; reference = adapters off"))
+        off = "" if R else "; reference = adapters off"
+        parts.append(put("lora", trainable * 4, f"fp32 adapters, rank {s.lora_rank}{off}"))
         parts.append(Part("peft", 0, PEFT_HOST_BYTES, "peft's modules, host only"))
     parts.append(put("gradients", trainable * 4, "fp32"))
     parts.append(put("optimizer", trainable * 8, "Adam moments, fp32"))
@@ -283,7 +293,9 @@ def _vllm_part(shape: ModelShape, s: TrialSettings, put) -> Part:
     return Part("vllm", 0, int(weights + 1 * GIB), "weights + VLLM_CPU_KVCACHE_SPACE=1 GiB")
 
 
-def settings_from_spec(spec: SweepSpec, shape: ModelShape, *, reward_params: int = 0) -> TrialSettings:
+def settings_from_spec(
+    spec: SweepSpec, shape: ModelShape, *, reward_params: int = 0, reference_params: int = 0
+) -> TrialSettings:
     """TrialSettings for a SweepSpec (its merge, evals and resources sections)."""
     res = spec.resources
     on_gpu = res.gpus_per_trial > 0 and spec.merge.device != "cpu"
@@ -310,6 +322,7 @@ def settings_from_spec(spec: SweepSpec, shape: ModelShape, *, reward_params: int
         gpu_memory_gb=res.gpu_memory_gb,
         reward_params=reward_params,
         reward_name="evals.probe.reward.model" if reward_params else "",
+        reference_params=reference_params,
         **kwargs,
     )
 
@@ -359,16 +372,10 @@ def find_fixes(shape: ModelShape, s: TrialSettings) -> list[str]:
 def plan_trial(spec: Any, infos: dict[str, Any], *, prompt_tokens: int | None = None) -> MemoryPlan:
     """The memory plan of one trial of `spec`; `infos` from merge.checkpoint (headers only)."""
     shape = ModelShape.from_info(infos["pretrained"])
-    reward_params = 0
     probe = spec.evals.probe
-    if probe is not None and probe.reward.model:
-        try:
-            from merge.checkpoint import inspect_checkpoint
-
-            reward_params = ModelShape.from_info(inspect_checkpoint(probe.reward.model)).params
-        except Exception:  # the reward checkpoint's own problems are reported elsewhere
-            reward_params = 0
-    settings = settings_from_spec(spec, shape, reward_params=reward_params)
+    reward_params = _params_of(probe.reward.model if probe is not None else None)
+    reference_params = _params_of(probe.reference if probe is not None else None)
+    settings = settings_from_spec(spec, shape, reward_params=reward_params, reference_params=reference_params)
     if prompt_tokens is not None:
         settings = replace(settings, prompt_tokens=prompt_tokens)
     parts = plan_parts(shape, settings)
@@ -376,6 +383,19 @@ def plan_trial(spec: Any, infos: dict[str, Any], *, prompt_tokens: int | None = 
     if not plan.fits:
         plan = replace(plan, fixes=find_fixes(shape, settings))
     return plan
+
+
+def _params_of(folder: str | None) -> int:
+    """The parameters of the checkpoint at `folder` (headers only); 0 for None or one that
+    cannot be read (its problems are reported by the spec checks)."""
+    if not folder:
+        return 0
+    try:
+        from merge.checkpoint import inspect_checkpoint
+
+        return ModelShape.from_info(inspect_checkpoint(folder)).params
+    except Exception:
+        return 0
 
 
 def param_count(params: int) -> str:

@@ -31,7 +31,7 @@ STUDY_ATTR_FINGERPRINT = "sweep_fingerprint"
 # Fields added after studies were recorded, with the value that reproduces the behaviour
 # from before they existed. A fingerprint leaves such a field out at that value, so a
 # study recorded earlier goes on under a spec that sets it; any other value is a change.
-ADDED_FIELDS: dict[str, Any] = {"evals.probe.skip_flat_batches": False}
+ADDED_FIELDS: dict[str, Any] = {"evals.probe.skip_flat_batches": False, "evals.probe.reference": None}
 
 # bytes of a safetensors header read: the length prefix says how long it is; 100 MB is
 # far above any real header (a 70B model's is a few MB)
@@ -91,6 +91,8 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
         probe = spec.evals.probe.model_dump(mode="json")
         prompts = Path(probe["prompts"])
         probe["prompts"] = _file_digest(prompts) if prompts.is_file() else f"missing:{prompts}"
+        if probe.get("reference") is not None:  # the weights decide, not where they lie
+            probe["reference"] = model_digest(probe["reference"])
         evals["probe"] = probe
     _flatten({"merge": merge, "evals": evals}, "", data)
     return {

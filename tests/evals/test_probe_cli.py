@@ -45,6 +45,22 @@ def test_settings_come_from_the_spec(tiny_dir, prompts_file, tmp_path, capsys):
     assert data["config"]["steps"] == 2  # the flag overrides the spec
     assert data["config"]["max_new_tokens"] == 8 and data["config"]["reward"]["rule"] == "format"
     assert data["config"]["prompts"] == str(prompts_file_copy)
+    assert data["config"]["reference"] is None and data["curves"]["actor/kl"][0] == 0
+
+
+def test_reference_flag_sets_the_kl_reference(tiny_dir, prompts_file, tmp_path, capsys):
+    """--reference DIR: the KL term is against DIR's model from step 0 (not 0 there);
+    `--reference candidate` sets the model itself back over a spec's reference."""
+    from tests.tiny import make_tiny_checkpoint
+
+    sft = make_tiny_checkpoint(tmp_path / "sft", seed=7, base=tiny_dir, noise=0.2)
+    base = ["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--json", *FAST]
+    assert main([*base, "--reference", str(sft)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["reference"] == str(sft) and data["curves"]["actor/kl"][0] > 0.05
+    assert main([*base, "--reference", "candidate"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["reference"] is None and data["curves"]["actor/kl"][0] == 0
 
 
 @pytest.mark.parametrize(
@@ -54,6 +70,10 @@ def test_settings_come_from_the_spec(tiny_dir, prompts_file, tmp_path, capsys):
         (["--prompts", "{prompts}", "--steps", "1"], "steps must be a whole number >= 2"),
         ([], "give --prompts FILE or --spec SPEC"),
         (["--prompts", "{prompts}", "--model", "{missing}"], "--model {missing}: no such checkpoint folder"),
+        (
+            ["--prompts", "{prompts}", "--reference", "{missing}"],
+            "--reference {missing}: no such checkpoint folder (config.json missing)",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_message(tiny_dir, prompts_file, tmp_path, capsys, args, message):

@@ -66,6 +66,10 @@ def test_merge_takes_demo_members_by_name(demo_family, tmp_path, capsys):
             ["probe", "--model", "demo:instruc", "--prompts", "PROMPTS"],
             "--model: 'demo:instruc' is not a demo checkpoint",
         ),
+        (
+            ["probe", "--model", "OUT", "--prompts", "PROMPTS", "--reference", "demo:tasks"],
+            "--reference: 'demo:tasks' is not a demo checkpoint",
+        ),
     ],
 )
 def test_a_bad_demo_name_or_recipe_fails_before_any_build(no_build, tmp_path, capsys, argv, message):
@@ -111,8 +115,11 @@ def test_eval_and_probe_take_demo_members(demo_family, capsys):
             "2",
             "--max-new-tokens",
             "8",
+            "--reference",
+            "demo:reasoning",  # a KL reference by name too
             "--json",
         ]
     )
     assert code == 0
-    assert json.loads(capsys.readouterr().out)["curves"]
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["reference"] == str(demo_family.reasoning) and data["curves"]["actor/kl"][0] > 0

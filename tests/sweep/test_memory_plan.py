@@ -149,6 +149,26 @@ def test_parts_for_a_7b_shape_follow_the_settings():
     )  # 15 GB of weights never fit 10
 
 
+def test_a_kl_reference_costs_one_model_on_the_device_whatever_the_update():
+    """evals.probe.reference at 7B: full swaps the frozen candidate copy for the reference
+    on the device and keeps the starting weights in host memory (the GPU peak is the
+    same); LoRA, whose reference was free (adapters off), now holds the model: +15 GB."""
+    shape = ModelShape.llama(**QWEN25_7B, tie=False)
+    P = shape.params
+    for update in ("full", "lora"):
+        own = TrialSettings(device="cuda", dtype_bytes=2, update=update)
+        fixed = TrialSettings(device="cuda", dtype_bytes=2, update=update, reference_params=P)
+        a = MemoryPlan(parts=plan_parts(shape, own), settings=own, shape=shape)
+        b = MemoryPlan(parts=plan_parts(shape, fixed), settings=fixed, shape=shape)
+        assert b.part("reference").gpu == P * 2
+        if update == "full":
+            assert b.gpu_bytes == a.gpu_bytes and b.part("start copy").host == P * 2
+            assert b.host_bytes == a.host_bytes + P * 2
+        else:
+            assert b.gpu_bytes == a.gpu_bytes + P * 2 and b.host_bytes == a.host_bytes
+            assert "adapters off" in a.part("lora").note and "adapters off" not in b.part("lora").note
+
+
 @pytest.fixture(scope="module")
 def plan_checks(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
     """bench/memory_plan_check.py for both updates on one ~110M trio, built once: the two

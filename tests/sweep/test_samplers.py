@@ -197,3 +197,35 @@ def test_a_study_from_before_skip_flat_batches_goes_on_only_with_the_old_behavio
         check_fingerprint(study, with_skip(True), "memory")
     assert "evals.probe.skip_flat_batches: false -> true" in str(info.value)
     assert study.user_attrs[STUDY_ATTR_FINGERPRINT] == older  # nothing rewritten
+
+
+def test_a_kl_reference_is_fingerprinted_by_its_weights_not_its_path(tmp_path):
+    """A study recorded before `evals.probe.reference` existed used the candidate as the
+    reference: a spec without one goes on; one with a reference is a named change. The
+    reference enters as its weights' digest, so moving the folder changes nothing."""
+    import shutil
+
+    import optuna
+
+    from sweep.errors import SweepError
+    from sweep.study.fingerprint import STUDY_ATTR_FINGERPRINT, check_fingerprint, fingerprint, model_digest
+
+    spec = sweeps.make_spec(tmp_path, name="older")
+
+    def with_reference(value):
+        probe = spec.evals.probe.model_copy(update={"reference": value})
+        return spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
+
+    older = fingerprint(with_reference(None))
+    assert "evals.probe.reference" not in older
+    study = optuna.create_study(directions=["maximize"])
+    study.set_user_attr(STUDY_ATTR_FINGERPRINT, older)
+    check_fingerprint(study, with_reference(None), "memory")
+    from tests.tiny import make_tiny_checkpoint
+
+    sft = str(make_tiny_checkpoint(tmp_path / "sft"))
+    with pytest.raises(SweepError) as info:
+        check_fingerprint(study, with_reference(sft), "memory")
+    assert f"evals.probe.reference: null -> {model_digest(sft)}" in str(info.value)
+    moved = shutil.copytree(sft, tmp_path / "moved-sft")
+    assert fingerprint(with_reference(str(moved))) == fingerprint(with_reference(sft))

@@ -362,3 +362,24 @@ def test_a_section_failing_its_schema_gets_no_file_checks(workspace, tiny_trio, 
     assert "no-prompts.jsonl" not in output  # the probe section is broken: its files are not checked
     assert "vocabulary size mismatch" not in output  # the vocab policy is the broken field
     assert "2 problems" in output, output
+
+
+def test_a_kl_reference_is_shown_sized_and_checked(workspace, tiny_trio, capsys):
+    """evals.probe.reference: validate names it in the probe line and plans its memory
+    (full: the reference on the device, the starting weights in host memory); a missing
+    folder and a vocabulary the models do not have are refused before anything runs."""
+    spec = base_spec(tiny_trio)
+    spec["evals"]["probe"]["reference"] = str(tiny_trio["instruct"])
+    code, output = validate(write(workspace, "reference.yaml", spec), capsys)
+    assert code == 0, output
+    assert f"at most 64 new tokens, KL against {tiny_trio['instruct']}" in output
+    rows = {line.split()[0]: line for line in output.splitlines() if line.startswith("    ")}
+    assert "evals.probe.reference, frozen, for the KL term" in rows["reference"]
+    assert "the starting weights, for the restore" in rows["start"]
+    spec["evals"]["probe"]["reference"] = "nowhere"
+    code, output = validate(write(workspace, "reference-missing.yaml", spec), capsys)
+    assert code == 2 and f"evals.probe.reference: {workspace / 'nowhere'} is not a checkpoint folder" in output, output
+    spec["evals"]["probe"]["reference"] = str(make_tiny_checkpoint(workspace / "othervocab", vocab_extra=5))
+    code, output = validate(write(workspace, "reference-vocab.yaml", spec), capsys)
+    assert code == 2 and "othervocab has a vocabulary of 88 tokens, the models 83" in output, output
+    assert "must share a tokenizer" in output
