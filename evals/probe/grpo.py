@@ -217,9 +217,8 @@ class _Job:
 class _Policy:
     """What set-up puts on the model and tear-down takes off."""
 
-    reference: Any = (
-        None  # the frozen starting model (full), the adapters-off context (LoRA), or config.reference's model
-    )
+    # the frozen starting model (full), the adapters-off context (LoRA), or config.reference's model
+    reference: Any = None
     start: list[torch.Tensor] | None = None  # full update with config.reference: the starting weights, in host memory
     adapters: LoraAdapters | None = None
     optimizer: MasterAdam | None = None
