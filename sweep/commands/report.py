@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sweep.report.calibration import load_calibration
     from sweep.report.document import report_options, write_report
+    from sweep.report.facts import probe_text
     from sweep.report.summary import summarize
     from sweep.run.rescore import load_heldout, rescore_front, save_heldout
     from sweep.study.durable import load_study_dir
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         heldout=heldout,
         summary=summary,
         calibration=load_calibration(study_dir),
+        probe=probe_text(spec.evals.probe),
         **options,
     )
     print(f"wrote {html} ({html.stat().st_size / 1e6:.1f} MB) and {md}")

@@ -43,6 +43,7 @@ def write_report(
     reference: Sequence[float] | None = None,
     summary: ParetoSummary | None = None,
     calibration: Any = None,
+    probe: str | None = None,
 ) -> tuple[Path, Path]:
     """Write report.html and report.md into `study_dir` (created if missing); return their paths.
 
@@ -58,6 +59,8 @@ def write_report(
                  the same trials and options), so it is computed once
     calibration: the study's `sweep calibrate` result (sweep.report.calibration.load_calibration), shown
                  as its own section
+    probe:       how the probe ran (sweep.report.facts.probe_text of the spec's evals.probe), shown
+                 in the summary
 
     Raises SweepError (before writing anything) for a table without `number`, an unknown
     rule, bad weights or reference, or a `heldout` table without `number`.
@@ -88,6 +91,7 @@ def write_report(
         history=history,
         heldout=heldout,
         calibration=calibration,
+        probe=probe,
     )
     md_text = render_markdown(
         trials,
@@ -98,6 +102,7 @@ def write_report(
         front=front,
         heldout=heldout,
         calibration=calibration,
+        probe=probe,
     )
     html_path, md_path = study_dir / HTML_NAME, study_dir / MARKDOWN_NAME
     _write_atomic(html_path, html_text)
@@ -126,6 +131,7 @@ def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = N
     """`sweep report` in one call: read the study's trials table, write both reports with
     the spec's objectives, constraints and report options. Returns (report.html, report.md)."""
     from sweep.report.calibration import load_calibration
+    from sweep.report.facts import probe_text
 
     trials = table.read(study_dir)
     return write_report(
@@ -136,6 +142,7 @@ def report_study(study_dir: Path, *, spec: Any, heldout: pd.DataFrame | None = N
         spec_name=spec.name,
         heldout=heldout,
         calibration=load_calibration(Path(study_dir)),
+        probe=probe_text(spec.evals.probe),
         **report_options(spec),
     )
 

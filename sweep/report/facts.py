@@ -71,3 +71,17 @@ def ordered_metrics(trials: pd.DataFrame, objectives: Sequence[Objective]) -> li
 def constraint_text(constraint: Any, escape=esc) -> str:
     """`metric >= value` with the (user-provided) metric name escaped by `escape`."""
     return f"{escape(constraint.metric)} {escape(constraint.op)} {fmt(constraint.value)}"
+
+
+def probe_text(probe: Any) -> str | None:
+    """How the probe ran, from the spec's `evals.probe` section (None without one): its
+    size, learning rate, update and KL term, the reference named when it is not the
+    candidate. The reader of a front needs it to know what its probe metrics measured."""
+    if probe is None:
+        return None
+    against = probe.reference if getattr(probe, "reference", None) else "the candidate"
+    return (
+        f"{probe.steps} steps x {probe.prompts_per_step} prompts x {probe.group_size} samples, at most "
+        f"{probe.max_new_tokens} new tokens; learning rate {probe.learning_rate:g}, {probe.update} update; "
+        f"KL {probe.kl_coef:g} against {against}"
+    )

@@ -57,6 +57,7 @@ def render_html(
     history: pd.DataFrame | None,
     heldout: pd.DataFrame | None,
     calibration: Any = None,
+    probe: str | None = None,
 ) -> str:
     """The whole report.html as a string (plotly.js inlined once, in <head>)."""
     from plotly.offline import get_plotlyjs
@@ -67,7 +68,7 @@ def render_html(
     parts.append(
         f'<p class="muted">Generated {esc(_dt.datetime.now().isoformat(timespec="seconds"))} by sweep report.</p>'
     )
-    parts.append(_html_summary(trials, objectives, constraints, summary))
+    parts.append(_html_summary(trials, objectives, constraints, summary, probe))
     if heldout is not None:
         parts.append("<h2>Held-out scores</h2>")
         parts.append(
@@ -152,7 +153,11 @@ def _fig_html(fig, div_id: str, *, responsive: bool = True) -> str:
 
 
 def _html_summary(
-    trials: pd.DataFrame, objectives: Sequence[Objective], constraints: Sequence[Any], summary: ParetoSummary
+    trials: pd.DataFrame,
+    objectives: Sequence[Objective],
+    constraints: Sequence[Any],
+    summary: ParetoSummary,
+    probe: str | None = None,
 ) -> str:
     counts = state_counts(trials)
     lines = [
@@ -163,6 +168,8 @@ def _html_summary(
     ]
     if constraints:
         lines.append("<p><b>Constraints:</b> " + "; ".join(constraint_text(c) for c in constraints) + "</p>")
+    if probe:
+        lines.append(f"<p><b>Probe:</b> {esc(probe)}</p>")
     if summary.hypervolume is not None and summary.reference is not None:  # a volume always has its reference
         ref = ", ".join(fmt(v) for v in summary.reference)
         lines.append(

@@ -39,6 +39,7 @@ def render_markdown(
     front: np.ndarray,
     heldout: pd.DataFrame | None,
     calibration: Any = None,
+    probe: str | None = None,
 ) -> str:
     """A summary and the front as a table, for pasting into a pull request or a chat."""
     counts = state_counts(trials)
@@ -50,6 +51,8 @@ def render_markdown(
     out.append("- **Objectives:** " + "; ".join(f"{o.direction} {md_escape(o.metric)}" for o in objectives))
     if constraints:
         out.append("- **Constraints:** " + "; ".join(constraint_text(c, md_escape) for c in constraints))
+    if probe:
+        out.append(f"- **Probe:** {md_escape(probe)}")
     if summary.hypervolume is not None and summary.reference is not None:  # a volume always has its reference
         out.append(
             f"- **Hypervolume:** {fmt(summary.hypervolume)} (reference point {', '.join(fmt(v) for v in summary.reference)}, in objective order)"
