@@ -31,6 +31,7 @@ class WorkPlan:
     update: str  # full | lora
     checkpointing: bool
     reward_params: int = 0  # a reward model scores every rollout
+    reference_params: int = 0  # evals.probe.reference's parameters; 0: the reference is the candidate
     eval_tokens: int | None = None  # None: not known from the spec (no limit, or a fraction)
     eval_note: str = ""
 
@@ -50,7 +51,10 @@ class WorkPlan:
 
     @property
     def update_flops(self) -> float:
-        return float(self.trained_tokens) * self.params * self.update_flops_per_token
+        """The reference's forward counts at its own size (evals.probe.reference), else the candidate's."""
+        reference = self.reference_params or self.params
+        policy = self.params * (self.update_flops_per_token - 2)
+        return float(self.trained_tokens) * (policy + 2 * reference)
 
     @property
     def generate_flops(self) -> float:
@@ -100,6 +104,7 @@ def work_plan(spec: Any, settings: Any, params: int) -> WorkPlan:
         update=settings.update,
         checkpointing=settings.activation_checkpointing,
         reward_params=settings.reward_params,
+        reference_params=settings.reference_params,
         eval_tokens=eval_tokens,
         eval_note=eval_note,
     )

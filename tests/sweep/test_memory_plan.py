@@ -169,6 +169,17 @@ def test_a_kl_reference_costs_one_model_on_the_device_whatever_the_update():
             assert "adapters off" in a.part("lora").note and "adapters off" not in b.part("lora").note
 
 
+def test_the_work_plan_counts_the_reference_forward_at_the_references_size():
+    from sweep.run.work_plan import WorkPlan
+
+    own = WorkPlan(
+        params=10**9, steps=2, rollouts=4, prompt_tokens=100, new_tokens=50, update="full", checkpointing=False
+    )
+    assert own.update_flops == own.trained_tokens * 10**9 * 8  # forward 2, backward 4, reference 2
+    bigger = WorkPlan(**{**own.__dict__, "reference_params": 3 * 10**9})
+    assert bigger.update_flops == own.update_flops + own.trained_tokens * 2 * 2 * 10**9
+
+
 @pytest.fixture(scope="module")
 def plan_checks(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
     """bench/memory_plan_check.py for both updates on one ~110M trio, built once: the two
