@@ -46,7 +46,9 @@ def local_task_names(include_paths: list[str]) -> dict[str, Path]:
     return names
 
 
-def file_problems(spec: SweepSpec) -> list[str]:
+def file_problems(spec: SweepSpec, infos: dict[str, CheckpointInfo]) -> list[str]:
+    """The files the spec names besides the models; `infos`: the models' headers, as
+    inspect_models read them (the reference's vocabulary is checked against them)."""
     problems: list[str] = []
     lm = spec.evals.lm_eval
     if lm is not None:
@@ -58,25 +60,22 @@ def file_problems(spec: SweepSpec) -> list[str]:
         if probe.reward.model and not Path(probe.reward.model).is_dir():
             problems.append(f"evals.probe.reward.model: {probe.reward.model} is not a checkpoint folder")
         if probe.reference is not None:
-            problems += reference_problems(probe.reference, spec.models)
+            problems += reference_problems(probe.reference, infos)
     return problems
 
 
-def reference_problems(reference: str, models: ModelsSpec) -> list[str]:
+def reference_problems(reference: str, infos: dict[str, CheckpointInfo]) -> list[str]:
     """evals.probe.reference: a checkpoint folder whose vocabulary is one of the models'
-    (headers and config only)."""
+    (headers and config only; `infos` by role, from inspect_models)."""
     if not Path(reference).is_dir():
         return [f"evals.probe.reference: {reference} is not a checkpoint folder"]
     try:
         info = inspect_checkpoint(reference)
     except MergeError as exc:
         return [f"evals.probe.reference: {exc}"]
-    sizes: set[int | None] = set()
-    for role in MODEL_ROLES:
-        try:
-            sizes.add(inspect_checkpoint(getattr(models, role)).vocab_size)
-        except MergeError:
-            return []  # reported under models.<role>
+    if len(infos) < len(MODEL_ROLES):
+        return []  # a model that cannot be read is reported under models.<role>
+    sizes = {i.vocab_size for i in infos.values()}
     if info.vocab_size not in sizes:
         return [
             f"evals.probe.reference: {reference} has a vocabulary of {info.vocab_size} tokens, the models "
@@ -117,7 +116,7 @@ def lm_eval_problems(spec: SweepSpec) -> list[str]:
 def spec_problems(spec: SweepSpec) -> tuple[dict[str, CheckpointInfo], list[str]]:
     """Everything `sweep validate` checks beyond the schema."""
     infos, problems = inspect_models(spec)
-    return infos, problems + file_problems(spec) + environment_problems()
+    return infos, problems + file_problems(spec, infos) + environment_problems()
 
 
 def environment_problems() -> list[str]:
