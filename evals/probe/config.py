@@ -119,6 +119,14 @@ class ProbeConfig(_Config):
     def _registered(cls, backend: str) -> str:
         return registered(PROBE_BACKENDS, backend)
 
+    def size_text(self) -> str:
+        """`16 steps x 8 prompts x 4 samples, at most 64 new tokens`, as `sweep validate`
+        and the report print it."""
+        return (
+            f"{self.steps} steps x {self.prompts_per_step} prompts x {self.group_size} samples, "
+            f"at most {self.max_new_tokens} new tokens"
+        )
+
     @model_validator(mode="after")
     def _baseline_of_several(self) -> ProbeConfig:
         if self.baseline_samples == 1:

@@ -73,9 +73,7 @@ def _probe_lines(spec) -> list[str]:
     if probe is None:
         return []
     lines = [
-        f"  probe      {probe.steps} steps x {probe.prompts_per_step} prompts x {probe.group_size} samples, "
-        f"at most {probe.max_new_tokens} new tokens"
-        + (f", KL against {probe.reference}" if probe.reference is not None else "")
+        f"  probe      {probe.size_text()}" + (f", KL against {probe.reference}" if probe.reference is not None else "")
     ]
     evals_budget = lm_eval.max_gen_toks if lm_eval is not None else None
     if evals_budget is not None and probe.max_new_tokens < evals_budget:

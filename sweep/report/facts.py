@@ -79,9 +79,8 @@ def probe_text(probe: Any) -> str | None:
     candidate. The reader of a front needs it to know what its probe metrics measured."""
     if probe is None:
         return None
-    against = probe.reference if getattr(probe, "reference", None) else "the candidate"
+    against = probe.reference if probe.reference is not None else "the candidate"
     return (
-        f"{probe.steps} steps x {probe.prompts_per_step} prompts x {probe.group_size} samples, at most "
-        f"{probe.max_new_tokens} new tokens; learning rate {probe.learning_rate:g}, {probe.update} update; "
+        f"{probe.size_text()}; learning rate {probe.learning_rate:g}, {probe.update} update; "
         f"KL {probe.kl_coef:g} against {against}"
     )
