@@ -79,6 +79,10 @@ class ProbeConfig(_Config):
     # share the candidate's vocabulary; loaded once per process, in the trial's dtype.
     reference: str | None = None
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4  # Adam
+    # How the per-token loss is aggregated, as your RL does it (verl's loss_agg_mode; TRL's
+    # loss_type dapo/bnpo, grpo, dr_grpo): token-mean | seq-mean-token-mean (the original
+    # GRPO: short responses' tokens weigh more) | seq-mean-token-sum-norm (Dr. GRPO).
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     # A step whose batch has no group with reward variance (every advantage 0) takes no
     # update: Adam would take a full-size step on the KL term alone, and over a long run
     # from a candidate that is mostly right those steps wear it down (docs/probe.md).

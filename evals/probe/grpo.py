@@ -9,9 +9,9 @@ Each step:
    `group_size` completions of each at `temperature` (plain softmax sampling, no
    top-k/top-p), stopping at eos or `max_new_tokens` (then counted as truncated);
 2. score them with the reward; advantage = (r - group mean) / (group std + 1e-4);
-3. one Adam update on the token-mean loss
+3. one Adam update on the loss (a token mean unless `loss_agg` says otherwise)
        -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
-   with k3 = exp(ref - logp) - (ref - logp) - 1 against the starting model, and the
+   with k3 = exp(ref - logp) - (ref - logp) - 1 against the reference, and the
    gradient norm clipped to 1.0 (verl's and TRL's default). The update runs in
    micro-batches of `micro_batch_size` rollouts with gradient accumulation, log-probs and
    entropy in chunks of `logprob_chunk` tokens, optionally with activation checkpointing

@@ -11,8 +11,9 @@ rollouts x 2048 tokens x 152k vocabulary about 160 GB. Here instead:
 - the output projection, log-softmax, gather and entropy run on `chunk` rows at a time
   inside `torch.utils.checkpoint`, so backward keeps only the [chunk, H] inputs and
   recomputes one [chunk, V] block at a time: peak ~ chunk x V x 12 bytes, whatever N is;
-- `grpo_update` sums micro-batch losses normalized by the whole batch's token count,
-  so the accumulated gradient equals the full-batch gradient (to rounding).
+- `grpo_update` sums micro-batch losses, each token weighted for the whole batch
+  (`loss_weights`: by default 1 / the batch's token count), so the accumulated gradient
+  equals the full-batch gradient (to rounding).
 
     logp, entropy = token_logprobs(model, input_ids=ids, attention_mask=mask,
                                    response_ids=resp, response_mask=resp_mask, chunk=1024)
@@ -34,6 +35,13 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# How the per-token loss becomes one number (verl's loss_agg_mode names; TRL's loss_type in
+# brackets). token-mean [dapo, bnpo]: every token of the batch weighs the same.
+# seq-mean-token-mean [grpo]: each response's token mean, then the mean over responses, so
+# a token of a short response weighs more (the original GRPO's length bias, Dr. GRPO).
+# seq-mean-token-sum-norm [dr_grpo]: each response's token sum over a constant, the
+# generation budget, times the batch size: no length bias.
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 DEFAULT_CHUNK = 1024  # tokens per vocabulary block: 1024 x 152k x 12 bytes ~ 1.9 GB peak
 MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
 
@@ -159,6 +167,24 @@ def activation_checkpointing(model: Any, enabled: bool = True) -> Iterator[None]
             (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
 
 
+def loss_weights(response_mask: torch.Tensor, loss_agg: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """How `loss_agg` (LOSS_AGGREGATIONS) weighs each response token of the batch: a [B, R]
+    fp32 weight (0 off the mask) and the batch's divisor; the loss is sum(weight x
+    per-token loss) / divisor. token-mean: the mask over the token count.
+    seq-mean-token-mean: 1 / the response's length, over B. seq-mean-token-sum-norm: the
+    mask over B x R, R the padded response width (the generation budget when a response
+    reached it; verl's default constant)."""
+    mask = response_mask.float()
+    rows, width = mask.shape
+    if loss_agg == "token-mean":
+        return mask, mask.sum().clamp(min=1)
+    if loss_agg == "seq-mean-token-mean":
+        return mask / mask.sum(1, keepdim=True).clamp(min=1), torch.tensor(float(rows))
+    if loss_agg == "seq-mean-token-sum-norm":
+        return mask, torch.tensor(float(rows * width))
+    raise ValueError(f"loss_agg {loss_agg!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
 def accumulate_grpo_gradients(
     model: Any,
     reference: Any,
@@ -173,11 +199,13 @@ def accumulate_grpo_gradients(
     micro_batch_size: int | None = None,
     chunk: int | None = DEFAULT_CHUNK,
     checkpoint_activations: bool = False,
+    loss_agg: str = "token-mean",
 ) -> dict[str, float]:
     """The GRPO loss's gradient, accumulated over micro-batches into `.grad` (not zeroed
     first: the caller zeroes). Takes no step.
 
-    Loss: token mean over the whole batch of -A * exp(logp - logp.detach()) + kl_coef * k3,
+    Loss: -A * exp(logp - logp.detach()) + kl_coef * k3 per token, aggregated over the
+    whole batch by `loss_agg` (`loss_weights`; default the token mean),
     k3 = exp(ref - logp) - (ref - logp) - 1. `reference` is a frozen module, or a callable
     returning a context manager under which `model` itself is the reference (LoRA with
     adapters off). Returns the loss, kl and entropy (token means over the whole batch); a
@@ -186,6 +214,7 @@ def accumulate_grpo_gradients(
     """
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     n_tokens = response_mask.sum().clamp(min=1).float()
+    weights, divisor = loss_weights(response_mask, loss_agg)
     kl_sum = torch.zeros((), dtype=torch.float64)
     ent_sum = torch.zeros((), dtype=torch.float64)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -212,7 +241,7 @@ def accumulate_grpo_gradients(
             log_ratio_ref = ref_logp - logp
             k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1
             policy_loss = -advantages[rows].to(logp)[:, None] * torch.exp(logp - logp.detach())
-            loss = ((policy_loss + kl_coef * k3) * mask).sum() / n_tokens
+            loss = ((policy_loss + kl_coef * k3) * weights[rows]).sum() / divisor
             value = float(loss.detach())
             if math.isfinite(value) and loss.requires_grad:
                 loss.backward()

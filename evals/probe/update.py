@@ -3,8 +3,9 @@
     advantages = group_advantages(scores, group_size)
     stats = grpo_step(model, reference, optimizer, batch, advantages, config=config)
 
-The loss is the token-mean of -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
-k3 = exp(ref - logp) - (ref - logp) - 1 against the starting model, accumulated over
+The loss is -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp) per token,
+k3 = exp(ref - logp) - (ref - logp) - 1 against the reference, aggregated as `loss_agg`
+says (default the token mean over the batch; evals/probe/logprobs.py), accumulated over
 micro-batches in evals/probe/logprobs.py; the gradient norm is clipped to 1.0 and
 `MasterAdam` steps on fp32 master copies of low-precision weights.
 
@@ -117,6 +118,7 @@ def grpo_step(
             micro_batch_size=config.micro_batch_size,
             chunk=config.logprob_chunk,
             checkpoint_activations=config.activation_checkpointing,
+            loss_agg=config.loss_agg,
         )
     if not math.isfinite(stats["loss"]) or not math.isfinite(stats["kl"]):
         raise Diverged(f"non-finite {'loss' if not math.isfinite(stats['loss']) else 'KL'}")

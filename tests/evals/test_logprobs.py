@@ -134,3 +134,65 @@ def test_micro_batches_and_checkpointing_context(model_and_batch):
 
 def _checkpointing(model) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_each_loss_aggregation_is_the_gradient_of_its_formula(model_and_batch, loss_agg):
+    """verl's three loss_agg_modes, micro-batched, against the formula written out on the
+    plain log-probs: token-mean sum(l) / tokens; seq-mean-token-mean the mean over responses
+    of each one's token mean; seq-mean-token-sum-norm sum(l) / (B x R)."""
+    from evals.probe.logprobs import accumulate_grpo_gradients
+
+    model, batch = model_and_batch
+    advantages = torch.tensor([1.0, -0.5, 0.2, -1.0, 0.3, 0.7], dtype=torch.float64)
+    mask = batch["response_mask"].double()
+    rows, width = mask.shape
+    model.zero_grad(set_to_none=True)
+    logp, _ = plain_logprobs(model, batch, 1.0)
+    per_token = -advantages[:, None] * logp * mask  # the loss's gradient at the start (ratio 1, KL 0)
+    expected = {
+        "token-mean": per_token.sum() / mask.sum(),
+        "seq-mean-token-mean": (per_token.sum(1) / mask.sum(1)).mean(),
+        "seq-mean-token-sum-norm": per_token.sum() / (rows * width),
+    }[loss_agg]
+    expected.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    reference = copy.deepcopy(model).requires_grad_(False)
+    accumulate_grpo_gradients(
+        model, reference, advantages=advantages, kl_coef=0.05, micro_batch_size=4, chunk=5, loss_agg=loss_agg, **batch
+    )
+    for p, g in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+    model.zero_grad(set_to_none=True)
+
+
+def test_the_original_grpo_loss_weighs_a_short_response_more(model_and_batch):
+    """seq-mean-token-mean is not token-mean rescaled: the one-token response (row 2) gets
+    1/(B x 1) of the loss instead of 1/32 (the batch's tokens), so with only its advantage
+    non-zero the two gradients differ by 32/6, and with only a 9-token response's by 32/54."""
+    from evals.probe.logprobs import accumulate_grpo_gradients
+
+    model, batch = model_and_batch
+
+    def grad_norm(row, loss_agg):
+        advantages = torch.zeros(6, dtype=torch.float64)
+        advantages[row] = 1.0
+        model.zero_grad(set_to_none=True)
+        accumulate_grpo_gradients(model, model, advantages=advantages, kl_coef=0.0, loss_agg=loss_agg, **batch)
+        norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+        model.zero_grad(set_to_none=True)
+        return norm
+
+    assert int(batch["response_mask"].sum()) == 32 and batch["response_mask"].shape[0] == 6
+    assert grad_norm(2, "seq-mean-token-mean") / grad_norm(2, "token-mean") == pytest.approx(32 / 6, rel=1e-6)
+    assert grad_norm(0, "seq-mean-token-mean") / grad_norm(0, "token-mean") == pytest.approx(32 / 54, rel=1e-6)
+
+
+def test_an_unknown_loss_aggregation_is_refused_with_the_choices():
+    from evals.errors import EvalError
+    from evals.probe.config import ProbeConfig
+
+    with pytest.raises(EvalError, match="loss_agg") as info:
+        ProbeConfig(prompts="p.jsonl", loss_agg="seq-sum")
+    assert "seq-mean-token-mean" in str(info.value)
