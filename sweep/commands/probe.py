@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", choices=["hf", "vllm"], help="who samples the rollouts (overrides the spec)")
     parser.add_argument("--update", choices=["full", "lora"], help="what the probe trains (overrides the spec)")
     parser.add_argument(
+        "--loss-agg",
+        choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"],
+        help="how the per-token loss is aggregated, as your RL does it (overrides the spec)",
+    )
+    parser.add_argument(
         "--micro-batch-size", type=int, default=None, help="rollouts per forward/backward (overrides the spec)"
     )
     parser.add_argument(
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if "prompts" not in settings:
         raise SweepError("give --prompts FILE or --spec SPEC (with an evals.probe section)")
     settings["prompts"] = _resolve_demo(settings["prompts"], "--prompts")
-    for name in (*_OVERRIDES, "generator", "update", "micro_batch_size"):
+    for name in (*_OVERRIDES, "generator", "update", "loss_agg", "micro_batch_size"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.reward_model:

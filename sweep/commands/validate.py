@@ -72,9 +72,10 @@ def _probe_lines(spec) -> list[str]:
     probe, lm_eval = spec.evals.probe, spec.evals.lm_eval
     if probe is None:
         return []
-    lines = [
-        f"  probe      {probe.size_text()}" + (f", KL against {probe.reference}" if probe.reference is not None else "")
-    ]
+    line = f"  probe      {probe.size_text()}"
+    line += f", KL against {probe.reference}" if probe.reference is not None else ""
+    line += f", {probe.loss_agg} loss" if probe.loss_agg != "token-mean" else ""
+    lines = [line]
     evals_budget = lm_eval.max_gen_toks if lm_eval is not None else None
     if evals_budget is not None and probe.max_new_tokens < evals_budget:
         lines.append(

@@ -76,11 +76,12 @@ def constraint_text(constraint: Any, escape=esc) -> str:
 def probe_text(probe: Any) -> str | None:
     """How the probe ran, from the spec's `evals.probe` section (None without one): its
     size, learning rate, update and KL term, the reference named when it is not the
-    candidate. The reader of a front needs it to know what its probe metrics measured."""
+    candidate, and the loss aggregation when it is not the token mean. The reader of a front needs it to know what its probe metrics measured."""
     if probe is None:
         return None
     against = probe.reference if probe.reference is not None else "the candidate"
+    loss = f", {probe.loss_agg} loss" if probe.loss_agg != "token-mean" else ""
     return (
-        f"{probe.size_text()}; learning rate {probe.learning_rate:g}, {probe.update} update; "
+        f"{probe.size_text()}; learning rate {probe.learning_rate:g}, {probe.update} update{loss}; "
         f"KL {probe.kl_coef:g} against {against}"
     )

@@ -31,7 +31,11 @@ STUDY_ATTR_FINGERPRINT = "sweep_fingerprint"
 # Fields added after studies were recorded, with the value that reproduces the behaviour
 # from before they existed. A fingerprint leaves such a field out at that value, so a
 # study recorded earlier goes on under a spec that sets it; any other value is a change.
-ADDED_FIELDS: dict[str, Any] = {"evals.probe.skip_flat_batches": False, "evals.probe.reference": None}
+ADDED_FIELDS: dict[str, Any] = {
+    "evals.probe.skip_flat_batches": False,
+    "evals.probe.reference": None,
+    "evals.probe.loss_agg": "token-mean",
+}
 
 # bytes of a safetensors header read: the length prefix says how long it is; 100 MB is
 # far above any real header (a 70B model's is a few MB)

@@ -63,6 +63,17 @@ def test_reference_flag_sets_the_kl_reference(tiny_dir, prompts_file, tmp_path, 
     assert data["config"]["reference"] is None and data["curves"]["actor/kl"][0] == 0
 
 
+def test_loss_agg_flag_overrides_the_spec(tiny_dir, prompts_file, capsys):
+    """--loss-agg reaches the probe's config (the aggregation's arithmetic is
+    tests/evals/test_logprobs.py's); a value not in the list exits 2 naming the choices."""
+    base = ["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--json", *FAST]
+    assert main([*base, "--loss-agg", "seq-mean-token-mean"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["loss_agg"] == "seq-mean-token-mean"
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--loss-agg", "sum"])
+    assert info.value.code == 2 and "seq-mean-token-sum-norm" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

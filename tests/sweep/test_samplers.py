@@ -229,3 +229,28 @@ def test_a_kl_reference_is_fingerprinted_by_its_weights_not_its_path(tmp_path):
     assert f"evals.probe.reference: null -> {model_digest(sft)}" in str(info.value)
     moved = shutil.copytree(sft, tmp_path / "moved-sft")
     assert fingerprint(with_reference(str(moved))) == fingerprint(with_reference(sft))
+
+
+def test_a_study_from_before_loss_agg_goes_on_only_with_the_token_mean(tmp_path):
+    """Studies recorded before `evals.probe.loss_agg` existed aggregated the loss as a
+    token mean: the default leaves no trace in the fingerprint, another aggregation is a
+    named change."""
+    import optuna
+
+    from sweep.errors import SweepError
+    from sweep.study.fingerprint import STUDY_ATTR_FINGERPRINT, check_fingerprint, fingerprint
+
+    spec = sweeps.make_spec(tmp_path, name="older")
+
+    def with_agg(value):
+        probe = spec.evals.probe.model_copy(update={"loss_agg": value})
+        return spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
+
+    older = fingerprint(with_agg("token-mean"))
+    assert "evals.probe.loss_agg" not in older
+    study = optuna.create_study(directions=["maximize"])
+    study.set_user_attr(STUDY_ATTR_FINGERPRINT, older)
+    check_fingerprint(study, with_agg("token-mean"), "memory")
+    with pytest.raises(SweepError) as info:
+        check_fingerprint(study, with_agg("seq-mean-token-mean"), "memory")
+    assert "evals.probe.loss_agg: token-mean -> seq-mean-token-mean" in str(info.value)

@@ -370,9 +370,10 @@ def test_a_kl_reference_is_shown_sized_and_checked(workspace, tiny_trio, capsys)
     folder and a vocabulary the models do not have are refused before anything runs."""
     spec = base_spec(tiny_trio)
     spec["evals"]["probe"]["reference"] = str(tiny_trio["instruct"])
+    spec["evals"]["probe"]["loss_agg"] = "seq-mean-token-sum-norm"
     code, output = validate(write(workspace, "reference.yaml", spec), capsys)
     assert code == 0, output
-    assert f"at most 64 new tokens, KL against {tiny_trio['instruct']}" in output
+    assert f"at most 64 new tokens, KL against {tiny_trio['instruct']}, seq-mean-token-sum-norm loss" in output
     rows = {line.split()[0]: line for line in output.splitlines() if line.startswith("    ")}
     assert "evals.probe.reference, frozen, for the KL term" in rows["reference"]
     assert "the starting weights, for the restore" in rows["start"]
