@@ -2,6 +2,7 @@
 
     python bench/probe_validity.py run   [--seeds 0 1 2] [--long-steps 128] [--workers 2] [--out DIR] [--set KEY=VALUE ...]
     python bench/probe_validity.py table [--out DIR] [--probe-steps 4 8 16 32] [--repeats R] [--json]
+    python bench/probe_validity.py cross --probe DIR --long DIR [--probe-steps 16]
 
 `run` trains, for each candidate (alpha, beta) and seed, one long RL run with the demo
 spec's probe settings (search_spaces/demo.yaml, evals.probe) and `--long-steps` steps,
@@ -33,6 +34,10 @@ The table prints, per probe length, Spearman's rank correlation between each pro
 metric and the long-run outcome it stands for (per probe seed), and how often the
 spec's constraint (probe/length_retention >= 0.5) agrees with "the long run kept at least
 half its length".
+
+`cross` reads the probe from one folder's runs and the long runs from another's (say a
+probe under one `loss_agg` against long runs under another): per probe seed, Spearman of
+each probe metric against the mean outcome of the other seeds' long runs.
 """
 
 from __future__ import annotations
@@ -489,6 +494,40 @@ def table(args) -> dict:
     return summary
 
 
+def cross(args) -> dict:
+    """The probe from `args.probe`'s runs against the long runs of `args.long` (the
+    candidates and seeds both have), as `table` pairs them: the probe of seed s against
+    the mean outcome of the other seeds' long runs."""
+    from sweep.report.calibration import spearman
+
+    def runs(folder: str) -> dict:
+        return {(r["alpha"], r["beta"], r["seed"]): r for r in load(Path(folder).resolve()) if not r["null"]}
+
+    probes, longs = runs(args.probe), runs(args.long)
+    if not probes or not longs:
+        raise SystemExit(f"no runs in {args.probe if not probes else args.long}")
+    window = next(iter(longs.values()))["settings"]["window"]
+    seeds = sorted({s for *_, s in longs})
+    points = sorted({(a, b) for a, b, _ in longs}, key=lambda p: (-p[1], p[0]))
+    outcomes = {k: long_outcome(r, window) for k, r in longs.items()}
+    rhos: dict = {}
+    print("| probe steps | metric | long-run outcome | Spearman per probe seed | min |\n|---:|---|---|---|---:|")
+    for n in args.probe_steps:
+        for metric, (outcome, _sign) in PAIRS.items():
+            row = []
+            for s in seeds:
+                keys = [(a, b) for a, b in points if (a, b, s) in probes]
+                if len(keys) < 3:
+                    continue
+                xs = [probe_metrics(probes[(a, b, s)], n, window)[metric] for a, b in keys]
+                ys = [mean(outcomes[(a, b, t)][outcome] for t in seeds if t != s) for a, b in keys]
+                row.append(spearman(xs, ys))
+            rhos[f"{n}/{metric}"] = row
+            if row:
+                print(f"| {n} | {metric} | {outcome} | {' '.join(f'{r:.2f}' for r in row)} | {min(row):.2f} |")
+    return rhos
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -516,8 +555,14 @@ def main() -> None:
     t.add_argument("--probe-steps", nargs="+", type=int, default=[4, 8, 16, 32])
     t.add_argument("--repeats", type=int, default=1, help="also average the probe over groups of this many seeds")
     t.add_argument("--json", action="store_true")
+    c = sub.add_parser("cross")
+    c.add_argument("--probe", required=True, help="folder whose runs' first N steps are the probe")
+    c.add_argument("--long", required=True, help="folder whose runs are the long runs")
+    c.add_argument("--probe-steps", nargs="+", type=int, default=[16])
     args = parser.parse_args()
-    if args.command == "run":
+    if args.command == "cross":
+        cross(args)
+    elif args.command == "run":
         t0 = time.perf_counter()
         run(args)
         print(f"done in {time.perf_counter() - t0:.0f} s")
