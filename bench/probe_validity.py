@@ -134,6 +134,8 @@ def _worker(jobs, out: str, long_steps: int, n_eval: int, check_prefix: bool, ov
             "diverged": run.diverged,
             "stopped_early": run.stopped_early,
             "kl": list(run.curves.kl),
+            "updated": list(run.curves.updated),
+            "pg_clipfrac": list(run.curves.pg_clipfrac),
             "raw_length": list(run.curves.response_length_mean),
             "raw_score": list(run.curves.score_mean),
             "baseline": [p.to_dict() for p in run.baseline],

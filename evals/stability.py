@@ -65,7 +65,8 @@ class StabilityMetrics:
     # reward. Ranks candidates as 128-step runs end (docs/probe.md). None only in records
     # written before it existed.
     reward_gain: float | None = None
-    # Share of the steps that updated the policy (the rest: flat batches skipped). None from
+    # Share of the steps (of the mini-batches, with mini_batches > 1) that updated the policy
+    # (the rest: flat batches skipped). None from
     # backends without an `actor/updated` curve, and in records written before it existed.
     update_share: float | None = None
 

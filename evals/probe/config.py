@@ -83,6 +83,12 @@ class ProbeConfig(_Config):
     # loss_type dapo/bnpo, grpo, dr_grpo): token-mean | seq-mean-token-mean (the original
     # GRPO: short responses' tokens weigh more) | seq-mean-token-sum-norm (Dr. GRPO).
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    # Optimizer steps per RL step, as your RL takes them (verl: train_batch_size /
+    # ppo_mini_batch_size): the step's groups split into this many mini-batches of whole
+    # groups, in order, one Adam step each. After the first the policy is off the sampling
+    # policy, so the policy term is PPO's clipped surrogate at clip_ratio (verl's default).
+    mini_batches: Annotated[int, Field(ge=1)] = 1
+    clip_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.2
     # A step whose batch has no group with reward variance (every advantage 0) takes no
     # update: Adam would take a full-size step on the KL term alone, and over a long run
     # from a candidate that is mostly right those steps wear it down (docs/probe.md).
@@ -130,6 +136,15 @@ class ProbeConfig(_Config):
             f"{self.steps} steps x {self.prompts_per_step} prompts x {self.group_size} samples, "
             f"at most {self.max_new_tokens} new tokens"
         )
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> ProbeConfig:
+        if self.prompts_per_step % self.mini_batches:
+            raise ValueError(
+                f"mini_batches ({self.mini_batches}) must divide prompts_per_step ({self.prompts_per_step}): "
+                "each mini-batch holds whole groups"
+            )
+        return self
 
     @model_validator(mode="after")
     def _baseline_of_several(self) -> ProbeConfig:

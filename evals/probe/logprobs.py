@@ -200,15 +200,22 @@ def accumulate_grpo_gradients(
     chunk: int | None = DEFAULT_CHUNK,
     checkpoint_activations: bool = False,
     loss_agg: str = "token-mean",
+    old_logprobs: torch.Tensor | None = None,
+    clip_ratio: float = 0.2,
 ) -> dict[str, float]:
     """The GRPO loss's gradient, accumulated over micro-batches into `.grad` (not zeroed
     first: the caller zeroes). Takes no step.
 
     Loss: -A * exp(logp - logp.detach()) + kl_coef * k3 per token, aggregated over the
     whole batch by `loss_agg` (`loss_weights`; default the token mean),
-    k3 = exp(ref - logp) - (ref - logp) - 1. `reference` is a frozen module, or a callable
+    k3 = exp(ref - logp) - (ref - logp) - 1. With `old_logprobs` ([B, R], the sampling
+    policy's, for a mini-batch after the step's first update) the policy term is PPO's
+    clipped surrogate -min(r A, clip(r, 1 - clip_ratio, 1 + clip_ratio) A),
+    r = exp(logp - old); `clipfrac` is the share of tokens where the clip binds and
+    `ppo_kl` the token mean of old - logp (both 0 without old log-probs). `reference` is a frozen module, or a callable
     returning a context manager under which `model` itself is the reference (LoRA with
-    adapters off). Returns the loss, kl and entropy (token means over the whole batch); a
+    adapters off). Returns the loss, kl, entropy, clipfrac and ppo_kl (token means over
+    the whole batch); a
     non-finite one is returned as is (the caller decides), and backward is skipped for a
     micro-batch whose loss is not finite.
     """
@@ -218,6 +225,8 @@ def accumulate_grpo_gradients(
     kl_sum = torch.zeros((), dtype=torch.float64)
     ent_sum = torch.zeros((), dtype=torch.float64)
     loss_sum = torch.zeros((), dtype=torch.float64)
+    clipped_sum = torch.zeros((), dtype=torch.float64)
+    drift_sum = torch.zeros((), dtype=torch.float64)
     for rows in micro_batches(input_ids.shape[0], micro_batch_size):
         logprobs_of = functools.partial(
             token_logprobs,
@@ -240,7 +249,16 @@ def accumulate_grpo_gradients(
             mask = response_mask[rows].float()
             log_ratio_ref = ref_logp - logp
             k3 = torch.exp(log_ratio_ref) - log_ratio_ref - 1
-            policy_loss = -advantages[rows].to(logp)[:, None] * torch.exp(logp - logp.detach())
+            advantage = advantages[rows].to(logp)[:, None]
+            if old_logprobs is None:
+                policy_loss = -advantage * torch.exp(logp - logp.detach())
+            else:
+                old = old_logprobs[rows].to(logp)
+                ratio = torch.exp(logp - old)
+                unclipped, clipped = ratio * advantage, ratio.clamp(1 - clip_ratio, 1 + clip_ratio) * advantage
+                policy_loss = -torch.minimum(unclipped, clipped)
+                clipped_sum += float(((clipped < unclipped).float() * mask).sum())
+                drift_sum += float(((old - logp.detach()) * mask).sum())
             loss = ((policy_loss + kl_coef * k3) * weights[rows]).sum() / divisor
             value = float(loss.detach())
             if math.isfinite(value) and loss.requires_grad:
@@ -248,7 +266,44 @@ def accumulate_grpo_gradients(
         loss_sum += value
         kl_sum += float((k3.detach() * mask).sum())
         ent_sum += float((entropy * mask).sum())
-    return {"loss": float(loss_sum), "kl": float(kl_sum / n_tokens), "entropy": float(ent_sum / n_tokens)}
+    return {
+        "loss": float(loss_sum),
+        "kl": float(kl_sum / n_tokens),
+        "entropy": float(ent_sum / n_tokens),
+        "clipfrac": float(clipped_sum / n_tokens),
+        "ppo_kl": float(drift_sum / n_tokens),
+    }
+
+
+@torch.no_grad()
+def policy_logprobs(
+    model: Any,
+    *,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    micro_batch_size: int | None = None,
+    chunk: int | None = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """[B, R] fp32 log-probs of the responses under `model` as it is now, without grad, in
+    micro-batches: the sampling policy's, kept for a step's later mini-batches."""
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    parts = []
+    for rows in micro_batches(input_ids.shape[0], micro_batch_size):
+        logp, _ = token_logprobs(
+            model,
+            input_ids=input_ids[rows],
+            attention_mask=attention_mask[rows],
+            position_ids=positions[rows],
+            response_ids=response_ids[rows],
+            response_mask=response_mask[rows],
+            temperature=temperature,
+            chunk=chunk,
+        )
+        parts.append(logp)
+    return torch.cat(parts)
 
 
 def grpo_update(

@@ -59,10 +59,15 @@ CURVE_KEYS = {
     "critic/score/std": "score_std",
     "actor/kl": "kl",  # k3 estimate of KL(policy || initial), mean per response token
     "actor/entropy": "entropy",  # nats per response token, at the sampling temperature
-    "actor/grad_norm": "grad_norm",  # before clipping (0: no update, see actor/updated)
+    "actor/grad_norm": "grad_norm",  # before clipping, mean over the step's updates (0: none)
     # 1: the step updated the policy; 0: a flat batch (no group's reward varied) skipped
-    # under skip_flat_batches. Empty in records from backends that do not report it.
+    # under skip_flat_batches; with mini_batches > 1 the share of mini-batches updated.
+    # Empty in records from backends that do not report it.
     "actor/updated": "updated",
+    # Over the mini-batches after a step's first (mini_batches > 1; 0 with one): the share of
+    # tokens where PPO's clip binds, and the token mean of log p_sampling - log p_now.
+    "actor/pg_clipfrac": "pg_clipfrac",
+    "actor/ppo_kl": "ppo_kl",
     "timing/step_s": "step_s",  # seconds: sampling, reward, update (and the weight push, generator: vllm)
     "timing/gen_s": "gen_s",  # seconds of the step spent sampling
     # Per-prompt normalized curves (empty without a baseline): the mean over the step's
@@ -79,6 +84,8 @@ CURVE_KEYS = {
 # Curves a backend may leave empty (no baseline measured, no noise band).
 OPTIONAL_CURVES = (
     "actor/updated",
+    "actor/pg_clipfrac",
+    "actor/ppo_kl",
     "response_length/normalized",
     "critic/score/normalized",
     "actor/entropy/normalized",
@@ -97,6 +104,8 @@ def curve_row(
     gen_s: float,
     step_s: float,
     updated: float = 1.0,
+    pg_clipfrac: float = 0.0,
+    ppo_kl: float = 0.0,
 ) -> dict[str, float]:
     """One step's point of every raw curve (keys as ProbeCurves.append reads them), from the
     step's rollouts (evals.probe.sampling.Batch), their raw scores and the update's figures."""
@@ -112,6 +121,8 @@ def curve_row(
         "actor/entropy": entropy,
         "actor/grad_norm": grad_norm,
         "actor/updated": updated,
+        "actor/pg_clipfrac": pg_clipfrac,
+        "actor/ppo_kl": ppo_kl,
         "timing/gen_s": gen_s,
         "timing/step_s": step_s,
     }
@@ -132,6 +143,8 @@ class ProbeCurves:
     entropy: tuple[float, ...] = ()
     grad_norm: tuple[float, ...] = ()
     updated: tuple[float, ...] = ()
+    pg_clipfrac: tuple[float, ...] = ()
+    ppo_kl: tuple[float, ...] = ()
     step_s: tuple[float, ...] = ()
     gen_s: tuple[float, ...] = ()
     response_length_normalized: tuple[float, ...] = ()

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from evals.probe.config import ProbeConfig
-from evals.probe.logprobs import accumulate_grpo_gradients
+from evals.probe.logprobs import accumulate_grpo_gradients, policy_logprobs
 from evals.probe.sampling import Batch, Diverged, policy_temperature
 
 MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
@@ -94,37 +94,124 @@ class MasterAdam:
 def grpo_step(
     model, reference, optimizer: MasterAdam, batch: Batch, advantages: torch.Tensor, *, config: ProbeConfig
 ) -> dict[str, float]:
-    """One GRPO step through evals/probe/logprobs.py: micro-batches of `micro_batch_size`
-    rollouts with gradient accumulation, log-probs and entropy in chunks of
-    `logprob_chunk` tokens (never [B, T, V] in fp32), optional activation checkpointing.
-    `reference` is the frozen copy (full) or a context factory under which `model` is the
-    reference (LoRA: adapters off). Returns the KL, entropy (at the sampling temperature),
-    grad norm and `updated`: 0.0 for a flat batch under `config.skip_flat_batches` (no
-    backward, no step, grad norm 0), else 1.0. Raises Diverged (before any weight
-    changes) on a non-finite loss, KL or gradient."""
-    skip = config.skip_flat_batches and is_flat(advantages)
+    """One GRPO step through evals/probe/logprobs.py: `config.mini_batches` Adam steps, each
+    on its share of the groups, in order; micro-batches of `micro_batch_size` rollouts with
+    gradient accumulation, log-probs and entropy in chunks of `logprob_chunk` tokens (never
+    [B, T, V] in fp32), optional activation checkpointing. The mini-batches after the first
+    train on the sampling policy's log-probs (one no-grad pass before the first update)
+    with PPO's clip. `reference` is the frozen copy (full) or a context factory under which
+    `model` is the reference (LoRA: adapters off).
+
+    Returns the KL and entropy (at the sampling temperature; token means over the
+    batch, each mini-batch's read before its own update), the mean grad norm of the
+    updates, `updated` (the share of mini-batches that took an update: a flat one takes
+    none under `config.skip_flat_batches`), `pg_clipfrac` and `ppo_kl` (token means
+    over the mini-batches after the first; 0 with one). Raises Diverged, before that
+    mini-batch's update, on a non-finite loss, KL or gradient."""
+    input_ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.response_mask], 1)
+    rows = advantages.shape[0]
+    parts = [
+        slice(i * rows // config.mini_batches, (i + 1) * rows // config.mini_batches)
+        for i in range(config.mini_batches)
+    ]
+    old = None
+    if len(parts) > 1:  # the sampling policy's log-probs of the later mini-batches, before any update
+        later = slice(parts[1].start, rows)
+        old = torch.zeros_like(batch.response_mask, dtype=torch.float32)
+        old[later] = policy_logprobs(
+            model,
+            input_ids=input_ids[later],
+            attention_mask=attention_mask[later],
+            response_ids=batch.response_ids[later],
+            response_mask=batch.response_mask[later],
+            temperature=policy_temperature(config),
+            micro_batch_size=config.micro_batch_size,
+            chunk=config.logprob_chunk,
+        )
+    reads, norms = [], []
+    for index, part in enumerate(parts):
+        stats, grad_norm = _mini_batch_step(
+            model,
+            reference,
+            optimizer,
+            batch,
+            advantages,
+            input_ids,
+            attention_mask,
+            part,
+            old=None if index == 0 else old,
+            config=config,
+        )
+        reads.append((float(batch.response_mask[part].sum()), stats))
+        if grad_norm is not None:
+            norms.append(grad_norm)
+    if len(parts) == 1:
+        stats = reads[0][1]
+        return {
+            "kl": stats["kl"],
+            "entropy": stats["entropy"],
+            "grad_norm": norms[0] if norms else 0.0,
+            "updated": float(bool(norms)),
+            "pg_clipfrac": 0.0,
+            "ppo_kl": 0.0,
+        }
+
+    def mean_of(key: str, read: list) -> float:
+        tokens = sum(n for n, _ in read)
+        return sum(n * stats[key] for n, stats in read) / tokens if tokens else 0.0
+
+    return {
+        "kl": mean_of("kl", reads),
+        "entropy": mean_of("entropy", reads),
+        "grad_norm": sum(norms) / len(norms) if norms else 0.0,
+        "updated": len(norms) / len(parts),
+        "pg_clipfrac": mean_of("clipfrac", reads[1:]),
+        "ppo_kl": mean_of("ppo_kl", reads[1:]),
+    }
+
+
+def _mini_batch_step(
+    model,
+    reference,
+    optimizer: MasterAdam,
+    batch: Batch,
+    advantages: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    part: slice,
+    *,
+    old: torch.Tensor | None,
+    config: ProbeConfig,
+) -> tuple[dict[str, float], float | None]:
+    """The gradient of the rows `part` and one Adam step on it (none for a flat mini-batch
+    under skip_flat_batches: a forward pass for its KL and entropy, no backward). Returns
+    the read figures and the grad norm (None: no update)."""
+    skip = config.skip_flat_batches and is_flat(advantages[part])
     optimizer.zero_grad()
     with torch.no_grad() if skip else contextlib.nullcontext():
         stats = accumulate_grpo_gradients(
             model,
             reference,
-            input_ids=torch.cat([batch.prompt_ids, batch.response_ids], 1),
-            attention_mask=torch.cat([batch.prompt_mask, batch.response_mask], 1),
-            response_ids=batch.response_ids,
-            response_mask=batch.response_mask,
-            advantages=advantages,
+            input_ids=input_ids[part],
+            attention_mask=attention_mask[part],
+            response_ids=batch.response_ids[part],
+            response_mask=batch.response_mask[part],
+            advantages=advantages[part],
             kl_coef=config.kl_coef,
             temperature=policy_temperature(config),
             micro_batch_size=config.micro_batch_size,
             chunk=config.logprob_chunk,
             checkpoint_activations=config.activation_checkpointing,
             loss_agg=config.loss_agg,
+            old_logprobs=None if old is None else old[part],
+            clip_ratio=config.clip_ratio,
         )
     if not math.isfinite(stats["loss"]) or not math.isfinite(stats["kl"]):
         raise Diverged(f"non-finite {'loss' if not math.isfinite(stats['loss']) else 'KL'}")
     if skip:
-        return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": 0.0, "updated": 0.0}
+        return stats, None
     grad_norm = optimizer.step(MAX_GRAD_NORM)
     if not math.isfinite(grad_norm):
         raise Diverged("non-finite gradient")
-    return {"kl": stats["kl"], "entropy": stats["entropy"], "grad_norm": grad_norm, "updated": 1.0}
+    return stats, grad_norm

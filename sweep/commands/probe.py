@@ -23,6 +23,8 @@ _OVERRIDES = {
     "window": int,
     "collapse_threshold": float,
     "collapse_patience": int,
+    "mini_batches": int,
+    "clip_ratio": float,
 }
 
 

@@ -76,11 +76,13 @@ def constraint_text(constraint: Any, escape=esc) -> str:
 def probe_text(probe: Any) -> str | None:
     """How the probe ran, from the spec's `evals.probe` section (None without one): its
     size, learning rate, update and KL term, the reference named when it is not the
-    candidate, and the loss aggregation when it is not the token mean. The reader of a front needs it to know what its probe metrics measured."""
+    candidate, the loss aggregation when it is not the token mean, and the mini-batches
+    when there are several. The reader of a front needs it to know what its probe metrics measured."""
     if probe is None:
         return None
     against = probe.reference if probe.reference is not None else "the candidate"
     loss = f", {probe.loss_agg} loss" if probe.loss_agg != "token-mean" else ""
+    loss += f", {probe.mini_batches} mini-batches a step (clip {probe.clip_ratio:g})" if probe.mini_batches > 1 else ""
     return (
         f"{probe.size_text()}; learning rate {probe.learning_rate:g}, {probe.update} update{loss}; "
         f"KL {probe.kl_coef:g} against {against}"

@@ -63,6 +63,7 @@ _PROBE = ProbeConfig.model_fields
 # Settings that are the probe's own keys, under the same names (settings_from_spec copies them).
 PROBE_KEYS = (
     "micro_batch_size",
+    "mini_batches",
     "logprob_chunk",
     "activation_checkpointing",
     "update",
@@ -85,6 +86,7 @@ class TrialSettings:
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     new_tokens: int = _PROBE["max_new_tokens"].default
     micro_batch_size: int | None = _PROBE["micro_batch_size"].default  # None: all rollouts at once
+    mini_batches: int = _PROBE["mini_batches"].default  # optimizer steps per probe step
     logprob_chunk: int | None = _PROBE["logprob_chunk"].default  # None: full [B, T, V] fp32
     activation_checkpointing: bool = _PROBE["activation_checkpointing"].default
     update: str = _PROBE["update"].default  # full | lora
@@ -100,6 +102,12 @@ class TrialSettings:
     reward_params: int = 0
     reward_name: str = ""
     reference_params: int = 0  # evals.probe.reference's parameters; 0: the reference is the candidate
+
+    @property
+    def update_rows(self) -> int:
+        """Rollouts per forward/backward of the update: the micro-batch, at most a mini-batch."""
+        per_mini = max(1, self.rollouts // self.mini_batches)
+        return min(self.micro_batch_size or per_mini, per_mini)
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,7 @@ class MemoryPlan:
         s = self.settings
         head = (
             f"  memory     per trial, {param_count(self.shape.params)} params, {s.rollouts} rollouts x "
-            f"{s.prompt_tokens}+{s.new_tokens} tokens, micro-batch {s.micro_batch_size or s.rollouts}, update {s.update}"
+            f"{s.prompt_tokens}+{s.new_tokens} tokens, micro-batch {s.update_rows}, update {s.update}"
             + (f" r{s.lora_rank}" if s.update == "lora" else "")
             + f", generator {s.generator}"
         )
@@ -239,7 +247,7 @@ def _probe_parts(shape: ModelShape, s: TrialSettings, put) -> list[Part]:
         parts.append(Part("peft", 0, PEFT_HOST_BYTES, "peft's modules, host only"))
     parts.append(put("gradients", trainable * 4, "fp32"))
     parts.append(put("optimizer", trainable * 8, "Adam moments, fp32"))
-    mb = s.micro_batch_size or s.rollouts
+    mb = s.update_rows
     tokens = mb * (s.prompt_tokens + s.new_tokens)
     per_layer_token = (
         b * (ACT_HIDDEN_FACTOR * shape.hidden + ACT_INTERMEDIATE_FACTOR * shape.intermediate) + 8 * shape.hidden
@@ -336,7 +344,7 @@ def _fix_candidates(s: TrialSettings) -> list[tuple[str, TrialSettings]]:
     if s.logprob_chunk is None or s.logprob_chunk > 1024:
         out.append(("evals.probe.logprob_chunk: 1024", replace(s, logprob_chunk=1024)))
     for mb in (8, 4, 2, 1):
-        if (s.micro_batch_size or s.rollouts) > mb:
+        if s.update_rows > mb:
             out.append((f"evals.probe.micro_batch_size: {mb}", replace(s, micro_batch_size=mb)))
             break
     if not s.activation_checkpointing and s.probe:

@@ -32,6 +32,7 @@ class WorkPlan:
     checkpointing: bool
     reward_params: int = 0  # a reward model scores every rollout
     reference_params: int = 0  # evals.probe.reference's parameters; 0: the reference is the candidate
+    mini_batches: int = 1  # optimizer steps per probe step; after the first, the sampling policy's log-probs
     eval_tokens: int | None = None  # None: not known from the spec (no limit, or a fraction)
     eval_note: str = ""
 
@@ -51,10 +52,13 @@ class WorkPlan:
 
     @property
     def update_flops(self) -> float:
-        """The reference's forward counts at its own size (evals.probe.reference), else the candidate's."""
+        """The reference's forward counts at its own size (evals.probe.reference), else the
+        candidate's; mini-batches after the first add a no-grad forward for their sampling
+        log-probs ((M - 1) / M of the trained tokens)."""
         reference = self.reference_params or self.params
         policy = self.params * (self.update_flops_per_token - 2)
-        return float(self.trained_tokens) * (policy + 2 * reference)
+        old = 2.0 * self.params * (self.mini_batches - 1) / self.mini_batches
+        return float(self.trained_tokens) * (policy + 2 * reference + old)
 
     @property
     def generate_flops(self) -> float:
@@ -67,7 +71,8 @@ class WorkPlan:
             parts.append(
                 f"probe {_tokens(self.rollout_tokens)} tokens sampled ({self.steps} steps x {self.rollouts} x "
                 f"{self.new_tokens}), {_tokens(self.trained_tokens)} trained (update ~{_flops(self.update_flops)}, "
-                f"{self.update}{', checkpointed' if self.checkpointing else ''})"
+                f"{self.update}{', checkpointed' if self.checkpointing else ''}"
+                f"{f', {self.mini_batches} mini-batches' if self.mini_batches > 1 else ''})"
             )
         if self.eval_tokens is not None:
             parts.append(f"evals {_tokens(self.eval_tokens)} tokens ({self.eval_note})")
@@ -105,6 +110,7 @@ def work_plan(spec: Any, settings: Any, params: int) -> WorkPlan:
         checkpointing=settings.activation_checkpointing,
         reward_params=settings.reward_params,
         reference_params=settings.reference_params,
+        mini_batches=settings.mini_batches,
         eval_tokens=eval_tokens,
         eval_note=eval_note,
     )

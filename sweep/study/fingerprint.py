@@ -35,6 +35,8 @@ ADDED_FIELDS: dict[str, Any] = {
     "evals.probe.skip_flat_batches": False,
     "evals.probe.reference": None,
     "evals.probe.loss_agg": "token-mean",
+    "evals.probe.mini_batches": 1,
+    "evals.probe.clip_ratio": 0.2,
 }
 
 # bytes of a safetensors header read: the length prefix says how long it is; 100 MB is

@@ -196,3 +196,85 @@ def test_an_unknown_loss_aggregation_is_refused_with_the_choices():
     with pytest.raises(EvalError, match="loss_agg") as info:
         ProbeConfig(prompts="p.jsonl", loss_agg="seq-sum")
     assert "seq-mean-token-mean" in str(info.value)
+
+
+def test_the_clipped_surrogate_is_ppos(model_and_batch):
+    """With the sampling policy's log-probs the policy term is -min(r A, clip(r) A): its
+    gradient equals the formula written out, and clipfrac and ppo_kl are the shares and
+    means a hand count gives."""
+    from evals.probe.logprobs import accumulate_grpo_gradients
+
+    model, batch = model_and_batch
+    advantages = torch.tensor([1.0, -0.5, 0.2, -1.0, 0.3, 0.7], dtype=torch.float64)
+    mask = batch["response_mask"].double()
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        now, _ = plain_logprobs(model, batch, 1.0)
+    shift = 0.3 * torch.sin(torch.arange(now.numel(), dtype=torch.float64)).view_as(now)
+    old = (now + shift) * mask  # a sampling policy 0-0.3 nats away, per token
+    logp, _ = plain_logprobs(model, batch, 1.0)
+    ratio = torch.exp(logp - old)
+    a = advantages[:, None]
+    surrogate = -torch.minimum(ratio * a, ratio.clamp(0.8, 1.2) * a)
+    (surrogate * mask).sum().div(mask.sum()).backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    clipped = ((ratio.clamp(0.8, 1.2) * a < ratio * a).double() * mask).sum() / mask.sum()
+    model.zero_grad(set_to_none=True)
+    stats = accumulate_grpo_gradients(
+        model, model, advantages=advantages, kl_coef=0.0, micro_batch_size=4, old_logprobs=old.float(), **batch
+    )
+    for p, g in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+    model.zero_grad(set_to_none=True)
+    assert 0 < float(clipped) < 1
+    assert stats["clipfrac"] == pytest.approx(float(clipped), abs=1e-9)
+    assert stats["ppo_kl"] == pytest.approx(float((shift * mask).sum() / mask.sum()), abs=1e-5)
+
+
+def _step_with(model_and_batch, advantages, **settings):
+    """One evals.probe.update.grpo_step on the fixture's batch (2 prompts x 3 samples)."""
+    from evals.probe.config import ProbeConfig
+    from evals.probe.sampling import Batch
+    from evals.probe.update import MasterAdam, grpo_step
+
+    model, batch = model_and_batch
+    policy = copy.deepcopy(model).float().requires_grad_(True)
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    R = batch["response_ids"].shape[1]
+    rollouts = Batch(
+        batch["input_ids"][:, :-R],
+        batch["attention_mask"][:, :-R],
+        batch["response_ids"],
+        batch["response_mask"],
+        completions=None,
+        lengths=batch["response_mask"].sum(1),
+        truncated=torch.zeros(6, dtype=torch.bool),
+        entropy=torch.zeros(6),
+    )
+    config = ProbeConfig(prompts="p.jsonl", prompts_per_step=2, group_size=3, learning_rate=0.05, **settings)
+    optimizer = MasterAdam(list(policy.parameters()), lr=config.learning_rate)
+    stats = grpo_step(policy, reference, optimizer, rollouts, torch.tensor(advantages), config=config)
+    steps = {int(state["step"]) for state in optimizer.adam.state.values()}
+    return stats, steps
+
+
+def test_mini_batches_take_one_adam_step_each_and_read_the_drift(model_and_batch):
+    """mini_batches: 2 splits the step's 2 groups into two updates; the second trains on
+    the sampling policy's log-probs, so it reads a drift (ppo_kl) and, at a large step, a
+    clip. One mini-batch reads 0 for both; a flat second mini-batch takes no update."""
+    advantages = [1.0, -0.5, -0.5, -1.0, 0.3, 0.7]
+    one, steps = _step_with(model_and_batch, advantages)
+    assert steps == {1} and one["updated"] == 1.0 and one["pg_clipfrac"] == one["ppo_kl"] == 0.0
+    two, steps = _step_with(model_and_batch, advantages, mini_batches=2)
+    assert steps == {2} and two["updated"] == 1.0
+    assert two["ppo_kl"] != 0.0 and 0 < two["pg_clipfrac"] <= 1
+    flat, steps = _step_with(model_and_batch, [1.0, -0.5, -0.5, 0.0, 0.0, 0.0], mini_batches=2)
+    assert steps == {1} and flat["updated"] == 0.5
+
+
+def test_mini_batches_must_hold_whole_groups():
+    from evals.errors import EvalError
+    from evals.probe.config import ProbeConfig
+
+    with pytest.raises(EvalError, match=r"mini_batches \(3\) must divide prompts_per_step \(4\)"):
+        ProbeConfig(prompts="p.jsonl", prompts_per_step=4, mini_batches=3)

@@ -63,12 +63,14 @@ def test_reference_flag_sets_the_kl_reference(tiny_dir, prompts_file, tmp_path, 
     assert data["config"]["reference"] is None and data["curves"]["actor/kl"][0] == 0
 
 
-def test_loss_agg_flag_overrides_the_spec(tiny_dir, prompts_file, capsys):
-    """--loss-agg reaches the probe's config (the aggregation's arithmetic is
+def test_update_flags_override_the_spec(tiny_dir, prompts_file, capsys):
+    """--loss-agg and --mini-batches reach the probe's config (their arithmetic is
     tests/evals/test_logprobs.py's); a value not in the list exits 2 naming the choices."""
     base = ["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--json", *FAST]
-    assert main([*base, "--loss-agg", "seq-mean-token-mean"]) == 0
-    assert json.loads(capsys.readouterr().out)["config"]["loss_agg"] == "seq-mean-token-mean"
+    assert main([*base, "--loss-agg", "seq-mean-token-mean", "--mini-batches", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["loss_agg"] == "seq-mean-token-mean" and data["config"]["mini_batches"] == 2
+    assert len(data["curves"]["actor/pg_clipfrac"]) == len(data["curves"]["actor/ppo_kl"]) == 3
     with pytest.raises(SystemExit) as info:
         main([*base, "--loss-agg", "sum"])
     assert info.value.code == 2 and "seq-mean-token-sum-norm" in capsys.readouterr().err

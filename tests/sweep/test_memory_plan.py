@@ -180,6 +180,28 @@ def test_the_work_plan_counts_the_reference_forward_at_the_references_size():
     assert bigger.update_flops == own.update_flops + own.trained_tokens * 2 * 2 * 10**9
 
 
+def test_mini_batches_add_the_sampling_forward_and_shrink_the_update_batch():
+    """mini_batches M: the update's forward/backward holds at most a mini-batch (the
+    activations of 4 rollouts, not 16), and the M - 1 later mini-batches cost one more
+    no-grad forward for their sampling log-probs."""
+    from sweep.run.work_plan import WorkPlan
+
+    shape = ModelShape.llama(**QWEN25_7B, tie=False)
+    whole = TrialSettings(device="cuda", dtype_bytes=2, rollouts=16)
+    split = TrialSettings(device="cuda", dtype_bytes=2, rollouts=16, mini_batches=4)
+    assert (whole.update_rows, split.update_rows) == (16, 4)
+    assert TrialSettings(rollouts=16, mini_batches=4, micro_batch_size=2).update_rows == 2
+    a = MemoryPlan(parts=plan_parts(shape, whole), settings=whole, shape=shape)
+    b = MemoryPlan(parts=plan_parts(shape, split), settings=split, shape=shape)
+    assert b.part("activations").gpu * 4 == pytest.approx(a.part("activations").gpu, rel=0.01)
+    one = WorkPlan(
+        params=10**9, steps=2, rollouts=16, prompt_tokens=100, new_tokens=50, update="full", checkpointing=False
+    )
+    four = WorkPlan(**{**one.__dict__, "mini_batches": 4})
+    assert four.update_flops == one.update_flops + one.trained_tokens * 2 * 10**9 * 3 / 4
+    assert "4 mini-batches" in four.line() and "mini-batches" not in one.line()
+
+
 @pytest.fixture(scope="module")
 def plan_checks(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
     """bench/memory_plan_check.py for both updates on one ~110M trio, built once: the two

@@ -470,12 +470,13 @@ results_dir: {tmp_path}
     assert f"<p><b>Probe:</b> {probe}; KL 0.05 against the candidate</p>" in html_path.read_text()
     assert html_path.stat().st_size > 3_000_000
     pulled = spec.evals.probe.model_copy(
-        update={"reference": "/m/sft", "kl_coef": 0.2, "loss_agg": "seq-mean-token-mean"}
+        update={"reference": "/m/sft", "kl_coef": 0.2, "loss_agg": "seq-mean-token-mean", "mini_batches": 2}
     )
     _, md_path = report_study(
         spec.study_dir, spec=spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": pulled})})
     )
-    assert f"- **Probe:** {probe}, seq-mean-token-mean loss; KL 0.2 against /m/sft\n" in md_path.read_text()
+    pulled_text = "seq-mean-token-mean loss, 2 mini-batches a step (clip 0.2); KL 0.2 against /m/sft"
+    assert f"- **Probe:** {probe}, {pulled_text}\n" in md_path.read_text()
 
 
 def test_report_options_come_from_the_spec_report_section(tmp_path):

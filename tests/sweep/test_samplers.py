@@ -231,10 +231,14 @@ def test_a_kl_reference_is_fingerprinted_by_its_weights_not_its_path(tmp_path):
     assert fingerprint(with_reference(str(moved))) == fingerprint(with_reference(sft))
 
 
-def test_a_study_from_before_loss_agg_goes_on_only_with_the_token_mean(tmp_path):
-    """Studies recorded before `evals.probe.loss_agg` existed aggregated the loss as a
-    token mean: the default leaves no trace in the fingerprint, another aggregation is a
-    named change."""
+@pytest.mark.parametrize(
+    "field, old, new",
+    [("loss_agg", "token-mean", "seq-mean-token-mean"), ("mini_batches", 1, 4), ("clip_ratio", 0.2, 0.28)],
+)
+def test_a_study_from_before_an_update_setting_goes_on_only_with_its_old_value(tmp_path, field, old, new):
+    """Studies recorded before `loss_agg`, `mini_batches` and `clip_ratio` existed took one
+    token-mean update a step: the defaults leave no trace in the fingerprint, another
+    value is a named change."""
     import optuna
 
     from sweep.errors import SweepError
@@ -242,15 +246,15 @@ def test_a_study_from_before_loss_agg_goes_on_only_with_the_token_mean(tmp_path)
 
     spec = sweeps.make_spec(tmp_path, name="older")
 
-    def with_agg(value):
-        probe = spec.evals.probe.model_copy(update={"loss_agg": value})
+    def with_value(value):
+        probe = spec.evals.probe.model_copy(update={field: value})
         return spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
 
-    older = fingerprint(with_agg("token-mean"))
-    assert "evals.probe.loss_agg" not in older
+    older = fingerprint(with_value(old))
+    assert f"evals.probe.{field}" not in older
     study = optuna.create_study(directions=["maximize"])
     study.set_user_attr(STUDY_ATTR_FINGERPRINT, older)
-    check_fingerprint(study, with_agg("token-mean"), "memory")
+    check_fingerprint(study, with_value(old), "memory")
     with pytest.raises(SweepError) as info:
-        check_fingerprint(study, with_agg("seq-mean-token-mean"), "memory")
-    assert "evals.probe.loss_agg: token-mean -> seq-mean-token-mean" in str(info.value)
+        check_fingerprint(study, with_value(new), "memory")
+    assert f"evals.probe.{field}: {old} -> {new}" in str(info.value)

@@ -384,3 +384,18 @@ def test_a_kl_reference_is_shown_sized_and_checked(workspace, tiny_trio, capsys)
     code, output = validate(write(workspace, "reference-vocab.yaml", spec), capsys)
     assert code == 2 and "othervocab has a vocabulary of 88 tokens, the models 83" in output, output
     assert "must share a tokenizer" in output
+
+
+def test_mini_batches_are_shown_planned_and_must_hold_whole_groups(workspace, tiny_trio, capsys):
+    """evals.probe.mini_batches: the probe line and the work line say how many updates a
+    step takes; a count that splits a group is refused naming both settings."""
+    spec = base_spec(tiny_trio)
+    spec["evals"]["probe"]["mini_batches"] = 2
+    code, output = validate(write(workspace, "mini.yaml", spec), capsys)
+    assert code == 0, output
+    assert "at most 64 new tokens, 2 mini-batches a step (clip 0.2)" in output
+    assert "full, 2 mini-batches)" in output
+    spec["evals"]["probe"]["mini_batches"] = 3
+    code, output = validate(write(workspace, "mini-bad.yaml", spec), capsys)
+    assert code == 2
+    assert "mini_batches (3) must divide prompts_per_step (4)" in output
