@@ -137,6 +137,14 @@ class ProbeConfig(_Config):
             f"at most {self.max_new_tokens} new tokens"
         )
 
+    def update_text(self) -> str:
+        """`, seq-mean-token-mean loss, 4 mini-batches a step (clip 0.2)`: the update's
+        settings that differ from one token-mean step, as validate and the report append them."""
+        text = f", {self.loss_agg} loss" if self.loss_agg != "token-mean" else ""
+        if self.mini_batches > 1:
+            text += f", {self.mini_batches} mini-batches a step (clip {self.clip_ratio:g})"
+        return text
+
     @model_validator(mode="after")
     def _whole_groups(self) -> ProbeConfig:
         if self.prompts_per_step % self.mini_batches:

@@ -212,14 +212,12 @@ def accumulate_grpo_gradients(
     policy's, for a mini-batch after the step's first update) the policy term is PPO's
     clipped surrogate -min(r A, clip(r, 1 - clip_ratio, 1 + clip_ratio) A),
     r = exp(logp - old); `clipfrac` is the share of tokens where the clip binds and
-    `ppo_kl` the token mean of old - logp (both 0 without old log-probs). `reference` is a frozen module, or a callable
-    returning a context manager under which `model` itself is the reference (LoRA with
-    adapters off). Returns the loss, kl, entropy, clipfrac and ppo_kl (token means over
-    the whole batch); a
-    non-finite one is returned as is (the caller decides), and backward is skipped for a
-    micro-batch whose loss is not finite.
+    `ppo_kl` the token mean of old - logp (both 0 without old log-probs). `reference` is a
+    frozen module, or a callable returning a context manager under which `model` itself
+    is the reference (LoRA with adapters off). Returns the loss, kl, entropy, clipfrac and ppo_kl (token means over
+    the whole batch); a non-finite one is returned as is (the caller decides), and
+    backward is skipped for a micro-batch whose loss is not finite.
     """
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     n_tokens = response_mask.sum().clamp(min=1).float()
     weights, divisor = loss_weights(response_mask, loss_agg)
     kl_sum = torch.zeros((), dtype=torch.float64)
@@ -227,17 +225,16 @@ def accumulate_grpo_gradients(
     loss_sum = torch.zeros((), dtype=torch.float64)
     clipped_sum = torch.zeros((), dtype=torch.float64)
     drift_sum = torch.zeros((), dtype=torch.float64)
-    for rows in micro_batches(input_ids.shape[0], micro_batch_size):
-        logprobs_of = functools.partial(
-            token_logprobs,
-            input_ids=input_ids[rows],
-            attention_mask=attention_mask[rows],
-            position_ids=positions[rows],
-            response_ids=response_ids[rows],
-            response_mask=response_mask[rows],
-            temperature=temperature,
-            chunk=chunk,
-        )
+    parts = _per_micro_batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        temperature=temperature,
+        micro_batch_size=micro_batch_size,
+        chunk=chunk,
+    )
+    for rows, logprobs_of in parts:
         with torch.no_grad():
             if callable(reference) and not isinstance(reference, torch.nn.Module):
                 with reference():
@@ -289,21 +286,44 @@ def policy_logprobs(
 ) -> torch.Tensor:
     """[B, R] fp32 log-probs of the responses under `model` as it is now, without grad, in
     micro-batches: the sampling policy's, kept for a step's later mini-batches."""
+    parts = _per_micro_batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        temperature=temperature,
+        micro_batch_size=micro_batch_size,
+        chunk=chunk,
+    )
+    return torch.cat([logprobs_of(model)[0] for _, logprobs_of in parts])
+
+
+def _per_micro_batch(
+    *,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    micro_batch_size: int | None,
+    chunk: int | None,
+) -> Iterator[tuple[slice, Any]]:
+    """(rows, logprobs_of) per micro-batch: `logprobs_of(model)` is `token_logprobs` on those rows."""
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    parts = []
     for rows in micro_batches(input_ids.shape[0], micro_batch_size):
-        logp, _ = token_logprobs(
-            model,
-            input_ids=input_ids[rows],
-            attention_mask=attention_mask[rows],
-            position_ids=positions[rows],
-            response_ids=response_ids[rows],
-            response_mask=response_mask[rows],
-            temperature=temperature,
-            chunk=chunk,
+        yield (
+            rows,
+            functools.partial(
+                token_logprobs,
+                input_ids=input_ids[rows],
+                attention_mask=attention_mask[rows],
+                position_ids=positions[rows],
+                response_ids=response_ids[rows],
+                response_mask=response_mask[rows],
+                temperature=temperature,
+                chunk=chunk,
+            ),
         )
-        parts.append(logp)
-    return torch.cat(parts)
 
 
 def grpo_update(

@@ -74,8 +74,7 @@ def _probe_lines(spec) -> list[str]:
         return []
     line = f"  probe      {probe.size_text()}"
     line += f", KL against {probe.reference}" if probe.reference is not None else ""
-    line += f", {probe.loss_agg} loss" if probe.loss_agg != "token-mean" else ""
-    line += f", {probe.mini_batches} mini-batches a step (clip {probe.clip_ratio:g})" if probe.mini_batches > 1 else ""
+    line += probe.update_text()
     lines = [line]
     evals_budget = lm_eval.max_gen_toks if lm_eval is not None else None
     if evals_budget is not None and probe.max_new_tokens < evals_budget:

@@ -81,9 +81,7 @@ def probe_text(probe: Any) -> str | None:
     if probe is None:
         return None
     against = probe.reference if probe.reference is not None else "the candidate"
-    loss = f", {probe.loss_agg} loss" if probe.loss_agg != "token-mean" else ""
-    loss += f", {probe.mini_batches} mini-batches a step (clip {probe.clip_ratio:g})" if probe.mini_batches > 1 else ""
     return (
-        f"{probe.size_text()}; learning rate {probe.learning_rate:g}, {probe.update} update{loss}; "
+        f"{probe.size_text()}; learning rate {probe.learning_rate:g}, {probe.update} update{probe.update_text()}; "
         f"KL {probe.kl_coef:g} against {against}"
     )
