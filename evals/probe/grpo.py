@@ -9,7 +9,7 @@ Each step:
    `group_size` completions of each at `temperature` (plain softmax sampling, no
    top-k/top-p), stopping at eos or `max_new_tokens` (then counted as truncated);
 2. score them with the reward; advantage = (r - group mean) / (group std + 1e-4);
-3. one Adam update on the loss (a token mean unless `loss_agg` says otherwise)
+3. one Adam update (one per mini-batch, `mini_batches`) on the loss (`loss_agg`)
        -A * exp(logp - logp.detach()) + kl_coef * k3(ref, logp),
    with k3 = exp(ref - logp) - (ref - logp) - 1 against the reference, and the
    gradient norm clipped to 1.0 (verl's and TRL's default). The update runs in
