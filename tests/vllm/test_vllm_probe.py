@@ -76,21 +76,23 @@ def _hf_greedy(model, tokenizer, text):
 
 
 @pytest.mark.parametrize(
-    "update, vllm_lora, reference",
+    "update, vllm_lora, reference, mini_batches",
     [
-        ("full", "requests", None),
-        ("lora", "merged", None),
-        ("lora", "requests", None),
-        ("full", "requests", "reasoning"),
-        ("lora", "requests", "reasoning"),
+        ("full", "requests", None, 1),
+        ("lora", "merged", None, 1),
+        ("lora", "requests", None, 1),
+        ("full", "requests", "reasoning", 1),
+        ("lora", "requests", "reasoning", 1),
+        ("full", "requests", "reasoning", 2),
     ],
 )
-def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update, vllm_lora, reference):
+def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update, vllm_lora, reference, mini_batches):
     """temperature 0: the same rollouts token for token, so the same lengths and rewards,
     and KL, entropy and grad norm to rounding (the entropies are computed once while the
     HF loop samples, and by the chunked log-probs after vLLM samples). For lora, whether
     the adapters reach the engine merged into pushed weights or as LoRA requests; and with
-    a KL reference other than the candidate (evals.probe.reference: KL > 0 from step 0).
+    a KL reference other than the candidate (evals.probe.reference: KL > 0 from step 0),
+    also with two mini-batches a step (two updates, one push after them).
     Greedy groups are flat (advantages 0), so the flat-batch skip is off: every step
     updates and pushes (on the KL term), which is what this compares."""
     cfg = config(
@@ -100,6 +102,7 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
         vllm_lora=vllm_lora,
         skip_flat_batches=False,
         reference=str(trio[reference]) if reference else None,
+        mini_batches=mini_batches,
     )
     model, tokenizer = load(trio["instruct"])
     hf = run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share)
@@ -132,6 +135,7 @@ def test_greedy_vllm_probe_curves_equal_the_hf_probe_curves(trio, engine, update
     for key in want:
         assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
     assert (have["actor/kl"][0] > 1e-3) == (reference is not None), have["actor/kl"]
+    assert (abs(have["actor/ppo_kl"][0]) > 0) == (mini_batches > 1)  # the second mini-batch's drift
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the engine holds the candidate's weights again
     assert _engine_greedy(engine, tokenizer, "2+3=") == _hf_greedy(model, tokenizer, "2+3=")
