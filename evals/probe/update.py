@@ -146,18 +146,11 @@ def grpo_step(
         reads.append((float(batch.response_mask[part].sum()), stats))
         if grad_norm is not None:
             norms.append(grad_norm)
-    if len(parts) == 1:
-        stats = reads[0][1]
-        return {
-            "kl": stats["kl"],
-            "entropy": stats["entropy"],
-            "grad_norm": norms[0] if norms else 0.0,
-            "updated": float(bool(norms)),
-            "pg_clipfrac": 0.0,
-            "ppo_kl": 0.0,
-        }
 
     def mean_of(key: str, read: list) -> float:
+        """Token-weighted over the mini-batches; one mini-batch's figure as it is (bit for bit)."""
+        if len(read) == 1:
+            return read[0][1][key]
         tokens = sum(n for n, _ in read)
         return sum(n * stats[key] for n, stats in read) / tokens if tokens else 0.0
 
