@@ -9,13 +9,22 @@ once. Nothing here imports torch.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from core.config import RaisesUserError, Section, registered
 from evals.errors import EvalError
 from evals.plugins import PROBE_BACKENDS, REWARD_RULES
+
+# How the per-token loss becomes one number (verl's loss_agg_mode names; TRL's loss_type in
+# brackets). token-mean [dapo, bnpo]: every token of the batch weighs the same.
+# seq-mean-token-mean [grpo]: each response's token mean, then the mean over responses, so
+# a token of a short response weighs more (the original GRPO's length bias, Dr. GRPO).
+# seq-mean-token-sum-norm [dr_grpo]: each response's token sum over a constant, the
+# generation budget, times the batch size: no length bias. evals/probe/logprobs.py weighs them.
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+LOSS_AGGREGATIONS: tuple[str, ...] = get_args(LossAgg)
 
 
 class _Config(Section, metaclass=RaisesUserError):
@@ -79,10 +88,9 @@ class ProbeConfig(_Config):
     # share the candidate's vocabulary; loaded once per process, in the trial's dtype.
     reference: str | None = None
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4  # Adam
-    # How the per-token loss is aggregated, as your RL does it (verl's loss_agg_mode; TRL's
-    # loss_type dapo/bnpo, grpo, dr_grpo): token-mean | seq-mean-token-mean (the original
-    # GRPO: short responses' tokens weigh more) | seq-mean-token-sum-norm (Dr. GRPO).
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    # How the per-token loss is aggregated, as your RL does it (LossAgg above): token-mean |
+    # seq-mean-token-mean (the original GRPO) | seq-mean-token-sum-norm (Dr. GRPO).
+    loss_agg: LossAgg = "token-mean"
     # Optimizer steps per RL step, as your RL takes them (verl: train_batch_size /
     # ppo_mini_batch_size): the step's groups split into this many mini-batches of whole
     # groups, in order, one Adam step each. After the first the policy is off the sampling

@@ -35,13 +35,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-# How the per-token loss becomes one number (verl's loss_agg_mode names; TRL's loss_type in
-# brackets). token-mean [dapo, bnpo]: every token of the batch weighs the same.
-# seq-mean-token-mean [grpo]: each response's token mean, then the mean over responses, so
-# a token of a short response weighs more (the original GRPO's length bias, Dr. GRPO).
-# seq-mean-token-sum-norm [dr_grpo]: each response's token sum over a constant, the
-# generation budget, times the batch size: no length bias.
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+from evals.probe.config import LOSS_AGGREGATIONS
+
 DEFAULT_CHUNK = 1024  # tokens per vocabulary block: 1024 x 152k x 12 bytes ~ 1.9 GB peak
 MAX_GRAD_NORM = 1.0  # verl's and TRL's default clip
 
