@@ -13,8 +13,9 @@ PROBE_METRICS = (
     "entropy_drop",  # entropy[0] - min(entropy)
     "stopped_early",  # 1.0 when the probe stopped early (collapse or divergence), else 0.0
     "diverged",  # 1.0 when the probe's loss, gradient or KL went non-finite (the others are then worst-case), else 0.0
-    # share of the steps (of the mini-batches, with mini_batches > 1) that updated the policy; the
-    # rest were flat batches (no group's reward varied, skip_flat_batches). Low: the probe saw little signal. None when the backend does not say
+    # share of the steps (of the mini-batches, with mini_batches > 1) that updated the policy;
+    # the rest were flat batches (no group's reward varied, skip_flat_batches). Low: the probe
+    # saw little signal. None when the backend does not say
     "update_share",
 )
 

@@ -66,8 +66,8 @@ class StabilityMetrics:
     # written before it existed.
     reward_gain: float | None = None
     # Share of the steps (of the mini-batches, with mini_batches > 1) that updated the policy
-    # (the rest: flat batches skipped). None from
-    # backends without an `actor/updated` curve, and in records written before it existed.
+    # (the rest: flat batches skipped). None from backends without an `actor/updated` curve,
+    # and in records written before it existed.
     update_share: float | None = None
 
     def as_metrics(self) -> dict[str, float | None]:
