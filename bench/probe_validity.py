@@ -288,6 +288,33 @@ PAIRS = {
 }
 
 
+def against_other_seeds(
+    probe_of, outcomes: dict, *, points, probe_seeds, seeds, metric: str, outcome: str
+) -> tuple[list[float], list[float]]:
+    """Per probe seed s: Spearman of the probe's `metric` (`probe_of(a, b, s)`: its metrics,
+    None without that run) against the mean `outcome` of the long runs of the other `seeds`,
+    and for length_retention how often the spec's verdict agrees with theirs."""
+    from sweep.report.calibration import spearman
+
+    rhos, agreements = [], []
+    for s in probe_seeds:
+        others = [t for t in seeds if t != s] or [s]
+        xs, ys, agree = [], [], []
+        for a, b in points:
+            read = probe_of(a, b, s)
+            truth = [outcomes[(a, b, t)][outcome] for t in others if (a, b, t) in outcomes]
+            if read is None or read[metric] is None or not truth:
+                continue
+            xs.append(read[metric])
+            ys.append(mean(truth))
+            if metric == "length_retention":
+                agree.append((read[metric] >= CONSTRAINT) == (mean(truth) >= CONSTRAINT))
+        rhos.append(spearman(xs, ys))
+        if agree:
+            agreements.append(sum(agree) / len(agree))
+    return rhos, agreements
+
+
 def table(args) -> dict:
     from sweep.report.calibration import spearman
 
@@ -351,24 +378,15 @@ def table(args) -> dict:
     for n in args.probe_steps:
         per_metric = {}
         for metric, (outcome, _sign) in PAIRS.items():
-            rhos, agreements = [], []
-            for s in seeds:
-                others = [t for t in seeds if t != s] or [s]
-                xs, ys, agree = [], [], []
-                for a, b in points:
-                    if (a, b, s) not in by_key:
-                        continue
-                    p = probe_at(by_key[(a, b, s)], n)[metric]
-                    truth = [outcomes[(a, b, t)][outcome] for t in others if (a, b, t) in outcomes]
-                    if p is None or not truth:
-                        continue
-                    xs.append(p)
-                    ys.append(mean(truth))
-                    if metric == "length_retention":
-                        agree.append((p >= CONSTRAINT) == (mean(truth) >= CONSTRAINT))
-                rhos.append(spearman(xs, ys))
-                if agree:
-                    agreements.append(sum(agree) / len(agree))
+            rhos, agreements = against_other_seeds(
+                lambda a, b, s, n=n: probe_at(by_key[(a, b, s)], n) if (a, b, s) in by_key else None,
+                outcomes,
+                points=points,
+                probe_seeds=seeds,
+                seeds=seeds,
+                metric=metric,
+                outcome=outcome,
+            )
             per_metric[metric] = {"spearman": rhos, "agreement": agreements}
             agreement = " ".join(f"{x:.0%}" for x in agreements) if agreements else "-"
             lines.append(
@@ -500,7 +518,6 @@ def cross(args) -> dict:
     """The probe from `args.probe`'s runs against the long runs of `args.long` (the
     candidates and seeds both have), as `table` pairs them: the probe of seed s against
     the mean outcome of the other seeds' long runs."""
-    from sweep.report.calibration import spearman
 
     def runs(folder: str) -> dict:
         return {(r["alpha"], r["beta"], r["seed"]): r for r in load(Path(folder).resolve()) if not r["null"]}
@@ -512,18 +529,21 @@ def cross(args) -> dict:
     seeds = sorted({s for *_, s in longs})
     points = sorted({(a, b) for a, b, _ in longs}, key=lambda p: (-p[1], p[0]))
     outcomes = {k: long_outcome(r, window) for k, r in longs.items()}
+    # the seeds the probe folder has for at least 3 of the long runs' candidates
+    probe_seeds = [s for s in seeds if sum((a, b, s) in probes for a, b in points) >= 3]
     rhos: dict = {}
     print("| probe steps | metric | long-run outcome | Spearman per probe seed | min |\n|---:|---|---|---|---:|")
     for n in args.probe_steps:
         for metric, (outcome, _sign) in PAIRS.items():
-            row = []
-            for s in seeds:
-                keys = [(a, b) for a, b in points if (a, b, s) in probes]
-                if len(keys) < 3:
-                    continue
-                xs = [probe_metrics(probes[(a, b, s)], n, window)[metric] for a, b in keys]
-                ys = [mean(outcomes[(a, b, t)][outcome] for t in seeds if t != s) for a, b in keys]
-                row.append(spearman(xs, ys))
+            row, _ = against_other_seeds(
+                lambda a, b, s, n=n: probe_metrics(probes[(a, b, s)], n, window) if (a, b, s) in probes else None,
+                outcomes,
+                points=points,
+                probe_seeds=probe_seeds,
+                seeds=seeds,
+                metric=metric,
+                outcome=outcome,
+            )
             rhos[f"{n}/{metric}"] = row
             if row:
                 print(f"| {n} | {metric} | {outcome} | {' '.join(f'{r:.2f}' for r in row)} | {min(row):.2f} |")
