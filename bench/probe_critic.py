@@ -262,8 +262,10 @@ def reward_model(args) -> None:
     print(f"wrote {out}")
 
 
-def shape(record: dict, window: int = 3) -> dict:
-    """The reward's shape in one run: smoothed, per-prompt normalized (as the probe reads it)."""
+def shape(record: dict, window: int = 3, early: int = 24) -> dict:
+    """The reward's shape in one run: smoothed, per-prompt normalized (as the probe reads it).
+    `early_dip`: how far the smoothed reward falls under the start within the first `early`
+    steps (a hockey stick's drop); `recovered`: the best smoothed reward after that low."""
     from evals.probe.baseline import Baseline, normalized_curves
     from evals.stability import moving_average
 
@@ -274,6 +276,8 @@ def shape(record: dict, window: int = 3) -> dict:
     peak = max(range(len(smooth)), key=smooth.__getitem__)
     low = min(range(peak, len(smooth)), key=smooth.__getitem__)
     tail = max(1, len(score) // 8)
+    first = smooth[: max(1, early - window + 1)]
+    early_low = min(range(len(first)), key=first.__getitem__)
     return {
         "start": start,
         "peak": smooth[peak],
@@ -282,6 +286,9 @@ def shape(record: dict, window: int = 3) -> dict:
         "low_step": low + window - 1,
         "final": sum(score[-tail:]) / tail,
         "dip": max(0.0, start - min(smooth)),
+        "early_dip": max(0.0, start - first[early_low]),
+        "early_low_step": early_low + window - 1,
+        "recovered": max(smooth[early_low:]),
         "heldout_reasoning": record["after"].get("reasoning", {}).get("accuracy"),
     }
 
@@ -289,11 +296,13 @@ def shape(record: dict, window: int = 3) -> dict:
 def shapes(args) -> None:
     for folder in args.dirs:
         for path in sorted(Path(folder).glob("a*-b*-s*.json")):
-            s = shape(json.loads(path.read_text()))
+            s = shape(json.loads(path.read_text()), early=args.early)
             print(
                 f"{Path(folder).name} {path.stem}: start {s['start']:.2f}, peak {s['peak']:.2f} (step {s['peak_step']}),"
                 f" lowest after it {s['low_after_peak']:.2f} (step {s['low_step']}), final {s['final']:.2f},"
-                f" dip under the start {s['dip']:.2f}, held-out addition {s['heldout_reasoning']}"
+                f" dip under the start {s['dip']:.2f}; in the first {args.early} steps {s['early_dip']:.2f}"
+                f" (step {s['early_low_step']}), best after it {s['recovered']:.2f};"
+                f" held-out addition {s['heldout_reasoning']}"
             )
 
 
@@ -316,6 +325,7 @@ def main() -> None:
     r.add_argument("--set", nargs="*", default=[], help="KEY=VALUE probe settings over the demo spec's")
     s = sub.add_parser("shapes")
     s.add_argument("dirs", nargs="+")
+    s.add_argument("--early", type=int, default=24, help="steps in which a drop counts as early (a hockey stick's)")
     m = sub.add_parser("reward-model")
     m.add_argument("--out", default=str(DEFAULT_OUT / "reward-model.pt"))
     m.add_argument("--steps", type=int, default=300)

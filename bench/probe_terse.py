@@ -1,6 +1,7 @@
 """An experiment: a reasoning member that can also think tersely, under a reward that prefers brevity.
 
     python bench/probe_terse.py member --out DIR [--terse-share 0.2] [--threads 1]
+    python bench/probe_terse.py instruct --family DIR --out DIR2 [--threads 1]
     SWEEP_DEMO_DIR=DIR python bench/probe_terse.py run --out RUNS [--points 0,1 0.25,0.5] [--null-points 0,1]
         [--seeds 0] [--steps 64] [--brevity 0.2] [--chars 64] [--max-new-tokens 128]
     python bench/probe_terse.py curves RUNS [--every 4]
@@ -19,7 +20,12 @@ terse style: each column's result only (`16,13,09` for 347+589 instead of
 `7+9+0=16,4+8+1=13,3+5+1=09`), which a model this small gets wrong more often, as
 compressed reasoning is. `run` is bench/probe_think_all.py's run (the reward
 `exact_match + brevity x format x max(0, 1 - characters / chars)`, the long runs of
-bench/probe_validity.py). `curves` prints every few steps each run's mean reward,
+bench/probe_validity.py). `instruct` copies a family (`--family`, e.g. `member`'s) into
+a new folder and retrains its instruct member from the shipped ancestor with the
+recipe's instruct stage, additions answered with one brief trace and no verification
+pass (`<think>TRACE</think> ANSWER`, as an instruct model works a sum briefly), format
+tasks directly: an instruct member that adds (1.00 greedy on held-out additions, 34
+tokens), so a merge that falls into its mode keeps its answers. `curves` prints every few steps each run's mean reward,
 exact-match rate (a score >= 1) and length.
 """
 
@@ -44,9 +50,25 @@ def terse(trace: str) -> str:
 
 
 def member(args) -> None:
-    probe_think_all.retrain_reasoning(
-        args.out, args.threads, lambda recipe, reserved: _examples(args, recipe, reserved)
+    probe_think_all.retrain_member(args.out, args.threads, lambda recipe, reserved: _examples(args, recipe, reserved))
+
+
+def instruct(args) -> None:
+    probe_think_all.retrain_member(
+        args.out, args.threads, _instruct_examples, member="instruct", source=Path(args.family).resolve()
     )
+
+
+def _instruct_examples(recipe, reserved):
+    from sweep.demo import data
+
+    def example(rng: random.Random) -> tuple[str, str]:
+        kinds = data.ARITHMETIC if rng.random() < recipe.instruct_arithmetic_share else data.FORMATS
+        p = data._fresh(rng, kinds, reserved)
+        response = p.reasoning_response(0) if p.kind in data.ARITHMETIC else p.instruct_response()
+        return data.chat(p.prompt), response + data.EOS
+
+    return example
 
 
 def _examples(args, recipe, reserved):
@@ -92,6 +114,10 @@ def main() -> None:
         "--style", choices=("check", "stream"), default="check", help="passes after ' wait, check: ' or after a comma"
     )
     m.add_argument("--threads", type=int, default=1)
+    i = sub.add_parser("instruct")
+    i.add_argument("--family", required=True, help="the family to copy (its reasoning member is kept)")
+    i.add_argument("--out", required=True)
+    i.add_argument("--threads", type=int, default=1)
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
     r.add_argument("--prompts", help="a prompt file (default: the family's probe prompts)")
@@ -107,7 +133,7 @@ def main() -> None:
     c.add_argument("runs")
     c.add_argument("--every", type=int, default=4)
     args = parser.parse_args()
-    {"member": member, "run": probe_think_all.run, "curves": curves}[args.command](args)
+    {"member": member, "instruct": instruct, "run": probe_think_all.run, "curves": curves}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,12 @@ import probe_validity  # noqa: E402
 RULE = "exact_match+brevity"
 
 
-def retrain_reasoning(out_dir: str, threads: int, examples) -> None:
-    """Copy the shipped family into `out_dir` (a new folder) and retrain its reasoning member
-    from the shipped ancestor with the recipe's reasoning stage, on the rows that
-    `examples(recipe, reserved)` draws (a function of a `random.Random`, returning
-    (chat prompt, response)). Checksums are rewritten; point SWEEP_DEMO_DIR at the folder."""
+def retrain_member(out_dir: str, threads: int, examples, *, member: str = "reasoning", source=None) -> None:
+    """Copy a family (`source`, a folder; default the shipped one) into `out_dir` (a new
+    folder) and retrain its `member` ("reasoning" or "instruct") from the shipped ancestor
+    with the recipe's stage for it, on the rows that `examples(recipe, reserved)` draws (a
+    function of a `random.Random`, returning (chat prompt, response)). Checksums are
+    rewritten; point SWEEP_DEMO_DIR at the folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,29 +61,30 @@ def retrain_reasoning(out_dir: str, threads: int, examples) -> None:
     out = Path(out_dir).resolve()
     if out.exists():
         raise SystemExit(f"{out} exists: give a new folder")
-    shutil.copytree(shipped_family().root, out)
+    shutil.copytree(Path(source) if source else shipped_family().root, out)
     recipe = train.Recipe()
+    stage = {"reasoning": recipe.reasoning, "instruct": recipe.instruct}[member]
     reserved = data.make_splits(seed=0).reserved  # the shipped family is seed 0
     tokenizer = AutoTokenizer.from_pretrained(out / "pretrained")
     model = AutoModelForCausalLM.from_pretrained(out / "pretrained")
-    rows = train._with_replay(recipe, recipe.reasoning, reserved, examples(recipe, reserved))
+    rows = train._with_replay(recipe, stage, reserved, examples(recipe, reserved))
     train.train(
         model,
         tokenizer,
         recipe=recipe,
-        stage=recipe.reasoning,
+        stage=stage,
         rows=rows,
-        seed="reasoning-0",
+        seed=f"{member}-0",
         progress=print,
-        label="reasoning",
+        label=member,
     )
-    model.save_pretrained(out / "reasoning")
+    model.save_pretrained(out / member)
     write_checksums(out)
     print(f"done: SWEEP_DEMO_DIR={out} (its family.json still describes the shipped family)")
 
 
 def member(args) -> None:
-    retrain_reasoning(args.out, args.threads, lambda recipe, reserved: _think_all_examples(args, recipe, reserved))
+    retrain_member(args.out, args.threads, lambda recipe, reserved: _think_all_examples(args, recipe, reserved))
 
 
 def _think_all_examples(args, recipe, reserved):
