@@ -2,7 +2,7 @@
 
     python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero|FILE] [--set KEY=VALUE ...] [--out DIR]
     python bench/probe_critic.py shapes DIR [DIR ...]
-    python bench/probe_critic.py reward-model [--steps 300] [--think-negatives 0] [--think-label 0] [--out FILE]   # then run --critic-init FILE
+    python bench/probe_critic.py reward-model [--steps 300] [--think-negatives 0] [--think-label 0] [--brief] [--out FILE]   # then run --critic-init FILE
 
 Why: the reward hockey stick was reported on PPO runs. A critic-free on-policy probe
 follows the gradient of the expected reward, so its reward cannot fall to first order;
@@ -179,17 +179,23 @@ def run(args) -> None:
     pv.spawn(jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.steps, options, overrides)))
 
 
-def _rm_example(rng, tokenizer, think_negatives: float = 0.0, think_label: float = 0.0) -> tuple[list[int], float]:
+def _rm_example(
+    rng, tokenizer, think_negatives: float = 0.0, think_label: float = 0.0, brief: bool = False
+) -> tuple[list[int], float]:
     """One instruct-style response, right (1.0) or wrong (0.0), as token ids ending in eos;
     with probability `think_negatives`, a thinking response to an addition (0-2 passes,
     right or wrong) labelled `think_label`: 0.0, a reward model that prefers short answers;
-    1.0, one that likes any thinking, so a critic started from it overvalues a reasoner's states."""
+    1.0, one that likes any thinking, so a critic started from it overvalues a reasoner's states.
+    `brief`: the instruct style works an addition in one brief trace (`<think>TRACE</think>
+    ANSWER`, bench/probe_terse.py's `instruct` member), and the thinking responses are the
+    long ones only (1-2 verification passes): a reward model trained on what an instruct
+    model that adds writes, which never saw a distilled reasoner's re-verification."""
     from evals.probe.sampling import encode_prompt
     from sweep.demo import data
 
     if think_negatives and rng.random() < think_negatives:
         problem = data.make_problem(rng, "add")
-        response = problem.reasoning_response(rng.choice((0, 1, 2)))
+        response = problem.reasoning_response(rng.choice((1, 2) if brief else (0, 1, 2)))
         if rng.random() < 0.5:
             response = response[: -len(problem.answer)] + str(int(problem.answer) + rng.choice((-10, -1, 1, 10)))
         ids = encode_prompt(tokenizer, problem.prompt) + tokenizer.encode(response, add_special_tokens=False)
@@ -205,7 +211,8 @@ def _rm_example(rng, tokenizer, think_negatives: float = 0.0, think_label: float
             answer = (
                 answer[:i] + rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != answer[i]]) + answer[i + 1 :]
             )
-    ids = encode_prompt(tokenizer, problem.prompt) + tokenizer.encode(answer, add_special_tokens=False)
+    response = f"{data.THINK_START}{problem.trace}{data.THINK_END} {answer}" if brief and problem.trace else answer
+    ids = encode_prompt(tokenizer, problem.prompt) + tokenizer.encode(response, add_special_tokens=False)
     return ids + [tokenizer.eos_token_id], float(right)
 
 
@@ -241,7 +248,7 @@ def reward_model(args) -> None:
         return head(hidden[torch.arange(len(batch)), last]).squeeze(-1)
 
     for step in range(args.steps):
-        batch = [_rm_example(rng, tokenizer, args.think_negatives, args.think_label) for _ in range(16)]
+        batch = [_rm_example(rng, tokenizer, args.think_negatives, args.think_label, args.brief) for _ in range(16)]
         labels = torch.tensor([y for _, y in batch])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(scores(batch), labels)
         opt.zero_grad()
@@ -252,7 +259,9 @@ def reward_model(args) -> None:
     model.eval()
     with torch.no_grad():
         test_rng = random.Random(args.seed + 1)
-        held = [_rm_example(test_rng, tokenizer, args.think_negatives, args.think_label) for _ in range(200)]
+        held = [
+            _rm_example(test_rng, tokenizer, args.think_negatives, args.think_label, args.brief) for _ in range(200)
+        ]
         guess = scores(held) > 0
         acc = sum(bool(g) == (y > 0.5) for g, (_, y) in zip(guess, held, strict=True)) / len(held)
     print(f"reward model: held-out accuracy {acc:.2f} on 200 fresh answers")
@@ -341,6 +350,11 @@ def main() -> None:
         type=float,
         default=0.0,
         help="the label of those thinking answers: 0 (an RM that prefers short answers) or 1 (one that likes thinking)",
+    )
+    m.add_argument(
+        "--brief",
+        action="store_true",
+        help="instruct-style additions are one brief trace; thinking answers have 1-2 verification passes",
     )
     args = parser.parse_args()
     t0 = time.perf_counter()
