@@ -34,8 +34,10 @@ or logit ends the probe as "diverged" (an outcome, not an error).
 
 The parts live apart so that other rollout engines and log-prob kernels can replace
 them one at a time: sampling in evals/probe/sampling.py, scoring (`_score`) here, the
-update in evals/probe/update.py. `GRPOBackend.run` is set-up (`_set_up`), the steps
-(`_train`, one `_step` each) and tear-down (`_tear_down`, which always runs).
+update in evals/probe/update.py. `GRPOBackend.run` is set-up (`set_up`), the steps
+(`_train`, one `_step` each) and tear-down (`tear_down`, which always runs); set-up and
+tear-down, which put the reference, adapters and optimizer on the model and take them
+off, are in evals/probe/policy.py.
 
 Point t of the curves is measured on the completions sampled at step t, so point 0 is
 the starting model (its KL is 0). Sampling draws from a torch.Generator seeded with
@@ -45,7 +47,6 @@ CPU the same seed gives the same curves (timings aside) in any process.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,9 +60,8 @@ from evals.probe.backends import ProbeBackend
 from evals.probe.baseline import Baseline
 from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import logits_postprocess_problem
-from evals.probe.lora import LoraAdapters
+from evals.probe.policy import ModuleState, Policy, set_up, tear_down
 from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples, curve_row
-from evals.probe.reference import load_reference
 from evals.probe.sampling import (
     Batch,
     Diverged,
@@ -73,7 +73,7 @@ from evals.probe.sampling import (
     sample_hf,
     sample_vllm,
 )
-from evals.probe.update import MasterAdam, group_advantages, grpo_step
+from evals.probe.update import group_advantages, grpo_step
 from evals.rewards import Reward, with_opened_think
 from evals.stability import length_collapsed
 
@@ -109,11 +109,11 @@ class GRPOBackend(ProbeBackend):
         problem = logits_postprocess_problem(model)
         if problem:
             raise EvalError(f"probe: {problem}")
-        saved = _ModuleState.capture(model)
-        policy = _Policy()
+        saved = ModuleState.capture(model)
+        policy = Policy()
         progress = _Progress()
         try:
-            _set_up(job, policy)
+            set_up(policy, model, config=config, rollouts=job.rollouts)
             _train(job, policy, progress)
             if on_trained is not None:
                 on_trained(model)
@@ -124,7 +124,7 @@ class GRPOBackend(ProbeBackend):
             )
             progress.stop_reason = f"diverged {where}: {exc}"
         finally:
-            _tear_down(job, policy, saved)
+            tear_down(policy, model, saved, rollouts=job.rollouts)
         return progress.result()
 
 
@@ -214,18 +214,6 @@ class _Job:
 
 
 @dataclass
-class _Policy:
-    """What set-up puts on the model and tear-down takes off."""
-
-    # the frozen starting model (full), the adapters-off context (LoRA), or config.reference's model
-    reference: Any = None
-    start: list[torch.Tensor] | None = None  # full update with config.reference: the starting weights, in host memory
-    adapters: LoraAdapters | None = None
-    optimizer: MasterAdam | None = None
-    as_requests: bool = False  # LoRA adapters reach the vLLM engine as LoRA requests
-
-
-@dataclass
 class _Progress:
     """What the run measured so far, and how it ended."""
 
@@ -250,36 +238,7 @@ class _Progress:
         )
 
 
-def _set_up(job: _Job, policy: _Policy) -> None:
-    """Eval mode, the engine on the starting weights, the reference and the optimizer.
-    Fills `policy` as it goes, so that tear-down undoes whatever was done."""
-    model, rollouts, config = job.model, job.rollouts, job.config
-    model.eval()  # no dropout: sampling and the update see the same policy
-    fixed = load_reference(config.reference, like=model) if config.reference is not None else None
-    if rollouts is not None:  # the engine may hold another candidate (or the eval's): start from this one
-        rollouts.clear_adapter()
-        rollouts.push_weights(model)
-    if config.update == "lora":  # fp32 adapters on the live model; reference = adapters off
-        policy.adapters = LoraAdapters(model, rank=config.lora_rank, seed=config.seed)
-        # the engine samples the adapted policy through LoRA requests where it can
-        # (its base weights stay the candidate's), else through merged-weight pushes
-        policy.as_requests = (
-            rollouts is not None and config.vllm_lora == "requests" and rollouts.takes_lora(config.lora_rank)
-        )
-        policy.reference = fixed if fixed is not None else policy.adapters.disabled
-        trainable = policy.adapters.parameters
-    else:  # every weight trains; the reference is the frozen initial candidate, or config.reference's
-        if fixed is None:
-            policy.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        else:  # the starting weights wait in host memory for the restore
-            policy.start = [p.detach().to("cpu", copy=True) for p in model.parameters()]
-            policy.reference = fixed
-        model.requires_grad_(True)
-        trainable = list(model.parameters())
-    policy.optimizer = MasterAdam(trainable, lr=config.learning_rate)
-
-
-def _train(job: _Job, policy: _Policy, progress: _Progress) -> None:
+def _train(job: _Job, policy: Policy, progress: _Progress) -> None:
     """The baseline (when asked for), then the steps until `steps` or a length collapse."""
     config = job.config
     if config.baseline_samples:
@@ -305,7 +264,7 @@ def _train(job: _Job, policy: _Policy, progress: _Progress) -> None:
             break
 
 
-def _step(job: _Job, policy: _Policy, step: int) -> tuple[dict[str, float], tuple[PromptSamples, ...]]:
+def _step(job: _Job, policy: Policy, step: int) -> tuple[dict[str, float], tuple[PromptSamples, ...]]:
     """Sample, score and update once; the step's curve row and its per-prompt samples."""
     config = job.config
     start = time.perf_counter()
@@ -344,27 +303,6 @@ def _collapse_reason(curves: ProbeCurves, base: Baseline | None, *, config: Prob
         f"the initial {initial:.1f} tokens for {config.collapse_patience} "
         f"steps (stopped after step {step} of {config.steps})"
     )
-
-
-def _tear_down(job: _Job, policy: _Policy, saved: _ModuleState) -> None:
-    """Give the model (and the engine) back as they came, whatever set-up got done."""
-    model, rollouts = job.model, job.rollouts
-    if policy.optimizer is not None:
-        policy.optimizer.clear()
-    model.zero_grad(set_to_none=True)
-    if policy.adapters is not None:  # the base weights never trained: drop the adapters
-        policy.adapters.remove()
-    elif policy.start is not None or isinstance(policy.reference, torch.nn.Module):
-        given = policy.start if policy.start is not None else policy.reference.parameters()
-        with torch.no_grad():  # the caller gets back the weights it gave
-            for param, value in zip(model.parameters(), given, strict=True):
-                param.copy_(value)
-    saved.restore(model)
-    policy.reference = policy.start = None  # frees the frozen copy before the engine takes the weights
-    if policy.as_requests:  # the engine's weights never changed: drop the adapter
-        rollouts.clear_adapter()
-    elif rollouts is not None:  # the engine holds the given weights again
-        rollouts.push_weights(model)
 
 
 def _measure_baseline(pool: Sequence[int], *, config: ProbeConfig, sample, score) -> list[PromptSamples]:
@@ -429,20 +367,3 @@ def _score(
             f"probe reward returned {scores_t.numel()} scores for {len(ids)} completions, or non-finite ones"
         )
     return scores_t
-
-
-class _ModuleState:
-    """train/eval mode of every submodule and requires_grad of every parameter."""
-
-    def __init__(self, training: list[bool], requires_grad: list[bool]):
-        self.training, self.requires_grad = training, requires_grad
-
-    @classmethod
-    def capture(cls, model: torch.nn.Module) -> _ModuleState:
-        return cls([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
-
-    def restore(self, model: torch.nn.Module) -> None:
-        for module, training in zip(model.modules(), self.training, strict=True):
-            module.training = training
-        for param, flag in zip(model.parameters(), self.requires_grad, strict=True):
-            param.requires_grad_(flag)

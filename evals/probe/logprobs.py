@@ -333,7 +333,7 @@ def grpo_update(
     """One GRPO step with a plain torch optimizer: `accumulate_grpo_gradients` (keyword
     arguments as there), the gradient norm clipped to `max_grad_norm`, one step (none when
     the norm is not finite). Returns kl, entropy and the pre-clip grad norm. (The probe
-    uses its fp32-master optimizer instead: evals/probe/grpo.py.)"""
+    uses its fp32-master optimizer instead: `MasterAdam`, evals/probe/update.py.)"""
     params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
     stats = accumulate_grpo_gradients(model, reference, **kwargs)
