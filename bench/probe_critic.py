@@ -106,10 +106,14 @@ def _install(options: dict, seed: int) -> None:
             running = (rewards[:, t] + next_v - v[:, t] + lam * running) * mask[:, t]
             advantages[:, t] = running
         returns = advantages + v
-        n = mask.sum()
+        n_all = mask.sum()  # the critic trains on every token
+        if options.get("filter_flat"):  # the actor only on the groups whose reward varies (DAPO's filter)
+            varies = scores.view(-1, config.group_size).std(1) > 0
+            mask = mask * varies.repeat_interleave(config.group_size).float()[:, None]
+        n = mask.sum().clamp(min=1)
         mean = (advantages * mask).sum() / n
         std = (((advantages - mean) ** 2 * mask).sum() / n).sqrt()
-        whitened = (advantages - mean) / (std + 1e-8) * mask if options["whiten"] else advantages
+        whitened = (advantages - mean) / (std + 1e-8) * mask if options["whiten"] else advantages * mask
 
         kw = {
             "input_ids": input_ids,
@@ -127,12 +131,13 @@ def _install(options: dict, seed: int) -> None:
         k3 = torch.exp(log_ratio) - log_ratio - 1
         loss = ((-whitened * torch.exp(logp - logp.detach()) + config.kl_coef * k3) * mask).sum() / n
         grad_norm = 0.0
-        if index >= warmup:
+        if index >= warmup and mask.sum() > 0:
             loss.backward()
             grad_norm = policy.optimizer.step(MAX_GRAD_NORM)
 
         critic_opt.zero_grad()
-        value_loss = ((values(critic, head, input_ids, attention_mask, R) - returns) ** 2 * mask).sum() / n
+        full = batch.response_mask.float()
+        value_loss = ((values(critic, head, input_ids, attention_mask, R) - returns) ** 2 * full).sum() / n_all
         value_loss.backward()
         torch.nn.utils.clip_grad_norm_([*critic.parameters(), *head.parameters()], MAX_GRAD_NORM)
         critic_opt.step()
@@ -140,8 +145,8 @@ def _install(options: dict, seed: int) -> None:
         row = curve_row(
             batch,
             scores,
-            kl=float((k3.detach() * mask).sum() / n),
-            entropy=float((entropy * mask).sum() / n),
+            kl=float((k3.detach() * full).sum() / n_all),
+            entropy=float((entropy * full).sum() / n_all),
             grad_norm=grad_norm,
             gen_s=gen_s,
             step_s=time.perf_counter() - start,
@@ -174,6 +179,7 @@ def run(args) -> None:
         "critic_warmup": args.critic_warmup,
         "init": args.critic_init,
         "whiten": not args.no_whiten,
+        "filter_flat": args.filter_flat,
     }
     overrides = pv._overrides(args.set)
     pv.spawn(jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.steps, options, overrides)))
@@ -326,6 +332,11 @@ def main() -> None:
     r.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     r.add_argument("--critic-warmup", type=int, default=0, help="steps that train the critic only")
     r.add_argument("--no-whiten", action="store_true", help="raw GAE advantages, not whitened over the batch")
+    r.add_argument(
+        "--filter-flat",
+        action="store_true",
+        help="the actor trains only on groups whose reward varies (no update when none does); the critic on all",
+    )
     r.add_argument(
         "--critic-init", default="random", help="random | zero | a file from `reward-model`: where the critic starts"
     )
