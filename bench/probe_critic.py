@@ -106,14 +106,15 @@ def _install(options: dict, seed: int) -> None:
             running = (rewards[:, t] + next_v - v[:, t] + lam * running) * mask[:, t]
             advantages[:, t] = running
         returns = advantages + v
-        n_all = mask.sum()  # the critic trains on every token
-        if options.get("filter_flat"):  # the actor only on the groups whose reward varies (DAPO's filter)
+        n = mask.sum()  # the critic trains on every token
+        actor = mask  # the tokens the actor trains on
+        if options.get("filter_flat"):  # only the groups whose reward varies (DAPO's filter)
             varies = scores.view(-1, config.group_size).std(1) > 0
-            mask = mask * varies.repeat_interleave(config.group_size).float()[:, None]
-        n = mask.sum().clamp(min=1)
-        mean = (advantages * mask).sum() / n
-        std = (((advantages - mean) ** 2 * mask).sum() / n).sqrt()
-        whitened = (advantages - mean) / (std + 1e-8) * mask if options["whiten"] else advantages * mask
+            actor = mask * varies.repeat_interleave(config.group_size).float()[:, None]
+        n_actor = actor.sum().clamp(min=1)
+        mean = (advantages * actor).sum() / n_actor
+        std = (((advantages - mean) ** 2 * actor).sum() / n_actor).sqrt()
+        whitened = (advantages - mean) / (std + 1e-8) * actor if options["whiten"] else advantages * actor
 
         kw = {
             "input_ids": input_ids,
@@ -129,15 +130,14 @@ def _install(options: dict, seed: int) -> None:
         logp, entropy = token_logprobs(job.model, **kw)
         log_ratio = ref_logp - logp
         k3 = torch.exp(log_ratio) - log_ratio - 1
-        loss = ((-whitened * torch.exp(logp - logp.detach()) + config.kl_coef * k3) * mask).sum() / n
+        loss = ((-whitened * torch.exp(logp - logp.detach()) + config.kl_coef * k3) * actor).sum() / n_actor
         grad_norm = 0.0
-        if index >= warmup and mask.sum() > 0:
+        if index >= warmup and actor.sum() > 0:
             loss.backward()
             grad_norm = policy.optimizer.step(MAX_GRAD_NORM)
 
         critic_opt.zero_grad()
-        full = batch.response_mask.float()
-        value_loss = ((values(critic, head, input_ids, attention_mask, R) - returns) ** 2 * full).sum() / n_all
+        value_loss = ((values(critic, head, input_ids, attention_mask, R) - returns) ** 2 * mask).sum() / n
         value_loss.backward()
         torch.nn.utils.clip_grad_norm_([*critic.parameters(), *head.parameters()], MAX_GRAD_NORM)
         critic_opt.step()
@@ -145,8 +145,8 @@ def _install(options: dict, seed: int) -> None:
         row = curve_row(
             batch,
             scores,
-            kl=float((k3.detach() * full).sum() / n_all),
-            entropy=float((entropy * full).sum() / n_all),
+            kl=float((k3.detach() * mask).sum() / n),
+            entropy=float((entropy * mask).sum() / n),
             grad_norm=grad_norm,
             gen_s=gen_s,
             step_s=time.perf_counter() - start,

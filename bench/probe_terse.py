@@ -25,8 +25,8 @@ a new folder and retrains its instruct member from the shipped ancestor with the
 recipe's instruct stage, additions answered with one brief trace and no verification
 pass (`<think>TRACE</think> ANSWER`, as an instruct model works a sum briefly), format
 tasks directly: an instruct member that adds (1.00 greedy on held-out additions, 34
-tokens), so a merge that falls into its mode keeps its answers. `curves` prints every few steps each run's mean reward,
-exact-match rate (a score >= 1) and length.
+tokens), so a merge that falls into its mode keeps its answers. `curves` prints every
+few steps each run's mean reward, exact-match rate (a score >= 1) and length.
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ def retrain_member(out_dir: str, threads: int, examples, *, member: str = "reaso
     out = Path(out_dir).resolve()
     if out.exists():
         raise SystemExit(f"{out} exists: give a new folder")
+    if source and not (Path(source) / "SHA256SUMS").is_file():
+        raise SystemExit(f"{source} is not a demo family (no SHA256SUMS): give a folder `member` or `demo build` made")
     shutil.copytree(Path(source) if source else shipped_family().root, out)
     recipe = train.Recipe()
     stage = {"reasoning": recipe.reasoning, "instruct": recipe.instruct}[member]
