@@ -246,13 +246,14 @@ def _samples(record):
     return baseline, steps
 
 
-def long_outcome(record, window: int) -> dict:
-    """The long run's outcomes (sweep.run.calibrate.long_outcome) and its held-out scores."""
+def long_outcome(record, window: int, replicates: int = 0) -> dict:
+    """The long run's outcomes (sweep.run.calibrate.long_outcome; its reward shape against the
+    simulated null with `replicates`) and its held-out scores."""
     from sweep.run.calibrate import long_outcome as outcome
 
     baseline, steps = _samples(record)
     after = record["after"]
-    return outcome(baseline, steps, window=window) | {
+    return outcome(baseline, steps, window=window, replicates=replicates) | {
         "heldout_reasoning": after.get("reasoning", {}).get("accuracy"),
         "heldout_instruct": after.get("instruct", {}).get("accuracy"),
         "heldout_length": after.get("reasoning", {}).get("length"),
@@ -327,8 +328,18 @@ def table(args) -> dict:
     window = trained[0]["settings"]["window"]
     points = sorted({(r["alpha"], r["beta"]) for r in trained}, key=lambda p: (-p[1], p[0]))
     seeds = sorted({r["seed"] for r in trained})
-    outcomes = {(r["alpha"], r["beta"], r["seed"]): long_outcome(r, window) for r in trained}
-    null_outcomes = {(r["alpha"], r["beta"], r["seed"]): long_outcome(r, window) for r in nulls}
+    reps = args.shape_replicates
+
+    def read(runs: list[dict], done: int) -> dict:
+        out = {}
+        for i, r in enumerate(runs, done + 1):
+            out[(r["alpha"], r["beta"], r["seed"])] = long_outcome(r, window, reps)
+            if reps >= 2 and i % 10 == 0:  # ~2.7 s a 128-step run: say where it is
+                print(f"reward shapes: {i}/{len(records)} runs read", file=sys.stderr, flush=True)
+        return out
+
+    outcomes = read(trained, 0)
+    null_outcomes = read(nulls, len(trained))
     by_key = {(r["alpha"], r["beta"], r["seed"]): r for r in trained}
     scored: dict = {}
 
@@ -367,6 +378,20 @@ def table(args) -> dict:
                 f"| {ms([x['heldout_reasoning'] for x in o])} | {ms([x['heldout_instruct'] for x in o])} "
                 f"| {ms([x['heldout_length'] for x in o])} |"
             )
+
+    if reps >= 2:  # the reward's shape against the null simulated from each run's own baseline
+        from sweep.report.calibration import dip_threshold, fmt_value
+        from sweep.run.calibrate import SHAPES
+
+        lines += ["", "Reward shape against the simulated null (sweep.run.calibrate.reward_shape), runs per shape:", ""]
+        lines += ["| alpha | beta | runs | hockey stick | fell | no dip | dip beyond the null (each run) |"]
+        lines += ["|---:|---:|---|---:|---:|---:|---|"]
+        for kind, table_of in (("", outcomes), (" (null)", null_outcomes)):
+            for a, b in sorted({(k[0], k[1]) for k in table_of}, key=lambda p: (-p[1], p[0])):
+                o = [v for k, v in sorted(table_of.items()) if (k[0], k[1]) == (a, b)]
+                counts = [sum(x["reward_shape"] == shape for x in o) for shape in SHAPES]
+                beyond = " ".join(f"{x['dip']:.2f}/{fmt_value(dip_threshold(x))}" for x in o)
+                lines.append(f"| {a:g} | {b:g} | {len(o)}{kind} | {' | '.join(map(str, counts))} | {beyond} |")
 
     # predictive power: probe of seed s (prefix) against the long runs of the other seeds
     summary: dict = {"long_steps": long_steps, "seeds": seeds, "points": points, "by_steps": {}}
@@ -576,6 +601,12 @@ def main() -> None:
     t.add_argument("--out", default=str(ROOT / "results" / "probe-validity"))
     t.add_argument("--probe-steps", nargs="+", type=int, default=[4, 8, 16, 32])
     t.add_argument("--repeats", type=int, default=1, help="also average the probe over groups of this many seeds")
+    t.add_argument(
+        "--shape-replicates",
+        type=int,
+        default=200,
+        help="simulated null runs per long run for the reward-shape table (0: leave the table out; ~2 s a run)",
+    )
     t.add_argument("--json", action="store_true")
     c = sub.add_parser("cross")
     c.add_argument("--probe", required=True, help="folder whose runs' first N steps are the probe")

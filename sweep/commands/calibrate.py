@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(markdown(result)))
         print(f"\nwrote {path}; `python -m sweep report {study_dir}` shows it")
     print(("ok: " if result.trusted else "warning: ") + result.verdict, file=sys.stderr)
+    if result.reward_shapes:
+        print(f"long-run reward: {result.reward_shapes}", file=sys.stderr)
     return 0 if result.trusted else 1
 
 

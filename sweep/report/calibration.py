@@ -98,6 +98,8 @@ class Calibration:
     # probe metric -> groups of trials whose probe values lie within each other's noise band:
     # the probe does not order them, so they enter the Spearman tied
     ties: dict[str, list[list[int]]] = field(default_factory=dict)
+    # the long runs' reward shapes against their null, one line ("" in records from before)
+    reward_shapes: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +210,7 @@ def summarize_calibration(
             "Try more probe steps, or a probe setting closer to your RL run (docs/probe.md, Calibration)"
         )
     return Calibration(
+        reward_shapes=summarize_shapes(candidates),
         study=spec.name,
         long_steps=long_steps,
         probe_steps=probe_steps,
@@ -220,6 +223,46 @@ def summarize_calibration(
         wall_s=wall_s,
         ties=ties,
     )
+
+
+def dip_threshold(run: dict[str, Any]) -> float | None:
+    """The dip a long run must exceed to count: its simulated null, or twice its own
+    bootstrap half-width where that is larger (sweep.run.calibrate.reward_shape)."""
+    if run.get("dip_null") is None:
+        return None
+    return max(run["dip_null"], 2 * (run.get("dip_noise") or 0.0))
+
+
+def describe_reward(run: dict[str, Any]) -> str:
+    """One long run's reward shape in words: 'hockey stick: 0.44 under its start at step 9
+    (null 0.14), back at step 40'."""
+    shape = run.get("reward_shape")
+    if shape is None or shape == "diverged":
+        return shape or "n/a"
+    dip, null = run["dip"], dip_threshold(run)
+    if shape == "no dip":
+        return f"no dip beyond its null ({dip:.2f}, null {null:.2f})"
+    where = f"{dip:.2f} under its start at step {run['low_step']} (null {null:.2f})"
+    if shape == "hockey stick":
+        return f"hockey stick: {where}, back at step {run['back_step']}"
+    return f"fell: {where}, not back in {run['steps']} steps"
+
+
+def summarize_shapes(candidates: Sequence[Candidate]) -> str:
+    """'hockey stick on trial 0; fell on trial 3; no dip beyond its null on trials 5 and 7'
+    (a trial per long-run seed when there are several seeds)."""
+    by_shape: dict[str, list[str]] = {}
+    for c in candidates:
+        for run in c.long:
+            if run.get("reward_shape"):
+                name = f"{c.number}" if len(c.long) == 1 else f"{c.number} (seed {run.get('seed')})"
+                by_shape.setdefault(run["reward_shape"], []).append(name)
+    words = {"hockey stick": "hockey stick", "fell": "fell and not back", "no dip": "no dip beyond its null"}
+    parts = []
+    for shape, names in by_shape.items():
+        trials = f"trial {names[0]}" if len(names) == 1 else f"trials {', '.join(names[:-1])} and {names[-1]}"
+        parts.append(f"{words.get(shape, shape)} on {trials}")
+    return "; ".join(parts)
 
 
 def _ties_text(ties: dict[str, list[list[int]]], only: str | None = None) -> str:
@@ -256,12 +299,13 @@ def _section(calibration: Calibration) -> tuple[str, str, list[str], list[list[s
         "(`sweep calibrate`; docs/probe.md)"
     )
     header = ["trial", "chosen as", *(f"probe/{m}" for m in metrics)]
-    header += ["final length", "min length", "final reward", "dip", "feasible (probe)"]
+    header += ["final length", "min length", "final reward", "dip", "feasible (probe)", "long-run reward"]
     rows = []
     for cand in c.candidates:
         cells = [str(cand.number), cand.why] + [fmt_value(cand.probe.get(m)) for m in metrics]
         cells += [fmt_value(cand.outcome(k)) for k in ("final_length", "min_length", "final_reward", "dip")]
         cells.append({True: "yes", False: "no", None: "-"}[cand.feasible])
+        cells.append("; ".join(describe_reward(run) for run in cand.long) or "n/a")
         rows.append(cells)
     return title, facts, header, rows
 
@@ -269,15 +313,19 @@ def _section(calibration: Calibration) -> tuple[str, str, list[str], list[list[s
 def markdown(calibration: Calibration, escape: Callable[[Any], str] = str) -> list[str]:
     """The report's calibration section, as markdown lines (user strings through `escape`)."""
     title, facts, header, rows = _section(calibration)
-    n_metrics = len(header) - 7
+    n_metrics = len(header) - 8
     out = [
         f"## {title}",
         "",
         f"- **Verdict:** {escape(calibration.verdict)}",
+    ]
+    if calibration.reward_shapes:
+        out.append(f"- **Long-run reward:** {escape(calibration.reward_shapes)}")
+    out += [
         f"- {facts}",
         "",
         "| " + " | ".join(header[:2] + [escape(h) for h in header[2 : 2 + n_metrics]] + header[2 + n_metrics :]) + " |",
-        "|---:|---|" + "---:|" * n_metrics + "---:|---:|---:|---:|---|",
+        "|---:|---|" + "---:|" * n_metrics + "---:|---:|---:|---:|---|---|",
     ]
     for cells in rows:
         out.append("| " + " | ".join([cells[0], escape(cells[1]), *cells[2:]]) + " |")
@@ -290,10 +338,12 @@ def html(calibration: Calibration, escape: Callable[[Any], str]) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     status = "ok" if calibration.trusted else "warning"
+    shapes = calibration.reward_shapes
     return (
         f"<h2>{escape(title)}</h2>"
         f'<p class="{status}"><b>Verdict:</b> {escape(calibration.verdict)}</p>'
-        f'<p class="muted">{escape(facts)}</p>'
+        + (f"<p><b>Long-run reward:</b> {escape(shapes)}</p>" if shapes else "")
+        + f'<p class="muted">{escape(facts)}</p>'
         f'<div class="scroll"><table id="calibration"><tr>{head}</tr>{body}</table></div>'
     )
 

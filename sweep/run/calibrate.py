@@ -18,6 +18,15 @@ starting model's baseline (evals.probe.baseline), with the probe's trailing wind
 - final_score: mean normalized reward over the last eighth (probe/reward_final's outcome);
 - dip: baseline reward - min of the smoothed reward (>= 0), and recovery_step: the
   first step after the minimum where the smoothed reward is back at the baseline.
+- reward_shape (with `replicates`): the dip held against its null, the dip a run that
+  never left its starting model reads with the same prompts and draws
+  (evals.probe.baseline.null_reward, 99th percentile) and against twice its own
+  bootstrap half-width (the floor where the null cannot vary: a candidate at its ceiling).
+  "hockey stick": beyond both, and the smoothed reward later comes back to where a
+  no-learning run's points lie 95% of the time (back_step); "fell": beyond both and never
+  back; "no dip": within them.
+  A long run of the paper's reasoning member is the first kind; one a user would stop is
+  the second. low_step is the step of the minimum.
 
 Each steering probe metric stands for one outcome (OUTCOMES): retention and growth for
 the final length, the dip for the long run's dip, the gain for the reward the run added,
@@ -40,15 +49,22 @@ from sweep.report.calibration import (
     OUTCOMES,
     Calibration,
     Candidate,
+    describe_reward,
     fmt_value,
     steering_metrics,
     summarize_calibration,
 )
 
+SHAPE_REPLICATES = 200  # simulated null runs and bootstrap replicates per long run (~2 s at 128 steps)
+SHAPES = ("hockey stick", "fell", "no dip")
 
-def long_outcome(baseline: Sequence[Any], steps: Sequence[Sequence[Any]], *, window: int) -> dict[str, Any]:
-    """A long run's outcomes from its per-prompt samples (PromptSamples); see the module doc."""
-    from evals.probe.baseline import Baseline, normalized_curves
+
+def long_outcome(
+    baseline: Sequence[Any], steps: Sequence[Sequence[Any]], *, window: int, replicates: int = 0
+) -> dict[str, Any]:
+    """A long run's outcomes from its per-prompt samples (PromptSamples); see the module doc.
+    With `replicates` (>= 2) also the reward's shape against its simulated null."""
+    from evals.probe.baseline import Baseline, bootstrap_noise, normalized_curves, null_reward
     from evals.stability import moving_average
 
     if not baseline or not steps:
@@ -66,7 +82,7 @@ def long_outcome(baseline: Sequence[Any], steps: Sequence[Sequence[Any]], *, win
         recovery = next(
             (start + t for t in range(low + 1, len(smooth_score)) if smooth_score[t] >= base.pool_score), None
         )
-    return {
+    out = {
         "final_length": mean(length[-tail:]) / base.pool_length if base.pool_length > 0 else None,
         "min_length": min(smooth_length) / base.pool_length if base.pool_length > 0 else None,
         "final_reward": mean(score[-tail:]) - base.pool_score,
@@ -75,6 +91,37 @@ def long_outcome(baseline: Sequence[Any], steps: Sequence[Sequence[Any]], *, win
         "recovery_step": recovery,
         "steps": len(length),
     }
+    if replicates >= 2:
+        null = null_reward(baseline, steps, window=window, replicates=replicates)
+        noise, _ = bootstrap_noise(baseline, steps, window=window, planned_steps=len(steps), replicates=replicates)
+        out |= reward_shape(smooth_score, base.pool_score, start=start, null=null, noise=noise.get("reward_dip"))
+    return out
+
+
+def reward_shape(
+    smooth_score: Sequence[float],
+    baseline: float,
+    *,
+    start: int,
+    null: tuple[float, float] | None,
+    noise: float | None,
+) -> dict[str, Any]:
+    """The smoothed reward's shape against its null (see the module doc): reward_shape,
+    dip_null (the simulated null's dip), dip_noise (the dip's bootstrap half-width),
+    low_step and back_step (None when it never came back, or did not dip beyond)."""
+    low = min(range(len(smooth_score)), key=smooth_score.__getitem__)
+    dip = max(0.0, baseline - smooth_score[low])
+    out: dict[str, Any] = {"dip_noise": noise, "low_step": start + low, "back_step": None}
+    if null is None:
+        return out | {"dip_null": None, "reward_shape": None}
+    null_dip, null_point = null
+    out["dip_null"] = null_dip
+    if dip <= max(null_dip, 2 * (noise or 0.0)):
+        return out | {"reward_shape": "no dip"}
+    back = next((t for t in range(low + 1, len(smooth_score)) if smooth_score[t] >= baseline - null_point), None)
+    if back is None:
+        return out | {"reward_shape": "fell"}
+    return out | {"reward_shape": "hockey stick", "back_step": start + back}
 
 
 SPREAD = (0.5, 0.25, 0.75, 0.125, 0.375, 0.625, 0.875)  # where, between lowest and highest, to pick
@@ -214,14 +261,16 @@ def calibrate(
             if run.diverged:
                 outcome = dict.fromkeys(("final_reward", "final_score", "dip", "recovery_step"))
                 outcome |= {"final_length": 0.0, "min_length": 0.0, "steps": run.curves.steps, "diverged": True}
+                outcome |= {"reward_shape": "diverged"}
             else:
-                outcome = long_outcome(run.baseline, run.steps, window=config.window)
+                outcome = long_outcome(run.baseline, run.steps, window=config.window, replicates=SHAPE_REPLICATES)
             candidate.long.append(outcome | {"seed": seed})
         candidate.wall_s = time.perf_counter() - t0
         candidates.append(candidate)
         shown = ", ".join(f"{m} {fmt_value(v)}" for m, v in probe.items())
         outcomes = dict.fromkeys(OUTCOMES[m] for m in steering)  # what each steering metric stands for
         ended = ", ".join(f"{o.replace('_', ' ')} {fmt_value(candidate.outcome(o))}" for o in outcomes)
+        ended += "; reward: " + "; ".join(describe_reward(run) for run in candidate.long)
         say(
             f"calibrated {i}/{len(chosen)}: trial {number} ({why}): probe {shown}; {long_steps}-step run: "
             f"{ended} ({time.perf_counter() - started:.0f} s)"

@@ -5,6 +5,7 @@ The end-to-end `sweep calibrate` on a real demo study is in tests/sweep/test_run
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -40,6 +41,84 @@ def test_long_outcome_reads_a_dip_its_recovery_and_the_final_length():
     assert out["final_score"] == pytest.approx(0.6)  # where the reward ended, not what the run added
     flat = long_outcome(baseline, [_step(40.0, 0.5)] * 8, window=3)
     assert flat["dip"] == 0 and flat["recovery_step"] is None and flat["final_length"] == pytest.approx(1.0)
+
+
+def _sampled_run(seed: int, rate, *, steps: int = 64, prompts: int = 8, group: int = 4):
+    """A baseline of 8 samples per prompt and `steps` steps of 4 drawn prompts x `group`
+    completions, each right (1) with probability `rate(step, p)` for a prompt whose
+    starting rate is p: drawn afresh, as a run's sampler draws, not from the baseline."""
+    rng = random.Random(seed)
+    p = [0.3 + 0.4 * i / (prompts - 1) for i in range(prompts)]
+
+    def samples(i: int, n: int, q: float) -> PromptSamples:
+        return PromptSamples(i, (30.0,) * n, tuple(float(rng.random() < q) for _ in range(n)), (0.5,) * n)
+
+    baseline = [samples(i, 8, p[i]) for i in range(prompts)]
+    run = [tuple(samples(i, group, rate(t, p[i])) for i in rng.sample(range(prompts), 4)) for t in range(steps)]
+    return baseline, run
+
+
+def test_a_run_that_never_left_its_start_reads_no_dip_and_a_dip_beyond_the_null_reads_its_shape():
+    """The reward's minimum over many noisy steps lies under the start even when nothing
+    changed: its bootstrap band alone would call that a dip. Held against the null simulated
+    from the baseline, 12 runs that never left their start read "no dip"; a fall to no right
+    answer that comes back reads "hockey stick", one that stays "fell"."""
+    nulls = [long_outcome(*_sampled_run(s, lambda t, p: p), window=3, replicates=200) for s in range(12)]
+    assert [o["reward_shape"] for o in nulls] == ["no dip"] * 12
+    assert all(o["dip"] > 0 for o in nulls)  # the minimum of a noisy curve under its start
+    assert sum(o["dip"] > o["dip_noise"] for o in nulls) >= 3  # the band alone would flag these
+    assert all(0.2 < o["dip_null"] < 0.5 for o in nulls)  # 16 samples a step at rates 0.3-0.7
+
+    def hockey(t, p):
+        return 0.0 if 8 <= t < 24 else p
+
+    def fell(t, p):
+        return 0.0 if t >= 24 else p
+
+    for s in range(3):
+        stick = long_outcome(*_sampled_run(s, hockey), window=3, replicates=200)
+        assert stick["reward_shape"] == "hockey stick", stick
+        assert 8 <= stick["low_step"] <= 26 and stick["back_step"] > stick["low_step"]
+        assert stick["dip"] > stick["dip_null"]
+        down = long_outcome(*_sampled_run(s, fell), window=3, replicates=200)
+        assert down["reward_shape"] == "fell" and down["back_step"] is None and down["low_step"] >= 24
+    assert "reward_shape" not in long_outcome(*_sampled_run(0, hockey), window=3)  # no replicates: no shape
+
+
+def test_a_candidate_at_its_ceiling_is_held_against_its_own_band():
+    """Every baseline sample right: the simulated null cannot vary (0), and a run with one
+    wrong sample in 64 steps must not read as a dip; a run that loses half its answers does."""
+    baseline = [PromptSamples(i, (30.0,) * 8, (1.0,) * 8, (0.5,) * 8) for i in range(4)]
+
+    def step(t: int, wrong: int) -> tuple[PromptSamples, ...]:
+        return tuple(
+            PromptSamples(i, (30.0,) * 4, tuple(0.0 if j < wrong else 1.0 for j in range(4)), (0.5,) * 4)
+            for i in range(4)
+        )
+
+    one = long_outcome(baseline, [step(t, 1 if t == 30 else 0) for t in range(64)], window=3, replicates=200)
+    assert one["dip_null"] == 0 and one["dip"] > 0 and one["reward_shape"] == "no dip"
+    half = long_outcome(baseline, [step(t, 2 if 10 <= t < 20 else 0) for t in range(64)], window=3, replicates=200)
+    assert half["reward_shape"] == "hockey stick" and half["back_step"] == 22
+
+
+def test_the_long_runs_reward_shapes_are_described_in_words():
+    from sweep.report.calibration import describe_reward, summarize_shapes
+
+    stick = {"reward_shape": "hockey stick", "dip": 0.44, "dip_null": 0.12, "dip_noise": 0.07}
+    stick |= {"low_step": 9, "back_step": 40, "steps": 128, "seed": 1}
+    assert describe_reward(stick) == "hockey stick: 0.44 under its start at step 9 (null 0.14), back at step 40"
+    fell = stick | {"reward_shape": "fell", "back_step": None, "dip_noise": 0.01}
+    assert describe_reward(fell) == "fell: 0.44 under its start at step 9 (null 0.12), not back in 128 steps"
+    flat = stick | {"reward_shape": "no dip", "dip": 0.05}
+    assert describe_reward(flat) == "no dip beyond its null (0.05, null 0.14)"
+    assert describe_reward({"dip": 0.1}) == "n/a"  # a record from before shapes
+    cands = [Candidate(n, {}, "test", {}, None, long=[run]) for n, run in [(0, stick), (3, fell), (5, flat), (7, flat)]]
+    assert summarize_shapes(cands) == (
+        "hockey stick on trial 0; fell and not back on trial 3; no dip beyond its null on trials 5 and 7"
+    )
+    two = Candidate(2, {}, "test", {}, None, long=[stick, flat | {"seed": 2}])
+    assert summarize_shapes([two]) == "hockey stick on trial 2 (seed 1); no dip beyond its null on trial 2 (seed 2)"
 
 
 def _spec(constraint: str = "probe/length_retention >= 0.5") -> SweepSpec:

@@ -21,6 +21,7 @@ import yaml
 
 from sweep.cli import main
 from sweep.config import load_spec
+from sweep.run.calibrate import SHAPES
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -223,6 +224,9 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
             assert c["noise"][metric] == pytest.approx(row[f"probe/{metric}_noise"])
         (run,) = c["long"]
         assert run["steps"] == 12 and run["seed"] == 1 and run["final_length"] > 0 and run["dip"] >= 0
+        # the reward's shape, held against the no-learning run simulated from its own baseline
+        assert run["reward_shape"] in SHAPES and run["dip_null"] >= 0
+        assert (run["reward_shape"] == "no dip") == (run["dip"] <= max(run["dip_null"], 2 * run["dip_noise"]))
     from sweep.report.calibration import spearman, tie_within_noise
 
     # the objective is judged by its order (trials within each other's noise band tied), the constraint by its verdicts
@@ -244,6 +248,8 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     assert main(["report", str(spec.study_dir)]) == 0
     md = (spec.study_dir / "report.md").read_text()
     assert "## Calibration: the probe (3 steps) against 12-step runs" in md and "**Verdict:**" in md
+    assert f"long-run reward: {record['reward_shapes']}" in err and record["reward_shapes"]
+    assert f"**Long-run reward:** {record['reward_shapes']}" in md.replace("\\", "")
     assert 'id="calibration"' in (spec.study_dir / "report.html").read_text()
 
 
