@@ -1,7 +1,7 @@
 """An experiment: a reasoning member that can also think tersely, under a reward that prefers brevity.
 
     python bench/probe_terse.py member --out DIR [--terse-share 0.2] [--threads 1]
-    python bench/probe_terse.py instruct --family DIR --out DIR2 [--threads 1]
+    python bench/probe_terse.py instruct --family DIR --out DIR2 [--slip-share 0.3] [--threads 1]
     SWEEP_DEMO_DIR=DIR python bench/probe_terse.py run --out RUNS [--points 0,1 0.25,0.5] [--null-points 0,1]
         [--seeds 0] [--steps 64] [--brevity 0.2] [--chars 64] [--max-new-tokens 128]
     python bench/probe_terse.py curves RUNS [--every 4]
@@ -25,7 +25,9 @@ a new folder and retrains its instruct member from the shipped ancestor with the
 recipe's instruct stage, additions answered with one brief trace and no verification
 pass (`<think>TRACE</think> ANSWER`, as an instruct model works a sum briefly), format
 tasks directly: an instruct member that adds (1.00 greedy on held-out additions, 34
-tokens), so a merge that falls into its mode keeps its answers. `curves` prints every
+tokens), so a merge that falls into its mode keeps its answers; `--slip-share` teaches
+that share of its additions with one column's digit off by one, an instruct member that
+adds imperfectly, as real ones do. `curves` prints every
 few steps each run's mean reward, exact-match rate (a score >= 1) and length.
 """
 
@@ -55,18 +57,39 @@ def member(args) -> None:
 
 def instruct(args) -> None:
     probe_think_all.retrain_member(
-        args.out, args.threads, _instruct_examples, member="instruct", source=Path(args.family).resolve()
+        args.out,
+        args.threads,
+        lambda recipe, reserved: _instruct_examples(recipe, reserved, args.slip_share),
+        member="instruct",
+        source=Path(args.family).resolve(),
     )
 
 
-def _instruct_examples(recipe, reserved):
+def slip(trace: str, answer: str, rng: random.Random) -> tuple[str, str]:
+    """One column's digit off by one, in the trace and in the answer read from it
+    (`7+9+0=16,4+8+1=13` -> `7+9+0=16,4+8+1=14`, answer ...46 for ...36): a careless
+    slip that leaves the rest of the work as it was."""
+    columns = trace.split(",")
+    j = rng.randrange(len(columns))
+    head, digits = columns[j].split("=")
+    d = (int(digits[1]) + rng.choice((1, 9))) % 10
+    columns[j] = f"{head}={digits[0]}{d}"
+    position = len(answer) - 1 - j
+    return ",".join(columns), answer[:position] + str(d) + answer[position + 1 :]
+
+
+def _instruct_examples(recipe, reserved, slip_share: float = 0.0):
     from sweep.demo import data
 
     def example(rng: random.Random) -> tuple[str, str]:
         kinds = data.ARITHMETIC if rng.random() < recipe.instruct_arithmetic_share else data.FORMATS
         p = data._fresh(rng, kinds, reserved)
-        response = p.reasoning_response(0) if p.kind in data.ARITHMETIC else p.instruct_response()
-        return data.chat(p.prompt), response + data.EOS
+        if p.kind not in data.ARITHMETIC:
+            return data.chat(p.prompt), p.instruct_response() + data.EOS
+        if slip_share and rng.random() < slip_share:  # drawn only when asked: the default stream is unchanged
+            trace, answer = slip(p.trace, p.answer, rng)
+            return data.chat(p.prompt), f"{data.THINK_START}{trace}{data.THINK_END} {answer}{data.EOS}"
+        return data.chat(p.prompt), p.reasoning_response(0) + data.EOS
 
     return example
 
@@ -118,6 +141,13 @@ def main() -> None:
     i.add_argument("--family", required=True, help="the family to copy (its reasoning member is kept)")
     i.add_argument("--out", required=True)
     i.add_argument("--threads", type=int, default=1)
+    i.add_argument(
+        "--slip-share",
+        type=float,
+        default=0.0,
+        help="share of the additions taught with one column's digit off by one: an instruct member that "
+        "adds imperfectly, so merges with its weight start under their ceiling and have something to learn",
+    )
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
     r.add_argument("--prompts", help="a prompt file (default: the family's probe prompts)")
