@@ -1,6 +1,6 @@
 """An experiment: the probe's RL with a PPO critic in place of GRPO's group advantages.
 
-    python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero|FILE] [--set KEY=VALUE ...] [--out DIR]
+    python bench/probe_critic.py run    [--points 0,1 0.25,0.5] [--seeds 0 1 2] [--steps 64] [--critic-warmup 0] [--critic-init random|zero|FILE] [--rm-reward FILE] [--set KEY=VALUE ...] [--out DIR]
     python bench/probe_critic.py shapes DIR [DIR ...]
     python bench/probe_critic.py reward-model [--steps 300] [--think-negatives 0] [--think-label 0] [--brief] [--out FILE]   # then run --critic-init FILE
 
@@ -27,6 +27,10 @@ probe's own; only the advantages differ:
   trained (the instruct member with a head on the last token, on instruct-style answers
   labelled right or wrong, as PPO recipes start their critic from the reward model; it
   never sees a `<think>` block, so its values on a reasoner's thinking are extrapolated).
+
+`--rm-reward FILE` makes a reward model the reward itself, as RLHF does: the sigmoid of
+its logit on prompt + completion + eos, in place of the rule. It is continuous, so
+every group's reward varies and a candidate at its rule's ceiling still trains.
 
 Each run is one JSON file in probe_validity.py's format, so `probe_validity.py table`
 reads them too; `shapes` prints each run's reward shape (start, peak, lowest after the
@@ -160,7 +164,51 @@ def _install(options: dict, seed: int) -> None:
     grpo._step = step
 
 
+class _RewardModel:
+    """A `reward-model` file as the reward itself, as RLHF scores with its reward model: the
+    sigmoid of its logit on the prompt (in the chat template) + the completion + eos, the
+    sequence it was trained on. Same call as evals.rewards.RewardModelScorer."""
+
+    def __init__(self, path: str):
+        import torch
+
+        from evals.probe.logprobs import _decoder
+        from sweep.demo.build import active_family
+        from sweep.demo.measure import load_family_models
+
+        _, self.model, self.tokenizer = load_family_models(active_family())
+        saved = torch.load(path, weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.head = torch.nn.Linear(self.model.config.hidden_size, 1)
+        self.head.load_state_dict(saved["head"])
+        self.model.eval().requires_grad_(False)
+        self.decoder = _decoder(self.model)
+        self.torch = torch
+
+    def __call__(self, *, prompts, completions, answers) -> list[float]:
+        from evals.probe.sampling import encode_prompt
+
+        torch, eos = self.torch, self.tokenizer.eos_token_id
+        seqs = [
+            encode_prompt(self.tokenizer, p) + self.tokenizer.encode(c, add_special_tokens=False) + [eos]
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        width = max(len(x) for x in seqs)
+        ids = torch.tensor([x + [eos] * (width - len(x)) for x in seqs])
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs])
+        with torch.no_grad():
+            out = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            logits = self.head(hidden[torch.arange(len(seqs)), mask.sum(1) - 1]).squeeze(-1)
+        return torch.sigmoid(logits).float().tolist()
+
+
 def _worker(jobs, out: str, steps: int, options: dict, overrides: dict) -> None:
+    if options.get("rm_reward"):  # the worker builds its reward with evals.rewards.build_reward
+        import evals.rewards
+
+        scorer = _RewardModel(options["rm_reward"])
+        evals.rewards.build_reward = lambda **_: scorer
     for job in jobs:
         _install(options, seed=job[2])
         pv._worker([job], out, steps, 50, False, overrides)
@@ -181,6 +229,8 @@ def run(args) -> None:
         "whiten": not args.no_whiten,
         "filter_flat": args.filter_flat,
     }
+    if args.rm_reward:  # recorded only when used: earlier records stay as they were
+        options["rm_reward"] = str(Path(args.rm_reward).resolve())
     overrides = pv._overrides(args.set)
     pv.spawn(jobs, args.workers, lambda i, share: (_worker, (share, str(out), args.steps, options, overrides)))
 
@@ -339,6 +389,11 @@ def main() -> None:
     )
     r.add_argument(
         "--critic-init", default="random", help="random | zero | a file from `reward-model`: where the critic starts"
+    )
+    r.add_argument(
+        "--rm-reward",
+        help="a file from `reward-model` as the reward itself (the sigmoid of its logit), as RLHF scores: "
+        "continuous, so every group's reward varies",
     )
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--out", default=str(DEFAULT_OUT))
