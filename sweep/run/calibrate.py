@@ -55,7 +55,7 @@ from sweep.report.calibration import (
     summarize_calibration,
 )
 
-SHAPE_REPLICATES = 200  # simulated null runs and bootstrap replicates per long run (~2 s at 128 steps)
+SHAPE_REPLICATES = 200  # simulated null runs and bootstrap replicates per long run (~2.7 s at 128 steps)
 SHAPES = ("hockey stick", "fell", "no dip")
 
 
