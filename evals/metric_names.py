@@ -5,6 +5,9 @@ PROBE_METRICS = (
     "length_retention",  # min(length) / length[0]; collapse when well below 1
     "length_growth",  # length[-1] / length[0]; > 1 is BAI's continuous length improvement
     "reward_dip",  # max(0, reward[0] - min(reward)), in reward units: the hockey stick's depth
+    # how far the dip goes beyond what a run that learned nothing reads (a null simulated from
+    # the baseline's samples): 0 for a no-learning run; None without a baseline or noise_samples
+    "reward_fall",
     "reward_recovery_step",  # first step after the minimum with reward >= reward[0]; absent if none
     "reward_steps_to_recover",  # always defined: 0 with no dip, the recovery step, or the step count if none
     "reward_final",  # reward[-1]

@@ -69,6 +69,10 @@ class StabilityMetrics:
     # (the rest: flat batches skipped). None from backends without an `actor/updated` curve,
     # and in records written before it existed.
     update_share: float | None = None
+    # reward_dip beyond its null: max(0, dip - the dip a no-learning run exceeds 1% of the
+    # time, or twice the dip's noise band where larger; evals.probe.baseline.fall_threshold).
+    # None without a baseline, with noise_samples 0, and in records written before it existed.
+    reward_fall: float | None = None
 
     def as_metrics(self) -> dict[str, float | None]:
         """`probe/<name>` -> value for every name in PROBE_METRICS (floats; None if undefined),
@@ -215,8 +219,8 @@ def diverged_metrics(
     """The finite worst case recorded for a probe that diverged (non-finite loss, gradient or KL).
 
     length_retention and length_growth 0 (every length constraint violated), reward_dip
-    the larger of `reward_scale` (the reward's range, e.g. 1 for exact_match) and the dip
-    already seen, no recovery (reward_steps_to_recover = planned_steps), reward_final and
+    (and reward_fall) the larger of `reward_scale` (the reward's range, e.g. 1 for
+    exact_match) and the dip already seen, no recovery (reward_steps_to_recover = planned_steps), reward_final and
     reward_gain lowered by that dip, kl_final DIVERGED_KL, entropy_drop the whole starting
     entropy, stopped_early and diverged True.
     `seen`: metrics of the steps that completed, when there were any.
@@ -239,6 +243,7 @@ def diverged_metrics(
         steps=seen.steps if seen is not None else 0,
         window=window,
         diverged=True,
+        reward_fall=dip,
     )
 
 

@@ -218,3 +218,11 @@ def null_reward(
     return dips[min(len(dips) - 1, int(NULL_QUANTILE * len(dips)))], max(
         0.0, deficits[min(len(deficits) - 1, int(NULL_POINT_QUANTILE * len(deficits)))]
     )
+
+
+def fall_threshold(null_dip: float, dip_noise: float | None) -> float:
+    """The dip a run must exceed to have fallen beyond its null: the simulated no-learning
+    run's dip (null_reward), or twice the run's own dip band where that is larger (the floor
+    for a candidate at its ceiling, whose null cannot vary but whose real no-learning runs
+    still read a wrong answer now and then: 0.01-0.04 on the demo)."""
+    return max(null_dip, 2 * (dip_noise or 0.0))

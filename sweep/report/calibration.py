@@ -34,6 +34,7 @@ OUTCOMES = {
     "length_retention": "final_length",
     "length_growth": "final_length",
     "reward_dip": "dip",
+    "reward_fall": "fall",
     "reward_final": "final_score",
     "reward_gain": "final_reward",
 }
@@ -228,9 +229,11 @@ def summarize_calibration(
 def dip_threshold(run: dict[str, Any]) -> float | None:
     """The dip a long run must exceed to count: its simulated null, or twice its own
     bootstrap half-width where that is larger (sweep.run.calibrate.reward_shape)."""
+    from evals.probe.baseline import fall_threshold
+
     if run.get("dip_null") is None:
         return None
-    return max(run["dip_null"], 2 * (run.get("dip_noise") or 0.0))
+    return fall_threshold(run["dip_null"], run.get("dip_noise"))
 
 
 def describe_reward(run: dict[str, Any]) -> str:

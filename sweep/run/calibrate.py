@@ -18,7 +18,7 @@ starting model's baseline (evals.probe.baseline), with the probe's trailing wind
 - final_score: mean normalized reward over the last eighth (probe/reward_final's outcome);
 - dip: baseline reward - min of the smoothed reward (>= 0), and recovery_step: the
   first step after the minimum where the smoothed reward is back at the baseline.
-- reward_shape (with `replicates`): the dip held against its null, the dip a run that
+- reward_shape and fall (with `replicates`): the dip held against its null, the dip a run that
   never left its starting model reads with the same prompts and draws
   (evals.probe.baseline.null_reward, 99th percentile) and against twice its own
   bootstrap half-width (the floor where the null cannot vary: a candidate at its ceiling).
@@ -107,16 +107,20 @@ def reward_shape(
     noise: float | None,
 ) -> dict[str, Any]:
     """The smoothed reward's shape against its null (see the module doc): reward_shape,
-    dip_null (the simulated null's dip), dip_noise (the dip's bootstrap half-width),
-    low_step and back_step (None when it never came back, or did not dip beyond)."""
+    dip_null (the simulated null's dip), dip_noise (the dip's bootstrap half-width), fall
+    (the dip beyond both: probe/reward_fall's outcome), low_step and back_step (None when
+    it never came back, or did not dip beyond)."""
+    from evals.probe.baseline import fall_threshold
+
     low = min(range(len(smooth_score)), key=smooth_score.__getitem__)
     dip = max(0.0, baseline - smooth_score[low])
     out: dict[str, Any] = {"dip_noise": noise, "low_step": start + low, "back_step": None}
     if null is None:
-        return out | {"dip_null": None, "reward_shape": None}
+        return out | {"dip_null": None, "fall": None, "reward_shape": None}
     null_dip, null_point = null
-    out["dip_null"] = null_dip
-    if dip <= max(null_dip, 2 * (noise or 0.0)):
+    threshold = fall_threshold(null_dip, noise)
+    out |= {"dip_null": null_dip, "fall": max(0.0, dip - threshold)}
+    if dip <= threshold:
         return out | {"reward_shape": "no dip"}
     back = next((t for t in range(low + 1, len(smooth_score)) if smooth_score[t] >= baseline - null_point), None)
     if back is None:

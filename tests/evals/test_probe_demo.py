@@ -95,6 +95,9 @@ def test_null_control_reads_stable(demo_family, members, member, seed):
     assert 0.8 <= m.length_growth <= 1.25, result.curves.response_length_normalized
     assert m.reward_dip <= 0.2, result.curves.score_normalized
     assert m.noise and set(m.noise) >= {"length_retention", "length_growth", "reward_dip"}
+    # its dip is the minimum of a noisy curve, not a fall: held against the simulated null it reads 0
+    assert m.reward_fall == 0, (m.reward_dip, m.noise["reward_dip"], result.curves.score_normalized)
+    assert result.metrics.as_metrics()["probe/reward_fall"] == 0
     assert len(result.baseline) == 16 and all(len(b.lengths) == 8 for b in result.baseline)
 
 

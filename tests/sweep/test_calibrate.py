@@ -65,6 +65,7 @@ def test_a_run_that_never_left_its_start_reads_no_dip_and_a_dip_beyond_the_null_
     answer that comes back reads "hockey stick", one that stays "fell"."""
     nulls = [long_outcome(*_sampled_run(s, lambda t, p: p), window=3, replicates=200) for s in range(12)]
     assert [o["reward_shape"] for o in nulls] == ["no dip"] * 12
+    assert [o["fall"] for o in nulls] == [0.0] * 12  # probe/reward_fall's outcome
     assert all(o["dip"] > 0 for o in nulls)  # the minimum of a noisy curve under its start
     assert sum(o["dip"] > o["dip_noise"] for o in nulls) >= 3  # the band alone would flag these
     assert all(0.2 < o["dip_null"] < 0.5 for o in nulls)  # 16 samples a step at rates 0.3-0.7
@@ -80,6 +81,8 @@ def test_a_run_that_never_left_its_start_reads_no_dip_and_a_dip_beyond_the_null_
         assert stick["reward_shape"] == "hockey stick", stick
         assert 8 <= stick["low_step"] <= 26 and stick["back_step"] > stick["low_step"]
         assert stick["dip"] > stick["dip_null"]
+        assert stick["fall"] == pytest.approx(stick["dip"] - max(stick["dip_null"], 2 * stick["dip_noise"]))
+        assert stick["fall"] > 0.05
         down = long_outcome(*_sampled_run(s, fell), window=3, replicates=200)
         assert down["reward_shape"] == "fell" and down["back_step"] is None and down["low_step"] >= 24
     assert "reward_shape" not in long_outcome(*_sampled_run(0, hockey), window=3)  # no replicates: no shape
