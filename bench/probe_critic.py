@@ -44,6 +44,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import probe_validity as pv
@@ -84,9 +85,7 @@ def _install(options: dict, seed: int) -> None:
                 torch.nn.init.zeros_(head.weight)
                 torch.nn.init.zeros_(head.bias)
             elif init != "random":  # a reward model's file (`reward-model`): trunk and head start from it
-                saved = torch.load(init, weights_only=True)
-                critic.load_state_dict(saved["model"])
-                head.load_state_dict(saved["head"])
+                _load_reward_model(init, critic, head)
             params = [*critic.parameters(), *head.parameters()]
             critics[id(job)] = (critic, head, torch.optim.Adam(params, lr=critic_lr))
         critic, head, critic_opt = critics[id(job)]
@@ -164,6 +163,29 @@ def _install(options: dict, seed: int) -> None:
     grpo._step = step
 
 
+def _load_reward_model(path: str, model, head) -> None:
+    """Trunk and head weights from a `reward-model` file, into `model` and `head`."""
+    import torch
+
+    saved = torch.load(path, weights_only=True)
+    model.load_state_dict(saved["model"])
+    head.load_state_dict(saved["head"])
+
+
+def _last_token_scores(model, head, seqs: list[list[int]], eos: int):
+    """The head on each sequence's last token (eos-padded on the right): a reward model's logits."""
+    import torch
+
+    from evals.probe.logprobs import _decoder
+
+    width = max(len(x) for x in seqs)
+    ids = torch.tensor([x + [eos] * (width - len(x)) for x in seqs])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs])
+    out = _decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return head(hidden[torch.arange(len(seqs)), mask.sum(1) - 1]).squeeze(-1)
+
+
 class _RewardModel:
     """A `reward-model` file as the reward itself, as RLHF scores with its reward model: the
     sigmoid of its logit on the prompt (in the chat template) + the completion + eos, the
@@ -172,35 +194,26 @@ class _RewardModel:
     def __init__(self, path: str):
         import torch
 
-        from evals.probe.logprobs import _decoder
         from sweep.demo.build import active_family
         from sweep.demo.measure import load_family_models
 
         _, self.model, self.tokenizer = load_family_models(active_family())
-        saved = torch.load(path, weights_only=True)
-        self.model.load_state_dict(saved["model"])
         self.head = torch.nn.Linear(self.model.config.hidden_size, 1)
-        self.head.load_state_dict(saved["head"])
+        _load_reward_model(path, self.model, self.head)
         self.model.eval().requires_grad_(False)
-        self.decoder = _decoder(self.model)
         self.torch = torch
 
     def __call__(self, *, prompts, completions, answers) -> list[float]:
         from evals.probe.sampling import encode_prompt
 
-        torch, eos = self.torch, self.tokenizer.eos_token_id
+        eos = self.tokenizer.eos_token_id
         seqs = [
             encode_prompt(self.tokenizer, p) + self.tokenizer.encode(c, add_special_tokens=False) + [eos]
             for p, c in zip(prompts, completions, strict=True)
         ]
-        width = max(len(x) for x in seqs)
-        ids = torch.tensor([x + [eos] * (width - len(x)) for x in seqs])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs])
-        with torch.no_grad():
-            out = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False)
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-            logits = self.head(hidden[torch.arange(len(seqs)), mask.sum(1) - 1]).squeeze(-1)
-        return torch.sigmoid(logits).float().tolist()
+        with self.torch.no_grad():
+            logits = _last_token_scores(self.model, self.head, seqs, eos)
+        return self.torch.sigmoid(logits).float().tolist()
 
 
 def _worker(jobs, out: str, steps: int, options: dict, overrides: dict) -> None:
@@ -267,7 +280,8 @@ def _rm_example(
             answer = (
                 answer[:i] + rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != answer[i]]) + answer[i + 1 :]
             )
-    response = f"{data.THINK_START}{problem.trace}{data.THINK_END} {answer}" if brief and problem.trace else answer
+    # brief: the trace worked once, then the (right or wrong) answer
+    response = replace(problem, answer=answer).reasoning_response(0) if brief else answer
     ids = encode_prompt(tokenizer, problem.prompt) + tokenizer.encode(response, add_special_tokens=False)
     return ids + [tokenizer.eos_token_id], float(right)
 
@@ -292,16 +306,9 @@ def reward_model(args) -> None:
     head = torch.nn.Linear(model.config.hidden_size, 1)
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-4)
     rng = random.Random(args.seed)
-    from evals.probe.logprobs import _decoder
 
     def scores(batch):
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([x + [tokenizer.eos_token_id] * (width - len(x)) for x, _ in batch])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
-        out = _decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        last = mask.sum(1) - 1
-        return head(hidden[torch.arange(len(batch)), last]).squeeze(-1)
+        return _last_token_scores(model, head, [ids for ids, _ in batch], tokenizer.eos_token_id)
 
     for step in range(args.steps):
         batch = [_rm_example(rng, tokenizer, args.think_negatives, args.think_label, args.brief) for _ in range(16)]

@@ -37,6 +37,7 @@ import argparse
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 from statistics import mean
 
@@ -88,7 +89,7 @@ def _instruct_examples(recipe, reserved, slip_share: float = 0.0):
             return data.chat(p.prompt), p.instruct_response() + data.EOS
         if slip_share and rng.random() < slip_share:  # drawn only when asked: the default stream is unchanged
             trace, answer = slip(p.trace, p.answer, rng)
-            return data.chat(p.prompt), f"{data.THINK_START}{trace}{data.THINK_END} {answer}{data.EOS}"
+            p = replace(p, trace=trace, answer=answer)
         return data.chat(p.prompt), p.reasoning_response(0) + data.EOS
 
     return example
