@@ -220,9 +220,9 @@ def diverged_metrics(
 
     length_retention and length_growth 0 (every length constraint violated), reward_dip
     (and reward_fall) the larger of `reward_scale` (the reward's range, e.g. 1 for
-    exact_match) and the dip already seen, no recovery (reward_steps_to_recover = planned_steps), reward_final and
-    reward_gain lowered by that dip, kl_final DIVERGED_KL, entropy_drop the whole starting
-    entropy, stopped_early and diverged True.
+    exact_match) and the dip already seen, no recovery (reward_steps_to_recover =
+    planned_steps), reward_final and reward_gain lowered by that dip, kl_final
+    DIVERGED_KL, entropy_drop the whole starting entropy, stopped_early and diverged True.
     `seen`: metrics of the steps that completed, when there were any.
     """
     dip = max(float(reward_scale), seen.reward_dip if seen is not None else 0.0)

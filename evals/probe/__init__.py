@@ -18,7 +18,7 @@ from typing import Any
 from evals.errors import EvalError
 from evals.plugins import REWARD_RULES
 from evals.probe.backends import ProbeBackend, check_reference_support, get_backend, register_backend
-from evals.probe.baseline import bootstrap_noise, fall_threshold, normalized_metrics, null_reward
+from evals.probe.baseline import bootstrap_noise, normalized_metrics, null_reward, reward_fall
 from evals.probe.config import ProbeConfig, RewardConfig
 from evals.probe.records import (
     CURVE_KEYS,
@@ -165,9 +165,7 @@ def _score_run(run: BackendRun, *, config: ProbeConfig) -> tuple[StabilityMetric
                 null = null_reward(
                     run.baseline, run.steps, window=config.window, replicates=config.noise_samples, seed=config.seed
                 )
-                fall = None
-                if null is not None:
-                    fall = max(0.0, seen.reward_dip - fall_threshold(null[0], noise.get("reward_dip")))
+                fall = None if null is None else reward_fall(seen.reward_dip, null[0], noise.get("reward_dip"))
                 seen = replace(seen, noise=noise, reward_fall=fall)
                 curves = replace(curves, **{CURVE_KEYS[k]: tuple(v) for k, v in noise_curves.items()})
         else:

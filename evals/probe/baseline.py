@@ -226,3 +226,9 @@ def fall_threshold(null_dip: float, dip_noise: float | None) -> float:
     for a candidate at its ceiling, whose null cannot vary but whose real no-learning runs
     still read a wrong answer now and then: 0.01-0.04 on the demo)."""
     return max(null_dip, 2 * (dip_noise or 0.0))
+
+
+def reward_fall(dip: float, null_dip: float, dip_noise: float | None) -> float:
+    """How far `dip` goes beyond its null (fall_threshold): probe/reward_fall, and the long
+    run's fall in sweep calibrate; 0 when it does not."""
+    return max(0.0, dip - fall_threshold(null_dip, dip_noise))

@@ -110,7 +110,7 @@ def reward_shape(
     dip_null (the simulated null's dip), dip_noise (the dip's bootstrap half-width), fall
     (the dip beyond both: probe/reward_fall's outcome), low_step and back_step (None when
     it never came back, or did not dip beyond)."""
-    from evals.probe.baseline import fall_threshold
+    from evals.probe.baseline import reward_fall
 
     low = min(range(len(smooth_score)), key=smooth_score.__getitem__)
     dip = max(0.0, baseline - smooth_score[low])
@@ -118,9 +118,9 @@ def reward_shape(
     if null is None:
         return out | {"dip_null": None, "fall": None, "reward_shape": None}
     null_dip, null_point = null
-    threshold = fall_threshold(null_dip, noise)
-    out |= {"dip_null": null_dip, "fall": max(0.0, dip - threshold)}
-    if dip <= threshold:
+    fall = reward_fall(dip, null_dip, noise)
+    out |= {"dip_null": null_dip, "fall": fall}
+    if fall == 0:
         return out | {"reward_shape": "no dip"}
     back = next((t for t in range(low + 1, len(smooth_score)) if smooth_score[t] >= baseline - null_point), None)
     if back is None:
