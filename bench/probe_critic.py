@@ -232,6 +232,11 @@ def _worker(jobs, out: str, steps: int, options: dict, overrides: dict) -> None:
 
 
 def run(args) -> None:
+    files = {"--critic-init": None if args.critic_init in ("random", "zero") else args.critic_init}
+    files["--rm-reward"] = args.rm_reward
+    missing = [f"{flag} {path}" for flag, path in files.items() if path and not Path(path).is_file()]
+    if missing:  # before any worker starts: not a traceback from each of them
+        raise SystemExit(f"no such reward-model file: {'; '.join(missing)} (make one with `reward-model --out FILE`)")
     out, jobs = pv.pending(args.out, pv.parse_points(args.points), args.seeds, [])
     print(f"{len(jobs)} runs to do in {out} on {args.workers} workers", flush=True)
     options = {
