@@ -13,11 +13,12 @@ metrics with their bands, or `error`. A rerun of the night runs only the missing
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from sweep.config import SweepSpec, spec_from_json
+from sweep.config import SweepSpec
+from sweep.run.pool import run_pool
 from sweep.study.repeats_table import load_repeats, write_repeats
 
 ProbeFn = Callable[[SweepSpec, dict[str, float], int], dict[str, float | None]]
@@ -47,9 +48,7 @@ def run_repeats(
     say: Callable[[str], None] = print,
 ):
     """Probe each point at seeds seed+1..seed+repeats (those not in repeats.parquet yet) on
-    Ray; save and return the whole table. Ray must be initialized."""
-    import ray
-
+    Ray (sweep.run.pool); save and return the whole table. Ray must be initialized."""
     from sweep.report.regression import same_point
 
     if spec.evals.probe is None or repeats < 1 or not points:
@@ -66,39 +65,13 @@ def run_repeats(
                 todo.append((params, seed))
     if not todo:
         return done
-    worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage
-    actor_class = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial)(
-        _RepeatWorker
-    )
-    workers: list[Any] = [
-        actor_class.remote(worker_spec.model_dump_json(), probe_fn)
-        for _ in range(min(spec.budget.concurrent, len(todo)))
-    ]
     rows: list[dict[str, Any]] = []
-    pending: dict[Any, tuple[dict[str, float], int, Any]] = {}
-    queue = list(todo)
-    idle: list[Any] = list(workers)
-    while queue or pending:
-        while queue and idle:
-            params, seed = queue.pop(0)
-            worker = idle.pop()
-            pending[worker.probe.remote(params, seed)] = (params, seed, worker)
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        params, seed, worker = pending.pop(ready[0])
-        idle.append(worker)
-        try:
-            metrics, error = ray.get(ready[0]), None
-        except Exception as exc:  # noqa: BLE001 - a failed repeat is recorded, the night goes on
-            metrics, error = (
-                {},
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}",
-            )
-        rows.append({f"params/{k}": v for k, v in params.items()} | {"seed": seed, "error": error} | metrics)
+    table = done
+    for (params, seed), metrics, error in run_pool(spec, todo, partial(_probe_metrics, probe_fn or probe_at)):
+        rows.append({f"params/{k}": v for k, v in params.items()} | {"seed": seed, "error": error} | (metrics or {}))
         table = _save(spec, done, rows)  # after every repeat: a stopped night keeps what it measured
         shown = ", ".join(f"{k} {v:.3f}" for k, v in params.items())
         say(f"repeat {len(rows)}/{len(todo)}: ({shown}) probe seed {seed}" + (f": FAILED {error}" if error else ""))
-    for worker in workers:
-        ray.kill(worker)
     return table
 
 
@@ -115,13 +88,7 @@ def _params(row) -> dict[str, Any]:
     return {c.split("/", 1)[1]: row[c] for c in row.index if str(c).startswith("params/")}
 
 
-class _RepeatWorker:
-    """One Ray actor per concurrent slot: loads the models once, then probes point after point."""
-
-    def __init__(self, spec_json: str, probe_fn: ProbeFn | None):
-        self.spec = spec_from_json(spec_json)  # imports the spec's plugins: on this worker first
-        self.probe_fn = probe_fn or probe_at
-
-    def probe(self, params: dict[str, float], seed: int) -> dict[str, float | None]:
-        metrics = self.probe_fn(self.spec, dict(params), int(seed))
-        return json.loads(json.dumps({k: v for k, v in metrics.items() if k.startswith("probe/")}))
+def _probe_metrics(probe_fn: ProbeFn, spec: SweepSpec, params: dict[str, float], seed: int) -> dict[str, Any]:
+    """On a worker: the probe/* metrics of one repeat."""
+    metrics = probe_fn(spec, dict(params), int(seed))
+    return {k: v for k, v in metrics.items() if k.startswith("probe/")}

@@ -1,0 +1,68 @@
+"""Work outside Tune on Ray workers with a trial's resources: probe repeats, calibration's long runs.
+
+Each of `budget.concurrent` actors (num_cpus / num_gpus: `resources.cpus_per_trial` /
+`gpus_per_trial`, so Ray places them as it places trials) builds the worker state once
+(sweep.run.trial.worker_state: the three sources, the live model, the probe's prompts and
+engine) and then runs job after job. `run_pool` yields each job's result as it finishes,
+so the caller can record it at once: a stopped run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sweep.config import SweepSpec, spec_from_json
+
+JobFn = Callable[..., Any]  # fn(spec, *job) -> a JSON-able result, run on a worker
+
+
+def run_pool(
+    spec: SweepSpec, jobs: Sequence[tuple[Any, ...]], fn: JobFn
+) -> Iterator[tuple[tuple[Any, ...], Any, str | None]]:
+    """Run `fn(spec, *job)` for every job on Ray actors, `budget.concurrent` at a time; yield
+    (job, result, None), or (job, None, "Type: last line of the error") when it raised, in
+    the order they finish. Ray must be initialized. The actors are killed at the end, also
+    when the caller stops early."""
+    import ray
+
+    if not jobs:
+        return
+    worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage
+    actor_class = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial)(_Worker)
+    workers: list[Any] = [
+        actor_class.remote(worker_spec.model_dump_json(), fn) for _ in range(min(spec.budget.concurrent, len(jobs)))
+    ]
+    queue = list(jobs)
+    idle = list(workers)
+    pending: dict[Any, tuple[tuple[Any, ...], Any]] = {}
+    try:
+        while queue or pending:
+            while queue and idle:
+                job, worker = queue.pop(0), idle.pop()
+                pending[worker.call.remote(*job)] = (job, worker)
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job, worker = pending.pop(ready[0])
+            idle.append(worker)
+            try:
+                result, error = ray.get(ready[0]), None
+            except Exception as exc:  # noqa: BLE001 - the caller decides what a failed job means
+                cause = getattr(exc, "cause", None) or exc  # a RayTaskError's cause: the worker's own exception
+                text = str(cause).strip()
+                result, error = None, f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
+            yield job, result, error
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+
+
+class _Worker:
+    """One Ray actor per concurrent slot: imports the spec's plugins, then runs job after job."""
+
+    def __init__(self, spec_json: str, fn: JobFn):
+        self.spec = spec_from_json(spec_json)  # imports the spec's plugins: on this worker first
+        self.fn = fn
+
+    def call(self, *job: Any) -> Any:
+        return json.loads(json.dumps(self.fn(self.spec, *job)))  # plain data back to the driver
