@@ -1,8 +1,11 @@
-"""`python -m sweep calibrate (SPEC | RESULTS_DIR/NAME) [--trials N ...] [--long-steps K] [--seeds S ...]`.
+"""`python -m sweep calibrate (SPEC | RESULTS_DIR/NAME) [--trials N ...] [--long-steps K] [--seeds S ...] [--address A]`.
 
 Runs the long RL on a handful of a finished study's candidates and the probe's verdicts
-beside it: does the probe rank them as the long runs do? Prints one line per candidate,
-then the verdict; writes <study_dir>/calibration.json, which `sweep report` shows.
+beside it: does the probe rank them as the long runs do? The long runs go to Ray workers
+with a trial's resources, `budget.concurrent` at a time; each finished one is kept in
+<study_dir>/calibration-runs.jsonl, so a rerun after a stop runs only the rest. Prints one
+line per long run, then the verdict; writes <study_dir>/calibration.json, which `sweep
+report` shows.
 Exit 0 when the probe can be trusted (Spearman >= 0.8 for every steering probe metric,
 feasibility agreement >= 90%), 1 when it cannot (or too few candidates to say), 2 on
 bad input.
@@ -33,7 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="seeds of the long runs (default: the probe's seed + 1: another run)"
     )
-    parser.add_argument("--threads", type=int, help="torch threads (default: the spec's resources.torch_threads)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: the spec's resources.torch_threads)"
+    )
+    parser.add_argument(
+        "--address", help="Ray cluster address (default: the spec's, else $RAY_ADDRESS, else a local Ray)"
+    )
     parser.add_argument("--json", action="store_true", help="print the calibration as one JSON object")
 
 
@@ -60,11 +68,17 @@ def run(args: argparse.Namespace) -> int:
     long_steps = args.long_steps or 8 * probe.steps
     print(
         f"calibrating {len(chosen)} candidates of {spec.name} ({', '.join(str(n) for n, _ in chosen)}): "
-        f"{long_steps}-step RL runs against the {probe.steps}-step probe",
+        f"{long_steps}-step RL runs against the {probe.steps}-step probe, {spec.budget.concurrent} at a time",
         file=sys.stderr,
     )
     result = calibrate(
-        spec, trials, chosen, long_steps=long_steps, seeds=args.seeds, say=lambda line: print(line, file=sys.stderr)
+        spec,
+        trials,
+        chosen,
+        long_steps=long_steps,
+        seeds=args.seeds,
+        say=lambda line: print(line, file=sys.stderr),
+        address=args.address,
     )
     path = save_calibration(study_dir, result)
     if args.json:

@@ -5,9 +5,11 @@ handful of a finished study's candidates (the front's extremes, the balanced poi
 the complete trials with the lowest and highest steering metric, or the trials named),
 runs the same RL from each for `long_steps` steps (8x the probe by default) on seeds the
 probe did not use, and compares the probe's recorded metrics with what the long runs
-did. Runs in this process (no Ray): one live model rebuilt in place per candidate, as
-`sweep report --rescore` does. The result is kept in <study_dir>/calibration.json, and
-`sweep report` shows it.
+did. The long runs go to Ray workers with a trial's resources (`budget.concurrent` at a
+time, each building its candidates in place as a trial does, and sampling as the trial's
+probe does: through vLLM with generator vllm). Every finished run is appended to
+<study_dir>/calibration-runs.jsonl, so a stopped calibration goes on where it stopped. The
+result is kept in <study_dir>/calibration.json, and `sweep report` shows it.
 
 The long run's outcomes come from its curves, normalized per prompt against the
 starting model's baseline (evals.probe.baseline), with the probe's trailing window:
@@ -36,9 +38,12 @@ agreement (Spearman); one used only in a constraint by its verdicts' agreement.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
@@ -207,6 +212,64 @@ def choose_trials(
     return list(picks.items())[:limit] if len(picks) > limit else list(picks.items())
 
 
+RUNS_FILE = "calibration-runs.jsonl"  # one finished long run per line, kept across calibrations
+
+
+def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> dict[str, Any]:
+    """On a worker: the candidate at `params` built in place, the probe's RL run from it for
+    `long_steps` steps at `seed` (sampling as the trial's probe does: the vLLM engine with
+    generator vllm), and its outcome (long_outcome, with the reward's shape)."""
+    from evals.probe.backends import get_backend
+    from evals.rewards import build_reward
+    from sweep.run.trial import build_candidate, rollout_engine, worker_state
+
+    state = worker_state(spec)  # cached per worker: the sources, the live model, the prompts, the engine
+    if state.probe_config is None or state.prompts is None:
+        raise SweepError("the spec has no evals.probe section: there is no RL to run")
+    build_candidate(spec, params, model=state.model, sources=state.sources)
+    config = state.probe_config.model_copy(
+        update={"steps": long_steps, "seed": seed, "collapse_threshold": None, "noise_samples": 0}
+    )
+    reward = state.reward
+    if reward is None:
+        reward = build_reward(rule=config.reward.rule, model=None)
+    extra = {"rollouts": rollout_engine(state)} if config.generator == "vllm" else {}
+    t0 = time.perf_counter()
+    run = get_backend(config.backend).run(
+        state.model, state.tokenizer, config=config, prompts=state.prompts, reward=reward, **extra
+    )
+    if run.diverged:
+        outcome = dict.fromkeys(("final_reward", "final_score", "dip", "recovery_step"))
+        outcome |= {"final_length": 0.0, "min_length": 0.0, "steps": run.curves.steps, "diverged": True}
+        outcome |= {"reward_shape": "diverged"}
+    else:
+        outcome = long_outcome(run.baseline, run.steps, window=config.window, replicates=SHAPE_REPLICATES)
+    return outcome | {"seed": seed, "wall_s": round(time.perf_counter() - t0, 3)}
+
+
+def run_key(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> str:
+    """What a recorded long run must match to be reused: the candidate (its models, merge
+    and params), the probe's settings, the seed and the steps."""
+    relevant = spec.model_dump(mode="json", include={"models", "merge"})
+    relevant |= {"probe": spec.evals.probe.model_dump(mode="json"), "params": params, "seed": seed}
+    relevant |= {"long_steps": long_steps}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recorded_runs(study_dir: Path) -> dict[str, dict[str, Any]]:
+    """The long runs calibration-runs.jsonl holds, by run_key (a line cut short by a crash is skipped)."""
+    path = Path(study_dir) / RUNS_FILE
+    runs: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                runs[record["key"]] = record["outcome"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return runs
+
+
 def calibrate(
     spec: Any,
     trials: Any,
@@ -215,8 +278,18 @@ def calibrate(
     long_steps: int | None = None,
     seeds: Sequence[int] | None = None,
     say: Callable[[str], None] = print,
+    run_fn: Callable[..., dict[str, Any]] = long_run_at,
+    address: str | None = None,
 ) -> Calibration:
-    """Run the long RL from each chosen candidate and compare with the probe's metrics."""
+    """Run the long RL from each chosen candidate and compare with the probe's metrics.
+
+    The long runs go to Ray workers with a trial's resources, `budget.concurrent` at a
+    time (sweep.run.pool, on the Ray at `address`, started only when a run is left to do).
+    Each finished run is appended to
+    <study_dir>/calibration-runs.jsonl at once, and a run recorded there with the same
+    candidate, probe settings, seed and steps is reused, not run again: a calibration
+    stopped part-way goes on where it stopped. A run that fails is a SweepError (exit 1)
+    after the others have finished and been recorded."""
     if spec.evals.probe is None:
         raise SweepError("the study's spec has no evals.probe section: there is no probe to calibrate")
     steering = steering_metrics(spec)
@@ -226,10 +299,8 @@ def calibrate(
             f"(probe/{', probe/'.join(OUTCOMES)})"
         )
 
-    from evals.probe import ProbeConfig, load_prompts
+    from evals.probe import ProbeConfig
     from evals.probe.backends import check_reference_support, get_backend
-    from evals.rewards import build_reward
-    from sweep.run.trial import build_candidate, load_models
     from sweep.study.fingerprint import trial_spec
     from sweep.study.table import finite_number, trial_params
 
@@ -237,49 +308,98 @@ def calibrate(
     long_steps = long_steps or 8 * config.steps
     if long_steps < config.steps:
         raise SweepError(f"--long-steps {long_steps} is shorter than the probe's {config.steps} steps")
+    if config.baseline_samples == 0:
+        raise SweepError(
+            "evals.probe.baseline_samples is 0: calibrate reads each long run against the starting model's "
+            "per-prompt baseline; set it to 2 or more (the default is 4)"
+        )
     seeds = list(seeds) if seeds else [config.seed + 1]  # not the probe's seed: the long run is another run
-    backend = get_backend(config.backend)
-    check_reference_support(backend, config)  # before any model loads
+    check_reference_support(get_backend(config.backend), config)  # before any model loads
     started = time.perf_counter()
-    first = trial_spec(spec, trials, chosen[0][0])
-    sources, model, tokenizer, device = load_models(first)
-    prompts = load_prompts(config.prompts)
-    dtype = next(model.parameters()).dtype
-    rule = config.reward.rule if config.reward.model is None else None
-    reward = build_reward(rule=rule, model=config.reward.model, device=device, dtype=dtype)
     candidates = []
-    for i, (number, why) in enumerate(chosen, 1):
+    for number, why in chosen:
         row = trials[trials["number"] == number].iloc[0]
-        params = {k: float(v) for k, v in trial_params(row).items()}
-        build_candidate(trial_spec(spec, trials, number), params, model=model, sources=sources)
         probe = {m: finite_number(row.get(f"probe/{m}")) for m in steering}
         noise = {m: finite_number(row.get(f"probe/{m}{NOISE_SUFFIX}")) for m in steering}
         feasible = bool(row["feasible"]) if "feasible" in row and row["feasible"] is not None else None
-        candidate = Candidate(number=number, params=params, why=why, probe=probe, feasible=feasible, noise=noise)
-        t0 = time.perf_counter()
+        params = {k: float(v) for k, v in trial_params(row).items()}
+        candidates.append(Candidate(number=number, params=params, why=why, probe=probe, feasible=feasible, noise=noise))
+    specs = {c.number: trial_spec(spec, trials, c.number) for c in candidates}
+    runs: dict[tuple[int, int], dict[str, Any]] = {}
+    recorded = recorded_runs(spec.study_dir)
+    jobs = []
+    for c in candidates:
         for seed in seeds:
-            long_config = config.model_copy(
-                update={"steps": long_steps, "seed": seed, "collapse_threshold": None, "noise_samples": 0}
-            )
-            run = backend.run(model, tokenizer, config=long_config, prompts=prompts, reward=reward)
-            if run.diverged:
-                outcome = dict.fromkeys(("final_reward", "final_score", "dip", "recovery_step"))
-                outcome |= {"final_length": 0.0, "min_length": 0.0, "steps": run.curves.steps, "diverged": True}
-                outcome |= {"reward_shape": "diverged"}
+            key = run_key(specs[c.number], c.params, seed, long_steps)
+            if key in recorded:
+                runs[c.number, seed] = recorded[key]
             else:
-                outcome = long_outcome(run.baseline, run.steps, window=config.window, replicates=SHAPE_REPLICATES)
-            candidate.long.append(outcome | {"seed": seed})
-        candidate.wall_s = time.perf_counter() - t0
-        candidates.append(candidate)
-        shown = ", ".join(f"{m} {fmt_value(v)}" for m, v in probe.items())
-        outcomes = dict.fromkeys(OUTCOMES[m] for m in steering)  # what each steering metric stands for
-        ended = ", ".join(f"{o.replace('_', ' ')} {fmt_value(candidate.outcome(o))}" for o in outcomes)
-        ended += "; reward: " + "; ".join(describe_reward(run) for run in candidate.long)
+                jobs.append((c.number, seed, key))
+    total = len(candidates) * len(seeds)
+    if runs:
+        say(f"reusing {len(runs)} of the {total} long runs, recorded in {spec.study_dir / RUNS_FILE}")
+    by_number = {c.number: c for c in candidates}
+    failed = []
+    for (number, seed, key), outcome, error in _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address):
+        c = by_number[number]
+        if error is not None:
+            failed.append(f"trial {number} seed {seed}: {error}")
+            say(f"long run {len(runs) + len(failed)}/{total}: trial {number} ({c.why}) seed {seed}: FAILED {error}")
+            continue
+        runs[number, seed] = outcome
+        _record(spec.study_dir, key, number, outcome)
         say(
-            f"calibrated {i}/{len(chosen)}: trial {number} ({why}): probe {shown}; {long_steps}-step run: "
-            f"{ended} ({time.perf_counter() - started:.0f} s)"
+            f"long run {len(runs) + len(failed)}/{total}: trial {number} ({c.why}) seed {seed}: "
+            f"{_described(c, outcome, steering)} ({outcome.get('wall_s', 0):.0f} s; "
+            f"{time.perf_counter() - started:.0f} s in all)"
         )
+    if failed:
+        error = SweepError(
+            f"{len(failed)} of {total} long runs failed ({'; '.join(failed)}); the {len(runs)} that finished are "
+            f"kept in {spec.study_dir / RUNS_FILE}, and a rerun runs only the rest"
+        )
+        error.exit_code = 1
+        raise error
+    for c in candidates:
+        c.long = [runs[c.number, seed] for seed in seeds]
+        c.wall_s = sum(run.get("wall_s") or 0.0 for run in c.long)
     wall_s = time.perf_counter() - started
     return summarize_calibration(
         spec, candidates, long_steps=long_steps, probe_steps=config.steps, seeds=seeds, wall_s=wall_s
     )
+
+
+def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address):
+    """(job, outcome, error) as each long run finishes: one pool per recipe (a trial may have
+    recorded models or a merge other than the spec's), each job (number, seed, key)."""
+    if not jobs:
+        return
+    from sweep.run.pool import run_pool
+    from sweep.run.raysetup import choose_local_auth_mode, init_ray
+
+    choose_local_auth_mode(spec, address)  # before Ray is imported
+    started, _ = init_ray(spec, address)  # SweepError when the cluster refuses us
+    try:
+        for recipe in dict.fromkeys(specs[number].model_dump_json() for number, _, _ in jobs):
+            mine = [job for job in jobs if specs[job[0]].model_dump_json() == recipe]
+            work = [(by_number[n].params, seed, long_steps) for n, seed, _ in mine]
+            job_of = {id(w): job for w, job in zip(work, mine, strict=True)}  # run_pool hands back the very tuples
+            for done, outcome, error in run_pool(specs[mine[0][0]], work, run_fn):
+                yield job_of[id(done)], outcome, error
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _record(study_dir: Path, key: str, number: int, outcome: dict[str, Any]) -> None:
+    with open(Path(study_dir) / RUNS_FILE, "a") as handle:
+        handle.write(json.dumps({"key": key, "number": number, "outcome": outcome}) + "\n")
+
+
+def _described(c: Candidate, outcome: dict[str, Any], steering: Sequence[str]) -> str:
+    shown = ", ".join(f"{m} {fmt_value(v)}" for m, v in c.probe.items())
+    outcomes = dict.fromkeys(OUTCOMES[m] for m in steering)  # what each steering metric stands for
+    ended = ", ".join(f"{o.replace('_', ' ')} {fmt_value(outcome.get(o))}" for o in outcomes)
+    return f"probe {shown}; {outcome.get('steps')}-step run: {ended}; reward: {describe_reward(outcome)}"

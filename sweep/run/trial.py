@@ -243,7 +243,7 @@ def _deadline_guard(model: Any, deadline: float | None, timeout_s: float | None,
 def _probe(state: WorkerState, config: ProbeConfig):
     from evals.probe import run_probe
 
-    rollouts = _rollout_engine(state) if config.generator == "vllm" else None
+    rollouts = rollout_engine(state) if config.generator == "vllm" else None
     return run_probe(
         state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward, rollouts=rollouts
     )
@@ -260,7 +260,7 @@ SHARED_ENGINE_LORA_NOTE = (
 _ROLLOUTS: dict[str, Any] = {}  # state key -> the probe's VllmRollouts (when the eval has no engine to share)
 
 
-def _rollout_engine(state: WorkerState) -> Any:
+def rollout_engine(state: WorkerState) -> Any:
     """The vLLM engine the probe samples with: the eval's own (one engine per worker for
     eval and probe, when evals.lm_eval.backend is vllm), else one built once per worker
     on the model's checkpoint folder with the eval's vLLM engine arguments. The probe

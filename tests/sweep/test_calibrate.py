@@ -312,3 +312,68 @@ def test_calibrate_spreads_its_candidates_over_values_the_probe_can_tell_apart()
     # values the probe can tell apart fill up to the limit, spread over the range
     spread = choose_trials(spec, _table([0.1 * i for i in range(12)], [0.01] * 12), limit=6)
     assert sorted(n for n, _ in spread) == [0, 1, 3, 5, 8, 11] and all("noise" not in why for _, why in spread)
+
+
+def test_calibrate_refuses_a_probe_without_a_baseline_before_anything_runs(tmp_path):
+    from sweep.errors import SweepError
+    from sweep.run.calibrate import RUNS_FILE, calibrate
+
+    spec = SweepSpec.model_validate(
+        {
+            "name": "t",
+            "models": {"pretrained": "/p", "instruct": "/i", "reasoning": "/r"},
+            "evals": {"probe": {"prompts": "/none.jsonl", "baseline_samples": 0}},
+            "objectives": [{"metric": "probe/reward_gain", "direction": "maximize"}],
+            "results_dir": str(tmp_path),
+        }
+    )
+    ran = []
+    with pytest.raises(SweepError, match="baseline_samples is 0: calibrate reads each long run against"):
+        calibrate(
+            spec, _table([0.1 * i for i in range(4)], [0.01] * 4), [(i, "t") for i in range(4)], run_fn=ran.append
+        )
+    assert not ran and not (spec.study_dir / RUNS_FILE).exists()
+
+
+def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed_and_steps(tmp_path):
+    from sweep.run.calibrate import RUNS_FILE, _record, recorded_runs, run_key
+
+    spec = SweepSpec.model_validate(
+        {
+            "name": "t",
+            "models": {"pretrained": "/p", "instruct": "/i", "reasoning": "/r"},
+            "evals": {"probe": {"prompts": "/p.jsonl"}},
+            "objectives": [{"metric": "probe/reward_gain", "direction": "maximize"}],
+            "results_dir": str(tmp_path),
+        }
+    )
+    key = run_key(spec, {"alpha": 0.5, "beta": 1.0}, 1, 128)
+    probe = spec.evals.probe
+    assert probe is not None
+    others = [
+        run_key(spec, {"alpha": 0.5, "beta": 0.9}, 1, 128),  # another candidate
+        run_key(spec, {"alpha": 0.5, "beta": 1.0}, 2, 128),  # another seed
+        run_key(spec, {"alpha": 0.5, "beta": 1.0}, 1, 64),  # other steps
+        run_key(
+            spec.model_copy(update={"models": spec.models.model_copy(update={"reasoning": "/r2"})}),
+            {"alpha": 0.5, "beta": 1.0},
+            1,
+            128,
+        ),
+        run_key(
+            spec.model_copy(
+                update={
+                    "evals": spec.evals.model_copy(update={"probe": probe.model_copy(update={"learning_rate": 1e-3})})
+                }
+            ),
+            {"alpha": 0.5, "beta": 1.0},
+            1,
+            128,
+        ),
+    ]
+    assert len({key, *others}) == 6
+    spec.study_dir.mkdir(parents=True)
+    _record(spec.study_dir, key, 3, {"final_length": 0.7, "seed": 1})
+    with open(spec.study_dir / RUNS_FILE, "a") as handle:
+        handle.write('{"key": "cut short by a cra')  # a crash mid-line: skipped, not an error
+    assert recorded_runs(spec.study_dir) == {key: {"final_length": 0.7, "seed": 1}}

@@ -252,6 +252,67 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     assert f"**Long-run reward:** {record['reward_shapes']}" in md.replace("\\", "")
     assert 'id="calibration"' in (spec.study_dir / "report.html").read_text()
 
+    # every long run was recorded as it finished; a rerun reuses them all and reads the same
+    runs_file = spec.study_dir / "calibration-runs.jsonl"
+    lines = runs_file.read_text().splitlines()
+    assert len(lines) == 4 and sum(f"long run {i}/4: trial " in err for i in (1, 2, 3, 4)) == 4
+    assert main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"]) == code
+    err = capsys.readouterr().err
+    assert f"reusing 4 of the 4 long runs, recorded in {runs_file}" in err and "long run 1/4" not in err
+    again = json.loads((spec.study_dir / "calibration.json").read_text())
+    assert again["candidates"] == record["candidates"] and again["verdict"] == record["verdict"]
+
+    # a calibration stopped after 3 runs: the rerun runs only the 4th, on a fresh worker, to the same outcome
+    runs_file.write_text("\n".join(lines[:3]) + '\n{"key": "cut short by a cra')
+    assert main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"]) == code
+    err = capsys.readouterr().err
+    last = json.loads(lines[3])["number"]
+    assert "reusing 3 of the 4 long runs" in err and f"long run 4/4: trial {last} (" in err
+    again = json.loads((spec.study_dir / "calibration.json").read_text())
+
+    def outcomes(calibration):
+        return [
+            [{k: v for k, v in run.items() if k != "wall_s"} for run in c["long"]] for c in calibration["candidates"]
+        ]
+
+    assert outcomes(again) == outcomes(record) and again["verdict"] == record["verdict"]
+
+
+def planted_long_run(spec, params, seed, long_steps):
+    """The real long run, except that it raises for the reasoning-heavy end of the square."""
+    from sweep.run.calibrate import long_run_at
+
+    if params["alpha"] < 0.1:
+        raise RuntimeError(f"planted failure at alpha={params['alpha']:.3f}")
+    return long_run_at(spec, params, seed, long_steps)
+
+
+def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
+    import json
+
+    import ray.cloudpickle
+
+    from sweep.errors import SweepError
+    from sweep.run.calibrate import RUNS_FILE, calibrate, choose_trials
+    from sweep.study.durable import load_study_dir
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec_path, _, _ = demo_study
+    spec, trials = load_study_dir(load_spec(spec_path).study_dir)
+    chosen = choose_trials(spec, trials, numbers=None, limit=4)
+    alphas = {n: float(trials[trials["number"] == n].iloc[0]["params/alpha"]) for n, _ in chosen}
+    failing = [n for n, a in alphas.items() if a < 0.1]
+    assert failing and len(failing) < len(chosen), alphas
+    (spec.study_dir / RUNS_FILE).unlink(missing_ok=True)
+    with pytest.raises(SweepError) as caught:
+        calibrate(spec, trials, chosen, long_steps=5, say=lambda line: None, run_fn=planted_long_run)
+    assert caught.value.exit_code == 1
+    message = str(caught.value)
+    assert f"{len(failing)} of {len(chosen)} long runs failed" in message
+    assert all(f"trial {n} seed 1: RuntimeError: planted failure at alpha=" in message for n in failing), message
+    kept = [json.loads(line)["number"] for line in (spec.study_dir / RUNS_FILE).read_text().splitlines()]
+    assert sorted(kept) == sorted(n for n in alphas if n not in failing)  # the others were recorded
+
 
 def flaky_trial(spec, params):
     """The real trial, except that it raises for large alpha."""

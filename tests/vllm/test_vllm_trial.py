@@ -137,3 +137,35 @@ def test_one_engine_serves_eval_and_probe_across_trials(trio, tiny_tasks, tmp_pa
     finally:
         trial._STATE.clear()
         trial._ROLLOUTS.clear()
+
+
+def test_calibrates_long_run_samples_through_the_workers_engine_as_the_trials_probe_does(trio, tiny_tasks, tmp_path):
+    """`sweep calibrate`'s long run (sweep.run.calibrate.long_run_at) on a spec with generator
+    vllm: it samples with the worker's one engine (before, it called the backend with no
+    engine and failed), and greedy, its outcome is the HF loop's."""
+    from sweep.run import trial
+    from sweep.run.calibrate import SHAPES, long_run_at
+
+    spec = _spec(tmp_path, trio, tiny_tasks, "full")
+    probe = spec.evals.probe.model_copy(update={"baseline_samples": 2, "temperature": 0.0})
+    outcomes = {}
+    try:
+        for generator in ("vllm", "hf"):
+            worker = spec.model_copy(
+                update={
+                    "evals": spec.evals.model_copy(update={"probe": probe.model_copy(update={"generator": generator})})
+                }
+            )
+            outcomes[generator] = long_run_at(worker, {"alpha": 0.0, "beta": 1.0}, 1, 6)
+            if generator == "vllm":
+                state = trial.worker_state(worker)
+                engine = trial._ROLLOUTS[state.key]
+                assert engine.llm is state.evaluator.backend._lm.model  # the eval's engine: one per worker
+                assert engine.pushes >= 2  # the candidate in, and back at the end
+    finally:
+        trial._STATE.clear()
+        trial._ROLLOUTS.clear()
+    vllm, hf = outcomes["vllm"], outcomes["hf"]
+    assert vllm["steps"] == hf["steps"] == 6 and vllm["seed"] == 1 and vllm["reward_shape"] in SHAPES
+    for name in ("final_length", "min_length", "final_reward", "final_score", "dip"):
+        assert vllm[name] == pytest.approx(hf[name], abs=1e-4), name
