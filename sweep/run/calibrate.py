@@ -213,6 +213,7 @@ def choose_trials(
 
 
 RUNS_FILE = "calibration-runs.jsonl"  # one finished long run per line, kept across calibrations
+HEARTBEAT_S = 600.0  # a "still running" line when no long run has finished for this long
 
 
 def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> dict[str, Any]:
@@ -280,6 +281,7 @@ def calibrate(
     say: Callable[[str], None] = print,
     run_fn: Callable[..., dict[str, Any]] = long_run_at,
     address: str | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> Calibration:
     """Run the long RL from each chosen candidate and compare with the probe's metrics.
 
@@ -288,7 +290,8 @@ def calibrate(
     Each finished run is appended to
     <study_dir>/calibration-runs.jsonl at once, and a run recorded there with the same
     candidate, probe settings, seed and steps is reused, not run again: a calibration
-    stopped part-way goes on where it stopped. A run that fails is a SweepError (exit 1)
+    stopped part-way goes on where it stopped. When none finishes for `heartbeat_s`, a
+    "still running" line names the runs in flight and how long each has run. A run that fails is a SweepError (exit 1)
     after the others have finished and been recorded."""
     if spec.evals.probe is None:
         raise SweepError("the study's spec has no evals.probe section: there is no probe to calibrate")
@@ -340,7 +343,8 @@ def calibrate(
         say(f"reusing {len(runs)} of the {total} long runs, recorded in {spec.study_dir / RUNS_FILE}")
     by_number = {c.number: c for c in candidates}
     failed = []
-    for (number, seed, key), outcome, error in _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address):
+    pooled = _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, heartbeat_s)
+    for (number, seed, key), outcome, error in pooled:
         c = by_number[number]
         if error is not None:
             failed.append(f"trial {number} seed {seed}: {error}")
@@ -369,7 +373,18 @@ def calibrate(
     )
 
 
-def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address):
+def _clock(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return (
+        f"{minutes // 60}:{minutes % 60:02d} h"
+        if minutes >= 60
+        else f"{minutes} min"
+        if minutes
+        else f"{seconds:.0f} s"
+    )
+
+
+def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, heartbeat_s):
     """(job, outcome, error) as each long run finishes: one pool per recipe (a trial may have
     recorded models or a merge other than the spec's), each job (number, seed, key)."""
     if not jobs:
@@ -377,14 +392,20 @@ def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address):
     from sweep.run.pool import run_pool
     from sweep.run.raysetup import choose_local_auth_mode, init_ray
 
+    work = {job: (by_number[job[0]].params, job[1], long_steps) for job in jobs}
+    job_of = {id(w): job for job, w in work.items()}  # run_pool hands back the very tuples
+
+    def waiting(running: list[tuple[tuple[Any, ...], float]]) -> None:
+        shown = ", ".join(f"trial {job_of[id(w)][0]} seed {w[1]} for {_clock(t)}" for w, t in running)
+        say(f"still running: {shown}")
+
     choose_local_auth_mode(spec, address)  # before Ray is imported
     started, _ = init_ray(spec, address)  # SweepError when the cluster refuses us
     try:
         for recipe in dict.fromkeys(specs[number].model_dump_json() for number, _, _ in jobs):
-            mine = [job for job in jobs if specs[job[0]].model_dump_json() == recipe]
-            work = [(by_number[n].params, seed, long_steps) for n, seed, _ in mine]
-            job_of = {id(w): job for w, job in zip(work, mine, strict=True)}  # run_pool hands back the very tuples
-            for done, outcome, error in run_pool(specs[mine[0][0]], work, run_fn):
+            mine = [work[job] for job in jobs if specs[job[0]].model_dump_json() == recipe]
+            recipe_spec = specs[job_of[id(mine[0])][0]]
+            for done, outcome, error in run_pool(recipe_spec, mine, run_fn, heartbeat_s=heartbeat_s, on_wait=waiting):
                 yield job_of[id(done)], outcome, error
     finally:
         if started:

@@ -10,6 +10,7 @@ so the caller can record it at once: a stopped run keeps what it measured.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -19,12 +20,19 @@ JobFn = Callable[..., Any]  # fn(spec, *job) -> a JSON-able result, run on a wor
 
 
 def run_pool(
-    spec: SweepSpec, jobs: Sequence[tuple[Any, ...]], fn: JobFn
+    spec: SweepSpec,
+    jobs: Sequence[tuple[Any, ...]],
+    fn: JobFn,
+    *,
+    heartbeat_s: float | None = None,
+    on_wait: Callable[[list[tuple[tuple[Any, ...], float]]], None] | None = None,
 ) -> Iterator[tuple[tuple[Any, ...], Any, str | None]]:
     """Run `fn(spec, *job)` for every job on Ray actors, `budget.concurrent` at a time; yield
     (job, result, None), or (job, None, "Type: last line of the error") when it raised, in
-    the order they finish. Ray must be initialized. The actors are killed at the end, also
-    when the caller stops early."""
+    the order they finish. With `heartbeat_s`, `on_wait` gets the running jobs, each with
+    the seconds since it was sent, whenever that long passes with none finishing (a long
+    job is not silent for hours). Ray must be initialized. The actors are killed at the
+    end, also when the caller stops early."""
     import ray
 
     if not jobs:
@@ -36,14 +44,19 @@ def run_pool(
     ]
     queue = list(jobs)
     idle = list(workers)
-    pending: dict[Any, tuple[tuple[Any, ...], Any]] = {}
+    pending: dict[Any, tuple[tuple[Any, ...], Any, float]] = {}
     try:
         while queue or pending:
             while queue and idle:
                 job, worker = queue.pop(0), idle.pop()
-                pending[worker.call.remote(*job)] = (job, worker)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            job, worker = pending.pop(ready[0])
+                pending[worker.call.remote(*job)] = (job, worker, time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=heartbeat_s)
+            if not ready:
+                if on_wait is not None:
+                    now = time.monotonic()
+                    on_wait([(job, now - sent) for job, _, sent in pending.values()])
+                continue
+            job, worker, _ = pending.pop(ready[0])
             idle.append(worker)
             try:
                 result, error = ray.get(ready[0]), None

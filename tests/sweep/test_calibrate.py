@@ -377,3 +377,16 @@ def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed
     with open(spec.study_dir / RUNS_FILE, "a") as handle:
         handle.write('{"key": "cut short by a cra')  # a crash mid-line: skipped, not an error
     assert recorded_runs(spec.study_dir) == {key: {"final_length": 0.7, "seed": 1}}
+
+
+def test_the_heartbeat_says_how_long_a_long_run_has_run():
+    from sweep.run.calibrate import _clock
+
+    assert [_clock(s) for s in (5.2, 59.9, 125, 3599, 3720, 7 * 3600 + 59 * 60)] == [
+        "5 s",
+        "60 s",
+        "2 min",
+        "59 min",
+        "1:02 h",
+        "7:59 h",
+    ]

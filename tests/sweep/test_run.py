@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -304,14 +305,19 @@ def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
     failing = [n for n, a in alphas.items() if a < 0.1]
     assert failing and len(failing) < len(chosen), alphas
     (spec.study_dir / RUNS_FILE).unlink(missing_ok=True)
+    said: list[str] = []
     with pytest.raises(SweepError) as caught:
-        calibrate(spec, trials, chosen, long_steps=5, say=lambda line: None, run_fn=planted_long_run)
+        calibrate(spec, trials, chosen, long_steps=5, say=said.append, run_fn=planted_long_run, heartbeat_s=0.5)
     assert caught.value.exit_code == 1
     message = str(caught.value)
     assert f"{len(failing)} of {len(chosen)} long runs failed" in message
     assert all(f"trial {n} seed 1: RuntimeError: planted failure at alpha=" in message for n in failing), message
     kept = [json.loads(line)["number"] for line in (spec.study_dir / RUNS_FILE).read_text().splitlines()]
     assert sorted(kept) == sorted(n for n in alphas if n not in failing)  # the others were recorded
+    # no run finished for half a second: the runs in flight are named, with how long they ran
+    assert re.search(
+        r"^still running: trial \d+ seed 1 for \d+ s(, trial \d+ seed 1 for \d+ s)?$", "\n".join(said), re.M
+    )
 
 
 def flaky_trial(spec, params):
