@@ -286,13 +286,13 @@ def calibrate(
     """Run the long RL from each chosen candidate and compare with the probe's metrics.
 
     The long runs go to Ray workers with a trial's resources, `budget.concurrent` at a
-    time (sweep.run.pool, on the Ray at `address`, started only when a run is left to do).
-    Each finished run is appended to
-    <study_dir>/calibration-runs.jsonl at once, and a run recorded there with the same
-    candidate, probe settings, seed and steps is reused, not run again: a calibration
-    stopped part-way goes on where it stopped. When none finishes for `heartbeat_s`, a
-    "still running" line names the runs in flight and how long each has run. A run that fails is a SweepError (exit 1)
-    after the others have finished and been recorded."""
+    time (sweep.run.pool, on the Ray at `address`, started only when a run is left to
+    do). Each finished run is appended to <study_dir>/calibration-runs.jsonl at once, and
+    a run recorded there with the same candidate, probe settings, seed and steps is
+    reused, not run again: a calibration stopped part-way goes on where it stopped. When
+    none finishes for `heartbeat_s`, a "still running" line names the runs in flight and
+    how long each has run. A run that fails is a SweepError (exit 1) after the others
+    have finished and been recorded."""
     if spec.evals.probe is None:
         raise SweepError("the study's spec has no evals.probe section: there is no probe to calibrate")
     steering = steering_metrics(spec)
@@ -389,7 +389,7 @@ def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, hear
     recorded models or a merge other than the spec's), each job (number, seed, key)."""
     if not jobs:
         return
-    from sweep.run.pool import run_pool
+    from sweep.run.pool import capacity_warning, run_pool
     from sweep.run.raysetup import choose_local_auth_mode, init_ray
 
     work = {job: (by_number[job[0]].params, job[1], long_steps) for job in jobs}
@@ -401,6 +401,9 @@ def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, hear
 
     choose_local_auth_mode(spec, address)  # before Ray is imported
     started, _ = init_ray(spec, address)  # SweepError when the cluster refuses us
+    warning = capacity_warning(spec)
+    if warning:
+        say(warning)
     try:
         for recipe in dict.fromkeys(specs[number].model_dump_json() for number, _, _ in jobs):
             mine = [work[job] for job in jobs if specs[job[0]].model_dump_json() == recipe]

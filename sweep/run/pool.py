@@ -70,6 +70,25 @@ def run_pool(
             ray.kill(worker)
 
 
+def capacity_warning(spec: SweepSpec) -> str | None:
+    """A warning when the Ray cluster has, right now, less than one worker's resources (a
+    GPU spec on a machine without one): the pool's actors would wait, not fail, until a
+    node that has them joins. None when one worker fits. Ray must be initialized."""
+    import ray
+
+    have = ray.cluster_resources()
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
+    short = {name: amount for name, amount in need.items() if amount > have.get(name, 0.0)}
+    if not short:
+        return None
+    asked = " and ".join(f"{amount:g} {name}" for name, amount in short.items())
+    has = " and ".join(f"{have.get(name, 0.0):g} {name}" for name in short)
+    return (
+        f"warning: each worker asks for {asked} (resources.cpus_per_trial / gpus_per_trial) and the Ray "
+        f"cluster has {has}: nothing runs until a node that has them joins"
+    )
+
+
 class _Worker:
     """One Ray actor per concurrent slot: imports the spec's plugins, then runs job after job."""
 

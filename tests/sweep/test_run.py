@@ -423,3 +423,15 @@ def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, demo_
     assert all("orphaned" in t.user_attrs.get("error", "") for t in orphans)
     if orphans:
         assert "orphaned" in proc.stdout
+
+
+def test_a_worker_the_cluster_cannot_place_is_named_before_the_pool_waits_on_it(tmp_path, ray_local):
+    from sweep.run.pool import capacity_warning
+
+    spec = load_spec(write_spec(tmp_path, demo_spec_dict(tmp_path / "results")))
+    assert capacity_warning(spec) is None  # 1 CPU a worker, 2 in this Ray
+    gpu = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus_per_trial": 1.0})})
+    assert capacity_warning(gpu) == (
+        "warning: each worker asks for 1 GPU (resources.cpus_per_trial / gpus_per_trial) and the Ray cluster "
+        "has 0 GPU: nothing runs until a node that has them joins"
+    )
