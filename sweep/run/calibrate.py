@@ -213,6 +213,8 @@ def choose_trials(
 
 
 RUNS_FILE = "calibration-runs.jsonl"  # one finished long run per line, kept across calibrations
+# what a long run sets in the probe's config: its steps and seed, no early stop, no noise band
+LONG_RUN_SETS: dict[str, Any] = {"steps": None, "seed": None, "collapse_threshold": None, "noise_samples": 0}
 HEARTBEAT_S = 600.0  # a "still running" line when no long run has finished for this long
 
 
@@ -228,9 +230,7 @@ def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int)
     if state.probe_config is None or state.prompts is None:
         raise SweepError("the spec has no evals.probe section: there is no RL to run")
     build_candidate(spec, params, model=state.model, sources=state.sources)
-    config = state.probe_config.model_copy(
-        update={"steps": long_steps, "seed": seed, "collapse_threshold": None, "noise_samples": 0}
-    )
+    config = state.probe_config.model_copy(update=LONG_RUN_SETS | {"steps": long_steps, "seed": seed})
     reward = state.reward
     if reward is None:
         reward = build_reward(rule=config.reward.rule, model=None)
@@ -250,9 +250,11 @@ def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int)
 
 def run_key(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> str:
     """What a recorded long run must match to be reused: the candidate (its models, merge
-    and params), the probe's settings, the seed and the steps."""
+    and params), the probe's settings that the long run uses (not the probe's own steps,
+    seed, stopping rule or noise replicates: long_run_at sets those), the seed and the steps."""
+    probe = spec.evals.probe.model_dump(mode="json", exclude=set(LONG_RUN_SETS))
     relevant = spec.model_dump(mode="json", include={"models", "merge"})
-    relevant |= {"probe": spec.evals.probe.model_dump(mode="json"), "params": params, "seed": seed}
+    relevant |= {"probe": probe, "params": params, "seed": seed}
     relevant |= {"long_steps": long_steps}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

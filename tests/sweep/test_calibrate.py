@@ -372,6 +372,10 @@ def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed
         ),
     ]
     assert len({key, *others}) == 6
+    # the probe's own steps, seed, stopping rule and noise replicates are not the long run's: same key
+    inert = probe.model_copy(update={"steps": 8, "seed": 5, "collapse_threshold": None, "noise_samples": 50})
+    inert_spec = spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": inert})})
+    assert run_key(inert_spec, {"alpha": 0.5, "beta": 1.0}, 1, 128) == key
     spec.study_dir.mkdir(parents=True)
     _record(spec.study_dir, key, 3, {"final_length": 0.7, "seed": 1})
     with open(spec.study_dir / RUNS_FILE, "a") as handle:
