@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the calibration as one JSON object")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, run_fn=None) -> int:
     import json
 
     from sweep.errors import SweepError
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         say=lambda line: print(line, file=sys.stderr),
         address=args.address,
+        **({"run_fn": run_fn} if run_fn is not None else {}),
     )
     path = save_calibration(study_dir, result)
     if args.json:

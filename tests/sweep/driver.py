@@ -1,6 +1,7 @@
 """A `sweep run` driver process for tests: the CLI's run command with the stand-in trial.
 
-    python -m tests.sweep.driver SPEC [--quiet] [--trials N]
+    python -m tests.sweep.driver SPEC [--quiet] [--trials N] [--address A]
+    python -m tests.sweep.driver --calibrate STUDY_DIR [--address A]   # sweep calibrate, stand-in long runs
 
 Exit codes as `sweep run`: 0 budget complete, 1 short, 2 a user error, 130 a signal.
 """
@@ -21,7 +22,10 @@ def main() -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--trials", type=int)
     parser.add_argument("--address")
+    parser.add_argument("--calibrate", action="store_true", help="SPEC is a study folder: calibrate it")
     args = parser.parse_args()
+    if args.calibrate:
+        return _calibrate(args)
     try:
         spec = load_spec(args.spec, resolve_demo=False)
     except SweepError as exc:
@@ -48,6 +52,26 @@ def main() -> int:
     except KeyboardInterrupt:
         return 130
     return summary.exit_code
+
+
+def _calibrate(args) -> int:
+    """`sweep calibrate STUDY --max-trials 4`, its long runs the stand-in's (tests.sweep.sweeps)."""
+    from sweep.cli import build_parser
+    from sweep.commands.calibrate import run
+    from sweep.errors import SweepError
+
+    cli = build_parser().parse_args(["calibrate", args.spec, "--max-trials", "4", "--long-steps", "32"])
+    cli.address = args.address
+    import ray.cloudpickle
+
+    from tests.sweep import sweeps
+
+    ray.cloudpickle.register_pickle_by_value(sweeps)
+    try:
+        return run(cli, run_fn=sweeps.stand_in_long_run)
+    except SweepError as exc:
+        print(f"sweep calibrate: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
 
 
 if __name__ == "__main__":

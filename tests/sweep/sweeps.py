@@ -61,6 +61,35 @@ def stand_in_trial(spec, params) -> TrialResult:
     )
 
 
+def stand_in_long_run(spec, params, seed, long_steps) -> dict:
+    """sweep calibrate's long run (sweep.run.calibrate.long_run_at) for the stand-in trial:
+    the outcomes its probe metrics stand for, after SWEEP_TEST_TRIAL_S seconds, with the
+    Ray node that ran it (`node`)."""
+    import ray
+
+    started = time.perf_counter()
+    time.sleep(float(os.environ.get("SWEEP_TEST_TRIAL_S", "0.2")))
+    alpha, beta = params["alpha"], params["beta"]
+    return {
+        "final_length": 1.0 - 0.8 * alpha * beta,
+        "min_length": 1.0 - 0.8 * alpha * beta,
+        "final_reward": 0.0,
+        "final_score": 0.5,
+        "dip": (1.0 - alpha) * beta,
+        "recovery_step": None,
+        "steps": long_steps,
+        "reward_shape": "no dip",
+        "dip_null": 1.0,
+        "dip_noise": 0.0,
+        "fall": 0.0,
+        "low_step": 0,
+        "back_step": None,
+        "seed": seed,
+        "wall_s": round(time.perf_counter() - started, 3),
+        "node": ray.get_runtime_context().get_node_id(),
+    }
+
+
 def degraded(metrics: dict) -> dict:
     """SWEEP_TEST_DEGRADE=f scales length_retention by f: a night whose models got worse."""
     factor = float(os.environ.get("SWEEP_TEST_DEGRADE", "1"))

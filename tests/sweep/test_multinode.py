@@ -43,6 +43,42 @@ def _trials(spec_path: Path, name: str) -> list:
         return []
 
 
+def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, cluster):
+    """Before the node-loss test below (which kills the worker node): a study swept on the
+    cluster, then `sweep calibrate --address` on it, its long runs spread over both nodes."""
+    import json
+
+    spec_path = write_spec(
+        tmp_path,
+        tmp_path / "results",
+        name="calnodes",
+        storage="",
+        budget=4,
+        extra={"budget": {"trials": 4, "concurrent": 2}},
+    )
+    spec_path.write_text(spec_path.read_text().replace("storage: ''\n", ""))
+    env = driver_env(RAY_AUTH_MODE="token", SWEEP_TEST_TRIAL_S="0.5")
+    code, out, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
+    assert code == 0, err[-3000:]
+    study = tmp_path / "results" / "calnodes"
+    env |= {"SWEEP_TEST_TRIAL_S": "3"}  # each long run 3 s: two at a time, on two nodes
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DRIVER_TIMEOUT_S,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    record = json.loads((study / "calibration.json").read_text())
+    assert len(record["candidates"]) == 4 and record["long_steps"] == 32
+    runs = [json.loads(line)["outcome"] for line in (study / "calibration-runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 4 and len({run["node"] for run in runs}) == 2, runs  # both nodes ran long runs
+    assert sum(f"long run {i}/4: trial " in proc.stderr for i in range(1, 5)) == 4, proc.stderr[-3000:]
+    assert "calibrating 4 candidates of calnodes" in proc.stderr and "2 at a time" in proc.stderr
+
+
 def test_node_loss_mid_trial_loses_nothing_and_reruns_the_lost_point(tmp_path, cluster):
     spec_path = write_spec(
         tmp_path,
