@@ -401,6 +401,9 @@ def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, hear
         shown = ", ".join(f"trial {job_of[id(w)][0]} seed {w[1]} for {_clock(t)}" for w, t in running)
         say(f"still running: {shown}")
 
+    def lost(w: tuple[Any, ...], why: str) -> None:
+        say(f"the long run of trial {job_of[id(w)][0]} seed {w[1]} was lost with its worker ({why}): running it again")
+
     choose_local_auth_mode(spec, address)  # before Ray is imported
     started, _ = init_ray(spec, address)  # SweepError when the cluster refuses us
     warning = capacity_warning(spec)
@@ -410,7 +413,8 @@ def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, hear
         for recipe in dict.fromkeys(specs[number].model_dump_json() for number, _, _ in jobs):
             mine = [work[job] for job in jobs if specs[job[0]].model_dump_json() == recipe]
             recipe_spec = specs[job_of[id(mine[0])][0]]
-            for done, outcome, error in run_pool(recipe_spec, mine, run_fn, heartbeat_s=heartbeat_s, on_wait=waiting):
+            pool = run_pool(recipe_spec, mine, run_fn, heartbeat_s=heartbeat_s, on_wait=waiting, on_lost=lost)
+            for done, outcome, error in pool:
                 yield job_of[id(done)], outcome, error
     finally:
         if started:

@@ -19,6 +19,9 @@ from sweep.config import SweepSpec, spec_from_json
 JobFn = Callable[..., Any]  # fn(spec, *job) -> a JSON-able result, run on a worker
 
 
+LOST_RETRIES = 3  # a job whose worker died (its node lost, its process killed) runs again this often
+
+
 def run_pool(
     spec: SweepSpec,
     jobs: Sequence[tuple[Any, ...]],
@@ -26,25 +29,33 @@ def run_pool(
     *,
     heartbeat_s: float | None = None,
     on_wait: Callable[[list[tuple[tuple[Any, ...], float]]], None] | None = None,
+    on_lost: Callable[[tuple[Any, ...], str], None] | None = None,
 ) -> Iterator[tuple[tuple[Any, ...], Any, str | None]]:
     """Run `fn(spec, *job)` for every job on Ray actors, `budget.concurrent` at a time; yield
     (job, result, None), or (job, None, "Type: last line of the error") when it raised, in
-    the order they finish. With `heartbeat_s`, `on_wait` gets the running jobs, each with
-    the seconds since it was sent, whenever that long passes with none finishing (a long
-    job is not silent for hours). Ray must be initialized. The actors are killed at the
-    end, also when the caller stops early."""
+    the order they finish. A job whose worker died (RayActorError: its node was lost, its
+    process killed) is not an error of the job: a new worker replaces the dead one and the
+    job runs again, up to LOST_RETRIES times (`on_lost(job, why)` is told each time), as
+    the sweep requeues a trial lost to infrastructure. With `heartbeat_s`, `on_wait` gets
+    the running jobs, each with the seconds since it was sent, whenever that long passes
+    with none finishing (a long job is not silent for hours). Ray must be initialized. The
+    actors are killed at the end, also when the caller stops early."""
     import ray
+    from ray.exceptions import RayActorError
 
     if not jobs:
         return
     worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage
     actor_class = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial)(_Worker)
-    workers: list[Any] = [
-        actor_class.remote(worker_spec.model_dump_json(), fn) for _ in range(min(spec.budget.concurrent, len(jobs)))
-    ]
+
+    def new_worker() -> Any:
+        return actor_class.remote(worker_spec.model_dump_json(), fn)
+
+    workers: list[Any] = [new_worker() for _ in range(min(spec.budget.concurrent, len(jobs)))]
     queue = list(jobs)
     idle = list(workers)
     pending: dict[Any, tuple[tuple[Any, ...], Any, float]] = {}
+    lost: dict[int, int] = {}  # id(job) -> times its worker died under it
     try:
         while queue or pending:
             while queue and idle:
@@ -57,17 +68,36 @@ def run_pool(
                     on_wait([(job, now - sent) for job, _, sent in pending.values()])
                 continue
             job, worker, _ = pending.pop(ready[0])
-            idle.append(worker)
             try:
                 result, error = ray.get(ready[0]), None
+            except RayActorError as exc:  # the worker is gone, not the job's fault
+                why = _last_line(exc)
+                lost[id(job)] = lost.get(id(job), 0) + 1
+                workers.remove(worker)
+                replacement = new_worker()
+                workers.append(replacement)
+                idle.append(replacement)
+                if lost[id(job)] <= LOST_RETRIES:
+                    queue.insert(0, job)
+                    if on_lost is not None:
+                        on_lost(job, why)
+                    continue
+                result, error = None, f"infrastructure: its worker was lost {lost[id(job)]} times ({why})"
             except Exception as exc:  # noqa: BLE001 - the caller decides what a failed job means
+                idle.append(worker)
                 cause = getattr(exc, "cause", None) or exc  # a RayTaskError's cause: the worker's own exception
-                text = str(cause).strip()
-                result, error = None, f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"
+                result, error = None, f"{type(cause).__name__}: {_last_line(cause)}"
+            else:
+                idle.append(worker)
             yield job, result, error
     finally:
         for worker in workers:
             ray.kill(worker)
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
 def capacity_warning(spec: SweepSpec) -> str | None:

@@ -435,3 +435,38 @@ def test_a_worker_the_cluster_cannot_place_is_named_before_the_pool_waits_on_it(
         "warning: each worker asks for 1 GPU (resources.cpus_per_trial / gpus_per_trial) and the Ray cluster "
         "has 0 GPU: nothing runs until a node that has them joins"
     )
+
+
+def dying_long_run(spec, params, seed, long_steps):
+    """The real long run, except that the reasoning-heavy end kills its own worker process
+    once (while the study folder holds a `die-once` file): a node or worker lost mid-run."""
+    from sweep.run.calibrate import long_run_at
+
+    marker = spec.study_dir / "die-once"
+    if params["alpha"] < 0.1 and marker.exists():
+        marker.unlink()
+        os._exit(1)
+    return long_run_at(spec, params, seed, long_steps)
+
+
+def test_a_long_run_whose_worker_dies_runs_again_on_a_new_worker(demo_study):
+    import ray.cloudpickle
+
+    from sweep.run.calibrate import RUNS_FILE, calibrate, choose_trials
+    from sweep.study.durable import load_study_dir
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec_path, _, _ = demo_study
+    spec, trials = load_study_dir(load_spec(spec_path).study_dir)
+    chosen = choose_trials(spec, trials, numbers=None, limit=4)
+    (spec.study_dir / RUNS_FILE).unlink(missing_ok=True)
+    (spec.study_dir / "die-once").touch()
+    said: list[str] = []
+    result = calibrate(spec, trials, chosen, long_steps=5, say=said.append, run_fn=dying_long_run)
+    assert not (spec.study_dir / "die-once").exists()  # the worker did die
+    died = [line for line in said if "was lost with its worker" in line]
+    assert len(died) == 1 and re.match(
+        r"the long run of trial \d+ seed 1 was lost with its worker \(.+\): running it again$", died[0]
+    ), said
+    assert len(result.candidates) == 4 and all(len(c.long) == 1 and c.long[0]["steps"] == 5 for c in result.candidates)
+    assert len((spec.study_dir / RUNS_FILE).read_text().splitlines()) == 4  # every run recorded, the lost one once
