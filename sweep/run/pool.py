@@ -34,9 +34,11 @@ def run_pool(
     """Run `fn(spec, *job)` for every job on Ray actors, `budget.concurrent` at a time; yield
     (job, result, None), or (job, None, "Type: last line of the error") when it raised, in
     the order they finish. A job whose worker died (RayActorError: its node was lost, its
-    process killed) is not an error of the job: a new worker replaces the dead one and the
-    job runs again, up to LOST_RETRIES times (`on_lost(job, why)` is told each time), as
-    the sweep requeues a trial lost to infrastructure. With `heartbeat_s`, `on_wait` gets
+    process killed) is not an error of the job: it runs again on a worker still alive, up
+    to LOST_RETRIES times (`on_lost(job, why)` is told each time), as the sweep requeues a
+    trial lost to infrastructure. The dead worker is not replaced while others live (a
+    replacement the shrunken cluster cannot place would hold its job forever); when none
+    is left, one new worker is started. With `heartbeat_s`, `on_wait` gets
     the running jobs, each with the seconds since it was sent, whenever that long passes
     with none finishing (a long job is not silent for hours). Ray must be initialized. The
     actors are killed at the end, also when the caller stops early."""
@@ -74,9 +76,9 @@ def run_pool(
                 why = _last_line(exc)
                 lost[id(job)] = lost.get(id(job), 0) + 1
                 workers.remove(worker)
-                replacement = new_worker()
-                workers.append(replacement)
-                idle.append(replacement)
+                if not workers:  # the last one: a new worker, placed where Ray can
+                    workers.append(new_worker())
+                    idle.append(workers[-1])
                 if lost[id(job)] <= LOST_RETRIES:
                     queue.insert(0, job)
                     if on_lost is not None:

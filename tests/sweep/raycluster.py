@@ -60,6 +60,12 @@ class LocalCluster:
             f"--temp-dir={self.temp}",
             "--disable-usage-stats",
         )
+        self.start_worker()
+        return self
+
+    def start_worker(self) -> None:
+        """A worker node (one CPU, resource worker_node) joins the head: at start, or again
+        after a test killed it."""
         self._ray(
             "start",
             f"--address={self.address}",
@@ -69,7 +75,6 @@ class LocalCluster:
             json.dumps({"worker_node": 1}),
             "--disable-usage-stats",
         )
-        return self
 
     def pids(self, *words: str) -> list[int]:
         """Processes of this cluster (their command line names its temp folder, or its port)."""

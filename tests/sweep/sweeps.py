@@ -64,10 +64,16 @@ def stand_in_trial(spec, params) -> TrialResult:
 def stand_in_long_run(spec, params, seed, long_steps) -> dict:
     """sweep calibrate's long run (sweep.run.calibrate.long_run_at) for the stand-in trial:
     the outcomes its probe metrics stand for, after SWEEP_TEST_TRIAL_S seconds, with the
-    Ray node that ran it (`node`)."""
+    Ray node that ran it (`node`); where the study folder has a `marks` folder, a file in
+    it as the run starts. (Workers take their node's environment: the cluster's
+    SWEEP_TEST_TRIAL_S.)"""
     import ray
 
     started = time.perf_counter()
+    node = ray.get_runtime_context().get_node_id()
+    marks = spec.study_dir / "marks"
+    if marks.is_dir():  # a file per run started, named by its node
+        (marks / f"{node}-{os.getpid()}-{time.monotonic_ns()}").touch()
     time.sleep(float(os.environ.get("SWEEP_TEST_TRIAL_S", "0.2")))
     alpha, beta = params["alpha"], params["beta"]
     return {
@@ -86,7 +92,7 @@ def stand_in_long_run(spec, params, seed, long_steps) -> dict:
         "back_step": None,
         "seed": seed,
         "wall_s": round(time.perf_counter() - started, 3),
-        "node": ray.get_runtime_context().get_node_id(),
+        "node": node,
     }
 
 

@@ -61,7 +61,7 @@ def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, c
     code, out, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
     assert code == 0, err[-3000:]
     study = tmp_path / "results" / "calnodes"
-    env |= {"SWEEP_TEST_TRIAL_S": "3"}  # each long run 3 s: two at a time, on two nodes
+    # each long run takes the cluster's SWEEP_TEST_TRIAL_S, 3 s (workers take their node's environment)
     proc = subprocess.run(
         [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address],
         cwd=REPO,
@@ -77,6 +77,57 @@ def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, c
     assert len(runs) == 4 and len({run["node"] for run in runs}) == 2, runs  # both nodes ran long runs
     assert sum(f"long run {i}/4: trial " in proc.stderr for i in range(1, 5)) == 4, proc.stderr[-3000:]
     assert "calibrating 4 candidates of calnodes" in proc.stderr and "2 at a time" in proc.stderr
+
+
+def test_a_long_run_lost_with_its_node_runs_again_on_the_node_left(tmp_path, cluster):
+    """`sweep calibrate --address` with both nodes busy, then the worker node's raylet
+    killed: the long run it held runs again on the head node, and calibrate finishes. The
+    worker node joins again at the end, for the node-loss test below."""
+    import json
+
+    spec_path = write_spec(
+        tmp_path,
+        tmp_path / "results",
+        name="calloss",
+        storage="",
+        budget=4,
+        extra={"budget": {"trials": 4, "concurrent": 2}},
+    )
+    spec_path.write_text(spec_path.read_text().replace("storage: ''\n", ""))
+    env = driver_env(RAY_AUTH_MODE="token", SWEEP_TEST_TRIAL_S="0.5")
+    code, _, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
+    assert code == 0, err[-3000:]
+    study = tmp_path / "results" / "calloss"
+    marks = study / "marks"  # the stand-in long run leaves a file here as it starts, named by its node
+    marks.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + DRIVER_TIMEOUT_S
+        while len({m.name.split("-")[0] for m in marks.iterdir()}) < 2:  # a long run on each node
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "calibrate did not use both nodes in time"
+            time.sleep(0.2)
+        os.kill(cluster.worker_raylet(), signal.SIGKILL)
+        code, out, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster.start_worker()
+    assert code in (0, 1), f"exit {code}\n{err[-3000:]}"
+    assert re.search(r"the long run of trial \d+ seed 1 was lost with its worker \(.+\): running it again", err), err[
+        -3000:
+    ]
+    runs = [json.loads(line)["outcome"] for line in (study / "calibration-runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 4 and len(json.loads((study / "calibration.json").read_text())["candidates"]) == 4
+    assert "long run 4/4: trial " in err and "FAILED" not in err
 
 
 def test_node_loss_mid_trial_loses_nothing_and_reruns_the_lost_point(tmp_path, cluster):

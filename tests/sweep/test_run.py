@@ -449,7 +449,7 @@ def dying_long_run(spec, params, seed, long_steps):
     return long_run_at(spec, params, seed, long_steps)
 
 
-def test_a_long_run_whose_worker_dies_runs_again_on_a_new_worker(demo_study):
+def test_a_long_run_whose_worker_dies_runs_again_on_a_worker_still_alive(demo_study):
     import ray.cloudpickle
 
     from sweep.run.calibrate import RUNS_FILE, calibrate, choose_trials
