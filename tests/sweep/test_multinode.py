@@ -43,27 +43,37 @@ def _trials(spec_path: Path, name: str) -> list:
         return []
 
 
-def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, cluster):
-    """Before the node-loss test below (which kills the worker node): a study swept on the
-    cluster, then `sweep calibrate --address` on it, its long runs spread over both nodes."""
-    import json
-
+def _swept_study(tmp_path: Path, cluster, name: str) -> tuple[Path, dict]:
+    """A study of 4 stand-in trials swept on the cluster, 2 at a time: (its folder, the driver env)."""
     spec_path = write_spec(
         tmp_path,
         tmp_path / "results",
-        name="calnodes",
+        name=name,
         storage="",
         budget=4,
         extra={"budget": {"trials": 4, "concurrent": 2}},
     )
     spec_path.write_text(spec_path.read_text().replace("storage: ''\n", ""))
     env = driver_env(RAY_AUTH_MODE="token", SWEEP_TEST_TRIAL_S="0.5")
-    code, out, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
+    code, _, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
     assert code == 0, err[-3000:]
-    study = tmp_path / "results" / "calnodes"
+    return tmp_path / "results" / name, env
+
+
+def _calibrate_command(study: Path, cluster) -> list[str]:
+    """`sweep calibrate STUDY --address` with the stand-in's long runs (tests/sweep/driver.py)."""
+    return [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address]
+
+
+def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, cluster):
+    """Before the node-loss test below (which kills the worker node): a study swept on the
+    cluster, then `sweep calibrate --address` on it, its long runs spread over both nodes."""
+    import json
+
+    study, env = _swept_study(tmp_path, cluster, "calnodes")
     # each long run takes the cluster's SWEEP_TEST_TRIAL_S, 3 s (workers take their node's environment)
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address],
+        _calibrate_command(study, cluster),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -85,23 +95,11 @@ def test_a_long_run_lost_with_its_node_runs_again_on_the_node_left(tmp_path, clu
     worker node joins again at the end, for the node-loss test below."""
     import json
 
-    spec_path = write_spec(
-        tmp_path,
-        tmp_path / "results",
-        name="calloss",
-        storage="",
-        budget=4,
-        extra={"budget": {"trials": 4, "concurrent": 2}},
-    )
-    spec_path.write_text(spec_path.read_text().replace("storage: ''\n", ""))
-    env = driver_env(RAY_AUTH_MODE="token", SWEEP_TEST_TRIAL_S="0.5")
-    code, _, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
-    assert code == 0, err[-3000:]
-    study = tmp_path / "results" / "calloss"
+    study, env = _swept_study(tmp_path, cluster, "calloss")
     marks = study / "marks"  # the stand-in long run leaves a file here as it starts, named by its node
     marks.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address],
+        _calibrate_command(study, cluster),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

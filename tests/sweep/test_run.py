@@ -279,6 +279,21 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     assert outcomes(again) == outcomes(record) and again["verdict"] == record["verdict"]
 
 
+def _calibration_inputs(demo_study):
+    """(spec, trials, the 4 candidates calibrate chooses) of the demo study, its recorded
+    long runs removed; this module's functions pickled by value for the Ray workers."""
+    import ray.cloudpickle
+
+    from sweep.run.calibrate import RUNS_FILE, choose_trials
+    from sweep.study.durable import load_study_dir
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec_path, _, _ = demo_study
+    spec, trials = load_study_dir(load_spec(spec_path).study_dir)
+    (spec.study_dir / RUNS_FILE).unlink(missing_ok=True)
+    return spec, trials, choose_trials(spec, trials, numbers=None, limit=4)
+
+
 def planted_long_run(spec, params, seed, long_steps):
     """The real long run, except that it raises for the reasoning-heavy end of the square."""
     from sweep.run.calibrate import long_run_at
@@ -291,20 +306,13 @@ def planted_long_run(spec, params, seed, long_steps):
 def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
     import json
 
-    import ray.cloudpickle
-
     from sweep.errors import SweepError
-    from sweep.run.calibrate import RUNS_FILE, calibrate, choose_trials
-    from sweep.study.durable import load_study_dir
+    from sweep.run.calibrate import RUNS_FILE, calibrate
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    spec_path, _, _ = demo_study
-    spec, trials = load_study_dir(load_spec(spec_path).study_dir)
-    chosen = choose_trials(spec, trials, numbers=None, limit=4)
+    spec, trials, chosen = _calibration_inputs(demo_study)
     alphas = {n: float(trials[trials["number"] == n].iloc[0]["params/alpha"]) for n, _ in chosen}
     failing = [n for n, a in alphas.items() if a < 0.1]
     assert failing and len(failing) < len(chosen), alphas
-    (spec.study_dir / RUNS_FILE).unlink(missing_ok=True)
     said: list[str] = []
     with pytest.raises(SweepError) as caught:
         calibrate(spec, trials, chosen, long_steps=5, say=said.append, run_fn=planted_long_run, heartbeat_s=0.5)
@@ -450,16 +458,9 @@ def dying_long_run(spec, params, seed, long_steps):
 
 
 def test_a_long_run_whose_worker_dies_runs_again_on_a_worker_still_alive(demo_study):
-    import ray.cloudpickle
+    from sweep.run.calibrate import RUNS_FILE, calibrate
 
-    from sweep.run.calibrate import RUNS_FILE, calibrate, choose_trials
-    from sweep.study.durable import load_study_dir
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    spec_path, _, _ = demo_study
-    spec, trials = load_study_dir(load_spec(spec_path).study_dir)
-    chosen = choose_trials(spec, trials, numbers=None, limit=4)
-    (spec.study_dir / RUNS_FILE).unlink(missing_ok=True)
+    spec, trials, chosen = _calibration_inputs(demo_study)
     (spec.study_dir / "die-once").touch()
     said: list[str] = []
     result = calibrate(spec, trials, chosen, long_steps=5, say=said.append, run_fn=dying_long_run)
