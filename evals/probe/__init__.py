@@ -124,6 +124,7 @@ def run_probe(
         diverged=run.diverged,
         baseline_s=run.baseline_s,
         baseline=run.baseline,
+        steps=run.steps,
     )
 
 

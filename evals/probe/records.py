@@ -261,6 +261,9 @@ class ProbeResult:
     diverged: bool = False
     baseline_s: float = 0.0  # seconds spent sampling the per-prompt baselines
     baseline: tuple[PromptSamples, ...] = ()  # the starting model's samples per pool prompt
+    # per step, the samples of each prompt drawn (BackendRun.steps): what a long run's
+    # outcome and its reward shape are read from (sweep.run.calibrate)
+    steps: tuple[tuple[PromptSamples, ...], ...] = ()
 
     @property
     def step_s_mean(self) -> float:
@@ -278,6 +281,7 @@ class ProbeResult:
             "diverged": self.diverged,
             "baseline_s": self.baseline_s,
             "baseline": [b.to_dict() for b in self.baseline],
+            "steps": [[p.to_dict() for p in step] for step in self.steps],
         }
 
     @classmethod
@@ -293,4 +297,5 @@ class ProbeResult:
             diverged=bool(data.get("diverged", False)),
             baseline_s=float(data.get("baseline_s", 0.0)),
             baseline=tuple(PromptSamples.from_dict(b) for b in data.get("baseline", ())),
+            steps=tuple(tuple(PromptSamples.from_dict(p) for p in step) for step in data.get("steps", ())),
         )

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
         seeds=args.seeds,
         say=lambda line: print(line, file=sys.stderr),
         address=args.address,
-        **({"run_fn": run_fn} if run_fn is not None else {}),
+        run_fn=run_fn,
     )
     path = save_calibration(study_dir, result)
     if args.json:

@@ -222,23 +222,15 @@ def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int)
     """On a worker: the candidate at `params` built in place, the probe's RL run from it for
     `long_steps` steps at `seed` (sampling as the trial's probe does: the vLLM engine with
     generator vllm), and its outcome (long_outcome, with the reward's shape)."""
-    from evals.probe.backends import get_backend
-    from evals.rewards import build_reward
-    from sweep.run.trial import build_candidate, rollout_engine, worker_state
+    from sweep.run.trial import build_candidate, probe_on_worker, worker_state
 
     state = worker_state(spec)  # cached per worker: the sources, the live model, the prompts, the engine
-    if state.probe_config is None or state.prompts is None:
+    if state.probe_config is None:
         raise SweepError("the spec has no evals.probe section: there is no RL to run")
     build_candidate(spec, params, model=state.model, sources=state.sources)
     config = state.probe_config.model_copy(update=LONG_RUN_SETS | {"steps": long_steps, "seed": seed})
-    reward = state.reward
-    if reward is None:
-        reward = build_reward(rule=config.reward.rule, model=None)
-    extra = {"rollouts": rollout_engine(state)} if config.generator == "vllm" else {}
     t0 = time.perf_counter()
-    run = get_backend(config.backend).run(
-        state.model, state.tokenizer, config=config, prompts=state.prompts, reward=reward, **extra
-    )
+    run = probe_on_worker(state, config)
     if run.diverged:
         outcome = dict.fromkeys(("final_reward", "final_score", "dip", "recovery_step"))
         outcome |= {"final_length": 0.0, "min_length": 0.0, "steps": run.curves.steps, "diverged": True}
@@ -281,7 +273,7 @@ def calibrate(
     long_steps: int | None = None,
     seeds: Sequence[int] | None = None,
     say: Callable[[str], None] = print,
-    run_fn: Callable[..., dict[str, Any]] = long_run_at,
+    run_fn: Callable[..., dict[str, Any]] | None = None,
     address: str | None = None,
     heartbeat_s: float = HEARTBEAT_S,
 ) -> Calibration:
@@ -345,7 +337,7 @@ def calibrate(
         say(f"reusing {len(runs)} of the {total} long runs, recorded in {spec.study_dir / RUNS_FILE}")
     by_number = {c.number: c for c in candidates}
     failed = []
-    pooled = _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, heartbeat_s)
+    pooled = _pooled(spec, specs, by_number, jobs, long_steps, run_fn or long_run_at, address, say, heartbeat_s)
     for (number, seed, key), outcome, error in pooled:
         c = by_number[number]
         if error is not None:

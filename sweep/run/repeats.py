@@ -26,8 +26,7 @@ ProbeFn = Callable[[SweepSpec, dict[str, float], int], dict[str, float | None]]
 
 def probe_at(spec: SweepSpec, params: dict[str, float], seed: int) -> dict[str, float | None]:
     """The candidate at `params` built on this worker, probed once at `seed`: probe/* metrics."""
-    from evals.probe import run_probe
-    from sweep.run.trial import build_candidate, worker_state
+    from sweep.run.trial import build_candidate, probe_on_worker, worker_state
     from sweep.study.records import clean_metric
 
     state = worker_state(spec)  # cached per worker, keyed on the spec (not on the seed)
@@ -35,7 +34,7 @@ def probe_at(spec: SweepSpec, params: dict[str, float], seed: int) -> dict[str, 
         return {}
     build_candidate(spec, params, model=state.model, sources=state.sources)
     config = state.probe_config.model_copy(update={"seed": seed})
-    result = run_probe(state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward)
+    result = probe_on_worker(state, config)
     return {k: clean_metric(v) for k, v in result.metrics.as_metrics().items()}
 
 

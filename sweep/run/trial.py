@@ -200,7 +200,7 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
     curves: dict[str, list[float]] = {}
     notes: dict[str, Any] = {}
     if probe_config is not None:
-        probe = phase("probe", lambda: _probe(state, probe_config))
+        probe = phase("probe", lambda: probe_on_worker(state, probe_config))
         metrics.update({k: clean_metric(v) for k, v in probe.metrics.as_metrics().items()})
         curves = probe.curves.to_dict()
         notes["probe_stopped_early"] = bool(probe.stopped_early)
@@ -240,10 +240,13 @@ def _deadline_guard(model: Any, deadline: float | None, timeout_s: float | None,
         handle.remove()
 
 
-def _probe(state: WorkerState, config: ProbeConfig):
+def probe_on_worker(state: WorkerState, config: ProbeConfig):
+    """The probe of the candidate built in `state.model`, as a trial runs it: the worker's
+    prompts and reward model, and with generator vllm its engine (a trial, a nightly
+    repeat, a calibration's long run)."""
     from evals.probe import run_probe
 
-    rollouts = rollout_engine(state) if config.generator == "vllm" else None
+    rollouts = _rollout_engine(state) if config.generator == "vllm" else None
     return run_probe(
         state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward, rollouts=rollouts
     )
@@ -260,7 +263,7 @@ SHARED_ENGINE_LORA_NOTE = (
 _ROLLOUTS: dict[str, Any] = {}  # state key -> the probe's VllmRollouts (when the eval has no engine to share)
 
 
-def rollout_engine(state: WorkerState) -> Any:
+def _rollout_engine(state: WorkerState) -> Any:
     """The vLLM engine the probe samples with: the eval's own (one engine per worker for
     eval and probe, when evals.lm_eval.backend is vllm), else one built once per worker
     on the model's checkpoint folder with the eval's vLLM engine arguments. The probe

@@ -140,11 +140,13 @@ def test_one_engine_serves_eval_and_probe_across_trials(trio, tiny_tasks, tmp_pa
 
 
 def test_calibrates_long_run_samples_through_the_workers_engine_as_the_trials_probe_does(trio, tiny_tasks, tmp_path):
-    """`sweep calibrate`'s long run (sweep.run.calibrate.long_run_at) on a spec with generator
-    vllm: it samples with the worker's one engine (before, it called the backend with no
-    engine and failed), and greedy, its outcome is the HF loop's."""
+    """`sweep calibrate`'s long run (sweep.run.calibrate.long_run_at) and `sweep nightly`'s
+    probe repeat (sweep.run.repeats.probe_at) on a spec with generator vllm: both sample
+    with the worker's one engine (before, each called the probe with no engine and
+    failed), and greedy, the long run's outcome is the HF loop's."""
     from sweep.run import trial
     from sweep.run.calibrate import SHAPES, long_run_at
+    from sweep.run.repeats import probe_at
 
     spec = _spec(tmp_path, trio, tiny_tasks, "full")
     probe = spec.evals.probe.model_copy(update={"baseline_samples": 2, "temperature": 0.0})
@@ -162,6 +164,9 @@ def test_calibrates_long_run_samples_through_the_workers_engine_as_the_trials_pr
                 engine = trial._ROLLOUTS[state.key]
                 assert engine.llm is state.evaluator.backend._lm.model  # the eval's engine: one per worker
                 assert engine.pushes >= 2  # the candidate in, and back at the end
+                # `sweep nightly`'s probe repeat takes the same path (before, it too had no engine)
+                repeat = probe_at(worker, {"alpha": 0.0, "beta": 1.0}, 2)
+                assert repeat["probe/length_retention"] is not None and trial._ROLLOUTS[state.key] is engine
     finally:
         trial._STATE.clear()
         trial._ROLLOUTS.clear()
