@@ -1,4 +1,4 @@
-"""`python -m sweep calibrate (SPEC | RESULTS_DIR/NAME) [--trials N ...] [--long-steps K] [--seeds S ...] [--address A]`.
+"""`python -m sweep calibrate (SPEC | RESULTS_DIR/NAME) [--trials N ...] [--long-steps K] [--seeds S ...] [--long-run-timeout SECONDS] [--address A]`.
 
 Runs the long RL on a handful of a finished study's candidates and the probe's verdicts
 beside it: does the probe rank them as the long runs do? The long runs go to Ray workers
@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="torch threads per worker (default: the spec's resources.torch_threads)"
     )
     parser.add_argument(
+        "--long-run-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop a long run (and its worker) after this long, timed from its start on a loaded worker "
+        "(default: budget.trial_timeout_s x long steps / probe steps; none when the spec sets no trial timeout)",
+    )
+    parser.add_argument(
         "--address", help="Ray cluster address (default: the spec's, else $RAY_ADDRESS, else a local Ray)"
     )
     parser.add_argument("--json", action="store_true", help="print the calibration as one JSON object")
@@ -50,7 +57,7 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
 
     from sweep.errors import SweepError
     from sweep.report.calibration import markdown, save_calibration
-    from sweep.run.calibrate import calibrate, choose_trials
+    from sweep.run.calibrate import calibrate, choose_trials, duration, long_run_timeout
     from sweep.study.durable import load_study_dir
 
     study_dir = _study_dir(args.study)
@@ -60,15 +67,19 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
         raise SweepError(f"{study_dir}: the study's spec has no evals.probe section: there is no probe to calibrate")
     if args.long_steps is not None and args.long_steps < probe.steps:
         raise SweepError(f"--long-steps {args.long_steps} is shorter than the probe's {probe.steps} steps")
+    if args.long_run_timeout is not None and args.long_run_timeout <= 0:
+        raise SweepError(f"--long-run-timeout must be more than 0 seconds, got {args.long_run_timeout:g}")
     if args.max_trials < 2:
         raise SweepError(f"--max-trials must be at least 2, got {args.max_trials}")
     chosen = choose_trials(spec, trials, numbers=args.trials, limit=args.max_trials)
     if args.threads:
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"torch_threads": args.threads})})
     long_steps = args.long_steps or 8 * probe.steps
+    timeout_s = args.long_run_timeout or long_run_timeout(spec, long_steps)
+    limit = f", each stopped after {duration(timeout_s)}" if timeout_s else ""
     print(
         f"calibrating {len(chosen)} candidates of {spec.name} ({', '.join(str(n) for n, _ in chosen)}): "
-        f"{long_steps}-step RL runs against the {probe.steps}-step probe, {spec.budget.concurrent} at a time",
+        f"{long_steps}-step RL runs against the {probe.steps}-step probe, {spec.budget.concurrent} at a time{limit}",
         file=sys.stderr,
     )
     result = calibrate(
@@ -80,6 +91,7 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
         say=lambda line: print(line, file=sys.stderr),
         address=args.address,
         run_fn=run_fn,
+        timeout_s=timeout_s,
     )
     path = save_calibration(study_dir, result)
     if args.json:

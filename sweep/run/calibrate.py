@@ -276,6 +276,7 @@ def calibrate(
     run_fn: Callable[..., dict[str, Any]] | None = None,
     address: str | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    timeout_s: float | None = None,
 ) -> Calibration:
     """Run the long RL from each chosen candidate and compare with the probe's metrics.
 
@@ -285,8 +286,9 @@ def calibrate(
     a run recorded there with the same candidate, probe settings, seed and steps is
     reused, not run again: a calibration stopped part-way goes on where it stopped. When
     none finishes for `heartbeat_s`, a "still running" line names the runs in flight and
-    how long each has run. A run that fails is a SweepError (exit 1) after the others
-    have finished and been recorded."""
+    how long each has run. A run past `timeout_s` (default: long_run_timeout) is stopped,
+    its worker with it. A run that fails is a SweepError (exit 1) after the others have
+    finished and been recorded."""
     if spec.evals.probe is None:
         raise SweepError("the study's spec has no evals.probe section: there is no probe to calibrate")
     steering = steering_metrics(spec)
@@ -337,7 +339,9 @@ def calibrate(
         say(f"reusing {len(runs)} of the {total} long runs, recorded in {spec.study_dir / RUNS_FILE}")
     by_number = {c.number: c for c in candidates}
     failed = []
-    pooled = _pooled(spec, specs, by_number, jobs, long_steps, run_fn or long_run_at, address, say, heartbeat_s)
+    timeout_s = timeout_s or long_run_timeout(spec, long_steps)
+    run = (long_steps, run_fn or long_run_at, run_fn is None, timeout_s)  # a run_fn of one's own: no warm-up
+    pooled = _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s)
     for (number, seed, key), outcome, error in pooled:
         c = by_number[number]
         if error is not None:
@@ -367,31 +371,37 @@ def calibrate(
     )
 
 
-def _clock(seconds: float) -> str:
+def duration(seconds: float) -> str:
     minutes = int(seconds // 60)
-    return (
-        f"{minutes // 60}:{minutes % 60:02d} h"
-        if minutes >= 60
-        else f"{minutes} min"
-        if minutes
-        else f"{seconds:.0f} s"
-    )
+    if minutes >= 60:
+        return f"{minutes // 60}:{minutes % 60:02d} h"
+    return f"{minutes} min" if minutes else f"{seconds:.0f} s"
 
 
-def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, heartbeat_s):
+def long_run_timeout(spec: Any, long_steps: int) -> float | None:
+    """A long run's time limit: budget.trial_timeout_s scaled by its steps over the probe's
+    (a trial is one probe and its evals), None when the spec sets no trial timeout."""
+    timeout = spec.budget.trial_timeout_s
+    return None if timeout is None else timeout * max(1.0, long_steps / spec.evals.probe.steps)
+
+
+def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
     """(job, outcome, error) as each long run finishes: one pool per recipe (a trial may have
-    recorded models or a merge other than the spec's), each job (number, seed, key)."""
+    recorded models or a merge other than the spec's), each job (number, seed, key);
+    `run`: (long_steps, the function each worker runs, whether to warm workers, the timeout)."""
     if not jobs:
         return
     from sweep.run.pool import capacity_warning, run_pool
     from sweep.run.raysetup import choose_local_auth_mode, init_ray
+    from sweep.run.trial import warm_worker
 
+    long_steps, run_fn, warm, timeout_s = run
     work = {job: (by_number[job[0]].params, job[1], long_steps) for job in jobs}
     job_of = {id(w): job for job, w in work.items()}  # run_pool hands back the very tuples
 
     def waiting(running: list[tuple[tuple[Any, ...], float]]) -> None:
-        shown = ", ".join(f"trial {job_of[id(w)][0]} seed {w[1]} for {_clock(t)}" for w, t in running)
-        say(f"still running: {shown}")
+        shown = ", ".join(f"trial {job_of[id(w)][0]} seed {w[1]} for {duration(t)}" for w, t in running)
+        say(f"still running: {shown}" if running else "still waiting for a worker to start and load its models")
 
     def lost(w: tuple[Any, ...], why: str) -> None:
         say(f"the long run of trial {job_of[id(w)][0]} seed {w[1]} was lost with its worker ({why}): running it again")
@@ -405,7 +415,16 @@ def _pooled(spec, specs, by_number, jobs, long_steps, run_fn, address, say, hear
         for recipe in dict.fromkeys(specs[number].model_dump_json() for number, _, _ in jobs):
             mine = [work[job] for job in jobs if specs[job[0]].model_dump_json() == recipe]
             recipe_spec = specs[job_of[id(mine[0])][0]]
-            pool = run_pool(recipe_spec, mine, run_fn, heartbeat_s=heartbeat_s, on_wait=waiting, on_lost=lost)
+            pool = run_pool(
+                recipe_spec,
+                mine,
+                run_fn,
+                warm=warm_worker if warm else None,
+                timeout_s=timeout_s,
+                heartbeat_s=heartbeat_s,
+                on_wait=waiting,
+                on_lost=lost,
+            )
             for done, outcome, error in pool:
                 yield job_of[id(done)], outcome, error
     finally:

@@ -1,10 +1,11 @@
 """Work outside Tune on Ray workers with a trial's resources: probe repeats, calibration's long runs.
 
 Each of `budget.concurrent` actors (num_cpus / num_gpus: `resources.cpus_per_trial` /
-`gpus_per_trial`, so Ray places them as it places trials) builds the worker state once
-(sweep.run.trial.worker_state: the three sources, the live model, the probe's prompts and
-engine) and then runs job after job. `run_pool` yields each job's result as it finishes,
-so the caller can record it at once: a stopped run keeps what it measured.
+`gpus_per_trial`, so Ray places them as it places trials) is warmed once (`warm`: for us
+sweep.run.trial.warm_worker, which loads the worker state: the three sources, the live
+model, the probe's prompts and engine) and then runs job after job. `run_pool` yields each
+job's result as it finishes, so the caller can record it at once: a stopped run keeps what
+it measured.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 from sweep.config import SweepSpec, spec_from_json
 
 JobFn = Callable[..., Any]  # fn(spec, *job) -> a JSON-able result, run on a worker
-
+WarmFn = Callable[[SweepSpec], Any]  # warm(spec), run once on each worker before its first job
+Running = list[tuple[tuple[Any, ...], float]]  # the jobs in flight, each with the seconds since it was sent
 
 LOST_RETRIES = 3  # a job whose worker died (its node lost, its process killed) runs again this often
 
@@ -27,21 +29,32 @@ def run_pool(
     jobs: Sequence[tuple[Any, ...]],
     fn: JobFn,
     *,
+    warm: WarmFn | None = None,
+    timeout_s: float | None = None,
     heartbeat_s: float | None = None,
-    on_wait: Callable[[list[tuple[tuple[Any, ...], float]]], None] | None = None,
+    on_wait: Callable[[Running], None] | None = None,
     on_lost: Callable[[tuple[Any, ...], str], None] | None = None,
 ) -> Iterator[tuple[tuple[Any, ...], Any, str | None]]:
     """Run `fn(spec, *job)` for every job on Ray actors, `budget.concurrent` at a time; yield
     (job, result, None), or (job, None, "Type: last line of the error") when it raised, in
-    the order they finish. A job whose worker died (RayActorError: its node was lost, its
-    process killed) is not an error of the job: it runs again on a worker still alive, up
-    to LOST_RETRIES times (`on_lost(job, why)` is told each time), as the sweep requeues a
-    trial lost to infrastructure. The dead worker is not replaced while others live (a
-    replacement the shrunken cluster cannot place would hold its job forever); when none
-    is left, one new worker is started. With `heartbeat_s`, `on_wait` gets
-    the running jobs, each with the seconds since it was sent, whenever that long passes
-    with none finishing (a long job is not silent for hours). Ray must be initialized. The
-    actors are killed at the end, also when the caller stops early."""
+    the order they finish. Ray must be initialized; the actors are killed at the end, also
+    when the caller stops early.
+
+    - A worker takes jobs once `warm(spec)` has run on it, so `timeout_s` and the times
+      `on_wait` is told count from a job's start, not from loading the models. When `warm`
+      raises, that worker is dropped; with none left, the jobs still queued fail with its error.
+    - A job running longer than `timeout_s` fails ("timed out after N s"): its worker is
+      killed (a hung vLLM engine or collective does not free its GPU otherwise) and a new
+      one is started in its place.
+    - A job whose worker died (RayActorError: its node was lost, its process killed) is not
+      an error of the job: it runs again, up to LOST_RETRIES times (`on_lost(job, why)` is
+      told each time), as the sweep requeues a trial lost to infrastructure, and a new
+      worker is started in the dead one's place. The new worker takes jobs only once it is
+      warm: on a cluster that has just lost a node it may wait for a node to join, while
+      the jobs go on on the workers left (the pool shrinks, and grows back when it can).
+    - With `heartbeat_s`, `on_wait` gets the running jobs (an empty list: none running, a
+      worker still starting) whenever that long passes with none finishing.
+    """
     import ray
     from ray.exceptions import RayActorError
 
@@ -49,25 +62,66 @@ def run_pool(
         return
     worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage
     actor_class = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial)(_Worker)
+    starting: dict[Any, Any] = {}  # the ready() call of a worker warming up -> the worker
+    starts_left = [LOST_RETRIES * len(jobs)]  # new workers in place of dead ones: never without end
 
-    def new_worker() -> Any:
-        return actor_class.remote(worker_spec.model_dump_json(), fn)
+    def start_worker() -> None:
+        worker: Any = actor_class.remote(worker_spec.model_dump_json(), fn, warm)
+        starting[worker.ready.remote()] = worker
 
-    workers: list[Any] = [new_worker() for _ in range(min(spec.budget.concurrent, len(jobs)))]
+    for _ in range(min(spec.budget.concurrent, len(jobs))):
+        start_worker()
+
+    def replace_worker() -> None:
+        if starts_left[0] > 0:
+            starts_left[0] -= 1
+            start_worker()
+
     queue = list(jobs)
-    idle = list(workers)
-    pending: dict[Any, tuple[tuple[Any, ...], Any, float]] = {}
+    idle: list[Any] = []
+    pending: dict[Any, tuple[tuple[Any, ...], Any, float]] = {}  # a job's call -> (job, worker, when sent)
     lost: dict[int, int] = {}  # id(job) -> times its worker died under it
+    warm_error: str | None = None
+    quiet_since = time.monotonic()
     try:
         while queue or pending:
             while queue and idle:
                 job, worker = queue.pop(0), idle.pop()
                 pending[worker.call.remote(*job)] = (job, worker, time.monotonic())
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=heartbeat_s)
+            if not pending and not starting:  # no worker left, none coming: the rest cannot run
+                why = f"no worker could start ({warm_error})" if warm_error else "no worker left to run it"
+                while queue:
+                    yield queue.pop(0), None, why
+                return
+            ready, _ = ray.wait(
+                [*pending, *starting], num_returns=1, timeout=_wait_s(pending, timeout_s, heartbeat_s, quiet_since)
+            )
+            now = time.monotonic()
             if not ready:
-                if on_wait is not None:
-                    now = time.monotonic()
-                    on_wait([(job, now - sent) for job, _, sent in pending.values()])
+                for call, (job, worker, sent) in list(pending.items()):
+                    if timeout_s is not None and now - sent >= timeout_s:
+                        del pending[call]
+                        ray.kill(worker)
+                        replace_worker()
+                        yield job, None, f"timed out after {timeout_s:g} s (its worker was stopped)"
+                if heartbeat_s is not None and now - quiet_since >= heartbeat_s:
+                    quiet_since = now
+                    if on_wait is not None:
+                        on_wait([(job, now - sent) for job, _, sent in pending.values()])
+                continue
+            quiet_since = now
+            if ready[0] in starting:
+                worker = starting.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                except RayActorError as exc:  # lost before it took a job: start another
+                    warm_error = _last_line(exc)
+                    replace_worker()
+                except Exception as exc:  # noqa: BLE001 - warm raised: this worker cannot run jobs
+                    warm_error = _described(exc)
+                    ray.kill(worker)
+                else:
+                    idle.append(worker)
                 continue
             job, worker, _ = pending.pop(ready[0])
             try:
@@ -75,10 +129,7 @@ def run_pool(
             except RayActorError as exc:  # the worker is gone, not the job's fault
                 why = _last_line(exc)
                 lost[id(job)] = lost.get(id(job), 0) + 1
-                workers.remove(worker)
-                if not workers:  # the last one: a new worker, placed where Ray can
-                    workers.append(new_worker())
-                    idle.append(workers[-1])
+                replace_worker()
                 if lost[id(job)] <= LOST_RETRIES:
                     queue.insert(0, job)
                     if on_lost is not None:
@@ -87,14 +138,27 @@ def run_pool(
                 result, error = None, f"infrastructure: its worker was lost {lost[id(job)]} times ({why})"
             except Exception as exc:  # noqa: BLE001 - the caller decides what a failed job means
                 idle.append(worker)
-                cause = getattr(exc, "cause", None) or exc  # a RayTaskError's cause: the worker's own exception
-                result, error = None, f"{type(cause).__name__}: {_last_line(cause)}"
+                result, error = None, _described(exc)
             else:
                 idle.append(worker)
             yield job, result, error
     finally:
-        for worker in workers:
+        for worker in [*idle, *(w for _, w, _ in pending.values()), *starting.values()]:
             ray.kill(worker)
+
+
+def _wait_s(pending: dict, timeout_s: float | None, heartbeat_s: float | None, quiet_since: float) -> float | None:
+    """How long ray.wait may block: until the next heartbeat or the first job's deadline."""
+    now = time.monotonic()
+    waits = [quiet_since + heartbeat_s - now] if heartbeat_s is not None else []
+    if timeout_s is not None and pending:
+        waits.append(min(sent for _, _, sent in pending.values()) + timeout_s - now)
+    return max(0.0, min(waits)) if waits else None
+
+
+def _described(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # a RayTaskError's cause: the worker's own exception
+    return f"{type(cause).__name__}: {_last_line(cause)}"
 
 
 def _last_line(exc: BaseException) -> str:
@@ -122,11 +186,16 @@ def capacity_warning(spec: SweepSpec) -> str | None:
 
 
 class _Worker:
-    """One Ray actor per concurrent slot: imports the spec's plugins, then runs job after job."""
+    """One Ray actor per concurrent slot: imports the spec's plugins, warms up, then runs job after job."""
 
-    def __init__(self, spec_json: str, fn: JobFn):
+    def __init__(self, spec_json: str, fn: JobFn, warm: WarmFn | None):
         self.spec = spec_from_json(spec_json)  # imports the spec's plugins: on this worker first
-        self.fn = fn
+        self.fn, self.warm = fn, warm
+
+    def ready(self) -> bool:
+        if self.warm is not None:
+            self.warm(self.spec)
+        return True
 
     def call(self, *job: Any) -> Any:
         return json.loads(json.dumps(self.fn(self.spec, *job)))  # plain data back to the driver

@@ -64,9 +64,19 @@ def run_repeats(
                 todo.append((params, seed))
     if not todo:
         return done
+    from sweep.run.trial import warm_worker
+
     rows: list[dict[str, Any]] = []
     table = done
-    for (params, seed), metrics, error in run_pool(spec, todo, partial(_probe_metrics, probe_fn or probe_at)):
+    # a repeat is a trial's probe alone: the trial's time limit bounds it
+    pool = run_pool(
+        spec,
+        todo,
+        partial(_probe_metrics, probe_fn or probe_at),
+        warm=warm_worker if probe_fn is None else None,  # a probe_fn of one's own loads what it needs
+        timeout_s=spec.budget.trial_timeout_s,
+    )
+    for (params, seed), metrics, error in pool:
         rows.append({f"params/{k}": v for k, v in params.items()} | {"seed": seed, "error": error} | (metrics or {}))
         table = _save(spec, done, rows)  # after every repeat: a stopped night keeps what it measured
         shown = ", ".join(f"{k} {v:.3f}" for k, v in params.items())

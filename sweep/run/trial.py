@@ -169,6 +169,12 @@ def build_candidate(spec: SweepSpec, params: dict[str, float], *, model, sources
     merge.build_in_place(model, sources, merge_plan(spec, params))
 
 
+def warm_worker(spec: SweepSpec) -> None:
+    """Load this worker's state before its first job (sweep.run.pool's `warm`): a job's
+    time limit then counts from its start, not from loading the models."""
+    worker_state(spec)
+
+
 def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
     """Merge the candidate in place, score it, probe it. Raises on real errors."""
     started = time.perf_counter()

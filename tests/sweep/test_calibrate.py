@@ -384,9 +384,9 @@ def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed
 
 
 def test_the_heartbeat_says_how_long_a_long_run_has_run():
-    from sweep.run.calibrate import _clock
+    from sweep.run.calibrate import duration
 
-    assert [_clock(s) for s in (5.2, 59.9, 125, 3599, 3720, 7 * 3600 + 59 * 60)] == [
+    assert [duration(s) for s in (5.2, 59.9, 125, 3599, 3720, 7 * 3600 + 59 * 60)] == [
         "5 s",
         "60 s",
         "2 min",

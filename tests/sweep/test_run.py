@@ -208,6 +208,8 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     assert "trial 999: no such trial" in capsys.readouterr().err
     assert main(["calibrate", str(spec_path), "--long-steps", "2"]) == 2
     assert "shorter than the probe's 3 steps" in capsys.readouterr().err
+    assert main(["calibrate", str(spec_path), "--long-run-timeout", "0"]) == 2
+    assert "--long-run-timeout must be more than 0 seconds, got 0" in capsys.readouterr().err
     assert not (spec.study_dir / "calibration.json").exists()
 
     code = main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"])
@@ -294,6 +296,16 @@ def _calibration_inputs(demo_study):
     return spec, trials, choose_trials(spec, trials, numbers=None, limit=4)
 
 
+def _reasoning_end(demo_study):
+    """_calibration_inputs, each chosen trial's alpha, and those at the reasoning-heavy end
+    (alpha < 0.1: some of the chosen, not all)."""
+    spec, trials, chosen = _calibration_inputs(demo_study)
+    alphas = {n: float(trials[trials["number"] == n].iloc[0]["params/alpha"]) for n, _ in chosen}
+    end = [n for n, a in alphas.items() if a < 0.1]
+    assert end and len(end) < len(chosen), alphas
+    return spec, trials, chosen, alphas, end
+
+
 def planted_long_run(spec, params, seed, long_steps):
     """The real long run, except that it raises for the reasoning-heavy end of the square."""
     from sweep.run.calibrate import long_run_at
@@ -309,10 +321,7 @@ def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
     from sweep.errors import SweepError
     from sweep.run.calibrate import RUNS_FILE, calibrate
 
-    spec, trials, chosen = _calibration_inputs(demo_study)
-    alphas = {n: float(trials[trials["number"] == n].iloc[0]["params/alpha"]) for n, _ in chosen}
-    failing = [n for n, a in alphas.items() if a < 0.1]
-    assert failing and len(failing) < len(chosen), alphas
+    spec, trials, chosen, alphas, failing = _reasoning_end(demo_study)
     said: list[str] = []
     with pytest.raises(SweepError) as caught:
         calibrate(spec, trials, chosen, long_steps=5, say=said.append, run_fn=planted_long_run, heartbeat_s=0.5)
@@ -455,6 +464,86 @@ def dying_long_run(spec, params, seed, long_steps):
         marker.unlink()
         os._exit(1)
     return long_run_at(spec, params, seed, long_steps)
+
+
+def hanging_long_run(spec, params, seed, long_steps):
+    """The real long run, except that the reasoning-heavy end hangs (a stuck engine or collective)."""
+    from sweep.run.calibrate import long_run_at
+
+    if params["alpha"] < 0.1:
+        time.sleep(3600)
+    return long_run_at(spec, params, seed, long_steps)
+
+
+def test_a_long_run_past_its_timeout_is_stopped_and_the_others_are_kept(demo_study):
+    import json
+
+    from sweep.errors import SweepError
+    from sweep.run.calibrate import RUNS_FILE, calibrate, long_run_timeout
+
+    spec, trials, chosen, alphas, hanging = _reasoning_end(demo_study)
+    # the default: a trial's timeout scaled by the long run's steps over the probe's
+    timeout = spec.budget.trial_timeout_s
+    assert long_run_timeout(spec, 24) == 8 * timeout and long_run_timeout(spec, 3) == timeout  # probe: 3 steps
+    untimed = spec.model_copy(update={"budget": spec.budget.model_copy(update={"trial_timeout_s": None})})
+    assert long_run_timeout(untimed, 24) is None
+    started = time.monotonic()
+    with pytest.raises(SweepError) as caught:
+        calibrate(spec, trials, chosen, long_steps=3, run_fn=hanging_long_run, timeout_s=20, say=lambda _: None)
+    assert time.monotonic() - started < 300  # not the hour the hung run would take
+    message = str(caught.value)
+    assert caught.value.exit_code == 1 and f"{len(hanging)} of {len(chosen)} long runs failed" in message
+    assert all(f"trial {n} seed 1: timed out after 20 s (its worker was stopped)" in message for n in hanging)
+    kept = [json.loads(line)["number"] for line in (spec.study_dir / RUNS_FILE).read_text().splitlines()]
+    assert sorted(kept) == sorted(n for n in alphas if n not in hanging)
+
+
+def note_warm(spec):
+    """A pool's warm-up that leaves its worker's pid in the study folder's `warm` file."""
+    with open(spec.study_dir / "warm", "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+
+
+def pid_job(spec, i):
+    """Job 0 kills its worker once (while `die-once` exists); every job waits until a third
+    worker is warm (the one started in the dead one's place), then returns its worker's pid."""
+    if i == 0 and (spec.study_dir / "die-once").exists():
+        (spec.study_dir / "die-once").unlink()
+        os._exit(1)
+    deadline = time.monotonic() + 120
+    while len((spec.study_dir / "warm").read_text().split()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return os.getpid()
+
+
+def failing_warm(spec):
+    raise FileNotFoundError(f"no model at {spec.models.reasoning}")
+
+
+def test_the_pool_starts_a_worker_in_a_dead_ones_place_and_a_failed_warm_up_fails_the_jobs(tmp_path, ray_local):
+    import ray.cloudpickle
+
+    from sweep.run.pool import run_pool
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec = load_spec(write_spec(tmp_path, demo_spec_dict(tmp_path / "results")))
+    spec.study_dir.mkdir(parents=True)
+    (spec.study_dir / "warm").touch()
+    (spec.study_dir / "die-once").touch()
+    lost: list[tuple] = []
+    done = list(run_pool(spec, [(i,) for i in range(6)], pid_job, warm=note_warm, on_lost=lambda j, _: lost.append(j)))
+    warmed = [int(p) for p in (spec.study_dir / "warm").read_text().split()]
+    assert len(warmed) == 3 and lost == [(0,)]
+    assert sorted(job for job, _, _ in done) == [(i,) for i in range(6)] and all(e is None for _, _, e in done)
+    # the 6 jobs ran on the worker left and on the new one: the pool grew back to 2
+    pids = {pid for _, pid, _ in done}
+    assert len(pids) == 2 and warmed[2] in pids and len(pids & set(warmed[:2])) == 1
+
+    # a warm-up that raises: no worker can start, and every job fails with its error
+    done = list(run_pool(spec, [(i,) for i in range(3)], pid_job, warm=failing_warm))
+    assert [error for _, _, error in done] == [
+        f"no worker could start (FileNotFoundError: no model at {spec.models.reasoning})"
+    ] * 3
 
 
 def test_a_long_run_whose_worker_dies_runs_again_on_a_worker_still_alive(demo_study):
