@@ -1,7 +1,7 @@
 """A `sweep run` driver process for tests: the CLI's run command with the stand-in trial.
 
     python -m tests.sweep.driver SPEC [--quiet] [--trials N] [--address A]
-    python -m tests.sweep.driver --calibrate STUDY_DIR [--address A]   # sweep calibrate, stand-in long runs
+    python -m tests.sweep.driver --calibrate STUDY_DIR [--address A] [--seeds S ...]   # sweep calibrate, stand-in long runs
 
 Exit codes as `sweep run`: 0 budget complete, 1 short, 2 a user error, 130 a signal.
 """
@@ -23,6 +23,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int)
     parser.add_argument("--address")
     parser.add_argument("--calibrate", action="store_true", help="SPEC is a study folder: calibrate it")
+    parser.add_argument("--seeds", nargs="+", default=["1"], help="with --calibrate: the long runs' seeds")
     args = parser.parse_args()
     if args.calibrate:
         return _calibrate(args)
@@ -60,7 +61,9 @@ def _calibrate(args) -> int:
     from sweep.commands.calibrate import run
     from sweep.errors import SweepError
 
-    cli = build_parser().parse_args(["calibrate", args.spec, "--max-trials", "4", "--long-steps", "32"])
+    cli = build_parser().parse_args(
+        ["calibrate", args.spec, "--max-trials", "4", "--long-steps", "32", "--seeds", *args.seeds]
+    )
     cli.address = args.address
     import ray.cloudpickle
 

@@ -60,9 +60,9 @@ def _swept_study(tmp_path: Path, cluster, name: str) -> tuple[Path, dict]:
     return tmp_path / "results" / name, env
 
 
-def _calibrate_command(study: Path, cluster) -> list[str]:
+def _calibrate_command(study: Path, cluster, *more: str) -> list[str]:
     """`sweep calibrate STUDY --address` with the stand-in's long runs (tests/sweep/driver.py)."""
-    return [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address]
+    return [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address, *more]
 
 
 def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, cluster):
@@ -89,17 +89,18 @@ def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, c
     assert "calibrating 4 candidates of calnodes" in proc.stderr and "2 at a time" in proc.stderr
 
 
-def test_a_long_run_lost_with_its_node_runs_again_on_the_node_left(tmp_path, cluster):
-    """`sweep calibrate --address` with both nodes busy, then the worker node's raylet
-    killed: the long run it held runs again on the head node, and calibrate finishes. The
-    worker node joins again at the end, for the node-loss test below."""
+def test_a_long_run_lost_with_its_node_runs_again_and_the_pool_grows_back_when_a_node_joins(tmp_path, cluster):
+    """`sweep calibrate --address` (12 long runs of 3 s) with both nodes busy, then the
+    worker node's raylet killed and a worker node started again: the long run the dead
+    node held runs again, the worker started in the dead one's place runs long runs on the
+    node that joined, and calibrate finishes with all 12 recorded."""
     import json
 
     study, env = _swept_study(tmp_path, cluster, "calloss")
     marks = study / "marks"  # the stand-in long run leaves a file here as it starts, named by its node
     marks.mkdir()
     proc = subprocess.Popen(
-        _calibrate_command(study, cluster),
+        _calibrate_command(study, cluster, "--seeds", "1", "2", "3"),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -107,25 +108,32 @@ def test_a_long_run_lost_with_its_node_runs_again_on_the_node_left(tmp_path, clu
         text=True,
         start_new_session=True,
     )
+
+    def nodes() -> set[str]:
+        return {m.name.split("-")[0] for m in marks.iterdir()}
+
     try:
         deadline = time.monotonic() + DRIVER_TIMEOUT_S
-        while len({m.name.split("-")[0] for m in marks.iterdir()}) < 2:  # a long run on each node
+        while len(nodes()) < 2:  # a long run on each node
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "calibrate did not use both nodes in time"
             time.sleep(0.2)
+        before = nodes()
         os.kill(cluster.worker_raylet(), signal.SIGKILL)
+        cluster.start_worker()  # a node joins again (for the tests below too) while runs are left
         code, out, err = finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-        cluster.start_worker()
     assert code in (0, 1), f"exit {code}\n{err[-3000:]}"
-    assert re.search(r"the long run of trial \d+ seed 1 was lost with its worker \(.+\): running it again", err), err[
+    assert re.search(r"the long run of trial \d+ seed \d was lost with its worker \(.+\): running it again", err), err[
         -3000:
     ]
     runs = [json.loads(line)["outcome"] for line in (study / "calibration-runs.jsonl").read_text().splitlines()]
-    assert len(runs) == 4 and len(json.loads((study / "calibration.json").read_text())["candidates"]) == 4
-    assert "long run 4/4: trial " in err and "FAILED" not in err
+    assert len(runs) == 12 and len(json.loads((study / "calibration.json").read_text())["candidates"]) == 4
+    assert "long run 12/12: trial " in err and "FAILED" not in err
+    joined = nodes() - before  # the pool grew back: long runs started on the node that joined
+    assert len(joined) == 1 and any(run["node"] in joined for run in runs), (before, nodes(), err[-3000:])
 
 
 def test_node_loss_mid_trial_loses_nothing_and_reruns_the_lost_point(tmp_path, cluster):
