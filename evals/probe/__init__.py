@@ -10,6 +10,7 @@ Importing this package is cheap (no torch); the built-in backend loads on first 
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -60,6 +61,7 @@ def run_probe(
     reward: Reward | None = None,
     rollouts: Any = None,
     on_trained: Any = None,
+    on_step: Any = None,
 ) -> ProbeResult:
     """Run `config.steps` RL steps from `model` and measure its stability.
 
@@ -71,6 +73,8 @@ def run_probe(
     config.generator is vllm; it holds the model's starting weights again at the end.
     on_trained: `on_trained(model)` is called with the trained policy after the last step,
     before the weights are restored (built-in backend; e.g. to evaluate a long run).
+    on_step: `on_step(done, planned)` after each step, for a backend whose `run` takes it
+    (the built-in one does; for another it is left out).
 
     What happens to `model` (built-in backend): it is trained in place (update: full,
     next to a frozen copy used for the KL; update: lora, fp32 adapters injected into it,
@@ -110,6 +114,8 @@ def run_probe(
     extra: dict[str, Any] = {"rollouts": rollouts} if rollouts is not None else {}
     if on_trained is not None:
         extra["on_trained"] = on_trained
+    if on_step is not None and "on_step" in inspect.signature(backend.run).parameters:
+        extra["on_step"] = on_step
     run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward, **extra)
     metrics, curves = score_run(run, config=config, with_curves=True)
     wall_s = time.perf_counter() - start

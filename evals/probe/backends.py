@@ -37,6 +37,8 @@ class ProbeBackend(ABC):
     - `rollouts` (an evals.probe.vllm_rollout.VllmRollouts, for generator: vllm) samples
       the rollouts; the backend pushes its changed weights into it and leaves it holding
       the model's weights as they were given.
+    - optional: a keyword `on_step` that `run` calls as `on_step(done, planned)` after each
+      step; run_probe passes it only to a backend whose `run` takes it (progress lines).
     """
 
     name: str = ""

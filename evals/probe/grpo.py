@@ -94,11 +94,14 @@ class GRPOBackend(ProbeBackend):
         reward: Reward,
         rollouts: Any = None,
         on_trained: Callable[[Any], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> BackendRun:
         """`on_trained(model)`, when given, is called once with the trained policy after the
         last step (not after a divergence), before the starting weights are restored: the
         hook that lets a caller evaluate what a long RL run made (bench/probe_validity.py,
-        `sweep calibrate`). Under LoRA the adapters are still on the model then."""
+        `sweep calibrate`). Under LoRA the adapters are still on the model then.
+        `on_step(done, planned)`, when given, is called after each step (a long run's
+        progress, `sweep calibrate`'s heartbeat)."""
         if config.generator == "vllm" and rollouts is None:
             raise EvalError(
                 "probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))"
@@ -111,7 +114,7 @@ class GRPOBackend(ProbeBackend):
             raise EvalError(f"probe: {problem}")
         saved = ModuleState.capture(model)
         policy = Policy()
-        progress = _Progress()
+        progress = _Progress(on_step=on_step)
         try:
             set_up(policy, model, config=config, rollouts=job.rollouts)
             _train(job, policy, progress)
@@ -225,6 +228,7 @@ class _Progress:
     stopped_early: bool = False
     stop_reason: str | None = None
     diverged: bool = False
+    on_step: Callable[[int, int], None] | None = None  # told (steps done, steps planned) after each
 
     def result(self) -> BackendRun:
         return BackendRun(
@@ -258,6 +262,8 @@ def _train(job: _Job, policy: Policy, progress: _Progress) -> None:
                 "actor/entropy/normalized": entropy,
             }
         progress.curves = progress.curves.append(row)
+        if progress.on_step is not None:
+            progress.on_step(step + 1, config.steps)
         stop_reason = _collapse_reason(progress.curves, base, config=config, step=step)
         if stop_reason is not None:
             progress.stopped_early, progress.stop_reason = True, stop_reason

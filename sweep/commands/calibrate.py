@@ -57,7 +57,8 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
 
     from sweep.errors import SweepError
     from sweep.report.calibration import markdown, save_calibration
-    from sweep.run.calibrate import calibrate, choose_trials, duration, long_run_timeout
+    from sweep.run.calibrate import calibrate, choose_trials, long_run_timeout
+    from sweep.run.progress import duration
     from sweep.study.durable import load_study_dir
 
     study_dir = _study_dir(args.study)

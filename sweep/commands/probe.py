@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 HELP = "run the short RLHF probe on one checkpoint and print its curves and stability metrics"
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from evals.probe import run_probe
+    from sweep.run.progress import so_far
 
     hf_logging.disable_progress_bar()  # keep the output to the table (or the JSON)
     torch.set_num_threads(args.threads)
@@ -141,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
             )
         except EvalError as exc:
             raise SweepError(f"--generator vllm: {exc}") from None
-    result = run_probe(model, tokenizer, config=config, prompts=prompts, rollouts=rollouts)
+    started = time.perf_counter()
+
+    def step_done(done: int, planned: int) -> None:  # a line a step on stderr: a 7B probe takes an hour
+        print(f"probe: {so_far(time.perf_counter() - started, (done, planned))}", file=sys.stderr, flush=True)
+
+    result = run_probe(model, tokenizer, config=config, prompts=prompts, rollouts=rollouts, on_step=step_done)
 
     if args.json:
         out = result.to_dict() | {"probe_metrics": result.metrics.as_metrics(), "config": config.to_dict()}

@@ -222,6 +222,7 @@ def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int)
     """On a worker: the candidate at `params` built in place, the probe's RL run from it for
     `long_steps` steps at `seed` (sampling as the trial's probe does: the vLLM engine with
     generator vllm), and its outcome (long_outcome, with the reward's shape)."""
+    from sweep.run.pool import report_progress
     from sweep.run.trial import build_candidate, probe_on_worker, worker_state
 
     state = worker_state(spec)  # cached per worker: the sources, the live model, the prompts, the engine
@@ -230,7 +231,7 @@ def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int)
     build_candidate(spec, params, model=state.model, sources=state.sources)
     config = state.probe_config.model_copy(update=LONG_RUN_SETS | {"steps": long_steps, "seed": seed})
     t0 = time.perf_counter()
-    run = probe_on_worker(state, config)
+    run = probe_on_worker(state, config, on_step=report_progress)  # the heartbeat shows the step
     if run.diverged:
         outcome = dict.fromkeys(("final_reward", "final_score", "dip", "recovery_step"))
         outcome |= {"final_length": 0.0, "min_length": 0.0, "steps": run.curves.steps, "diverged": True}
@@ -371,13 +372,6 @@ def calibrate(
     )
 
 
-def duration(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    if minutes >= 60:
-        return f"{minutes // 60}:{minutes % 60:02d} h"
-    return f"{minutes} min" if minutes else f"{seconds:.0f} s"
-
-
 def long_run_timeout(spec: Any, long_steps: int) -> float | None:
     """A long run's time limit: budget.trial_timeout_s scaled by its steps over the probe's
     (a trial is one probe and its evals), None when the spec sets no trial timeout."""
@@ -391,7 +385,8 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
     `run`: (long_steps, the function each worker runs, whether to warm workers, the timeout)."""
     if not jobs:
         return
-    from sweep.run.pool import capacity_warning, run_pool
+    from sweep.run.pool import Running, capacity_warning, run_pool
+    from sweep.run.progress import so_far
     from sweep.run.raysetup import choose_local_auth_mode, init_ray
     from sweep.run.trial import warm_worker
 
@@ -399,8 +394,8 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
     work = {job: (by_number[job[0]].params, job[1], long_steps) for job in jobs}
     job_of = {id(w): job for job, w in work.items()}  # run_pool hands back the very tuples
 
-    def waiting(running: list[tuple[tuple[Any, ...], float]]) -> None:
-        shown = ", ".join(f"trial {job_of[id(w)][0]} seed {w[1]} for {duration(t)}" for w, t in running)
+    def waiting(running: Running) -> None:
+        shown = ", ".join(f"trial {job_of[id(w)][0]} seed {w[1]} for {so_far(t, done)}" for w, t, done in running)
         say(f"still running: {shown}" if running else "still waiting for a worker to start and load its models")
 
     def lost(w: tuple[Any, ...], why: str) -> None:

@@ -19,7 +19,9 @@ from sweep.config import SweepSpec, spec_from_json
 
 JobFn = Callable[..., Any]  # fn(spec, *job) -> a JSON-able result, run on a worker
 WarmFn = Callable[[SweepSpec], Any]  # warm(spec), run once on each worker before its first job
-Running = list[tuple[tuple[Any, ...], float]]  # the jobs in flight, each with the seconds since it was sent
+# the jobs in flight: each with the seconds since it was sent and its progress, (done, total)
+# as its worker last reported it (report_progress), or None
+Running = list[tuple[tuple[Any, ...], float, tuple[int, int] | None]]
 
 LOST_RETRIES = 3  # a job whose worker died (its node lost, its process killed) runs again this often
 
@@ -53,7 +55,8 @@ def run_pool(
       warm: on a cluster that has just lost a node it may wait for a node to join, while
       the jobs go on on the workers left (the pool shrinks, and grows back when it can).
     - With `heartbeat_s`, `on_wait` gets the running jobs (an empty list: none running, a
-      worker still starting) whenever that long passes with none finishing.
+      worker still starting), each with how long it has run and how far it got
+      (report_progress), whenever that long passes with none finishing.
     """
     import ray
     from ray.exceptions import RayActorError
@@ -62,11 +65,12 @@ def run_pool(
         return
     worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage
     actor_class = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial)(_Worker)
+    board: Any = ray.remote(num_cpus=0)(_Board).remote()  # where jobs report their progress
     starting: dict[Any, Any] = {}  # the ready() call of a worker warming up -> the worker
     starts_left = [LOST_RETRIES * len(jobs)]  # new workers in place of dead ones: never without end
 
     def start_worker() -> None:
-        worker: Any = actor_class.remote(worker_spec.model_dump_json(), fn, warm)
+        worker: Any = actor_class.remote(worker_spec.model_dump_json(), fn, warm, board)
         starting[worker.ready.remote()] = worker
 
     for _ in range(min(spec.budget.concurrent, len(jobs))):
@@ -77,37 +81,39 @@ def run_pool(
             starts_left[0] -= 1
             start_worker()
 
-    queue = list(jobs)
+    queue = list(range(len(jobs)))  # positions in `jobs`
     idle: list[Any] = []
-    pending: dict[Any, tuple[tuple[Any, ...], Any, float]] = {}  # a job's call -> (job, worker, when sent)
-    lost: dict[int, int] = {}  # id(job) -> times its worker died under it
+    pending: dict[Any, tuple[int, Any, float]] = {}  # a job's call -> (its position, worker, when sent)
+    lost: dict[int, int] = {}  # position -> times its worker died under it
     warm_error: str | None = None
     quiet_since = time.monotonic()
     try:
         while queue or pending:
             while queue and idle:
-                job, worker = queue.pop(0), idle.pop()
-                pending[worker.call.remote(*job)] = (job, worker, time.monotonic())
+                position, worker = queue.pop(0), idle.pop()
+                board.forget.remote(position)  # a job run again starts its progress anew
+                pending[worker.call.remote(position, *jobs[position])] = (position, worker, time.monotonic())
             if not pending and not starting:  # no worker left, none coming: the rest cannot run
                 why = f"no worker could start ({warm_error})" if warm_error else "no worker left to run it"
                 while queue:
-                    yield queue.pop(0), None, why
+                    yield jobs[queue.pop(0)], None, why
                 return
             ready, _ = ray.wait(
                 [*pending, *starting], num_returns=1, timeout=_wait_s(pending, timeout_s, heartbeat_s, quiet_since)
             )
             now = time.monotonic()
             if not ready:
-                for call, (job, worker, sent) in list(pending.items()):
+                for call, (position, worker, sent) in list(pending.items()):
                     if timeout_s is not None and now - sent >= timeout_s:
                         del pending[call]
                         ray.kill(worker)
                         replace_worker()
-                        yield job, None, f"timed out after {timeout_s:g} s (its worker was stopped)"
+                        yield jobs[position], None, f"timed out after {timeout_s:g} s (its worker was stopped)"
                 if heartbeat_s is not None and now - quiet_since >= heartbeat_s:
                     quiet_since = now
                     if on_wait is not None:
-                        on_wait([(job, now - sent) for job, _, sent in pending.values()])
+                        done = _progress(board)
+                        on_wait([(jobs[p], now - sent, done.get(p)) for p, _, sent in pending.values()])
                 continue
             quiet_since = now
             if ready[0] in starting:
@@ -123,19 +129,20 @@ def run_pool(
                 else:
                     idle.append(worker)
                 continue
-            job, worker, _ = pending.pop(ready[0])
+            position, worker, _ = pending.pop(ready[0])
+            job = jobs[position]
             try:
                 result, error = ray.get(ready[0]), None
             except RayActorError as exc:  # the worker is gone, not the job's fault
                 why = _last_line(exc)
-                lost[id(job)] = lost.get(id(job), 0) + 1
+                lost[position] = lost.get(position, 0) + 1
                 replace_worker()
-                if lost[id(job)] <= LOST_RETRIES:
-                    queue.insert(0, job)
+                if lost[position] <= LOST_RETRIES:
+                    queue.insert(0, position)
                     if on_lost is not None:
                         on_lost(job, why)
                     continue
-                result, error = None, f"infrastructure: its worker was lost {lost[id(job)]} times ({why})"
+                result, error = None, f"infrastructure: its worker was lost {lost[position]} times ({why})"
             except Exception as exc:  # noqa: BLE001 - the caller decides what a failed job means
                 idle.append(worker)
                 result, error = None, _described(exc)
@@ -143,8 +150,29 @@ def run_pool(
                 idle.append(worker)
             yield job, result, error
     finally:
-        for worker in [*idle, *(w for _, w, _ in pending.values()), *starting.values()]:
+        for worker in [*idle, *(w for _, w, _ in pending.values()), *starting.values(), board]:
             ray.kill(worker)
+
+
+def report_progress(done: int, total: int) -> None:
+    """Inside a pool's job, on its worker: `done` of `total` units finished (a long run's RL
+    steps); the driver's heartbeat shows it (`on_wait`). Elsewhere it does nothing."""
+    if _REPORTING:
+        board, position = _REPORTING[0]
+        board.report.remote(position, done, total)
+
+
+_REPORTING: list[tuple[Any, int]] = []  # on a worker, while a job runs: (the pool's board, the job's position)
+
+
+def _progress(board: Any) -> dict[int, tuple[int, int]]:
+    """The jobs' last reported progress, {} when the board does not answer in time."""
+    import ray
+
+    try:
+        return dict(ray.get(board.read.remote(), timeout=30))
+    except Exception:  # noqa: BLE001 - progress is a nicety: the heartbeat goes on without it
+        return {}
 
 
 def _wait_s(pending: dict, timeout_s: float | None, heartbeat_s: float | None, quiet_since: float) -> float | None:
@@ -188,14 +216,34 @@ def capacity_warning(spec: SweepSpec) -> str | None:
 class _Worker:
     """One Ray actor per concurrent slot: imports the spec's plugins, warms up, then runs job after job."""
 
-    def __init__(self, spec_json: str, fn: JobFn, warm: WarmFn | None):
+    def __init__(self, spec_json: str, fn: JobFn, warm: WarmFn | None, board: Any):
         self.spec = spec_from_json(spec_json)  # imports the spec's plugins: on this worker first
-        self.fn, self.warm = fn, warm
+        self.fn, self.warm, self.board = fn, warm, board
 
     def ready(self) -> bool:
         if self.warm is not None:
             self.warm(self.spec)
         return True
 
-    def call(self, *job: Any) -> Any:
-        return json.loads(json.dumps(self.fn(self.spec, *job)))  # plain data back to the driver
+    def call(self, position: int, *job: Any) -> Any:
+        _REPORTING[:] = [(self.board, position)]
+        try:
+            return json.loads(json.dumps(self.fn(self.spec, *job)))  # plain data back to the driver
+        finally:
+            _REPORTING.clear()
+
+
+class _Board:
+    """A Ray actor with no resources of its own: each job's last reported progress, by position."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, tuple[int, int]] = {}
+
+    def report(self, position: int, done: int, total: int) -> None:
+        self.done[position] = (done, total)
+
+    def forget(self, position: int) -> None:
+        self.done.pop(position, None)
+
+    def read(self) -> dict[int, tuple[int, int]]:
+        return self.done

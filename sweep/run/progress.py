@@ -115,6 +115,22 @@ def clock(seconds: float) -> str:
     )
 
 
+def duration(seconds: float) -> str:
+    """Hours and minutes in words for a long job (`2:10 h`, `59 min`, `5 s`)."""
+    minutes = int(seconds // 60)
+    if minutes >= 60:
+        return f"{minutes // 60}:{minutes % 60:02d} h"
+    return f"{minutes} min" if minutes else f"{seconds:.0f} s"
+
+
+def so_far(seconds: float, done: tuple[int, int] | None) -> str:
+    """How long a long run has run, and (when its worker said) its step and the time left."""
+    if not done or not done[0]:
+        return duration(seconds)
+    step, steps = done
+    return f"{duration(seconds)} (step {step}/{steps}, about {duration(seconds * (steps - step) / step)} left)"
+
+
 class RedactFilter(logging.Filter):
     """Masks secrets (the storage password) in every record written to sweep.log."""
 

@@ -246,15 +246,21 @@ def _deadline_guard(model: Any, deadline: float | None, timeout_s: float | None,
         handle.remove()
 
 
-def probe_on_worker(state: WorkerState, config: ProbeConfig):
+def probe_on_worker(state: WorkerState, config: ProbeConfig, *, on_step: Callable[[int, int], None] | None = None):
     """The probe of the candidate built in `state.model`, as a trial runs it: the worker's
     prompts and reward model, and with generator vllm its engine (a trial, a nightly
-    repeat, a calibration's long run)."""
+    repeat, a calibration's long run). `on_step(done, planned)` after each step."""
     from evals.probe import run_probe
 
     rollouts = _rollout_engine(state) if config.generator == "vllm" else None
     return run_probe(
-        state.model, state.tokenizer, config=config, prompts=state.prompts, reward=state.reward, rollouts=rollouts
+        state.model,
+        state.tokenizer,
+        config=config,
+        prompts=state.prompts,
+        reward=state.reward,
+        rollouts=rollouts,
+        on_step=on_step,
     )
 
 

@@ -192,7 +192,7 @@ def test_a_probe_backend_and_a_rule_registered_here_run_by_name(echo_plugins, tm
         baseline_samples=0,
         noise_samples=0,
     )
-    result = run_probe(None, None, config=config)
+    result = run_probe(None, None, config=config, on_step=lambda *_: None)  # its run takes no on_step
     assert result.backend == "test_echo" and result.curves.steps == 3
     assert result.curves.score_mean == (0.5, 0.5, 0.5)  # "5" is a digit answer, "x" is not
     # the rule's needs_answer reached run_probe: a prompt without an answer is refused before any step

@@ -164,8 +164,18 @@ def test_on_trained_sees_the_trained_policy_and_the_model_still_comes_back(tiny_
         seen.append(sum((v - before[k]).abs().sum().item() for k, v in trained.state_dict().items()))
 
     cfg = config(steps=3, learning_rate=1e-2)
-    run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share, on_trained=on_trained)
+    steps: list[tuple[int, int]] = []
+    run_probe(
+        model,
+        tokenizer,
+        config=cfg,
+        prompts=PROMPTS,
+        reward=digit_share,
+        on_trained=on_trained,
+        on_step=lambda done, planned: steps.append((done, planned)),
+    )
     assert len(seen) == 1 and seen[0] > 0  # called once, on weights that moved
+    assert steps == [(1, 3), (2, 3), (3, 3)]  # told after each step: a long run's progress
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # then restored
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,8 +14,15 @@ FAST = ["--steps", "3", "--max-new-tokens", "8", "--group-size", "2", "--prompts
 
 def test_prints_curves_table_and_metrics(tiny_dir, prompts_file, capsys):
     code = main(["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--reward-rule", "format", *FAST])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0
+    # a line a step on stderr, with the time it has left at its pace so far
+    steps = [line for line in err.splitlines() if line.startswith("probe: ")]
+    assert [re.fullmatch(r"probe: \d+ s \(step (\d)/3, about \d+ s left\)", line)[1] for line in steps] == [
+        "1",
+        "2",
+        "3",
+    ]
     lines = out.splitlines()
     assert lines[0].split() == ["step", "len", "min", "max", "clip", "score", "std", "kl", "entropy", "grad", "step_s"]
     assert [line.split()[0] for line in lines[1:4]] == ["0", "1", "2"]

@@ -383,8 +383,12 @@ def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed
     assert recorded_runs(spec.study_dir) == {key: {"final_length": 0.7, "seed": 1}}
 
 
-def test_the_heartbeat_says_how_long_a_long_run_has_run():
-    from sweep.run.calibrate import duration
+def test_the_heartbeat_says_how_long_a_long_run_has_run_and_how_long_it_has_left():
+    from sweep.run.progress import duration, so_far
+
+    # 57 of 192 steps in 2:10 h: 135 steps left at 137 s a step
+    assert so_far(7800, (57, 192)) == "2:10 h (step 57/192, about 5:07 h left)"
+    assert so_far(30, None) == so_far(30, (0, 192)) == "30 s"  # no step reported yet
 
     assert [duration(s) for s in (5.2, 59.9, 125, 3599, 3720, 7 * 3600 + 59 * 60)] == [
         "5 s",

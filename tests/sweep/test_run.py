@@ -332,9 +332,11 @@ def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
     kept = [json.loads(line)["number"] for line in (spec.study_dir / RUNS_FILE).read_text().splitlines()]
     assert sorted(kept) == sorted(n for n in alphas if n not in failing)  # the others were recorded
     # no run finished for half a second: the runs in flight are named, with how long they ran
-    assert re.search(
-        r"^still running: trial \d+ seed 1 for \d+ s(, trial \d+ seed 1 for \d+ s)?$", "\n".join(said), re.M
-    )
+    # and, once their worker has said, the step and the time left
+    run = r"trial \d+ seed 1 for \d+ s( \(step [1-5]/5, about \d+ s left\))?"
+    heartbeats = [line for line in said if line.startswith("still running: ")]
+    assert heartbeats and all(re.fullmatch(f"still running: {run}(, {run})?", line) for line in heartbeats), said
+    assert any("(step " in line for line in heartbeats), heartbeats
 
 
 def flaky_trial(spec, params):
@@ -516,6 +518,15 @@ def pid_job(spec, i):
     return os.getpid()
 
 
+def progress_job(spec, i):
+    """Says it has done 3 of 10, then takes 2 s."""
+    from sweep.run.pool import report_progress
+
+    report_progress(3, 10)
+    time.sleep(2)
+    return i
+
+
 def failing_warm(spec):
     raise FileNotFoundError(f"no model at {spec.models.reasoning}")
 
@@ -538,6 +549,12 @@ def test_the_pool_starts_a_worker_in_a_dead_ones_place_and_a_failed_warm_up_fail
     # the 6 jobs ran on the worker left and on the new one: the pool grew back to 2
     pids = {pid for _, pid, _ in done}
     assert len(pids) == 2 and warmed[2] in pids and len(pids & set(warmed[:2])) == 1
+
+    # a job's progress reaches the heartbeat
+    waits: list = []
+    done = list(run_pool(spec, [(7,), (8,)], progress_job, heartbeat_s=0.3, on_wait=waits.append))
+    assert sorted(result for _, result, _ in done) == [7, 8]
+    assert any(progress == (3, 10) for running in waits for _, _, progress in running), waits
 
     # a warm-up that raises: no worker can start, and every job fails with its error
     done = list(run_pool(spec, [(i,) for i in range(3)], pid_job, warm=failing_warm))
