@@ -59,6 +59,7 @@ from sweep.report.calibration import (
     steering_metrics,
     summarize_calibration,
 )
+from sweep.run.progress import duration
 
 SHAPE_REPLICATES = 200  # simulated null runs and bootstrap replicates per long run (~2.7 s at 128 steps)
 SHAPES = ("hockey stick", "fell", "no dip")
@@ -339,7 +340,7 @@ def calibrate(
     if runs:
         say(f"reusing {len(runs)} of the {total} long runs, recorded in {spec.study_dir / RUNS_FILE}")
     by_number = {c.number: c for c in candidates}
-    failed = []
+    failed, reused = [], len(runs)
     timeout_s = timeout_s or long_run_timeout(spec, long_steps)
     run = (long_steps, run_fn or long_run_at, run_fn is None, timeout_s)  # a run_fn of one's own: no warm-up
     pooled = _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s)
@@ -351,10 +352,11 @@ def calibrate(
             continue
         runs[number, seed] = outcome
         _record(spec.study_dir, key, number, outcome)
+        ended, left, spent = len(runs) + len(failed), total - len(runs) - len(failed), time.perf_counter() - started
+        eta = f", about {duration(spent / (ended - reused) * left)} left" if left else ""  # at this pace
         say(
-            f"long run {len(runs) + len(failed)}/{total}: trial {number} ({c.why}) seed {seed}: "
-            f"{_described(c, outcome, steering)} ({outcome.get('wall_s', 0):.0f} s; "
-            f"{time.perf_counter() - started:.0f} s in all)"
+            f"long run {ended}/{total}: trial {number} ({c.why}) seed {seed}: {_described(c, outcome, steering)} "
+            f"({duration(outcome.get('wall_s') or 0.0)}; {duration(spent)} in all{eta})"
         )
     if failed:
         error = SweepError(

@@ -170,9 +170,12 @@ def build_candidate(spec: SweepSpec, params: dict[str, float], *, model, sources
 
 
 def warm_worker(spec: SweepSpec) -> None:
-    """Load this worker's state before its first job (sweep.run.pool's `warm`): a job's
-    time limit then counts from its start, not from loading the models."""
-    worker_state(spec)
+    """Load this worker's state before its first job (sweep.run.pool's `warm`), and with
+    generator vllm the probe's engine: a job's time limit then counts from its start, not
+    from loading the models or building the engine."""
+    state = worker_state(spec)
+    if state.probe_config is not None and state.probe_config.generator == "vllm":
+        _rollout_engine(state)
 
 
 def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:

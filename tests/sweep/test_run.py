@@ -259,6 +259,11 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     runs_file = spec.study_dir / "calibration-runs.jsonl"
     lines = runs_file.read_text().splitlines()
     assert len(lines) == 4 and sum(f"long run {i}/4: trial " in err for i in (1, 2, 3, 4)) == 4
+    # each line: the run's time and the calibration's; until the last, the time left at this pace
+    ends = {line.split(":")[0]: line for line in err.splitlines() if line.startswith("long run ")}
+    t = r"\d+(:\d\d)? (s|min|h)"  # sweep.run.progress.duration
+    assert all(re.search(rf"\({t}; {t} in all, about {t} left\)$", ends[f"long run {i}/4"]) for i in (1, 2, 3)), ends
+    assert re.search(rf"\({t}; {t} in all\)$", ends["long run 4/4"]), ends
     assert main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"]) == code
     err = capsys.readouterr().err
     assert f"reusing 4 of the 4 long runs, recorded in {runs_file}" in err and "long run 1/4" not in err
@@ -333,7 +338,8 @@ def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
     assert sorted(kept) == sorted(n for n in alphas if n not in failing)  # the others were recorded
     # no run finished for half a second: the runs in flight are named, with how long they ran
     # and, once their worker has said, the step and the time left
-    run = r"trial \d+ seed 1 for \d+ s( \(step [1-5]/5, about \d+ s left\))?"
+    t = r"\d+(:\d\d)? (s|min|h)"  # sweep.run.progress.duration
+    run = rf"trial \d+ seed 1 for {t}( \(step [1-5]/5, about {t} left\))?"
     heartbeats = [line for line in said if line.startswith("still running: ")]
     assert heartbeats and all(re.fullmatch(f"still running: {run}(, {run})?", line) for line in heartbeats), said
     assert any("(step " in line for line in heartbeats), heartbeats

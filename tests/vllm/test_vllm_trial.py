@@ -145,7 +145,7 @@ def test_calibrates_long_run_samples_through_the_workers_engine_as_the_trials_pr
     """`sweep calibrate`'s long run (sweep.run.calibrate.long_run_at) and `sweep nightly`'s
     probe repeat (sweep.run.repeats.probe_at) on a spec with generator vllm: both sample
     with the worker's one engine (before, each called the probe with no engine and
-    failed), and greedy, the long run's outcome is the HF loop's."""
+    failed), built when the worker warms up, and greedy, the long run's outcome is the HF loop's."""
     from sweep.run import trial
     from sweep.run.calibrate import SHAPES, long_run_at
     from sweep.run.repeats import probe_at
@@ -160,10 +160,14 @@ def test_calibrates_long_run_samples_through_the_workers_engine_as_the_trials_pr
                     "evals": spec.evals.model_copy(update={"probe": probe.model_copy(update={"generator": generator})})
                 }
             )
+            if generator == "vllm":  # as sweep.run.pool warms a worker: the engine is built before any run
+                trial.warm_worker(worker)
+                warmed = trial._ROLLOUTS[trial.worker_state(worker).key]
             outcomes[generator] = long_run_at(worker, {"alpha": 0.0, "beta": 1.0}, 1, 6)
             if generator == "vllm":
                 state = trial.worker_state(worker)
                 engine = trial._ROLLOUTS[state.key]
+                assert engine is warmed  # the long run used the engine the warm-up built
                 assert engine.llm is state.evaluator.backend._lm.model  # the eval's engine: one per worker
                 assert engine.pushes >= 2  # the candidate in, and back at the end
                 # `sweep nightly`'s probe repeat takes the same path (before, it too had no engine)
