@@ -337,12 +337,38 @@ def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
     kept = [json.loads(line)["number"] for line in (spec.study_dir / RUNS_FILE).read_text().splitlines()]
     assert sorted(kept) == sorted(n for n in alphas if n not in failing)  # the others were recorded
     # no run finished for half a second: the runs in flight are named, with how long they ran
-    # and, once their worker has said, the step and the time left
+    # and, once their worker has said (test_a_long_run_reports_each_step), the step and the time left
     t = r"\d+(:\d\d)? (s|min|h)"  # sweep.run.progress.duration
     run = rf"trial \d+ seed 1 for {t}( \(step [1-5]/5, about {t} left\))?"
     heartbeats = [line for line in said if line.startswith("still running: ")]
     assert heartbeats and all(re.fullmatch(f"still running: {run}(, {run})?", line) for line in heartbeats), said
-    assert any("(step " in line for line in heartbeats), heartbeats
+
+
+def test_a_long_run_reports_each_step_to_its_pool(demo_study):
+    """long_run_at, run here as a pool's job would be (sweep.run.pool._REPORTING set): it
+    reports each of its steps, which the heartbeat shows. (Whether a heartbeat falls
+    inside the steps of a real 5-step run is timing; the pool's test checks the rest.)"""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sweep.run import pool, trial
+    from sweep.run.calibrate import long_run_at
+    from sweep.study.table import trial_params
+
+    spec, trials, chosen = _calibration_inputs(demo_study)
+    params = {k: float(v) for k, v in trial_params(trials[trials["number"] == chosen[0][0]].iloc[0]).items()}
+    reports: list[tuple] = []
+    board = SimpleNamespace(report=SimpleNamespace(remote=lambda *report: reports.append(report)))
+    pool._REPORTING[:] = [(board, 7)]
+    threads = torch.get_num_threads()  # the worker state sets the spec's: this is the test's process
+    try:
+        outcome = long_run_at(spec, params, 1, 4)
+    finally:
+        pool._REPORTING.clear()
+        trial._STATE.clear()
+        torch.set_num_threads(threads)
+    assert outcome["steps"] == 4 and reports == [(7, 1, 4), (7, 2, 4), (7, 3, 4), (7, 4, 4)]
 
 
 def flaky_trial(spec, params):
@@ -525,11 +551,12 @@ def pid_job(spec, i):
 
 
 def progress_job(spec, i):
-    """Says it has done 3 of 10, then takes 2 s."""
+    """Says it has done 3 of 10, then takes 4 s (heartbeats every 0.3 s read the report, once
+    the pool's board, an actor started with the pool, is up)."""
     from sweep.run.pool import report_progress
 
     report_progress(3, 10)
-    time.sleep(2)
+    time.sleep(4)
     return i
 
 
