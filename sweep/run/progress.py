@@ -116,11 +116,12 @@ def clock(seconds: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """Hours and minutes in words for a long job (`2:10 h`, `59 min`, `5 s`)."""
+    """A long job's time in words: seconds under 10 minutes (`5 s`, `119 s`: a minute
+    rounded down would hide half of it), then minutes (`59 min`), then `2:10 h`."""
     minutes = int(seconds // 60)
     if minutes >= 60:
         return f"{minutes // 60}:{minutes % 60:02d} h"
-    return f"{minutes} min" if minutes else f"{seconds:.0f} s"
+    return f"{minutes} min" if minutes >= 10 else f"{seconds:.0f} s"
 
 
 def so_far(seconds: float, done: tuple[int, int] | None) -> str:

@@ -390,10 +390,12 @@ def test_the_heartbeat_says_how_long_a_long_run_has_run_and_how_long_it_has_left
     assert so_far(7800, (57, 192)) == "2:10 h (step 57/192, about 5:07 h left)"
     assert so_far(30, None) == so_far(30, (0, 192)) == "30 s"  # no step reported yet
 
-    assert [duration(s) for s in (5.2, 59.9, 125, 3599, 3720, 7 * 3600 + 59 * 60)] == [
+    assert [duration(s) for s in (5.2, 59.9, 125, 599, 600, 3599, 3720, 7 * 3600 + 59 * 60)] == [
         "5 s",
         "60 s",
-        "2 min",
+        "125 s",
+        "599 s",
+        "10 min",
         "59 min",
         "1:02 h",
         "7:59 h",
