@@ -62,6 +62,7 @@ def run_probe(
     rollouts: Any = None,
     on_trained: Any = None,
     on_step: Any = None,
+    checkpoint: Any = None,
 ) -> ProbeResult:
     """Run `config.steps` RL steps from `model` and measure its stability.
 
@@ -75,6 +76,9 @@ def run_probe(
     before the weights are restored (built-in backend; e.g. to evaluate a long run).
     on_step: `on_step(done, planned)` after each step, for a backend whose `run` takes it
     (the built-in one does; for another it is left out).
+    checkpoint: an evals.probe.resume.Checkpointing: the run's state is saved there every
+    so often and a run that finds its own checkpoint goes on from it (built-in backend;
+    another backend that does not take `checkpoint` runs without).
 
     What happens to `model` (built-in backend): it is trained in place (update: full,
     next to a frozen copy used for the KL; update: lora, fp32 adapters injected into it,
@@ -85,7 +89,7 @@ def run_probe(
     parameter's requires_grad restored, gradients None, no optimizer state kept, no
     hooks added. Peak memory, update: full, is about two copies of the model, fp32
     masters and Adam's two moments; the memory plan (sweep/run/memory_plan.py) has the parts.
-    Nothing is written to disk.
+    Nothing is written to disk, but the checkpoint when one is given.
 
     Bad input (unreadable prompts, a rule that needs answers on prompts without one, an
     unknown backend or reward model path) raises EvalError before any step runs.
@@ -114,8 +118,10 @@ def run_probe(
     extra: dict[str, Any] = {"rollouts": rollouts} if rollouts is not None else {}
     if on_trained is not None:
         extra["on_trained"] = on_trained
-    if on_step is not None and "on_step" in inspect.signature(backend.run).parameters:
-        extra["on_step"] = on_step
+    takes = inspect.signature(backend.run).parameters
+    for name, value in (("on_step", on_step), ("checkpoint", checkpoint)):
+        if value is not None and name in takes:
+            extra[name] = value
     run = backend.run(model, tokenizer, config=config, prompts=prompts, reward=reward, **extra)
     metrics, curves = score_run(run, config=config, with_curves=True)
     wall_s = time.perf_counter() - start

@@ -47,9 +47,8 @@ CPU the same seed gives the same curves (timings aside) in any process.
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +61,7 @@ from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import logits_postprocess_problem
 from evals.probe.policy import ModuleState, Policy, set_up, tear_down
 from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples, curve_row
+from evals.probe.resume import Checkpointing, load, restore, save
 from evals.probe.sampling import (
     Batch,
     Diverged,
@@ -95,13 +95,16 @@ class GRPOBackend(ProbeBackend):
         rollouts: Any = None,
         on_trained: Callable[[Any], None] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        checkpoint: Checkpointing | None = None,
     ) -> BackendRun:
         """`on_trained(model)`, when given, is called once with the trained policy after the
         last step (not after a divergence), before the starting weights are restored: the
         hook that lets a caller evaluate what a long RL run made (bench/probe_validity.py,
         `sweep calibrate`). Under LoRA the adapters are still on the model then.
         `on_step(done, planned)`, when given, is called after each step (a long run's
-        progress, `sweep calibrate`'s heartbeat)."""
+        progress, `sweep calibrate`'s heartbeat). With `checkpoint`, the run's state is
+        saved after a step every `checkpoint.every_s` seconds, and a run that finds its own
+        checkpoint there goes on from it (evals/probe/resume.py)."""
         if config.generator == "vllm" and rollouts is None:
             raise EvalError(
                 "probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))"
@@ -117,7 +120,9 @@ class GRPOBackend(ProbeBackend):
         progress = _Progress(on_step=on_step)
         try:
             set_up(policy, model, config=config, rollouts=job.rollouts)
-            _train(job, policy, progress)
+            if checkpoint is not None:
+                _resume(job, policy, progress, checkpoint)
+            _train(job, policy, progress, checkpoint)
             if on_trained is not None:
                 on_trained(model)
         except Diverged as exc:
@@ -150,7 +155,7 @@ class _Job:
     generator: torch.Generator
     pool: list[int]
     order: list[int]  # prompt indices for every step, back to back
-    calls: Iterator[int]  # vLLM rollouts: one call number per sampling call
+    calls: int = 0  # vLLM rollouts: sampling calls made so far (each call's number seeds the engine)
 
     @classmethod
     def prepare(
@@ -187,12 +192,12 @@ class _Job:
             generator=torch.Generator(device=device).manual_seed(config.seed),
             pool=pool,
             order=prompt_order(pool, config.steps * config.prompts_per_step, order_generator),
-            calls=itertools.count(),
         )
 
     def sample(self, ids: Sequence[int]) -> Batch:
         """One completion per entry of `ids` (prompt indices), by the engine or the HF loop."""
         if self.rollouts is not None:
+            self.calls += 1
             return sample_vllm(
                 self.rollouts,
                 self.model,
@@ -201,7 +206,7 @@ class _Job:
                 config=self.config,
                 eos_ids=self.eos_ids,
                 pad_id=self.pad_id,
-                call=next(self.calls),
+                call=self.calls - 1,
             )
         return sample_hf(
             self.model,
@@ -242,15 +247,29 @@ class _Progress:
         )
 
 
-def _train(job: _Job, policy: Policy, progress: _Progress) -> None:
-    """The baseline (when asked for), then the steps until `steps` or a length collapse."""
+def _resume(job: _Job, policy: Policy, progress: _Progress, checkpoint: Checkpointing) -> None:
+    """Take up the run's own checkpoint, when there is one: its weights, moments, sampler
+    and what it measured; the engine then samples from the restored policy."""
+    state = load(checkpoint, config=job.config)
+    if state is None:
+        return
+    assert policy.optimizer is not None  # set up first
+    job.calls = restore(state, optimizer=policy.optimizer, generator=job.generator, progress=progress)
+    checkpoint.resumed_at = progress.step + 1  # the caller's pace counts the steps from here
+    _sync_engine(job, policy)
+
+
+def _train(job: _Job, policy: Policy, progress: _Progress, checkpoint: Checkpointing | None = None) -> None:
+    """The baseline (when asked for), then the steps until `steps` or a length collapse;
+    a resumed run (progress.step >= 0) goes on at the step after its checkpoint's."""
     config = job.config
-    if config.baseline_samples:
+    first = progress.step + 1
+    if config.baseline_samples and first == 0:
         t0 = time.perf_counter()
         progress.baseline = _measure_baseline(job.pool, config=config, sample=job.sample, score=job.score)
         progress.baseline_s = time.perf_counter() - t0
     base = Baseline(progress.baseline) if progress.baseline else None
-    for step in range(config.steps):
+    for step in range(first, config.steps):
         progress.step = step
         row, drawn = _step(job, policy, step)
         progress.steps.append(drawn)
@@ -262,6 +281,16 @@ def _train(job: _Job, policy: Policy, progress: _Progress) -> None:
                 "actor/entropy/normalized": entropy,
             }
         progress.curves = progress.curves.append(row)
+        if checkpoint is not None and step + 1 < config.steps and checkpoint.due():
+            assert policy.optimizer is not None
+            save(
+                checkpoint,
+                config=config,
+                optimizer=policy.optimizer,
+                generator=job.generator,
+                calls=job.calls,
+                progress=progress,
+            )
         if progress.on_step is not None:
             progress.on_step(step + 1, config.steps)
         stop_reason = _collapse_reason(progress.curves, base, config=config, step=step)
@@ -282,13 +311,21 @@ def _step(job: _Job, policy: Policy, step: int) -> tuple[dict[str, float], tuple
     advantages = group_advantages(scores_t, config.group_size).to(job.device)
     assert policy.optimizer is not None  # set up before the first step
     update = grpo_step(job.model, policy.reference, policy.optimizer, batch, advantages, config=config)
-    if job.rollouts is not None and update["updated"]:  # the next step samples from the updated policy
-        if policy.as_requests:
-            job.rollouts.set_adapter(policy.adapters)
-        else:
-            job.rollouts.push_weights(job.model, weights=policy.adapters.merged_weights() if policy.adapters else None)
+    if update["updated"]:  # the next step samples from the updated policy
+        _sync_engine(job, policy)
     row = curve_row(batch, scores_t, **update, gen_s=gen_s, step_s=time.perf_counter() - start)
     return row, _per_prompt(chosen, config.group_size, batch, scores_t)
+
+
+def _sync_engine(job: _Job, policy: Policy) -> None:
+    """The vLLM engine (if one samples) takes the current policy: the adapters as a LoRA
+    request, or the weights (merged with the adapters under LoRA)."""
+    if job.rollouts is None:
+        return
+    if policy.as_requests:
+        job.rollouts.set_adapter(policy.adapters)
+    else:
+        job.rollouts.push_weights(job.model, weights=policy.adapters.merged_weights() if policy.adapters else None)
 
 
 def _collapse_reason(curves: ProbeCurves, base: Baseline | None, *, config: ProbeConfig, step: int) -> str | None:

@@ -244,3 +244,37 @@ def test_sampled_vllm_rollouts_follow_the_hf_samplers_distribution(trio, engine)
     assert _z(hf_len, vllm_len) <= 4 and _z(hf_logp, vllm_logp) <= 4, (_z(hf_len, vllm_len), _z(hf_logp, vllm_logp))
     colder_len, colder_logp = _sample_stats(model, engine.sample(prompts, temperature=0.5, **kw))
     assert max(_z(hf_len, colder_len), _z(hf_logp, colder_logp)) > 4  # the check can tell temperatures apart
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("update", ["full", "lora"])
+def test_a_vllm_probe_resumed_from_its_checkpoint_is_the_run_never_stopped(trio, engine, update, tmp_path):
+    """Sampled (temperature 1) rollouts from the engine: a run stopped after step 3 and run
+    again with its checkpoint has the curves of the run never stopped. The engine is given
+    the restored policy (weights, or the adapters as a LoRA request) before it samples, and
+    the call count that seeds it goes on where it was."""
+    from evals.probe.resume import Checkpointing
+
+    cfg = config(generator="vllm", steps=6, learning_rate=2e-2, update=update, lora_rank=4, skip_flat_batches=False)
+
+    def probe(**kwargs):
+        model, tokenizer = load(trio["instruct"])
+        return run_probe(model, tokenizer, config=cfg, prompts=PROMPTS, reward=digit_share, rollouts=engine, **kwargs)
+
+    whole = probe()
+    assert whole.curves.kl[-1] > 1e-4
+
+    def stop_after_3(done, planned):
+        if done == 3:
+            raise _Stopped
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(_Stopped):
+        probe(checkpoint=Checkpointing(path, every_s=0), on_step=stop_after_3)
+    checkpoint = Checkpointing(path, every_s=0)
+    resumed = probe(checkpoint=checkpoint)
+    assert checkpoint.resumed_at == 3
+    assert _curves(resumed) == _curves(whole) and resumed.steps == whole.steps
