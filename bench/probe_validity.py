@@ -381,7 +381,7 @@ def table(args) -> dict:
 
     if reps >= 2:  # the reward's shape against the null simulated from each run's own baseline
         from sweep.report.calibration import dip_threshold, fmt_value
-        from sweep.run.calibrate import SHAPES
+        from sweep.run.longrun import SHAPES
 
         lines += ["", "Reward shape against the simulated null (sweep.run.calibrate.reward_shape), runs per shape:", ""]
         lines += ["| alpha | beta | runs | hockey stick | fell | no dip | dip beyond the null (each run) |"]

@@ -1,9 +1,11 @@
-"""`python -m sweep calibrate (SPEC | RESULTS_DIR/NAME) [--trials N ...] [--long-steps K] [--seeds S ...] [--long-run-timeout SECONDS] [--address A]`.
+"""`python -m sweep calibrate (SPEC | RESULTS_DIR/NAME) [--trials N ...] [--long-steps K] [--seeds S ...] [--long-run-timeout SECONDS] [--checkpoint-every SECONDS] [--address A]`.
 
 Runs the long RL on a handful of a finished study's candidates and the probe's verdicts
 beside it: does the probe rank them as the long runs do? The long runs go to Ray workers
 with a trial's resources, `budget.concurrent` at a time; each finished one is kept in
-<study_dir>/calibration-runs.jsonl, so a rerun after a stop runs only the rest. Prints one
+<study_dir>/calibration-runs.jsonl, so a rerun after a stop runs only the rest, and each one in
+flight saves its state every --checkpoint-every seconds, so a long run lost with its node or
+stopped with the driver goes on from there when it runs again. Prints one
 line per long run, then the verdict; writes <study_dir>/calibration.json, which `sweep
 report` shows.
 Exit 0 when the probe can be trusted (Spearman >= 0.8 for every steering probe metric,
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from sweep.run.longrun import CHECKPOINT_EVERY_S  # a light module: no torch, no Ray
 
 HELP = "check on a finished study that the short probe ranks its candidates as long RL runs do"
 
@@ -47,6 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: budget.trial_timeout_s x long steps / probe steps; none when the spec sets no trial timeout)",
     )
     parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        metavar="SECONDS",
+        default=CHECKPOINT_EVERY_S,
+        help="save each long run's state this often, to <study_dir>/calibration-checkpoints/, so that a run "
+        "lost with its node or stopped with the driver goes on from there (0: after every step; default "
+        f"{CHECKPOINT_EVERY_S:g})",
+    )
+    parser.add_argument(
         "--address", help="Ray cluster address (default: the spec's, else $RAY_ADDRESS, else a local Ray)"
     )
     parser.add_argument("--json", action="store_true", help="print the calibration as one JSON object")
@@ -57,7 +70,8 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
 
     from sweep.errors import SweepError
     from sweep.report.calibration import markdown, save_calibration
-    from sweep.run.calibrate import calibrate, choose_trials, long_run_timeout
+    from sweep.run.calibrate import calibrate, choose_trials
+    from sweep.run.longrun import long_run_timeout
     from sweep.run.progress import duration
     from sweep.study.durable import load_study_dir
 
@@ -70,6 +84,8 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
         raise SweepError(f"--long-steps {args.long_steps} is shorter than the probe's {probe.steps} steps")
     if args.long_run_timeout is not None and args.long_run_timeout <= 0:
         raise SweepError(f"--long-run-timeout must be more than 0 seconds, got {args.long_run_timeout:g}")
+    if args.checkpoint_every < 0:
+        raise SweepError(f"--checkpoint-every must be 0 (every step) or more seconds, got {args.checkpoint_every:g}")
     if args.max_trials < 2:
         raise SweepError(f"--max-trials must be at least 2, got {args.max_trials}")
     chosen = choose_trials(spec, trials, numbers=args.trials, limit=args.max_trials)
@@ -93,6 +109,7 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
         address=args.address,
         run_fn=run_fn,
         timeout_s=timeout_s,
+        checkpoint_every_s=args.checkpoint_every,
     )
     path = save_calibration(study_dir, result)
     if args.json:

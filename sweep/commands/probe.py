@@ -1,4 +1,4 @@
-"""`python -m sweep probe --model DIR (--spec SPEC | --prompts FILE) [...]`: the RLHF probe on one checkpoint."""
+"""`python -m sweep probe --model DIR (--spec SPEC | --prompts FILE) [...] [--checkpoint FILE]`: the RLHF probe on one checkpoint."""
 
 from __future__ import annotations
 
@@ -68,6 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: contended threads are far slower)"
     )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="save the run's state to FILE every --checkpoint-every seconds; run again with the same FILE, a "
+        "stopped run goes on from there (deleted when the run ends)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        metavar="SECONDS",
+        default=600.0,
+        help="how often to save with --checkpoint (default 600; 0: after every step)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
@@ -103,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise SweepError(f"--reference {settings['reference']}: no such checkpoint folder (config.json missing)")
     config = ProbeConfig.from_dict(settings)
     prompts = load_prompts(config.prompts)  # bad input fails before the model loads
+    if args.checkpoint_every < 0:
+        raise SweepError(f"--checkpoint-every must be 0 (every step) or more seconds, got {args.checkpoint_every:g}")
 
     model_dir = Path(_resolve_demo(args.model, "--model", CHECKPOINT_MEMBERS))
     tokenizer_dir = (
@@ -143,12 +158,27 @@ def run(args: argparse.Namespace) -> int:
             )
         except EvalError as exc:
             raise SweepError(f"--generator vllm: {exc}") from None
+    checkpoint = None
+    if args.checkpoint:
+        from evals.probe.resume import Checkpointing
+
+        tag = f"{model_dir.resolve()} {args.dtype}"  # the checkpoint of another model is not taken up
+        checkpoint = Checkpointing(Path(args.checkpoint).resolve(), every_s=args.checkpoint_every, tag=tag)
     started = time.perf_counter()
 
     def step_done(done: int, planned: int) -> None:  # a line a step on stderr: a 7B probe takes an hour
-        print(f"probe: {so_far(time.perf_counter() - started, (done, planned))}", file=sys.stderr, flush=True)
+        start = checkpoint.resumed_at or 0 if checkpoint is not None else 0
+        if start and done == start + 1:
+            print(f"probe: went on from {args.checkpoint} after step {start}", file=sys.stderr)
+        print(f"probe: {so_far(time.perf_counter() - started, (done, planned, start))}", file=sys.stderr, flush=True)
 
-    result = run_probe(model, tokenizer, config=config, prompts=prompts, rollouts=rollouts, on_step=step_done)
+    result = run_probe(
+        model, tokenizer, config=config, prompts=prompts, rollouts=rollouts, on_step=step_done, checkpoint=checkpoint
+    )
+    if checkpoint is not None:
+        from evals.probe.resume import remove
+
+        remove(checkpoint.path)  # the run is whole: the next one with this file starts anew
 
     if args.json:
         out = result.to_dict() | {"probe_metrics": result.metrics.as_metrics(), "config": config.to_dict()}

@@ -11,24 +11,8 @@ probe does: through vLLM with generator vllm). Every finished run is appended to
 <study_dir>/calibration-runs.jsonl, so a stopped calibration goes on where it stopped. The
 result is kept in <study_dir>/calibration.json, and `sweep report` shows it.
 
-The long run's outcomes come from its curves, normalized per prompt against the
-starting model's baseline (evals.probe.baseline), with the probe's trailing window:
-- final_length: mean normalized length over the last eighth of the run / baseline;
-- min_length: min of the smoothed normalized length / baseline;
-- final_reward: mean normalized reward over the last eighth - baseline (reward units):
-  what the run added, the outcome probe/reward_gain stands for;
-- final_score: mean normalized reward over the last eighth (probe/reward_final's outcome);
-- dip: baseline reward - min of the smoothed reward (>= 0), and recovery_step: the
-  first step after the minimum where the smoothed reward is back at the baseline.
-- reward_shape and fall (with `replicates`): the dip held against its null, the dip a run that
-  never left its starting model reads with the same prompts and draws
-  (evals.probe.baseline.null_reward, 99th percentile) and against twice its own
-  bootstrap half-width (the floor where the null cannot vary: a candidate at its ceiling).
-  "hockey stick": beyond both, and the smoothed reward later comes back to where a
-  no-learning run's points lie 95% of the time (back_step); "fell": beyond both and never
-  back; "no dip": within them.
-  A long run of the paper's reasoning member is the first kind; one a user would stop is
-  the second. low_step is the step of the minimum.
+Each long run's outcomes (its final and lowest length, its reward's gain, dip and shape
+against its null) are read in sweep.run.longrun, which also keeps its record and checkpoint.
 
 Each steering probe metric stands for one outcome (OUTCOMES): retention and growth for
 the final length, the dip for the long run's dip, the gain for the reward the run added,
@@ -38,13 +22,10 @@ agreement (Spearman); one used only in a constraint by its verdicts' agreement.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from statistics import mean
+from dataclasses import dataclass
 from typing import Any
 
 from evals.metric_names import NOISE_SUFFIX
@@ -59,80 +40,17 @@ from sweep.report.calibration import (
     steering_metrics,
     summarize_calibration,
 )
+from sweep.run.longrun import (
+    CHECKPOINT_EVERY_S,
+    RUNS_FILE,
+    checkpoint_path,
+    long_run_at,
+    long_run_timeout,
+    record_run,
+    recorded_runs,
+    run_key,
+)
 from sweep.run.progress import duration
-
-SHAPE_REPLICATES = 200  # simulated null runs and bootstrap replicates per long run (~2.7 s at 128 steps)
-SHAPES = ("hockey stick", "fell", "no dip")
-
-
-def long_outcome(
-    baseline: Sequence[Any], steps: Sequence[Sequence[Any]], *, window: int, replicates: int = 0
-) -> dict[str, Any]:
-    """A long run's outcomes from its per-prompt samples (PromptSamples); see the module doc.
-    With `replicates` (>= 2) also the reward's shape against its simulated null."""
-    from evals.probe.baseline import Baseline, bootstrap_noise, normalized_curves, null_reward
-    from evals.stability import moving_average
-
-    if not baseline or not steps:
-        raise SweepError("a long run's outcome needs its baseline and at least one step")
-    base = Baseline(baseline)
-    length, score, _ = normalized_curves(baseline, steps)
-    tail = max(1, len(length) // 8)
-    start = min(window, len(length)) - 1  # full windows only, as the probe's metrics read them
-    smooth_length = moving_average(length, window)[start:]
-    smooth_score = moving_average(score, window)[start:]
-    dip = max(0.0, base.pool_score - min(smooth_score))
-    recovery = None
-    if dip > 0:
-        low = smooth_score.index(min(smooth_score))
-        recovery = next(
-            (start + t for t in range(low + 1, len(smooth_score)) if smooth_score[t] >= base.pool_score), None
-        )
-    out = {
-        "final_length": mean(length[-tail:]) / base.pool_length if base.pool_length > 0 else None,
-        "min_length": min(smooth_length) / base.pool_length if base.pool_length > 0 else None,
-        "final_reward": mean(score[-tail:]) - base.pool_score,
-        "final_score": mean(score[-tail:]),
-        "dip": dip,
-        "recovery_step": recovery,
-        "steps": len(length),
-    }
-    if replicates >= 2:
-        null = null_reward(baseline, steps, window=window, replicates=replicates)
-        noise, _ = bootstrap_noise(baseline, steps, window=window, planned_steps=len(steps), replicates=replicates)
-        out |= reward_shape(smooth_score, base.pool_score, start=start, null=null, noise=noise.get("reward_dip"))
-    return out
-
-
-def reward_shape(
-    smooth_score: Sequence[float],
-    baseline: float,
-    *,
-    start: int,
-    null: tuple[float, float] | None,
-    noise: float | None,
-) -> dict[str, Any]:
-    """The smoothed reward's shape against its null (see the module doc): reward_shape,
-    dip_null (the simulated null's dip), dip_noise (the dip's bootstrap half-width), fall
-    (the dip beyond both: probe/reward_fall's outcome), low_step and back_step (None when
-    it never came back, or did not dip beyond)."""
-    from evals.probe.baseline import reward_fall
-
-    low = min(range(len(smooth_score)), key=smooth_score.__getitem__)
-    dip = max(0.0, baseline - smooth_score[low])
-    out: dict[str, Any] = {"dip_noise": noise, "low_step": start + low, "back_step": None}
-    if null is None:
-        return out | {"dip_null": None, "fall": None, "reward_shape": None}
-    null_dip, null_point = null
-    fall = reward_fall(dip, null_dip, noise)
-    out |= {"dip_null": null_dip, "fall": fall}
-    if fall == 0:
-        return out | {"reward_shape": "no dip"}
-    back = next((t for t in range(low + 1, len(smooth_score)) if smooth_score[t] >= baseline - null_point), None)
-    if back is None:
-        return out | {"reward_shape": "fell"}
-    return out | {"reward_shape": "hockey stick", "back_step": start + back}
-
 
 SPREAD = (0.5, 0.25, 0.75, 0.125, 0.375, 0.625, 0.875)  # where, between lowest and highest, to pick
 
@@ -213,58 +131,23 @@ def choose_trials(
     return list(picks.items())[:limit] if len(picks) > limit else list(picks.items())
 
 
-RUNS_FILE = "calibration-runs.jsonl"  # one finished long run per line, kept across calibrations
-# what a long run sets in the probe's config: its steps and seed, no early stop, no noise band
-LONG_RUN_SETS: dict[str, Any] = {"steps": None, "seed": None, "collapse_threshold": None, "noise_samples": 0}
 HEARTBEAT_S = 600.0  # a "still running" line when no long run has finished for this long
 
 
-def long_run_at(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> dict[str, Any]:
-    """On a worker: the candidate at `params` built in place, the probe's RL run from it for
-    `long_steps` steps at `seed` (sampling as the trial's probe does: the vLLM engine with
-    generator vllm), and its outcome (long_outcome, with the reward's shape)."""
-    from sweep.run.pool import report_progress
-    from sweep.run.trial import build_candidate, probe_on_worker, worker_state
+@dataclass(frozen=True)
+class _LongRuns:
+    """How the long runs run: their steps, the function a worker runs (long_run_at, or a
+    caller's own, which gets no warm-up and no checkpoint argument) and their time limit."""
 
-    state = worker_state(spec)  # cached per worker: the sources, the live model, the prompts, the engine
-    if state.probe_config is None:
-        raise SweepError("the spec has no evals.probe section: there is no RL to run")
-    build_candidate(spec, params, model=state.model, sources=state.sources)
-    config = state.probe_config.model_copy(update=LONG_RUN_SETS | {"steps": long_steps, "seed": seed})
-    t0 = time.perf_counter()
-    run = probe_on_worker(state, config, on_step=report_progress)  # the heartbeat shows the step
-    if run.diverged:
-        outcome = dict.fromkeys(("final_reward", "final_score", "dip", "recovery_step"))
-        outcome |= {"final_length": 0.0, "min_length": 0.0, "steps": run.curves.steps, "diverged": True}
-        outcome |= {"reward_shape": "diverged"}
-    else:
-        outcome = long_outcome(run.baseline, run.steps, window=config.window, replicates=SHAPE_REPLICATES)
-    return outcome | {"seed": seed, "wall_s": round(time.perf_counter() - t0, 3)}
+    steps: int
+    fn: Callable[..., dict[str, Any]]
+    builtin: bool
+    timeout_s: float | None
+    checkpoint_every_s: float
 
-
-def run_key(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> str:
-    """What a recorded long run must match to be reused: the candidate (its models, merge
-    and params), the probe's settings that the long run uses (not the probe's own steps,
-    seed, stopping rule or noise replicates: long_run_at sets those), the seed and the steps."""
-    probe = spec.evals.probe.model_dump(mode="json", exclude=set(LONG_RUN_SETS))
-    relevant = spec.model_dump(mode="json", include={"models", "merge"})
-    relevant |= {"probe": probe, "params": params, "seed": seed}
-    relevant |= {"long_steps": long_steps}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def recorded_runs(study_dir: Path) -> dict[str, dict[str, Any]]:
-    """The long runs calibration-runs.jsonl holds, by run_key (a line cut short by a crash is skipped)."""
-    path = Path(study_dir) / RUNS_FILE
-    runs: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                runs[record["key"]] = record["outcome"]
-            except (ValueError, KeyError, TypeError):
-                continue
-    return runs
+    def job(self, params: dict[str, float], seed: int) -> tuple[Any, ...]:
+        """The arguments after the spec: long_run_at also takes how often to checkpoint."""
+        return (params, seed, self.steps) + ((self.checkpoint_every_s,) if self.builtin else ())
 
 
 def calibrate(
@@ -279,6 +162,7 @@ def calibrate(
     address: str | None = None,
     heartbeat_s: float = HEARTBEAT_S,
     timeout_s: float | None = None,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> Calibration:
     """Run the long RL from each chosen candidate and compare with the probe's metrics.
 
@@ -290,7 +174,9 @@ def calibrate(
     none finishes for `heartbeat_s`, a "still running" line names the runs in flight and
     how long each has run. A run past `timeout_s` (default: long_run_timeout) is stopped,
     its worker with it. A run that fails is a SweepError (exit 1) after the others have
-    finished and been recorded."""
+    finished and been recorded. A run in flight saves its state every `checkpoint_every_s`
+    (sweep.run.longrun): run again, by the pool after its worker was lost or by a rerun
+    after the driver stopped, it goes on from there."""
     if spec.evals.probe is None:
         raise SweepError("the study's spec has no evals.probe section: there is no probe to calibrate")
     steering = steering_metrics(spec)
@@ -341,8 +227,9 @@ def calibrate(
         say(f"reusing {len(runs)} of the {total} long runs, recorded in {spec.study_dir / RUNS_FILE}")
     by_number = {c.number: c for c in candidates}
     failed, reused = [], len(runs)
+    _say_resumed(spec.study_dir, jobs, say)
     timeout_s = timeout_s or long_run_timeout(spec, long_steps)
-    run = (long_steps, run_fn or long_run_at, run_fn is None, timeout_s)  # a run_fn of one's own: no warm-up
+    run = _LongRuns(long_steps, run_fn or long_run_at, run_fn is None, timeout_s, checkpoint_every_s)
     pooled = _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s)
     for (number, seed, key), outcome, error in pooled:
         c = by_number[number]
@@ -351,12 +238,12 @@ def calibrate(
             say(f"long run {len(runs) + len(failed)}/{total}: trial {number} ({c.why}) seed {seed}: FAILED {error}")
             continue
         runs[number, seed] = outcome
-        _record(spec.study_dir, key, number, outcome)
+        record_run(spec.study_dir, key, number, outcome)
         ended, left, spent = len(runs) + len(failed), total - len(runs) - len(failed), time.perf_counter() - started
         eta = f", about {duration(spent / (ended - reused) * left)} left" if left else ""  # at this pace
         say(
             f"long run {ended}/{total}: trial {number} ({c.why}) seed {seed}: {_described(c, outcome, steering)} "
-            f"({duration(outcome.get('wall_s') or 0.0)}; {duration(spent)} in all{eta})"
+            f"({duration(outcome.get('wall_s') or 0.0)}{_resumed_text(outcome)}; {duration(spent)} in all{eta})"
         )
     if failed:
         error = SweepError(
@@ -374,17 +261,9 @@ def calibrate(
     )
 
 
-def long_run_timeout(spec: Any, long_steps: int) -> float | None:
-    """A long run's time limit: budget.trial_timeout_s scaled by its steps over the probe's
-    (a trial is one probe and its evals), None when the spec sets no trial timeout."""
-    timeout = spec.budget.trial_timeout_s
-    return None if timeout is None else timeout * max(1.0, long_steps / spec.evals.probe.steps)
-
-
 def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
     """(job, outcome, error) as each long run finishes: one pool per recipe (a trial may have
-    recorded models or a merge other than the spec's), each job (number, seed, key);
-    `run`: (long_steps, the function each worker runs, whether to warm workers, the timeout)."""
+    recorded models or a merge other than the spec's), each job (number, seed, key)."""
     if not jobs:
         return
     from sweep.run.pool import Running, capacity_warning, run_pool
@@ -392,8 +271,7 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
     from sweep.run.raysetup import choose_local_auth_mode, init_ray
     from sweep.run.trial import warm_worker
 
-    long_steps, run_fn, warm, timeout_s = run
-    work = {job: (by_number[job[0]].params, job[1], long_steps) for job in jobs}
+    work = {job: run.job(by_number[job[0]].params, job[1]) for job in jobs}
     job_of = {id(w): job for job, w in work.items()}  # run_pool hands back the very tuples
 
     def waiting(running: Running) -> None:
@@ -415,9 +293,9 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
             pool = run_pool(
                 recipe_spec,
                 mine,
-                run_fn,
-                warm=warm_worker if warm else None,
-                timeout_s=timeout_s,
+                run.fn,
+                warm=warm_worker if run.builtin else None,
+                timeout_s=run.timeout_s,
                 heartbeat_s=heartbeat_s,
                 on_wait=waiting,
                 on_lost=lost,
@@ -431,9 +309,23 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
             ray.shutdown()
 
 
-def _record(study_dir: Path, key: str, number: int, outcome: dict[str, Any]) -> None:
-    with open(Path(study_dir) / RUNS_FILE, "a") as handle:
-        handle.write(json.dumps({"key": key, "number": number, "outcome": outcome}) + "\n")
+def _say_resumed(study_dir: Any, jobs: Sequence[tuple[int, int, str]], say: Callable[[str], None]) -> None:
+    """A line for each run that will go on from its checkpoint, with how far it got and when."""
+    from evals.probe.resume import read_info
+
+    for number, seed, key in jobs:
+        info = read_info(checkpoint_path(study_dir, key))
+        if info is not None and info.get("tag") == key:
+            ago = duration(max(0.0, time.time() - float(info.get("saved", time.time()))))
+            say(
+                f"trial {number} seed {seed} goes on from its checkpoint: step {info.get('done')}/{info.get('planned')}, "
+                f"saved {ago} ago"
+            )
+
+
+def _resumed_text(outcome: dict[str, Any]) -> str:
+    resumed_at = outcome.get("resumed_at")
+    return f", from step {resumed_at} on" if resumed_at else ""
 
 
 def _described(c: Candidate, outcome: dict[str, Any], steering: Sequence[str]) -> str:

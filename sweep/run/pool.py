@@ -21,7 +21,7 @@ JobFn = Callable[..., Any]  # fn(spec, *job) -> a JSON-able result, run on a wor
 WarmFn = Callable[[SweepSpec], Any]  # warm(spec), run once on each worker before its first job
 # the jobs in flight: each with the seconds since it was sent and its progress, (done, total)
 # as its worker last reported it (report_progress), or None
-Running = list[tuple[tuple[Any, ...], float, tuple[int, int] | None]]
+Running = list[tuple[tuple[Any, ...], float, tuple[int, int, int] | None]]
 
 LOST_RETRIES = 3  # a job whose worker died (its node lost, its process killed) runs again this often
 
@@ -65,7 +65,8 @@ def run_pool(
         return
     worker_spec = spec.model_copy(update={"storage": None})  # workers never need the storage
     actor_class = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial)(_Worker)
-    board: Any = ray.remote(num_cpus=0)(_Board).remote()  # where jobs report their progress
+    # where jobs report their progress, when someone reads it (a process of its own: none otherwise)
+    board: Any = ray.remote(num_cpus=0)(_Board).remote() if on_wait is not None else None
     starting: dict[Any, Any] = {}  # the ready() call of a worker warming up -> the worker
     starts_left = [LOST_RETRIES * len(jobs)]  # new workers in place of dead ones: never without end
 
@@ -91,7 +92,8 @@ def run_pool(
         while queue or pending:
             while queue and idle:
                 position, worker = queue.pop(0), idle.pop()
-                board.forget.remote(position)  # a job run again starts its progress anew
+                if board is not None:
+                    board.forget.remote(position)  # a job run again starts its progress anew
                 pending[worker.call.remote(position, *jobs[position])] = (position, worker, time.monotonic())
             if not pending and not starting:  # no worker left, none coming: the rest cannot run
                 why = f"no worker could start ({warm_error})" if warm_error else "no worker left to run it"
@@ -112,7 +114,7 @@ def run_pool(
                 if heartbeat_s is not None and now - quiet_since >= heartbeat_s:
                     quiet_since = now
                     if on_wait is not None:
-                        done = _progress(board)
+                        done = _progress(board) if board is not None else {}
                         on_wait([(jobs[p], now - sent, done.get(p)) for p, _, sent in pending.values()])
                 continue
             quiet_since = now
@@ -150,22 +152,29 @@ def run_pool(
                 idle.append(worker)
             yield job, result, error
     finally:
-        for worker in [*idle, *(w for _, w, _ in pending.values()), *starting.values(), board]:
+        for worker in [
+            *idle,
+            *(w for _, w, _ in pending.values()),
+            *starting.values(),
+            *([board] if board is not None else []),
+        ]:
             ray.kill(worker)
 
 
-def report_progress(done: int, total: int) -> None:
+def report_progress(done: int, total: int, start: int = 0) -> None:
     """Inside a pool's job, on its worker: `done` of `total` units finished (a long run's RL
-    steps); the driver's heartbeat shows it (`on_wait`). Elsewhere it does nothing."""
-    if _REPORTING:
+    steps), `start` of them before this run of the job (a run resumed from its checkpoint);
+    the driver's heartbeat shows it (`on_wait`). Elsewhere, or in a pool nobody watches
+    (no `on_wait`), it does nothing."""
+    if _REPORTING and _REPORTING[0][0] is not None:
         board, position = _REPORTING[0]
-        board.report.remote(position, done, total)
+        board.report.remote(position, done, total, start)
 
 
 _REPORTING: list[tuple[Any, int]] = []  # on a worker, while a job runs: (the pool's board, the job's position)
 
 
-def _progress(board: Any) -> dict[int, tuple[int, int]]:
+def _progress(board: Any) -> dict[int, tuple[int, int, int]]:
     """The jobs' last reported progress, {} when the board does not answer in time."""
     import ray
 
@@ -237,13 +246,13 @@ class _Board:
     """A Ray actor with no resources of its own: each job's last reported progress, by position."""
 
     def __init__(self) -> None:
-        self.done: dict[int, tuple[int, int]] = {}
+        self.done: dict[int, tuple[int, int, int]] = {}
 
-    def report(self, position: int, done: int, total: int) -> None:
-        self.done[position] = (done, total)
+    def report(self, position: int, done: int, total: int, start: int) -> None:
+        self.done[position] = (done, total, start)
 
     def forget(self, position: int) -> None:
         self.done.pop(position, None)
 
-    def read(self) -> dict[int, tuple[int, int]]:
+    def read(self) -> dict[int, tuple[int, int, int]]:
         return self.done

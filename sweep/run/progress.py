@@ -124,12 +124,18 @@ def duration(seconds: float) -> str:
     return f"{minutes} min" if minutes >= 10 else f"{seconds:.0f} s"
 
 
-def so_far(seconds: float, done: tuple[int, int] | None) -> str:
-    """How long a long run has run, and (when its worker said) its step and the time left."""
+def so_far(seconds: float, done: tuple[int, ...] | None) -> str:
+    """How long a long run has run, and (when its worker said) its step and the time left.
+    `done`: (step, steps) or (step, steps, start): a run resumed at step `start` took
+    `seconds` for its steps after `start`, and its pace is read from those."""
     if not done or not done[0]:
         return duration(seconds)
-    step, steps = done
-    return f"{duration(seconds)} (step {step}/{steps}, about {duration(seconds * (steps - step) / step)} left)"
+    step, steps, *rest = done
+    start = rest[0] if rest else 0
+    if step <= start:  # resumed, no step of its own yet
+        return f"{duration(seconds)} (step {step}/{steps})"
+    left = seconds * (steps - step) / (step - start)
+    return f"{duration(seconds)} (step {step}/{steps}, about {duration(left)} left)"
 
 
 class RedactFilter(logging.Filter):

@@ -249,10 +249,17 @@ def _deadline_guard(model: Any, deadline: float | None, timeout_s: float | None,
         handle.remove()
 
 
-def probe_on_worker(state: WorkerState, config: ProbeConfig, *, on_step: Callable[[int, int], None] | None = None):
+def probe_on_worker(
+    state: WorkerState,
+    config: ProbeConfig,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+    checkpoint: Any = None,
+):
     """The probe of the candidate built in `state.model`, as a trial runs it: the worker's
     prompts and reward model, and with generator vllm its engine (a trial, a nightly
-    repeat, a calibration's long run). `on_step(done, planned)` after each step."""
+    repeat, a calibration's long run). `on_step(done, planned)` after each step;
+    `checkpoint` (evals.probe.resume.Checkpointing) saves and resumes the run."""
     from evals.probe import run_probe
 
     rollouts = _rollout_engine(state) if config.generator == "vllm" else None
@@ -264,6 +271,7 @@ def probe_on_worker(state: WorkerState, config: ProbeConfig, *, on_step: Callabl
         reward=state.reward,
         rollouts=rollouts,
         on_step=on_step,
+        checkpoint=checkpoint,
     )
 
 

@@ -105,3 +105,46 @@ def test_bad_input_exits_2_with_one_message(tiny_dir, prompts_file, tmp_path, ca
     err = capsys.readouterr().err
     assert message.format(**fill) in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_probe_stopped_with_ctrl_c_goes_on_from_its_checkpoint(tiny_dir, prompts_file, tmp_path, capsys):
+    """`--checkpoint FILE`: a run stopped part-way (SIGINT, as Ctrl-C sends it) and run again
+    goes on from its last checkpoint and prints what the run never stopped prints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--json", "--seed", "2", *FAST]
+    args += ["--steps", "40", "--learning-rate", "1e-2"]
+    assert main(args) == 0
+    whole = json.loads(capsys.readouterr().out)
+
+    checkpoint = tmp_path / "probe.pt"
+    resumable = [*args, "--checkpoint", str(checkpoint), "--checkpoint-every", "0"]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", *resumable], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # stop it once it has taken 3 steps
+        if "(step 3/40" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and checkpoint.exists()
+
+    assert main(resumable) == 0
+    out, err = capsys.readouterr()
+    went_on = re.search(rf"probe: went on from {re.escape(str(checkpoint))} after step (\d+)", err)
+    assert went_on and 3 <= int(went_on[1]) < 40, err
+    steps = [int(m[1]) for m in re.finditer(r"\(step (\d+)/40", err)]
+    assert steps == list(range(int(went_on[1]) + 1, 41))  # only the steps after the checkpoint ran
+    resumed = json.loads(out)
+    untimed = [key for key in whole["curves"] if key.startswith("timing/")]
+    for data in (whole, resumed):
+        for key in untimed:
+            del data["curves"][key]
+    assert resumed["curves"] == whole["curves"] and resumed["probe_metrics"] == whole["probe_metrics"]
+    assert not checkpoint.exists()  # the run is whole: a run with the same file starts anew

@@ -71,6 +71,15 @@ def test_a_stopped_run_resumed_from_its_checkpoint_is_the_run_never_stopped(tiny
         run(tiny_dir, cfg, dtype=dtype, checkpoint=Checkpointing(path, every_s=0), on_step=stop_after(STOP_AT))
     info = read_info(path)
     assert info is not None and info["done"] == STOP_AT and info["planned"] == STEPS
+    # the size docs/probe.md quotes: 12 bytes per trainable parameter (fp32 weight or master,
+    # two moments), plus what was measured so far
+    model, _ = load(tiny_dir)
+    if changes.get("update") == "lora":  # peft's all-linear: every linear layer but the output head
+        linears = [m for name, m in model.named_modules() if type(m).__name__ == "Linear" and name != "lm_head"]
+        trainable = sum(4 * (m.in_features + m.out_features) for m in linears)
+    else:
+        trainable = sum(p.numel() for p in model.parameters())
+    assert 12 * trainable < path.stat().st_size < 12 * trainable * 1.1 + 100_000, (path.stat().st_size, trainable)
     told = []
     checkpoint = Checkpointing(path, every_s=0)
     resumed = run(tiny_dir, cfg, dtype=dtype, checkpoint=checkpoint, on_step=lambda d, p: told.append(d))

@@ -62,7 +62,7 @@ def stand_in_trial(spec, params) -> TrialResult:
 
 
 def stand_in_long_run(spec, params, seed, long_steps) -> dict:
-    """sweep calibrate's long run (sweep.run.calibrate.long_run_at) for the stand-in trial:
+    """sweep calibrate's long run (sweep.run.longrun.long_run_at) for the stand-in trial:
     the outcomes its probe metrics stand for, after SWEEP_TEST_TRIAL_S seconds, with the
     Ray node that ran it (`node`); where the study folder has a `marks` folder, a file in
     it as the run starts. (Workers take their node's environment: the cluster's

@@ -12,7 +12,7 @@ import pytest
 from evals.probe.records import PromptSamples
 from sweep.config import SweepSpec
 from sweep.report.calibration import Candidate, spearman, summarize_calibration
-from sweep.run.calibrate import long_outcome
+from sweep.run.longrun import long_outcome
 
 
 def test_spearman_matches_known_values():
@@ -316,7 +316,8 @@ def test_calibrate_spreads_its_candidates_over_values_the_probe_can_tell_apart()
 
 def test_calibrate_refuses_a_probe_without_a_baseline_before_anything_runs(tmp_path):
     from sweep.errors import SweepError
-    from sweep.run.calibrate import RUNS_FILE, calibrate
+    from sweep.run.calibrate import calibrate
+    from sweep.run.longrun import RUNS_FILE
 
     spec = SweepSpec.model_validate(
         {
@@ -336,7 +337,7 @@ def test_calibrate_refuses_a_probe_without_a_baseline_before_anything_runs(tmp_p
 
 
 def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed_and_steps(tmp_path):
-    from sweep.run.calibrate import RUNS_FILE, _record, recorded_runs, run_key
+    from sweep.run.longrun import RUNS_FILE, record_run, recorded_runs, run_key
 
     spec = SweepSpec.model_validate(
         {
@@ -377,7 +378,7 @@ def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed
     inert_spec = spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": inert})})
     assert run_key(inert_spec, {"alpha": 0.5, "beta": 1.0}, 1, 128) == key
     spec.study_dir.mkdir(parents=True)
-    _record(spec.study_dir, key, 3, {"final_length": 0.7, "seed": 1})
+    record_run(spec.study_dir, key, 3, {"final_length": 0.7, "seed": 1})
     with open(spec.study_dir / RUNS_FILE, "a") as handle:
         handle.write('{"key": "cut short by a cra')  # a crash mid-line: skipped, not an error
     assert recorded_runs(spec.study_dir) == {key: {"final_length": 0.7, "seed": 1}}
@@ -389,6 +390,10 @@ def test_the_heartbeat_says_how_long_a_long_run_has_run_and_how_long_it_has_left
     # 57 of 192 steps in 2:10 h: 135 steps left at 137 s a step
     assert so_far(7800, (57, 192)) == "2:10 h (step 57/192, about 5:07 h left)"
     assert so_far(30, None) == so_far(30, (0, 192)) == "30 s"  # no step reported yet
+    # resumed from its checkpoint at step 50: the 7 steps since took the 2:10 h
+    assert so_far(7800, (57, 192, 50)) == "2:10 h (step 57/192, about 41:47 h left)"
+    assert so_far(7800, (57, 192, 0)) == so_far(7800, (57, 192))
+    assert so_far(90, (50, 192, 50)) == "90 s (step 50/192)"  # no step of its own yet: no pace to read
 
     assert [duration(s) for s in (5.2, 59.9, 125, 599, 600, 3599, 3720, 7 * 3600 + 59 * 60)] == [
         "5 s",

@@ -22,7 +22,7 @@ import yaml
 
 from sweep.cli import main
 from sweep.config import load_spec
-from sweep.run.calibrate import SHAPES
+from sweep.run.longrun import SHAPES
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -291,7 +291,8 @@ def _calibration_inputs(demo_study):
     long runs removed; this module's functions pickled by value for the Ray workers."""
     import ray.cloudpickle
 
-    from sweep.run.calibrate import RUNS_FILE, choose_trials
+    from sweep.run.calibrate import choose_trials
+    from sweep.run.longrun import RUNS_FILE
     from sweep.study.durable import load_study_dir
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -313,7 +314,7 @@ def _reasoning_end(demo_study):
 
 def planted_long_run(spec, params, seed, long_steps):
     """The real long run, except that it raises for the reasoning-heavy end of the square."""
-    from sweep.run.calibrate import long_run_at
+    from sweep.run.longrun import long_run_at
 
     if params["alpha"] < 0.1:
         raise RuntimeError(f"planted failure at alpha={params['alpha']:.3f}")
@@ -324,7 +325,8 @@ def test_a_failed_long_run_fails_calibrate_and_keeps_the_others(demo_study):
     import json
 
     from sweep.errors import SweepError
-    from sweep.run.calibrate import RUNS_FILE, calibrate
+    from sweep.run.calibrate import calibrate
+    from sweep.run.longrun import RUNS_FILE
 
     spec, trials, chosen, alphas, failing = _reasoning_end(demo_study)
     said: list[str] = []
@@ -353,7 +355,7 @@ def test_a_long_run_reports_each_step_to_its_pool(demo_study):
     import torch
 
     from sweep.run import pool, trial
-    from sweep.run.calibrate import long_run_at
+    from sweep.run.longrun import long_run_at
     from sweep.study.table import trial_params
 
     spec, trials, chosen = _calibration_inputs(demo_study)
@@ -368,7 +370,7 @@ def test_a_long_run_reports_each_step_to_its_pool(demo_study):
         pool._REPORTING.clear()
         trial._STATE.clear()
         torch.set_num_threads(threads)
-    assert outcome["steps"] == 4 and reports == [(7, 1, 4), (7, 2, 4), (7, 3, 4), (7, 4, 4)]
+    assert outcome["steps"] == 4 and reports == [(7, 1, 4, 0), (7, 2, 4, 0), (7, 3, 4, 0), (7, 4, 4, 0)]
 
 
 def flaky_trial(spec, params):
@@ -488,21 +490,45 @@ def test_a_worker_the_cluster_cannot_place_is_named_before_the_pool_waits_on_it(
     )
 
 
-def dying_long_run(spec, params, seed, long_steps):
-    """The real long run, except that the reasoning-heavy end kills its own worker process
-    once (while the study folder holds a `die-once` file): a node or worker lost mid-run."""
-    from sweep.run.calibrate import long_run_at
+def _stop_at_step(spec, params, seed, long_steps, stop):
+    """The real long run, checkpointed after every step, with `stop()` called after step 3
+    of the reasoning-heavy end while the study folder holds a `stop-once` file."""
+    from sweep.run import pool
+    from sweep.run.longrun import long_run_at
 
-    marker = spec.study_dir / "die-once"
-    if params["alpha"] < 0.1 and marker.exists():
-        marker.unlink()
-        os._exit(1)
-    return long_run_at(spec, params, seed, long_steps)
+    marker, report = spec.study_dir / "stop-once", pool.report_progress
+
+    def report_or_stop(done, total, start=0):
+        if params["alpha"] < 0.1 and done == 3 and marker.exists():
+            marker.unlink()
+            stop()
+        report(done, total, start)
+
+    pool.report_progress = report_or_stop
+    try:
+        return long_run_at(spec, params, seed, long_steps, checkpoint_every_s=0)
+    finally:
+        pool.report_progress = report
+
+
+def dying_long_run(spec, params, seed, long_steps):
+    """The reasoning-heavy end kills its own worker process after step 3, once: a node or
+    worker lost mid-run."""
+    return _stop_at_step(spec, params, seed, long_steps, lambda: os._exit(1))
+
+
+def stopped_long_run(spec, params, seed, long_steps):
+    """The reasoning-heavy end stops after step 3, once, as a stopped driver stops it."""
+
+    def stop():
+        raise RuntimeError("the driver was stopped")
+
+    return _stop_at_step(spec, params, seed, long_steps, stop)
 
 
 def hanging_long_run(spec, params, seed, long_steps):
     """The real long run, except that the reasoning-heavy end hangs (a stuck engine or collective)."""
-    from sweep.run.calibrate import long_run_at
+    from sweep.run.longrun import long_run_at
 
     if params["alpha"] < 0.1:
         time.sleep(3600)
@@ -513,7 +539,8 @@ def test_a_long_run_past_its_timeout_is_stopped_and_the_others_are_kept(demo_stu
     import json
 
     from sweep.errors import SweepError
-    from sweep.run.calibrate import RUNS_FILE, calibrate, long_run_timeout
+    from sweep.run.calibrate import calibrate
+    from sweep.run.longrun import RUNS_FILE, long_run_timeout
 
     spec, trials, chosen, alphas, hanging = _reasoning_end(demo_study)
     # the default: a trial's timeout scaled by the long run's steps over the probe's
@@ -555,7 +582,7 @@ def progress_job(spec, i):
     the pool's board, an actor started with the pool, is up)."""
     from sweep.run.pool import report_progress
 
-    report_progress(3, 10)
+    report_progress(3, 10, 1)
     time.sleep(4)
     return i
 
@@ -587,7 +614,7 @@ def test_the_pool_starts_a_worker_in_a_dead_ones_place_and_a_failed_warm_up_fail
     waits: list = []
     done = list(run_pool(spec, [(7,), (8,)], progress_job, heartbeat_s=0.3, on_wait=waits.append))
     assert sorted(result for _, result, _ in done) == [7, 8]
-    assert any(progress == (3, 10) for running in waits for _, _, progress in running), waits
+    assert any(progress == (3, 10, 1) for running in waits for _, _, progress in running), waits
 
     # a warm-up that raises: no worker can start, and every job fails with its error
     done = list(run_pool(spec, [(i,) for i in range(3)], pid_job, warm=failing_warm))
@@ -596,17 +623,68 @@ def test_the_pool_starts_a_worker_in_a_dead_ones_place_and_a_failed_warm_up_fail
     ] * 3
 
 
-def test_a_long_run_whose_worker_dies_runs_again_on_a_worker_still_alive(demo_study):
-    from sweep.run.calibrate import RUNS_FILE, calibrate
+def _uninterrupted(spec, trials, number, long_steps):
+    """The long run of trial `number`, here, as it runs when nothing stops it."""
+    import torch
 
-    spec, trials, chosen = _calibration_inputs(demo_study)
-    (spec.study_dir / "die-once").touch()
+    from sweep.run import trial
+    from sweep.run.longrun import long_run_at
+    from sweep.study.table import trial_params
+
+    params = {k: float(v) for k, v in trial_params(trials[trials["number"] == number].iloc[0]).items()}
+    threads = torch.get_num_threads()
+    try:
+        return long_run_at(spec, params, 1, long_steps)
+    finally:
+        trial._STATE.clear()
+        torch.set_num_threads(threads)
+
+
+def _without_timing(outcome):
+    return {k: v for k, v in outcome.items() if k not in ("wall_s", "resumed_at")}
+
+
+def test_a_long_run_whose_worker_dies_goes_on_from_its_checkpoint_on_a_worker_still_alive(demo_study):
+    from sweep.run.calibrate import calibrate
+    from sweep.run.longrun import CHECKPOINTS, RUNS_FILE
+
+    spec, trials, chosen, alphas, end = _reasoning_end(demo_study)
+    (spec.study_dir / "stop-once").touch()
     said: list[str] = []
     result = calibrate(spec, trials, chosen, long_steps=5, say=said.append, run_fn=dying_long_run)
-    assert not (spec.study_dir / "die-once").exists()  # the worker did die
+    assert not (spec.study_dir / "stop-once").exists()  # the worker did die
     died = [line for line in said if "was lost with its worker" in line]
     assert len(died) == 1 and re.match(
-        r"the long run of trial \d+ seed 1 was lost with its worker \(.+\): running it again$", died[0]
+        rf"the long run of trial {end[0]} seed 1 was lost with its worker \(.+\): running it again$", died[0]
     ), said
     assert len(result.candidates) == 4 and all(len(c.long) == 1 and c.long[0]["steps"] == 5 for c in result.candidates)
     assert len((spec.study_dir / RUNS_FILE).read_text().splitlines()) == 4  # every run recorded, the lost one once
+    # the lost run went on from its checkpoint after step 3, and made what a run never stopped makes
+    runs = {c.number: c.long[0] for c in result.candidates}
+    assert runs[end[0]]["resumed_at"] == 3 and all(runs[n]["resumed_at"] is None for n in runs if n != end[0])
+    assert any(re.search(rf"trial {end[0]} .*, from step 3 on; ", line) for line in said), said
+    assert _without_timing(runs[end[0]]) == _without_timing(_uninterrupted(spec, trials, end[0], 5))
+    assert not any((spec.study_dir / CHECKPOINTS).iterdir())  # a recorded run's checkpoint is deleted
+
+
+def test_a_calibration_stopped_mid_run_goes_on_from_the_checkpoint_when_run_again(demo_study):
+    from sweep.errors import SweepError
+    from sweep.run.calibrate import calibrate
+    from sweep.run.longrun import CHECKPOINTS
+
+    spec, trials, chosen, alphas, end = _reasoning_end(demo_study)
+    (spec.study_dir / "stop-once").touch()
+    with pytest.raises(SweepError) as caught:
+        calibrate(spec, trials, chosen, long_steps=5, say=lambda _: None, run_fn=stopped_long_run)
+    assert "RuntimeError: the driver was stopped" in str(caught.value)
+    assert len(list((spec.study_dir / CHECKPOINTS).glob("*.pt"))) == len(end)  # what the stopped runs left
+    said: list[str] = []
+    result = calibrate(spec, trials, chosen, long_steps=5, say=said.append, checkpoint_every_s=0)
+    assert f"reusing {len(chosen) - len(end)} of the {len(chosen)} long runs" in said[0], said
+    assert any(
+        re.fullmatch(rf"trial {end[0]} seed 1 goes on from its checkpoint: step 3/5, saved \d+ s ago", line)
+        for line in said
+    ), said
+    again = {c.number: c.long[0] for c in result.candidates}[end[0]]
+    assert again["resumed_at"] == 3
+    assert _without_timing(again) == _without_timing(_uninterrupted(spec, trials, end[0], 5))

@@ -142,12 +142,12 @@ def test_one_engine_serves_eval_and_probe_across_trials(trio, tiny_tasks, tmp_pa
 
 
 def test_calibrates_long_run_samples_through_the_workers_engine_as_the_trials_probe_does(trio, tiny_tasks, tmp_path):
-    """`sweep calibrate`'s long run (sweep.run.calibrate.long_run_at) and `sweep nightly`'s
+    """`sweep calibrate`'s long run (sweep.run.longrun.long_run_at) and `sweep nightly`'s
     probe repeat (sweep.run.repeats.probe_at) on a spec with generator vllm: both sample
     with the worker's one engine (before, each called the probe with no engine and
     failed), built when the worker warms up, and greedy, the long run's outcome is the HF loop's."""
     from sweep.run import trial
-    from sweep.run.calibrate import SHAPES, long_run_at
+    from sweep.run.longrun import SHAPES, long_run_at
     from sweep.run.repeats import probe_at
 
     spec = _spec(tmp_path, trio, tiny_tasks, "full")
