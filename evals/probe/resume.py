@@ -20,7 +20,8 @@ kernels that are not deterministic make it a run of the same distribution.
 Size: 12 bytes per trainable parameter (fp32 weight or master, two moments): with
 `update: lora` rank 16 on a 7B model about 0.5 GB; `update: full` would be 90 GB.
 The write goes to a temporary file renamed over `path` (a crash mid-write leaves the
-previous checkpoint), with a small `<path>.json` beside it saying how far the run got.
+previous checkpoint; the next save removes the half-written file), with a small
+`<path>.json` beside it saying how far the run got.
 A checkpoint of another run, or one that cannot be read, is set aside with a warning and
 the run starts from step 0; a write that fails warns once and the run goes on without.
 """
@@ -121,6 +122,8 @@ def save(
         partial_info = path.with_name(f".{path.name}.{os.getpid()}.json.partial")
         partial_info.write_text(json.dumps(info))
         os.replace(partial_info, checkpointing.info_path)
+        for stale in path.parent.glob(f".{path.name}.*.partial"):  # a write a killed process left half done
+            stale.unlink(missing_ok=True)
     except OSError as exc:
         checkpointing.broken = True
         print(f"probe: could not write the checkpoint {path} ({exc}); the run goes on without", file=sys.stderr)

@@ -67,8 +67,10 @@ def test_a_stopped_run_resumed_from_its_checkpoint_is_the_run_never_stopped(tiny
     whole = run(tiny_dir, cfg, dtype=dtype)
     assert whole.curves.kl[-1] > 1e-4  # it learned: a resume that lost the weights would show
     path = tmp_path / "run.pt"
+    (tmp_path / ".run.pt.999.partial").write_bytes(b"half a checkpoint, left by a process killed mid-write")
     with pytest.raises(Stopped):
         run(tiny_dir, cfg, dtype=dtype, checkpoint=Checkpointing(path, every_s=0), on_step=stop_after(STOP_AT))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt", "run.pt.json"]  # the half-written one is gone
     info = read_info(path)
     assert info is not None and info["done"] == STOP_AT and info["planned"] == STEPS
     # the size docs/probe.md quotes: 12 bytes per trainable parameter (fp32 weight or master,
