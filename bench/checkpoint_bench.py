@@ -95,6 +95,8 @@ def main() -> None:
     size = checkpointing.path.stat().st_size
     checkpointing.path.unlink()
     checkpointing.info_path.unlink()
+    if args.out is None:
+        folder.rmdir()
     save_s, load_s = min(saves), min(loads)
     print(f"Qwen2.5-7B, LoRA rank {args.rank}: {trainable / 1e6:.1f}M trainable parameters")
     print(f"checkpoint: {size / 1e9:.2f} GB ({size / trainable:.2f} bytes per trainable parameter) in {folder}")
