@@ -5,9 +5,9 @@ probe's RL from it for `long_steps` steps at a seed, and the outcome below. Each
 run is appended to <study_dir>/calibration-runs.jsonl under its `run_key`, so a
 calibration stopped part-way reuses it. While it runs, the run's state is checkpointed to
 <study_dir>/calibration-checkpoints/<key>.pt every `checkpoint_every_s` (evals/probe/resume.py):
-a run lost with its node, timed out by a stopped driver, or cut short by Ctrl-C goes on
-from there the next time it starts, on any node that sees the study folder. The
-checkpoint is deleted once the run is recorded.
+a run lost with its node, stopped at its time limit, or cut short with its driver (Ctrl-C,
+a lost head node) goes on from there the next time it starts, on any node that sees the
+study folder. The checkpoint is deleted once the run ends.
 
 The long run's outcomes come from its curves, normalized per prompt against the
 starting model's baseline (evals.probe.baseline), with the probe's trailing window:

@@ -19,8 +19,8 @@ from sweep.config import SweepSpec, spec_from_json
 
 JobFn = Callable[..., Any]  # fn(spec, *job) -> a JSON-able result, run on a worker
 WarmFn = Callable[[SweepSpec], Any]  # warm(spec), run once on each worker before its first job
-# the jobs in flight: each with the seconds since it was sent and its progress, (done, total)
-# as its worker last reported it (report_progress), or None
+# the jobs in flight: each with the seconds since it was sent and its progress, (done, total,
+# start) as its worker last reported it (report_progress), or None
 Running = list[tuple[tuple[Any, ...], float, tuple[int, int, int] | None]]
 
 LOST_RETRIES = 3  # a job whose worker died (its node lost, its process killed) runs again this often

@@ -90,6 +90,10 @@ def test_update_flags_override_the_spec(tiny_dir, prompts_file, capsys):
         (["--prompts", "{missing}"], "prompts file {missing}: not found"),
         (["--prompts", "{prompts}", "--steps", "1"], "steps must be a whole number >= 2"),
         ([], "give --prompts FILE or --spec SPEC"),
+        (
+            ["--prompts", "{prompts}", "--checkpoint", "{missing}", "--checkpoint-every", "-5"],
+            "--checkpoint-every must be 0 (every step) or more seconds, got -5",
+        ),
         (["--prompts", "{prompts}", "--model", "{missing}"], "--model {missing}: no such checkpoint folder"),
         (
             ["--prompts", "{prompts}", "--reference", "{missing}"],

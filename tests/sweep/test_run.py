@@ -210,6 +210,8 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     assert "shorter than the probe's 3 steps" in capsys.readouterr().err
     assert main(["calibrate", str(spec_path), "--long-run-timeout", "0"]) == 2
     assert "--long-run-timeout must be more than 0 seconds, got 0" in capsys.readouterr().err
+    assert main(["calibrate", str(spec_path), "--checkpoint-every", "-1"]) == 2
+    assert "--checkpoint-every must be 0 (every step) or more seconds, got -1" in capsys.readouterr().err
     assert not (spec.study_dir / "calibration.json").exists()
 
     code = main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"])
