@@ -19,8 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from sweep.run.longrun import CHECKPOINT_EVERY_S  # a light module: no torch, no Ray
-
 HELP = "check on a finished study that the short probe ranks its candidates as long RL runs do"
 
 
@@ -54,10 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-every",
         type=float,
         metavar="SECONDS",
-        default=CHECKPOINT_EVERY_S,
         help="save each long run's state this often, to <study_dir>/calibration-checkpoints/, so that a run "
-        "lost with its node or stopped with the driver goes on from there (0: after every step; default "
-        f"{CHECKPOINT_EVERY_S:g})",
+        "lost with its node or stopped with the driver goes on from there (0: after every step; default: the "
+        "spec's budget.checkpoint_every_s, 600)",
     )
     parser.add_argument(
         "--address", help="Ray cluster address (default: the spec's, else $RAY_ADDRESS, else a local Ray)"
@@ -84,7 +81,7 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
         raise SweepError(f"--long-steps {args.long_steps} is shorter than the probe's {probe.steps} steps")
     if args.long_run_timeout is not None and args.long_run_timeout <= 0:
         raise SweepError(f"--long-run-timeout must be more than 0 seconds, got {args.long_run_timeout:g}")
-    if args.checkpoint_every < 0:
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise SweepError(f"--checkpoint-every must be 0 (every step) or more seconds, got {args.checkpoint_every:g}")
     if args.max_trials < 2:
         raise SweepError(f"--max-trials must be at least 2, got {args.max_trials}")
@@ -109,7 +106,9 @@ def run(args: argparse.Namespace, *, run_fn=None) -> int:
         address=args.address,
         run_fn=run_fn,
         timeout_s=timeout_s,
-        checkpoint_every_s=args.checkpoint_every,
+        checkpoint_every_s=args.checkpoint_every
+        if args.checkpoint_every is not None
+        else spec.budget.checkpoint_every_s,
     )
     path = save_calibration(study_dir, result)
     if args.json:

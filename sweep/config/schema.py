@@ -104,6 +104,9 @@ class BudgetSpec(Section):
     max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a raising trial before it is recorded FAIL
     # A fixed point (space.points, warm start) that failed this many times is not queued again.
     point_failure_limit: Annotated[int, Field(ge=1)] = 2
+    # A trial's probe and calibrate's long runs save their state this often (0: after every
+    # step; null: never), so a run lost with its node goes on from there (evals/probe/resume.py).
+    checkpoint_every_s: Annotated[float, Field(ge=0)] | None = 600.0
 
 
 # ---------------------------------------------------------------- evals

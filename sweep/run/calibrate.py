@@ -143,7 +143,7 @@ class _LongRuns:
     fn: Callable[..., dict[str, Any]]
     builtin: bool
     timeout_s: float | None
-    checkpoint_every_s: float
+    checkpoint_every_s: float | None  # None: no checkpoints
 
     def job(self, params: dict[str, float], seed: int) -> tuple[Any, ...]:
         """The arguments after the spec: long_run_at also takes how often to checkpoint."""
@@ -162,7 +162,7 @@ def calibrate(
     address: str | None = None,
     heartbeat_s: float = HEARTBEAT_S,
     timeout_s: float | None = None,
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    checkpoint_every_s: float | None = CHECKPOINT_EVERY_S,
 ) -> Calibration:
     """Run the long RL from each chosen candidate and compare with the probe's metrics.
 
@@ -175,7 +175,7 @@ def calibrate(
     how long each has run. A run past `timeout_s` (default: long_run_timeout) is stopped,
     its worker with it. A run that fails is a SweepError (exit 1) after the others have
     finished and been recorded. A run in flight saves its state every `checkpoint_every_s`
-    (sweep.run.longrun): run again, by the pool after its worker was lost or by a rerun
+    (sweep.run.longrun; None: never): run again, by the pool after its worker was lost or by a rerun
     after the driver stopped, it goes on from there."""
     if spec.evals.probe is None:
         raise SweepError("the study's spec has no evals.probe section: there is no probe to calibrate")

@@ -31,7 +31,6 @@ starting model's baseline (evals.probe.baseline), with the probe's trailing wind
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from statistics import mean
 from typing import Any
 
 from sweep.errors import SweepError
+from sweep.study.fingerprint import candidate_key
 
 SHAPE_REPLICATES = 200  # simulated null runs and bootstrap replicates per long run (~2.7 s at 128 steps)
 SHAPES = ("hockey stick", "fell", "no dip")
@@ -122,12 +122,16 @@ CHECKPOINT_EVERY_S = 600.0  # how often a long run saves its state (at 7B with L
 
 
 def long_run_at(
-    spec: Any, params: dict[str, float], seed: int, long_steps: int, checkpoint_every_s: float = CHECKPOINT_EVERY_S
+    spec: Any,
+    params: dict[str, float],
+    seed: int,
+    long_steps: int,
+    checkpoint_every_s: float | None = CHECKPOINT_EVERY_S,
 ) -> dict[str, Any]:
     """On a worker: the candidate at `params` built in place, the probe's RL run from it for
     `long_steps` steps at `seed` (sampling as the trial's probe does: the vLLM engine with
     generator vllm), and its outcome (long_outcome, with the reward's shape). The run's
-    state is saved to its checkpoint every `checkpoint_every_s`, and a run that finds its
+    state is saved to its checkpoint every `checkpoint_every_s` (None: never), and a run that finds its
     checkpoint goes on from it: the outcome's `resumed_at` is the step it went on from
     (None: from the start), and its `wall_s` counts this part only."""
     from evals.probe.resume import Checkpointing, remove
@@ -140,10 +144,17 @@ def long_run_at(
     build_candidate(spec, params, model=state.model, sources=state.sources)
     config = state.probe_config.model_copy(update=LONG_RUN_SETS | {"steps": long_steps, "seed": seed})
     key = run_key(spec, params, seed, long_steps)
-    checkpoint = Checkpointing(checkpoint_path(spec.study_dir, key), every_s=checkpoint_every_s, tag=key)
+    checkpoint = (
+        Checkpointing(checkpoint_path(spec.study_dir, key), every_s=checkpoint_every_s, tag=key)
+        if checkpoint_every_s is not None
+        else None
+    )
+
+    def resumed_at() -> int | None:
+        return checkpoint.resumed_at if checkpoint is not None else None
 
     def on_step(done: int, planned: int) -> None:  # the heartbeat shows the step, and the pace since the resume
-        report_progress(done, planned, checkpoint.resumed_at or 0)
+        report_progress(done, planned, resumed_at() or 0)
 
     t0 = time.perf_counter()
     run = probe_on_worker(state, config, on_step=on_step, checkpoint=checkpoint)
@@ -153,9 +164,10 @@ def long_run_at(
         outcome |= {"reward_shape": "diverged"}
     else:
         outcome = long_outcome(run.baseline, run.steps, window=config.window, replicates=SHAPE_REPLICATES)
-    remove(checkpoint.path)  # the run is whole (also where only this node sees its checkpoint)
+    if checkpoint is not None:
+        remove(checkpoint.path)  # the run is whole (also where only this node sees its checkpoint)
     wall_s = round(time.perf_counter() - t0, 3)
-    return outcome | {"seed": seed, "wall_s": wall_s, "resumed_at": checkpoint.resumed_at}
+    return outcome | {"seed": seed, "wall_s": wall_s, "resumed_at": resumed_at()}
 
 
 def run_key(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> str:
@@ -163,10 +175,7 @@ def run_key(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> 
     and params), the probe's settings that the long run uses (not the probe's own steps,
     seed, stopping rule or noise replicates: long_run_at sets those), the seed and the steps."""
     probe = spec.evals.probe.model_dump(mode="json", exclude=set(LONG_RUN_SETS))
-    relevant = spec.model_dump(mode="json", include={"models", "merge"})
-    relevant |= {"probe": probe, "params": params, "seed": seed}
-    relevant |= {"long_steps": long_steps}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return candidate_key(spec, params, probe=probe, seed=seed, long_steps=long_steps)
 
 
 def recorded_runs(study_dir: Path) -> dict[str, dict[str, Any]]:

@@ -209,7 +209,16 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
     curves: dict[str, list[float]] = {}
     notes: dict[str, Any] = {}
     if probe_config is not None:
-        probe = phase("probe", lambda: probe_on_worker(state, probe_config))
+        checkpoint = _probe_checkpoint(spec, params, probe_config)
+        try:
+            probe = phase("probe", lambda: probe_on_worker(state, probe_config, checkpoint=checkpoint))
+        finally:  # ended (or raised) here: nothing to go on from. A lost worker never gets here
+            if checkpoint is not None:
+                from evals.probe.resume import remove
+
+                remove(checkpoint.path)
+        if checkpoint is not None and checkpoint.resumed_at:
+            notes["probe_resumed_at"] = checkpoint.resumed_at  # the trial before it was lost got this far
         metrics.update({k: clean_metric(v) for k, v in probe.metrics.as_metrics().items()})
         curves = probe.curves.to_dict()
         notes["probe_stopped_early"] = bool(probe.stopped_early)
@@ -229,6 +238,23 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         worker={"host": socket.gethostname(), "pid": os.getpid(), "device": state.device},
         notes=notes,
     )
+
+
+PROBE_CHECKPOINTS = "probe-checkpoints"  # <study_dir>/PROBE_CHECKPOINTS/<key>.pt: a trial's probe while it runs
+
+
+def _probe_checkpoint(spec: SweepSpec, params: dict[str, float], config: ProbeConfig) -> Any:
+    """Where a trial's probe saves its state every budget.checkpoint_every_s (None: never),
+    keyed by the candidate and the probe's settings: the same point queued again after its
+    worker was lost goes on from there (evals/probe/resume.py)."""
+    if spec.budget.checkpoint_every_s is None:
+        return None
+    from evals.probe.resume import Checkpointing
+    from sweep.study.fingerprint import candidate_key
+
+    key = candidate_key(spec, params, probe=config.to_dict())
+    path = spec.study_dir / PROBE_CHECKPOINTS / f"{key}.pt"
+    return Checkpointing(path, every_s=spec.budget.checkpoint_every_s, tag=key)
 
 
 @contextmanager

@@ -213,3 +213,10 @@ def precheck_existing_study(spec: SweepSpec) -> None:
 
     check_objectives(study, spec)
     check_fingerprint(study, spec, spec.storage_display, record=False)
+
+
+def candidate_key(spec: Any, params: dict[str, float], **settings: Any) -> str:
+    """A short hash of a candidate (the spec's models and merge, and `params`) and `settings`:
+    what a recorded long run or a probe's checkpoint must match to be taken up."""
+    relevant = spec.model_dump(mode="json", include={"models", "merge"}) | {"params": params} | settings
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -418,6 +418,60 @@ def test_raising_trials_are_recorded_and_the_sweep_continues(tmp_path, ray_local
     assert table[table["state"] == "FAIL"]["error"].str.contains("planted failure").all()
 
 
+def trial_dying_mid_probe(spec, params):
+    """The real trial, except that the point alpha=0.2 kills its own worker after step 2 of its
+    probe, once (while the study folder holds a `stop-once` file): a node lost mid-trial."""
+    from sweep.run import trial
+
+    marker, original = spec.study_dir / "stop-once", trial.probe_on_worker
+
+    def probe(state, config, **kwargs):
+        def on_step(done, planned):
+            if params["alpha"] == 0.2 and done == 2 and marker.exists():
+                marker.unlink()
+                os._exit(1)
+
+        return original(state, config, on_step=on_step, **kwargs)
+
+    trial.probe_on_worker = probe
+    try:
+        return trial.run_trial(spec, params)
+    finally:
+        trial.probe_on_worker = original
+
+
+def test_a_trial_lost_mid_probe_goes_on_from_its_checkpoint_when_its_point_is_queued_again(tmp_path, ray_local):
+    import ray.cloudpickle
+    import torch
+
+    from sweep.run import trial
+    from sweep.run.runner import run_sweep
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec_dict = demo_spec_dict(tmp_path / "results", trials=2, checkpoint_every_s=0)
+    spec_dict["space"]["points"] = [{"alpha": 0.2, "beta": 1.0}, {"alpha": 0.5, "beta": 1.0}]
+    spec = load_spec(write_spec(tmp_path, spec_dict))
+    spec.study_dir.mkdir(parents=True)
+    (spec.study_dir / "stop-once").touch()
+    run_sweep(spec, trial_fn=trial_dying_mid_probe, quiet=True)
+    assert not (spec.study_dir / "stop-once").exists()  # the worker did die
+    trials = [t for t in load_study(spec).trials if t.params["alpha"] == 0.2]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], trials
+    assert "infrastructure" in trials[0].user_attrs["error"]
+    again = trials[1]
+    assert again.user_attrs["notes"]["probe_resumed_at"] == 2  # its probe went on after step 2
+    assert not any((spec.study_dir / trial.PROBE_CHECKPOINTS).iterdir())  # deleted as each trial ended
+    # and it measured what the trial never lost measures
+    threads = torch.get_num_threads()
+    try:
+        whole = trial.run_trial(spec, {"alpha": 0.2, "beta": 1.0})
+    finally:
+        trial._STATE.clear()
+        torch.set_num_threads(threads)
+    assert "probe_resumed_at" not in whole.notes
+    assert again.user_attrs["metrics"] == whole.metrics
+
+
 def test_constraint_violations_reach_the_sampler(tmp_path, ray_local, capfd):
     """An infeasible trial is COMPLETE with its constraint value recorded (Optuna 5 set_constraint)."""
     from sweep.run.runner import run_sweep
