@@ -61,7 +61,7 @@ from evals.probe.config import ProbeConfig
 from evals.probe.logprobs import logits_postprocess_problem
 from evals.probe.policy import ModuleState, Policy, set_up, tear_down
 from evals.probe.records import BackendRun, ProbeCurves, Prompt, PromptSamples, curve_row
-from evals.probe.resume import Checkpointing, load, restore, save
+from evals.probe.resume import Checkpointing, load, remove, restore, save
 from evals.probe.sampling import (
     Batch,
     Diverged,
@@ -104,7 +104,8 @@ class GRPOBackend(ProbeBackend):
         `on_step(done, planned)`, when given, is called after each step (a long run's
         progress, `sweep calibrate`'s heartbeat). With `checkpoint`, the run's state is
         saved after a step every `checkpoint.every_s` seconds, and a run that finds its own
-        checkpoint there goes on from it (evals/probe/resume.py)."""
+        checkpoint there goes on from it (evals/probe/resume.py); a run that ends deletes it
+        (one stopped by an exception keeps it)."""
         if config.generator == "vllm" and rollouts is None:
             raise EvalError(
                 "probe generator vllm: no vLLM engine given (run_probe(..., rollouts=VllmRollouts.build(...)))"
@@ -133,6 +134,8 @@ class GRPOBackend(ProbeBackend):
             progress.stop_reason = f"diverged {where}: {exc}"
         finally:
             tear_down(policy, model, saved, rollouts=job.rollouts)
+        if checkpoint is not None:  # the run ended (a divergence too): nothing to go on from
+            remove(checkpoint.path)
         return progress.result()
 
 

@@ -22,12 +22,15 @@ Size: 12 bytes per trainable parameter (fp32 weight or master, two moments): wit
 The write goes to a temporary file renamed over `path` (a crash mid-write leaves the
 previous checkpoint; the next save removes the half-written file), with a small
 `<path>.json` beside it saying how far the run got.
+The backend deletes the checkpoint when the run ends (it diverged, stopped early or ran
+all its steps); a run stopped by an exception (Ctrl-C, a timeout) keeps it.
 A checkpoint of another run, or one that cannot be read, is set aside with a warning and
 the run starts from step 0; a write that fails warns once and the run goes on without.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -80,9 +83,10 @@ def read_info(path: Path) -> dict[str, Any] | None:
 
 
 def remove(path: Path) -> None:
-    """Delete a checkpoint and its info (a finished run's)."""
+    """Delete a checkpoint and its info (a finished run's), where there is one."""
     for each in (Path(path), info_path(path)):
-        each.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # none there: nothing to delete
+            each.unlink()
 
 
 def identity(config: Any, tag: str) -> str:

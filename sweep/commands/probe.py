@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from sweep.run.longrun import CHECKPOINT_EVERY_S  # light: no torch, no Ray
+
 HELP = "run the short RLHF probe on one checkpoint and print its curves and stability metrics"
 CHECKPOINT_MEMBERS = ("pretrained", "instruct", "reasoning")  # demo members that are checkpoints
 
@@ -78,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-every",
         type=float,
         metavar="SECONDS",
-        default=600.0,
-        help="how often to save with --checkpoint (default 600; 0: after every step)",
+        default=CHECKPOINT_EVERY_S,
+        help=f"how often to save with --checkpoint (default {CHECKPOINT_EVERY_S:g}; 0: after every step)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     def step_done(done: int, planned: int) -> None:  # a line a step on stderr: a 7B probe takes an hour
-        start = checkpoint.resumed_at or 0 if checkpoint is not None else 0
+        start = (checkpoint.resumed_at if checkpoint is not None else None) or 0
         if start and done == start + 1:
             print(f"probe: went on from {args.checkpoint} after step {start}", file=sys.stderr)
         print(f"probe: {so_far(time.perf_counter() - started, (done, planned, start))}", file=sys.stderr, flush=True)
@@ -175,10 +177,6 @@ def run(args: argparse.Namespace) -> int:
     result = run_probe(
         model, tokenizer, config=config, prompts=prompts, rollouts=rollouts, on_step=step_done, checkpoint=checkpoint
     )
-    if checkpoint is not None:
-        from evals.probe.resume import remove
-
-        remove(checkpoint.path)  # the run is whole: the next one with this file starts anew
 
     if args.json:
         out = result.to_dict() | {"probe_metrics": result.metrics.as_metrics(), "config": config.to_dict()}

@@ -38,6 +38,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from sweep.config.schema import BudgetSpec
 from sweep.errors import SweepError
 from sweep.study.fingerprint import candidate_key
 
@@ -118,7 +119,8 @@ RUNS_FILE = "calibration-runs.jsonl"  # one finished long run per line, kept acr
 # what a long run sets in the probe's config: its steps and seed, no early stop, no noise band
 LONG_RUN_SETS: dict[str, Any] = {"steps": None, "seed": None, "collapse_threshold": None, "noise_samples": 0}
 CHECKPOINTS = "calibration-checkpoints"  # <study_dir>/CHECKPOINTS/<key>.pt: a long run's state while it runs
-CHECKPOINT_EVERY_S = 600.0  # how often a long run saves its state (at 7B with LoRA: ~0.5 GB a time)
+# how often a long run saves its state (at 7B with LoRA: ~0.5 GB a time): the spec's default
+CHECKPOINT_EVERY_S: float = BudgetSpec.model_fields["checkpoint_every_s"].default
 
 
 def long_run_at(
@@ -134,7 +136,7 @@ def long_run_at(
     state is saved to its checkpoint every `checkpoint_every_s` (None: never), and a run that finds its
     checkpoint goes on from it: the outcome's `resumed_at` is the step it went on from
     (None: from the start), and its `wall_s` counts this part only."""
-    from evals.probe.resume import Checkpointing, remove
+    from evals.probe.resume import Checkpointing
     from sweep.run.pool import report_progress
     from sweep.run.trial import build_candidate, probe_on_worker, worker_state
 
@@ -164,8 +166,6 @@ def long_run_at(
         outcome |= {"reward_shape": "diverged"}
     else:
         outcome = long_outcome(run.baseline, run.steps, window=config.window, replicates=SHAPE_REPLICATES)
-    if checkpoint is not None:
-        remove(checkpoint.path)  # the run is whole (also where only this node sees its checkpoint)
     wall_s = round(time.perf_counter() - t0, 3)
     return outcome | {"seed": seed, "wall_s": wall_s, "resumed_at": resumed_at()}
 

@@ -212,7 +212,8 @@ def run_trial(spec: SweepSpec, params: dict[str, float]) -> TrialResult:
         checkpoint = _probe_checkpoint(spec, params, probe_config)
         try:
             probe = phase("probe", lambda: probe_on_worker(state, probe_config, checkpoint=checkpoint))
-        finally:  # ended (or raised) here: nothing to go on from. A lost worker never gets here
+        finally:  # the probe deletes it when it ends; a trial that raised here (a timeout) has
+            # nothing to go on from either. A lost worker never gets here
             if checkpoint is not None:
                 from evals.probe.resume import remove
 

@@ -86,6 +86,7 @@ def test_a_stopped_run_resumed_from_its_checkpoint_is_the_run_never_stopped(tiny
     checkpoint = Checkpointing(path, every_s=0)
     resumed = run(tiny_dir, cfg, dtype=dtype, checkpoint=checkpoint, on_step=lambda d, p: told.append(d))
     assert checkpoint.resumed_at == STOP_AT and told == list(range(STOP_AT + 1, STEPS + 1))  # only the steps left
+    assert not path.exists() and read_info(path) is None  # the run ended: its checkpoint is gone
     assert resumed.curves.steps == STEPS
     same_run(resumed, whole)
 
