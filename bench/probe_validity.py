@@ -247,9 +247,9 @@ def _samples(record):
 
 
 def long_outcome(record, window: int, replicates: int = 0) -> dict:
-    """The long run's outcomes (sweep.run.calibrate.long_outcome; its reward shape against the
+    """The long run's outcomes (sweep.run.longrun.long_outcome; its reward shape against the
     simulated null with `replicates`) and its held-out scores."""
-    from sweep.run.calibrate import long_outcome as outcome
+    from sweep.run.longrun import long_outcome as outcome
 
     baseline, steps = _samples(record)
     after = record["after"]
@@ -383,7 +383,7 @@ def table(args) -> dict:
         from sweep.report.calibration import dip_threshold, fmt_value
         from sweep.run.longrun import SHAPES
 
-        lines += ["", "Reward shape against the simulated null (sweep.run.calibrate.reward_shape), runs per shape:", ""]
+        lines += ["", "Reward shape against the simulated null (sweep.run.longrun.reward_shape), runs per shape:", ""]
         lines += ["| alpha | beta | runs | hockey stick | fell | no dip | dip beyond the null (each run) |"]
         lines += ["|---:|---:|---|---:|---:|---:|---|"]
         for kind, table_of in (("", outcomes), (" (null)", null_outcomes)):

@@ -228,7 +228,7 @@ def summarize_calibration(
 
 def dip_threshold(run: dict[str, Any]) -> float | None:
     """The dip a long run must exceed to count: its simulated null, or twice its own
-    bootstrap half-width where that is larger (sweep.run.calibrate.reward_shape)."""
+    bootstrap half-width where that is larger (sweep.run.longrun.reward_shape)."""
     from evals.probe.baseline import fall_threshold
 
     if run.get("dip_null") is None:
