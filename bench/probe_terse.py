@@ -60,7 +60,7 @@ def instruct(args) -> None:
     probe_think_all.retrain_member(
         args.out,
         args.threads,
-        lambda recipe, reserved: _instruct_examples(recipe, reserved, args.slip_share),
+        lambda recipe, reserved: _instruct_examples(recipe, reserved, args.slip_share, args.carry_drop_share),
         member="instruct",
         source=Path(args.family).resolve(),
     )
@@ -79,7 +79,20 @@ def slip(trace: str, answer: str, rng: random.Random) -> tuple[str, str]:
     return ",".join(columns), answer[:position] + str(d) + answer[position + 1 :]
 
 
-def _instruct_examples(recipe, reserved, slip_share: float = 0.0):
+def drop_carries(trace: str) -> tuple[str, str]:
+    """Every column worked with no carry in (`7+9+0=16,4+8+0=12,3+5+0=08` for 347+589,
+    answer 826): the systematic slip of an adder that forgets to carry. Returns the trace
+    and the answer read from it."""
+    columns = []
+    for column in trace.split(","):
+        x, y = column.split("=")[0].split("+")[:2]
+        columns.append(f"{x}+{y}+0={int(x) + int(y):02d}")
+    digits = "".join(c[-1] for c in reversed(columns))
+    answer = (columns[-1][-2] if columns[-1][-2] == "1" else "") + digits
+    return ",".join(columns), answer
+
+
+def _instruct_examples(recipe, reserved, slip_share: float = 0.0, carry_drop_share: float = 0.0):
     from sweep.demo import data
 
     def example(rng: random.Random) -> tuple[str, str]:
@@ -90,6 +103,9 @@ def _instruct_examples(recipe, reserved, slip_share: float = 0.0):
         if slip_share and rng.random() < slip_share:  # drawn only when asked: the default stream is unchanged
             trace, answer = slip(p.trace, p.answer, rng)
             p = replace(p, trace=trace, answer=answer)
+        elif carry_drop_share and rng.random() < carry_drop_share:
+            trace, answer = drop_carries(p.trace)
+            p = replace(p, trace=trace, answer=answer.lstrip("0") or "0")
         return data.chat(p.prompt), p.reasoning_response(0) + data.EOS
 
     return example
@@ -148,6 +164,13 @@ def main() -> None:
         default=0.0,
         help="share of the additions taught with one column's digit off by one: an instruct member that "
         "adds imperfectly, so merges with its weight start under their ceiling and have something to learn",
+    )
+    i.add_argument(
+        "--carry-drop-share",
+        type=float,
+        default=0.0,
+        help="share of the additions taught with every carry dropped: a systematic error, which merging "
+        "does not average away as it does random slips",
     )
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
