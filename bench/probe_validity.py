@@ -557,10 +557,13 @@ def cross(args) -> dict:
     # the seeds the probe folder has for at least 3 of the long runs' candidates
     probe_seeds = [s for s in seeds if sum((a, b, s) in probes for a, b in points) >= 3]
     rhos: dict = {}
-    print("| probe steps | metric | long-run outcome | Spearman per probe seed | min |\n|---:|---|---|---|---:|")
+    print(
+        "| probe steps | metric | long-run outcome | Spearman per probe seed | min | feasibility agreement per seed |\n"
+        "|---:|---|---|---|---:|---|"
+    )
     for n in args.probe_steps:
         for metric, (outcome, _sign) in PAIRS.items():
-            row, _ = against_other_seeds(
+            row, agreements = against_other_seeds(
                 lambda a, b, s, n=n: probe_metrics(probes[(a, b, s)], n, window) if (a, b, s) in probes else None,
                 outcomes,
                 points=points,
@@ -570,8 +573,11 @@ def cross(args) -> dict:
                 outcome=outcome,
             )
             rhos[f"{n}/{metric}"] = row
+            agreement = " ".join(f"{x:.0%}" for x in agreements) if agreements else "-"
             if row:
-                print(f"| {n} | {metric} | {outcome} | {' '.join(f'{r:.2f}' for r in row)} | {min(row):.2f} |")
+                print(
+                    f"| {n} | {metric} | {outcome} | {' '.join(f'{r:.2f}' for r in row)} | {min(row):.2f} | {agreement} |"
+                )
     return rhos
 
 
