@@ -68,6 +68,12 @@ class Checkpointing:
         return not self.broken and time.monotonic() - self.last_save >= self.every_s
 
 
+def checkpointing(path: Path, every_s: float | None, tag: str) -> Checkpointing | None:
+    """A Checkpointing at `path` saved every `every_s`, or None where `every_s` is None
+    (the spec's `checkpoint_every_s: null`: the run keeps no checkpoint)."""
+    return None if every_s is None else Checkpointing(path, every_s=every_s, tag=tag)
+
+
 def info_path(path: Path) -> Path:
     """The small JSON beside a checkpoint: {"done": steps done, "planned": steps, "tag": ...}."""
     return Path(path).with_name(Path(path).name + ".json")

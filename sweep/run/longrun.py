@@ -136,7 +136,7 @@ def long_run_at(
     state is saved to its checkpoint every `checkpoint_every_s` (None: never), and a run that finds its
     checkpoint goes on from it: the outcome's `resumed_at` is the step it went on from
     (None: from the start), and its `wall_s` counts this part only."""
-    from evals.probe.resume import Checkpointing
+    from evals.probe.resume import checkpointing
     from sweep.run.pool import report_progress
     from sweep.run.trial import build_candidate, probe_on_worker, worker_state
 
@@ -146,11 +146,7 @@ def long_run_at(
     build_candidate(spec, params, model=state.model, sources=state.sources)
     config = state.probe_config.model_copy(update=LONG_RUN_SETS | {"steps": long_steps, "seed": seed})
     key = run_key(spec, params, seed, long_steps)
-    checkpoint = (
-        Checkpointing(checkpoint_path(spec.study_dir, key), every_s=checkpoint_every_s, tag=key)
-        if checkpoint_every_s is not None
-        else None
-    )
+    checkpoint = checkpointing(checkpoint_path(spec.study_dir, key), checkpoint_every_s, tag=key)
 
     def resumed_at() -> int | None:
         return checkpoint.resumed_at if checkpoint is not None else None

@@ -248,14 +248,11 @@ def _probe_checkpoint(spec: SweepSpec, params: dict[str, float], config: ProbeCo
     """Where a trial's probe saves its state every budget.checkpoint_every_s (None: never),
     keyed by the candidate and the probe's settings: the same point queued again after its
     worker was lost goes on from there (evals/probe/resume.py)."""
-    if spec.budget.checkpoint_every_s is None:
-        return None
-    from evals.probe.resume import Checkpointing
+    from evals.probe.resume import checkpointing
     from sweep.study.fingerprint import candidate_key
 
     key = candidate_key(spec, params, probe=config.to_dict())
-    path = spec.study_dir / PROBE_CHECKPOINTS / f"{key}.pt"
-    return Checkpointing(path, every_s=spec.budget.checkpoint_every_s, tag=key)
+    return checkpointing(spec.study_dir / PROBE_CHECKPOINTS / f"{key}.pt", spec.budget.checkpoint_every_s, tag=key)
 
 
 @contextmanager

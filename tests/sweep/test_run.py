@@ -472,6 +472,20 @@ def test_a_trial_lost_mid_probe_goes_on_from_its_checkpoint_when_its_point_is_qu
     assert again.user_attrs["metrics"] == whole.metrics
 
 
+def test_budget_checkpoint_every_s_null_keeps_no_probe_checkpoint(tmp_path):
+    """`checkpoint_every_s: null` (never): a trial's probe and a long run get no Checkpointing;
+    a number gives one in the study folder, keyed by the candidate and the probe's settings."""
+    from sweep.run import trial
+
+    params = {"alpha": 0.2, "beta": 1.0}
+    never = load_spec(write_spec(tmp_path, demo_spec_dict(tmp_path / "results", checkpoint_every_s=None)))
+    assert trial._probe_checkpoint(never, params, never.evals.probe) is None
+    often = load_spec(write_spec(tmp_path, demo_spec_dict(tmp_path / "results", checkpoint_every_s=30)))
+    checkpoint = trial._probe_checkpoint(often, params, often.evals.probe)
+    assert checkpoint.every_s == 30 and checkpoint.path.parent == often.study_dir / trial.PROBE_CHECKPOINTS
+    assert checkpoint.path.name == f"{checkpoint.tag}.pt"
+
+
 def test_constraint_violations_reach_the_sampler(tmp_path, ray_local, capfd):
     """An infeasible trial is COMPLETE with its constraint value recorded (Optuna 5 set_constraint)."""
     from sweep.run.runner import run_sweep
