@@ -148,21 +148,27 @@ def test_optuna_private_attributes_live_in_one_module():
 
 
 def _top_level_names(path: Path) -> set[str] | None:
-    """The names a module defines at its top level (None when it has a module `__getattr__`
-    or a star import, whose names cannot be read off the source)."""
+    """The names a module binds outside its functions and classes (under `if`/`try` at the
+    top level too), or None when it has a module `__getattr__` or a star import, whose names
+    cannot be read off the source."""
     names: set[str] = set()
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):  # also names bound under `if`/`try` at the top level
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if node.name == "__getattr__" and node in tree.body:
+    nodes: list[ast.AST] = list(ast.parse(path.read_text()).body)
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):  # not into their bodies
+            if node.name == "__getattr__":
                 return None
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             if any(a.name == "*" for a in node.names):
                 return None
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
+        else:
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                names.add(node.name)
+            nodes.extend(ast.iter_child_nodes(node))
     return names
 
 
@@ -174,15 +180,19 @@ def test_every_import_of_our_modules_names_something_that_exists():
     `script.NAME` of a bench script that imports another (`import probe_validity as pv`)."""
     modules = _modules()
     files = [*modules.values(), *sorted((ROOT / "bench").glob("*.py")), *sorted((ROOT / "tests").rglob("*.py"))]
-    defined: dict[str, set[str] | None] = {}
+    defined: dict[Path, set[str] | None] = {}
+
+    def names_in(path: Path) -> set[str] | None:
+        if path not in defined:
+            defined[path] = _top_level_names(path)
+        return defined[path]
+
     wrong = []
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.ImportFrom) or node.level or node.module not in modules:
                 continue
-            if node.module not in defined:
-                defined[node.module] = _top_level_names(modules[node.module])
-            names = defined[node.module]
+            names = names_in(modules[node.module])
             for alias in node.names:
                 if names is not None and alias.name not in names and f"{node.module}.{alias.name}" not in modules:
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} from {node.module} import {alias.name}")
@@ -198,7 +208,7 @@ def test_every_import_of_our_modules_names_something_that_exists():
         }
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in named:
-                names = _top_level_names(scripts[named[node.value.id]])
+                names = names_in(scripts[named[node.value.id]])
                 if names is not None and node.attr not in names:
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}")
     assert wrong == [], "imports of names that do not exist: " + "; ".join(wrong)
