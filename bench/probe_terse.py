@@ -89,7 +89,7 @@ def drop_carries(trace: str) -> tuple[str, str]:
         columns.append(f"{x}+{y}+0={int(x) + int(y):02d}")
     digits = "".join(c[-1] for c in reversed(columns))
     answer = (columns[-1][-2] if columns[-1][-2] == "1" else "") + digits
-    return ",".join(columns), answer
+    return ",".join(columns), answer.lstrip("0") or "0"
 
 
 def _instruct_examples(recipe, reserved, slip_share: float = 0.0, carry_drop_share: float = 0.0):
@@ -105,7 +105,7 @@ def _instruct_examples(recipe, reserved, slip_share: float = 0.0, carry_drop_sha
             p = replace(p, trace=trace, answer=answer)
         elif carry_drop_share and rng.random() < carry_drop_share:
             trace, answer = drop_carries(p.trace)
-            p = replace(p, trace=trace, answer=answer.lstrip("0") or "0")
+            p = replace(p, trace=trace, answer=answer)
         return data.chat(p.prompt), p.reasoning_response(0) + data.EOS
 
     return example
