@@ -1,0 +1,139 @@
+"""Every command the docs and our messages tell a user to type names a command and options
+that exist.
+
+A renamed option breaks each place that quotes it, and only a reader who types it finds
+out. Read off the README, docs/*.md and every string in our source (error messages,
+docstrings): each `sweep ...` / `python -m sweep ...` and `[python] [bench/]NAME.py ...`
+in a code span or code block, walked down its subcommands with the real argparse parsers
+(sweep.cli's, and each bench script's as its main() builds it), and each `--option` in it
+looked up there. Values and positionals are not checked: docs shorten them (DIR, FILE)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {p.stem: p for p in sorted((ROOT / "bench").glob("*.py")) if not p.stem.startswith("_")}
+COMMAND = re.compile(
+    r"(?:python\s+-m\s+)?(?<![\w./-])sweep\s+(?=[a-z])|(?:python\s+)?(?:bench/)?(?<![\w.-])("
+    + "|".join(SCRIPTS)
+    + r")\.py\b"
+)
+END = re.compile(r"\s(?:#|\||;|&&|>|2>)")  # a comment, a pipe or a redirection ends a command
+
+
+class _Parsed(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def _bench_parser(path: Path, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The parser `path`'s main() builds: stopped at its parse_args, before any work."""
+    spec = importlib.util.spec_from_file_location(f"_docs_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def parsed(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise _Parsed(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", parsed)
+        try:
+            module.main()
+        except _Parsed as done:
+            return done.parser
+    raise AssertionError(f"bench/{path.name}: main() returned without parsing its arguments")
+
+
+def _code(text: str) -> list[str]:
+    """Markdown's code: each line of a fenced block (a trailing backslash joins the next)
+    and each inline span."""
+    out = []
+    for block in re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S):
+        out += re.sub(r"\\\n\s*", " ", block).splitlines()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    out += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
+    return out
+
+
+def _strings(path: Path) -> list[str]:
+    """The commands a module's strings may hold: each line, or the code spans in it."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for line in re.sub(r"\\\n\s*", " ", node.value).splitlines():
+                out += re.findall(r"`([^`]+)`", line) or [line]
+    return out
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser] | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return None
+
+
+def _check(text: str, parsers: dict[str, argparse.ArgumentParser], get: object) -> tuple[int, list[str]]:
+    """How many options `text`'s commands name, and what is wrong with them."""
+    checked, wrong = 0, []
+    for match in COMMAND.finditer(text):
+        name = match.group(1) or "sweep"
+        if name not in parsers:
+            parsers[name] = get(SCRIPTS[name])  # type: ignore[operator]
+        words = END.split(" " + text[match.end() :])[0].split()
+        parser, said = parsers[name], name if name == "sweep" else f"bench/{name}.py"
+        while (choices := _subcommands(parser)) is not None and words and not words[0].startswith("-"):
+            named = words[0].split("|")  # a usage line: `demo build|check|table`
+            if not all(n in choices for n in named):
+                # prose may follow a name; a plain word followed by an option is a command
+                if re.fullmatch(r"[a-z][\w|-]*", words[0]) and any(w.startswith("--") for w in words):
+                    wrong.append(f"{said} has no command {words[0]!r} (in {text.strip()[:90]!r})")
+                parser = None
+                break
+            said, parser, words = f"{said} {named[0]}", choices[named[0]], words[1:]
+        if parser is None:
+            continue
+        options = [o for action in parser._actions for o in action.option_strings]
+        for word in words:
+            if not word.startswith("--") or word == "--":
+                continue
+            option = re.split(r"[=,.;:)'\"`]", word)[0]
+            checked += 1
+            # argparse takes a unique prefix of an option as the option
+            if option not in options and len([o for o in options if o.startswith(option)]) != 1:
+                wrong.append(f"{said} has no option {option} (in {text.strip()[:90]!r})")
+    return checked, wrong
+
+
+def test_every_documented_command_names_options_that_exist(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # bench scripts import each other
+    from sweep.cli import build_parser
+
+    parsers = {"sweep": build_parser()}
+
+    def get(path: Path) -> argparse.ArgumentParser:
+        return _bench_parser(path, monkeypatch)
+
+    checked, wrong = 0, []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for text in _code(doc.read_text()):
+            n, bad = _check(text, parsers, get)
+            checked += n
+            wrong += [f"{doc.relative_to(ROOT)}: {b}" for b in bad]
+    for package in ("core", "merge", "evals", "sweep", "bench"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "family" in path.parts:  # the shipped demo family is data
+                continue
+            for text in _strings(path):
+                n, bad = _check(text, parsers, get)
+                checked += n
+                wrong += [f"{path.relative_to(ROOT)}: {b}" for b in bad]
+    assert wrong == [], "documented commands that do not parse:\n" + "\n".join(wrong)
+    assert checked > 200, f"only {checked} options found in the docs: is the command pattern still right?"
