@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from evals.plugins import PROBE_BACKENDS, REWARD_RULES
+from evals.probe.config import LOSS_AGGREGATIONS
 from sweep.run.longrun import CHECKPOINT_EVERY_S  # light: no torch, no Ray
 
 HELP = "run the short RLHF probe on one checkpoint and print its curves and stability metrics"
@@ -44,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update", choices=["full", "lora"], help="what the probe trains (overrides the spec)")
     parser.add_argument(
         "--loss-agg",
-        choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"],
+        choices=LOSS_AGGREGATIONS,
         help="how the per-token loss is aggregated, as your RL does it (overrides the spec)",
     )
     parser.add_argument(
@@ -52,8 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reward-rule",
-        choices=["exact_match", "format", "exact_match+format", "concise"],
-        help="rule reward (overrides the spec)",
+        help=f"rule reward (evals.plugins.REWARD_RULES): {', '.join(REWARD_RULES.names())}, or one a --plugin "
+        "module registers (overrides the spec)",
+    )
+    parser.add_argument(
+        "--backend",
+        help=f"probe backend (evals.plugins.PROBE_BACKENDS): {', '.join(PROBE_BACKENDS.names())}, or one a "
+        "--plugin module registers (overrides the spec)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (as a spec's plugins: list), e.g. one registering a reward rule or a "
+        "probe backend",
     )
     parser.add_argument("--reward-model", help="local AutoModelForSequenceClassification folder used as the reward")
     parser.add_argument(
@@ -88,8 +103,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evals.probe import ProbeConfig, load_prompts
+    from sweep.config.plugins import import_plugins
     from sweep.errors import SweepError
 
+    problems = import_plugins(args.plugin)
+    for flag, registry, name in (
+        ("--reward-rule", REWARD_RULES, args.reward_rule),
+        ("--backend", PROBE_BACKENDS, args.backend),
+    ):
+        if name is not None and (unknown := registry.problem(name)):
+            problems.append(f"{flag}: {unknown}")
+    if problems:
+        raise SweepError("; ".join(problems))
     settings: dict = {}
     if args.spec:
         from sweep.config import load_spec
@@ -103,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if "prompts" not in settings:
         raise SweepError("give --prompts FILE or --spec SPEC (with an evals.probe section)")
     settings["prompts"] = _resolve_demo(settings["prompts"], "--prompts")
-    for name in (*_OVERRIDES, "generator", "update", "loss_agg", "micro_batch_size"):
+    for name in (*_OVERRIDES, "generator", "update", "loss_agg", "micro_batch_size", "backend"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.reward_model:

@@ -84,6 +84,38 @@ def test_update_flags_override_the_spec(tiny_dir, prompts_file, capsys):
     assert info.value.code == 2 and "seq-mean-token-sum-norm" in capsys.readouterr().err
 
 
+def test_a_plugin_module_names_the_rule_and_the_backend(tiny_dir, prompts_file, tmp_path, monkeypatch, capsys):
+    """`--plugin MODULE` imports a user's module first, so the reward rule and the probe backend
+    it registers are usable by name (the registries are the one list of names, as for a
+    spec's plugins:); the built-in backend runs the RL under the plug-in rule."""
+    from evals.plugins import PROBE_BACKENDS, REWARD_RULES
+
+    (tmp_path / "cli_probe_plugin.py").write_text(
+        "from evals.probe import register_backend\n"
+        "from evals.rewards import register_rule\n"
+        "from tests.evals.test_plugins import _EchoBackend\n"
+        "register_backend('cli_echo', _EchoBackend)\n"
+        "@register_rule('cli_quarter')\n"
+        "def quarter(*, prompts, completions, answers):\n"
+        "    return [0.25 for _ in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["probe", "--model", str(tiny_dir), "--prompts", str(prompts_file), "--json", *FAST]
+    try:
+        assert main([*base, "--plugin", "cli_probe_plugin", "--reward-rule", "cli_quarter"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["config"]["reward"]["rule"] == "cli_quarter" and data["config"]["backend"] == "builtin"
+        assert data["curves"]["critic/score/mean"] == [0.25, 0.25, 0.25]
+        assert (
+            main([*base, "--plugin", "cli_probe_plugin", "--backend", "cli_echo", "--reward-rule", "cli_quarter"]) == 0
+        )
+        data = json.loads(capsys.readouterr().out)
+        assert data["backend"] == "cli_echo" and data["curves"]["response_length/mean"] == [10.0, 10.0, 10.0]
+    finally:
+        PROBE_BACKENDS.remove("cli_echo")
+        REWARD_RULES.remove("cli_quarter")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -95,6 +127,15 @@ def test_update_flags_override_the_spec(tiny_dir, prompts_file, capsys):
             "--checkpoint-every must be 0 (every step) or more seconds, got -5",
         ),
         (["--prompts", "{prompts}", "--model", "{missing}"], "--model {missing}: no such checkpoint folder"),
+        (
+            ["--prompts", "{prompts}", "--reward-rule", "nope"],
+            "--reward-rule: unknown reward rule 'nope'; known: concise, exact_match, exact_match+format, format",
+        ),
+        (
+            ["--prompts", "{prompts}", "--plugin", "no_such_plugin_module", "--backend", "nope"],
+            "cannot import plug-in module 'no_such_plugin_module': ModuleNotFoundError: No module named "
+            "'no_such_plugin_module'; --backend: unknown probe backend 'nope'; known: builtin",
+        ),
         (
             ["--prompts", "{prompts}", "--reference", "{missing}"],
             "--reference {missing}: no such checkpoint folder (config.json missing)",
