@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from merge.plugins import METHODS
+
 HELP = "merge pretrained, instruct and reasoning checkpoints at (alpha, beta) into an HF checkpoint"
 
 ROLES = ("pretrained", "instruct", "reasoning")
@@ -34,9 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", help="output folder (must be absent or empty unless --force); required unless --print-mergekit"
     )
     parser.add_argument(
-        "--method-stage1", default="linear", help="linear, task_arithmetic, ties, dare or slerp (default linear)"
+        "--method-stage1",
+        default="linear",
+        help=f"a merge method (merge.plugins.METHODS): {', '.join(METHODS.names())}, or one a --plugin module "
+        "registers (default linear)",
     )
-    parser.add_argument("--method-stage2", default="linear", help="linear or slerp (default linear)")
+    parser.add_argument(
+        "--method-stage2",
+        default="linear",
+        help="a merge method of two models, one that needs no shared base: linear or slerp built in (default linear)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (as a spec's plugins: list), e.g. one registering a merge method",
+    )
     parser.add_argument(
         "--stage1-param",
         action="append",
@@ -109,9 +125,12 @@ def parse_params(items: list[str], flag: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from merge.disk import merge_checkpoints, merge_io_bytes
+    from sweep.config.plugins import import_plugins
     from sweep.errors import SweepError
     from sweep.run.progressbar import MergeProgressBar
 
+    if problems := import_plugins(args.plugin):
+        raise SweepError("; ".join(problems))
     stage1_params = parse_params(args.stage1_param, "--stage1-param")
     stage2_params = parse_params(args.stage2_param, "--stage2-param")
     if args.out is None and not args.print_mergekit:

@@ -103,3 +103,32 @@ def test_extrapolation_and_force_are_opt_in(tiny_trio, tmp_path, capsys):
     assert main(args(tiny_trio, out, "--alpha", "0", "--beta", "1", "--quiet")) == 2
     assert main(args(tiny_trio, out, "--alpha", "0", "--beta", "1", "--force", "--quiet")) == 0
     assert torch.equal(load_state(out)["model.norm.weight"], load_state(tiny_trio["reasoning"])["model.norm.weight"])
+
+
+def test_a_plugin_module_names_the_merge_method(tiny_trio, tmp_path, monkeypatch, capsys):
+    """`--plugin MODULE` imports a user's module first, so the merge method it registers is
+    usable by name: here one that keeps stage 1's first input (the instruct model), whatever
+    alpha says, so the result is beta*I + (1-beta)*P and not the linear merge at alpha."""
+    from merge.plugins import METHODS
+
+    (tmp_path / "cli_merge_plugin.py").write_text(
+        "import torch\n"
+        "from merge.plugins import METHODS\n"
+        "@METHODS.register('cli_first')\n"
+        "def first(tensors, weights, *, base=None):\n"
+        "    return tensors[0].to(torch.float32)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extra = ["--alpha", "0.25", "--beta", "0.5", "--method-stage1", "cli_first"]
+    try:
+        assert main(args(tiny_trio, tmp_path / "m", *extra, "--plugin", "cli_merge_plugin")) == 0
+        norm = load_state(tmp_path / "m")["model.norm.weight"].double()
+        torch.testing.assert_close(norm, closed_form(tiny_trio, 1.0, 0.5, "model.norm.weight"), rtol=0, atol=1e-6)
+        assert not torch.allclose(norm, closed_form(tiny_trio, 0.25, 0.5, "model.norm.weight"))
+    finally:
+        METHODS.remove("cli_first")
+    capsys.readouterr()
+    assert main(args(tiny_trio, tmp_path / "n", *extra, "--plugin", "no_such_merge_plugin")) == 2
+    err = capsys.readouterr().err
+    assert "cannot import plug-in module 'no_such_merge_plugin': ModuleNotFoundError" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "n").exists()
