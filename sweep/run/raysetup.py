@@ -1,5 +1,6 @@
 """Ray for a sweep: connecting (with a clear error when the cluster refuses us), the
-workers' environment, and keeping Ray's own chatter out of the console with --quiet.
+workers' environment, whether every node sees the results folder, and keeping Ray's own
+chatter out of the console with --quiet.
 
 Ray's core (raylets, the GCS client) writes straight to the process's file descriptors
 1 and 2, not through Python logging, so `quiet_console` redirects those descriptors into
@@ -160,3 +161,46 @@ def move_console_log(log_file: Path) -> None:
                     handle.write("---- console output of Ray (kept off stdout/stderr by --quiet)\n" + text)
         finally:
             path.unlink(missing_ok=True)
+
+
+def unshared_warning(folder: Path, *, what: str, timeout_s: float = 60.0) -> str | None:
+    """A warning when some node of the Ray cluster that can run work does not see `folder`
+    (a node-local disk, not a shared file system): what it checkpoints there is on its own
+    disk, so a run lost with that node starts over elsewhere instead of going on. None on a
+    one-node cluster, when every node sees it, or when a node does not answer in time.
+    `what` names what would start over. Ray must be initialized; `folder` must exist."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [
+        n
+        for n in ray.nodes()
+        if n.get("Alive") and (n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)
+    ]
+    if len(nodes) < 2:
+        return None
+    marker = Path(folder).resolve() / f".sweep-visible-{uuid.uuid4().hex}"
+    marker.write_text("written by the sweep driver to see which Ray nodes share this folder\n")
+    try:
+        sees = ray.remote(num_cpus=0)(os.path.exists)
+        asked = {
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                str(marker)
+            ): n
+            for n in nodes
+        }
+        done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
+        blind = sorted(
+            f"{asked[ref]['NodeManagerAddress']} (node {asked[ref]['NodeID'][:8]})" for ref in done if not ray.get(ref)
+        )
+    finally:
+        marker.unlink(missing_ok=True)
+    if not blind:
+        return None
+    return (
+        f"warning: {folder} is not on a file system that the Ray node(s) at {', '.join(blind)} see: "
+        f"{what} lost with such a node starts over instead of going on from its checkpoint. Put the "
+        'results folder on a shared file system (docs/cluster.md, "Node loss")'
+    )

@@ -34,7 +34,7 @@ from sweep.plugins import SAMPLERS
 # Kept importable from here (tests and older callers).
 from sweep.run.progress import Progress
 from sweep.run.progress import clock as _clock
-from sweep.run.raysetup import init_ray, worker_env  # noqa: F401
+from sweep.run.raysetup import init_ray, unshared_warning, worker_env  # noqa: F401
 from sweep.run.samplers import grid_points
 from sweep.run.search import StudySearcher
 from sweep.run.tuner import TrialFn, fit
@@ -279,6 +279,10 @@ def _launch(run: _Run, complete: int, trial_fn: TrialFn | None) -> None:
         + (f", {len(run.others)} other driver(s) on this study" if run.others else "")
         + ")"
     )
+    if spec.budget.checkpoint_every_s is not None and (
+        warning := unshared_warning(spec.study_dir, what="a trial's probe")
+    ):
+        progress.say(warning, problem=True)
     run.searcher = StudySearcher(
         spec=spec,
         study=run.study,

@@ -26,7 +26,10 @@ def _free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self):
+    def __init__(self, *, private: Path | None = None):
+        """`private`: a folder the worker node sees as an empty disk of its own (a tmpfs
+        mounted over it in a mount namespace of its own), as a node-local results folder is."""
+        self.private = private
         self.temp = Path(tempfile.mkdtemp(prefix="sweep-ray-"))
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -39,8 +42,8 @@ class LocalCluster:
             "SWEEP_TEST_TRIAL_S": "3",
         }  # workers take the node's environment, not the driver's
 
-    def _ray(self, *args: str, timeout: float = 120) -> str:
-        proc = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+    def _ray(self, *args: str, wrap: tuple[str, ...] = (), timeout: float = 120) -> str:
+        proc = subprocess.run([*wrap, RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"ray {' '.join(args)} failed ({proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
@@ -66,6 +69,10 @@ class LocalCluster:
     def start_worker(self) -> None:
         """A worker node (one CPU, resource worker_node) joins the head: at start, or again
         after a test killed it."""
+        wrap: tuple[str, ...] = ()
+        if self.private is not None:  # `unshare` runs the node in a mount namespace of its own
+            mount = 'mount -t tmpfs none "$0" && exec "$@"'
+            wrap = ("unshare", "--mount", "--map-root-user", "sh", "-c", mount, str(self.private))
         self._ray(
             "start",
             f"--address={self.address}",
@@ -74,6 +81,7 @@ class LocalCluster:
             "--resources",
             json.dumps({"worker_node": 1}),
             "--disable-usage-stats",
+            wrap=wrap,
         )
 
     def pids(self, *words: str) -> list[int]:

@@ -43,8 +43,13 @@ def _trials(spec_path: Path, name: str) -> list:
         return []
 
 
-def _swept_study(tmp_path: Path, cluster, name: str) -> tuple[Path, dict]:
-    """A study of 4 stand-in trials swept on the cluster, 2 at a time: (its folder, the driver env)."""
+# one node named: the worker node, by its address and the start of its Ray node id
+UNSHARED = re.compile(r"is not on a file system that the Ray node\(s\) at [\w.:]+ \(node [0-9a-f]{8}\) see: ")
+
+
+def _swept_study(tmp_path: Path, cluster, name: str, *, shared: bool = True) -> tuple[Path, dict]:
+    """A study of 4 stand-in trials swept on the cluster, 2 at a time: (its folder, the driver env).
+    The driver warns when a node does not see the results folder, and only then."""
     spec_path = write_spec(
         tmp_path,
         tmp_path / "results",
@@ -57,6 +62,7 @@ def _swept_study(tmp_path: Path, cluster, name: str) -> tuple[Path, dict]:
     env = driver_env(RAY_AUTH_MODE="token", SWEEP_TEST_TRIAL_S="0.5")
     code, _, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
     assert code == 0, err[-3000:]
+    assert (UNSHARED.search(err) is None) is shared, err[-3000:]
     return tmp_path / "results" / name, env
 
 
@@ -87,6 +93,40 @@ def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, c
     assert len(runs) == 4 and len({run["node"] for run in runs}) == 2, runs  # both nodes ran long runs
     assert sum(f"long run {i}/4: trial " in proc.stderr for i in range(1, 5)) == 4, proc.stderr[-3000:]
     assert "calibrating 4 candidates of calnodes" in proc.stderr and "2 at a time" in proc.stderr
+    assert UNSHARED.search(proc.stderr) is None  # both nodes see tmp_path: no warning
+
+
+def test_a_node_that_does_not_see_the_results_folder_is_warned_about(tmp_path):
+    """A worker node whose results folder is a disk of its own (tmp_path/results mounted over
+    in its own mount namespace): `sweep run` and `sweep calibrate` name its address before
+    they start, because a run lost with that node could not go on from its checkpoint. Both
+    still run on it. (The module's cluster, which shares the folder, gets no warning.)"""
+    import json
+
+    if subprocess.run(["unshare", "--mount", "--map-root-user", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not allow a mount namespace (unshare --mount --map-root-user)")
+    (tmp_path / "results").mkdir()
+    cluster = LocalCluster(private=tmp_path / "results")
+    cluster.env["SWEEP_TEST_TRIAL_S"] = "0.5"  # the stand-in long runs: what is asked here is the warning
+    try:
+        cluster.start()
+        study, env = _swept_study(tmp_path, cluster, "private", shared=False)
+        proc = subprocess.run(
+            _calibrate_command(study, cluster),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DRIVER_TIMEOUT_S,
+        )
+    finally:
+        cluster.stop()
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    assert (found := UNSHARED.search(proc.stderr)), proc.stderr[-3000:]
+    assert proc.stderr[found.end() :].startswith("a long run lost with such a node starts over")
+    runs = [json.loads(line)["outcome"] for line in (study / "calibration-runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 4 and len({run["node"] for run in runs}) == 2, runs  # a warning, not a refusal
+    assert not list(study.glob(".sweep-visible-*"))  # the marker is gone
 
 
 def test_a_long_run_lost_with_its_node_runs_again_and_the_pool_grows_back_when_a_node_joins(tmp_path, cluster):
