@@ -71,6 +71,12 @@ def _calibrate_command(study: Path, cluster, *more: str) -> list[str]:
     return [sys.executable, "-m", "tests.sweep.driver", "--calibrate", str(study), "--address", cluster.address, *more]
 
 
+def _calibrate(study: Path, cluster, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _calibrate_command(study, cluster), cwd=REPO, env=env, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S
+    )
+
+
 def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, cluster):
     """Before the node-loss test below (which kills the worker node): a study swept on the
     cluster, then `sweep calibrate --address` on it, its long runs spread over both nodes."""
@@ -78,14 +84,7 @@ def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, c
 
     study, env = _swept_study(tmp_path, cluster, "calnodes")
     # each long run takes the cluster's SWEEP_TEST_TRIAL_S, 3 s (workers take their node's environment)
-    proc = subprocess.run(
-        _calibrate_command(study, cluster),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DRIVER_TIMEOUT_S,
-    )
+    proc = _calibrate(study, cluster, env)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     record = json.loads((study / "calibration.json").read_text())
     assert len(record["candidates"]) == 4 and record["long_steps"] == 32
@@ -111,14 +110,7 @@ def test_a_node_that_does_not_see_the_results_folder_is_warned_about(tmp_path):
     try:
         cluster.start()
         study, env = _swept_study(tmp_path, cluster, "private", shared=False)
-        proc = subprocess.run(
-            _calibrate_command(study, cluster),
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=DRIVER_TIMEOUT_S,
-        )
+        proc = _calibrate(study, cluster, env)
     finally:
         cluster.stop()
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
