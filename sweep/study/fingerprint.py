@@ -8,7 +8,8 @@ What counts: the model files (each safetensors file's size and a sha256 of its h
 which names every tensor with its dtype, shape and offsets; config.json), the merge
 settings, the search evals (lm-eval settings except the held-out report tasks) and the
 probe settings (the prompts file by content). Not counted: where files live, the
-search space, the budget, resources, the report section.
+search space, the budget, resources, the report section, the settings that only change
+memory or placement (MEMORY_ONLY) and a clip ratio that never acts.
 
 The recipe is what rebuilds a trial's candidate (models and merge); every trial records
 it, and export and held-out rescoring use the trial's recipe, not the latest spec's.
@@ -38,6 +39,21 @@ ADDED_FIELDS: dict[str, Any] = {
     "evals.probe.mini_batches": 1,
     "evals.probe.clip_ratio": 0.2,
 }
+
+# Settings that change how a trial fits in memory or where its arithmetic runs, not what it
+# measures: the probe's curves are the same to rounding with micro-batches, chunked
+# log-probs and activation checkpointing (tests/evals/test_probe.py), and the merge is the
+# same arithmetic wherever the sources lie. Left out, so that a study whose trials ran out
+# of memory goes on with a smaller micro-batch instead of starting again under a new name.
+MEMORY_ONLY = frozenset(
+    {
+        "merge.device",
+        "merge.source_device",
+        "evals.probe.micro_batch_size",
+        "evals.probe.logprob_chunk",
+        "evals.probe.activation_checkpointing",
+    }
+)
 
 # bytes of a safetensors header read: the length prefix says how long it is; 100 MB is
 # far above any real header (a 70B model's is a few MB)
@@ -89,7 +105,7 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for role in MODEL_ROLES:
         data[f"models.{role}"] = model_digest(getattr(spec.models, role))
-    merge = spec.merge.model_dump(mode="json", exclude={"device"})
+    merge = spec.merge.model_dump(mode="json")
     evals: dict[str, Any] = {}
     if spec.evals.lm_eval is not None:
         evals["lm_eval"] = spec.evals.lm_eval.model_dump(mode="json", exclude={"report_tasks", "include_paths"})
@@ -101,11 +117,19 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
             probe["reference"] = model_digest(probe["reference"])
         evals["probe"] = probe
     _flatten({"merge": merge, "evals": evals}, "", data)
-    return {
-        k: (list(v) if isinstance(v, tuple) else v)
-        for k, v in data.items()
-        if not (k in ADDED_FIELDS and _same(v, ADDED_FIELDS[k]))
-    }
+    return _comparable({k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()})
+
+
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without what does not decide an outcome: the memory-only settings, fields
+    added since at the value that reproduces the behaviour from before them, and the clip
+    ratio of a probe that takes one update a step (its policy is the sampling one, so the
+    ratio is 1 and the clip never acts). Applied to recorded fingerprints too, so a study
+    recorded with such a field goes on whatever its value now is."""
+    inert = set(MEMORY_ONLY)
+    if values.get("evals.probe.mini_batches", ADDED_FIELDS["evals.probe.mini_batches"]) == 1:
+        inert.add("evals.probe.clip_ratio")
+    return {k: v for k, v in values.items() if k not in inert and not (k in ADDED_FIELDS and _same(v, ADDED_FIELDS[k]))}
 
 
 def fingerprint_hash(values: dict[str, Any]) -> str:
@@ -139,7 +163,7 @@ def check_fingerprint(study, spec: SweepSpec, storage_display: str, *, record: b
         if record:
             study.set_user_attr(STUDY_ATTR_FINGERPRINT, current)
         return current
-    changes = changed_fields(recorded, current)
+    changes = changed_fields(_comparable(recorded), current)
     if changes:
         listed = "\n".join(f"  - {line}" for line in changes)
         raise SweepError(

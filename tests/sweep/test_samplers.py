@@ -163,6 +163,19 @@ def test_a_changed_probe_learning_rate_is_refused_naming_the_field(tmp_path, ray
     assert f"evals.probe.learning_rate: {old!r} -> {old * 2!r}" in message
     assert "give the spec a new `name`" in message and "1 field(s)" in message
     assert len(_study(spec).trials) == before  # nothing run, nothing changed
+    # What only changes memory is not a change: a study whose trials ran out of memory goes
+    # on with a smaller micro-batch, chunked log-probs and checkpointing, sources on the CPU.
+    probe = spec.evals.probe.model_copy(
+        update={"micro_batch_size": 2, "logprob_chunk": 8, "activation_checkpointing": True}
+    )
+    smaller = spec.model_copy(
+        update={
+            "evals": spec.evals.model_copy(update={"probe": probe}),
+            "merge": spec.merge.model_copy(update={"source_device": "cpu"}),
+        }
+    )
+    assert run_sweep(smaller, trials=4, trial_fn=sweeps.stand_in_trial).exit_code == 0
+    assert len([t for t in _study(spec).trials if t.state.name == "COMPLETE"]) == 4
     # Every trial recorded the recipe it ran with; the table carries it for export.
     import json
 
@@ -231,11 +244,47 @@ def test_a_kl_reference_is_fingerprinted_by_its_weights_not_its_path(tmp_path):
     assert fingerprint(with_reference(str(moved))) == fingerprint(with_reference(sft))
 
 
+def test_a_clip_ratio_counts_only_where_it_can_act_and_memory_settings_never(tmp_path):
+    """With one update a step the policy is the sampling one and the clip never acts, so its
+    ratio is no change; with mini-batches it is. The memory-only settings are left out of
+    a fingerprint recorded before they were (this one has them, as the earlier code wrote)."""
+    import optuna
+
+    from sweep.errors import SweepError
+    from sweep.study.fingerprint import STUDY_ATTR_FINGERPRINT, check_fingerprint, fingerprint
+
+    spec = sweeps.make_spec(tmp_path, name="clip")
+
+    def with_probe(**update):
+        probe = spec.evals.probe.model_copy(update=update)
+        return spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
+
+    recorded = fingerprint(with_probe(clip_ratio=0.28)) | {
+        "evals.probe.clip_ratio": 0.28,
+        "evals.probe.micro_batch_size": 4,
+        "evals.probe.logprob_chunk": 1024,
+        "merge.source_device": "same",
+    }
+    study = optuna.create_study(directions=["maximize"])
+    study.set_user_attr(STUDY_ATTR_FINGERPRINT, recorded)
+    check_fingerprint(study, with_probe(clip_ratio=0.2, micro_batch_size=1, logprob_chunk=64), "memory")
+    four = fingerprint(with_probe(mini_batches=4, clip_ratio=0.28))
+    study.set_user_attr(STUDY_ATTR_FINGERPRINT, four)
+    check_fingerprint(study, with_probe(mini_batches=4, clip_ratio=0.28, micro_batch_size=2), "memory")
+    with pytest.raises(SweepError) as info:
+        check_fingerprint(study, with_probe(mini_batches=4, clip_ratio=0.2), "memory")
+    assert "evals.probe.clip_ratio: 0.28 -> 0.2" in str(info.value) and "1 field(s)" in str(info.value)
+
+
 @pytest.mark.parametrize(
-    "field, old, new",
-    [("loss_agg", "token-mean", "seq-mean-token-mean"), ("mini_batches", 1, 4), ("clip_ratio", 0.2, 0.28)],
+    "field, old, new, base",
+    [
+        ("loss_agg", "token-mean", "seq-mean-token-mean", {}),
+        ("mini_batches", 1, 4, {}),
+        ("clip_ratio", 0.2, 0.28, {"mini_batches": 4}),
+    ],
 )
-def test_a_study_from_before_an_update_setting_goes_on_only_with_its_old_value(tmp_path, field, old, new):
+def test_a_study_from_before_an_update_setting_goes_on_only_with_its_old_value(tmp_path, field, old, new, base):
     """Studies recorded before `loss_agg`, `mini_batches` and `clip_ratio` existed took one
     token-mean update a step: the defaults leave no trace in the fingerprint, another
     value is a named change."""
@@ -247,7 +296,7 @@ def test_a_study_from_before_an_update_setting_goes_on_only_with_its_old_value(t
     spec = sweeps.make_spec(tmp_path, name="older")
 
     def with_value(value):
-        probe = spec.evals.probe.model_copy(update={field: value})
+        probe = spec.evals.probe.model_copy(update={**base, field: value})
         return spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": probe})})
 
     older = fingerprint(with_value(old))
