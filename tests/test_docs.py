@@ -14,6 +14,8 @@ import argparse
 import ast
 import importlib.util
 import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,48 @@ def test_every_documented_command_names_options_that_exist(monkeypatch):
                 wrong += [f"{path.relative_to(ROOT)}: {b}" for b in bad]
     assert wrong == [], "documented commands that do not parse:\n" + "\n".join(wrong)
     assert checked > 200, f"only {checked} options found in the docs: is the command pattern still right?"
+
+
+def _spec_keys(model: type, prefix: str = "") -> list[str]:
+    """The spec's keys, dotted: each section's fields, down to the fields that hold a value
+    (a range, a list of objectives, a dict of weights is one key, described in its row)."""
+    from pydantic import BaseModel
+
+    from sweep.config.schema import RangeSpec
+
+    keys = []
+    for name, field in model.model_fields.items():
+        if field.exclude:  # filled in by the loader, not written by a user
+            continue
+        kinds = [field.annotation]
+        if isinstance(field.annotation, types.UnionType) or typing.get_origin(field.annotation) is typing.Union:
+            kinds += typing.get_args(field.annotation)  # `LmEvalConfig | None` is a section; a list of them is not
+        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if section is None or issubclass(section, RangeSpec) or name == "reward":
+            keys.append(f"{prefix}{name}")
+        else:
+            keys += _spec_keys(section, f"{prefix}{name}.")
+    return keys
+
+
+def test_the_readme_spec_reference_has_a_row_for_every_key():
+    """The README's spec reference is where users look a key up: every key the schema
+    accepts has a row (`evals.probe.steps`, or `steps` after `evals.probe.kl_coef` in one
+    row, or `.instruct` after `models.pretrained`), and every row names a key that exists."""
+    from sweep.config.schema import SweepSpec
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| key |", text.index("## Spec reference"))
+    documented = set()
+    for row in text[start : text.index("\n\n", start)].splitlines()[2:]:
+        first = None
+        for key in re.findall(r"`([^`]+)`", row.split("|")[1]):
+            if first is None or "." in key.lstrip("."):
+                first = key
+                documented.add(key)
+            else:  # `steps` or `.instruct`: a sibling of the row's first key
+                documented.add(first.rsplit(".", 1)[0] + "." + key.lstrip("."))
+    keys = set(_spec_keys(SweepSpec))
+    missing, unknown = sorted(keys - documented), sorted(documented - keys)
+    assert not missing, f"spec keys without a row in the README's spec reference: {missing}"
+    assert not unknown, f"rows of the README's spec reference that name no spec key: {unknown}"
