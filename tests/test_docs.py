@@ -124,6 +124,13 @@ def test_every_documented_command_names_options_that_exist(monkeypatch):
         return _bench_parser(path, monkeypatch)
 
     checked, wrong = 0, []
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("| command |", readme.index("## CLI reference"))
+    for row in readme[start : readme.index("\n\n", start)].splitlines()[2:]:  # `run SPEC [--address A]`
+        usage = re.sub(r"\\\||[][()]", " ", re.findall(r"`([^`]+)`", row)[0])
+        n, bad = _check(f"sweep {usage}", parsers, get)
+        checked += n
+        wrong += [f"README.md, CLI reference: {b}" for b in bad]
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for text in _code(doc.read_text()):
             n, bad = _check(text, parsers, get)
