@@ -285,7 +285,7 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
     started, _ = init_ray(spec, address)  # SweepError when the cluster refuses us
     for warning in (
         capacity_warning(spec),
-        unshared_warning(spec.study_dir, what="a long run") if run.checkpoint_every_s is not None else None,
+        unshared_warning(spec, what="a long run") if run.checkpoint_every_s is not None else None,
     ):
         if warning:
             say(warning)

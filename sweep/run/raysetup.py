@@ -163,21 +163,24 @@ def move_console_log(log_file: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def unshared_warning(folder: Path, *, what: str, timeout_s: float = 60.0) -> str | None:
-    """A warning when some node of the Ray cluster that can run work does not see `folder`
-    (a node-local disk, not a shared file system): what it checkpoints there is on its own
-    disk, so a run lost with that node starts over elsewhere instead of going on. None on a
-    one-node cluster, when every node sees it, or when a node does not answer in time.
-    `what` names what would start over. Ray must be initialized; `folder` must exist."""
+def unshared_warning(spec: SweepSpec, *, what: str, timeout_s: float = 60.0) -> str | None:
+    """A warning when some node of the Ray cluster that can hold a trial's resources does not
+    see the study folder (a node-local disk, not a shared file system): what a run there
+    checkpoints is on that node's disk, so a run lost with the node starts over elsewhere
+    instead of going on. None on a one-node cluster, when every such node sees it, or for a
+    node that does not answer in time. `what` names what would start over. Ray must be
+    initialized; the study folder must exist."""
     import uuid
 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    folder = spec.study_dir
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
     nodes = [
         n
         for n in ray.nodes()
-        if n.get("Alive") and (n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)
+        if n.get("Alive") and all(n["Resources"].get(name, 0.0) >= amount for name, amount in need.items())
     ]
     if len(nodes) < 2:
         return None

@@ -279,9 +279,7 @@ def _launch(run: _Run, complete: int, trial_fn: TrialFn | None) -> None:
         + (f", {len(run.others)} other driver(s) on this study" if run.others else "")
         + ")"
     )
-    if spec.budget.checkpoint_every_s is not None and (
-        warning := unshared_warning(spec.study_dir, what="a trial's probe")
-    ):
+    if spec.budget.checkpoint_every_s is not None and (warning := unshared_warning(spec, what="a trial's probe")):
         progress.say(warning, problem=True)
     run.searcher = StudySearcher(
         spec=spec,
