@@ -181,7 +181,9 @@ def summarize_calibration(
         if verdicts:
             agreement[str(constraint)] = sum(verdicts) / len(verdicts)
     n = len(candidates)
-    runs = f"{long_steps}-step runs"
+    probe_spec = spec.evals.probe
+    lora = probe_spec is not None and probe_spec.update == "lora"  # the long runs train as the probe does
+    runs = f"{long_steps}-step {'LoRA ' if lora else ''}runs"
     weak = {m: r for m, r in rhos.items() if not (r >= TRUST_SPEARMAN)}
     disagree = {k: v for k, v in agreement.items() if v < TRUST_AGREEMENT}
     shown = ", ".join(f"{m} {fmt_value(r)}" for m, r in rhos.items())
@@ -201,6 +203,11 @@ def summarize_calibration(
             verdict += f"; {agrees}" if agreement else ""
         else:
             verdict = f"the probe's verdicts agree with {runs} ({agrees}, over {n} candidates)"
+        if lora:
+            verdict += (
+                "; the long runs train LoRA adapters as the probe does, and a full-update RL run may wear down "
+                'more of what the model knew (docs/probe.md, "Full or LoRA, and how adapters reach vLLM")'
+            )
     else:
         trusted = False
         parts = [f"Spearman {fmt_value(r)} for probe/{m}{_ties_text(ties, only=m)}" for m, r in weak.items()]

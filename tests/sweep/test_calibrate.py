@@ -9,8 +9,10 @@ import random
 
 import pytest
 
+from evals.probe import ProbeConfig
 from evals.probe.records import PromptSamples
 from sweep.config import SweepSpec
+from sweep.config.schema import EvalsSpec
 from sweep.report.calibration import Candidate, spearman, summarize_calibration
 from sweep.run.longrun import long_outcome
 
@@ -154,6 +156,11 @@ def test_verdict_trusts_a_probe_that_ranks_as_the_long_runs_and_warns_otherwise(
     assert result.trusted and result.spearman["length_retention"] == pytest.approx(1.0)
     assert result.agreement["probe/length_retention >= 0.5"] == 1.0
     assert "ranks your candidates as 128-step runs do (Spearman length_retention 1.00" in result.verdict
+    # A LoRA probe's long runs are LoRA too (the spec's probe settings): the verdict says so
+    lora = spec.model_copy(update={"evals": EvalsSpec(probe=ProbeConfig(prompts="/p.jsonl", update="lora"))})
+    result = summarize_calibration(lora, good, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
+    assert result.trusted and "ranks your candidates as 128-step LoRA runs do" in result.verdict
+    assert "a full-update RL run may wear down more of what the model knew" in result.verdict
     bad = [_candidate(i, p, f) for i, (p, f) in enumerate([(0.3, 1.1), (0.6, 0.9), (0.8, 0.2), (1.0, 0.7)])]
     result = summarize_calibration(spec, bad, long_steps=128, probe_steps=16, seeds=[1], wall_s=1.0)
     assert not result.trusted and result.verdict.startswith("do not trust the front's stability axis")
