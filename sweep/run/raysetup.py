@@ -194,10 +194,12 @@ def unshared_warning(spec: SweepSpec, *, what: str, timeout_s: float = 60.0) -> 
             ): n
             for n in nodes
         }
-        done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
+        done, late = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
         blind = sorted(
-            f"{asked[ref]['NodeManagerAddress']} (node {asked[ref]['NodeID'][:8]})" for ref in done if not ray.get(ref)
+            f"{asked[ref]['NodeManagerAddress']} (node {asked[ref]['NodeID'][:8]})" for ref in done if _said_no(ref)
         )
+        for ref in late:  # a busy or dying node: not known, not waited for
+            ray.cancel(ref)
     finally:
         marker.unlink(missing_ok=True)
     if not blind:
@@ -207,3 +209,13 @@ def unshared_warning(spec: SweepSpec, *, what: str, timeout_s: float = 60.0) -> 
         f"{what} lost with such a node starts over instead of going on from its checkpoint. Put the "
         'results folder on a shared file system (docs/cluster.md, "Node loss")'
     )
+
+
+def _said_no(ref: Any) -> bool:
+    """The node's answer was "no such file" (a node that died meanwhile said nothing)."""
+    import ray
+
+    try:
+        return not ray.get(ref)
+    except Exception:  # noqa: BLE001 - RayError of a lost node or worker: no answer
+        return False
