@@ -64,6 +64,23 @@ def file_problems(spec: SweepSpec, infos: dict[str, CheckpointInfo]) -> list[str
     return problems
 
 
+def worker_inputs(spec: SweepSpec) -> dict[str, str]:
+    """{field: path} of every file or folder a trial's worker reads: the models, the tokenizer,
+    the probe's prompts, reference and reward model, and lm-eval's include paths."""
+    named = {f"models.{role}": getattr(spec.models, role) for role in MODEL_ROLES}
+    named["models.tokenizer"] = spec.models.tokenizer_path()
+    probe = spec.evals.probe
+    if probe is not None:
+        named["evals.probe.prompts"] = probe.prompts
+        if probe.reference is not None:
+            named["evals.probe.reference"] = probe.reference
+        if probe.reward.model is not None:
+            named["evals.probe.reward.model"] = probe.reward.model
+    if spec.evals.lm_eval is not None:
+        named |= {f"evals.lm_eval.include_paths.{i}": p for i, p in enumerate(spec.evals.lm_eval.include_paths)}
+    return {field: str(path) for field, path in named.items()}
+
+
 def reference_problems(reference: str, infos: dict[str, CheckpointInfo]) -> list[str]:
     """evals.probe.reference: a checkpoint folder whose vocabulary is one of the models'
     (headers and config only; `infos` by role, from inspect_models)."""

@@ -268,7 +268,7 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
         return
     from sweep.run.pool import Running, capacity_warning, run_pool
     from sweep.run.progress import so_far
-    from sweep.run.raysetup import choose_local_auth_mode, init_ray, unshared_warning
+    from sweep.run.raysetup import choose_local_auth_mode, init_ray, inputs_problem, unshared_warning
     from sweep.run.trial import warm_worker
 
     work = {job: run.job(by_number[job[0]].params, job[1]) for job in jobs}
@@ -283,13 +283,15 @@ def _pooled(spec, specs, by_number, jobs, run, address, say, heartbeat_s):
 
     choose_local_auth_mode(spec, address)  # before Ray is imported
     started, _ = init_ray(spec, address)  # SweepError when the cluster refuses us
-    for warning in (
-        capacity_warning(spec),
-        unshared_warning(spec, what="a long run") if run.checkpoint_every_s is not None else None,
-    ):
-        if warning:
-            say(warning)
     try:
+        if problem := inputs_problem(spec):
+            raise SweepError(problem)
+        for warning in (
+            capacity_warning(spec),
+            unshared_warning(spec, what="a long run") if run.checkpoint_every_s is not None else None,
+        ):
+            if warning:
+                say(warning)
         for recipe in dict.fromkeys(specs[number].model_dump_json() for number, _, _ in jobs):
             mine = [work[job] for job in jobs if specs[job[0]].model_dump_json() == recipe]
             recipe_spec = specs[job_of[id(mine[0])][0]]

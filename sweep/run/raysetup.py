@@ -163,59 +163,93 @@ def move_console_log(log_file: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def unshared_warning(spec: SweepSpec, *, what: str, timeout_s: float = 60.0) -> str | None:
-    """A warning when some node of the Ray cluster that can hold a trial's resources does not
-    see the study folder (a node-local disk, not a shared file system): what a run there
-    checkpoints is on that node's disk, so a run lost with the node starts over elsewhere
-    instead of going on. None on a one-node cluster, when every such node sees it, or for a
-    node that does not answer in time. `what` names what would start over. Ray must be
-    initialized; the study folder must exist."""
-    import uuid
+def _missing(paths: list[str]) -> list[str]:
+    return [path for path in paths if not os.path.exists(path)]
 
+
+def blind_nodes(spec: SweepSpec, paths: list[str], *, timeout_s: float = 60.0) -> dict[str, list[str]]:
+    """{node: the `paths` it does not see} over the Ray nodes, other than the driver's own,
+    whose resources hold one trial (`resources.cpus_per_trial`, `gpus_per_trial`): one
+    zero-CPU task pinned to each. A node that does not answer within `timeout_s`, or is
+    lost meanwhile, is left out. {} on a one-node cluster. Ray must be initialized."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    folder = spec.study_dir
+    if not paths:
+        return {}
+    here = ray.get_runtime_context().get_node_id()
     need = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
     nodes = [
         n
         for n in ray.nodes()
-        if n.get("Alive") and all(n["Resources"].get(name, 0.0) >= amount for name, amount in need.items())
+        if n.get("Alive")
+        and n["NodeID"] != here
+        and all(n["Resources"].get(name, 0.0) >= amount for name, amount in need.items())
     ]
-    if len(nodes) < 2:
+    if not nodes:
+        return {}
+    missing = ray.remote(num_cpus=0)(_missing)
+    asked = {
+        missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths): n
+        for n in nodes
+    }
+    done, late = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
+    for ref in late:  # a busy or dying node: not known, not waited for
+        ray.cancel(ref)
+    blind = {}
+    for ref in done:
+        try:
+            unseen = ray.get(ref)
+        except Exception:  # noqa: BLE001 - RayError of a node or worker lost meanwhile: no answer
+            continue
+        if unseen:
+            node = asked[ref]
+            blind[f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})"] = unseen
+    return dict(sorted(blind.items()))
+
+
+def inputs_problem(spec: SweepSpec) -> str | None:
+    """The message refusing a run when a node that can hold a trial does not see a model or
+    file the spec names that this driver sees: every trial placed there would fail. A path
+    this driver does not see either is `sweep validate`'s to report, not asked here."""
+    from sweep.config.checks import worker_inputs
+
+    here = {field: path for field, path in worker_inputs(spec).items() if os.path.exists(path)}
+    blind = blind_nodes(spec, sorted(set(here.values())))
+    if not blind:
         return None
-    marker = Path(folder).resolve() / f".sweep-visible-{uuid.uuid4().hex}"
+    fields: dict[str, list[str]] = {}
+    for field, path in here.items():
+        fields.setdefault(path, []).append(field)
+    listed = "; ".join(
+        f"{node} does not see " + ", ".join(f"{' and '.join(fields[p])} {p}" for p in unseen)
+        for node, unseen in blind.items()
+    )
+    return (
+        f"Ray node(s) that can run trials do not see what the spec names: {listed}. Every trial placed there "
+        "would fail: put the models and the spec's files on a file system every node sees, or at the same "
+        "paths on each node. Nothing was run"
+    )
+
+
+def unshared_warning(spec: SweepSpec, *, what: str, timeout_s: float = 60.0) -> str | None:
+    """A warning when some node of the Ray cluster that can hold a trial's resources does not
+    see the study folder (a node-local disk, not a shared file system): what a run there
+    checkpoints is on that node's disk, so a run lost with the node starts over elsewhere
+    instead of going on. None when every such node sees it (blind_nodes). `what` names what
+    would start over. The study folder must exist."""
+    import uuid
+
+    marker = Path(spec.study_dir).resolve() / f".sweep-visible-{uuid.uuid4().hex}"
     marker.write_text("written by the sweep driver to see which Ray nodes share this folder\n")
     try:
-        sees = ray.remote(num_cpus=0)(os.path.exists)
-        asked = {
-            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                str(marker)
-            ): n
-            for n in nodes
-        }
-        done, late = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
-        blind = sorted(
-            f"{asked[ref]['NodeManagerAddress']} (node {asked[ref]['NodeID'][:8]})" for ref in done if _said_no(ref)
-        )
-        for ref in late:  # a busy or dying node: not known, not waited for
-            ray.cancel(ref)
+        blind = blind_nodes(spec, [str(marker)], timeout_s=timeout_s)
     finally:
         marker.unlink(missing_ok=True)
     if not blind:
         return None
     return (
-        f"warning: {folder} is not on a file system that the Ray node(s) at {', '.join(blind)} see: "
+        f"warning: {spec.study_dir} is not on a file system that the Ray node(s) at {', '.join(blind)} see: "
         f"{what} lost with such a node starts over instead of going on from its checkpoint. Put the "
         'results folder on a shared file system (docs/cluster.md, "Node loss")'
     )
-
-
-def _said_no(ref: Any) -> bool:
-    """The node's answer was "no such file" (a node that died meanwhile said nothing)."""
-    import ray
-
-    try:
-        return not ray.get(ref)
-    except Exception:  # noqa: BLE001 - RayError of a lost node or worker: no answer
-        return False

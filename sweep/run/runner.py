@@ -34,7 +34,7 @@ from sweep.plugins import SAMPLERS
 # Kept importable from here (tests and older callers).
 from sweep.run.progress import Progress
 from sweep.run.progress import clock as _clock
-from sweep.run.raysetup import init_ray, unshared_warning, worker_env  # noqa: F401
+from sweep.run.raysetup import init_ray, inputs_problem, unshared_warning, worker_env  # noqa: F401
 from sweep.run.samplers import grid_points
 from sweep.run.search import StudySearcher
 from sweep.run.tuner import TrialFn, fit
@@ -139,6 +139,8 @@ def _run_with_ray(spec: SweepSpec, *, address, quiet, trial_fn, stream, err, sta
     started_ray, ray_chatter = init_ray(spec, address)  # SweepError (exit 2) before anything is created
     handler = None
     try:
+        if problem := inputs_problem(spec):  # a node that cannot read the models: before anything is created
+            raise SweepError(problem)
         handler = setup_logging(spec.study_dir, spec.secrets())
         if ray_chatter.strip():
             log.info("Ray, while connecting:\n%s", ray_chatter.strip())

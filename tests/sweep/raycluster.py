@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -26,9 +27,9 @@ def _free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, *, private: Path | None = None):
-        """`private`: a folder the worker node sees as an empty disk of its own (a tmpfs
-        mounted over it in a mount namespace of its own), as a node-local results folder is."""
+    def __init__(self, *, private: tuple[Path, ...] = ()):
+        """`private`: folders the worker node sees as empty disks of its own (a tmpfs mounted
+        over each in a mount namespace of its own), as a node-local results folder is."""
         self.private = private
         self.temp = Path(tempfile.mkdtemp(prefix="sweep-ray-"))
         self.port = _free_port()
@@ -70,9 +71,9 @@ class LocalCluster:
         """A worker node (one CPU, resource worker_node) joins the head: at start, or again
         after a test killed it."""
         wrap: tuple[str, ...] = ()
-        if self.private is not None:  # `unshare` runs the node in a mount namespace of its own
-            mount = 'mount -t tmpfs none "$0" && exec "$@"'
-            wrap = ("unshare", "--mount", "--map-root-user", "sh", "-c", mount, str(self.private))
+        if self.private:  # `unshare` runs the node in a mount namespace of its own
+            mounts = " && ".join(f"mount -t tmpfs none {shlex.quote(str(p))}" for p in self.private)
+            wrap = ("unshare", "--mount", "--map-root-user", "sh", "-c", f'{mounts} && exec "$@"', "sh")
         self._ray(
             "start",
             f"--address={self.address}",

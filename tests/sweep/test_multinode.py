@@ -95,24 +95,44 @@ def test_calibrate_runs_its_long_runs_on_both_nodes_and_records_each(tmp_path, c
     assert UNSHARED.search(proc.stderr) is None  # both nodes see tmp_path: no warning
 
 
-def test_a_node_that_does_not_see_the_results_folder_is_warned_about(tmp_path):
-    """A worker node whose results folder is a disk of its own (tmp_path/results mounted over
-    in its own mount namespace): `sweep run` and `sweep calibrate` name its address before
-    they start, because a run lost with that node could not go on from its checkpoint. Both
-    still run on it. (The module's cluster, which shares the folder, gets no warning.)"""
+def test_a_node_that_does_not_see_the_models_is_refused_and_one_without_the_results_warned(tmp_path):
+    """A worker node that sees two folders as empty disks of its own (tmpfs mounted over them
+    in its own mount namespace): one holds the spec's models and prompts, one is the results
+    folder. A sweep whose models are there exits 2 naming the node and each field before
+    anything is created; one whose models every node sees runs on both nodes, and `sweep
+    run` and `sweep calibrate` each warn that the node does not see the results folder,
+    because a run lost with it could not go on from its checkpoint. (The module's cluster,
+    which shares the folders, gets no warning.)"""
     import json
 
     if subprocess.run(["unshare", "--mount", "--map-root-user", "true"], capture_output=True).returncode != 0:
         pytest.skip("this machine does not allow a mount namespace (unshare --mount --map-root-user)")
-    (tmp_path / "results").mkdir()
-    cluster = LocalCluster(private=tmp_path / "results")
+    hidden, results = tmp_path / "hidden", tmp_path / "results"
+    for role in ("p", "i", "r"):
+        (hidden / "m" / role).mkdir(parents=True)
+    (hidden / "m" / "prompts.jsonl").write_text('{"prompt": "1+1", "answer": "2"}\n')
+    results.mkdir()
+    cluster = LocalCluster(private=(hidden, results))
     cluster.env["SWEEP_TEST_TRIAL_S"] = "0.5"  # the stand-in long runs: what is asked here is the warning
     try:
         cluster.start()
+        spec_path = write_spec(hidden, results, name="unseen", storage="", budget=2)
+        spec_path.write_text(spec_path.read_text().replace("storage: ''\n", ""))
+        env = driver_env(RAY_AUTH_MODE="token")
+        code, _, err = finish(start_driver(spec_path, "--quiet", "--address", cluster.address, env=env))
         study, env = _swept_study(tmp_path, cluster, "private", shared=False)
         proc = _calibrate(study, cluster, env)
     finally:
         cluster.stop()
+    assert code == 2, err[-3000:]
+    node = re.search(
+        r"Ray node\(s\) that can run trials do not see what the spec names: ([\w.:]+ \(node [0-9a-f]{8}\))", err
+    )
+    assert node, err[-3000:]
+    for field, path in [("models.pretrained", "m/p"), ("models.instruct and models.tokenizer", "m/i")]:
+        assert f"{field} {hidden / path}" in err
+    assert f"evals.probe.prompts {hidden / 'm' / 'prompts.jsonl'}" in err and "Nothing was run" in err
+    assert not (results / "unseen").exists()  # refused before the study or its log was made
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     assert (found := UNSHARED.search(proc.stderr)), proc.stderr[-3000:]
     assert proc.stderr[found.end() :].startswith("a long run lost with such a node starts over")
