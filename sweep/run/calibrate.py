@@ -218,8 +218,11 @@ def calibrate(
     for c in candidates:
         for seed in seeds:
             key = run_key(specs[c.number], c.params, seed, long_steps)
-            if key in recorded:
-                runs[c.number, seed] = recorded[key]
+            earlier = recorded.get(key) or recorded.get(
+                run_key(specs[c.number], c.params, seed, long_steps, legacy=True)
+            )
+            if earlier is not None:
+                runs[c.number, seed] = earlier
             else:
                 jobs.append((c.number, seed, key))
     total = len(candidates) * len(seeds)

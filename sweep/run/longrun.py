@@ -166,12 +166,14 @@ def long_run_at(
     return outcome | {"seed": seed, "wall_s": wall_s, "resumed_at": resumed_at()}
 
 
-def run_key(spec: Any, params: dict[str, float], seed: int, long_steps: int) -> str:
+def run_key(spec: Any, params: dict[str, float], seed: int, long_steps: int, *, legacy: bool = False) -> str:
     """What a recorded long run must match to be reused: the candidate (its models, merge
     and params), the probe's settings that the long run uses (not the probe's own steps,
-    seed, stopping rule or noise replicates: long_run_at sets those), the seed and the steps."""
+    seed, stopping rule or noise replicates: long_run_at sets those; not the memory-only
+    ones), the seed and the steps. `legacy`: the key of a run recorded before memory-only
+    settings were left out."""
     probe = spec.evals.probe.model_dump(mode="json", exclude=set(LONG_RUN_SETS))
-    return candidate_key(spec, params, probe=probe, seed=seed, long_steps=long_steps)
+    return candidate_key(spec, params, legacy=legacy, probe=probe, seed=seed, long_steps=long_steps)
 
 
 def recorded_runs(study_dir: Path) -> dict[str, dict[str, Any]]:

@@ -239,8 +239,15 @@ def precheck_existing_study(spec: SweepSpec) -> None:
     check_fingerprint(study, spec, spec.storage_display, record=False)
 
 
-def candidate_key(spec: Any, params: dict[str, float], **settings: Any) -> str:
+def candidate_key(spec: Any, params: dict[str, float], *, legacy: bool = False, **settings: Any) -> str:
     """A short hash of a candidate (the spec's models and merge, and `params`) and `settings`:
-    what a recorded long run or a probe's checkpoint must match to be taken up."""
+    what a recorded long run or a probe's checkpoint must match to be taken up. The
+    memory-only settings (MEMORY_ONLY, in `merge` and in a `probe` setting) are left out, as
+    the fingerprint leaves them out; `legacy`: the key from before they were, for records
+    written then."""
     relevant = spec.model_dump(mode="json", include={"models", "merge"}) | {"params": params} | settings
+    if not legacy:
+        for section, prefix in (("merge", "merge."), ("probe", "evals.probe.")):
+            if isinstance(relevant.get(section), dict):
+                relevant[section] = {k: v for k, v in relevant[section].items() if prefix + k not in MEMORY_ONLY}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

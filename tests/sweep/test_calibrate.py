@@ -384,6 +384,18 @@ def test_a_recorded_long_run_is_reused_only_for_the_same_candidate_settings_seed
     inert = probe.model_copy(update={"steps": 8, "seed": 5, "collapse_threshold": None, "noise_samples": 50})
     inert_spec = spec.model_copy(update={"evals": spec.evals.model_copy(update={"probe": inert})})
     assert run_key(inert_spec, {"alpha": 0.5, "beta": 1.0}, 1, 128) == key
+    # nor are the memory levers: a calibration that ran out of memory goes on with smaller micro-batches
+    lean = probe.model_copy(update={"micro_batch_size": 2, "logprob_chunk": 64, "activation_checkpointing": True})
+    lean_spec = spec.model_copy(
+        update={
+            "evals": spec.evals.model_copy(update={"probe": lean}),
+            "merge": spec.merge.model_copy(update={"source_device": "cpu", "device": "cpu"}),
+        }
+    )
+    assert run_key(lean_spec, {"alpha": 0.5, "beta": 1.0}, 1, 128) == key
+    assert run_key(lean_spec, {"alpha": 0.5, "beta": 1.0}, 1, 128, legacy=True) != run_key(
+        spec, {"alpha": 0.5, "beta": 1.0}, 1, 128, legacy=True
+    )  # the key runs were recorded under before: calibrate looks both up
     spec.study_dir.mkdir(parents=True)
     record_run(spec.study_dir, key, 3, {"final_length": 0.7, "seed": 1})
     with open(spec.study_dir / RUNS_FILE, "a") as handle:

@@ -272,6 +272,23 @@ def test_calibrate_runs_long_rl_on_the_study_and_the_report_shows_it(demo_study,
     again = json.loads((spec.study_dir / "calibration.json").read_text())
     assert again["candidates"] == record["candidates"] and again["verdict"] == record["verdict"]
 
+    # runs recorded before the memory-only settings left the key (under its older form) are reused too
+    from sweep.run.longrun import run_key
+
+    older = []
+    for line in lines:
+        run = json.loads(line)
+        params = {
+            k.removeprefix("params/"): float(v)
+            for k, v in table[table["number"] == run["number"]].iloc[0].items()
+            if k.startswith("params/")
+        }
+        assert run["key"] == run_key(spec, params, 1, 12) != run_key(spec, params, 1, 12, legacy=True)
+        older.append(json.dumps(run | {"key": run_key(spec, params, 1, 12, legacy=True)}))
+    runs_file.write_text("\n".join(older) + "\n")
+    assert main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"]) == code
+    assert f"reusing 4 of the 4 long runs, recorded in {runs_file}" in capsys.readouterr().err
+
     # a calibration stopped after 3 runs: the rerun runs only the 4th, on a fresh worker, to the same outcome
     runs_file.write_text("\n".join(lines[:3]) + '\n{"key": "cut short by a cra')
     assert main(["calibrate", str(spec_path), "--long-steps", "12", "--max-trials", "4"]) == code
