@@ -16,6 +16,7 @@ import importlib.util
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,13 +83,15 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return None
 
 
-def _check(text: str, parsers: dict[str, argparse.ArgumentParser], get: object) -> tuple[int, list[str]]:
+def _check(
+    text: str, parsers: dict[str, argparse.ArgumentParser], get: Callable[[Path], argparse.ArgumentParser]
+) -> tuple[int, list[str]]:
     """How many options `text`'s commands name, and what is wrong with them."""
     checked, wrong = 0, []
     for match in COMMAND.finditer(text):
         name = match.group(1) or "sweep"
         if name not in parsers:
-            parsers[name] = get(SCRIPTS[name])  # type: ignore[operator]
+            parsers[name] = get(SCRIPTS[name])
         words = END.split(" " + text[match.end() :])[0].split()
         parser, said = parsers[name], name if name == "sweep" else f"bench/{name}.py"
         while (choices := _subcommands(parser)) is not None and words and not words[0].startswith("-"):
